@@ -1,0 +1,1 @@
+"""Development tools: set-up scripts, the real-ComfyUI harness, the demo runner."""

@@ -1,0 +1,7 @@
+"""Thin ComfyUI nodes (V3 schema) over videoldm_core; one file per stage."""
+
+from .bundle_loader import LoadBundle
+
+NODES = [
+    LoadBundle,
+]

@@ -1,0 +1,169 @@
+"""Host side of model bundles (videoldm_core.bundle): build ComfyUI's own MODEL, CLIP and VAE
+objects from a bundle spec, and make random-weight bundles in those exact architectures.
+
+Nothing here guesses from weight shapes: the spec names the family and every size, so a small
+UNet loads through the same `BaseModel`, `CLIP` and `VAE` classes as a full SD checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+import comfy.ldm.models.autoencoder
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.sd
+import comfy.sd1_clip
+import comfy.supported_models
+import comfy.supported_models_base
+import comfy.utils
+
+from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, BundleSpec, split_components
+
+_MODEL_TYPES = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}
+
+
+def bundle_model_config(spec: BundleSpec):
+    """A model config of the spec's family that takes every UNet size from the spec.
+
+    The stock SD15 config overwrites the head layout with full-size defaults and guesses the
+    prediction type from weights; a bundle states both, so both hooks are replaced.
+    """
+    if spec.family != "SD1.x":
+        raise BundleFormatError(f"bundles of family {spec.family!r} are not supported yet; expected 'SD1.x'.")
+    model_type = _MODEL_TYPES[spec.prediction]
+    config_class = type("VideoLDMBundleSD15", (comfy.supported_models.SD15,), {
+        "unet_extra_config": {},
+        "model_type": lambda self, state_dict, prefix="": model_type,
+    })
+    unet_config = {"use_linear_in_transformer": False, "adm_in_channels": None, **spec.unet_config}
+    return config_class(unet_config)
+
+
+def _clip_target(spec: BundleSpec):
+    clip_model = functools.partial(comfy.sd1_clip.SDClipModel, return_projected_pooled=False,
+                                   textmodel_json_config=dict(spec.text_encoder_config))
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+    target.params = {"clip_model": clip_model}
+    return target
+
+
+def _vae_config(spec: BundleSpec) -> dict:
+    return {"params": {"ddconfig": dict(spec.vae_config["ddconfig"]), "embed_dim": spec.vae_config["embed_dim"]}}
+
+
+def _require_complete(component: str, missing, unexpected, source: str):
+    if missing or unexpected:
+        raise BundleFormatError(
+            f"{source}: the {component} weights do not match the architecture in the bundle spec "
+            f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}).")
+
+
+def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], source: str = "bundle"):
+    """(MODEL, CLIP, VAE) as ComfyUI objects, loaded strictly from `state_dict`."""
+    parts = split_components(state_dict, source)
+    model_config = bundle_model_config(spec)
+
+    unet_sd = comfy.utils.state_dict_prefix_replace(parts["unet"], {COMPONENT_PREFIXES["unet"]: ""}, filter_keys=True)
+    parameters = comfy.utils.calculate_parameters(unet_sd)
+    load_device = mm.get_torch_device()
+    unet_dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=list(model_config.supported_inference_dtypes),
+                               weight_dtype=comfy.utils.weight_dtype(unet_sd))
+    manual_cast_dtype = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(unet_dtype, manual_cast_dtype, device=load_device)
+    model = model_config.get_model(unet_sd, device=mm.unet_inital_load_device(parameters, unet_dtype))
+    patcher = comfy.model_patcher.CoreModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    missing, unexpected = model.diffusion_model.load_state_dict(unet_sd, strict=False, assign=patcher.is_dynamic())
+    _require_complete("UNet", missing, unexpected, source)
+
+    vae_sd = comfy.utils.state_dict_prefix_replace(parts["vae"], {COMPONENT_PREFIXES["vae"]: ""}, filter_keys=True)
+    vae = comfy.sd.VAE(sd=vae_sd, config=_vae_config(spec))
+    missing, unexpected = _diff_keys(vae.first_stage_model, vae_sd)
+    _require_complete("VAE", missing, unexpected, source)
+
+    clip_sd = model_config.process_clip_state_dict(dict(parts["text_encoder"]))
+    clip = comfy.sd.CLIP(_clip_target(spec), tokenizer_data=clip_sd,
+                         parameters=comfy.utils.calculate_parameters(clip_sd), state_dict=clip_sd)
+    missing, unexpected = _diff_keys(clip.cond_stage_model, clip_sd)
+    # SD checkpoints never store these two; the host leaves them at their defaults as well.
+    missing = [k for k in missing if not k.endswith((".logit_scale", ".text_projection.weight"))]
+    _require_complete("text encoder", missing, unexpected, source)
+    return patcher, clip, vae
+
+
+def _diff_keys(module: torch.nn.Module, state_dict: dict) -> tuple[list[str], list[str]]:
+    expected = set(module.state_dict().keys())
+    return sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+
+
+def _random_init_(module: torch.nn.Module, generator: torch.Generator):
+    """Deterministic random weights: unit-variance-preserving matrices, unit norms, zero biases.
+
+    ComfyUI's layers skip initialisation (their weights start as uninitialised memory), so a
+    random-weight model must be filled explicitly.
+    """
+    for name, p in module.state_dict().items():
+        if not p.is_floating_point():
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "bias":
+            p.zero_()
+        elif p.ndim == 1:
+            p.fill_(1.0)
+        else:
+            fan_in = math.prod(p.shape[1:])
+            p.copy_(torch.randn(p.shape, generator=generator) / math.sqrt(fan_in))
+
+
+@torch.no_grad()
+def random_bundle_state_dict(spec: BundleSpec, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A full bundle state dict with random weights in the spec's real ComfyUI architectures."""
+    generator = torch.Generator().manual_seed(seed)
+    model_config = bundle_model_config(spec)
+    model_config.set_inference_dtype(torch.float32, None)
+    base_model = model_config.get_model({}, device="cpu")
+    vae = comfy.ldm.models.autoencoder.AutoencoderKL(**_vae_config(spec)["params"])
+    target = _clip_target(spec)
+    text_encoder = target.clip(device="cpu", dtype=torch.float32, **target.params)
+    for module in (base_model.diffusion_model, vae, text_encoder):
+        _random_init_(module, generator)
+    return base_model.state_dict_for_saving(base_model.diffusion_model.state_dict(),
+                                            clip_state_dict=text_encoder.state_dict(),
+                                            vae_state_dict=vae.state_dict())
+
+
+def tiny_sd1_spec(description: str = "random-weight tiny SD1.x bundle") -> BundleSpec:
+    """An SD1.x-architecture LDM small enough to sample on two CPU cores in seconds.
+
+    UNet: 32/64 channels, one ResBlock per level, a transformer at each level; VAE: 4 levels
+    (8x downsampling, as SD), 4 latent channels; CLIP text encoder: width 64, 2 layers, SD's
+    tokenizer and vocabulary.
+    """
+    return BundleSpec(
+        family="SD1.x",
+        prediction="eps",
+        description=description,
+        unet_config={
+            "in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 2],
+            "num_res_blocks": [1, 1], "transformer_depth": [1, 1],
+            "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
+            "context_dim": 64, "num_heads": 4, "num_head_channels": -1, "image_size": 32,
+            "use_spatial_transformer": True, "legacy": False,
+        },
+        vae_config={
+            "embed_dim": 4,
+            "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3,
+                         "ch": 32, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [],
+                         "dropout": 0.0},
+        },
+        text_encoder_config={
+            "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "vocab_size": 49408, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5, "projection_dim": 64, "bos_token_id": 0, "eos_token_id": 49407,
+            "pad_token_id": 1, "model_type": "clip_text_model", "architectures": ["CLIPTextModel"],
+        },
+    )
