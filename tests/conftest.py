@@ -1,0 +1,110 @@
+"""Test tiers by directory: unit (videoldm_core, torch only), host (in-process ComfyUI),
+server (a real ComfyUI server on loopback), browser (the real frontend in headless Chromium),
+setup (devtools/setup.sh's handling of bad set-up input). The summary counts each tier."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TIERS = ("unit", "host", "server", "browser", "setup")
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # `import videoldm_core`, `import devtools`
+
+
+def tier_of(item) -> str:
+    parts = Path(str(item.fspath)).relative_to(REPO_ROOT / "tests").parts
+    return parts[0] if parts and parts[0] in TIERS else "unit"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(getattr(pytest.mark, tier_of(item)))
+
+
+_outcomes: Counter = Counter()
+
+
+def pytest_runtest_logreport(report):
+    tier = next((t for t in TIERS if t in report.keywords), "unit")
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        _outcomes[(tier, report.outcome)] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.section("tests per tier")
+    for tier in TIERS:
+        counts = {o: _outcomes[(tier, o)] for o in ("passed", "failed", "skipped")}
+        if any(counts.values()):
+            terminalreporter.write_line(f"{tier:8s} " + "  ".join(f"{n} {o}" for o, n in counts.items()))
+
+
+# --- shared fixtures -------------------------------------------------------------------------
+
+
+def make_base_dir(root: Path) -> Path:
+    """A scratch ComfyUI --base-directory with this checkout linked in as the pack."""
+    from devtools import paths
+
+    (root / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    (root / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (root / "custom_nodes" / paths.pack_module_name()).symlink_to(REPO_ROOT, target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def server_base_dir(tmp_path_factory) -> Path:
+    """Base directory for the shared server: the pack plus the demo's random-weight bundle."""
+    import subprocess
+
+    from devtools.make_demo_bundle import DEMO_BUNDLE_NAME
+
+    base = make_base_dir(tmp_path_factory.mktemp("server-base"))
+    subprocess.run([sys.executable, "-m", "devtools.make_demo_bundle",
+                    str(base / "models" / "checkpoints" / DEMO_BUNDLE_NAME)],
+                   cwd=REPO_ROOT, check=True, capture_output=True)
+    return base
+
+
+@pytest.fixture(scope="session")
+def server(server_base_dir):
+    """One real ComfyUI server on a free loopback port for the server and browser tiers."""
+    from devtools.comfy_server import ComfyServer
+
+    with ComfyServer(base_dir=server_base_dir) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def pack(tmp_path_factory):
+    """Host tier: the real ComfyUI imported in this process (`--cpu`, a scratch base directory),
+    with the pack imported by its installed name and its entry point run, as ComfyUI does."""
+    import asyncio
+
+    from devtools.comfy_in_process import init_comfy
+
+    module = init_comfy(base_dir=make_base_dir(tmp_path_factory.mktemp("host-base")))
+    asyncio.run(module.comfy_entrypoint())
+    return module
+
+
+@pytest.fixture(scope="session")
+def pack_module(pack):
+    """`pack_module("nodes.bundle_host")` imports a submodule of the pack under its installed name."""
+    import importlib
+
+    return lambda name: importlib.import_module(f"{pack.__name__}.{name}")
+
+
+@pytest.fixture(scope="session")
+def node_classes(pack):
+    """Every node the pack registers, by node id, from its real extension object."""
+    import asyncio
+
+    extension = asyncio.run(pack.comfy_entrypoint())
+    return {cls.define_schema().node_id: cls for cls in asyncio.run(extension.get_node_list())}

@@ -1,0 +1,95 @@
+"""Load Video LDM Bundle builds ComfyUI's own model, CLIP and VAE classes from a bundle."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(pack, pack_module):
+    import folder_paths
+
+    bundle_host = pack_module("nodes.bundle_host")
+    spec = bundle_host.tiny_sd1_spec()
+    state_dict = bundle_host.random_bundle_state_dict(spec, seed=1)
+    path = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], "tiny_host.safetensors")
+    pack_module("videoldm_core.bundle").save_bundle(path, spec, state_dict)
+    return path
+
+
+def load(node_classes, name):
+    return node_classes["VideoLDMLoadBundle"].execute(name).result
+
+
+def test_bundle_loads_as_core_model_clip_and_vae(node_classes, tiny_bundle):
+    import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
+    import comfy.model_base
+    import comfy.model_patcher
+
+    model, clip, vae = load(node_classes, "tiny_host.safetensors")
+    assert isinstance(model, comfy.model_patcher.ModelPatcher)
+    assert type(model.model) is comfy.model_base.BaseModel
+    assert type(model.model.diffusion_model) is openaimodel.UNetModel
+    assert model.model.diffusion_model.model_channels == 32
+    on_disk = load_file(tiny_bundle)
+    key = "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    assert torch.equal(model.model.diffusion_model.state_dict()[key].float(), on_disk["model.diffusion_model." + key])
+
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a red square"))
+    assert cond[0][0].shape == (1, 77, 64)
+
+    with torch.inference_mode():
+        images = vae.decode(torch.randn(2, 4, 4, 4))
+    assert images.shape == (2, 32, 32, 3)
+    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+
+
+def test_sampling_is_deterministic_and_follows_the_prompt(node_classes, tiny_bundle):
+    import comfy.sample
+
+    model, clip, _ = load(node_classes, "tiny_host.safetensors")
+    latent = torch.zeros(4, 4, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, 7)
+
+    def sample(text):
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+        return comfy.sample.sample(model, noise, 3, 3.0, "euler", "normal", positive, negative, latent,
+                                   disable_pbar=True, seed=7)
+
+    first, again, other = sample("a red square"), sample("a red square"), sample("a blue circle")
+    assert first.shape == (4, 4, 8, 8) and torch.isfinite(first).all()
+    assert torch.equal(first, again)
+    assert (first - other).abs().max() > 1e-3
+
+
+def test_non_bundle_is_rejected_before_its_weights_are_read(node_classes, pack_module, tiny_bundle, monkeypatch):
+    import comfy.utils
+
+    plain = os.path.join(os.path.dirname(tiny_bundle), "plain_sd.safetensors")
+    save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 32, 3, 3)}, plain)
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("weights were read before the bundle check")
+
+    monkeypatch.setattr(comfy.utils, "load_torch_file", must_not_load)
+    with pytest.raises(pack_module("videoldm_core.bundle").BundleFormatError, match="not a Video LDM bundle"):
+        load(node_classes, "plain_sd.safetensors")
+
+
+def test_weights_that_disagree_with_the_spec_are_rejected_by_name(node_classes, pack_module, tiny_bundle):
+    bundle = pack_module("videoldm_core.bundle")
+    spec = bundle.read_bundle_spec(tiny_bundle)
+    state_dict = load_file(tiny_bundle)
+    dropped = "model.diffusion_model.middle_block.1.proj_out.weight"
+    del state_dict[dropped]
+    bundle.save_bundle(os.path.join(os.path.dirname(tiny_bundle), "incomplete.safetensors"), spec, state_dict)
+    with pytest.raises(bundle.BundleFormatError, match=r"UNet weights do not match .*missing \['middle_block.1.proj_out.weight'\]"):
+        load(node_classes, "incomplete.safetensors")
+
+
+def test_missing_file_names_the_folder(node_classes, tiny_bundle):
+    with pytest.raises(FileNotFoundError, match="checkpoints"):
+        load(node_classes, "does_not_exist.safetensors")

@@ -1,0 +1,62 @@
+"""Every API prompt in workflows/ runs through the real server's POST /prompt and websocket."""
+
+import json
+
+import av
+import pytest
+
+from devtools.paths import REPO_ROOT
+
+API_WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*_api.json"))
+
+
+def read_video(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        return frames, float(stream.average_rate)
+
+
+@pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=lambda p: p.stem)
+def test_api_workflow_runs_and_writes_its_outputs(server, workflow):
+    run = server.run_prompt(json.loads(workflow.read_text()))
+    assert run.status == "success", run.error_message() or server.log_tail()
+    kinds = [m["type"] for m in run.messages]
+    assert kinds.index("execution_start") < kinds.index("execution_success")
+    assert server.output_files(run), "no output files"
+    for path in server.output_files(run):
+        assert path.exists() and path.stat().st_size > 0, path
+
+
+def test_demo_prompt_writes_the_frames_it_asked_for(server):
+    prompt = json.loads((REPO_ROOT / "workflows" / "demo_api.json").read_text())
+    run = server.run_prompt(prompt)
+    assert run.status == "success", run.error_message()
+    [video] = [p for p in server.output_files(run) if p.suffix == ".mp4"]
+    frames, fps = read_video(video)
+    latent = prompt["4"]["inputs"]
+    assert len(frames) == latent["batch_size"]
+    assert frames[0].shape == (latent["height"], latent["width"], 3)
+    assert fps == prompt["7"]["inputs"]["fps"]
+
+
+def test_a_non_bundle_fails_the_prompt_with_a_clear_error(server, server_base_dir):
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"model.diffusion_model.out.2.weight": torch.zeros(1)},
+              str(server_base_dir / "models" / "checkpoints" / "someone_elses_model.safetensors"))
+    prompt = json.loads((REPO_ROOT / "workflows" / "demo_api.json").read_text())
+    prompt["1"]["inputs"]["bundle_name"] = "someone_elses_model.safetensors"
+    run = server.run_prompt(prompt)
+    assert run.status == "error"
+    assert "not a Video LDM bundle" in run.error_message() and "Load Checkpoint" in run.error_message()
+
+
+def test_unknown_bundle_name_is_refused_at_validation(server):
+    from devtools.comfy_server import ServerError
+
+    prompt = json.loads((REPO_ROOT / "workflows" / "demo_api.json").read_text())
+    prompt["1"]["inputs"]["bundle_name"] = "no_such_file.safetensors"
+    with pytest.raises(ServerError, match="value_not_in_list|not in list"):
+        server.queue_prompt(prompt)

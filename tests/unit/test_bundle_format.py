@@ -1,0 +1,110 @@
+"""The bundle file format (videoldm_core.bundle): round trip and clear errors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from videoldm_core.bundle import (BUNDLE_METADATA_KEY, BundleFormatError, BundleSpec, read_bundle_spec,
+                                  save_bundle, split_components)
+
+
+def small_spec(**overrides) -> BundleSpec:
+    fields = dict(
+        family="SD1.x", prediction="eps",
+        unet_config={"in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1],
+                     "num_res_blocks": [1], "context_dim": 8, "transformer_depth": [1]},
+        vae_config={"embed_dim": 4, "ddconfig": {"z_channels": 4, "ch_mult": [1, 2, 2, 2]}},
+        text_encoder_config={"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 10},
+    )
+    fields.update(overrides)
+    return BundleSpec(**fields)
+
+
+def small_state_dict():
+    return {"model.diffusion_model.out.2.weight": torch.randn(4, 32, 3, 3),
+            "first_stage_model.decoder.conv_in.weight": torch.randn(8, 4, 3, 3),
+            "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": torch.randn(10, 8)}
+
+
+def test_spec_and_weights_round_trip_exactly(tmp_path):
+    spec, sd = small_spec(description="x"), small_state_dict()
+    path = tmp_path / "b.safetensors"
+    save_bundle(path, spec, sd)
+    assert read_bundle_spec(path) == spec
+    from safetensors.torch import load_file
+    loaded = load_file(str(path))
+    assert set(loaded) == set(sd) and all(torch.equal(loaded[k], sd[k]) for k in sd)
+
+
+def test_spec_derives_latent_geometry():
+    spec = small_spec()
+    assert spec.latent_channels == 4
+    assert spec.vae_scale_factor == 8
+
+
+def test_file_without_bundle_metadata_names_the_core_loader(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_file(small_state_dict(), str(path))
+    with pytest.raises(BundleFormatError, match="not a Video LDM bundle.*Load Checkpoint"):
+        read_bundle_spec(path)
+
+
+def test_non_safetensors_file_is_rejected_by_extension(tmp_path):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(b"\x80\x04pickle")
+    with pytest.raises(BundleFormatError, match=r"expected a \.safetensors bundle, found a '\.ckpt' file"):
+        read_bundle_spec(path)
+
+
+def test_corrupt_safetensors_header_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(BundleFormatError, match="not a readable safetensors file"):
+        read_bundle_spec(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"family": "SDXL"}, r"family one of \('SD1.x', 'SD2.x'\), found 'SDXL'"),
+    ({"prediction": "x0"}, r"prediction one of \('eps', 'v'\), found 'x0'"),
+    ({"version": 99}, r"format version 1..1 .*found 99"),
+    ({"unet_config": {"in_channels": 4}}, r"unet_config to define .* missing \['out_channels'"),
+])
+def test_invalid_spec_fields_say_what_was_expected(change, message):
+    with pytest.raises(BundleFormatError, match=message):
+        small_spec(**change)
+
+
+def test_context_dim_must_match_text_encoder_width():
+    unet = dict(small_spec().unet_config, context_dim=768)
+    with pytest.raises(BundleFormatError, match="context_dim equal to text_encoder_config.hidden_size.*768 vs 8"):
+        small_spec(unet_config=unet)
+
+
+def test_metadata_errors_name_the_file(tmp_path):
+    path = tmp_path / "odd.safetensors"
+    save_file(small_state_dict(), str(path), metadata={BUNDLE_METADATA_KEY: "{oops"})
+    with pytest.raises(BundleFormatError, match="'odd.safetensors': 'videoldm_bundle' metadata is not valid JSON"):
+        read_bundle_spec(path)
+    data = json.loads(small_spec().to_json()) | {"surprise": 1}
+    save_file(small_state_dict(), str(path), metadata={BUNDLE_METADATA_KEY: json.dumps(data)})
+    with pytest.raises(BundleFormatError, match=r"unknown bundle fields \['surprise'\]"):
+        read_bundle_spec(path)
+
+
+def test_split_requires_every_component_and_no_stray_keys():
+    sd = small_state_dict()
+    parts = split_components(sd)
+    assert {k: len(v) for k, v in parts.items()} == {"unet": 1, "vae": 1, "text_encoder": 1}
+    with pytest.raises(BundleFormatError, match=r"found none for \['vae'\]"):
+        split_components({k: v for k, v in sd.items() if not k.startswith("first_stage_model.")})
+    with pytest.raises(BundleFormatError, match="keys outside"):
+        split_components({**sd, "lora.weight": torch.zeros(1)})
+
+
+def test_save_refuses_an_incomplete_bundle(tmp_path):
+    sd = {k: v for k, v in small_state_dict().items() if not k.startswith("cond_stage_model.")}
+    with pytest.raises(BundleFormatError, match="text_encoder"):
+        save_bundle(tmp_path / "x.safetensors", small_spec(), sd)
+    assert not (tmp_path / "x.safetensors").exists()
