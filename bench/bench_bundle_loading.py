@@ -1,0 +1,78 @@
+"""Load Video LDM Bundle vs core Load Checkpoint on the same full-size SD1.5-shaped file.
+
+A bundle keeps the SD checkpoint key layout, so core can read a full-size bundle too; this
+measures what building from the stated spec costs against core's shape detection, and checks
+that both give the same UNet output.
+
+Usage: .venv/bin/python -m bench.bench_bundle_loading   (after devtools/setup.sh; ~2 GB scratch file)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from devtools.comfy_in_process import init_comfy
+
+from .common import interleaved_medians, peak_rss_gib, print_table
+
+
+def sd15_spec(bundle_host, spec_module):
+    tiny = bundle_host.tiny_sd1_spec()
+    clip = json.loads((Path(importlib.import_module("comfy.sd1_clip").__file__).parent / "sd1_clip_config.json").read_text())
+    return dataclasses.replace(
+        tiny, description="random-weight SD1.5-shaped bundle (benchmark)",
+        unet_config={"in_channels": 4, "out_channels": 4, "model_channels": 320, "channel_mult": [1, 2, 4, 4],
+                     "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+                     "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], "transformer_depth_middle": 1,
+                     "context_dim": 768, "num_heads": 8, "num_head_channels": -1, "image_size": 32,
+                     "use_spatial_transformer": True, "legacy": False},
+        vae_config={"embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3,
+                                                 "out_ch": 3, "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+                                                 "attn_resolutions": [], "dropout": 0.0}},
+        text_encoder_config={k: v for k, v in clip.items() if not k.startswith("_")})
+
+
+def main():
+    pack = init_comfy()
+    bundle_host = importlib.import_module(f"{pack.__name__}.nodes.bundle_host")
+    bundle = importlib.import_module(f"{pack.__name__}.videoldm_core.bundle")
+    import comfy.sd
+
+    spec = sd15_spec(bundle_host, bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sd15_random.safetensors"
+        state_dict = {k: v.half() for k, v in bundle_host.random_bundle_state_dict(spec, seed=0).items()}
+        bundle.save_bundle(path, spec, state_dict)
+        del state_dict
+
+        def ours():
+            import comfy.utils
+            return bundle_host.build_components(spec, comfy.utils.load_torch_file(str(path)))
+
+        def core():
+            return comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)[:3]
+
+        medians = interleaved_medians({"ours": ours, "core": core})
+        t_ours, t_core = medians["ours"], medians["core"]
+        (m_ours, *_), (m_core, *_) = ours(), core()
+        x, t = torch.randn(2, 4, 32, 32), torch.tensor([500.0, 500.0])
+        context = torch.randn(2, 77, 768)
+        with torch.inference_mode():
+            y_ours = m_ours.model.diffusion_model(x, t, context=context)
+            y_core = m_core.model.diffusion_model(x, t, context=context)
+        print_table("Loading a 1.07B-parameter SD1.5-shaped file (fp16 on disk), median of 5, interleaved", [
+            ("core Load Checkpoint", f"{t_core:.2f}", "1.00"),
+            ("Load Video LDM Bundle", f"{t_ours:.2f}", f"{t_ours / t_core:.2f}"),
+        ], ("path", "seconds", "ratio vs core"))
+        print(f"UNet outputs identical: {torch.equal(y_ours, y_core)} (max |diff| {(y_ours - y_core).abs().max():.2e}); "
+              f"peak RSS {peak_rss_gib():.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
