@@ -29,7 +29,7 @@ def sd15_spec(bundle_host, spec_module):
         tiny, description="random-weight SD1.5-shaped bundle (benchmark)",
         unet_config={"in_channels": 4, "out_channels": 4, "model_channels": 320, "channel_mult": [1, 2, 4, 4],
                      "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-                     "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], "transformer_depth_middle": 1,
+                     "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1,
                      "context_dim": 768, "num_heads": 8, "num_head_channels": -1, "image_size": 32,
                      "use_spatial_transformer": True, "legacy": False},
         vae_config={"embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3,

@@ -1,0 +1,193 @@
+"""Running temporal adapters inside ComfyUI's SD UNet without touching it.
+
+Applying an adapter clones the MODEL and registers, on the clone only:
+- the adapter's own ModelPatcher as an additional model (loaded, offloaded and cast with the UNet);
+- one `forward_timestep_embed_patch` handler for ResBlock and one for SpatialTransformer, which
+  runs the spatial layer and then the temporal slots that belong to it;
+- an OUTER_SAMPLE wrapper that checks the frame count before the first step.
+The adapters applied to a model are listed in `transformer_options["videoldm_adapters"]`, so
+several adapters stack and the handlers are registered once. The number of frames is read per
+call: T = batch // len(cond_or_uncond), so CFG batching and context windows (variable T) work.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import comfy.patcher_extension
+from comfy.ldm.modules.attention import SpatialTransformer, SpatialVideoTransformer, optimized_attention
+from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, VideoResBlock
+
+from ..videoldm_core.adapter import TemporalAdapter, resolve_slots
+from ..videoldm_core.positional import check_frame_limit
+from .unet_layout import model_family, named_layers, spatial_layout
+
+OPTIONS_KEY = "videoldm_adapters"
+WRAPPER_KEY = "videoldm_temporal_adapters"
+log = logging.getLogger("videoldm")
+
+
+def host_attention(q, k, v, heads, mask=None):
+    """The user's configured attention backend (xformers, SDPA, sage, ...) for temporal layers."""
+    return optimized_attention(q, k, v, heads, mask=mask)
+
+
+@dataclass(frozen=True)
+class AppliedAdapter:
+    """One adapter on one model: its patcher, the layers its slots run with, and the user's options."""
+
+    name: str
+    patcher: comfy.model_patcher.ModelPatcher
+    strength: float
+    max_distance: int | None
+    inside: dict = field(default_factory=dict)   # id(spatial transformer) -> slot path (Video LDM attention)
+    after: dict = field(default_factory=dict)    # id(layer) -> [slot paths] run on the layer's output
+
+    @property
+    def adapter(self) -> TemporalAdapter:
+        return self.patcher.model
+
+    def lerp(self, before, after):
+        """strength s: x + s (temporal(x) - x); s = 1 uses the layer output as is."""
+        return after if self.strength == 1.0 else before + self.strength * (after - before)
+
+    def run_after(self, path, x, emb, num_frames, image_only_indicator):
+        slot = self.adapter.slot(path)
+        if self.adapter.spec.slots[path]["kind"] == "resblock":
+            out = slot(x, emb, num_frames, image_only_indicator)
+        else:
+            out = slot(x, num_frames, max_distance=self.max_distance, attention=host_attention)
+        return self.lerp(x, out)
+
+    def mix_tokens(self, path, tokens, depth_index, num_frames, context, image_only_indicator):
+        out = self.adapter.slot(path)(tokens, depth_index, num_frames, context=context,
+                                      image_only_indicator=image_only_indicator, max_distance=self.max_distance,
+                                      attention=host_attention)
+        return self.lerp(tokens, out)
+
+
+def build_adapter_patcher(spec, state_dict, source: str):
+    """The adapter as a module of comfy.ops layers in its own ModelPatcher (lowvram, dtype casting)."""
+    module = TemporalAdapter(spec, operations=comfy.ops.manual_cast)
+    patcher = comfy.model_patcher.CoreModelPatcher(module, load_device=mm.get_torch_device(),
+                                                   offload_device=mm.unet_offload_device())
+    module.load_weights(state_dict, source=source, assign=patcher.is_dynamic())
+    return patcher
+
+
+def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, max_distance: int | None = None):
+    """A clone of `model` with the adapter applied; `model` itself is not changed."""
+    spec = adapter_patcher.model.spec
+    diffusion_model = model.model.diffusion_model
+    resolved = resolve_slots(spec, spatial_layout(diffusion_model), model_family(model), source=f"'{name}'")
+    m = model.clone()
+    if strength == 0.0:
+        return m  # exactly the image model: nothing runs
+    layers = dict(named_layers(diffusion_model))
+    applied = AppliedAdapter(name, adapter_patcher.clone(), strength, max_distance)
+    for slot_path, layer_path in resolved.items():
+        layer = layers[layer_path]
+        if spec.slots[slot_path]["kind"] == "transformer":
+            applied.inside[id(layer)] = slot_path
+        else:
+            applied.after.setdefault(id(layer), []).append(slot_path)
+    # Cast the adapter's weights to the UNet's storage dtype; manual_cast layers follow the input at run time.
+    applied.patcher.model.to(model.model.get_dtype())
+
+    options = m.model_options["transformer_options"]
+    previous = options.get(OPTIONS_KEY, [])
+    if not previous:
+        m.set_model_forward_timestep_embed_patch((ResBlock, forward_with_temporal))
+        m.set_model_forward_timestep_embed_patch((SpatialTransformer, forward_with_temporal))
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, check_frames_before_sampling)
+    options[OPTIONS_KEY] = previous + [applied]
+    m.set_additional_models("videoldm", [a.patcher for a in options[OPTIONS_KEY]])
+    return m
+
+
+def _spatial(layer, x, emb, context, transformer_options, time_context, num_video_frames, image_only_indicator):
+    """What forward_timestep_embed would have done with this layer."""
+    if isinstance(layer, VideoResBlock):
+        return layer(x, emb, num_video_frames, image_only_indicator)
+    if isinstance(layer, ResBlock):
+        return layer(x, emb)
+    if isinstance(layer, SpatialVideoTransformer):
+        return layer(x, context, time_context, num_video_frames, image_only_indicator, transformer_options)
+    return layer(x, context, transformer_options)
+
+
+def _transformer_with_temporal(layer: SpatialTransformer, x, context, transformer_options, mix):
+    """SpatialTransformer.forward with `mix(tokens, depth_index)` after each spatial block and before
+    proj_out, where Video LDM (sgm SpatialVideoTransformer) places its temporal blocks."""
+    if not isinstance(context, list):
+        context = [context] * len(layer.transformer_blocks)
+    _, _, h, w = x.shape
+    transformer_options["activations_shape"] = list(x.shape)
+    x_in = x
+    x = layer.norm(x)
+    if not layer.use_linear:
+        x = layer.proj_in(x)
+    x = x.movedim(1, 3).flatten(1, 2).contiguous()
+    if layer.use_linear:
+        x = layer.proj_in(x)
+    for i, block in enumerate(layer.transformer_blocks):
+        transformer_options["block_index"] = i
+        x = block(x, context=context[i], transformer_options=transformer_options)
+        x = mix(x, i)
+    if layer.use_linear:
+        x = layer.proj_out(x)
+    x = x.reshape(x.shape[0], h, w, x.shape[-1]).movedim(3, 1).contiguous()
+    if not layer.use_linear:
+        x = layer.proj_out(x)
+    return x + x_in
+
+
+def forward_with_temporal(layer, x, emb, context, transformer_options, output_shape, time_context,
+                          num_video_frames, image_only_indicator):
+    """forward_timestep_embed_patch handler for ResBlock and SpatialTransformer layers."""
+    adapters = transformer_options.get(OPTIONS_KEY, [])
+    num_frames = x.shape[0] // len(transformer_options.get("cond_or_uncond", [0]))
+    is_transformer = isinstance(layer, SpatialTransformer)
+    if num_frames < 2:
+        adapters = []  # one frame: the image model (the wrapper warned before sampling)
+
+    mixers = [(a, a.inside[id(layer)]) for a in adapters if id(layer) in a.inside] if is_transformer else []
+    if mixers:
+        text = context[0] if isinstance(context, list) else context
+
+        def mix(tokens, depth_index):
+            for applied, path in mixers:
+                tokens = applied.mix_tokens(path, tokens, depth_index, num_frames, text, image_only_indicator)
+            return tokens
+
+        x = _transformer_with_temporal(layer, x, context, transformer_options, mix)
+    else:
+        x = _spatial(layer, x, emb, context, transformer_options, time_context, num_video_frames, image_only_indicator)
+    if is_transformer and "transformer_index" in transformer_options:
+        transformer_options["transformer_index"] += 1  # the host skips this for patched layers
+
+    for applied in adapters:
+        for path in applied.after.get(id(layer), ()):
+            x = applied.run_after(path, x, emb, num_frames, image_only_indicator)
+    return x
+
+
+def check_frames_before_sampling(executor, noise, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: frame-count problems are reported before the first step."""
+    guider = executor.class_obj
+    options = guider.model_options.get("transformer_options", {})
+    frames = noise.shape[0]
+    handler = guider.model_options.get("context_handler")
+    if handler is not None:  # context windows: each window, plus the anchor frame core may prepend
+        frames = min(frames, handler.context_length + 1)
+    for applied in options.get(OPTIONS_KEY, []):
+        if applied.adapter.spec.max_frames is not None:
+            check_frame_limit(frames, applied.adapter.spec.max_frames, f"temporal adapter '{applied.name}'")
+    if frames < 2 and options.get(OPTIONS_KEY):
+        log.warning("Video LDM: sampling %d frame with temporal adapters; temporal layers need at least 2 frames "
+                    "(the latent batch is the frame count), so this runs as the image model.", frames)
+    return executor(noise, *args, **kwargs)

@@ -1,0 +1,138 @@
+"""Temporal layers, α blending and positional encodings (videoldm_core, torch only)."""
+
+import math
+
+import pytest
+import torch
+
+from videoldm_core.alpha_blender import AlphaBlender
+from videoldm_core.positional import (FrameLimitError, RelativePositionBias, RotaryEmbedding, check_frame_limit,
+                                      distance_mask, sinusoidal_embedding)
+from videoldm_core.slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
+
+T = 5
+
+
+def randomize_(module, std=0.2):
+    torch.manual_seed(3)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=std)
+    return module
+
+
+@pytest.fixture
+def inputs():
+    torch.manual_seed(0)
+    return dict(x=torch.randn(2 * T, 32, 6, 6), emb=torch.randn(2 * T, 64), tokens=torch.randn(2 * T, 36, 32),
+                context=torch.randn(2 * T, 7, 16))
+
+
+def run(slot, inputs, num_frames=T, **kw):
+    if isinstance(slot, ResBlockSlot):
+        return slot(inputs["x"][: 2 * num_frames], inputs["emb"][: 2 * num_frames], num_frames, **kw)
+    if isinstance(slot, TransformerSlot):
+        return slot(inputs["tokens"][: 2 * num_frames], 0, num_frames, context=inputs["context"][: 2 * num_frames], **kw)
+    return slot(inputs["x"][: 2 * num_frames], num_frames, **kw)
+
+
+SLOTS = {
+    "resblock": lambda: ResBlockSlot(32, 64),
+    "transformer": lambda: TransformerSlot(32, heads=4, dim_head=8, depth=1, context_dim=16),
+    "transformer-relative": lambda: TransformerSlot(32, heads=4, dim_head=8, context_dim=16, positional="relative"),
+    "motion_module": lambda: MotionModuleSlot(32, heads=8, max_len=8),
+}
+
+
+@pytest.mark.parametrize("kind", SLOTS)
+def test_fresh_slot_is_exactly_the_identity(kind, inputs):
+    slot = SLOTS[kind]()
+    x = inputs["tokens"] if kind.startswith("transformer") else inputs["x"]
+    assert torch.equal(run(slot, inputs), x)
+
+
+@pytest.mark.parametrize("kind", SLOTS)
+def test_slot_mixes_frames_within_a_video_only(kind, inputs):
+    slot = randomize_(SLOTS[kind]())
+    key = "tokens" if kind.startswith("transformer") else "x"
+    base = run(slot, inputs)
+    changed = dict(inputs)
+    changed[key] = inputs[key].clone()
+    changed[key][0] += torch.randn_like(changed[key][0])  # frame 0 of video 0 (not a constant: norms remove those)
+    out = run(slot, changed)
+    assert (out[1] - base[1]).abs().max() > 1e-4, "frame 1 did not see frame 0"
+    assert torch.equal(out[T:], base[T:]), "the second video saw the first"
+
+
+@pytest.mark.parametrize("kind", SLOTS)
+def test_slot_accepts_any_frame_count_per_call(kind, inputs):
+    slot = randomize_(SLOTS[kind]())
+    for frames in (2, 3, T):
+        assert run(slot, inputs, num_frames=frames).shape[0] == 2 * frames
+
+
+def test_distance_limit_cuts_attention_beyond_it(inputs):
+    slot = randomize_(MotionModuleSlot(32, heads=8, max_len=8))
+    base = run(slot, inputs, max_distance=1)
+    changed = dict(inputs, x=inputs["x"].clone())
+    changed["x"][0] += torch.randn_like(changed["x"][0])
+    out = run(slot, changed, max_distance=1)
+    # one attention layer reaches 1 frame further per layer: two layers reach frame 2, not frame 3
+    assert (out[2] - base[2]).abs().max() > 1e-5
+    assert torch.allclose(out[3], base[3], atol=1e-6)
+
+
+def test_distance_mask_values():
+    mask = distance_mask(4, 1)
+    assert mask[0, 1] == 0 and mask[0, 2] == float("-inf") and mask[3, 2] == 0
+    assert distance_mask(4, None) is None and distance_mask(4, 3) is None
+
+
+def test_alpha_blender_strategies_and_conventions():
+    xs, xt = torch.zeros(2, 3, 1, 1), torch.ones(2, 3, 1, 1)
+    assert torch.allclose(AlphaBlender("fixed", 0.25)(xs, xt), torch.full_like(xs, 0.75))
+    learned = AlphaBlender("learned", 0.0)
+    assert torch.allclose(learned(xs, xt), torch.full_like(xs, 0.5))
+    assert learned.mix_factor.requires_grad
+    images = AlphaBlender("learned_with_images", 2.0)
+    indicator = torch.tensor([[1.0, 0.0, 0.0]])  # b=1, t=3: frame 0 is an image
+    out = images(torch.zeros(1, 4, 3, 1, 1), torch.ones(1, 4, 3, 1, 1), indicator, frame_dim=2)
+    assert torch.all(out[:, :, 0] == 0) and torch.allclose(out[:, :, 1], torch.full_like(out[:, :, 1], 1 - 1 / (1 + math.exp(-2))))
+    decoder = AlphaBlender("learned", 2.0, alpha_on="temporal")  # SVD decoder: α weights the temporal branch
+    assert torch.allclose(decoder(xs, xt), torch.full_like(xs, 1 / (1 + math.exp(-2))))
+    with pytest.raises(ValueError, match="merge strategy must be one of"):
+        AlphaBlender("sometimes")
+
+
+def test_sinusoidal_layouts():
+    ldm = sinusoidal_embedding(torch.tensor([0.0, 3.0]), 8)
+    assert torch.allclose(ldm[0], torch.tensor([1.0] * 4 + [0.0] * 4))  # [cos | sin]
+    ad = sinusoidal_embedding(torch.tensor([3.0]), 8, interleaved=True)[0]
+    assert torch.isclose(ad[0], torch.sin(torch.tensor(3.0))) and torch.isclose(ad[1], torch.cos(torch.tensor(3.0)))
+
+
+def test_frame_limit_error_says_the_limit_and_how_to_go_longer():
+    check_frame_limit(24, 24)
+    with pytest.raises(FrameLimitError, match=r"at most 24 frames .* 32 frames were sampled.*Context Windows"):
+        check_frame_limit(32, 24)
+
+
+def test_motion_module_refuses_more_frames_than_its_table(inputs):
+    slot = MotionModuleSlot(32, heads=8, max_len=4)
+    with pytest.raises(FrameLimitError, match="at most 4 frames"):
+        run(slot, inputs, num_frames=5)
+
+
+def test_rotary_scores_depend_only_on_frame_distance():
+    rope = RotaryEmbedding(8)
+    torch.manual_seed(1)
+    v = torch.randn(1, 1, 8)
+    q = rope.rotate(v.expand(1, 6, 8).contiguous(), heads=1)
+    scores = q @ q.transpose(1, 2)
+    assert torch.allclose(scores[0, 0, 2], scores[0, 3, 5], atol=1e-5)
+    assert torch.allclose(q.norm(dim=-1), v.norm(dim=-1).expand(1, 6), atol=1e-5)
+
+
+def test_relative_position_bias_buckets_are_signed_and_saturate():
+    bias = RelativePositionBias(heads=2, num_buckets=32, max_distance=32)
+    b = bias.bucket(torch.tensor([-3, 0, 3, 100, 1000]))
+    assert b[0] != b[2] and b[1] == 0 and b[3] == b[4] == 15

@@ -1,0 +1,202 @@
+"""Temporal adapters: the temporal layers of a video model, kept apart from the frozen image model.
+
+An `AdapterSpec` says what an adapter is (base family, placement, one config per slot, positions,
+trained frame count, where it came from). A `TemporalAdapter` is the module built from it; its
+state-dict keys are "<slot path>.<parameter>", e.g. "input_blocks.1.0.time_stack.in_layers.2.weight"
+(the SVD/sgm names without the UNet prefix). The native file is safetensors with the spec as JSON
+under `videoldm_adapter` in the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .placement import SpatialLayer, blocks, motion_module_layer
+from .slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
+
+ADAPTER_METADATA_KEY = "videoldm_adapter"
+ADAPTER_FORMAT_VERSION = 1
+FAMILIES = ("SD1.x", "SD2.x", "SDXL", "SD-x4-upscaler")
+PLACEMENTS = ("videoldm", "animatediff")
+SLOT_CLASSES = {"resblock": ResBlockSlot, "transformer": TransformerSlot, "motion_module": MotionModuleSlot}
+
+
+class AdapterFormatError(ValueError):
+    """A file or state dict is not a temporal adapter this pack can read."""
+
+
+class AdapterCompatibilityError(ValueError):
+    """An adapter does not fit the model it is applied to."""
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    family: str
+    placement: str
+    slots: dict
+    trained_frames: int = 16
+    max_frames: Optional[int] = None      # hard limit of an absolute positional table, else None
+    source: str = "native"                # "native", "animatediff-v2", "svd", ...
+    description: str = ""
+    version: int = ADAPTER_FORMAT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise AdapterFormatError(f"expected family one of {FAMILIES}, found {self.family!r}.")
+        if self.placement not in PLACEMENTS:
+            raise AdapterFormatError(f"expected placement one of {PLACEMENTS}, found {self.placement!r}.")
+        if not isinstance(self.version, int) or not 1 <= self.version <= ADAPTER_FORMAT_VERSION:
+            raise AdapterFormatError(f"expected format version 1..{ADAPTER_FORMAT_VERSION}, found {self.version!r}; "
+                                     "a newer pack may read it.")
+        if not self.slots:
+            raise AdapterFormatError("expected at least one slot, found none.")
+        for path, config in self.slots.items():
+            kind = config.get("kind") if isinstance(config, dict) else None
+            if kind not in SLOT_CLASSES:
+                raise AdapterFormatError(f"slot {path!r}: expected kind one of {tuple(SLOT_CLASSES)}, found {kind!r}.")
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted({c["kind"] for c in self.slots.values()})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "adapter") -> "AdapterSpec":
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}")
+            unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+            if unknown:
+                raise TypeError(f"unknown fields {unknown}")
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise AdapterFormatError(f"{source}: '{ADAPTER_METADATA_KEY}' metadata is not a valid adapter spec ({e}).") from None
+        except AdapterFormatError as e:
+            raise AdapterFormatError(f"{source}: {e}") from None
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module):
+    *parents, name = path.split(".")
+    for part in parents:
+        if not hasattr(root, part):
+            root.add_module(part, nn.ModuleDict())
+        root = getattr(root, part)
+    root.add_module(name, module)
+
+
+class TemporalAdapter(nn.Module):
+    def __init__(self, spec: AdapterSpec, operations=nn):
+        super().__init__()
+        self.spec = spec
+        for path, config in spec.slots.items():
+            kwargs = {k: v for k, v in config.items() if k != "kind"}
+            _set_submodule(self, path, SLOT_CLASSES[config["kind"]](**kwargs, operations=operations))
+
+    def slot(self, path: str) -> nn.Module:
+        return self.get_submodule(path)
+
+    def load_weights(self, state_dict: dict, source: str = "adapter", assign: bool = False):
+        """Strict load with a message that lists some of what is missing or unexpected."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(own))
+        wrong = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
+        if missing or unexpected or wrong:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+            if unexpected:
+                parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+            if wrong:
+                k = wrong[0]
+                parts.append(f"{len(wrong)} with the wrong shape (e.g. {k}: expected {tuple(own[k].shape)}, "
+                             f"found {tuple(state_dict[k].shape)})")
+            raise AdapterFormatError(f"{source}: the weights do not match the adapter spec: {'; '.join(parts)}.")
+        self.load_state_dict(state_dict, strict=True, assign=assign)
+        return self
+
+
+def fresh_adapter(spec: AdapterSpec) -> TemporalAdapter:
+    """A new adapter for training: default torch init with zero-initialised output layers, so
+    applying it leaves the image model's output unchanged."""
+    return TemporalAdapter(spec)
+
+
+def save_adapter(path: str | Path, adapter: TemporalAdapter, spec: Optional[AdapterSpec] = None):
+    spec = spec or adapter.spec
+    tensors = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
+    save_file(tensors, str(path), metadata={ADAPTER_METADATA_KEY: spec.to_json()})
+
+
+def read_adapter_spec(path: str | Path) -> Optional[AdapterSpec]:
+    """The spec of a native adapter file, None for a safetensors file without one."""
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    text = metadata.get(ADAPTER_METADATA_KEY)
+    return None if text is None else AdapterSpec.from_json(text, source=f"'{path.name}'")
+
+
+# --- compatibility with a model ------------------------------------------------------------------
+
+
+def resolve_slots(spec: AdapterSpec, layout: Iterable[SpatialLayer], model_family: str, source: str = "adapter"
+                  ) -> dict[str, str]:
+    """Maps each slot to the path of the spatial layer it runs with, checking that the layer
+    exists and has the slot's width. Raises AdapterCompatibilityError naming both families."""
+    layout = list(layout)
+    by_path = {layer.path: layer for layer in layout}
+    by_block = blocks(layout)
+
+    def mismatch(detail: str):
+        return AdapterCompatibilityError(
+            f"Temporal adapter {source} was made for {spec.family} ({_describe(spec)}) but the model is "
+            f"{model_family} ({_describe_layout(layout)}): {detail}. Load an adapter made for {model_family}.")
+
+    if spec.family != model_family:
+        raise mismatch("the base families differ")
+    resolved = {}
+    for path, config in spec.slots.items():
+        if config["kind"] == "motion_module":
+            layer = motion_module_layer(by_block.get(path, []))
+        else:
+            layer = by_path.get(path)
+            if layer is not None and layer.kind != config["kind"]:
+                layer = None
+        if layer is None:
+            raise mismatch(f"the model has no {config['kind']} layer for slot {path!r}")
+        if layer.channels != config["channels"]:
+            raise mismatch(f"slot {path!r} has {config['channels']} channels, the model's layer {layer.path} has {layer.channels}")
+        context = config.get("context_dim")
+        if config["kind"] == "transformer" and context is not None and layer.context_dim != context:
+            raise mismatch(f"slot {path!r} reads text context of width {context}, the model's is {layer.context_dim}")
+        resolved[path] = layer.path
+    return resolved
+
+
+def _describe(spec: AdapterSpec) -> str:
+    widths = sorted({c["channels"] for c in spec.slots.values()})
+    contexts = sorted({c["context_dim"] for c in spec.slots.values() if c.get("context_dim")})
+    return "/".join(map(str, widths)) + " channels" + (f", context {'/'.join(map(str, contexts))}" if contexts else "")
+
+
+def _describe_layout(layout: list[SpatialLayer]) -> str:
+    widths = sorted({layer.channels for layer in layout})
+    contexts = sorted({layer.context_dim for layer in layout if layer.context_dim})
+    return "/".join(map(str, widths)) + " channels" + (f", context {'/'.join(map(str, contexts))}" if contexts else "")
+
+
+def with_description(spec: AdapterSpec, description: str) -> AdapterSpec:
+    return replace(spec, description=description)

@@ -1,0 +1,57 @@
+"""The learned mixing of spatial and temporal outputs (Video LDM §3.1: z' = α·z + (1−α)·l_φ(z)).
+
+Setting α = 1 recovers the image model exactly. Strategies as in sgm's `AlphaBlender`:
+`fixed` (α is the stored value), `learned` (α = sigmoid(mix_factor)), `learned_with_images`
+(as learned, but frames flagged as images get α = 1 and bypass the temporal layers).
+
+The UNet weights the *spatial* branch by α. The temporal VAE decoder of sgm/SVD weights the
+*temporal* branch by α instead; `alpha_on="temporal"` selects that convention.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+MERGE_STRATEGIES = ("fixed", "learned", "learned_with_images")
+
+
+class AlphaBlender(nn.Module):
+    def __init__(self, merge_strategy: str = "learned_with_images", alpha: float = 0.0, alpha_on: str = "spatial"):
+        super().__init__()
+        if merge_strategy not in MERGE_STRATEGIES:
+            raise ValueError(f"merge strategy must be one of {MERGE_STRATEGIES}, found {merge_strategy!r}")
+        if alpha_on not in ("spatial", "temporal"):
+            raise ValueError(f"alpha_on must be 'spatial' or 'temporal', found {alpha_on!r}")
+        self.merge_strategy, self.alpha_on = merge_strategy, alpha_on
+        if merge_strategy == "fixed":
+            self.register_buffer("mix_factor", torch.tensor([float(alpha)]))
+        else:
+            self.mix_factor = nn.Parameter(torch.tensor([float(alpha)]))
+
+    def alpha(self, image_only_indicator: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """α as a scalar tensor, or per frame (b, t) when images are flagged."""
+        if self.merge_strategy == "fixed":
+            return self.mix_factor
+        alpha = torch.sigmoid(self.mix_factor)
+        if self.merge_strategy == "learned_with_images" and image_only_indicator is not None:
+            alpha = torch.where(image_only_indicator.bool(), torch.ones_like(alpha), alpha)
+        return alpha
+
+    def forward(self, x_spatial, x_temporal, image_only_indicator=None, frame_dim: Optional[int] = None):
+        """Blends two tensors of the same shape. A per-frame α (b, t) goes to dims (0, frame_dim)
+        of x laid out as (b, ..., t, ...), or to dim 0 of x laid out as ((b t), ...) if frame_dim is None."""
+        alpha = self.alpha(image_only_indicator)
+        if alpha.ndim == 2:
+            shape = [1] * x_spatial.ndim
+            if frame_dim is None:
+                shape[0] = alpha.numel()
+            else:
+                shape[0], shape[frame_dim] = alpha.shape
+            alpha = alpha.reshape(shape)
+        alpha = alpha.to(x_spatial.dtype)
+        if self.alpha_on == "temporal":
+            return alpha * x_temporal + (1.0 - alpha) * x_spatial
+        return alpha * x_spatial + (1.0 - alpha) * x_temporal

@@ -1,0 +1,32 @@
+"""Reading temporal adapters: the native format, and public formats with the same maths.
+
+`import_adapter(state_dict, metadata, source)` detects the format and returns (spec, state dict in
+the native layout), or raises AdapterFormatError naming what it expected and what it found.
+"""
+
+from __future__ import annotations
+
+from ..adapter import ADAPTER_METADATA_KEY, AdapterFormatError, AdapterSpec
+from .animatediff import import_animatediff, looks_like_animatediff
+from .svd import import_svd, looks_like_svd
+
+LAVIE_NOTE = ("LaVie's temporal attention sits inside each spatial transformer block, between the text "
+              "cross-attention and the feed-forward; ComfyUI 0.30.0 offers no hook at that point (only "
+              "patches around attn1/attn2 outputs), so it cannot run without replacing the host's block.")
+
+
+def import_adapter(state_dict: dict, metadata: dict | None = None, source: str = "adapter") -> tuple[AdapterSpec, dict]:
+    metadata = metadata or {}
+    if ADAPTER_METADATA_KEY in metadata:
+        return AdapterSpec.from_json(metadata[ADAPTER_METADATA_KEY], source=source), dict(state_dict)
+    if looks_like_svd(state_dict):
+        return import_svd(state_dict, source)
+    if looks_like_animatediff(state_dict):
+        return import_animatediff(state_dict, source)
+    if any(".attn_temp." in k or ".attn_temporal." in k for k in state_dict):
+        raise AdapterFormatError(f"{source}: this is a LaVie model; its temporal layers are not supported. {LAVIE_NOTE}")
+    sample = sorted(state_dict)[:3]
+    raise AdapterFormatError(
+        f"{source}: unrecognised temporal adapter format. Expected a Video LDM adapter (safetensors with "
+        f"'{ADAPTER_METADATA_KEY}' metadata), an AnimateDiff/HotshotXL motion module ('*.motion_modules.*') or an SVD "
+        f"UNet ('*.time_stack.*'); found {len(state_dict)} keys like {sample}.")

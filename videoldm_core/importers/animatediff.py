@@ -1,0 +1,103 @@
+"""AnimateDiff motion modules (guoyww/AnimateDiff and derivatives) -> the AnimateDiff placement.
+
+Original key layout, per motion module of width C (8 heads):
+  down_blocks.{i}.motion_modules.{j}.temporal_transformer.{norm, proj_in, proj_out,
+      transformer_blocks.0.{attention_blocks.{0,1}.{to_q,to_k,to_v,to_out.0,pos_encoder.pe}, norms.{0,1}, ff, ff_norm}}
+  mid_block.motion_modules.0.*        (v2 only)
+  up_blocks.{i}.motion_modules.{j}.*
+Variants: v1 (pe length 24), v2 (mid block, 32), v3 (32, no mid), SDXL beta (3 down blocks),
+AnimateLCM (no pe buffers: the table is recomputed, length 64), HotshotXL (`temporal_attentions.N.`
+and `pos_encoder.positional_encoding`). Both SD1.5 and SDXL UNets have two ResBlocks per level, so
+motion module (i, j) follows input block 1 + 3i + j and output block 3i + j.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..adapter import AdapterFormatError, AdapterSpec
+from ..positional import sinusoidal_embedding
+
+ANIMATELCM_MAX_LEN = 64
+_ATTENTION = re.compile(r"^(transformer_blocks\.\d+\.attention_blocks\.\d+)\.")
+_MODULE = re.compile(r"^(down_blocks|up_blocks|mid_block)\.(?:(\d+)\.)?motion_modules\.(\d+)\.temporal_transformer\.(.+)$")
+
+
+def looks_like_animatediff(state_dict) -> bool:
+    return any(".motion_modules." in k or ".temporal_attentions." in k for k in state_dict)
+
+
+def _hotshot_to_animatediff(state_dict):
+    out = {}
+    for key, value in state_dict.items():
+        key = re.sub(r"\.temporal_attentions\.(\d+)\.", r".motion_modules.\1.temporal_transformer.", key)
+        key = key.replace("pos_encoder.positional_encoding", "pos_encoder.pe")
+        out[key] = value
+    return out
+
+
+def import_animatediff(state_dict: dict, source: str = "motion module") -> tuple[AdapterSpec, dict]:
+    hotshot = any(k.endswith("pos_encoder.positional_encoding") for k in state_dict)
+    if hotshot:
+        state_dict = _hotshot_to_animatediff(state_dict)
+    modules: dict[str, dict] = {}
+    ignored = []
+    for key, value in state_dict.items():
+        m = _MODULE.match(key)
+        if m is None:
+            ignored.append(key)
+            continue
+        kind, level, index, rest = m.group(1), m.group(2), int(m.group(3)), m.group(4)
+        if kind == "down_blocks":
+            path = f"input_blocks.{1 + 3 * int(level) + index}"
+        elif kind == "up_blocks":
+            path = f"output_blocks.{3 * int(level) + index}"
+        else:
+            path = "middle_block"
+        modules.setdefault(path, {})[rest] = value
+    if not modules:
+        raise AdapterFormatError(f"{source}: no AnimateDiff motion-module keys "
+                                 f"('down_blocks.N.motion_modules.M.temporal_transformer.*'); found e.g. {sorted(state_dict)[:3]}.")
+    stray = [k for k in ignored if "temporal" in k or "motion" in k]
+    if stray:
+        raise AdapterFormatError(f"{source}: motion-module keys in an unknown layout, e.g. {stray[:3]}.")
+
+    down_levels = {int(k.split(".")[1]) for k in state_dict if k.startswith("down_blocks.")}
+    top = max(down_levels)
+    if top not in (2, 3):
+        raise AdapterFormatError(f"{source}: expected 4 down blocks (SD1.5) or 3 (SDXL), found {top + 1}.")
+    family = "SD1.x" if top == 3 else "SDXL"
+
+    pe_lengths = {v.shape[1] for m in modules.values() for k, v in m.items() if k.endswith("pos_encoder.pe")}
+    if len(pe_lengths) > 1:
+        raise AdapterFormatError(f"{source}: positional tables of different lengths {sorted(pe_lengths)}.")
+    max_len = pe_lengths.pop() if pe_lengths else ANIMATELCM_MAX_LEN
+
+    slots, native = {}, {}
+    for path, weights in sorted(modules.items()):
+        if "proj_in.weight" not in weights:
+            raise AdapterFormatError(f"{source}: motion module at {path} has no proj_in.weight.")
+        channels = weights["proj_in.weight"].shape[0]
+        slots[path] = dict(kind="motion_module", channels=channels, heads=8, max_len=max_len)
+        for name, value in weights.items():
+            native[f"{path}.temporal_transformer.{name}"] = value
+        for attn in {m.group(1) for m in map(_ATTENTION.match, weights) if m}:
+            pe_key = f"{path}.temporal_transformer.{attn}.pos_encoder.pe"
+            if pe_key not in native:  # AnimateLCM ships no positional tables: recompute them
+                native[pe_key] = sinusoidal_embedding(torch.arange(max_len), channels, interleaved=True)[None]
+
+    if hotshot:
+        version = "hotshotxl"
+    elif not any(k.endswith("pos_encoder.pe") for k in state_dict):
+        version = "animatelcm"
+    elif family == "SDXL":
+        version = "sdxl"
+    elif "middle_block" in slots:
+        version = "v2"
+    else:
+        version = "v3" if max_len == 32 else "v1"
+    spec = AdapterSpec(family=family, placement="animatediff", slots=slots, trained_frames=8 if hotshot else 16,
+                       max_frames=max_len, source=f"animatediff-{version}")
+    return spec, native
