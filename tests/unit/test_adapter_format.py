@@ -1,0 +1,176 @@
+"""The native temporal-adapter format and the public-format importers (torch only)."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from videoldm_core.adapter import (ADAPTER_METADATA_KEY, AdapterCompatibilityError, AdapterFormatError, AdapterSpec,
+                                   TemporalAdapter, fresh_adapter, read_adapter_spec, resolve_slots, save_adapter)
+from videoldm_core.importers import import_adapter
+from videoldm_core.importers.animatediff import import_animatediff
+from videoldm_core.placement import SpatialLayer, animatediff_slots, videoldm_slots
+
+REFERENCE_KEYS = Path(__file__).resolve().parents[1] / "data" / "keys"
+
+LAYOUT = [
+    SpatialLayer("input_blocks.1.0", "resblock", 32, emb_channels=128),
+    SpatialLayer("input_blocks.1.1", "transformer", 32, heads=4, dim_head=8, depth=2, context_dim=16),
+    SpatialLayer("middle_block.0", "resblock", 32, emb_channels=128),
+    SpatialLayer("output_blocks.0.0", "resblock", 32, emb_channels=128),
+]
+
+
+def randomized(adapter):
+    torch.manual_seed(0)
+    for p in adapter.parameters():
+        torch.nn.init.normal_(p)
+    return adapter
+
+
+def test_native_file_round_trips_exactly(tmp_path):
+    spec = AdapterSpec("SD1.x", "videoldm", videoldm_slots(LAYOUT), trained_frames=8, description="test")
+    adapter = randomized(TemporalAdapter(spec))
+    save_adapter(tmp_path / "a.safetensors", adapter)
+    assert read_adapter_spec(tmp_path / "a.safetensors") == spec
+    spec2, state_dict = import_adapter(*_read(tmp_path / "a.safetensors"))
+    again = TemporalAdapter(spec2).load_weights(state_dict)
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in adapter.state_dict().items())
+
+
+def _read(path):
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata(), path.name
+
+
+def test_fresh_adapter_has_the_slot_layout_and_trainable_parameters():
+    adapter = fresh_adapter(AdapterSpec("SD1.x", "videoldm", videoldm_slots(LAYOUT)))
+    keys = adapter.state_dict()
+    assert "input_blocks.1.0.time_stack.out_layers.3.weight" in keys
+    assert "input_blocks.1.1.time_stack.1.attn2.to_k.weight" in keys  # depth 2: one temporal block each
+    assert torch.count_nonzero(keys["input_blocks.1.0.time_stack.out_layers.3.weight"]) == 0
+    assert all(p.requires_grad for p in adapter.parameters())
+
+
+def test_load_weights_lists_missing_unexpected_and_misshapen_keys():
+    spec = AdapterSpec("SD1.x", "videoldm", videoldm_slots(LAYOUT))
+    state_dict = dict(TemporalAdapter(spec).state_dict())
+    state_dict.pop("middle_block.0.time_mixer.mix_factor")
+    state_dict["input_blocks.9.0.surprise"] = torch.zeros(1)
+    state_dict["output_blocks.0.0.time_stack.in_layers.2.weight"] = torch.zeros(1, 1, 3, 1, 1)
+    with pytest.raises(AdapterFormatError, match=r"1 missing \(e.g. \['middle_block.0.time_mixer.mix_factor'\]\); "
+                                                 r"1 unexpected .*surprise.*1 with the wrong shape .*expected \(32, 32, 3, 1, 1\)"):
+        TemporalAdapter(spec).load_weights(state_dict, source="x.safetensors")
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ({ADAPTER_METADATA_KEY: "[1, 2]"}, "not a valid adapter spec"),
+    ({ADAPTER_METADATA_KEY: json.dumps({"family": "SD3", "placement": "videoldm", "slots": {"a": {"kind": "resblock"}}})},
+     r"expected family one of .* found 'SD3'"),
+    ({ADAPTER_METADATA_KEY: json.dumps({"family": "SD1.x", "placement": "videoldm", "slots": {}, "version": 7})},
+     r"expected format version 1..1, found 7"),
+])
+def test_bad_native_metadata_is_explained(metadata, message):
+    with pytest.raises(AdapterFormatError, match=message):
+        import_adapter({"w": torch.zeros(1)}, metadata, "bad.safetensors")
+
+
+def test_random_safetensors_is_an_unrecognised_format_with_examples():
+    with pytest.raises(AdapterFormatError, match=r"unrecognised temporal adapter format.*found 2 keys like \['conv.bias', 'conv.weight'\]"):
+        import_adapter({"conv.weight": torch.zeros(1), "conv.bias": torch.zeros(1)}, {}, "random.safetensors")
+
+
+def test_lavie_is_named_and_explained():
+    with pytest.raises(AdapterFormatError, match="LaVie model.*no hook at that point"):
+        import_adapter({"down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight": torch.zeros(1)}, {}, "lavie_base.pt")
+
+
+# --- AnimateDiff --------------------------------------------------------------------------------
+
+def animatediff_state_dict(levels, widths, pe_len=32, mid=False, hotshot=False, with_pe=True):
+    """An AnimateDiff motion module in the original key layout, from our own fresh modules."""
+    layout, blocks = [], []
+    for i, c in enumerate(widths):
+        for j in range(2):
+            blocks.append((f"down_blocks.{i}.motion_modules.{j}", c))
+        for j in range(3):
+            blocks.append((f"up_blocks.{levels - 1 - i}.motion_modules.{j}", c))
+    if mid:
+        blocks.append(("mid_block.motion_modules.0", widths[-1]))
+    from videoldm_core.slots import MotionModuleSlot
+    out = {}
+    for prefix, c in blocks:
+        for k, v in MotionModuleSlot(c, 8, pe_len).state_dict().items():
+            if k.endswith("pos_encoder.pe") and not with_pe:
+                continue
+            name = f"{prefix}.{k}"
+            if hotshot:
+                name = re.sub(r"\.motion_modules\.(\d+)\.temporal_transformer\.", r".temporal_attentions.\1.", name)
+                name = name.replace("pos_encoder.pe", "pos_encoder.positional_encoding")
+            out[name] = v
+    return out
+
+
+@pytest.mark.parametrize("variant, kwargs, family, version, max_len, slots", [
+    ("v1", dict(levels=4, widths=[32, 64, 64, 64], pe_len=24), "SD1.x", "v1", 24, 20),
+    ("v2", dict(levels=4, widths=[32, 64, 64, 64], mid=True), "SD1.x", "v2", 32, 21),
+    ("v3", dict(levels=4, widths=[32, 64, 64, 64]), "SD1.x", "v3", 32, 20),
+    ("sdxl", dict(levels=3, widths=[32, 64, 64]), "SDXL", "sdxl", 32, 15),
+    ("animatelcm", dict(levels=4, widths=[32, 64, 64, 64], with_pe=False), "SD1.x", "animatelcm", 64, 20),
+    ("hotshotxl", dict(levels=3, widths=[32, 64, 64], pe_len=8, hotshot=True), "SDXL", "hotshotxl", 8, 15),
+])
+def test_animatediff_variants_are_detected_and_load_strictly(variant, kwargs, family, version, max_len, slots):
+    spec, state_dict = import_adapter(animatediff_state_dict(**kwargs), {}, f"{variant}.ckpt")
+    assert (spec.family, spec.source, spec.max_frames, len(spec.slots)) == (family, f"animatediff-{version}", max_len, slots)
+    assert spec.placement == "animatediff"
+    assert "input_blocks.1" in spec.slots and "output_blocks.0" in spec.slots
+    adapter = TemporalAdapter(spec).load_weights(state_dict)
+    pe = adapter.state_dict()["input_blocks.1.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe"]
+    assert pe.shape == (1, max_len, 32)
+
+
+def test_animatediff_with_five_down_blocks_is_refused():
+    with pytest.raises(AdapterFormatError, match=r"expected 4 down blocks \(SD1.5\) or 3 \(SDXL\), found 5"):
+        import_animatediff(animatediff_state_dict(levels=5, widths=[32] * 5))
+
+
+def test_animatediff_slots_resolve_to_the_layer_each_module_follows():
+    layout = [SpatialLayer("input_blocks.1.0", "resblock", 32, 128),
+              SpatialLayer("input_blocks.1.1", "transformer", 32, heads=4, dim_head=8, depth=1, context_dim=16),
+              SpatialLayer("input_blocks.10.0", "resblock", 64, 128),
+              SpatialLayer("output_blocks.2.0", "resblock", 64, 128)]
+    spec = AdapterSpec("SD1.x", "animatediff", animatediff_slots(layout))
+    assert resolve_slots(spec, layout, "SD1.x") == {"input_blocks.1": "input_blocks.1.1", "input_blocks.10": "input_blocks.10.0",
+                                                    "output_blocks.2": "output_blocks.2.0"}
+
+
+def test_family_mismatch_names_both_families():
+    spec = AdapterSpec("SD1.x", "videoldm", videoldm_slots(LAYOUT))
+    with pytest.raises(AdapterCompatibilityError, match=r"made for SD1.x \(32 channels, context 16\) but the model is SDXL"
+                                                        r".*Load an adapter made for SDXL"):
+        resolve_slots(spec, LAYOUT, "SDXL", source="'x'")
+    wider = [SpatialLayer(l.path, l.kind, 64, l.emb_channels, l.heads, l.dim_head, l.depth, l.context_dim) for l in LAYOUT]
+    with pytest.raises(AdapterCompatibilityError, match="has 32 channels, the model's layer input_blocks.1.0 has 64"):
+        resolve_slots(spec, wider, "SD1.x")
+
+
+# --- SVD ----------------------------------------------------------------------------------------
+
+def test_svd_unet_file_in_its_exact_public_layout_imports_its_656m_temporal_parameters():
+    shapes = {}
+    for line in (REFERENCE_KEYS / "svd_unet_keys.txt").read_text().splitlines():
+        key, shape = line.split("\t")
+        shapes[key] = torch.Size(json.loads(shape))
+    state_dict = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    spec, native = import_adapter(state_dict, {}, "svd.safetensors")
+    assert (spec.family, spec.placement, spec.source) == ("SD2.x", "videoldm", "svd")
+    kinds = [c["kind"] for c in spec.slots.values()]
+    assert kinds.count("resblock") == 22 and kinds.count("transformer") == 16
+    with torch.device("meta"):
+        adapter = TemporalAdapter(spec)
+    assert {k: v.shape for k, v in adapter.state_dict().items()} == {k: v.shape for k, v in native.items()}
+    assert sum(v.numel() for v in native.values()) == 656_076_838
