@@ -1,7 +1,11 @@
 """Thin ComfyUI nodes (V3 schema) over videoldm_core; one file per stage."""
 
 from .bundle_loader import LoadBundle
+from .temporal_adapter import ApplyTemporalAdapter, LoadTemporalAdapter, SaveTemporalAdapter
 
 NODES = [
     LoadBundle,
+    LoadTemporalAdapter,
+    ApplyTemporalAdapter,
+    SaveTemporalAdapter,
 ]

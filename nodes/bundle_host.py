@@ -139,18 +139,18 @@ def random_bundle_state_dict(spec: BundleSpec, seed: int = 0) -> dict[str, torch
 def tiny_sd1_spec(description: str = "random-weight tiny SD1.x bundle") -> BundleSpec:
     """An SD1.x-architecture LDM small enough to sample on two CPU cores in seconds.
 
-    UNet: 32/64 channels, one ResBlock per level, a transformer at each level; VAE: 4 levels
-    (8x downsampling, as SD), 4 latent channels; CLIP text encoder: width 64, 2 layers, SD's
-    tokenizer and vocabulary.
+    UNet: SD1.5's block structure (4 levels of 2 ResBlocks, transformers on the first 3 levels,
+    so every SD1.5 slot exists) at widths 32/64/64/64; VAE: 4 levels (8x downsampling, as SD),
+    4 latent channels; CLIP text encoder: width 64, 2 layers, SD's tokenizer and vocabulary.
     """
     return BundleSpec(
         family="SD1.x",
         prediction="eps",
         description=description,
         unet_config={
-            "in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 2],
-            "num_res_blocks": [1, 1], "transformer_depth": [1, 1],
-            "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
+            "in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 2, 2, 2],
+            "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+            "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1,
             "context_dim": 64, "num_heads": 4, "num_head_channels": -1, "image_size": 32,
             "use_spatial_transformer": True, "legacy": False,
         },

@@ -108,3 +108,11 @@ def node_classes(pack):
 
     extension = asyncio.run(pack.comfy_entrypoint())
     return {cls.define_schema().node_id: cls for cls in asyncio.run(extension.get_node_list())}
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1(pack_module):
+    """(MODEL, CLIP, VAE): a random-weight SD1.x-architecture model, built by the bundle code."""
+    bundle_host = pack_module("nodes.bundle_host")
+    spec = bundle_host.tiny_sd1_spec()
+    return bundle_host.build_components(spec, bundle_host.random_bundle_state_dict(spec, seed=5), source="tiny")

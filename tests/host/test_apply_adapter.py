@@ -1,0 +1,185 @@
+"""Applying temporal adapters to ComfyUI models: the original stays untouched, frames are the
+batch (T read per call), core samplers, CFG, context windows and LoRA patches work unchanged."""
+
+import logging
+
+import pytest
+import torch
+
+FRAMES = 4
+
+
+@pytest.fixture(scope="module")
+def tools(pack_module, tiny_sd1):
+    patch = pack_module("nodes.temporal_patch")
+    layout = pack_module("nodes.unet_layout")
+    adapter_mod = pack_module("videoldm_core.adapter")
+    placement = pack_module("videoldm_core.placement")
+    model, clip, _ = tiny_sd1
+
+    def make_adapter(kind="videoldm", seed=0, **kw):
+        spatial = layout.spatial_layout(model.model.diffusion_model)
+        slots = getattr(placement, f"{kind}_slots")(spatial, **kw)
+        spec = adapter_mod.AdapterSpec("SD1.x", kind, slots, max_frames=kw.get("max_len"))
+        fresh = adapter_mod.fresh_adapter(spec)
+        torch.manual_seed(seed)
+        for p in fresh.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+        return patch.build_adapter_patcher(spec, fresh.state_dict(), source="test")
+
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize("a red square moving left"))
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    return patch, make_adapter, positive, negative
+
+
+def sample(model, tools, frames=FRAMES, cfg=1.0, steps=2, seed=3):
+    import comfy.sample
+
+    _, _, positive, negative = tools
+    latent = torch.zeros(frames, 4, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    with torch.inference_mode():
+        return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent,
+                                   disable_pbar=True, seed=seed)
+
+
+def record_num_frames(adapter_patcher, path):
+    seen = []
+    handle = adapter_patcher.model.slot(path).register_forward_hook(lambda m, args, out: seen.append(args[2]))
+    return seen, handle
+
+
+def test_original_model_untouched_after_patched_clone_sampled(tiny_sd1, tools):
+    patch, make_adapter, *_ = tools
+    model = tiny_sd1[0]
+    before = sample(model, tools)
+    patched = patch.apply_adapter(model, make_adapter(), "random")
+    video = sample(patched, tools)
+    after = sample(model, tools)
+    assert torch.equal(before, after)
+    assert (video - before).abs().max() > 1e-3, "the adapter changed nothing"
+    assert "patches" not in model.model_options["transformer_options"]
+
+
+def test_strength_zero_is_the_image_model_bit_for_bit(tiny_sd1, tools):
+    patch, make_adapter, *_ = tools
+    model = tiny_sd1[0]
+    assert torch.equal(sample(patch.apply_adapter(model, make_adapter(), "x", strength=0.0), tools), sample(model, tools))
+
+
+def test_strength_scales_the_temporal_change(tiny_sd1, tools):
+    patch, make_adapter, *_ = tools
+    model, adapter = tiny_sd1[0], make_adapter()
+    plain = sample(model, tools, steps=1)
+    half = sample(patch.apply_adapter(model, adapter, "x", strength=0.5), tools, steps=1)
+    full = sample(patch.apply_adapter(model, adapter, "x", strength=1.0), tools, steps=1)
+    assert 0 < (half - plain).abs().mean() < (full - plain).abs().mean()
+
+
+def test_frames_are_read_per_call_with_cfg_batching(tiny_sd1, tools):
+    patch, make_adapter, *_ = tools
+    adapter = make_adapter()
+    seen, handle = record_num_frames(adapter, "input_blocks.1.0")
+    try:
+        patched = patch.apply_adapter(tiny_sd1[0], adapter, "x")
+        sample(patched, tools, cfg=3.0, steps=1)
+    finally:
+        handle.remove()
+    assert seen == [FRAMES]  # the batch held 2 x 4 frames (cond and uncond)
+
+
+def test_context_windows_reach_the_adapter_with_variable_frame_counts(tiny_sd1, tools):
+    from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
+    patch, make_adapter, *_ = tools
+    adapter = make_adapter()
+    seen, handle = record_num_frames(adapter, "input_blocks.1.0")
+    try:
+        patched = patch.apply_adapter(tiny_sd1[0], adapter, "x")
+        windowed = ContextWindowsManualNode.execute(patched, context_length=4, context_overlap=1, context_schedule="standard_static",
+                                                    context_stride=1, closed_loop=False, fuse_method="pyramid", dim=0, freenoise=False).result[0]
+        out = sample(windowed, tools, frames=10, steps=1)
+    finally:
+        handle.remove()
+    assert out.shape[0] == 10 and torch.isfinite(out).all()
+    assert 4 in seen and 5 in seen  # windows of 4, and of 5 with the anchor frame core prepends
+
+
+def test_transformer_index_stays_correct_for_other_patches(tiny_sd1, tools):
+    patch, make_adapter, *_ = tools
+    patched = patch.apply_adapter(tiny_sd1[0], make_adapter(), "x")
+    indices = []
+
+    def spy(q, context, value, extra_options):
+        indices.append(extra_options["transformer_index"])
+        return q, context, value
+
+    patched.set_model_attn2_patch(spy)
+    sample(patched, tools, steps=1)
+    assert indices == list(range(16))  # every spatial transformer of the SD1.5 layout, in order
+
+
+def test_two_adapters_stack_and_register_one_handler_each_kind(tiny_sd1, tools):
+    patch, make_adapter, *_ = tools
+    first, second = make_adapter(seed=1), make_adapter("animatediff", seed=2, max_len=16)
+    seen_first, h1 = record_num_frames(first, "input_blocks.1.0")
+    seen_second = []
+    h2 = second.model.slot("input_blocks.1").register_forward_hook(lambda m, a, o: seen_second.append(a[1]))
+    try:
+        both = patch.apply_adapter(patch.apply_adapter(tiny_sd1[0], first, "a"), second, "b")
+        sample(both, tools, steps=1)
+    finally:
+        h1.remove(), h2.remove()
+    assert seen_first == [FRAMES] and seen_second == [FRAMES]
+    assert len(both.model_options["transformer_options"]["patches"]["forward_timestep_embed_patch"]) == 2
+    assert len(both.get_additional_models()) == 2
+
+
+def test_lora_patches_on_the_base_model_still_apply(tiny_sd1, tools):
+    patch, make_adapter, *_ = tools
+    patched = patch.apply_adapter(tiny_sd1[0], make_adapter(), "x")
+    with_lora = patched.clone()
+    key = "diffusion_model.input_blocks.1.1.proj_in.weight"
+    with_lora.add_patches({key: (torch.full_like(patched.get_model_object(key), 0.05),)}, strength_patch=1.0)
+    assert (sample(with_lora, tools, steps=1) - sample(patched, tools, steps=1)).abs().max() > 1e-4
+
+
+def test_more_frames_than_the_positional_table_stops_before_the_first_step(tiny_sd1, tools, pack_module):
+    FrameLimitError = pack_module("videoldm_core.positional").FrameLimitError
+
+    patch, make_adapter, *_ = tools
+    adapter = make_adapter("animatediff", max_len=4)
+    calls, handle = record_num_frames(adapter, "input_blocks.1")
+    try:
+        with pytest.raises(FrameLimitError, match=r"temporal adapter 'mm' encodes at most 4 frames .* 6 frames"):
+            sample(patch.apply_adapter(tiny_sd1[0], adapter, "mm"), tools, frames=6)
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+def test_one_frame_warns_and_runs_as_the_image_model(tiny_sd1, tools, caplog):
+    patch, make_adapter, *_ = tools
+    with caplog.at_level(logging.WARNING, logger="videoldm"):
+        out = sample(patch.apply_adapter(tiny_sd1[0], make_adapter(), "x"), tools, frames=1)
+    assert "temporal layers need at least 2 frames" in caplog.text
+    assert torch.equal(out, sample(tiny_sd1[0], tools, frames=1))
+
+
+@pytest.mark.parametrize("config_name, family", [("SD20", "SD2.x"), ("SDXL", "SDXL"), ("SD_X4Upscaler", "SD-x4-upscaler")])
+def test_sd1_adapter_on_another_family_names_both(tools, config_name, family, pack_module):
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    from devtools import unet_configs
+
+    AdapterCompatibilityError = pack_module("videoldm_core.adapter").AdapterCompatibilityError
+
+    patch, make_adapter, *_ = tools
+    config = {"SD20": unet_configs.tiny(unet_configs.SD21), "SDXL": unet_configs.tiny(unet_configs.SDXL),
+              "SD_X4Upscaler": dict(unet_configs.tiny(unet_configs.SD21), in_channels=7, num_classes=1000,
+                                    disable_self_attentions=[True, True, True, False])}[config_name]
+    model_config = getattr(sm, config_name)(config)
+    model_config.set_inference_dtype(torch.float32, None)
+    other = comfy.model_patcher.ModelPatcher(model_config.get_model({}, device="meta"), "cpu", "cpu")
+    with pytest.raises(AdapterCompatibilityError, match=rf"made for SD1.x .* but the model is {family}"):
+        patch.apply_adapter(other, make_adapter(), "sd1_adapter")
