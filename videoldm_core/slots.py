@@ -142,11 +142,18 @@ class MotionBlock(nn.Module):
 
 class MotionTransformer(nn.Module):
     """AnimateDiff's `TemporalTransformer3DModel`: GroupNorm → proj_in → motion blocks over the
-    frames at each position → proj_out (zero-initialised) → + input."""
+    frames at each position → proj_out (zero-initialised) → + input.
+
+    `group_norm="frame"` normalises each frame alone, as the original AnimateDiff code does;
+    `"video"` normalises over all frames of a video together, as diffusers'
+    `AnimateDiffTransformer3D` does. The two give slightly different outputs for the same weights."""
 
     def __init__(self, channels: int, heads: int = 8, max_len: int = 32, depth: int = 1, norm_groups: int = 32,
-                 operations=nn):
+                 group_norm: str = "frame", operations=nn):
         super().__init__()
+        if group_norm not in ("frame", "video"):
+            raise ValueError(f"group_norm must be 'frame' or 'video', found {group_norm!r}")
+        self.group_norm = group_norm
         self.norm = operations.GroupNorm(norm_groups, channels, eps=1e-6)
         self.proj_in = operations.Linear(channels, channels)
         self.transformer_blocks = nn.ModuleList(MotionBlock(channels, heads, max_len, operations=operations)
@@ -155,7 +162,11 @@ class MotionTransformer(nn.Module):
 
     def forward(self, x, num_frames: int, max_distance: Optional[int] = None, attention: AttentionFn = sdpa_attention):
         _, _, h, w = x.shape
-        z = rearrange(self.norm(x), "(b t) c h w -> (b h w) t c", t=num_frames)
+        if self.group_norm == "frame":
+            z = rearrange(self.norm(x), "(b t) c h w -> (b h w) t c", t=num_frames)
+        else:
+            z = self.norm(rearrange(x, "(b t) c h w -> b c t h w", t=num_frames))
+            z = rearrange(z, "b c t h w -> (b h w) t c")
         z = self.proj_in(z)
         mask = distance_mask(num_frames, max_distance, x.device)
         for block in self.transformer_blocks:
@@ -165,9 +176,9 @@ class MotionTransformer(nn.Module):
 
 
 class MotionModuleSlot(nn.Module):
-    def __init__(self, channels: int, heads: int = 8, max_len: int = 32, operations=nn):
+    def __init__(self, channels: int, heads: int = 8, max_len: int = 32, group_norm: str = "frame", operations=nn):
         super().__init__()
-        self.temporal_transformer = MotionTransformer(channels, heads, max_len, operations=operations)
+        self.temporal_transformer = MotionTransformer(channels, heads, max_len, group_norm=group_norm, operations=operations)
 
     def forward(self, x, num_frames: int, max_distance: Optional[int] = None, attention: AttentionFn = sdpa_attention):
         return self.temporal_transformer(x, num_frames, max_distance, attention)

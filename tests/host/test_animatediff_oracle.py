@@ -1,0 +1,135 @@
+"""AnimateDiff import + apply against an independent implementation: diffusers' MotionAdapter and
+UNetMotionModel, on the same random weights, for tiny SD1.5-shaped (v1, v2, v3) and SDXL-shaped
+UNets. The motion module file is written in AnimateDiff's original key layout and goes through
+the pack's real importer and the real ComfyUI UNet.
+
+diffusers normalises a motion module's input over all frames of a video; the original AnimateDiff
+code normalises each frame alone (the pack's default). The comparison sets the imported slots to
+diffusers' convention, so everything else (layout, attention, positions, feed-forward, placement)
+is checked exactly; the frame-wise default is covered by the unit tests.
+"""
+
+import dataclasses
+import re
+
+import pytest
+import torch
+
+from devtools import unet_configs
+
+TOLERANCE = 1e-4  # max |diff| of the UNet output (fp32, values of order 1)
+FRAMES = 6
+
+
+def randomize_(module, seed):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    return module
+
+
+def diffusers_unet(config):
+    from diffusers import UNet2DConditionModel
+
+    widths = tuple(config["model_channels"] * m for m in config["channel_mult"])
+    has_attn = [d > 0 for d in config["transformer_depth"][::2]]
+    heads = [config["num_heads"]] * len(widths) if config["num_head_channels"] == -1 else [w // config["num_head_channels"] for w in widths]
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=widths, layers_per_block=2,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attn),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attn)),
+        transformer_layers_per_block=[max(d, 1) for d in config["transformer_depth"][::2]],
+        cross_attention_dim=config["context_dim"], attention_head_dim=heads, norm_num_groups=32,
+        use_linear_projection=config["use_linear_in_transformer"])
+
+
+def to_comfy_unet(reference, config, pack_module):
+    """The diffusers UNet's weights in ComfyUI's own UNetModel (ComfyUI's diffusers key map)."""
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    import comfy.utils
+
+    mapping = comfy.utils.unet_to_diffusers(config)
+    source = reference.state_dict()
+    state_dict = {ldm: source[diff] for diff, ldm in mapping.items() if diff in source}
+    family = sm.SD15 if config["channel_mult"] == [1, 2, 4, 4] else sm.SDXL
+    model_config = family(dict(config, adm_in_channels=None, num_classes=None))
+    # the stock configs overwrite the head layout with full-size defaults; keep the tiny one
+    model_config.unet_config.update(num_heads=config["num_heads"], num_head_channels=config["num_head_channels"])
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, device="cpu")
+    missing, unexpected = model.diffusion_model.load_state_dict(state_dict, strict=False)
+    assert not missing and not unexpected, (missing[:3], unexpected[:3])
+    return comfy.model_patcher.ModelPatcher(model, "cpu", "cpu")
+
+
+def original_layout(adapter_state):
+    """diffusers MotionAdapter keys -> AnimateDiff's original motion-module keys (the inverse of
+    diffusers' conversion script); each attention block gets its own copy of the positional table."""
+    out = {}
+    for key, value in adapter_state.items():
+        m = re.match(r"^(.*motion_modules\.\d+)\.(.*)$", key)
+        prefix, rest = m.group(1) + ".temporal_transformer", m.group(2)
+        if rest.endswith("pos_embed.pe"):
+            block = rest.removesuffix(".pos_embed.pe")
+            for i in (0, 1):
+                out[f"{prefix}.{block}.attention_blocks.{i}.pos_encoder.pe"] = value
+            continue
+        for a, b in (("attn1.", "attention_blocks.0."), ("attn2.", "attention_blocks.1."), ("norm1.", "norms.0."),
+                     ("norm2.", "norms.1."), ("norm3.", "ff_norm.")):
+            rest = re.sub(rf"(transformer_blocks\.\d+\.){re.escape(a)}", rf"\g<1>{b}", rest)
+        out[f"{prefix}.{rest}"] = value
+    return out
+
+
+VARIANTS = {
+    "v1": dict(base=unet_configs.SD15, max_len=24, mid=False, source="animatediff-v1", family="SD1.x"),
+    "v2": dict(base=unet_configs.SD15, max_len=32, mid=True, source="animatediff-v2", family="SD1.x"),
+    "v3": dict(base=unet_configs.SD15, max_len=32, mid=False, source="animatediff-v3", family="SD1.x"),
+    "sdxl": dict(base=unet_configs.SDXL, max_len=32, mid=False, source="animatediff-sdxl", family="SDXL"),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_imported_motion_module_matches_diffusers(variant, pack_module):
+    check_against_diffusers(VARIANTS[variant], unet_configs.tiny(VARIANTS[variant]["base"]), variant, pack_module)
+
+
+def test_full_size_sd15_motion_module_matches_diffusers(pack_module):
+    """Real SD1.5 and AnimateDiff v2 shapes (860M + 453M random parameters), two frames at 8x8."""
+    check_against_diffusers(VARIANTS["v2"], unet_configs.SD15, "v2-full", pack_module, frames=2, tolerance=1e-3)
+
+
+def check_against_diffusers(v, config, variant, pack_module, frames=FRAMES, tolerance=TOLERANCE):
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    reference_2d = randomize_(diffusers_unet(config), seed=1)
+    widths = tuple(config["model_channels"] * m for m in config["channel_mult"])
+    motion = randomize_(MotionAdapter(block_out_channels=widths, motion_layers_per_block=2, motion_num_attention_heads=8,
+                                      motion_norm_num_groups=32, motion_max_seq_length=v["max_len"],
+                                      use_motion_mid_block=v["mid"]), seed=2)
+    reference = UNetMotionModel.from_unet2d(reference_2d, motion).eval()
+
+    importers = pack_module("videoldm_core.importers")
+    patch = pack_module("nodes.temporal_patch")
+    spec, weights = importers.import_adapter(original_layout(motion.state_dict()), {}, f"{variant}.safetensors")
+    assert (spec.source, spec.family, spec.max_frames) == (v["source"], v["family"], v["max_len"])
+    spec = dataclasses.replace(spec, slots={p: dict(c, group_norm="video") for p, c in spec.slots.items()})
+    model = to_comfy_unet(reference_2d, config, pack_module)
+    patched = patch.apply_adapter(model, patch.build_adapter_patcher(spec, weights, variant), variant)
+
+    torch.manual_seed(3)
+    x = torch.randn(1, 4, frames, 8, 8)
+    t = torch.tensor([411.0])
+    text = torch.randn(1, 7, config["context_dim"])
+    with torch.no_grad():
+        # diffusers takes the text per frame ((b f), n, d), as its pipelines repeat it
+        expected = reference(x, t, encoder_hidden_states=text.expand(frames, -1, -1)).sample[0].movedim(1, 0)  # (F, C, H, W)
+        options = dict(patched.model_options["transformer_options"], cond_or_uncond=[0])
+        got = patched.model.diffusion_model(x[0].movedim(1, 0), t.expand(frames), context=text.expand(frames, -1, -1),
+                                            transformer_options=options)
+        image_only = model.model.diffusion_model(x[0].movedim(1, 0), t.expand(frames), context=text.expand(frames, -1, -1),
+                                                 transformer_options={"cond_or_uncond": [0]})
+    assert (got - expected).abs().max() < tolerance
+    assert (image_only - expected).abs().max() > 100 * tolerance, "the motion modules made no difference"
