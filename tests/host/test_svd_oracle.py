@@ -1,0 +1,60 @@
+"""SVD temporal-layer import against ComfyUI's own native SVD UNet path: the same random weights
+in a video UNet (VideoResBlock, SpatialVideoTransformer, as ComfyUI builds it for SVD files) and
+in a plain SD2.x UNet with the pack's imported adapter applied must give the same output."""
+
+
+import torch
+
+from devtools import unet_configs
+
+TOLERANCE = 1e-5
+FRAMES = 5
+
+
+def video_config(base):
+    # what ComfyUI's model detection sets for a UNet with time_stack keys (model_detection.py)
+    return dict(base, extra_ff_mix_layer=True, use_spatial_context=True, merge_strategy="learned_with_images",
+                merge_factor=0.0, video_kernel_size=[3, 1, 1], use_temporal_resblock=True, use_temporal_attention=True,
+                disable_temporal_crossattention=False)
+
+
+def test_imported_svd_temporal_layers_match_the_native_svd_unet(pack_module):
+    import comfy.model_patcher
+    import comfy.ops
+    import comfy.supported_models as sm
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    base = unet_configs.tiny(unet_configs.SD21, width=64, context_dim=32, head_width=64)  # SVD's 64-wide heads
+    native = UNetModel(**video_config(base), operations=comfy.ops.disable_weight_init).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in native.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    state_dict = {f"model.diffusion_model.{k}": v for k, v in native.state_dict().items()}
+
+    model_config = sm.SD20(base)
+    model_config.unet_config.update(num_heads=base["num_heads"], num_head_channels=base["num_head_channels"])
+    model_config.set_inference_dtype(torch.float32, None)
+    spatial = model_config.get_model({}, device="cpu")
+    temporal_names = (".time_stack.", ".time_mixer.", ".time_pos_embed.")
+    missing, unexpected = spatial.diffusion_model.load_state_dict(
+        {k.removeprefix("model.diffusion_model."): v for k, v in state_dict.items() if not any(t in k for t in temporal_names)},
+        strict=False)
+    assert not missing and not unexpected
+    model = comfy.model_patcher.ModelPatcher(spatial, "cpu", "cpu")
+
+    importers, patch = pack_module("videoldm_core.importers"), pack_module("nodes.temporal_patch")
+    spec, weights = importers.import_adapter(state_dict, {}, "svd_xt.safetensors")
+    assert (spec.family, spec.placement) == ("SD2.x", "videoldm")
+    patched = patch.apply_adapter(model, patch.build_adapter_patcher(spec, weights, "svd"), "svd")
+
+    torch.manual_seed(1)
+    x, t = torch.randn(FRAMES, 4, 8, 8), torch.full((FRAMES,), 600.0)
+    context = torch.randn(1, 7, 32).expand(FRAMES, -1, -1)
+    with torch.no_grad():
+        expected = native(x, t, context=context, num_video_frames=FRAMES, transformer_options={})
+        options = dict(patched.model_options["transformer_options"], cond_or_uncond=[0])
+        got = patched.model.diffusion_model(x, t, context=context, transformer_options=options)
+        image_only = model.model.diffusion_model(x, t, context=context, transformer_options={})
+    assert (got - expected).abs().max() < TOLERANCE
+    assert (image_only - expected).abs().max() > 1000 * TOLERANCE, "the temporal layers made no difference"
