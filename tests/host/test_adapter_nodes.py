@@ -1,0 +1,110 @@
+"""Load / Save Temporal Adapter nodes on real files: round trip, formats, and bad files."""
+
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+
+@pytest.fixture(scope="module")
+def adapters_dir(pack):
+    import folder_paths
+
+    path = folder_paths.get_folder_paths("temporal_adapters")[0]
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def native_adapter_file(adapters_dir, pack_module, tiny_sd1):
+    adapter = pack_module("videoldm_core.adapter")
+    placement = pack_module("videoldm_core.placement")
+    layout = pack_module("nodes.unet_layout").spatial_layout(tiny_sd1[0].model.diffusion_model)
+    spec = adapter.AdapterSpec("SD1.x", "animatediff", placement.animatediff_slots(layout, max_len=16), max_frames=16)
+    module = adapter.fresh_adapter(spec)
+    torch.manual_seed(0)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    adapter.save_adapter(os.path.join(adapters_dir, "native_tiny.safetensors"), module)
+    return "native_tiny.safetensors", module
+
+
+def load(node_classes, name):
+    return node_classes["VideoLDMLoadTemporalAdapter"].execute(name).result[0]
+
+
+def test_native_file_loads_with_its_spec_and_weights(node_classes, native_adapter_file):
+    name, module = native_adapter_file
+    loaded = load(node_classes, name)
+    assert loaded.spec.placement == "animatediff" and loaded.spec.max_frames == 16
+    for key, value in module.state_dict().items():
+        assert torch.equal(loaded.patcher.model.state_dict()[key], value), key
+
+
+def test_save_node_writes_a_file_that_loads_back_identically(node_classes, native_adapter_file, adapters_dir):
+    import folder_paths
+
+    loaded = load(node_classes, native_adapter_file[0])
+    node_classes["VideoLDMSaveTemporalAdapter"].execute(loaded, "temporal_adapters/roundtrip")
+    saved = os.path.join(folder_paths.get_output_directory(), "temporal_adapters", "roundtrip_00001_.safetensors")
+    os.replace(saved, os.path.join(adapters_dir, "roundtrip.safetensors"))
+    again = load(node_classes, "roundtrip.safetensors")
+    assert again.spec == loaded.spec
+    assert all(torch.equal(again.patcher.model.state_dict()[k], v) for k, v in loaded.patcher.model.state_dict().items())
+
+
+def test_apply_node_patches_a_clone_and_applies_strength(node_classes, native_adapter_file, tiny_sd1):
+    loaded = load(node_classes, native_adapter_file[0])
+    model = tiny_sd1[0]
+    patched = node_classes["VideoLDMApplyTemporalAdapter"].execute(model, loaded, 1.0, 8).result[0]
+    assert patched is not model and patched.model is model.model
+    [applied] = patched.model_options["transformer_options"]["videoldm_adapters"]
+    assert applied.max_distance == 8 and applied.name == "native_tiny.safetensors"
+
+
+def test_pickle_checkpoint_is_loaded_weights_only(node_classes, native_adapter_file, adapters_dir):
+    torch.save({"state_dict": dict(native_adapter_file[1].state_dict())}, os.path.join(adapters_dir, "as_pickle.ckpt"))
+    with pytest.raises(Exception, match="unrecognised temporal adapter format"):  # tensors read; no spec in a pickle
+        load(node_classes, "as_pickle.ckpt")
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_malicious_pickle_is_refused(node_classes, adapters_dir):
+    with open(os.path.join(adapters_dir, "evil.pt"), "wb") as f:
+        pickle.dump({"down_blocks.0.motion_modules.0.x": Payload()}, f)
+    with pytest.raises(Exception, match="refused to load.*only tensors"):
+        load(node_classes, "evil.pt")
+
+
+def test_truncated_safetensors_is_a_clear_error(node_classes, native_adapter_file, adapters_dir):
+    data = open(os.path.join(adapters_dir, native_adapter_file[0]), "rb").read()
+    with open(os.path.join(adapters_dir, "truncated.safetensors"), "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(Exception, match="not a readable weights file.*truncated"):
+        load(node_classes, "truncated.safetensors")
+
+
+def test_random_safetensors_is_unrecognised(node_classes, adapters_dir):
+    save_file({"encoder.conv.weight": torch.zeros(2, 2)}, os.path.join(adapters_dir, "vae_by_mistake.safetensors"))
+    with pytest.raises(Exception, match="unrecognised temporal adapter format.*encoder.conv.weight"):
+        load(node_classes, "vae_by_mistake.safetensors")
+
+
+def test_missing_and_unknown_keys_are_listed(node_classes, native_adapter_file, adapters_dir):
+    from safetensors import safe_open
+
+    path = os.path.join(adapters_dir, native_adapter_file[0])
+    with safe_open(path, framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    tensors.pop("input_blocks.1.temporal_transformer.proj_out.weight")
+    tensors["input_blocks.1.temporal_transformer.extra.weight"] = torch.zeros(1)
+    save_file(tensors, os.path.join(adapters_dir, "damaged.safetensors"), metadata=metadata)
+    with pytest.raises(Exception, match=r"1 missing \(e.g. \['input_blocks.1.temporal_transformer.proj_out.weight'\]\)"
+                                        r".*1 unexpected \(e.g. \['input_blocks.1.temporal_transformer.extra.weight'\]\)"):
+        load(node_classes, "damaged.safetensors")
