@@ -1,10 +1,15 @@
-"""Writes the demo's random-weight bundle (real SD1.x architectures at tiny size).
+"""Writes the demo's random-weight models into a ComfyUI base directory:
 
-Usage: python -m devtools.make_demo_bundle [OUT.safetensors]   (default: the scratch checkpoints folder)
+- models/checkpoints/videoldm_demo_tiny.safetensors: a Video LDM bundle (real SD1.x architectures
+  at tiny size: UNet with SD1.5's block structure, KL VAE, CLIP text encoder);
+- models/temporal_adapters/videoldm_demo_motion_module.safetensors: a motion module for that UNet
+  in AnimateDiff's original key layout (v2-style, with mid block), read by the pack's importer.
 
-Until the pack's own toy model family is trained, the demo runs on random weights: the video
-it writes shows that the graph runs end to end, not a picture. A full-size random SD1.5 (about
-2 GB, ~4 s per step on two CPU cores) would show nothing more, so the demo stays tiny on purpose.
+Usage: python -m devtools.make_demo_bundle [BASE_DIR]   (default: the scratch base directory)
+
+Until the pack's own toy model family is trained, the demo runs on random weights: the video it
+writes shows that the graph runs end to end, not a picture. A full-size random SD1.5 (about 2 GB,
+~4 s per step on two CPU cores) would show nothing more, so the demo stays tiny on purpose.
 """
 
 from __future__ import annotations
@@ -13,30 +18,57 @@ import importlib
 import sys
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
+
 from . import paths
 from .comfy_in_process import init_comfy
 
 DEMO_BUNDLE_NAME = "videoldm_demo_tiny.safetensors"
+DEMO_MOTION_MODULE_NAME = "videoldm_demo_motion_module.safetensors"
 DEMO_SEED = 20230418  # arXiv 2304.08818
 
 
-def default_path() -> Path:
-    return paths.base_dir() / "models" / "checkpoints" / DEMO_BUNDLE_NAME
+def animatediff_layout_state_dict(widths, max_len=32, mid_block=True, seed=0, std=0.05, slot_class=None):
+    """A random motion module in AnimateDiff's original key layout for a UNet with these level
+    widths and two ResBlocks per level (`down_blocks.i.motion_modules.j.temporal_transformer.*`)."""
+    if slot_class is None:
+        from videoldm_core.slots import MotionModuleSlot as slot_class
+    positions = [(f"down_blocks.{i}.motion_modules.{j}", c) for i, c in enumerate(widths) for j in range(2)]
+    positions += [(f"up_blocks.{len(widths) - 1 - i}.motion_modules.{j}", c) for i, c in enumerate(widths) for j in range(3)]
+    if mid_block:
+        positions.append(("mid_block.motion_modules.0", widths[-1]))
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for prefix, channels in positions:
+        for key, value in slot_class(channels, 8, max_len).state_dict().items():
+            if not key.endswith("pos_encoder.pe"):
+                value = torch.randn(value.shape, generator=generator) * std + (1.0 if key.endswith(("norm.weight", "norms.0.weight", "norms.1.weight", "ff_norm.weight")) else 0.0)
+            out[f"{prefix}.{key}"] = value
+    return out
 
 
-def make_demo_bundle(out: Path) -> Path:
+def make_demo_models(base_dir: Path) -> list[Path]:
     pack = init_comfy()
     bundle_host = importlib.import_module(f"{pack.__name__}.nodes.bundle_host")
     bundle = importlib.import_module(f"{pack.__name__}.videoldm_core.bundle")
     spec = bundle_host.tiny_sd1_spec(description="Video LDM demo: random weights, a wiring demo, not a picture")
-    state_dict = bundle_host.random_bundle_state_dict(spec, seed=DEMO_SEED)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".partial")
-    bundle.save_bundle(tmp, spec, state_dict)
-    tmp.replace(out)
-    return out
+    bundle_path = base_dir / "models" / "checkpoints" / DEMO_BUNDLE_NAME
+    _write(bundle_path, lambda p: bundle.save_bundle(p, spec, bundle_host.random_bundle_state_dict(spec, seed=DEMO_SEED)))
+    widths = [spec.unet_config["model_channels"] * m for m in spec.unet_config["channel_mult"]]
+    motion_path = base_dir / "models" / "temporal_adapters" / DEMO_MOTION_MODULE_NAME
+    _write(motion_path, lambda p: save_file(animatediff_layout_state_dict(widths, seed=DEMO_SEED), str(p)))
+    return [bundle_path, motion_path]
+
+
+def _write(path: Path, write):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial.safetensors")
+    write(tmp)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else default_path()
-    print(make_demo_bundle(target))
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else paths.base_dir()
+    for written in make_demo_models(target):
+        print(written)

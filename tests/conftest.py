@@ -59,15 +59,12 @@ def make_base_dir(root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def server_base_dir(tmp_path_factory) -> Path:
-    """Base directory for the shared server: the pack plus the demo's random-weight bundle."""
+    """Base directory for the shared server: the pack plus the demo's random-weight models."""
     import subprocess
 
-    from devtools.make_demo_bundle import DEMO_BUNDLE_NAME
-
     base = make_base_dir(tmp_path_factory.mktemp("server-base"))
-    subprocess.run([sys.executable, "-m", "devtools.make_demo_bundle",
-                    str(base / "models" / "checkpoints" / DEMO_BUNDLE_NAME)],
-                   cwd=REPO_ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "devtools.make_demo_bundle", str(base)], cwd=REPO_ROOT, check=True,
+                   capture_output=True)
     return base
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from devtools.make_demo_bundle import animatediff_layout_state_dict
 from videoldm_core.adapter import (ADAPTER_METADATA_KEY, AdapterCompatibilityError, AdapterFormatError, AdapterSpec,
                                    TemporalAdapter, fresh_adapter, read_adapter_spec, resolve_slots, save_adapter)
 from videoldm_core.importers import import_adapter
@@ -91,37 +92,27 @@ def test_lavie_is_named_and_explained():
 
 # --- AnimateDiff --------------------------------------------------------------------------------
 
-def animatediff_state_dict(levels, widths, pe_len=32, mid=False, hotshot=False, with_pe=True):
-    """An AnimateDiff motion module in the original key layout, from our own fresh modules."""
-    layout, blocks = [], []
-    for i, c in enumerate(widths):
-        for j in range(2):
-            blocks.append((f"down_blocks.{i}.motion_modules.{j}", c))
-        for j in range(3):
-            blocks.append((f"up_blocks.{levels - 1 - i}.motion_modules.{j}", c))
-    if mid:
-        blocks.append(("mid_block.motion_modules.0", widths[-1]))
-    from videoldm_core.slots import MotionModuleSlot
+def animatediff_state_dict(widths, pe_len=32, mid=False, hotshot=False, with_pe=True):
+    """A motion module in AnimateDiff's original key layout, optionally as AnimateLCM (no tables)
+    or HotshotXL (renamed keys) ship them."""
     out = {}
-    for prefix, c in blocks:
-        for k, v in MotionModuleSlot(c, 8, pe_len).state_dict().items():
-            if k.endswith("pos_encoder.pe") and not with_pe:
-                continue
-            name = f"{prefix}.{k}"
-            if hotshot:
-                name = re.sub(r"\.motion_modules\.(\d+)\.temporal_transformer\.", r".temporal_attentions.\1.", name)
-                name = name.replace("pos_encoder.pe", "pos_encoder.positional_encoding")
-            out[name] = v
+    for name, value in animatediff_layout_state_dict(widths, pe_len, mid).items():
+        if name.endswith("pos_encoder.pe") and not with_pe:
+            continue
+        if hotshot:
+            name = re.sub(r"\.motion_modules\.(\d+)\.temporal_transformer\.", r".temporal_attentions.\1.", name)
+            name = name.replace("pos_encoder.pe", "pos_encoder.positional_encoding")
+        out[name] = value
     return out
 
 
 @pytest.mark.parametrize("variant, kwargs, family, version, max_len, slots", [
-    ("v1", dict(levels=4, widths=[32, 64, 64, 64], pe_len=24), "SD1.x", "v1", 24, 20),
-    ("v2", dict(levels=4, widths=[32, 64, 64, 64], mid=True), "SD1.x", "v2", 32, 21),
-    ("v3", dict(levels=4, widths=[32, 64, 64, 64]), "SD1.x", "v3", 32, 20),
-    ("sdxl", dict(levels=3, widths=[32, 64, 64]), "SDXL", "sdxl", 32, 15),
-    ("animatelcm", dict(levels=4, widths=[32, 64, 64, 64], with_pe=False), "SD1.x", "animatelcm", 64, 20),
-    ("hotshotxl", dict(levels=3, widths=[32, 64, 64], pe_len=8, hotshot=True), "SDXL", "hotshotxl", 8, 15),
+    ("v1", dict(widths=[32, 64, 64, 64], pe_len=24), "SD1.x", "v1", 24, 20),
+    ("v2", dict(widths=[32, 64, 64, 64], mid=True), "SD1.x", "v2", 32, 21),
+    ("v3", dict(widths=[32, 64, 64, 64]), "SD1.x", "v3", 32, 20),
+    ("sdxl", dict(widths=[32, 64, 64]), "SDXL", "sdxl", 32, 15),
+    ("animatelcm", dict(widths=[32, 64, 64, 64], with_pe=False), "SD1.x", "animatelcm", 64, 20),
+    ("hotshotxl", dict(widths=[32, 64, 64], pe_len=8, hotshot=True), "SDXL", "hotshotxl", 8, 15),
 ])
 def test_animatediff_variants_are_detected_and_load_strictly(variant, kwargs, family, version, max_len, slots):
     spec, state_dict = import_adapter(animatediff_state_dict(**kwargs), {}, f"{variant}.ckpt")
@@ -135,7 +126,7 @@ def test_animatediff_variants_are_detected_and_load_strictly(variant, kwargs, fa
 
 def test_animatediff_with_five_down_blocks_is_refused():
     with pytest.raises(AdapterFormatError, match=r"expected 4 down blocks \(SD1.5\) or 3 \(SDXL\), found 5"):
-        import_animatediff(animatediff_state_dict(levels=5, widths=[32] * 5))
+        import_animatediff(animatediff_state_dict(widths=[32] * 5))
 
 
 def test_animatediff_slots_resolve_to_the_layer_each_module_follows():
