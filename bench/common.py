@@ -26,6 +26,29 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def _status_gib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**20
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def step_peak_gib(fn) -> float:
+    """Extra resident memory at the peak of `fn()` (activations), on Linux: freed heap is handed
+    back first (malloc_trim) and the kernel's high-water mark reset (clear_refs 5)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_gib("VmRSS")
+    fn()
+    return _status_gib("VmHWM") - before
+
+
 def print_table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]):
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print(f"\n{title}")
