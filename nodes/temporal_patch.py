@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import torch
+
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
@@ -71,11 +73,15 @@ class AppliedAdapter:
 
 
 def build_adapter_patcher(spec, state_dict, source: str):
-    """The adapter as a module of comfy.ops layers in its own ModelPatcher (lowvram, dtype casting)."""
+    """The adapter as a module of comfy.ops layers in its own ModelPatcher (lowvram, dtype casting).
+    Weights are stored in the dtype the host picks for UNets on this device; manual_cast layers
+    compute in the dtype of whatever UNet they run in. Applying never changes the stored weights."""
     module = TemporalAdapter(spec, operations=comfy.ops.manual_cast)
     patcher = comfy.model_patcher.CoreModelPatcher(module, load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())
     module.load_weights(state_dict, source=source, assign=patcher.is_dynamic())
+    parameters = sum(v.numel() for v in state_dict.values())
+    module.to(mm.unet_dtype(model_params=parameters, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32]))
     return patcher
 
 
@@ -95,9 +101,6 @@ def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, max_
             applied.inside[id(layer)] = slot_path
         else:
             applied.after.setdefault(id(layer), []).append(slot_path)
-    # Cast the adapter's weights to the UNet's storage dtype; manual_cast layers follow the input at run time.
-    applied.patcher.model.to(model.model.get_dtype())
-
     options = m.model_options["transformer_options"]
     previous = options.get(OPTIONS_KEY, [])
     if not previous:

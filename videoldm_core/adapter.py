@@ -9,8 +9,7 @@ under `videoldm_adapter` in the metadata.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -19,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .metadata_spec import MetadataSpec
 from .placement import SpatialLayer, blocks, motion_module_layer
 from .slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
 
@@ -38,7 +38,10 @@ class AdapterCompatibilityError(ValueError):
 
 
 @dataclass(frozen=True)
-class AdapterSpec:
+class AdapterSpec(MetadataSpec):
+    METADATA_KEY = ADAPTER_METADATA_KEY
+    FORMAT_ERROR = AdapterFormatError
+
     family: str
     placement: str
     slots: dict
@@ -67,24 +70,6 @@ class AdapterSpec:
     @property
     def kinds(self) -> list[str]:
         return sorted({c["kind"] for c in self.slots.values()})
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "adapter") -> "AdapterSpec":
-        try:
-            data = json.loads(text)
-            if not isinstance(data, dict):
-                raise TypeError(f"a JSON {type(data).__name__}")
-            unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-            if unknown:
-                raise TypeError(f"unknown fields {unknown}")
-            return cls(**data)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise AdapterFormatError(f"{source}: '{ADAPTER_METADATA_KEY}' metadata is not a valid adapter spec ({e}).") from None
-        except AdapterFormatError as e:
-            raise AdapterFormatError(f"{source}: {e}") from None
 
 
 def _set_submodule(root: nn.Module, path: str, module: nn.Module):

@@ -11,13 +11,14 @@ under `videoldm_bundle` in the metadata is new.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from .metadata_spec import MetadataSpec
 
 BUNDLE_METADATA_KEY = "videoldm_bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -45,8 +46,11 @@ class BundleFormatError(ValueError):
 
 
 @dataclass(frozen=True)
-class BundleSpec:
+class BundleSpec(MetadataSpec):
     """What a bundle holds: enough to build every component without looking at weights."""
+
+    METADATA_KEY = BUNDLE_METADATA_KEY
+    FORMAT_ERROR = BundleFormatError
 
     family: str
     prediction: str
@@ -78,28 +82,6 @@ class BundleSpec:
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell along each side: 2 ** (number of VAE resolution levels - 1)."""
         return 2 ** (len(self.vae_config["ddconfig"]["ch_mult"]) - 1)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "bundle") -> "BundleSpec":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise BundleFormatError(f"{source}: '{BUNDLE_METADATA_KEY}' metadata is not valid JSON ({e}).") from None
-        if not isinstance(data, dict):
-            raise BundleFormatError(f"{source}: expected a JSON object in '{BUNDLE_METADATA_KEY}', found {type(data).__name__}.")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BundleFormatError(f"{source}: unknown bundle fields {unknown}; expected only {sorted(known)}.")
-        try:
-            return cls(**data)
-        except TypeError as e:
-            raise BundleFormatError(f"{source}: incomplete bundle spec ({e}).") from None
-        except BundleFormatError as e:
-            raise BundleFormatError(f"{source}: {e}") from None
 
 
 def _expect(ok: bool, expected: str, found: str):

@@ -183,3 +183,45 @@ def test_sd1_adapter_on_another_family_names_both(tools, config_name, family, pa
     other = comfy.model_patcher.ModelPatcher(model_config.get_model({}, device="meta"), "cpu", "cpu")
     with pytest.raises(AdapterCompatibilityError, match=rf"made for SD1.x .* but the model is {family}"):
         patch.apply_adapter(other, make_adapter(), "sd1_adapter")
+
+
+def test_applying_and_sampling_leave_the_adapter_weights_unchanged(tiny_sd1, tools):
+    patch, make_adapter, *_ = tools
+    adapter = make_adapter()
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    sample(patch.apply_adapter(tiny_sd1[0], adapter, "x"), tools, steps=1)
+    after = adapter.model.state_dict()
+    assert all(torch.equal(after[k], v) and after[k].dtype == v.dtype for k, v in before.items())
+
+
+def test_core_controlnet_with_per_frame_hints_works_with_an_adapter(tiny_sd1, tools, pack_module):
+    """Core ControlNet (a tiny one in ComfyUI's own cldm architecture) with one hint image per
+    frame, through core's ControlNetApplyAdvanced, on a patched model."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.ops
+    import comfy.sample
+    import nodes
+
+    patch, make_adapter, positive, negative = tools
+    unet = pack_module("nodes.bundle_host").tiny_sd1_spec().unet_config
+    control_model = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.manual_cast, device="cpu",
+                                               **{k: v for k, v in unet.items() if k not in ("out_channels", "transformer_depth_output")})
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for p in control_model.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    control_net = comfy.controlnet.ControlNet(control_model, load_device="cpu", manual_cast_dtype=None)
+    hints = torch.rand(FRAMES, 64, 64, 3)  # one hint per frame, pixel space (8x the 8x8 latent)
+    pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control_net, hints, 1.0, 0.0, 1.0)
+    patched = patch.apply_adapter(tiny_sd1[0], make_adapter(), "x")
+
+    def run(p, n):
+        latent = torch.zeros(FRAMES, 4, 8, 8)
+        with torch.inference_mode():
+            return comfy.sample.sample(patched, comfy.sample.prepare_noise(latent, 3), 2, 3.0, "euler", "normal", p, n,
+                                       latent, disable_pbar=True, seed=3)
+
+    controlled, free = run(pos, neg), run(positive, negative)
+    assert torch.isfinite(controlled).all()
+    assert (controlled - free).abs().max() > 1e-3, "the ControlNet hints had no effect"

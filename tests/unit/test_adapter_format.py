@@ -69,7 +69,7 @@ def test_load_weights_lists_missing_unexpected_and_misshapen_keys():
 
 
 @pytest.mark.parametrize("metadata, message", [
-    ({ADAPTER_METADATA_KEY: "[1, 2]"}, "not a valid adapter spec"),
+    ({ADAPTER_METADATA_KEY: "[1, 2]"}, "expected a JSON object in .videoldm_adapter., found list"),
     ({ADAPTER_METADATA_KEY: json.dumps({"family": "SD3", "placement": "videoldm", "slots": {"a": {"kind": "resblock"}}})},
      r"expected family one of .* found 'SD3'"),
     ({ADAPTER_METADATA_KEY: json.dumps({"family": "SD1.x", "placement": "videoldm", "slots": {}, "version": 7})},

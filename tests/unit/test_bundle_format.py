@@ -89,7 +89,7 @@ def test_metadata_errors_name_the_file(tmp_path):
         read_bundle_spec(path)
     data = json.loads(small_spec().to_json()) | {"surprise": 1}
     save_file(small_state_dict(), str(path), metadata={BUNDLE_METADATA_KEY: json.dumps(data)})
-    with pytest.raises(BundleFormatError, match=r"unknown bundle fields \['surprise'\]"):
+    with pytest.raises(BundleFormatError, match=r"unknown fields \['surprise'\] in 'videoldm_bundle'"):
         read_bundle_spec(path)
 
 
