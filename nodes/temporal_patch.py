@@ -24,7 +24,8 @@ import comfy.patcher_extension
 from comfy.ldm.modules.attention import SpatialTransformer, SpatialVideoTransformer, optimized_attention
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, VideoResBlock
 
-from ..videoldm_core.adapter import TemporalAdapter, resolve_slots
+from ..videoldm_core.adapter import AdapterSpec, TemporalAdapter, fresh_adapter, resolve_slots
+from ..videoldm_core.placement import animatediff_slots, videoldm_slots
 from ..videoldm_core.positional import check_frame_limit
 from .unet_layout import model_family, named_layers, spatial_layout
 
@@ -83,6 +84,16 @@ def build_adapter_patcher(spec, state_dict, source: str):
     parameters = sum(v.numel() for v in state_dict.values())
     module.to(mm.unet_dtype(model_params=parameters, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32]))
     return patcher
+
+
+def fresh_adapter_for_model(model, placement: str = "videoldm", **options):
+    """(spec, TemporalAdapter) with slots for every spatial layer of `model`, ready to train: its
+    output layers start at zero, so applying it leaves the model's output exactly unchanged.
+    `options` go to the placement (e.g. positional="relative", text_context=False, max_len=32)."""
+    layout = spatial_layout(model.model.diffusion_model)
+    slots = {"videoldm": videoldm_slots, "animatediff": animatediff_slots}[placement](layout, **options)
+    spec = AdapterSpec(model_family(model), placement, slots, max_frames=options.get("max_len") if placement == "animatediff" else None)
+    return spec, fresh_adapter(spec)
 
 
 def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, max_distance: int | None = None):

@@ -37,6 +37,7 @@ class AlphaBlender(nn.Module):
             return self.mix_factor
         alpha = torch.sigmoid(self.mix_factor)
         if self.merge_strategy == "learned_with_images" and image_only_indicator is not None:
+            alpha = alpha.to(image_only_indicator.device)
             alpha = torch.where(image_only_indicator.bool(), torch.ones_like(alpha), alpha)
         return alpha
 
@@ -51,7 +52,7 @@ class AlphaBlender(nn.Module):
             else:
                 shape[0], shape[frame_dim] = alpha.shape
             alpha = alpha.reshape(shape)
-        alpha = alpha.to(x_spatial.dtype)
+        alpha = alpha.to(device=x_spatial.device, dtype=x_spatial.dtype)  # a host may leave α on another device
         if self.alpha_on == "temporal":
             return alpha * x_temporal + (1.0 - alpha) * x_spatial
         return alpha * x_spatial + (1.0 - alpha) * x_temporal

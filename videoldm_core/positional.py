@@ -118,8 +118,9 @@ class RotaryEmbedding(nn.Module):
     def rotate(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         """x: (batch, frames, heads * dim_head) -> same shape, rotated by frame index."""
         x = rearrange(x, "b t (h d) -> b h t d", h=heads)
-        positions = torch.arange(x.shape[2], device=x.device, dtype=self.freqs.dtype)
-        angles = torch.repeat_interleave(positions[:, None] * self.freqs, 2, dim=-1)  # (t, dim): pairs share a frequency
+        freqs = self.freqs.to(x.device)
+        positions = torch.arange(x.shape[2], device=x.device, dtype=freqs.dtype)
+        angles = torch.repeat_interleave(positions[:, None] * freqs, 2, dim=-1)  # (t, dim): pairs share a frequency
         rot, rest = x[..., : self.dim], x[..., self.dim:]
         pairs = rearrange(rot, "... (d r) -> ... d r", r=2)
         rotated_half = rearrange(torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), "... d r -> ... (d r)")

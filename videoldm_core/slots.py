@@ -91,13 +91,13 @@ class TransformerSlot(nn.Module):
             frames = torch.arange(num_frames, device=x.device)
             pos = self.time_pos_embed(sinusoidal_embedding(frames, self.channels, self.max_period).to(x.dtype))
             x_mix = x_mix + repeat(pos, "t c -> (b t) 1 c", b=bt // num_frames)
-        time_context = None
         block = self.time_stack[depth_index]
-        if context is not None and block.attn2 is not None:
-            time_context = repeat(context[::num_frames], "b n d -> (b s) n d", s=s)
+        # Video LDM's temporal layers read the first frame's text; one row per video, shared by its
+        # s positions (projected once, not once per position)
+        time_context = context[::num_frames] if context is not None and block.attn2 is not None else None
         x_mix = rearrange(x_mix, "(b t) s c -> (b s) t c", t=num_frames)
         x_mix = block(x_mix, context=time_context, mask=self.frame_bias(num_frames, max_distance, x.device),
-                      attention=attention)
+                      attention=attention, context_repeat=s)
         x_mix = rearrange(x_mix, "(b s) t c -> (b t) s c", s=s)
         return self.time_mixer(x, x_mix, image_only_indicator)
 
@@ -111,7 +111,7 @@ class PositionalEncoding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_frame_limit(x.shape[1], self.pe.shape[1], "this motion module")
-        return x + self.pe[:, : x.shape[1]].to(x.dtype)
+        return x + self.pe[:, : x.shape[1]].to(device=x.device, dtype=x.dtype)
 
 
 class MotionAttention(Attention):

@@ -199,6 +199,7 @@ def test_core_controlnet_with_per_frame_hints_works_with_an_adapter(tiny_sd1, to
     frame, through core's ControlNetApplyAdvanced, on a patched model."""
     import comfy.cldm.cldm
     import comfy.controlnet
+    import comfy.model_management
     import comfy.ops
     import comfy.sample
     import nodes
@@ -211,7 +212,8 @@ def test_core_controlnet_with_per_frame_hints_works_with_an_adapter(tiny_sd1, to
     with torch.no_grad():
         for p in control_model.parameters():
             p.copy_(torch.randn_like(p) * 0.05)
-    control_net = comfy.controlnet.ControlNet(control_model, load_device="cpu", manual_cast_dtype=None)
+    control_net = comfy.controlnet.ControlNet(control_model, load_device=comfy.model_management.get_torch_device(),
+                                              manual_cast_dtype=None)
     hints = torch.rand(FRAMES, 64, 64, 3)  # one hint per frame, pixel space (8x the 8x8 latent)
     pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control_net, hints, 1.0, 0.0, 1.0)
     patched = patch.apply_adapter(tiny_sd1[0], make_adapter(), "x")
@@ -225,3 +227,14 @@ def test_core_controlnet_with_per_frame_hints_works_with_an_adapter(tiny_sd1, to
     controlled, free = run(pos, neg), run(positive, negative)
     assert torch.isfinite(controlled).all()
     assert (controlled - free).abs().max() > 1e-3, "the ControlNet hints had no effect"
+
+
+@pytest.mark.parametrize("placement, options", [("videoldm", {}), ("videoldm", {"positional": "relative"}),
+                                                ("animatediff", {"max_len": 16})])
+def test_fresh_adapter_from_a_model_starts_as_the_identity(tiny_sd1, tools, placement, options):
+    patch = tools[0]
+    model = tiny_sd1[0]
+    spec, adapter = patch.fresh_adapter_for_model(model, placement, **options)
+    assert spec.family == "SD1.x" and all(p.requires_grad for p in adapter.parameters())
+    patched = patch.apply_adapter(model, patch.build_adapter_patcher(spec, adapter.state_dict(), "fresh"), "fresh")
+    assert torch.equal(sample(patched, tools, steps=1), sample(model, tools, steps=1))
