@@ -72,7 +72,7 @@ class AdapterSpec(MetadataSpec):
         return sorted({c["kind"] for c in self.slots.values()})
 
 
-def _set_submodule(root: nn.Module, path: str, module: nn.Module):
+def set_submodule(root: nn.Module, path: str, module: nn.Module):
     *parents, name = path.split(".")
     for part in parents:
         if not hasattr(root, part):
@@ -87,7 +87,7 @@ class TemporalAdapter(nn.Module):
         self.spec = spec
         for path, config in spec.slots.items():
             kwargs = {k: v for k, v in config.items() if k != "kind"}
-            _set_submodule(self, path, SLOT_CLASSES[config["kind"]](**kwargs, operations=operations))
+            set_submodule(self, path, SLOT_CLASSES[config["kind"]](**kwargs, operations=operations))
 
     def slot(self, path: str) -> nn.Module:
         return self.get_submodule(path)

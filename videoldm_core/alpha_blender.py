@@ -18,6 +18,19 @@ from torch import nn
 MERGE_STRATEGIES = ("fixed", "learned", "learned_with_images")
 
 
+def merge_alpha(merge_strategy: str, mix_factor: torch.Tensor) -> torch.Tensor:
+    """α from the stored mix factor: raw for `fixed`, sigmoid otherwise."""
+    return mix_factor if merge_strategy == "fixed" else torch.sigmoid(mix_factor)
+
+
+def blend(alpha: torch.Tensor, x_spatial: torch.Tensor, x_temporal: torch.Tensor, alpha_on: str = "spatial") -> torch.Tensor:
+    """α·spatial + (1−α)·temporal (UNet), or α·temporal + (1−α)·spatial (`alpha_on="temporal"`, decoder)."""
+    alpha = alpha.to(device=x_spatial.device, dtype=x_spatial.dtype)  # a host may leave α on another device
+    if alpha_on == "temporal":
+        return alpha * x_temporal + (1.0 - alpha) * x_spatial
+    return alpha * x_spatial + (1.0 - alpha) * x_temporal
+
+
 class AlphaBlender(nn.Module):
     def __init__(self, merge_strategy: str = "learned_with_images", alpha: float = 0.0, alpha_on: str = "spatial"):
         super().__init__()
@@ -33,9 +46,7 @@ class AlphaBlender(nn.Module):
 
     def alpha(self, image_only_indicator: Optional[torch.Tensor] = None) -> torch.Tensor:
         """α as a scalar tensor, or per frame (b, t) when images are flagged."""
-        if self.merge_strategy == "fixed":
-            return self.mix_factor
-        alpha = torch.sigmoid(self.mix_factor)
+        alpha = merge_alpha(self.merge_strategy, self.mix_factor)
         if self.merge_strategy == "learned_with_images" and image_only_indicator is not None:
             alpha = alpha.to(image_only_indicator.device)
             alpha = torch.where(image_only_indicator.bool(), torch.ones_like(alpha), alpha)
@@ -52,7 +63,4 @@ class AlphaBlender(nn.Module):
             else:
                 shape[0], shape[frame_dim] = alpha.shape
             alpha = alpha.reshape(shape)
-        alpha = alpha.to(device=x_spatial.device, dtype=x_spatial.dtype)  # a host may leave α on another device
-        if self.alpha_on == "temporal":
-            return alpha * x_temporal + (1.0 - alpha) * x_spatial
-        return alpha * x_spatial + (1.0 - alpha) * x_temporal
+        return blend(alpha, x_spatial, x_temporal, self.alpha_on)

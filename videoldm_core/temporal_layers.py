@@ -24,7 +24,8 @@ def zero_(module: nn.Module) -> nn.Module:
 
 class TemporalResBlock(nn.Module):
     """GroupNorm-SiLU-Conv3d(k,1,1) → + timestep embedding → GroupNorm-SiLU-Dropout-Conv3d(k,1,1),
-    plus identity skip. The last conv is zero-initialised, so a fresh block is the identity."""
+    plus identity skip. The last conv is zero-initialised, so a fresh block is the identity.
+    `emb_channels=0`: no timestep embedding (the autoencoder decoder's temporal blocks)."""
 
     def __init__(self, channels: int, emb_channels: int, kernel_t: int = 3, dropout: float = 0.0,
                  norm_groups: int = 32, operations=nn):
@@ -32,14 +33,15 @@ class TemporalResBlock(nn.Module):
         conv = dict(kernel_size=(kernel_t, 1, 1), padding=(kernel_t // 2, 0, 0))
         self.in_layers = nn.Sequential(operations.GroupNorm(norm_groups, channels), nn.SiLU(),
                                        operations.Conv3d(channels, channels, **conv))
-        self.emb_layers = nn.Sequential(nn.SiLU(), operations.Linear(emb_channels, channels))
+        self.emb_layers = nn.Sequential(nn.SiLU(), operations.Linear(emb_channels, channels)) if emb_channels else None
         self.out_layers = nn.Sequential(operations.GroupNorm(norm_groups, channels), nn.SiLU(), nn.Dropout(dropout),
                                         zero_(operations.Conv3d(channels, channels, **conv)))
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         """x: (b, c, t, h, w); emb: (b, t, emb_channels), the diffusion timestep embedding per frame."""
         h = self.in_layers(x)
-        h = h + self.emb_layers(emb).to(h.dtype).movedim(1, 2)[..., None, None]
+        if self.emb_layers is not None:
+            h = h + self.emb_layers(emb).to(h.dtype).movedim(1, 2)[..., None, None]
         return x + self.out_layers(h)
 
 

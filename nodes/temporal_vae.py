@@ -1,0 +1,205 @@
+"""Load Temporal VAE and Temporal VAE Decode: a decoder with temporal layers, windowed over time.
+
+ComfyUI's VAE Decode splits frames into memory-sized batches and decodes each batch as a separate
+clip (its tiled fallback even decodes one frame at a time), so temporal layers see the wrong clip.
+Here the clip is chosen explicitly: overlapping windows of frames, cross-faded, optionally tiled in
+space with every frame of a window in each tile.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from typing_extensions import override
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import comfy.sd
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..videoldm_core.temporal_decoder import (TEMPORAL_DECODER_METADATA_KEY, TemporalDecoder, TemporalDecoderFormatError,
+                                              TemporalDecoderSpec, split_svd_vae)
+from ..videoldm_core.windows import blend_weights, overlap_of, windows
+
+TEMPORAL_DECODER_ATTR = "videoldm_temporal_decoder"  # set on VAE objects this pack creates
+NONE = "none"
+
+
+def kl_vae_config(state_dict: dict, source: str) -> dict:
+    """The AutoencoderKL config of an LDM-layout KL VAE, read off its weights (any width and depth)."""
+    try:
+        ch = state_dict["encoder.conv_in.weight"].shape[0]
+        levels = 1 + max(int(k.split(".")[2]) for k in state_dict if k.startswith("encoder.down."))
+        blocks = 1 + max(int(k.split(".")[4]) for k in state_dict if k.startswith("encoder.down.0.block."))
+        z_channels = state_dict["decoder.conv_in.weight"].shape[1]
+        ddconfig = {
+            "double_z": state_dict["encoder.conv_out.weight"].shape[0] == 2 * z_channels, "z_channels": z_channels,
+            "resolution": 256, "in_channels": state_dict["encoder.conv_in.weight"].shape[1],
+            "out_ch": state_dict["decoder.conv_out.weight"].shape[0], "ch": ch,
+            "ch_mult": [state_dict[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels)],
+            "num_res_blocks": blocks, "attn_resolutions": [], "dropout": 0.0,
+        }
+        embed_dim = state_dict["post_quant_conv.weight"].shape[1]
+    except (KeyError, ValueError) as e:
+        raise TemporalDecoderFormatError(
+            f"{source}: not a KL autoencoder (expected encoder.*, decoder.*, quant_conv/post_quant_conv keys; missing {e}).") from None
+    return {"params": {"ddconfig": ddconfig, "embed_dim": embed_dim}}
+
+
+def build_temporal_decoder(spec: TemporalDecoderSpec, state_dict: dict, source: str):
+    module = TemporalDecoder(spec, operations=comfy.ops.manual_cast)
+    missing = sorted(set(module.state_dict()) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(module.state_dict()))
+    if missing or unexpected:
+        raise TemporalDecoderFormatError(f"{source}: temporal decoder weights do not match its spec "
+                                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
+    patcher = comfy.model_patcher.CoreModelPatcher(module, load_device=mm.vae_device(), offload_device=mm.vae_offload_device())
+    module.load_state_dict(state_dict, strict=True, assign=patcher.is_dynamic())
+    return patcher
+
+
+def load_temporal_vae(vae_state_dict: dict, source: str, addon: tuple[TemporalDecoderSpec, dict] | None = None):
+    """A ComfyUI VAE for the image part, with the temporal decoder (from an SVD VAE, or `addon`)
+    attached for Temporal VAE Decode."""
+    if any(k.startswith("first_stage_model.") for k in vae_state_dict):
+        vae_state_dict = {k[len("first_stage_model."):]: v for k, v in vae_state_dict.items() if k.startswith("first_stage_model.")}
+    temporal = None
+    if any(k.startswith("decoder.") and k.endswith(".mix_factor") for k in vae_state_dict):
+        image_sd, spec, weights = split_svd_vae(vae_state_dict, source)
+        temporal = (spec, weights)
+        if addon is not None:
+            raise TemporalDecoderFormatError(f"{source} already has temporal decoder layers; choose 'none' for the add-on.")
+    else:
+        image_sd = vae_state_dict
+        temporal = addon
+    vae = comfy.sd.VAE(sd=image_sd, config=kl_vae_config(image_sd, source))
+    if temporal is not None:
+        setattr(vae, TEMPORAL_DECODER_ATTR, build_temporal_decoder(*temporal, source))
+    return vae
+
+
+def decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int = 0) -> torch.Tensor:
+    """Frames (T, H, W, 3) from latents (T, C, h, w): windows of `window` frames overlapping by
+    `overlap`, each decoded as one clip and cross-faded; optional spatial tiles of `tile_size`
+    latent pixels (overlapping by a quarter) holding every frame of the window."""
+    if samples.ndim != 4 or samples.shape[1] != vae.latent_channels:
+        raise ValueError(f"Temporal VAE Decode: the latent has {samples.shape[1] if samples.ndim > 1 else '?'} channels "
+                         f"(shape {tuple(samples.shape)}), the VAE decodes {vae.latent_channels}-channel latents of shape "
+                         "(frames, channels, height, width). Use the VAE that matches the model that made the latent.")
+    frames, _, height, width = samples.shape
+    time_windows = windows(frames, window, overlap)  # raises on window < 1 or overlap >= window
+    tiles_y = windows(height, tile_size, tile_size // 4) if 0 < tile_size < height else [(0, height)]
+    tiles_x = windows(width, tile_size, tile_size // 4) if 0 < tile_size < width else [(0, width)]
+    temporal = getattr(vae, TEMPORAL_DECODER_ATTR, None)
+    scale = vae.upscale_ratio
+    first_stage = vae.first_stage_model
+
+    tile_shape = (min(window, frames), samples.shape[1], tiles_y[0][1] - tiles_y[0][0], tiles_x[0][1] - tiles_x[0][0])
+    memory = vae.memory_used_decode(tile_shape, vae.vae_dtype) * (2 if temporal is not None else 1)
+    mm.load_models_gpu([vae.patcher] + ([temporal] if temporal is not None else []), memory_required=memory)
+
+    out_device = vae.output_device
+    out = torch.zeros(frames, height * scale, width * scale, 3, device=out_device)
+    total = torch.zeros(frames, height * scale, width * scale, 1, device=out_device)
+    ramps = overlap_of(time_windows), overlap_of(tiles_y), overlap_of(tiles_x)
+    pbar = comfy.utils.ProgressBar(len(time_windows) * len(tiles_y) * len(tiles_x))
+    for t0, t1 in time_windows:
+        wt = blend_weights(t0, t1, frames, ramps[0])
+        for y0, y1 in tiles_y:
+            wy = blend_weights(y0, y1, height, ramps[1]).repeat_interleave(scale)
+            for x0, x1 in tiles_x:
+                mm.throw_exception_if_processing_interrupted()
+                z = samples[t0:t1, :, y0:y1, x0:x1].to(vae.device, vae.vae_dtype)
+                if getattr(first_stage, "post_quant_conv", None) is not None:
+                    z = first_stage.post_quant_conv(z)
+                x = temporal.model.decode(first_stage.decoder, z, t1 - t0) if temporal is not None else first_stage.decoder(z)
+                image = vae.process_output(x.to(out_device, torch.float32)).movedim(1, -1)
+                wx = blend_weights(x0, x1, width, ramps[2]).repeat_interleave(scale)
+                w = (wt[:, None, None] * wy[None, :, None] * wx[None, None, :])[..., None].to(out_device)
+                ys, xs = slice(y0 * scale, y1 * scale), slice(x0 * scale, x1 * scale)
+                out[t0:t1, ys, xs] += image * w
+                total[t0:t1, ys, xs] += w
+                pbar.update(1)
+    return (out / total).to(mm.intermediate_dtype())
+
+
+def _vae_sources() -> list[str]:
+    return ([f"vae/{n}" for n in folder_paths.get_filename_list("vae")] +
+            [f"checkpoints/{n}" for n in folder_paths.get_filename_list("checkpoints")])
+
+
+class LoadTemporalVAE(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VideoLDMLoadTemporalVAE",
+            display_name="Load Temporal VAE",
+            category="Video LDM/vae",
+            description="Loads a VAE whose decoder has temporal layers: an SVD VAE file, an SVD checkpoint's first "
+                        "stage, or an image VAE plus a temporal-decoder add-on. Decode with Temporal VAE Decode.",
+            search_aliases=["svd vae", "temporal decoder", "video vae"],
+            inputs=[
+                io.Combo.Input("vae_name", options=_vae_sources(),
+                               tooltip="A VAE file (models/vae) or a checkpoint whose first stage is used (models/checkpoints)."),
+                io.Combo.Input("temporal_decoder", options=[NONE] + folder_paths.get_filename_list("temporal_adapters"),
+                               default=NONE,
+                               tooltip="A temporal-decoder add-on for an image VAE (models/temporal_adapters), or 'none' "
+                                       "(an SVD VAE brings its own)."),
+            ],
+            outputs=[io.Vae.Output(display_name="VAE", tooltip="The VAE; decode videos with Temporal VAE Decode.")],
+        )
+
+    @classmethod
+    @override
+    def execute(cls, vae_name, temporal_decoder) -> io.NodeOutput:
+        folder, name = vae_name.split("/", 1)
+        state_dict = comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise(folder, name), safe_load=True)
+        addon = None
+        if temporal_decoder != NONE:
+            path = folder_paths.get_full_path_or_raise("temporal_adapters", temporal_decoder)
+            weights, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+            if not metadata or TEMPORAL_DECODER_METADATA_KEY not in metadata:
+                raise TemporalDecoderFormatError(f"'{temporal_decoder}' is not a temporal-decoder add-on (no "
+                                                 f"'{TEMPORAL_DECODER_METADATA_KEY}' metadata).")
+            addon = (TemporalDecoderSpec.from_json(metadata[TEMPORAL_DECODER_METADATA_KEY], f"'{temporal_decoder}'"), weights)
+        return io.NodeOutput(load_temporal_vae(state_dict, f"'{os.path.basename(name)}'", addon))
+
+
+class TemporalVAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VideoLDMTemporalVAEDecode",
+            display_name="Temporal VAE Decode",
+            category="Video LDM/vae",
+            description="Decodes video latents in overlapping windows of frames, each window one clip for the "
+                        "decoder's temporal layers, cross-faded at the seams. With an image VAE it gives the same "
+                        "images as VAE Decode.",
+            inputs=[
+                io.Vae.Input("vae", tooltip="A VAE; its temporal layers (from Load Temporal VAE) are used if present."),
+                io.Latent.Input("samples", tooltip="Video latents: the batch is the frames."),
+                io.Int.Input("window", default=16, min=1, max=4096,
+                             tooltip="Frames decoded together as one clip. Larger: smoother, more memory."),
+                io.Int.Input("overlap", default=4, min=0, max=4095,
+                             tooltip="Frames shared by neighbouring windows and cross-faded; less than the window."),
+                io.Int.Input("tile_size", default=0, min=0, max=4096, step=8,
+                             tooltip="Spatial tiles in latent pixels (0: whole frames). Each tile holds all frames of "
+                                     "a window; tiles overlap by a quarter."),
+            ],
+            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The decoded frames.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, window, overlap, **kwargs):
+        if overlap >= window:
+            return f"overlap must be less than the window ({window} frames), found {overlap}"
+        return True
+
+    @classmethod
+    @override
+    def execute(cls, vae, samples, window, overlap, tile_size) -> io.NodeOutput:
+        return io.NodeOutput(decode_video(vae, samples["samples"], window, overlap, tile_size))

@@ -1,0 +1,145 @@
+"""Temporal VAE decoding on ComfyUI's real VAE classes: equal to core VAE Decode for image VAEs,
+equal to ComfyUI's own SVD VideoDecoder for one window, seams and flicker when windowed."""
+
+import os
+
+import pytest
+import torch
+
+FRAMES = 12
+
+
+@pytest.fixture(scope="module")
+def vae_parts(pack_module):
+    """(tiny SD-layout image VAE state dict, its ddconfig, a random temporal decoder state dict in
+    SVD's key layout built with ComfyUI's own temporal_ae.VideoDecoder)."""
+    from comfy.ldm.modules.temporal_ae import VideoDecoder
+
+    bundle_host = pack_module("nodes.bundle_host")
+    spec = bundle_host.tiny_sd1_spec()
+    bundle = bundle_host.random_bundle_state_dict(spec, seed=7)
+    image_sd = {k[len("first_stage_model."):]: v for k, v in bundle.items() if k.startswith("first_stage_model.")}
+    ddconfig = dict(spec.vae_config["ddconfig"])
+    video_decoder = VideoDecoder(video_kernel_size=[3, 1, 1], alpha=0.0, **ddconfig)
+    torch.manual_seed(8)
+    with torch.no_grad():
+        for name, p in video_decoder.named_parameters():
+            p.copy_(image_sd[f"decoder.{name}"] if f"decoder.{name}" in image_sd else torch.randn_like(p) * 0.05)
+    return image_sd, ddconfig, video_decoder
+
+
+def smooth_latents(frames=FRAMES, seed=0):
+    """Latents that change slowly over time, like those of a real video."""
+    torch.manual_seed(seed)
+    a, b = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    t = torch.linspace(0, 1, frames)[:, None, None, None]
+    return (1 - t) * a + t * b
+
+
+@pytest.fixture(scope="module")
+def vaes(pack_module, vae_parts):
+    temporal_vae = pack_module("nodes.temporal_vae")
+    image_sd, _, video_decoder = vae_parts
+    svd_sd = dict(image_sd, **{f"decoder.{k}": v for k, v in video_decoder.state_dict().items()})
+    return temporal_vae, temporal_vae.load_temporal_vae(image_sd, "image"), temporal_vae.load_temporal_vae(svd_sd, "svd")
+
+
+def test_image_vae_gives_core_vae_decode_images(vaes):
+    temporal_vae, image_vae, _ = vaes
+    z = smooth_latents()
+    with torch.inference_mode():
+        ours = temporal_vae.decode_video(image_vae, z, window=5, overlap=2)
+        core = image_vae.decode(z)
+    assert ours.shape == core.shape == (FRAMES, 64, 64, 3)
+    assert (ours - core).abs().max() < 1e-4
+
+
+def test_one_window_equals_comfyuis_svd_video_decoder(vaes, vae_parts):
+    temporal_vae, _, svd_vae = vaes
+    _, _, video_decoder = vae_parts
+    z = smooth_latents()
+    with torch.inference_mode():
+        ours = temporal_vae.decode_video(svd_vae, z, window=FRAMES, overlap=0)
+        native = svd_vae.process_output(video_decoder(svd_vae.first_stage_model.post_quant_conv(z))).movedim(1, -1)
+        image_only = svd_vae.decode(z)
+    assert (ours - native).abs().max() < 1e-5
+    assert (image_only - native).abs().max() > 1e-2, "the temporal layers made no difference"
+
+
+def test_tiles_keep_all_frames_and_match_untiled_closely(vaes):
+    temporal_vae, _, svd_vae = vaes
+    z = smooth_latents()
+    with torch.inference_mode():
+        whole = temporal_vae.decode_video(svd_vae, z, window=FRAMES, overlap=0)
+        one_tile = temporal_vae.decode_video(svd_vae, z, window=FRAMES, overlap=0, tile_size=8)
+        tiled = temporal_vae.decode_video(svd_vae, z, window=FRAMES, overlap=0, tile_size=6)  # 2x2 tiles, 4 shared
+    assert torch.equal(one_tile, whole)
+    assert tiled.shape == whole.shape
+    # the decoder's mid-block attention sees the whole frame, so tiles cannot be exact: bound the
+    # mean error at 0.02 (about 5 of 255 levels) for 2x2 tiles of a 64-pixel frame
+    assert (tiled - whole).abs().mean() < 0.02
+
+
+def flicker(frames):
+    return (frames[1:] - frames[:-1]).abs().mean(dim=(1, 2, 3))
+
+
+def test_windowed_seams_are_small_and_flicker_less_than_core_batches(vaes):
+    """Reference: all frames as one clip. Core VAE Decode, when it splits the batch, decodes each
+    batch as a separate clip (emulated here with its own decode per batch of 4)."""
+    temporal_vae, _, svd_vae = vaes
+    z = smooth_latents()
+    with torch.inference_mode():
+        reference = temporal_vae.decode_video(svd_vae, z, window=FRAMES, overlap=0)
+        windowed = temporal_vae.decode_video(svd_vae, z, window=6, overlap=3)
+        core_batches = torch.cat([svd_vae.decode(z[i:i + 4]) for i in range(0, FRAMES, 4)])
+    error = (windowed - reference).abs().mean(dim=(1, 2, 3))
+    seams, interior = error[[3, 4, 5, 6, 7, 8]], error[[0, 1, 10, 11]]
+    print(f"seam error {seams.mean():.4f}, interior {interior.mean():.4f}")
+    assert seams.max() < 0.02  # images in [0, 1]
+    assert flicker(windowed).max() < flicker(core_batches).max()
+    assert (flicker(windowed) - flicker(reference)).abs().mean() < (flicker(core_batches) - flicker(reference)).abs().mean()
+
+
+def test_addon_file_turns_an_image_vae_temporal(pack_module, vae_parts, node_classes, vaes):
+    import folder_paths
+    from safetensors.torch import save_file
+
+    temporal_decoder = pack_module("videoldm_core.temporal_decoder")
+    image_sd, _, video_decoder = vae_parts
+    _, spec, weights = temporal_decoder.split_svd_vae({**image_sd, **{f"decoder.{k}": v for k, v in video_decoder.state_dict().items()}})
+    addon_dir = folder_paths.get_folder_paths("temporal_adapters")[0]
+    vae_dir = folder_paths.get_folder_paths("vae")[0]
+    os.makedirs(addon_dir, exist_ok=True), os.makedirs(vae_dir, exist_ok=True)
+    save_file(weights, os.path.join(addon_dir, "decoder_addon.safetensors"),
+              metadata={temporal_decoder.TEMPORAL_DECODER_METADATA_KEY: spec.to_json()})
+    save_file(image_sd, os.path.join(vae_dir, "image_vae.safetensors"))
+    vae = node_classes["VideoLDMLoadTemporalVAE"].execute("vae/image_vae.safetensors", "decoder_addon.safetensors").result[0]
+    z = {"samples": smooth_latents()}
+    with torch.inference_mode():
+        ours = node_classes["VideoLDMTemporalVAEDecode"].execute(vae, z, FRAMES, 0, 0).result[0]
+        svd = vaes[0].decode_video(vaes[2], z["samples"], FRAMES, 0)
+    assert torch.allclose(ours, svd, atol=1e-6)
+
+
+def test_latent_with_the_wrong_channels_is_refused(vaes):
+    temporal_vae, image_vae, _ = vaes
+    with pytest.raises(ValueError, match="the latent has 16 channels .* the VAE decodes 4-channel latents"):
+        temporal_vae.decode_video(image_vae, torch.zeros(4, 16, 8, 8), 4, 1)
+
+
+@pytest.mark.parametrize("window, overlap, message", [(0, 0, "window must be at least 1"), (4, 4, "overlap must be in 0..window-1")])
+def test_bad_window_settings_are_refused(vaes, window, overlap, message):
+    temporal_vae, image_vae, _ = vaes
+    with pytest.raises(ValueError, match=message):
+        temporal_vae.decode_video(image_vae, smooth_latents(), window, overlap)
+
+
+def test_overlap_not_below_window_fails_validation(node_classes):
+    assert "overlap must be less than the window (8 frames), found 8" in node_classes["VideoLDMTemporalVAEDecode"].validate_inputs(window=8, overlap=8)
+
+
+def test_a_file_that_is_not_a_vae_is_refused(pack_module, vaes):
+    error = pack_module("videoldm_core.temporal_decoder").TemporalDecoderFormatError
+    with pytest.raises(error, match="not a KL autoencoder"):
+        vaes[0].load_temporal_vae({"model.diffusion_model.out.2.weight": torch.zeros(4, 32, 3, 3)}, "'unet.safetensors'")

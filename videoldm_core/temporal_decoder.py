@@ -1,0 +1,153 @@
+"""Temporal layers for the autoencoder's decoder (Video LDM §3.2: "we introduce additional temporal
+layers for the autoencoder's decoder"; the encoder stays frozen). Layout and names of sgm's
+`temporal_ae.VideoDecoder`, as in SVD's VAE:
+
+- after every decoder ResNet block ("mid.block_1", "up.3.block.0", ...): `time_stack`, a 3D-conv
+  residual block with (k,1,1) kernels and no timestep input, and `mix_factor`, blended the
+  decoder's way round: α·temporal + (1−α)·spatial with α = sigmoid(mix_factor);
+- after `conv_out`: `conv_out.time_mix_conv`, a Conv3d(k,1,1) applied to the output (not residual).
+
+`TemporalDecoder.decode(decoder, z, T)` runs any image decoder in the LDM layout (conv_in, mid,
+up[i].block/attn/upsample, norm_out, conv_out) with these layers; the image decoder's own
+modules are used as they are, so the same temporal layers fit any KL-f8-style decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .adapter import set_submodule
+from .alpha_blender import blend, merge_alpha
+from .metadata_spec import MetadataSpec
+from .temporal_layers import TemporalResBlock
+
+TEMPORAL_DECODER_METADATA_KEY = "videoldm_temporal_decoder"
+TEMPORAL_DECODER_VERSION = 1
+
+
+class TemporalDecoderFormatError(ValueError):
+    """A file or state dict is not a temporal decoder this pack can read."""
+
+
+@dataclass(frozen=True)
+class TemporalDecoderSpec(MetadataSpec):
+    METADATA_KEY = TEMPORAL_DECODER_METADATA_KEY
+    FORMAT_ERROR = TemporalDecoderFormatError
+
+    blocks: dict                      # decoder ResNet block path -> channels
+    out_channels: int                 # image channels of conv_out (time_mix_conv width)
+    kernel_t: int = 3
+    merge_strategy: str = "learned"
+    source: str = "native"
+    description: str = ""
+    version: int = TEMPORAL_DECODER_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.blocks:
+            raise TemporalDecoderFormatError("expected at least one decoder block, found none.")
+        if self.merge_strategy not in ("fixed", "learned"):
+            raise TemporalDecoderFormatError(f"expected merge strategy 'fixed' or 'learned', found {self.merge_strategy!r}.")
+        if not isinstance(self.version, int) or not 1 <= self.version <= TEMPORAL_DECODER_VERSION:
+            raise TemporalDecoderFormatError(f"expected format version 1..{TEMPORAL_DECODER_VERSION}, found {self.version!r}.")
+
+
+class DecoderTemporalBlock(nn.Module):
+    def __init__(self, channels: int, kernel_t: int = 3, merge_strategy: str = "learned", alpha: float = 0.0, operations=nn):
+        super().__init__()
+        self.merge_strategy = merge_strategy
+        self.time_stack = TemporalResBlock(channels, emb_channels=0, kernel_t=kernel_t, operations=operations)
+        if merge_strategy == "fixed":
+            self.register_buffer("mix_factor", torch.tensor([float(alpha)]))
+        else:
+            self.mix_factor = nn.Parameter(torch.tensor([float(alpha)]))
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        z = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
+        z = blend(merge_alpha(self.merge_strategy, self.mix_factor), z, self.time_stack(z), alpha_on="temporal")
+        return rearrange(z, "b c t h w -> (b t) c h w")
+
+
+class TimeMixConv(nn.Module):
+    """Holds `time_mix_conv`: a Conv3d over frames applied to the decoder output. A fresh one is the
+    identity (centre tap = identity matrix), so a fresh temporal decoder equals the image decoder."""
+
+    def __init__(self, channels: int, kernel_t: int = 3, operations=nn):
+        super().__init__()
+        self.time_mix_conv = operations.Conv3d(channels, channels, (kernel_t, 1, 1), padding=(kernel_t // 2, 0, 0))
+        with torch.no_grad():
+            self.time_mix_conv.weight.zero_()
+            self.time_mix_conv.weight[:, :, kernel_t // 2, 0, 0] = torch.eye(channels)
+            self.time_mix_conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        z = self.time_mix_conv(rearrange(x, "(b t) c h w -> b c t h w", t=num_frames))
+        return rearrange(z, "b c t h w -> (b t) c h w")
+
+
+class TemporalDecoder(nn.Module):
+    def __init__(self, spec: TemporalDecoderSpec, operations=nn):
+        super().__init__()
+        self.spec = spec
+        for path, channels in spec.blocks.items():
+            set_submodule(self, path, DecoderTemporalBlock(channels, spec.kernel_t, spec.merge_strategy, operations=operations))
+        self.conv_out = TimeMixConv(spec.out_channels, spec.kernel_t, operations=operations)
+
+    def after(self, path: str, h: torch.Tensor, num_frames: int) -> torch.Tensor:
+        return self.get_submodule(path)(h, num_frames) if path in self.spec.blocks else h
+
+    def decode(self, decoder: nn.Module, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """`decoder`'s forward with the temporal layers after its blocks and output; z: ((b t), c, h, w)."""
+        h = decoder.conv_in(z)
+        h = self.after("mid.block_1", decoder.mid.block_1(h, None), num_frames)
+        h = decoder.mid.attn_1(h)
+        h = self.after("mid.block_2", decoder.mid.block_2(h, None), num_frames)
+        for i_level in reversed(range(decoder.num_resolutions)):
+            level = decoder.up[i_level]
+            for i_block in range(decoder.num_res_blocks + 1):
+                h = self.after(f"up.{i_level}.block.{i_block}", level.block[i_block](h, None), num_frames)
+                if len(level.attn) > 0:
+                    h = level.attn[i_block](h)
+            if i_level != 0:
+                h = level.upsample(h)
+        h = decoder.conv_out(F.silu(decoder.norm_out(h)))
+        h = self.conv_out(h, num_frames)
+        return torch.tanh(h) if getattr(decoder, "tanh_out", False) else h
+
+
+def spec_for_decoder(decoder: nn.Module, kernel_t: int = 3, **fields) -> TemporalDecoderSpec:
+    """The temporal layers an LDM-layout image decoder takes: one block per ResNet block."""
+    blocks = {"mid.block_1": decoder.mid.block_1.out_channels, "mid.block_2": decoder.mid.block_2.out_channels}
+    for i_level in range(decoder.num_resolutions):
+        for i_block, block in enumerate(decoder.up[i_level].block):
+            blocks[f"up.{i_level}.block.{i_block}"] = block.out_channels
+    return TemporalDecoderSpec(blocks=blocks, out_channels=decoder.conv_out.out_channels, kernel_t=kernel_t, **fields)
+
+
+def split_svd_vae(state_dict: dict, source: str = "VAE") -> tuple[dict, TemporalDecoderSpec, dict]:
+    """An SVD VAE (bare, or an SVD checkpoint's `first_stage_model.*`) -> (image VAE state dict,
+    temporal decoder spec, temporal decoder state dict in the native layout)."""
+    prefix = "first_stage_model."
+    if any(k.startswith(prefix) for k in state_dict):
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    image, temporal = {}, {}
+    for key, value in state_dict.items():
+        if key.startswith("decoder.") and (".time_stack." in key or key.endswith(".mix_factor") or ".time_mix_conv." in key):
+            temporal[key[len("decoder."):]] = value
+        else:
+            image[key] = value
+    if not temporal:
+        raise TemporalDecoderFormatError(f"{source}: no temporal decoder layers ('decoder.*.time_stack.*', "
+                                         "'decoder.*.mix_factor', 'decoder.conv_out.time_mix_conv.*').")
+    if "decoder.conv_in.weight" not in image:
+        raise TemporalDecoderFormatError(f"{source}: temporal decoder layers without an image decoder ('decoder.conv_in.weight').")
+    blocks = {k.removesuffix(".mix_factor"): temporal[k.removesuffix("mix_factor") + "time_stack.in_layers.2.weight"].shape[0]
+              for k in temporal if k.endswith(".mix_factor")}
+    mix = temporal["conv_out.time_mix_conv.weight"]
+    spec = TemporalDecoderSpec(blocks=blocks, out_channels=mix.shape[0], kernel_t=mix.shape[2], source="svd")
+    return image, spec, temporal
