@@ -3,7 +3,9 @@
 - models/checkpoints/videoldm_demo_tiny.safetensors: a Video LDM bundle (real SD1.x architectures
   at tiny size: UNet with SD1.5's block structure, KL VAE, CLIP text encoder);
 - models/temporal_adapters/videoldm_demo_motion_module.safetensors: a motion module for that UNet
-  in AnimateDiff's original key layout (v2-style, with mid block), read by the pack's importer.
+  in AnimateDiff's original key layout (v2-style, with mid block), read by the pack's importer;
+- models/temporal_adapters/videoldm_demo_temporal_decoder.safetensors: temporal layers for the
+  bundle's VAE decoder (SVD's layout, small random weights), a temporal-decoder add-on.
 
 Usage: python -m devtools.make_demo_bundle [BASE_DIR]   (default: the scratch base directory)
 
@@ -26,6 +28,7 @@ from .comfy_in_process import init_comfy
 
 DEMO_BUNDLE_NAME = "videoldm_demo_tiny.safetensors"
 DEMO_MOTION_MODULE_NAME = "videoldm_demo_motion_module.safetensors"
+DEMO_TEMPORAL_DECODER_NAME = "videoldm_demo_temporal_decoder.safetensors"
 DEMO_SEED = 20230418  # arXiv 2304.08818
 
 
@@ -58,7 +61,22 @@ def make_demo_models(base_dir: Path) -> list[Path]:
     widths = [spec.unet_config["model_channels"] * m for m in spec.unet_config["channel_mult"]]
     motion_path = base_dir / "models" / "temporal_adapters" / DEMO_MOTION_MODULE_NAME
     _write(motion_path, lambda p: save_file(animatediff_layout_state_dict(widths, seed=DEMO_SEED), str(p)))
-    return [bundle_path, motion_path]
+    temporal_decoder = importlib.import_module(f"{pack.__name__}.videoldm_core.temporal_decoder")
+    decoder_path = base_dir / "models" / "temporal_adapters" / DEMO_TEMPORAL_DECODER_NAME
+    _write(decoder_path, lambda p: save_random_temporal_decoder(p, temporal_decoder, spec))
+    return [bundle_path, motion_path, decoder_path]
+
+
+def save_random_temporal_decoder(path, temporal_decoder, bundle_spec, seed=DEMO_SEED, std=0.02):
+    """A temporal-decoder add-on for the bundle's VAE: fresh (identity) layers plus small noise."""
+    from comfy.ldm.modules.diffusionmodules.model import Decoder
+
+    decoder = Decoder(**bundle_spec.vae_config["ddconfig"])
+    spec = temporal_decoder.spec_for_decoder(decoder, description="Video LDM demo: random temporal decoder layers")
+    module = temporal_decoder.TemporalDecoder(spec)
+    generator = torch.Generator().manual_seed(seed)
+    weights = {k: v + torch.randn(v.shape, generator=generator) * std for k, v in module.state_dict().items()}
+    save_file(weights, str(path), metadata={temporal_decoder.TEMPORAL_DECODER_METADATA_KEY: spec.to_json()})
 
 
 def _write(path: Path, write):
