@@ -43,11 +43,23 @@ def kl_vae_config(state_dict: dict, source: str) -> dict:
             "ch_mult": [state_dict[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels)],
             "num_res_blocks": blocks, "attn_resolutions": [], "dropout": 0.0,
         }
-        embed_dim = state_dict["post_quant_conv.weight"].shape[1]
+        embed_dim = state_dict["post_quant_conv.weight"].shape[1] if "post_quant_conv.weight" in state_dict else z_channels
     except (KeyError, ValueError) as e:
         raise TemporalDecoderFormatError(
-            f"{source}: not a KL autoencoder (expected encoder.*, decoder.*, quant_conv/post_quant_conv keys; missing {e}).") from None
+            f"{source}: not a KL autoencoder (expected encoder.* and decoder.* keys in the LDM layout; missing {e}).") from None
     return {"params": {"ddconfig": ddconfig, "embed_dim": embed_dim}}
+
+
+def with_quant_convs(state_dict: dict) -> dict:
+    """SVD's VAE has no post_quant_conv (and some VAEs no quant_conv); ComfyUI's AutoencoderKL
+    always has both, so the missing ones are supplied as exact identities (1x1, no bias)."""
+    out = dict(state_dict)
+    z = state_dict["decoder.conv_in.weight"].shape[1]
+    for name, channels in (("post_quant_conv", z), ("quant_conv", state_dict["encoder.conv_out.weight"].shape[0])):
+        if f"{name}.weight" not in out:
+            out[f"{name}.weight"] = torch.eye(channels)[:, :, None, None]
+            out[f"{name}.bias"] = torch.zeros(channels)
+    return out
 
 
 def build_temporal_decoder(spec: TemporalDecoderSpec, state_dict: dict, source: str):
@@ -76,7 +88,14 @@ def load_temporal_vae(vae_state_dict: dict, source: str, addon: tuple[TemporalDe
     else:
         image_sd = vae_state_dict
         temporal = addon
-    vae = comfy.sd.VAE(sd=image_sd, config=kl_vae_config(image_sd, source))
+    config = kl_vae_config(image_sd, source)
+    image_sd = with_quant_convs(image_sd)
+    vae = comfy.sd.VAE(sd=image_sd, config=config)
+    expected = set(vae.first_stage_model.state_dict())
+    missing, unexpected = sorted(expected - set(image_sd)), sorted(set(image_sd) - expected)
+    if missing or unexpected:  # ComfyUI only logs these; a VAE with random parts must not load
+        raise TemporalDecoderFormatError(f"{source}: the VAE weights do not match a KL autoencoder "
+                                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
     if temporal is not None:
         setattr(vae, TEMPORAL_DECODER_ATTR, build_temporal_decoder(*temporal, source))
     return vae

@@ -139,7 +139,57 @@ def test_overlap_not_below_window_fails_validation(node_classes):
     assert "overlap must be less than the window (8 frames), found 8" in node_classes["VideoLDMTemporalVAEDecode"].validate_inputs(window=8, overlap=8)
 
 
+def test_a_vae_with_missing_weights_is_refused_not_loaded_half_random(pack_module, vaes, vae_parts):
+    error = pack_module("videoldm_core.temporal_decoder").TemporalDecoderFormatError
+    image_sd = {k: v for k, v in vae_parts[0].items() if not k.startswith("decoder.up.1.")}
+    with pytest.raises(error, match=r"do not match a KL autoencoder \(missing \['decoder.up.1."):
+        vaes[0].load_temporal_vae(image_sd, "'partial.safetensors'")
+
+
 def test_a_file_that_is_not_a_vae_is_refused(pack_module, vaes):
     error = pack_module("videoldm_core.temporal_decoder").TemporalDecoderFormatError
     with pytest.raises(error, match="not a KL autoencoder"):
         vaes[0].load_temporal_vae({"model.diffusion_model.out.2.weight": torch.zeros(4, 32, 3, 3)}, "'unet.safetensors'")
+
+
+def diffusers_to_svd_layout(state_dict):
+    """diffusers AutoencoderKLTemporalDecoder weights -> SVD's (sgm) VAE key layout: image parts with
+    ComfyUI's own diffusers converter, temporal parts renamed here."""
+    import re
+
+    import comfy.diffusers_convert
+
+    levels = 1 + max(int(k.split(".")[2]) for k in state_dict if k.startswith("decoder.up_blocks."))
+    image, temporal = {}, {}
+    names = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3"}
+    for key, value in state_dict.items():
+        m = re.match(r"decoder\.(mid_block|up_blocks\.(\d+))\.resnets\.(\d+)\.(temporal_res_block\.(\w+)|time_mixer\.mix_factor)\.?(.*)$", key)
+        if m:
+            block = f"mid.block_{int(m.group(3)) + 1}" if m.group(1) == "mid_block" else f"up.{levels - 1 - int(m.group(2))}.block.{m.group(3)}"
+            rest = "mix_factor" if m.group(4).startswith("time_mixer") else f"time_stack.{names[m.group(5)]}.{m.group(6)}"
+            temporal[f"decoder.{block}.{rest}"] = value
+        elif key.startswith("decoder.time_conv_out."):
+            temporal[key.replace("decoder.time_conv_out.", "decoder.conv_out.time_mix_conv.")] = value
+        else:
+            image[key.replace(".spatial_res_block.", ".")] = value
+    return {**comfy.diffusers_convert.convert_vae_state_dict(image), **temporal}
+
+
+def test_one_window_equals_diffusers_temporal_decoder(vaes):
+    """An independent implementation: diffusers' AutoencoderKLTemporalDecoder.decode(z, num_frames)."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    # four levels: ComfyUI's diffusers VAE converter assumes SD's level count
+    reference = AutoencoderKLTemporalDecoder(block_out_channels=(32, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+                                             layers_per_block=2, latent_channels=4).eval()
+    torch.manual_seed(9)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    temporal_vae = vaes[0]
+    vae = temporal_vae.load_temporal_vae(diffusers_to_svd_layout(reference.state_dict()), "'svd from diffusers'")
+    z = smooth_latents(frames=6)
+    with torch.inference_mode():
+        expected = vae.process_output(reference.decode(z, num_frames=6).sample.float()).movedim(1, -1)
+        ours = temporal_vae.decode_video(vae, z, window=6, overlap=0)
+    assert (ours - expected).abs().max() < 1e-5
