@@ -2,8 +2,9 @@
 
 A long video is decoded (or denoised) in windows so memory stays bounded; neighbouring windows
 overlap and are cross-faded with weights that rise and fall as a raised cosine over the overlap.
-Every window has the full length (the last one is aligned to the end), so temporal layers always
-see as many frames as they were given to work with.
+Every window has the full length and the windows are spread evenly (equal overlaps of at least
+the requested one), so temporal layers always see full windows and no window is mostly repeated
+work.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ def windows(length: int, window: int, overlap: int) -> list[tuple[int, int]]:
         raise ValueError(f"overlap must be in 0..window-1 ({window - 1}), found {overlap}")
     if length <= window:
         return [(0, length)]
-    stride = window - overlap
-    starts = list(range(0, length - window, stride)) + [length - window]
+    count = math.ceil((length - overlap) / (window - overlap))  # fewest windows that keep the overlap
+    # start_i = floor(i * q) with q = (length - window) / (count - 1) <= window - overlap, so every
+    # step is at most window - overlap
+    starts = [(i * (length - window)) // (count - 1) for i in range(count)]
     return [(s, s + window) for s in starts]
 
 
