@@ -157,8 +157,9 @@ class ComfyServer:
                 message = json.loads(frame)
                 messages.append(message)
                 data = message.get("data", {})
-                if data.get("prompt_id") == prompt_id and message["type"] in (
-                        "execution_success", "execution_error", "execution_interrupted"):
+                # "executing" with node None comes after the server has stored the history entry
+                # (execution_success/error come before it: reading history then races)
+                if message["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
                     break
                 if time.monotonic() > deadline:
                     raise ServerError(f"prompt {prompt_id} did not finish within {timeout:.0f}s")
