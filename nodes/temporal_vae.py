@@ -213,9 +213,12 @@ class TemporalVAEDecode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, window, overlap, **kwargs):
-        if overlap >= window:
-            return f"overlap must be less than the window ({window} frames), found {overlap}"
+    def validate_inputs(cls, window, overlap):
+        # ComfyUI skips its own min/max checks for the inputs named here, so both are checked
+        if window < 1:
+            return f"window must be at least 1 frame, found {window}"
+        if not 0 <= overlap < window:
+            return f"overlap must be at least 0 and less than the window ({window} frames), found {overlap}"
         return True
 
     @classmethod

@@ -1,6 +1,7 @@
 """Every API prompt in workflows/ runs through the real server's POST /prompt and websocket."""
 
 import json
+import re
 
 import av
 import pytest
@@ -59,4 +60,15 @@ def test_unknown_bundle_name_is_refused_at_validation(server):
     prompt = json.loads((REPO_ROOT / "workflows" / "demo_api.json").read_text())
     prompt["1"]["inputs"]["bundle_name"] = "no_such_file.safetensors"
     with pytest.raises(ServerError, match="value_not_in_list|not in list"):
+        server.queue_prompt(prompt)
+
+
+@pytest.mark.parametrize("window, overlap, message", [(0, 0, "window must be at least 1 frame, found 0"),
+                                                      (8, 8, "less than the window (8 frames), found 8")])
+def test_bad_decode_windows_are_refused_at_validation(server, window, overlap, message):
+    from devtools.comfy_server import ServerError
+
+    prompt = json.loads((REPO_ROOT / "workflows" / "demo_api.json").read_text())
+    prompt["6"]["inputs"].update(window=window, overlap=overlap)
+    with pytest.raises(ServerError, match=re.escape(message)):
         server.queue_prompt(prompt)
