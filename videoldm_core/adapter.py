@@ -9,7 +9,7 @@ under `videoldm_adapter` in the metadata.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -66,10 +66,6 @@ class AdapterSpec(MetadataSpec):
             kind = config.get("kind") if isinstance(config, dict) else None
             if kind not in SLOT_CLASSES:
                 raise AdapterFormatError(f"slot {path!r}: expected kind one of {tuple(SLOT_CLASSES)}, found {kind!r}.")
-
-    @property
-    def kinds(self) -> list[str]:
-        return sorted({c["kind"] for c in self.slots.values()})
 
 
 def set_submodule(root: nn.Module, path: str, module: nn.Module):
@@ -171,17 +167,15 @@ def resolve_slots(spec: AdapterSpec, layout: Iterable[SpatialLayer], model_famil
     return resolved
 
 
+def _widths(channels, contexts) -> str:
+    text = "/".join(map(str, sorted(set(channels)))) + " channels"
+    contexts = sorted({c for c in contexts if c})
+    return text + (f", context {'/'.join(map(str, contexts))}" if contexts else "")
+
+
 def _describe(spec: AdapterSpec) -> str:
-    widths = sorted({c["channels"] for c in spec.slots.values()})
-    contexts = sorted({c["context_dim"] for c in spec.slots.values() if c.get("context_dim")})
-    return "/".join(map(str, widths)) + " channels" + (f", context {'/'.join(map(str, contexts))}" if contexts else "")
+    return _widths((c["channels"] for c in spec.slots.values()), (c.get("context_dim") for c in spec.slots.values()))
 
 
 def _describe_layout(layout: list[SpatialLayer]) -> str:
-    widths = sorted({layer.channels for layer in layout})
-    contexts = sorted({layer.context_dim for layer in layout if layer.context_dim})
-    return "/".join(map(str, widths)) + " channels" + (f", context {'/'.join(map(str, contexts))}" if contexts else "")
-
-
-def with_description(spec: AdapterSpec, description: str) -> AdapterSpec:
-    return replace(spec, description=description)
+    return _widths((layer.channels for layer in layout), (layer.context_dim for layer in layout))
