@@ -1,8 +1,11 @@
 """Thin ComfyUI nodes (V3 schema) over videoldm_core; one file per stage."""
 
 from .bundle_loader import LoadBundle
+from .context_guider import ContextGuiderNode
+from .extend_video import ExtendVideo
 from .temporal_adapter import ApplyTemporalAdapter, LoadTemporalAdapter, SaveTemporalAdapter
 from .temporal_vae import LoadTemporalVAE, TemporalVAEDecode
+from .video_context import VideoContextNode
 
 NODES = [
     LoadBundle,
@@ -11,4 +14,7 @@ NODES = [
     SaveTemporalAdapter,
     LoadTemporalVAE,
     TemporalVAEDecode,
+    VideoContextNode,
+    ContextGuiderNode,
+    ExtendVideo,
 ]

@@ -4,7 +4,9 @@ Applying an adapter clones the MODEL and registers, on the clone only:
 - the adapter's own ModelPatcher as an additional model (loaded, offloaded and cast with the UNet);
 - one `forward_timestep_embed_patch` handler for ResBlock and one for SpatialTransformer, which
   runs the spatial layer and then the temporal slots that belong to it;
-- an OUTER_SAMPLE wrapper that checks the frame count before the first step.
+- an OUTER_SAMPLE wrapper that checks the frame count before the first step;
+- a DIFFUSION_MODEL wrapper that takes context frames c_S (the `videoldm_context` model cond,
+  one row per frame like x) out of the UNet call and hands them to the adapters' context encoders.
 The adapters applied to a model are listed in `transformer_options["videoldm_adapters"]`, so
 several adapters stack and the handlers are registered once. The number of frames is read per
 call: T = batch // len(cond_or_uncond), so CFG batching and context windows (variable T) work.
@@ -25,12 +27,14 @@ from comfy.ldm.modules.attention import SpatialTransformer, SpatialVideoTransfor
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, VideoResBlock
 
 from ..videoldm_core.adapter import AdapterSpec, TemporalAdapter, fresh_adapter, resolve_slots
+from ..videoldm_core.context import ContextError
 from ..videoldm_core.placement import animatediff_slots, videoldm_slots
 from ..videoldm_core.positional import check_frame_limit
 from .unet_layout import model_family, named_layers, spatial_layout
 
 OPTIONS_KEY = "videoldm_adapters"
 WRAPPER_KEY = "videoldm_temporal_adapters"
+CONTEXT_KEY = "videoldm_context"   # model cond and UNet kwarg with c_S; transformer_options entry per call
 log = logging.getLogger("videoldm")
 
 
@@ -58,19 +62,42 @@ class AppliedAdapter:
         """strength s: x + s (temporal(x) - x); s = 1 uses the layer output as is."""
         return after if self.strength == 1.0 else before + self.strength * (after - before)
 
-    def run_after(self, path, x, emb, num_frames, image_only_indicator):
+    def run_after(self, path, x, emb, num_frames, image_only_indicator, context_call=None):
         slot = self.adapter.slot(path)
         if self.adapter.spec.slots[path]["kind"] == "resblock":
-            out = slot(x, emb, num_frames, image_only_indicator)
+            features = context_call.features(self, x) if context_call is not None else None
+            out = slot(x, emb, num_frames, image_only_indicator, context_features=features)
         else:
             out = slot(x, num_frames, max_distance=self.max_distance, attention=host_attention)
         return self.lerp(x, out)
 
-    def mix_tokens(self, path, tokens, depth_index, num_frames, context, image_only_indicator):
+    def mix_tokens(self, path, tokens, depth_index, num_frames, context, image_only_indicator, features=None):
         out = self.adapter.slot(path)(tokens, depth_index, num_frames, context=context,
                                       image_only_indicator=image_only_indicator, max_distance=self.max_distance,
-                                      attention=host_attention)
+                                      attention=host_attention, context_features=features)
         return self.lerp(tokens, out)
+
+
+class ContextCall:
+    """c_S for one UNet call and, per adapter, its context encoder's maps (computed on first use)."""
+
+    def __init__(self, c_s: torch.Tensor):
+        self.c_s = c_s
+        self._features = {}
+
+    def features(self, applied: AppliedAdapter, x: torch.Tensor):
+        """The map at x's resolution, or None for an adapter without a context encoder."""
+        if not applied.adapter.spec.has_context_encoder:
+            return None
+        key = id(applied)
+        if key not in self._features:
+            self._features[key] = applied.adapter.context_encoder(self.c_s.to(device=x.device, dtype=x.dtype))
+        by_size = self._features[key]
+        size = tuple(x.shape[-2:])
+        if size not in by_size:
+            raise ContextError(f"temporal adapter '{applied.name}': its context encoder makes maps of {sorted(by_size)}, "
+                               f"but a temporal layer runs at {size}; the adapter needs more encoder levels for this UNet.")
+        return by_size[size]
 
 
 def build_adapter_patcher(spec, state_dict, source: str):
@@ -86,14 +113,34 @@ def build_adapter_patcher(spec, state_dict, source: str):
     return patcher
 
 
-def fresh_adapter_for_model(model, placement: str = "videoldm", **options):
+def unet_levels(diffusion_model) -> int:
+    """Number of resolutions of an SD UNet: one more than its downsampling layers."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample
+    return 1 + sum(isinstance(m, Downsample) for m in diffusion_model.input_blocks.modules())
+
+
+def fresh_adapter_for_model(model, placement: str = "videoldm", context_frames=(), context_width: int = 64, **options):
     """(spec, TemporalAdapter) with slots for every spatial layer of `model`, ready to train: its
     output layers start at zero, so applying it leaves the model's output exactly unchanged.
-    `options` go to the placement (e.g. positional="relative", text_context=False, max_len=32)."""
-    layout = spatial_layout(model.model.diffusion_model)
+    `options` go to the placement (e.g. positional="relative", text_context=False, max_len=32).
+    `context_frames` (e.g. (0, 1, 2)): add a context encoder for prediction (Video LDM placement)."""
+    diffusion_model = model.model.diffusion_model
+    layout = spatial_layout(diffusion_model)
+    encoder = None
+    if context_frames:
+        if placement != "videoldm":
+            raise ValueError(f"a context encoder needs the 'videoldm' placement, found {placement!r}.")
+        options["context_channels"] = context_width
+        encoder = dict(in_channels=model.model.latent_format.latent_channels + 1, width=context_width,
+                       levels=unet_levels(diffusion_model))
     slots = {"videoldm": videoldm_slots, "animatediff": animatediff_slots}[placement](layout, **options)
-    spec = AdapterSpec(model_family(model), placement, slots, max_frames=options.get("max_len") if placement == "animatediff" else None)
+    spec = AdapterSpec(model_family(model), placement, slots, max_frames=options.get("max_len") if placement == "animatediff" else None,
+                       context_encoder=encoder, context_frames=sorted(context_frames))
     return spec, fresh_adapter(spec)
+
+
+def applied_adapters(model) -> list[AppliedAdapter]:
+    return list(model.model_options.get("transformer_options", {}).get(OPTIONS_KEY, []))
 
 
 def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, max_distance: int | None = None):
@@ -118,6 +165,7 @@ def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, max_
         m.set_model_forward_timestep_embed_patch((ResBlock, forward_with_temporal))
         m.set_model_forward_timestep_embed_patch((SpatialTransformer, forward_with_temporal))
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, check_frames_before_sampling)
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, route_context)
     options[OPTIONS_KEY] = previous + [applied]
     m.set_additional_models("videoldm", [a.patcher for a in options[OPTIONS_KEY]])
     return m
@@ -169,13 +217,16 @@ def forward_with_temporal(layer, x, emb, context, transformer_options, output_sh
     if num_frames < 2:
         adapters = []  # one frame: the image model (the wrapper warned before sampling)
 
+    context_call = transformer_options.get(CONTEXT_KEY) if adapters else None
     mixers = [(a, a.inside[id(layer)]) for a in adapters if id(layer) in a.inside] if is_transformer else []
     if mixers:
         text = context[0] if isinstance(context, list) else context
+        features = {id(a): context_call.features(a, x) if context_call is not None else None for a, _ in mixers}
 
         def mix(tokens, depth_index):
             for applied, path in mixers:
-                tokens = applied.mix_tokens(path, tokens, depth_index, num_frames, text, image_only_indicator)
+                tokens = applied.mix_tokens(path, tokens, depth_index, num_frames, text, image_only_indicator,
+                                            features[id(applied)])
             return tokens
 
         x = _transformer_with_temporal(layer, x, context, transformer_options, mix)
@@ -186,8 +237,20 @@ def forward_with_temporal(layer, x, emb, context, transformer_options, output_sh
 
     for applied in adapters:
         for path in applied.after.get(id(layer), ()):
-            x = applied.run_after(path, x, emb, num_frames, image_only_indicator)
+            x = applied.run_after(path, x, emb, num_frames, image_only_indicator, context_call)
     return x
+
+
+def route_context(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+    """DIFFUSION_MODEL wrapper: c_S arrives as a UNet kwarg (a model cond, batched like x); the
+    temporal layers find it in this call's transformer_options."""
+    c_s = kwargs.pop(CONTEXT_KEY, None)
+    if c_s is not None:
+        if c_s.shape[0] != x.shape[0] or c_s.shape[-2:] != x.shape[-2:]:
+            raise ContextError(f"context frames c_S of shape {tuple(c_s.shape)} do not line up with the latent batch "
+                               f"{tuple(x.shape)}: expected one row per frame at the same height and width.")
+        transformer_options = {**transformer_options, CONTEXT_KEY: ContextCall(c_s)}
+    return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
 
 def check_frames_before_sampling(executor, noise, *args, **kwargs):

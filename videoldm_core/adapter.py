@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .context import ContextEncoder
 from .metadata_spec import MetadataSpec
 from .placement import SpatialLayer, blocks, motion_module_layer
 from .slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
@@ -51,6 +52,10 @@ class AdapterSpec(MetadataSpec):
     description: str = ""
     version: int = ADAPTER_FORMAT_VERSION
     extra: dict = field(default_factory=dict)
+    # prediction (§3.1.1): the encoder of c_S {"in_channels", "width", "levels"}, or None; and the
+    # numbers of context frames S it was trained with, e.g. [0, 1, 2]
+    context_encoder: Optional[dict] = None
+    context_frames: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -66,6 +71,19 @@ class AdapterSpec(MetadataSpec):
             kind = config.get("kind") if isinstance(config, dict) else None
             if kind not in SLOT_CLASSES:
                 raise AdapterFormatError(f"slot {path!r}: expected kind one of {tuple(SLOT_CLASSES)}, found {kind!r}.")
+        if self.context_encoder is not None:
+            expected = {"in_channels", "width", "levels"}
+            found = set(self.context_encoder) if isinstance(self.context_encoder, dict) else set()
+            if found != expected:
+                raise AdapterFormatError(f"context_encoder: expected the fields {sorted(expected)}, found {sorted(found)}.")
+            widths = {c.get("context_channels", 0) for c in self.slots.values()}
+            if widths != {self.context_encoder["width"]}:
+                raise AdapterFormatError(f"context_encoder: every slot must read context_channels="
+                                         f"{self.context_encoder['width']}, found {sorted(widths)}.")
+
+    @property
+    def has_context_encoder(self) -> bool:
+        return self.context_encoder is not None
 
 
 def set_submodule(root: nn.Module, path: str, module: nn.Module):
@@ -81,6 +99,8 @@ class TemporalAdapter(nn.Module):
     def __init__(self, spec: AdapterSpec, operations=nn):
         super().__init__()
         self.spec = spec
+        if spec.context_encoder is not None:
+            self.context_encoder = ContextEncoder(**spec.context_encoder, operations=operations)
         for path, config in spec.slots.items():
             kwargs = {k: v for k, v in config.items() if k != "kind"}
             set_submodule(self, path, SLOT_CLASSES[config["kind"]](**kwargs, operations=operations))

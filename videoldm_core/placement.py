@@ -41,19 +41,22 @@ def blocks(layout: Iterable[SpatialLayer]) -> dict[str, list[SpatialLayer]]:
 
 def videoldm_slots(layout: Iterable[SpatialLayer], kernel_t: int = 3, positional: str = "absolute",
                    merge_strategy: str = "learned_with_images", alpha: float = 0.0,
-                   text_context: bool = True) -> dict[str, dict]:
+                   text_context: bool = True, context_channels: int = 0) -> dict[str, dict]:
     """Slot configs of the Video LDM layout, keyed by the path of the spatial layer they follow
-    (ResBlocks) or live in (transformers). `text_context`: temporal cross-attention to the text."""
+    (ResBlocks) or live in (transformers). `text_context`: temporal cross-attention to the text.
+    `context_channels`: width of the context encoder's features (0: no context input)."""
     slots = {}
     for layer in layout:
         if layer.kind == "resblock":
             slots[layer.path] = dict(kind="resblock", channels=layer.channels, emb_channels=layer.emb_channels,
-                                     kernel_t=kernel_t, merge_strategy=merge_strategy, alpha=alpha)
+                                     kernel_t=kernel_t, merge_strategy=merge_strategy, alpha=alpha,
+                                     context_channels=context_channels)
         elif layer.kind == "transformer":
             slots[layer.path] = dict(kind="transformer", channels=layer.channels, heads=layer.heads,
                                      dim_head=layer.dim_head, depth=layer.depth,
                                      context_dim=layer.context_dim if text_context else None,
-                                     positional=positional, merge_strategy=merge_strategy, alpha=alpha)
+                                     positional=positional, merge_strategy=merge_strategy, alpha=alpha,
+                                     context_channels=context_channels)
     return slots
 
 

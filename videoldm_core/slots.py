@@ -21,6 +21,7 @@ from torch import nn
 
 from .alpha_blender import AlphaBlender
 from .attention import Attention, AttentionFn, FeedForward, sdpa_attention
+from .context import context_projection
 from .positional import (RelativePositionBias, RelativeSinusoidalBias, RotaryEmbedding, check_frame_limit,
                          distance_mask, sinusoidal_embedding)
 from .temporal_layers import TemporalResBlock, TemporalTransformerBlock, zero_
@@ -36,30 +37,49 @@ def combine_masks(*masks):
     return out
 
 
-class ResBlockSlot(nn.Module):
+class ContextInput(nn.Module):
+    """`context_proj`: what a slot adds to its temporal layers' input from the context features
+    (`context_channels` wide) at its resolution; absent when the adapter has no context encoder."""
+
+    def init_context(self, context_channels: int, channels: int, operations):
+        self.context_proj = context_projection(context_channels, channels, operations) if context_channels else None
+
+    def with_context(self, x: torch.Tensor, features: Optional[torch.Tensor]) -> torch.Tensor:
+        """x ((b t), c, h, w) plus the projected features ((b t), context_channels, h, w), if any."""
+        if features is None or self.context_proj is None:
+            return x
+        return x + self.context_proj(features.to(x.dtype))
+
+
+class ResBlockSlot(ContextInput):
     def __init__(self, channels: int, emb_channels: int, kernel_t: int = 3, merge_strategy: str = "learned_with_images",
-                 alpha: float = 0.0, operations=nn):
+                 alpha: float = 0.0, context_channels: int = 0, operations=nn):
         super().__init__()
         self.time_stack = TemporalResBlock(channels, emb_channels, kernel_t, operations=operations)
         self.time_mixer = AlphaBlender(merge_strategy, alpha)
+        self.init_context(context_channels, channels, operations)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, num_frames: int,
-                image_only_indicator: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x: the spatial ResBlock's output ((b t), c, h, w); emb: ((b t), emb_channels)."""
+                image_only_indicator: Optional[torch.Tensor] = None,
+                context_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: the spatial ResBlock's output ((b t), c, h, w); emb: ((b t), emb_channels);
+        context_features: the context encoder's map at this resolution, if frames are given."""
         z = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
-        z_temporal = self.time_stack(z, rearrange(emb, "(b t) e -> b t e", t=num_frames))
+        z_in = rearrange(self.with_context(x, context_features), "(b t) c h w -> b c t h w", t=num_frames)
+        z_temporal = self.time_stack(z_in, rearrange(emb, "(b t) e -> b t e", t=num_frames))
         z = self.time_mixer(z, z_temporal, image_only_indicator, frame_dim=2)
         return rearrange(z, "b c t h w -> (b t) c h w")
 
 
-class TransformerSlot(nn.Module):
+class TransformerSlot(ContextInput):
     """One temporal block per spatial transformer depth. Positions: `absolute` (sinusoids of the
     frame index through `time_pos_embed`, added to the tokens) or `relative` (a per-head bias of
     the frame distance; works at any length and with an attention distance limit)."""
 
     def __init__(self, channels: int, heads: int, dim_head: int, depth: int = 1, context_dim: Optional[int] = None,
                  positional: str = "absolute", max_period: float = 10000.0, merge_strategy: str = "learned_with_images",
-                 alpha: float = 0.0, ff_in: bool = True, cross_attention: bool = True, operations=nn):
+                 alpha: float = 0.0, ff_in: bool = True, cross_attention: bool = True, context_channels: int = 0,
+                 operations=nn):
         super().__init__()
         inner_dim = heads * dim_head
         self.positional, self.max_period, self.channels = positional, max_period, channels
@@ -75,6 +95,7 @@ class TransformerSlot(nn.Module):
         else:
             raise ValueError(f"transformer slots support 'absolute' or 'relative' positions, found {positional!r}")
         self.time_mixer = AlphaBlender(merge_strategy, alpha)
+        self.init_context(context_channels, channels, operations)
 
     def frame_bias(self, num_frames: int, max_distance: Optional[int], device) -> Optional[torch.Tensor]:
         rel = self.time_rel_pos_bias(num_frames, device) if self.positional == "relative" else None
@@ -82,11 +103,14 @@ class TransformerSlot(nn.Module):
 
     def forward(self, x: torch.Tensor, depth_index: int, num_frames: int, context: Optional[torch.Tensor] = None,
                 image_only_indicator: Optional[torch.Tensor] = None, max_distance: Optional[int] = None,
-                attention: AttentionFn = sdpa_attention) -> torch.Tensor:
+                attention: AttentionFn = sdpa_attention, context_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: the tokens after spatial block `depth_index`, ((b t), s, c). `context`: the spatial
-        text context ((b t), n, d); the temporal layers attend to the first frame's text."""
+        text context ((b t), n, d); the temporal layers attend to the first frame's text.
+        `context_features`: the context encoder's map at this resolution ((b t), w, h, w')."""
         bt, s, _ = x.shape
         x_mix = x
+        if context_features is not None and self.context_proj is not None:
+            x_mix = x_mix + self.context_proj(context_features.to(x.dtype)).flatten(2).transpose(1, 2)
         if self.positional == "absolute":
             frames = torch.arange(num_frames, device=x.device)
             pos = self.time_pos_embed(sinusoidal_embedding(frames, self.channels, self.max_period).to(x.dtype))

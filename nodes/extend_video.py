@@ -1,0 +1,87 @@
+"""Extend Video: long videos by autoregressive rollout with a prediction adapter (Video LDM §3.1.1)."""
+
+from __future__ import annotations
+
+import comfy.model_management as mm
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import torch
+from comfy_api.latest import io
+from typing_extensions import override
+
+from ..videoldm_core.context import VideoContext, place_frames
+from ..videoldm_core.rollout import plan_rollout
+from .context_guider import ContextGuider, check_context_encoder
+
+
+def sample_segment(model, positive, negative, context: VideoContext, sampler, sigmas, cfg, context_scale, seed,
+                   on_step) -> torch.Tensor:
+    """One segment: the context's frames are kept, the others sampled from noise."""
+    guider = ContextGuider(model, context, context_scale, keep_given=True)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    latent = context.latents
+    noise = comfy.sample.prepare_noise(latent, seed)
+    out = guider.sample(noise, latent, sampler, sigmas, callback=lambda *args: on_step(), disable_pbar=True, seed=seed)
+    return out.to(mm.intermediate_device())
+
+
+class ExtendVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VideoLDMExtendVideo",
+            display_name="Extend Video",
+            category="Video LDM/sampling",
+            description="Extends a video segment by segment, each conditioned on the last frames of what exists "
+                        "(Video LDM's long-video rollout). Start from one frame of the image model: the first segment "
+                        "then uses 1 context frame, the rest use `context_frames`. Memory stays that of one segment.",
+            inputs=[
+                io.Model.Input("model", tooltip="A model with a prediction temporal adapter applied (one with a context encoder)."),
+                io.Conditioning.Input("positive", tooltip="The prompt, for every segment."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt."),
+                io.Latent.Input("video", tooltip="The frames to extend (batch = frames); at least 1."),
+                io.Int.Input("segments", default=4, min=1, max=10000, tooltip="N: how many segments to append."),
+                io.Int.Input("segment_length", default=16, min=2, max=4096,
+                             tooltip="T: frames sampled per segment, the context frames included."),
+                io.Int.Input("context_frames", default=2, min=1, max=4095,
+                             tooltip="S: frames each segment takes from the end of the video (the segment overlap); "
+                                     "must be below segment_length. The paper uses 2 (they encode motion)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Noise seed of the first segment; segment i uses seed + i."),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per segment."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Text classifier-free guidance scale."),
+                io.Float.Input("context_scale", default=1.0, min=0.0, max=20.0, step=0.05,
+                               tooltip="Context guidance s (1: no extra branch)."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="The sampler."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="The noise schedule."),
+            ],
+            outputs=[io.Latent.Output(tooltip="The whole video: the input frames followed by every segment's new frames.")],
+        )
+
+    @classmethod
+    @override
+    def execute(cls, model, positive, negative, video, segments, segment_length, context_frames, seed, steps, cfg,
+                context_scale, sampler_name, scheduler) -> io.NodeOutput:
+        frames = video["samples"].to(mm.intermediate_device(), torch.float32)
+        plan = plan_rollout(frames.shape[0], segment_length, context_frames, segments)
+        dummy = VideoContext(torch.zeros(segment_length, *frames.shape[1:]), tuple(range(plan[-1].context_frames)))
+        check_context_encoder(model, dummy, "error")
+        sampler = comfy.samplers.sampler_object(sampler_name)
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+        pbar = comfy.utils.ProgressBar(len(plan) * steps)
+        parts = [frames]
+        tail = frames[-context_frames:]
+        for segment in plan:
+            mm.throw_exception_if_processing_interrupted()
+            given = tail[-segment.context_frames:]
+            context = VideoContext(place_frames(given, range(segment.context_frames), segment_length),
+                                   tuple(range(segment.context_frames)))
+            out = sample_segment(model, positive, negative, context, sampler, sigmas, cfg, context_scale,
+                                 seed + segment.index, lambda: pbar.update(1))
+            new = out[segment.context_frames:]
+            parts.append(new)
+            tail = torch.cat([tail, new])[-context_frames:]
+        return io.NodeOutput({"samples": torch.cat(parts)})
