@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import comfy.conds
+import comfy.sampler_helpers
 import comfy.samplers
 import torch
 from comfy_api.latest import io
@@ -98,6 +99,8 @@ class ContextGuider(comfy.samplers.CFGGuider):
     def keep(self, latent_image, denoise_mask):
         """The given frames go into the latent and are masked out of denoising, so they come back unchanged."""
         positions = list(self.context.positions)
+        if not positions:
+            return latent_image, denoise_mask
         latent_image = latent_image.clone()
         latent_image[positions] = self.context.latents[positions].to(latent_image)
         t, _, h, w = latent_image.shape

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+import comfy.context_windows
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
@@ -241,6 +242,21 @@ def forward_with_temporal(layer, x, emb, context, transformer_options, output_sh
     return x
 
 
+def slice_context_for_window(cond_key, cond_value, window, x_in, device, new_cond_item):
+    """IndexListCallbacks.RESIZE_COND_ITEM: each context window gets its own frames of c_S
+    (with the anchor frame core may prepend), like x."""
+    if cond_key != CONTEXT_KEY:
+        return None
+    return comfy.context_windows.slice_cond(cond_value, window, x_in, device, temporal_dim=0)
+
+
+def slice_context_in_windows(handler):
+    """Teach a core context-window handler to slice c_S; keyed, so it is added once."""
+    resize = comfy.context_windows.IndexListCallbacks.RESIZE_COND_ITEM
+    if not comfy.patcher_extension.get_callbacks_with_key(resize, WRAPPER_KEY, handler.callbacks):
+        comfy.patcher_extension.add_callback_with_key(resize, WRAPPER_KEY, slice_context_for_window, handler.callbacks)
+
+
 def route_context(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
     """DIFFUSION_MODEL wrapper: c_S arrives as a UNet kwarg (a model cond, batched like x); the
     temporal layers find it in this call's transformer_options."""
@@ -261,6 +277,7 @@ def check_frames_before_sampling(executor, noise, *args, **kwargs):
     handler = guider.model_options.get("context_handler")
     if handler is not None:  # context windows: each window, plus the anchor frame core may prepend
         frames = min(frames, handler.context_length + 1)
+        slice_context_in_windows(handler)
     for applied in options.get(OPTIONS_KEY, []):
         if applied.adapter.spec.max_frames is not None:
             check_frame_limit(frames, applied.adapter.spec.max_frames, f"temporal adapter '{applied.name}'")

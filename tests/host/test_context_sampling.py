@@ -1,0 +1,215 @@
+"""Sampling with context frames in a real ComfyUI: the Context Guider, Video Context and Extend
+Video nodes on a tiny SD1.x model with a random-weight prediction adapter (made-up numbers, real paths)."""
+
+import pytest
+import torch
+
+FRAMES = 6
+
+
+@pytest.fixture(scope="module")
+def ctx(pack_module, tiny_sd1):
+    patch = pack_module("nodes.temporal_patch")
+    model, clip, vae = tiny_sd1
+
+    def adapter(context=True, seed=0, std=0.05):
+        spec, module = patch.fresh_adapter_for_model(model, context_frames=(0, 1, 2) if context else (), context_width=16)
+        torch.manual_seed(seed)
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=std)
+        return patch.build_adapter_patcher(spec, module.state_dict(), source="test")
+
+    predictor = patch.apply_adapter(model, adapter(), "predictor")
+    plain = patch.apply_adapter(model, adapter(context=False), "plain")
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize("a red square moving left"))
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    return dict(patch=patch, predictor=predictor, plain=plain, positive=positive, negative=negative, vae=vae,
+                guider=pack_module("nodes.context_guider"), context=pack_module("videoldm_core.context"),
+                nodes=pack_module("nodes"))
+
+
+def video_context(ctx, given, positions, frames=FRAMES):
+    core = ctx["context"]
+    return core.VideoContext(core.place_frames(given, positions, frames), tuple(positions))
+
+
+def run(guider, frames=FRAMES, steps=2, seed=3, latent=None):
+    import comfy.sample
+    import comfy.samplers
+
+    latent = torch.zeros(frames, 4, 8, 8) if latent is None else latent
+    noise = comfy.sample.prepare_noise(latent, seed)
+    sigmas = comfy.samplers.calculate_sigmas(guider.model_patcher.get_model_object("model_sampling"), "normal", steps).cpu()
+    with torch.inference_mode():
+        return guider.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas, disable_pbar=True, seed=seed)
+
+
+def context_guider(ctx, model, context, cfg=3.0, scale=1.0, keep=True, positive=None):
+    g = ctx["guider"].ContextGuider(model, context, scale, keep)
+    g.set_conds(positive or ctx["positive"], ctx["negative"])
+    g.set_cfg(cfg)
+    return g
+
+
+def cfg_guider(model, positive, negative, cfg):
+    import comfy.samplers
+
+    g = comfy.samplers.CFGGuider(model)
+    g.set_conds(positive, negative)
+    g.set_cfg(cfg)
+    return g
+
+
+@pytest.fixture(scope="module")
+def given():
+    torch.manual_seed(11)
+    return torch.randn(2, 4, 8, 8)
+
+
+def test_an_all_zero_mask_is_bit_identical_to_no_context(ctx, given):
+    no_context = run(cfg_guider(ctx["predictor"], ctx["positive"], ctx["negative"], 3.0))
+    empty = ctx["context"].VideoContext(torch.zeros(FRAMES, 4, 8, 8), ())
+    assert torch.equal(run(context_guider(ctx, ctx["predictor"], empty)), no_context)
+    with_frames = run(context_guider(ctx, ctx["predictor"], video_context(ctx, given, [0, 1]), keep=False))
+    assert (with_frames - no_context).abs().max() > 1e-3, "the context changed nothing"
+
+
+def test_changing_a_given_frame_changes_the_output(ctx, given):
+    a = run(context_guider(ctx, ctx["predictor"], video_context(ctx, given, [0, 1])))
+    changed = given.clone()
+    changed[1] += 1.0
+    b = run(context_guider(ctx, ctx["predictor"], video_context(ctx, changed, [0, 1])))
+    assert (a[2:] - b[2:]).abs().max() > 1e-3
+
+
+def test_guidance_scale_one_is_the_plain_conditional_output(ctx, given):
+    context = video_context(ctx, given, [0, 1])
+    c_s = ctx["context"].context_input(ctx["predictor"].model.process_latent_in(context.latents), context.mask)
+    with_context = ctx["guider"].with_context(ctx["positive"], c_s)
+    plain_cond = run(cfg_guider(ctx["predictor"], with_context, ctx["negative"], 1.0), steps=1)
+    assert torch.equal(run(context_guider(ctx, ctx["predictor"], context, cfg=1.0, scale=1.0, keep=False), steps=1), plain_cond)
+
+
+def test_context_guidance_is_the_papers_formula(ctx, given):
+    """One Euler step to sigma 0 returns the denoised prediction, so the guided output can be
+    checked against the branches sampled alone: f(z) + s (f(z; c) - f(z))."""
+    context = video_context(ctx, given, [0, 1])
+    c_s = ctx["context"].context_input(ctx["predictor"].model.process_latent_in(context.latents), context.mask)
+    cond = run(cfg_guider(ctx["predictor"], ctx["guider"].with_context(ctx["positive"], c_s), ctx["negative"], 1.0), steps=1)
+    dropped = run(cfg_guider(ctx["predictor"], ctx["guider"].with_context(ctx["positive"], torch.zeros_like(c_s)),
+                             ctx["negative"], 1.0), steps=1)
+    guided = run(context_guider(ctx, ctx["predictor"], context, cfg=1.0, scale=2.5, keep=False), steps=1)
+    assert (cond - dropped).abs().max() > 1e-3
+    # batched vs alone differs by float rounding, scaled by s and by 1/0.18215 (the latent scaling)
+    torch.testing.assert_close(guided, dropped + 2.5 * (cond - dropped), atol=2e-3, rtol=1e-3)
+
+
+def test_all_branches_run_in_one_batched_forward(ctx, given):
+    applied = ctx["patch"].applied_adapters(ctx["predictor"])[0]
+    rows = []
+    handle = applied.adapter.slot("input_blocks.1.0").register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    try:
+        run(context_guider(ctx, ctx["predictor"], video_context(ctx, given, [0, 1]), cfg=3.0, scale=2.0), steps=1)
+    finally:
+        handle.remove()
+    assert rows == [3 * FRAMES]  # negative, positive, context-dropped: one forward
+
+
+def test_given_frames_come_out_unchanged_when_kept(ctx, given):
+    out = run(context_guider(ctx, ctx["predictor"], video_context(ctx, given, [0, 3]), keep=True))
+    torch.testing.assert_close(out[[0, 3]], given, atol=1e-6, rtol=1e-6)
+    assert (out[[1, 2, 4, 5]]).abs().max() > 0.1
+
+
+def test_an_adapter_without_a_context_encoder_refuses_a_context(ctx, given):
+    context = video_context(ctx, given, [0, 1])
+    node = ctx["guider"].ContextGuiderNode
+    with pytest.raises(ctx["context"].ContextError, match="no applied temporal adapter has a context encoder.*'plain'"):
+        node.execute(ctx["plain"], ctx["positive"], ctx["negative"], context, 3.0, 1.0, True, "error")
+    ignoring = node.execute(ctx["plain"], ctx["positive"], ctx["negative"], context, 3.0, 1.0, True, "ignore").result[0]
+    assert torch.equal(run(ignoring), run(cfg_guider(ctx["plain"], ctx["positive"], ctx["negative"], 3.0)))
+
+
+@pytest.mark.parametrize("shape, message", [((FRAMES, 4, 16, 16), "height 8 vs 16"), ((FRAMES, 8, 8, 8), "channels 4 vs 8"),
+                                            ((FRAMES + 2, 4, 8, 8), "frames 6 vs 8")])
+def test_context_latents_of_another_size_are_refused_before_sampling(ctx, given, shape, message):
+    steps = []
+    g = context_guider(ctx, ctx["predictor"], video_context(ctx, given, [0, 1]))
+    with pytest.raises(ctx["context"].ContextError, match=message):
+        import comfy.samplers
+        sigmas = comfy.samplers.calculate_sigmas(g.model_patcher.get_model_object("model_sampling"), "normal", 2)
+        g.sample(torch.zeros(shape), torch.zeros(shape), comfy.samplers.sampler_object("euler"), sigmas,
+                 callback=lambda *a: steps.append(1), disable_pbar=True)
+    assert steps == []
+
+
+def test_video_context_node_places_latents_and_images(ctx, given):
+    node = ctx["nodes"].video_context.VideoContextNode
+    context, latent = node.execute(8, "0, -1", frames={"samples": given}).result
+    assert context.positions == (0, 7) and torch.equal(latent["samples"][[0, 7]], given)
+    images = torch.rand(3, 64, 64, 3)
+    context, latent = node.execute(8, "start", images=images, vae=ctx["vae"], use_last=2).result
+    assert context.positions == (0, 1)
+    torch.testing.assert_close(context.latents[:2], ctx["vae"].encode(images[1:]), atol=1e-4, rtol=1e-4)  # batch of 3 vs 2
+    with pytest.raises(ctx["context"].ContextError, match="S < T"):
+        node.execute(2, "start", frames={"samples": given})
+
+
+def extend(ctx, model, video, segments, length=4, context_frames=2, **kw):
+    node = ctx["nodes"].extend_video.ExtendVideo
+    args = dict(seed=1, steps=1, cfg=1.0, context_scale=1.0, sampler_name="euler", scheduler="normal") | kw
+    with torch.inference_mode():
+        return node.execute(model, ctx["positive"], ctx["negative"], {"samples": video}, segments, length,
+                            context_frames, **args).result[0]["samples"]
+
+
+def test_extend_video_rolls_out_from_one_frame(ctx, given, pack_module):
+    rollout = pack_module("videoldm_core.rollout")
+    out = extend(ctx, ctx["predictor"], given[:1], segments=3, length=4, context_frames=2)
+    assert out.shape[0] == rollout.rollout_length(1, 4, 2, 3) == 1 + 3 + 2 + 2
+    assert torch.equal(out[:1], given[:1])
+    assert torch.isfinite(out).all() and out[1:].abs().max() > 0.1
+
+
+def test_extend_video_segments_continue_from_the_last_frames(ctx, given):
+    """Segment 2 of a 2-segment rollout is segment 1 of a rollout started from the video after segment 1."""
+    first = extend(ctx, ctx["predictor"], given[:1], segments=1, length=4)
+    two = extend(ctx, ctx["predictor"], given[:1], segments=2, length=4)
+    assert torch.equal(two[:4], first)
+    again = extend(ctx, ctx["predictor"], first, segments=1, length=4, seed=2)
+    torch.testing.assert_close(two, again, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("segments, length, context_frames, message", [
+    (0, 4, 2, "at least 1 segment, found 0"), (2, 4, 4, "smaller than the segment length"),
+    (2, 4, 5, "smaller than the segment length")])
+def test_extend_video_bad_input(ctx, given, segments, length, context_frames, message):
+    with pytest.raises(ctx["context"].ContextError, match=message):
+        extend(ctx, ctx["predictor"], given[:1], segments, length, context_frames)
+
+
+def test_extend_video_needs_a_context_encoder(ctx, given):
+    with pytest.raises(ctx["context"].ContextError, match="no applied temporal adapter has a context encoder"):
+        extend(ctx, ctx["plain"], given[:1], 2)
+
+
+def test_core_context_windows_slice_the_context_with_the_anchor_frame(ctx, given):
+    """ContextWindowsManual over 10 frames, windows of 4: c_S is sliced like x (anchor included),
+    so each window's layers see their own frames; the first window holds the given frames."""
+    from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
+    windowed = ContextWindowsManualNode.execute(ctx["predictor"], context_length=4, context_overlap=1,
+                                                context_schedule="standard_static", context_stride=1, closed_loop=False,
+                                                fuse_method="pyramid", dim=0, freenoise=False).result[0]
+    seen = []
+    encoder = ctx["patch"].applied_adapters(windowed)[0].adapter.context_encoder
+    handle = encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0][:, -1, 0, 0].tolist()))
+    try:
+        out = run(context_guider(ctx, windowed, video_context(ctx, given, [0, 1], frames=10), cfg=1.0), frames=10, steps=1)
+    finally:
+        handle.remove()
+    assert out.shape[0] == 10 and torch.isfinite(out).all()
+    assert [1.0, 1.0, 0.0, 0.0] in seen          # the first window: its mask marks frames 0 and 1
+    assert any(len(m) == 5 for m in seen)        # later windows carry the anchor frame too
+    # kept frames: one Euler step from sigma_max leaves them exact up to sigma_max x float eps
+    torch.testing.assert_close(out[:2], given, atol=1e-4, rtol=1e-4)
