@@ -5,7 +5,9 @@
 - models/temporal_adapters/videoldm_demo_motion_module.safetensors: a motion module for that UNet
   in AnimateDiff's original key layout (v2-style, with mid block), read by the pack's importer;
 - models/temporal_adapters/videoldm_demo_temporal_decoder.safetensors: temporal layers for the
-  bundle's VAE decoder (SVD's layout, small random weights), a temporal-decoder add-on.
+  bundle's VAE decoder (SVD's layout, small random weights), a temporal-decoder add-on;
+- models/temporal_adapters/videoldm_demo_predictor.safetensors: a Video LDM-layout adapter with a
+  context encoder (a prediction model for 0/1/2 context frames), small random weights.
 
 Usage: python -m devtools.make_demo_bundle [BASE_DIR]   (default: the scratch base directory)
 
@@ -29,6 +31,7 @@ from .comfy_in_process import init_comfy
 DEMO_BUNDLE_NAME = "videoldm_demo_tiny.safetensors"
 DEMO_MOTION_MODULE_NAME = "videoldm_demo_motion_module.safetensors"
 DEMO_TEMPORAL_DECODER_NAME = "videoldm_demo_temporal_decoder.safetensors"
+DEMO_PREDICTOR_NAME = "videoldm_demo_predictor.safetensors"
 DEMO_SEED = 20230418  # arXiv 2304.08818
 
 
@@ -64,7 +67,24 @@ def make_demo_models(base_dir: Path) -> list[Path]:
     temporal_decoder = importlib.import_module(f"{pack.__name__}.videoldm_core.temporal_decoder")
     decoder_path = base_dir / "models" / "temporal_adapters" / DEMO_TEMPORAL_DECODER_NAME
     _write(decoder_path, lambda p: save_random_temporal_decoder(p, temporal_decoder, spec))
-    return [bundle_path, motion_path, decoder_path]
+    predictor_path = base_dir / "models" / "temporal_adapters" / DEMO_PREDICTOR_NAME
+    _write(predictor_path, lambda p: save_random_predictor(p, pack, bundle_host, spec))
+    return [bundle_path, motion_path, decoder_path, predictor_path]
+
+
+def save_random_predictor(path, pack, bundle_host, bundle_spec, seed=DEMO_SEED, std=0.02):
+    """A prediction adapter (context encoder for 0/1/2 frames) for the bundle's UNet: fresh layers plus small noise."""
+    patch = importlib.import_module(f"{pack.__name__}.nodes.temporal_patch")
+    adapter_format = importlib.import_module(f"{pack.__name__}.videoldm_core.adapter")
+    model, _, _ = bundle_host.build_components(bundle_spec, bundle_host.random_bundle_state_dict(bundle_spec, seed=seed),
+                                               source="demo")
+    spec, module = patch.fresh_adapter_for_model(model, context_frames=(0, 1, 2), context_width=16)
+    spec = adapter_format.AdapterSpec(**{**spec.__dict__, "description": "Video LDM demo: random prediction adapter"})
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * std)
+    adapter_format.save_adapter(path, module, spec)
 
 
 def save_random_temporal_decoder(path, temporal_decoder, bundle_spec, seed=DEMO_SEED, std=0.02):
