@@ -29,6 +29,39 @@ def test_api_workflow_runs_and_writes_its_outputs(server, workflow):
         assert path.exists() and path.stat().st_size > 0, path
 
 
+def test_rollout_prompt_writes_ten_segments_of_frames(server):
+    """keyframe from the image model -> Extend Video (10 segments) -> Temporal VAE Decode -> mp4."""
+    from videoldm_core.rollout import rollout_length
+
+    prompt = json.loads((REPO_ROOT / "workflows" / "rollout_api.json").read_text())
+    extend = prompt["12"]["inputs"]
+    assert extend["segments"] == 10
+    extend["seed"] = 7  # not the cached run of the generic test: the node must execute and report progress
+    run = server.run_prompt(prompt)
+    assert run.status == "success", run.error_message() or server.log_tail()
+    [video] = [p for p in server.output_files(run) if p.suffix == ".mp4"]
+    frames, fps = read_video(video)
+    first = prompt["4"]["inputs"]["batch_size"]
+    assert len(frames) == rollout_length(first, extend["segment_length"], extend["context_frames"], 10) == 62
+    assert fps == prompt["7"]["inputs"]["fps"]
+    progress = [m["data"] for m in run.messages if m["type"] == "progress" and m["data"]["node"] == "12"]
+    assert progress and progress[-1]["value"] == progress[-1]["max"] == 10 * extend["steps"]
+
+
+@pytest.mark.parametrize("change, message", [({"segments": 0}, "segments"), ({"context_frames": 8}, "smaller than the segment length")])
+def test_bad_rollouts_are_refused(server, change, message):
+    from devtools.comfy_server import ServerError
+
+    prompt = json.loads((REPO_ROOT / "workflows" / "rollout_api.json").read_text())
+    prompt["12"]["inputs"].update(change)
+    try:
+        run = server.run_prompt(prompt)
+    except ServerError as e:   # refused at validation (min/max)
+        assert message in str(e)
+        return
+    assert run.status == "error" and message in run.error_message()
+
+
 def test_demo_prompt_writes_the_frames_it_asked_for(server):
     prompt = json.loads((REPO_ROOT / "workflows" / "demo_api.json").read_text())
     run = server.run_prompt(prompt)
