@@ -3,6 +3,7 @@
 from .bundle_loader import LoadBundle
 from .context_guider import ContextGuiderNode
 from .extend_video import ExtendVideo
+from .interpolate_keyframes import InterpolateKeyframes
 from .temporal_adapter import ApplyTemporalAdapter, LoadTemporalAdapter, SaveTemporalAdapter
 from .temporal_vae import LoadTemporalVAE, TemporalVAEDecode
 from .video_context import VideoContextNode
@@ -17,4 +18,5 @@ NODES = [
     VideoContextNode,
     ContextGuiderNode,
     ExtendVideo,
+    InterpolateKeyframes,
 ]

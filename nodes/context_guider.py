@@ -19,19 +19,22 @@ from typing_extensions import override
 
 from ..videoldm_core.context import ContextError, VideoContext, context_input
 from ..videoldm_core.guidance import context_guidance, needs_branches
-from .temporal_patch import CONTEXT_KEY, applied_adapters
+from .temporal_patch import CONTEXT_KEY, LABELS_KEY, applied_adapters
 from .video_context import VideoContextType
 
 log = logging.getLogger("videoldm")
 ON_MISSING = ("error", "ignore")
 
 
-def with_context(conditioning, c_s: torch.Tensor):
-    """A copy of CONDITIONING whose entries carry c_S as a model cond."""
+def with_context(conditioning, c_s: torch.Tensor, labels: torch.Tensor | None = None):
+    """A copy of CONDITIONING whose entries carry c_S (and interpolation labels) as model conds."""
+    extra = {CONTEXT_KEY: comfy.conds.CONDRegular(c_s)}
+    if labels is not None:
+        extra[LABELS_KEY] = comfy.conds.CONDRegular(labels)
     out = []
     for tensor, options in conditioning:
         options = dict(options)
-        options["model_conds"] = {**options.get("model_conds", {}), CONTEXT_KEY: comfy.conds.CONDRegular(c_s)}
+        options["model_conds"] = {**options.get("model_conds", {}), **extra}
         out.append([tensor, options])
     return out
 
@@ -60,17 +63,24 @@ def check_context_encoder(model, context: VideoContext, on_missing: str) -> bool
 class ContextGuider(comfy.samplers.CFGGuider):
     """CFG with context frames: out = neg + w·(g − neg), g = f(p) + s·(f(p, c_S) − f(p))."""
 
-    def __init__(self, model_patcher, context: VideoContext | None, context_scale: float = 1.0, keep_given: bool = True):
+    def __init__(self, model_patcher, context: VideoContext | None, context_scale: float = 1.0, keep_given: bool = True,
+                 labels: torch.Tensor | None = None, augment=None):
+        """`labels`: per-frame interpolation (regime, level) rows; `augment`: a function applied to
+        the given latents (in the model's latent space) before they enter c_S."""
         super().__init__(model_patcher)
         self.context, self.context_scale, self.keep_given = context, context_scale, keep_given
+        self.labels, self.augment = labels, augment
 
     def set_conds(self, positive, negative):
         if self.context is None:
             return super().set_conds(positive, negative)
         latents = self.model_patcher.model.process_latent_in(self.context.latents.float())
+        if self.augment is not None:
+            latents = self.augment(latents)
         c_s = context_input(latents, self.context.mask)
-        self.inner_set_conds({"positive": with_context(positive, c_s), "negative": with_context(negative, c_s),
-                              "positive_no_context": with_context(positive, torch.zeros_like(c_s))})
+        self.inner_set_conds({"positive": with_context(positive, c_s, self.labels),
+                              "negative": with_context(negative, c_s, self.labels),
+                              "positive_no_context": with_context(positive, torch.zeros_like(c_s), self.labels)})
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         if self.context is None:
@@ -89,12 +99,17 @@ class ContextGuider(comfy.samplers.CFGGuider):
         return guided
 
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
+        keeping = self.context is not None and self.keep_given and len(self.context.positions) > 0
         if self.context is not None:
             self.context.check_fits(latent_image.shape)
-            if self.keep_given:
+            if keeping:
                 latent_image, denoise_mask = self.keep(latent_image, denoise_mask)
-        return super().sample(noise, latent_image, sampler, sigmas, denoise_mask=denoise_mask, callback=callback,
-                              disable_pbar=disable_pbar, seed=seed)
+        out = super().sample(noise, latent_image, sampler, sigmas, denoise_mask=denoise_mask, callback=callback,
+                             disable_pbar=disable_pbar, seed=seed)
+        if keeping:  # masked out of denoising; put back exactly (the sampler's scaling round trip rounds)
+            positions = list(self.context.positions)
+            out[positions] = self.context.latents[positions].to(out)
+        return out
 
     def keep(self, latent_image, denoise_mask):
         """The given frames go into the latent and are masked out of denoising, so they come back unchanged."""

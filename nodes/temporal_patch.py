@@ -36,6 +36,7 @@ from .unet_layout import model_family, named_layers, spatial_layout
 OPTIONS_KEY = "videoldm_adapters"
 WRAPPER_KEY = "videoldm_temporal_adapters"
 CONTEXT_KEY = "videoldm_context"   # model cond and UNet kwarg with c_S; transformer_options entry per call
+LABELS_KEY = "videoldm_interpolation"  # model cond with per-frame (regime, augmentation level) rows
 log = logging.getLogger("videoldm")
 
 
@@ -67,6 +68,7 @@ class AppliedAdapter:
         slot = self.adapter.slot(path)
         if self.adapter.spec.slots[path]["kind"] == "resblock":
             features = context_call.features(self, x) if context_call is not None else None
+            emb = context_call.temporal_emb(self, emb) if context_call is not None else emb
             out = slot(x, emb, num_frames, image_only_indicator, context_features=features)
         else:
             out = slot(x, num_frames, max_distance=self.max_distance, attention=host_attention)
@@ -80,15 +82,25 @@ class AppliedAdapter:
 
 
 class ContextCall:
-    """c_S for one UNet call and, per adapter, its context encoder's maps (computed on first use)."""
+    """c_S and interpolation labels for one UNet call and, per adapter, its context encoder's maps
+    and label embedding (computed on first use)."""
 
-    def __init__(self, c_s: torch.Tensor):
-        self.c_s = c_s
-        self._features = {}
+    def __init__(self, c_s: torch.Tensor | None, labels: torch.Tensor | None = None):
+        self.c_s, self.labels = c_s, labels
+        self._features, self._label_emb = {}, {}
+
+    def temporal_emb(self, applied: AppliedAdapter, emb: torch.Tensor) -> torch.Tensor:
+        """The timestep embedding the temporal ResBlocks see: plus the regime/level embedding, if any."""
+        if self.labels is None or not applied.adapter.spec.has_interpolation_embedding:
+            return emb
+        key = id(applied)
+        if key not in self._label_emb:
+            self._label_emb[key] = applied.adapter.interpolation_embed(self.labels.to(emb.device, torch.float32))
+        return emb + self._label_emb[key].to(emb.dtype)
 
     def features(self, applied: AppliedAdapter, x: torch.Tensor):
         """The map at x's resolution, or None for an adapter without a context encoder."""
-        if not applied.adapter.spec.has_context_encoder:
+        if self.c_s is None or not applied.adapter.spec.has_context_encoder:
             return None
         key = id(applied)
         if key not in self._features:
@@ -120,11 +132,13 @@ def unet_levels(diffusion_model) -> int:
     return 1 + sum(isinstance(m, Downsample) for m in diffusion_model.input_blocks.modules())
 
 
-def fresh_adapter_for_model(model, placement: str = "videoldm", context_frames=(), context_width: int = 64, **options):
+def fresh_adapter_for_model(model, placement: str = "videoldm", context_frames=(), context_width: int = 64,
+                            interpolation: bool = False, **options):
     """(spec, TemporalAdapter) with slots for every spatial layer of `model`, ready to train: its
     output layers start at zero, so applying it leaves the model's output exactly unchanged.
     `options` go to the placement (e.g. positional="relative", text_context=False, max_len=32).
-    `context_frames` (e.g. (0, 1, 2)): add a context encoder for prediction (Video LDM placement)."""
+    `context_frames` (e.g. (0, 1, 2)): add a context encoder for prediction (Video LDM placement).
+    `interpolation`: also embed the interpolation regime label and augmentation level."""
     diffusion_model = model.model.diffusion_model
     layout = spatial_layout(diffusion_model)
     encoder = None
@@ -135,8 +149,12 @@ def fresh_adapter_for_model(model, placement: str = "videoldm", context_frames=(
         encoder = dict(in_channels=model.model.latent_format.latent_channels + 1, width=context_width,
                        levels=unet_levels(diffusion_model))
     slots = {"videoldm": videoldm_slots, "animatediff": animatediff_slots}[placement](layout, **options)
+    labels = None
+    if interpolation:
+        emb = {layer.emb_channels for layer in layout if layer.kind == "resblock"}
+        labels = dict(emb_channels=emb.pop(), regimes=2)
     spec = AdapterSpec(model_family(model), placement, slots, max_frames=options.get("max_len") if placement == "animatediff" else None,
-                       context_encoder=encoder, context_frames=sorted(context_frames))
+                       context_encoder=encoder, context_frames=sorted(context_frames), interpolation=labels)
     return spec, fresh_adapter(spec)
 
 
@@ -245,7 +263,7 @@ def forward_with_temporal(layer, x, emb, context, transformer_options, output_sh
 def slice_context_for_window(cond_key, cond_value, window, x_in, device, new_cond_item):
     """IndexListCallbacks.RESIZE_COND_ITEM: each context window gets its own frames of c_S
     (with the anchor frame core may prepend), like x."""
-    if cond_key != CONTEXT_KEY:
+    if cond_key not in (CONTEXT_KEY, LABELS_KEY):
         return None
     return comfy.context_windows.slice_cond(cond_value, window, x_in, device, temporal_dim=0)
 
@@ -260,12 +278,15 @@ def slice_context_in_windows(handler):
 def route_context(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
     """DIFFUSION_MODEL wrapper: c_S arrives as a UNet kwarg (a model cond, batched like x); the
     temporal layers find it in this call's transformer_options."""
-    c_s = kwargs.pop(CONTEXT_KEY, None)
-    if c_s is not None:
-        if c_s.shape[0] != x.shape[0] or c_s.shape[-2:] != x.shape[-2:]:
-            raise ContextError(f"context frames c_S of shape {tuple(c_s.shape)} do not line up with the latent batch "
-                               f"{tuple(x.shape)}: expected one row per frame at the same height and width.")
-        transformer_options = {**transformer_options, CONTEXT_KEY: ContextCall(c_s)}
+    c_s, labels = kwargs.pop(CONTEXT_KEY, None), kwargs.pop(LABELS_KEY, None)
+    if c_s is not None and (c_s.shape[0] != x.shape[0] or c_s.shape[-2:] != x.shape[-2:]):
+        raise ContextError(f"context frames c_S of shape {tuple(c_s.shape)} do not line up with the latent batch "
+                           f"{tuple(x.shape)}: expected one row per frame at the same height and width.")
+    if labels is not None and labels.shape[0] != x.shape[0]:
+        raise ContextError(f"interpolation labels of shape {tuple(labels.shape)} do not line up with the latent "
+                           f"batch {tuple(x.shape)}: expected one row per frame.")
+    if c_s is not None or labels is not None:
+        transformer_options = {**transformer_options, CONTEXT_KEY: ContextCall(c_s, labels)}
     return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .context import ContextEncoder
+from .interpolation import InterpolationEmbedding
 from .metadata_spec import MetadataSpec
 from .placement import SpatialLayer, blocks, motion_module_layer
 from .slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
@@ -56,6 +57,9 @@ class AdapterSpec(MetadataSpec):
     # numbers of context frames S it was trained with, e.g. [0, 1, 2]
     context_encoder: Optional[dict] = None
     context_frames: list = field(default_factory=list)
+    # interpolation (§3.1.1): the embedding of the regime label and augmentation level
+    # {"emb_channels", "regimes"}, or None (then only the default regime, T→4T, is accepted)
+    interpolation: Optional[dict] = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -81,9 +85,19 @@ class AdapterSpec(MetadataSpec):
                 raise AdapterFormatError(f"context_encoder: every slot must read context_channels="
                                          f"{self.context_encoder['width']}, found {sorted(widths)}.")
 
+        if self.interpolation is not None:
+            expected = {"emb_channels", "regimes"}
+            found = set(self.interpolation) if isinstance(self.interpolation, dict) else set()
+            if found != expected:
+                raise AdapterFormatError(f"interpolation: expected the fields {sorted(expected)}, found {sorted(found)}.")
+
     @property
     def has_context_encoder(self) -> bool:
         return self.context_encoder is not None
+
+    @property
+    def has_interpolation_embedding(self) -> bool:
+        return self.interpolation is not None
 
 
 def set_submodule(root: nn.Module, path: str, module: nn.Module):
@@ -101,6 +115,8 @@ class TemporalAdapter(nn.Module):
         self.spec = spec
         if spec.context_encoder is not None:
             self.context_encoder = ContextEncoder(**spec.context_encoder, operations=operations)
+        if spec.interpolation is not None:
+            self.interpolation_embed = InterpolationEmbedding(**spec.interpolation, operations=operations)
         for path, config in spec.slots.items():
             kwargs = {k: v for k, v in config.items() if k != "kind"}
             set_submodule(self, path, SLOT_CLASSES[config["kind"]](**kwargs, operations=operations))

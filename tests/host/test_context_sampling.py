@@ -117,7 +117,7 @@ def test_all_branches_run_in_one_batched_forward(ctx, given):
 
 def test_given_frames_come_out_unchanged_when_kept(ctx, given):
     out = run(context_guider(ctx, ctx["predictor"], video_context(ctx, given, [0, 3]), keep=True))
-    torch.testing.assert_close(out[[0, 3]], given, atol=1e-6, rtol=1e-6)
+    assert torch.equal(out[[0, 3]], given)
     assert (out[[1, 2, 4, 5]]).abs().max() > 0.1
 
 
@@ -211,5 +211,4 @@ def test_core_context_windows_slice_the_context_with_the_anchor_frame(ctx, given
     assert out.shape[0] == 10 and torch.isfinite(out).all()
     assert [1.0, 1.0, 0.0, 0.0] in seen          # the first window: its mask marks frames 0 and 1
     assert any(len(m) == 5 for m in seen)        # later windows carry the anchor frame too
-    # kept frames: one Euler step from sigma_max leaves them exact up to sigma_max x float eps
-    torch.testing.assert_close(out[:2], given, atol=1e-4, rtol=1e-4)
+    assert torch.equal(out[:2], given)

@@ -1,0 +1,101 @@
+"""Interpolate Keyframes in a real ComfyUI on a tiny SD1.x model with random-weight interpolation
+adapters (made-up numbers, real paths)."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def interp(pack_module, tiny_sd1):
+    patch = pack_module("nodes.temporal_patch")
+    model, clip, _ = tiny_sd1
+
+    def applied(name, seed=0, **options):
+        spec, module = patch.fresh_adapter_for_model(model, context_width=16, **options)
+        torch.manual_seed(seed)
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+        return patch.apply_adapter(model, patch.build_adapter_patcher(spec, module.state_dict(), source="test"), name)
+
+    return dict(
+        with_labels=applied("interpolator", context_frames=(0, 1, 2), interpolation=True),
+        without_labels=applied("masks-only", context_frames=(0, 1, 2)),
+        plain=applied("plain"),
+        positive=clip.encode_from_tokens_scheduled(clip.tokenize("a red square moving left")),
+        negative=clip.encode_from_tokens_scheduled(clip.tokenize("")),
+        node=pack_module("nodes.interpolate_keyframes").InterpolateKeyframes,
+        error=pack_module("videoldm_core.interpolation").InterpolationError,
+    )
+
+
+def interpolate(interp, model, keyframes, regime="T→4T", keep=True, window=5, fps=2.0, augmentation=0.0, seed=0):
+    with torch.inference_mode():
+        latent, new_fps = interp["node"].execute(model, interp["positive"], interp["negative"], {"samples": keyframes},
+                                                 regime, keep, augmentation, window, seed, 1, 2.0, "euler", "normal",
+                                                 fps).result
+    return latent["samples"], new_fps
+
+
+def keyframes(t, seed=0, size=8):
+    torch.manual_seed(seed)
+    return torch.randn(t, 4, size, size)
+
+
+@pytest.mark.parametrize("t", [2, 3, 17])
+def test_output_has_4t_minus_3_frames_with_the_keyframes_kept(interp, t):
+    k = keyframes(t)
+    dense, fps = interpolate(interp, interp["with_labels"], k)
+    assert dense.shape == (4 * t - 3, 4, 8, 8) and fps == 8.0
+    torch.testing.assert_close(dense[::4], k, atol=1e-6, rtol=1e-6)
+    between = [i for i in range(4 * t - 3) if i % 4]
+    assert dense[between].abs().max() > 0.1
+
+
+def test_chaining_twice_gives_16t_minus_15_frames(interp):
+    once, fps = interpolate(interp, interp["with_labels"], keyframes(3))
+    twice, fps2 = interpolate(interp, interp["with_labels"], once, regime="4T→16T", fps=fps)
+    assert twice.shape[0] == 16 * 3 - 15 and fps2 == 4 * fps == 32.0
+    torch.testing.assert_close(twice[::16], keyframes(3), atol=1e-6, rtol=1e-6)
+
+
+def test_the_regime_label_reaches_the_temporal_layers(interp):
+    k = keyframes(3)
+    first, _ = interpolate(interp, interp["with_labels"], k, regime="T→4T")
+    second, _ = interpolate(interp, interp["with_labels"], k, regime="4T→16T")
+    assert (first - second).abs().max() > 1e-3
+
+
+def test_the_augmentation_level_reaches_the_model(interp):
+    k = keyframes(3)
+    a, _ = interpolate(interp, interp["with_labels"], k, augmentation=0.0)
+    b, _ = interpolate(interp, interp["with_labels"], k, augmentation=0.3)
+    assert (a - b).abs().max() > 1e-3
+    torch.testing.assert_close(b[::4], k, atol=1e-6, rtol=1e-6)  # augmentation is on what the model sees only
+
+
+def test_an_adapter_without_the_label_refuses_the_second_regime(interp):
+    dense, _ = interpolate(interp, interp["without_labels"], keyframes(2))
+    assert dense.shape[0] == 5
+    with pytest.raises(interp["error"], match="'4T→16T' needs an adapter with the regime label.*'masks-only'"):
+        interpolate(interp, interp["without_labels"], keyframes(2), regime="4T→16T")
+
+
+def test_windows_join_at_the_shared_keyframe(interp):
+    k = keyframes(9)
+    dense, _ = interpolate(interp, interp["with_labels"], k, window=3)
+    assert dense.shape[0] == 33 and torch.isfinite(dense).all()
+    torch.testing.assert_close(dense[::4], k, atol=1e-6, rtol=1e-6)
+
+
+def test_bad_input_is_refused_before_sampling(interp):
+    with pytest.raises(interp["error"], match="at least 2 keyframes"):
+        interpolate(interp, interp["with_labels"], keyframes(1))
+    from comfy.nested_tensor import NestedTensor
+
+    mixed = NestedTensor([torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 16, 16)])
+    with pytest.raises(interp["error"], match="one size"):
+        interpolate(interp, interp["with_labels"], mixed)
+    with pytest.raises(interp["error"], match="interpolation adapter applied.*'plain'"):
+        interpolate(interp, interp["plain"], keyframes(2))
+    with pytest.raises(interp["error"], match="regime in"):
+        interpolate(interp, interp["with_labels"], keyframes(2), regime="8x")
