@@ -7,7 +7,9 @@
 - models/temporal_adapters/videoldm_demo_temporal_decoder.safetensors: temporal layers for the
   bundle's VAE decoder (SVD's layout, small random weights), a temporal-decoder add-on;
 - models/temporal_adapters/videoldm_demo_predictor.safetensors: a Video LDM-layout adapter with a
-  context encoder (a prediction model for 0/1/2 context frames), small random weights.
+  context encoder (a prediction model for 0/1/2 context frames), small random weights;
+- models/temporal_adapters/videoldm_demo_interpolator.safetensors: the same with the interpolation
+  regime/augmentation embedding (an interpolation model), small random weights.
 
 Usage: python -m devtools.make_demo_bundle [BASE_DIR]   (default: the scratch base directory)
 
@@ -32,6 +34,7 @@ DEMO_BUNDLE_NAME = "videoldm_demo_tiny.safetensors"
 DEMO_MOTION_MODULE_NAME = "videoldm_demo_motion_module.safetensors"
 DEMO_TEMPORAL_DECODER_NAME = "videoldm_demo_temporal_decoder.safetensors"
 DEMO_PREDICTOR_NAME = "videoldm_demo_predictor.safetensors"
+DEMO_INTERPOLATOR_NAME = "videoldm_demo_interpolator.safetensors"
 DEMO_SEED = 20230418  # arXiv 2304.08818
 
 
@@ -69,17 +72,21 @@ def make_demo_models(base_dir: Path) -> list[Path]:
     _write(decoder_path, lambda p: save_random_temporal_decoder(p, temporal_decoder, spec))
     predictor_path = base_dir / "models" / "temporal_adapters" / DEMO_PREDICTOR_NAME
     _write(predictor_path, lambda p: save_random_predictor(p, pack, bundle_host, spec))
-    return [bundle_path, motion_path, decoder_path, predictor_path]
+    interpolator_path = base_dir / "models" / "temporal_adapters" / DEMO_INTERPOLATOR_NAME
+    _write(interpolator_path, lambda p: save_random_predictor(p, pack, bundle_host, spec, interpolation=True))
+    return [bundle_path, motion_path, decoder_path, predictor_path, interpolator_path]
 
 
-def save_random_predictor(path, pack, bundle_host, bundle_spec, seed=DEMO_SEED, std=0.02):
-    """A prediction adapter (context encoder for 0/1/2 frames) for the bundle's UNet: fresh layers plus small noise."""
+def save_random_predictor(path, pack, bundle_host, bundle_spec, seed=DEMO_SEED, std=0.02, interpolation=False):
+    """A prediction adapter (context encoder for 0/1/2 frames) for the bundle's UNet, or with
+    `interpolation` an interpolation adapter: fresh layers plus small noise."""
     patch = importlib.import_module(f"{pack.__name__}.nodes.temporal_patch")
     adapter_format = importlib.import_module(f"{pack.__name__}.videoldm_core.adapter")
     model, _, _ = bundle_host.build_components(bundle_spec, bundle_host.random_bundle_state_dict(bundle_spec, seed=seed),
                                                source="demo")
-    spec, module = patch.fresh_adapter_for_model(model, context_frames=(0, 1, 2), context_width=16)
-    spec = adapter_format.AdapterSpec(**{**spec.__dict__, "description": "Video LDM demo: random prediction adapter"})
+    spec, module = patch.fresh_adapter_for_model(model, context_frames=(0, 1, 2), context_width=16, interpolation=interpolation)
+    kind = "interpolation" if interpolation else "prediction"
+    spec = adapter_format.AdapterSpec(**{**spec.__dict__, "description": f"Video LDM demo: random {kind} adapter"})
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():

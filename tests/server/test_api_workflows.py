@@ -48,6 +48,35 @@ def test_rollout_prompt_writes_ten_segments_of_frames(server):
     assert progress and progress[-1]["value"] == progress[-1]["max"] == 10 * extend["steps"]
 
 
+def test_interpolation_prompt_writes_16t_minus_15_frames_at_16x_the_rate(server):
+    """keyframes -> Interpolate T->4T -> Interpolate 4T->16T -> Temporal VAE Decode -> mp4 at 30 fps."""
+    prompt = json.loads((REPO_ROOT / "workflows" / "interpolation_api.json").read_text())
+    prompt["13"]["inputs"]["seed"] = 5  # not the cached run of the generic test
+    run = server.run_prompt(prompt)
+    assert run.status == "success", run.error_message() or server.log_tail()
+    [video] = [p for p in server.output_files(run) if p.suffix == ".mp4"]
+    frames, fps = read_video(video)
+    keyframes = prompt["4"]["inputs"]["batch_size"]
+    assert len(frames) == 16 * keyframes - 15 == 49
+    assert fps == 16 * prompt["12"]["inputs"]["fps"] == 30.0
+
+
+def test_interpolation_with_a_non_interpolation_adapter_fails_clearly(server):
+    prompt = json.loads((REPO_ROOT / "workflows" / "interpolation_api.json").read_text())
+    prompt["9"]["inputs"]["adapter_name"] = "videoldm_demo_motion_module.safetensors"
+    run = server.run_prompt(prompt)
+    assert run.status == "error" and "expected a model with an interpolation adapter applied" in run.error_message()
+
+
+def test_unknown_regime_is_refused_at_validation(server):
+    from devtools.comfy_server import ServerError
+
+    prompt = json.loads((REPO_ROOT / "workflows" / "interpolation_api.json").read_text())
+    prompt["12"]["inputs"]["regime"] = "8x"
+    with pytest.raises(ServerError, match="value_not_in_list|not in list"):
+        server.queue_prompt(prompt)
+
+
 @pytest.mark.parametrize("change, message", [({"segments": 0}, "segments"), ({"context_frames": 8}, "smaller than the segment length")])
 def test_bad_rollouts_are_refused(server, change, message):
     from devtools.comfy_server import ServerError
