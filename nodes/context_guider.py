@@ -39,7 +39,7 @@ def with_context(conditioning, c_s: torch.Tensor, labels: torch.Tensor | None = 
     return out
 
 
-def check_context_encoder(model, context: VideoContext, on_missing: str) -> bool:
+def check_context_encoder(model, num_given: int, on_missing: str) -> bool:
     """True if some applied adapter reads context frames; with none, an error unless the user
     chose to ignore the context. Warns when S is not a count the adapter was trained with."""
     adapters = applied_adapters(model)
@@ -54,9 +54,8 @@ def check_context_encoder(model, context: VideoContext, on_missing: str) -> bool
                            f"if_no_context_encoder to 'ignore' to sample without the context.")
     for a in readers:
         trained = a.adapter.spec.context_frames
-        if trained and len(context.positions) not in trained:
-            log.warning("Video LDM: adapter '%s' was trained with %s context frames, given %d.", a.name, trained,
-                        len(context.positions))
+        if trained and num_given not in trained:
+            log.warning("Video LDM: adapter '%s' was trained with %s context frames, given %d.", a.name, trained, num_given)
     return True
 
 
@@ -158,7 +157,7 @@ class ContextGuiderNode(io.ComfyNode):
     @override
     def execute(cls, model, positive, negative, context, cfg, context_scale, keep_given_frames,
                 if_no_context_encoder) -> io.NodeOutput:
-        reads = check_context_encoder(model, context, if_no_context_encoder)
+        reads = check_context_encoder(model, len(context.positions), if_no_context_encoder)
         guider = ContextGuider(model, context if reads else None, context_scale, keep_given_frames)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)

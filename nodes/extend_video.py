@@ -67,21 +67,22 @@ class ExtendVideo(io.ComfyNode):
                 context_scale, sampler_name, scheduler) -> io.NodeOutput:
         frames = video["samples"].to(mm.intermediate_device(), torch.float32)
         plan = plan_rollout(frames.shape[0], segment_length, context_frames, segments)
-        dummy = VideoContext(torch.zeros(segment_length, *frames.shape[1:]), tuple(range(plan[-1].context_frames)))
-        check_context_encoder(model, dummy, "error")
+        check_context_encoder(model, plan[-1].context_frames, "error")
         sampler = comfy.samplers.sampler_object(sampler_name)
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
         pbar = comfy.utils.ProgressBar(len(plan) * steps)
-        parts = [frames]
-        tail = frames[-context_frames:]
+        # the whole video is allocated once: segments write into it (no growing list, no final copy)
+        video_out = torch.empty(frames.shape[0] + sum(s.new_frames for s in plan), *frames.shape[1:])
+        video_out[:frames.shape[0]] = frames
+        end = frames.shape[0]
         for segment in plan:
             mm.throw_exception_if_processing_interrupted()
-            given = tail[-segment.context_frames:]
+            given = video_out[end - segment.context_frames:end]
             context = VideoContext(place_frames(given, range(segment.context_frames), segment_length),
                                    tuple(range(segment.context_frames)))
             out = sample_segment(model, positive, negative, context, sampler, sigmas, cfg, context_scale,
                                  seed + segment.index, lambda: pbar.update(1))
-            new = out[segment.context_frames:]
-            parts.append(new)
-            tail = torch.cat([tail, new])[-context_frames:]
-        return io.NodeOutput({"samples": torch.cat(parts)})
+            video_out[end:end + segment.new_frames] = out[segment.context_frames:]
+            end += segment.new_frames
+            del out, context
+        return io.NodeOutput({"samples": video_out})
