@@ -1,0 +1,53 @@
+"""Patch-wise plans for video upscaling: partition of unity, exactness for one region, seams."""
+
+import pytest
+import torch
+
+from videoldm_core.tiling import TilingError, plan_tiles
+
+
+@pytest.mark.parametrize("shape, tile, tile_ov, chunk, chunk_ov", [
+    ((8, 16, 16), 8, 2, 4, 1), ((9, 13, 21), 6, 3, 5, 2), ((3, 5, 7), 16, 4, 8, 2), ((16, 32, 8), 8, 0, 16, 0)])
+def test_weights_sum_to_one_everywhere(shape, tile, tile_ov, chunk, chunk_ov):
+    plan = plan_tiles(*shape, tile, tile_ov, chunk, chunk_ov)
+    total = torch.zeros(shape[0], 1, *shape[1:])
+    for region, weight in zip(plan.regions, plan.weights):
+        assert weight.shape == (region.frames[1] - region.frames[0], 1, region.rows[1] - region.rows[0],
+                                region.cols[1] - region.cols[0])
+        assert (weight > 0).all()
+        total[region.slices()] += weight
+    torch.testing.assert_close(total, torch.ones_like(total), atol=1e-6, rtol=0)
+
+
+def test_every_frame_gets_the_same_spatial_tiling():
+    plan = plan_tiles(12, 20, 20, 8, 2, 5, 1)
+    tilings = {}
+    for region in plan.regions:
+        tilings.setdefault(region.frames, set()).add((region.rows, region.cols))
+    assert len({frozenset(t) for t in tilings.values()}) == 1
+
+
+def test_one_region_is_exactly_the_untiled_prediction():
+    x = torch.randn(6, 4, 10, 12)
+    plan = plan_tiles(6, 10, 12, 16, 4, 8, 2)
+    assert len(plan.regions) == 1
+    assert torch.equal(plan.blend(lambda r: x[r.slices()]), x)
+
+
+def test_blending_a_position_independent_prediction_reproduces_it():
+    """Predictions that agree on overlaps blend back to themselves (up to rounding)."""
+    x = torch.randn(9, 4, 24, 20)
+    plan = plan_tiles(9, 24, 20, 8, 3, 4, 2)
+    assert len(plan.regions) > 8
+    torch.testing.assert_close(plan.blend(lambda r: x[r.slices()] * 2), x * 2, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((4, 8, 8, 4, 4, 4, 1), "tile overlap must be smaller than the tile \\(4\\)"),   # tile smaller than / equal to overlap
+    ((4, 8, 8, 4, 6, 4, 1), "tile overlap must be smaller"),
+    ((4, 8, 8, 4, 1, 4, 4), "chunk overlap must be smaller than the chunk \\(4\\)"),
+    ((4, 8, 8, 0, 0, 4, 1), "tile must be at least 1, found 0"),
+])
+def test_bad_settings_are_named(args, message):
+    with pytest.raises(TilingError, match=message):
+        plan_tiles(*args)
