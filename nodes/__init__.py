@@ -7,6 +7,7 @@ from .interpolate_keyframes import InterpolateKeyframes
 from .temporal_adapter import ApplyTemporalAdapter, LoadTemporalAdapter, SaveTemporalAdapter
 from .temporal_vae import LoadTemporalVAE, TemporalVAEDecode
 from .video_context import VideoContextNode
+from .video_upscale import VideoUpscale
 
 NODES = [
     LoadBundle,
@@ -19,4 +20,5 @@ NODES = [
     ContextGuiderNode,
     ExtendVideo,
     InterpolateKeyframes,
+    VideoUpscale,
 ]

@@ -45,15 +45,22 @@ class TilePlan:
     regions: tuple[Region, ...]
     weights: tuple[torch.Tensor, ...]   # per region (t, 1, h, w), summing to one over all regions
 
-    def blend(self, predict) -> torch.Tensor:
-        """Σ_r weight_r · predict(r) placed at r; `predict(region)` returns (t, C, h, w)."""
+    def blend(self, predict, groups: int = 1) -> torch.Tensor:
+        """Σ_r weight_r · predict(r) placed at r. `predict(region)` returns (groups · t, C, h, w): the
+        region's frames for each of `groups` videos stacked in the batch (e.g. cond and uncond)."""
         out = None
         for region, weight in zip(self.regions, self.weights):
             part = predict(region)
+            part = part.reshape(groups, region.frames[1] - region.frames[0], *part.shape[1:])
             if out is None:
-                out = part.new_zeros(self.shape[0], part.shape[1], *self.shape[1:])
-            out[region.slices()] += part * weight.to(part)
-        return out
+                out = part.new_zeros(groups, self.shape[0], part.shape[2], *self.shape[1:])
+            out[(slice(None), *region.slices())] += part * weight.to(part)
+        return out.reshape(groups * self.shape[0], *out.shape[2:])
+
+    def rows(self, region: Region, groups: int) -> torch.Tensor:
+        """Batch rows of a region's frames when `groups` videos of T frames are stacked."""
+        t = self.shape[0]
+        return torch.cat([torch.arange(g * t + region.frames[0], g * t + region.frames[1]) for g in range(groups)])
 
 
 def plan_tiles(frames: int, height: int, width: int, tile: int, tile_overlap: int, chunk: int, chunk_overlap: int

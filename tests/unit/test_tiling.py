@@ -51,3 +51,11 @@ def test_blending_a_position_independent_prediction_reproduces_it():
 def test_bad_settings_are_named(args, message):
     with pytest.raises(TilingError, match=message):
         plan_tiles(*args)
+
+
+def test_blend_handles_stacked_videos():
+    """cond and uncond stacked in one batch: each region's rows come from both."""
+    x = torch.randn(2 * 6, 3, 10, 10)
+    plan = plan_tiles(6, 10, 10, 6, 2, 4, 1)
+    out = plan.blend(lambda r: x[plan.rows(r, 2)][..., slice(*r.rows), slice(*r.cols)], groups=2)
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,132 @@
+"""Video Upscale: the SD x4 upscaler over video frames, tiled in space and chunked in time
+(Video LDM §3.1.1: the upsampler is applied convolutionally, on patches and portions of frames).
+
+Tiling happens inside every model call: a DIFFUSION_MODEL wrapper runs the UNet on each region
+(the same spatial tiles for every frame, overlapping chunks of frames) and blends the predictions
+with weights that sum to one, so every denoising step sees one consistent prediction. At that level
+x already holds the low-res frames (c_concat), so they are tiled with it; the temporal layers of an
+applied adapter see each chunk's frames together.
+"""
+
+from __future__ import annotations
+
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.patcher_extension
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import torch
+from comfy_api.latest import io
+from typing_extensions import override
+
+from ..videoldm_core.tiling import TilingError, plan_tiles
+
+TILING_KEY = "videoldm_tiling"
+GRID = 8  # the x4 UNet halves the latent three times
+
+
+def tiled_forward(tile, tile_overlap, chunk, chunk_overlap, on_region=lambda: None):
+    """DIFFUSION_MODEL wrapper: the UNet per region, predictions blended (one region: untouched)."""
+
+    def forward(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        groups = len(transformer_options.get("cond_or_uncond", [0]))
+        frames = x.shape[0] // groups
+        plan = plan_tiles(frames, x.shape[-2], x.shape[-1], tile, tile_overlap, chunk, chunk_overlap)
+        if len(plan.regions) == 1:
+            on_region()
+            return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        if control is not None:
+            raise TilingError("tiled upscaling cannot pass ControlNet hints per tile; remove the ControlNet or use "
+                              "one tile and one chunk covering the video.")
+
+        def predict(region):
+            mm.throw_exception_if_processing_interrupted()
+            rows = plan.rows(region, groups).to(x.device)
+
+            def take(value):
+                if not torch.is_tensor(value) or value.ndim == 0 or value.shape[0] != x.shape[0]:
+                    return value
+                value = value[rows.to(value.device)]
+                if value.ndim == 4 and value.shape[-2:] == x.shape[-2:]:
+                    value = value[..., slice(*region.rows), slice(*region.cols)]
+                return value
+
+            out = executor(take(x), take(timesteps), take(context), take(y), None, dict(transformer_options),
+                           **{k: take(v) for k, v in kwargs.items()})
+            on_region()
+            return out
+
+        return plan.blend(predict, groups)
+
+    return forward
+
+
+def check_upscaler(model):
+    if not isinstance(model.model, comfy.model_base.SD_X4Upscaler):
+        raise TilingError(f"expected an SD x4 upscaler MODEL (e.g. x4-upscaler-ema.safetensors from Load Checkpoint), "
+                          f"found {type(model.model).__name__} ({type(model.model.model_config).__name__}).")
+
+
+def check_grid(height: int, width: int, tile: int):
+    if height % GRID or width % GRID:
+        raise TilingError(f"the x4 upscaler needs frames whose height and width are multiples of {GRID} pixels, found "
+                          f"{width}x{height}; crop or pad them first (e.g. with core ImageCrop / ImagePadForOutpaint).")
+    if tile % GRID:
+        raise TilingError(f"tile_size must be a multiple of {GRID}, found {tile}.")
+
+
+class VideoUpscale(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VideoLDMVideoUpscale",
+            display_name="Video Upscale",
+            category="Video LDM/upscaling",
+            description="Upscales video frames 4x with the SD x4 upscaler (with or without a temporal adapter), "
+                        "denoising in overlapping spatial tiles and temporal chunks blended at every step.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SD x4 upscaler MODEL, optionally with a temporal adapter applied."),
+                io.Conditioning.Input("positive", tooltip="The prompt."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt."),
+                io.Image.Input("images", tooltip="Low-res frames (batch = frames); height and width multiples of 8."),
+                io.Float.Input("noise_augmentation", default=0.1, min=0.0, max=1.0, step=0.01,
+                               tooltip="Noise on the low-res frames (level 0-350 of the upscaler), as core's "
+                                       "SD_4XUpscale_Conditioning."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Noise seed."),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps."),
+                io.Float.Input("cfg", default=4.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="CFG scale."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="The sampler."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="The noise schedule."),
+                io.Int.Input("tile_size", default=64, min=8, max=4096, step=8,
+                             tooltip="Tile height and width in input pixels (= latent pixels; 64 gives 256-pixel output tiles)."),
+                io.Int.Input("tile_overlap", default=16, min=0, max=4096,
+                             tooltip="Overlap of neighbouring tiles; smaller than tile_size."),
+                io.Int.Input("chunk_length", default=8, min=1, max=4096,
+                             tooltip="Frames denoised together (the temporal layers see a chunk); the paper uses about 8."),
+                io.Int.Input("chunk_overlap", default=2, min=0, max=4095, tooltip="Overlap of neighbouring chunks."),
+            ],
+            outputs=[io.Latent.Output(tooltip="The x4 latent (decode with the x4 upscaler's VAE).")],
+        )
+
+    @classmethod
+    @override
+    def execute(cls, model, positive, negative, images, noise_augmentation, seed, steps, cfg, sampler_name, scheduler,
+                tile_size, tile_overlap, chunk_length, chunk_overlap) -> io.NodeOutput:
+        check_upscaler(model)
+        frames, height, width = images.shape[0], images.shape[1], images.shape[2]
+        check_grid(height, width, tile_size)
+        plan = plan_tiles(frames, height, width, tile_size, tile_overlap, chunk_length, chunk_overlap)
+        pixels = images[..., :3].movedim(-1, 1) * 2.0 - 1.0
+        conds = [[[t, {**o, "concat_image": pixels, "noise_augmentation": noise_augmentation}] for t, o in c]
+                 for c in (positive, negative)]
+        pbar = comfy.utils.ProgressBar(steps * len(plan.regions))  # one tile-step per region and step
+        tiled = model.clone()
+        tiled.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, TILING_KEY,
+                                   tiled_forward(tile_size, tile_overlap, chunk_length, chunk_overlap, lambda: pbar.update(1)))
+        latent = torch.zeros(frames, 4, height, width)
+        noise = comfy.sample.prepare_noise(latent, seed)
+        samples = comfy.sample.sample(tiled, noise, steps, cfg, sampler_name, scheduler, conds[0], conds[1], latent,
+                                      disable_pbar=True, seed=seed)
+        return io.NodeOutput({"samples": samples})

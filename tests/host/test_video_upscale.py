@@ -1,0 +1,109 @@
+"""Video Upscale on ComfyUI's own SD x4 upscaler architecture at small width (random weights)."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def x4(pack_module, tiny_sd1):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    bundle_host = pack_module("nodes.bundle_host")
+    unet_config = {"in_channels": 7, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 2, 2, 2],
+                   "num_res_blocks": [1, 1, 1, 1], "transformer_depth": [1, 1, 1, 1], "transformer_depth_output": [1] * 8,
+                   "transformer_depth_middle": 1, "context_dim": 64, "image_size": 32, "use_spatial_transformer": True,
+                   "legacy": False, "use_linear_in_transformer": True, "adm_in_channels": None,
+                   "use_temporal_attention": False}
+    config = comfy.supported_models.SD_X4Upscaler(unet_config)
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    bundle_host._random_init_(model.diffusion_model, torch.Generator().manual_seed(4))
+    patcher = comfy.model_patcher.CoreModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    clip = tiny_sd1[1]
+    return dict(model=patcher, positive=clip.encode_from_tokens_scheduled(clip.tokenize("a sharp photo")),
+                negative=clip.encode_from_tokens_scheduled(clip.tokenize("")),
+                node=pack_module("nodes.video_upscale").VideoUpscale, error=pack_module("videoldm_core.tiling").TilingError)
+
+
+def frames(t=4, size=16, seed=0):
+    torch.manual_seed(seed)
+    base = torch.rand(1, size, size, 3)
+    return (base + 0.05 * torch.randn(t, size, size, 3)).clamp(0, 1)
+
+
+def upscale(x4, images, tile=64, tile_overlap=16, chunk=8, chunk_overlap=2, model=None, cfg=2.0, steps=2):
+    with torch.inference_mode():
+        return x4["node"].execute(model or x4["model"], x4["positive"], x4["negative"], images, 0.1, 3, steps, cfg,
+                                  "euler", "normal", tile, tile_overlap, chunk, chunk_overlap).result[0]["samples"]
+
+
+def untiled(x4, images, cfg=2.0, steps=2):
+    import comfy.sample
+
+    pixels = images.movedim(-1, 1) * 2.0 - 1.0
+    conds = [[[t, {**o, "concat_image": pixels, "noise_augmentation": 0.1}] for t, o in c]
+             for c in (x4["positive"], x4["negative"])]
+    latent = torch.zeros(images.shape[0], 4, images.shape[1], images.shape[2])
+    with torch.inference_mode():
+        return comfy.sample.sample(x4["model"], comfy.sample.prepare_noise(latent, 3), steps, cfg, "euler", "normal",
+                                   conds[0], conds[1], latent, disable_pbar=True, seed=3)
+
+
+def test_one_tile_and_one_chunk_equal_untiled_sampling_exactly(x4):
+    images = frames()
+    assert torch.equal(upscale(x4, images, tile=16, tile_overlap=4, chunk=4), untiled(x4, images))
+
+
+def test_tiles_and_chunks_blend_without_visible_seams(x4):
+    """Error against untiled sampling at tile/chunk seams, compared with the interior of tiles."""
+    images = frames(t=6, size=32)
+    reference = untiled(x4, images, steps=1)
+    tiled = upscale(x4, images, tile=16, tile_overlap=8, chunk=4, chunk_overlap=2, steps=1)
+    assert tiled.shape == reference.shape == (6, 4, 32, 32)
+    error = (tiled - reference).abs().mean(dim=(0, 1))   # (H, W)
+    seam = torch.zeros(32, 32, dtype=torch.bool)
+    for edge in (8, 16, 24):          # tile edges of the 16/8 tiling (starts 0, 8, 16)
+        seam[:, edge - 1:edge + 1] = True
+        seam[edge - 1:edge + 1, :] = True
+    seam_error, interior_error = error[seam].mean().item(), error[~seam].mean().item()
+    print(f"seam {seam_error:.4f} interior {interior_error:.4f}")
+    assert seam_error < 1.5 * interior_error + 1e-3
+    frame_error = (tiled - reference).abs().mean(dim=(1, 2, 3))
+    assert frame_error[[1, 2, 3, 4]].mean() < 1.5 * frame_error[[0, 5]].mean() + 1e-3  # chunk seams at 2..3
+
+
+def test_progress_counts_every_tile_step(x4):
+    import comfy.utils
+
+    seen = []
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
+    try:
+        upscale(x4, frames(t=4, size=16), tile=8, tile_overlap=4, chunk=2, chunk_overlap=0, steps=2)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous)
+    regions = 3 * 3 * 2
+    assert seen[-1] == (2 * regions, 2 * regions) and len(seen) > regions  # updates are throttled
+
+
+def test_a_model_that_is_not_an_x4_upscaler_is_named(x4, tiny_sd1):
+    with pytest.raises(x4["error"], match="expected an SD x4 upscaler MODEL.*found BaseModel"):
+        upscale(x4, frames(), model=tiny_sd1[0])
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(tile=16, tile_overlap=16), "tile overlap must be smaller than the tile \\(16\\)"),
+    (dict(tile=8, tile_overlap=16), "tile overlap must be smaller than the tile \\(8\\)"),
+    (dict(chunk=4, chunk_overlap=4), "chunk overlap must be smaller than the chunk \\(4\\)"),
+    (dict(tile=12), "tile_size must be a multiple of 8, found 12"),
+])
+def test_bad_tiling_is_refused_before_sampling(x4, kw, message):
+    with pytest.raises(x4["error"], match=message):
+        upscale(x4, frames(), **kw)
+
+
+def test_frames_off_the_latent_grid_are_refused_with_their_size(x4):
+    with pytest.raises(x4["error"], match="multiples of 8 pixels, found 20x12"):
+        upscale(x4, torch.rand(2, 12, 20, 3))
