@@ -107,3 +107,22 @@ def test_bad_tiling_is_refused_before_sampling(x4, kw, message):
 def test_frames_off_the_latent_grid_are_refused_with_their_size(x4):
     with pytest.raises(x4["error"], match="multiples of 8 pixels, found 20x12"):
         upscale(x4, torch.rand(2, 12, 20, 3))
+
+
+def test_temporal_layers_of_an_x4_adapter_see_whole_chunks(x4, pack_module):
+    patch = pack_module("nodes.temporal_patch")
+    spec, module = patch.fresh_adapter_for_model(x4["model"])
+    assert spec.family == "SD-x4-upscaler"
+    torch.manual_seed(0)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    adapter = patch.build_adapter_patcher(spec, module.state_dict(), source="test")
+    video_model = patch.apply_adapter(x4["model"], adapter, "x4-temporal")
+    seen = []
+    handle = adapter.model.slot("input_blocks.1.0").register_forward_hook(lambda m, args, out: seen.append(args[2]))
+    try:
+        out = upscale(x4, frames(t=6, size=16), tile=16, tile_overlap=4, chunk=4, chunk_overlap=2, model=video_model, steps=1)
+    finally:
+        handle.remove()
+    assert seen == [4, 4]                      # chunks [0, 4) and [2, 6), every frame of a chunk together
+    assert (out - upscale(x4, frames(t=6, size=16), tile=16, tile_overlap=4, chunk=4, chunk_overlap=2, steps=1)).abs().max() > 1e-3
