@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import comfy.model_management as mm
 import comfy.sample
-import comfy.samplers
 import comfy.utils
 import torch
 from comfy_api.latest import io
@@ -13,6 +12,7 @@ from typing_extensions import override
 from ..videoldm_core.context import VideoContext, place_frames
 from ..videoldm_core.rollout import plan_rollout
 from .context_guider import ContextGuider, check_context_encoder
+from .sampler_inputs import sampler_and_sigmas, sampler_inputs
 
 
 def sample_segment(model, positive, negative, context: VideoContext, sampler, sigmas, cfg, context_scale, seed,
@@ -48,15 +48,9 @@ class ExtendVideo(io.ComfyNode):
                 io.Int.Input("context_frames", default=2, min=1, max=4095,
                              tooltip="S: frames each segment takes from the end of the video (the segment overlap); "
                                      "must be below segment_length. The paper uses 2 (they encode motion)."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Noise seed of the first segment; segment i uses seed + i."),
-                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per segment."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Text classifier-free guidance scale."),
+                *sampler_inputs("segment"),
                 io.Float.Input("context_scale", default=1.0, min=0.0, max=20.0, step=0.05,
                                tooltip="Context guidance s (1: no extra branch)."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="The sampler."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="The noise schedule."),
             ],
             outputs=[io.Latent.Output(tooltip="The whole video: the input frames followed by every segment's new frames.")],
         )
@@ -68,8 +62,7 @@ class ExtendVideo(io.ComfyNode):
         frames = video["samples"].to(mm.intermediate_device(), torch.float32)
         plan = plan_rollout(frames.shape[0], segment_length, context_frames, segments)
         check_context_encoder(model, plan[-1].context_frames, "error")
-        sampler = comfy.samplers.sampler_object(sampler_name)
-        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+        sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps)
         pbar = comfy.utils.ProgressBar(len(plan) * steps)
         # the whole video is allocated once: segments write into it (no growing list, no final copy)
         video_out = torch.empty(frames.shape[0] + sum(s.new_frames for s in plan), *frames.shape[1:])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import comfy.model_management as mm
 import comfy.sample
-import comfy.samplers
 import comfy.utils
 import torch
 from comfy_api.latest import io
@@ -15,6 +14,7 @@ from ..videoldm_core.interpolation import (FACTOR, REGIMES, InterpolationError, 
                                            dense_length, interpolation_labels, keyframe_positions, keyframe_windows,
                                            regime_label)
 from .context_guider import ContextGuider
+from .sampler_inputs import sampler_and_sigmas, sampler_inputs
 from .temporal_patch import applied_adapters
 
 
@@ -57,13 +57,7 @@ class InterpolateKeyframes(io.ComfyNode):
                 io.Int.Input("window_keyframes", default=5, min=2, max=4096,
                              tooltip="Keyframes per window; windows share one keyframe, memory is that of one window "
                                      "(4·window − 3 frames)."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Noise seed; window i uses seed + i."),
-                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per window."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Text classifier-free guidance scale."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="The sampler."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="The noise schedule."),
+                *sampler_inputs("window"),
                 io.Float.Input("fps", default=1.875, min=0.001, max=1000.0, step=0.001,
                                tooltip="Frame rate of the keyframes; the output rate is 4x this."),
             ],
@@ -81,8 +75,7 @@ class InterpolateKeyframes(io.ComfyNode):
         augment_keyframes(frames[:1], augmentation)  # checks the level before any sampling
         frames = frames.to(mm.intermediate_device(), torch.float32)
         windows = keyframe_windows(frames.shape[0], window_keyframes)
-        sampler = comfy.samplers.sampler_object(sampler_name)
-        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+        sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps)
         pbar = comfy.utils.ProgressBar(len(windows) * steps)
         out = torch.zeros(dense_length(frames.shape[0]), *frames.shape[1:])
         for i, window in enumerate(windows):

@@ -14,13 +14,13 @@ import comfy.model_base
 import comfy.model_management as mm
 import comfy.patcher_extension
 import comfy.sample
-import comfy.samplers
 import comfy.utils
 import torch
 from comfy_api.latest import io
 from typing_extensions import override
 
 from ..videoldm_core.tiling import TilingError, plan_tiles
+from .sampler_inputs import sampler_inputs
 
 TILING_KEY = "videoldm_tiling"
 GRID = 8  # the x4 UNet halves the latent three times
@@ -93,12 +93,7 @@ class VideoUpscale(io.ComfyNode):
                 io.Float.Input("noise_augmentation", default=0.1, min=0.0, max=1.0, step=0.01,
                                tooltip="Noise on the low-res frames (level 0-350 of the upscaler), as core's "
                                        "SD_4XUpscale_Conditioning."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Noise seed."),
-                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps."),
-                io.Float.Input("cfg", default=4.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="CFG scale."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="The sampler."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="The noise schedule."),
+                *sampler_inputs(cfg_default=4.0),
                 io.Int.Input("tile_size", default=64, min=8, max=4096, step=8,
                              tooltip="Tile height and width in input pixels (= latent pixels; 64 gives 256-pixel output tiles)."),
                 io.Int.Input("tile_overlap", default=16, min=0, max=4096,

@@ -1,0 +1,26 @@
+"""The sampler settings that the pack's self-sampling nodes share with KSampler."""
+
+from __future__ import annotations
+
+import comfy.samplers
+from comfy_api.latest import io
+
+
+def sampler_inputs(per: str | None = None, cfg_default: float = 7.5) -> list:
+    """seed, steps, cfg, sampler_name, scheduler; `per` names what one run samples ("segment",
+    "window") when the node samples several in turn."""
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                     tooltip=f"Noise seed of the first {per}; {per} i uses seed + i." if per else "Noise seed."),
+        io.Int.Input("steps", default=20, min=1, max=10000,
+                     tooltip=f"Sampling steps per {per}." if per else "Sampling steps."),
+        io.Float.Input("cfg", default=cfg_default, min=0.0, max=100.0, step=0.1, round=0.01,
+                       tooltip="Text classifier-free guidance scale; 1 skips the negative branch."),
+        io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="The sampler."),
+        io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="The noise schedule."),
+    ]
+
+
+def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int):
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+    return comfy.samplers.sampler_object(sampler_name), sigmas
