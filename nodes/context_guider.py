@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 
 import comfy.conds
+import comfy.model_management
+import comfy.sample
 import comfy.sampler_helpers
 import comfy.samplers
 import torch
@@ -113,8 +115,6 @@ class ContextGuider(comfy.samplers.CFGGuider):
     def keep(self, latent_image, denoise_mask):
         """The given frames go into the latent and are masked out of denoising, so they come back unchanged."""
         positions = list(self.context.positions)
-        if not positions:
-            return latent_image, denoise_mask
         latent_image = latent_image.clone()
         latent_image[positions] = self.context.latents[positions].to(latent_image)
         t, _, h, w = latent_image.shape
@@ -123,6 +123,19 @@ class ContextGuider(comfy.samplers.CFGGuider):
         if denoise_mask is not None:
             keep = keep * comfy.sampler_helpers.prepare_mask(denoise_mask, latent_image.shape, "cpu")[:, :1]
         return latent_image, keep
+
+
+def sample_with_context(model, positive, negative, context: VideoContext, sampler, sigmas, cfg: float, seed: int,
+                        on_step, context_scale: float = 1.0, keep: bool = True, labels=None, augment=None) -> torch.Tensor:
+    """One video (a rollout segment, an interpolation window) sampled from noise, its given frames kept
+    unless `keep` is off."""
+    guider = ContextGuider(model, context, context_scale, keep_given=keep, labels=labels, augment=augment)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    noise = comfy.sample.prepare_noise(context.latents, seed)
+    out = guider.sample(noise, context.latents, sampler, sigmas, callback=lambda *args: on_step(), disable_pbar=True,
+                        seed=seed)
+    return out.to(comfy.model_management.intermediate_device())
 
 
 class ContextGuiderNode(io.ComfyNode):

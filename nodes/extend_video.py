@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import comfy.model_management as mm
-import comfy.sample
 import comfy.utils
 import torch
 from comfy_api.latest import io
@@ -11,20 +10,8 @@ from typing_extensions import override
 
 from ..videoldm_core.context import VideoContext, place_frames
 from ..videoldm_core.rollout import plan_rollout
-from .context_guider import ContextGuider, check_context_encoder
+from .context_guider import check_context_encoder, sample_with_context
 from .sampler_inputs import sampler_and_sigmas, sampler_inputs
-
-
-def sample_segment(model, positive, negative, context: VideoContext, sampler, sigmas, cfg, context_scale, seed,
-                   on_step) -> torch.Tensor:
-    """One segment: the context's frames are kept, the others sampled from noise."""
-    guider = ContextGuider(model, context, context_scale, keep_given=True)
-    guider.set_conds(positive, negative)
-    guider.set_cfg(cfg)
-    latent = context.latents
-    noise = comfy.sample.prepare_noise(latent, seed)
-    out = guider.sample(noise, latent, sampler, sigmas, callback=lambda *args: on_step(), disable_pbar=True, seed=seed)
-    return out.to(mm.intermediate_device())
 
 
 class ExtendVideo(io.ComfyNode):
@@ -73,8 +60,8 @@ class ExtendVideo(io.ComfyNode):
             given = video_out[end - segment.context_frames:end]
             context = VideoContext(place_frames(given, range(segment.context_frames), segment_length),
                                    tuple(range(segment.context_frames)))
-            out = sample_segment(model, positive, negative, context, sampler, sigmas, cfg, context_scale,
-                                 seed + segment.index, lambda: pbar.update(1))
+            out = sample_with_context(model, positive, negative, context, sampler, sigmas, cfg, seed + segment.index,
+                                      lambda: pbar.update(1), context_scale=context_scale)
             video_out[end:end + segment.new_frames] = out[segment.context_frames:]
             end += segment.new_frames
             del out, context

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import comfy.model_management as mm
-import comfy.sample
 import comfy.utils
 import torch
 from comfy_api.latest import io
 from typing_extensions import override
 
 from ..videoldm_core.context import VideoContext, place_frames
-from ..videoldm_core.interpolation import (FACTOR, REGIMES, InterpolationError, augment_keyframes, check_keyframes,
-                                           dense_length, interpolation_labels, keyframe_positions, keyframe_windows,
+from ..videoldm_core.interpolation import (FACTOR, REGIMES, InterpolationError, augment_keyframes,
+                                           check_augmentation_level, check_keyframes, dense_length, interpolation_labels, keyframe_positions, keyframe_windows,
                                            regime_label)
-from .context_guider import ContextGuider
+from .context_guider import sample_with_context
 from .sampler_inputs import sampler_and_sigmas, sampler_inputs
 from .temporal_patch import applied_adapters
 
@@ -72,7 +71,7 @@ class InterpolateKeyframes(io.ComfyNode):
         frames = check_keyframes(keyframes["samples"])
         label = regime_label(regime)
         check_interpolation_model(model, label)
-        augment_keyframes(frames[:1], augmentation)  # checks the level before any sampling
+        check_augmentation_level(augmentation)
         frames = frames.to(mm.intermediate_device(), torch.float32)
         windows = keyframe_windows(frames.shape[0], window_keyframes)
         sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps)
@@ -85,14 +84,10 @@ class InterpolateKeyframes(io.ComfyNode):
             context = VideoContext(place_frames(frames[window.first:window.first + window.count], positions, length),
                                    tuple(positions))
             generator = torch.Generator().manual_seed(seed + i)
-            guider = ContextGuider(model, context, 1.0, keep_keyframes,
-                                   labels=interpolation_labels(length, label, augmentation),
-                                   augment=lambda z, g=generator: augment_keyframes(z, augmentation, g))
-            guider.set_conds(positive, negative)
-            guider.set_cfg(cfg)
-            noise = comfy.sample.prepare_noise(context.latents, seed + i)
-            dense = guider.sample(noise, context.latents, sampler, sigmas, callback=lambda *a: pbar.update(1),
-                                  disable_pbar=True, seed=seed + i).to(out)
+            dense = sample_with_context(model, positive, negative, context, sampler, sigmas, cfg, seed + i,
+                                        lambda: pbar.update(1), labels=interpolation_labels(length, label, augmentation),
+                                        augment=lambda z, g=generator: augment_keyframes(z, augmentation, g),
+                                        keep=keep_keyframes).to(out)
             skip = 0 if i == 0 else 1  # the shared keyframe comes from the previous window
             out[window.dense_start + skip:window.dense_start + length] = dense[skip:]
         return io.NodeOutput({"samples": out}, fps * FACTOR)

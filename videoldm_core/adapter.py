@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn

@@ -79,10 +79,14 @@ def keyframe_windows(num_keyframes: int, window: int) -> list[KeyframeWindow]:
         first += count - 1
 
 
-def augment_keyframes(latents: torch.Tensor, level: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Conditioning augmentation: z + level · ε on the keyframes (level 0 leaves them exact)."""
+def check_augmentation_level(level: float):
     if not 0.0 <= level <= 1.0:
         raise InterpolationError(f"expected an augmentation level in [0, 1], found {level}.")
+
+
+def augment_keyframes(latents: torch.Tensor, level: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Conditioning augmentation: z + level · ε on the keyframes (level 0 leaves them exact)."""
+    check_augmentation_level(level)
     if level == 0.0:
         return latents
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents)

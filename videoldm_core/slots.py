@@ -22,8 +22,7 @@ from torch import nn
 from .alpha_blender import AlphaBlender
 from .attention import Attention, AttentionFn, FeedForward, sdpa_attention
 from .context import context_projection
-from .positional import (RelativePositionBias, RelativeSinusoidalBias, RotaryEmbedding, check_frame_limit,
-                         distance_mask, sinusoidal_embedding)
+from .positional import RelativeSinusoidalBias, check_frame_limit, distance_mask, sinusoidal_embedding
 from .temporal_layers import TemporalResBlock, TemporalTransformerBlock, zero_
 
 
