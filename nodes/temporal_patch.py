@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils.checkpoint
 
 import comfy.context_windows
 import comfy.model_management as mm
@@ -37,6 +38,7 @@ OPTIONS_KEY = "videoldm_adapters"
 WRAPPER_KEY = "videoldm_temporal_adapters"
 CONTEXT_KEY = "videoldm_context"   # model cond and UNet kwarg with c_S; transformer_options entry per call
 LABELS_KEY = "videoldm_interpolation"  # model cond with per-frame (regime, augmentation level) rows
+CHECKPOINT_KEY = "videoldm_gradient_checkpointing"  # transformer_options flag set by training
 log = logging.getLogger("videoldm")
 
 
@@ -93,10 +95,21 @@ class ContextCall:
         """The timestep embedding the temporal ResBlocks see: plus the regime/level embedding, if any."""
         if self.labels is None or not applied.adapter.spec.has_interpolation_embedding:
             return emb
+        return emb + self._label_embedding(applied, emb.device).to(emb.dtype)
+
+    def _label_embedding(self, applied: AppliedAdapter, device):
         key = id(applied)
         if key not in self._label_emb:
-            self._label_emb[key] = applied.adapter.interpolation_embed(self.labels.to(emb.device, torch.float32))
-        return emb + self._label_emb[key].to(emb.dtype)
+            self._label_emb[key] = applied.adapter.interpolation_embed(self.labels.to(device, torch.float32))
+        return self._label_emb[key]
+
+    def precompute(self, adapters: list[AppliedAdapter], x: torch.Tensor):
+        """Encoder maps and label embeddings now, outside any checkpointed layer (training), so a
+        recomputed layer finds them and the backward reaches the encoders once."""
+        for applied in adapters:
+            self.features(applied, x)
+            if self.labels is not None and applied.adapter.spec.has_interpolation_embedding:
+                self._label_embedding(applied, x.device)
 
     def features(self, applied: AppliedAdapter, x: torch.Tensor):
         """The map at x's resolution, or None for an adapter without a context encoder."""
@@ -229,7 +242,28 @@ def _transformer_with_temporal(layer: SpatialTransformer, x, context, transforme
 
 def forward_with_temporal(layer, x, emb, context, transformer_options, output_shape, time_context,
                           num_video_frames, image_only_indicator):
-    """forward_timestep_embed_patch handler for ResBlock and SpatialTransformer layers."""
+    """forward_timestep_embed_patch handler for ResBlock and SpatialTransformer layers. When training
+    with gradient checkpointing, each layer with its temporal slots is recomputed in the backward."""
+    args = (layer, x, emb, context, transformer_options, output_shape, time_context, num_video_frames, image_only_indicator)
+    if not (transformer_options.get(CHECKPOINT_KEY) and torch.is_grad_enabled()):
+        return _forward_with_temporal(*args)
+    index = transformer_options.get("transformer_index")
+    out = torch.utils.checkpoint.checkpoint(_recomputable, index, *args, use_reentrant=False)
+    if index is not None and isinstance(layer, SpatialTransformer):
+        transformer_options["transformer_index"] = index + 1
+    return out
+
+
+def _recomputable(index, layer, x, emb, context, transformer_options, *rest):
+    """The layer on its own copy of the options, so a recomputation does not count the transformer twice."""
+    options = {**transformer_options}
+    if index is not None:
+        options["transformer_index"] = index
+    return _forward_with_temporal(layer, x, emb, context, options, *rest)
+
+
+def _forward_with_temporal(layer, x, emb, context, transformer_options, output_shape, time_context,
+                           num_video_frames, image_only_indicator):
     adapters = transformer_options.get(OPTIONS_KEY, [])
     num_frames = x.shape[0] // len(transformer_options.get("cond_or_uncond", [0]))
     is_transformer = isinstance(layer, SpatialTransformer)
@@ -286,7 +320,10 @@ def route_context(executor, x, timesteps, context, y, control, transformer_optio
         raise ContextError(f"interpolation labels of shape {tuple(labels.shape)} do not line up with the latent "
                            f"batch {tuple(x.shape)}: expected one row per frame.")
     if c_s is not None or labels is not None:
-        transformer_options = {**transformer_options, CONTEXT_KEY: ContextCall(c_s, labels)}
+        call = ContextCall(c_s, labels)
+        if transformer_options.get(CHECKPOINT_KEY) and torch.is_grad_enabled():
+            call.precompute(transformer_options.get(OPTIONS_KEY, []), x)
+        transformer_options = {**transformer_options, CONTEXT_KEY: call}
     return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
 

@@ -1,0 +1,147 @@
+"""ComfyUI's side of training: the frozen base UNet of a MODEL, run with a trainable temporal
+adapter through the same patches that sample with it (nodes/temporal_patch.py), as the
+`denoiser(x_t, t, num_videos, conditioning)` the core objectives call.
+
+Nothing of the user's MODEL changes: the UNet is frozen on a deep-copied clone (as core's
+TrainLoraNode does), and the adapter is a fresh fp32 module outside any cast or offload.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.patcher_extension
+
+from ..videoldm_core.training.diffusion_objective import UPSCALER_FAMILY
+from ..videoldm_core.training.objective import TrainingError, frozen
+from ..videoldm_core.training.schedule import NoiseSchedule
+from .temporal_patch import CHECKPOINT_KEY, CONTEXT_KEY, LABELS_KEY, apply_adapter
+from .unet_layout import model_family
+
+
+def noise_schedule(model) -> NoiseSchedule:
+    """The base model's discrete schedule and parameterisation (ε or v)."""
+    sampling = model.model.model_sampling
+    if isinstance(sampling, comfy.model_sampling.V_PREDICTION):
+        prediction = "v"
+    elif isinstance(sampling, comfy.model_sampling.EPS):
+        prediction = "eps"
+    else:
+        raise TrainingError(f"expected a model with ε or v prediction, found {type(sampling).__name__}.")
+    if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
+        raise TrainingError(f"expected a model with a discrete (DDPM) noise schedule, found {type(sampling).__name__}.")
+    return NoiseSchedule.from_sigmas(sampling.sigmas.detach().cpu(), prediction)
+
+
+def augmentation_schedule(model) -> tuple[NoiseSchedule | None, int]:
+    """The SD x4 upscaler's noise augmentation of the low-res frames (schedule, max level)."""
+    augmentor = getattr(model.model, "noise_augmentor", None)
+    if not isinstance(model.model, comfy.model_base.SD_X4Upscaler) or augmentor is None:
+        return None, 0
+    return NoiseSchedule(augmentor.alphas_cumprod.detach().cpu()), int(augmentor.max_noise_level)
+
+
+def trainable_base(model):
+    """MODEL's UNet ready to be a frozen part of a graph: ComfyUI loads it frozen already, but a loader
+    node ran under inference mode, and inference tensors cannot be saved for backward, so such a
+    UNet is deep-copied outside it (as core's TrainLoraNode does). The user's MODEL is never changed."""
+    unet = model.model.diffusion_model
+    if any(p.is_inference() for p in unet.parameters()):
+        with torch.inference_mode(False):
+            config = model.model.model_config   # shared: its attribute fallback breaks deepcopy
+            copied = copy.deepcopy(model.model, memo={id(config): config})
+        # a fresh patcher state for the copy: nothing backed up, nothing pinned
+        model = model.clone(model_override=(copied, ({}, {}, {}, set())))
+    frozen(model.model.diffusion_model)
+    return model
+
+
+class UNetDenoiser:
+    """f_θ,φ(x_t; c, t): the frozen UNet with the trainable adapter applied, called directly (no
+    sampler), with c_S, interpolation labels, the x4 upscaler's concat and noise level routed
+    exactly as in sampling."""
+
+    def __init__(self, base, adapter, text: torch.Tensor, pooled: torch.Tensor | None = None,
+                 gradient_checkpointing: bool = False, name: str = "training"):
+        self.base, self.adapter = base, adapter
+        self.device = mm.get_torch_device()
+        self.patcher = comfy.model_patcher.CoreModelPatcher(adapter, load_device=self.device, offload_device=self.device)
+        self.model = apply_adapter(base, self.patcher, name)
+        options = {k: v for k, v in self.model.model_options["transformer_options"].items()}
+        options["wrappers"] = {}
+        comfy.patcher_extension.merge_nested_dicts(options["wrappers"], self.model.wrappers, copy_dict1=False)
+        options[CHECKPOINT_KEY] = gradient_checkpointing
+        self.transformer_options = options
+        self.text, self.pooled = text, pooled
+        self.is_upscaler = model_family(base) == UPSCALER_FAMILY
+        self.dtype = base.model.get_dtype()
+
+    def load(self):
+        """The UNet on the compute device (the adapter follows as an additional model)."""
+        mm.load_models_gpu([self.model], force_full_load=True)
+        self.adapter.to(self.device)
+        return self
+
+    def _adm(self, num_rows: int, height: int, width: int):
+        unet = self.base.model
+        if self.is_upscaler or getattr(unet, "adm_channels", 0) == 0:
+            return None
+        y = unet.encode_adm(pooled_output=self.pooled, width=width * 8, height=height * 8, crop_w=0, crop_h=0,
+                            target_width=width * 8, target_height=height * 8, device=self.device)
+        return y.to(self.device).expand(num_rows, -1)
+
+    def __call__(self, x_t, t, num_videos: int, conditioning: dict) -> torch.Tensor:
+        rows = x_t.shape[0]
+        x = x_t.to(self.device)
+        if "concat" in conditioning:
+            x = torch.cat([x, conditioning["concat"].to(x)], dim=1)
+        text = conditioning.get("text")
+        text = (self.text.expand(rows, -1, -1) if text is None else text).to(self.device)
+        y = conditioning.get("y")
+        y = self._adm(rows, *x_t.shape[-2:]) if y is None else y.to(self.device)
+        extra = {k: conditioning[c].to(self.device) for k, c in ((CONTEXT_KEY, "c_s"), (LABELS_KEY, "labels"))
+                 if conditioning.get(c) is not None}
+        options = {**self.transformer_options, "cond_or_uncond": [0] * num_videos}
+        unet = self.base.model.diffusion_model
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            out = unet(x.to(self.dtype), t.float().to(self.device), context=text.to(self.dtype), y=y,
+                       transformer_options=options, **extra)
+        return out.float()
+
+
+def encode_video(vae, frames: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """VAE latents of frames (N, H, W, 3) in [0, 1], a chunk at a time: (N, C, h, w), unscaled."""
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.cat([vae.encode(frames[i:i + chunk, :, :, :3]).float().cpu() for i in range(0, frames.shape[0], chunk)])
+
+
+def frame_clips(video: torch.Tensor, clip_frames: int, stride: int = 1) -> list[torch.Tensor]:
+    """Every window of `clip_frames` consecutive frames, `stride` apart, of one video (N, ...)."""
+    if video.shape[0] < clip_frames:
+        raise TrainingError(f"clips of {clip_frames} frames need a video of at least {clip_frames} frames, "
+                            f"found {video.shape[0]}.")
+    return [video[i:i + clip_frames] for i in range(0, video.shape[0] - clip_frames + 1, stride)]
+
+
+def training_items(model, vae, images: torch.Tensor, clip_frames: int, mode: str, stride: int = 1) -> list[dict]:
+    """Training clips from one video of IMAGE frames: latents in the model's latent space, and for
+    the x4 upscaler the 4x-downsampled frames ([-1, 1]) it is conditioned on."""
+    if mode == "upscaler":
+        h, w = images.shape[1:3]
+        if h % 4 or w % 4:
+            raise TrainingError(f"upscaler training needs frames whose size is a multiple of 4, found {w}x{h}.")
+        low = torch.nn.functional.interpolate(images[..., :3].movedim(-1, 1), size=(h // 4, w // 4), mode="area") * 2 - 1
+    latents = model.model.process_latent_in(encode_video(vae, images))
+    if mode == "upscaler" and latents.shape[-2:] != low.shape[-2:]:
+        raise TrainingError(f"the VAE makes {tuple(latents.shape[-2:])} latents of {h}x{w} frames; the x4 upscaler's "
+                            f"VAE makes latents at a quarter of the size ({h // 4}x{w // 4}). Use the upscaler's VAE.")
+    clips = frame_clips(latents, clip_frames, stride)
+    if mode != "upscaler":
+        return [{"latents": c} for c in clips]
+    return [{"latents": c, "low_res": l} for c, l in zip(clips, frame_clips(low, clip_frames, stride))]

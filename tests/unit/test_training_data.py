@@ -1,0 +1,297 @@
+"""Training data: the moving-shapes generator, reading clips from folders, the latent cache, and
+the batch order that ranks and resumed runs share."""
+
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from videoldm_core.training.data import ClipSpec, VideoFolder, discover, read_frames
+from videoldm_core.training.latent_cache import LatentShards, build_latent_cache, cache_key
+from videoldm_core.training.objective import TrainingError
+from videoldm_core.training.synthetic import clip_seed, moving_shapes_clip, write_dataset, write_mp4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The generator's budget is per core; torch's pool also stalls small ops on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def mp4_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mp4")
+    write_dataset(folder, count=2, seed=5, frames=32, height=48, width=64, fps=30.0, as_="mp4")
+    return folder
+
+
+def encode_stub(calls):
+    """A stand-in autoencoder: 8x average pooling to 3 channels + their mean, counting its calls."""
+    def encode(frames):
+        calls.append(frames.shape)
+        z = F.avg_pool2d(frames, 8)
+        return torch.cat([z, z.mean(1, keepdim=True)], dim=1)
+    return encode
+
+
+# -- moving shapes --------------------------------------------------------------------------------
+
+def test_same_seed_gives_the_same_clip_and_another_seed_another():
+    a, b, c = (moving_shapes_clip(s, 8, 32, 32) for s in (3, 3, 4))
+    assert torch.equal(a.frames, b.frames) and a.caption == b.caption
+    assert (a.frames - c.frames).abs().mean() > 0.05
+    assert a.frames.shape == (8, 3, 32, 32) and a.frames.dtype == torch.float32
+    assert -1 <= a.frames.min() and a.frames.max() <= 1 and a.frames.std() > 0.1
+
+
+def test_caption_names_each_shape_and_tracks_stay_inside_the_frame():
+    clip = moving_shapes_clip(11, 60, 40, 56, fps=10.0)
+    assert 1 <= len(clip.tracks) <= 3 and clip.caption.count(" moving ") == len(clip.tracks)
+    for track in clip.tracks:
+        assert track.kind in clip.caption
+        x, y = track.centre[:, 0], track.centre[:, 1]
+        assert x.min() >= track.size - 1e-4 and x.max() <= 56 - track.size + 1e-4
+        assert y.min() >= track.size - 1e-4 and y.max() <= 40 - track.size + 1e-4
+        assert track.angle.shape == (60,) and track.colour.shape == (60, 3)
+        steps = (track.centre[1:] - track.centre[:-1]).norm(dim=-1)  # constant speed except across a bounce
+        assert steps.median() > 0.5 and ((steps - steps.median()).abs() < 1e-3).float().mean() > 0.8
+        assert (track.colour[1:] - track.colour[:-1]).abs().max() < 0.1  # the colour changes smoothly
+
+
+def test_quarter_fps_render_is_every_fourth_frame():
+    fast = moving_shapes_clip(7, 16, 32, 48, fps=30.0)
+    slow = moving_shapes_clip(7, 4, 32, 48, fps=7.5)
+    assert torch.equal(slow.frames, fast.frames[::4])
+    assert torch.equal(slow.tracks[0].centre, fast.tracks[0].centre[::4])
+    assert not torch.equal(slow.frames, fast.frames[:4])  # the shapes do move
+
+
+def test_scaled_render_is_the_same_scene_with_centres_times_four():
+    base = moving_shapes_clip(2, 4, 24, 32)
+    big = moving_shapes_clip(2, 4, 24, 32, scale=4)
+    assert big.frames.shape == (4, 3, 96, 128) and big.caption == base.caption
+    for small, large in zip(base.tracks, big.tracks):
+        assert torch.allclose(large.centre, small.centre * 4) and large.size == pytest.approx(small.size * 4)
+        assert torch.equal(large.angle, small.angle) and torch.equal(large.colour, small.colour)
+    assert (F.avg_pool2d(big.frames, 4) - base.frames).abs().mean() < 0.01
+
+
+def test_sixteen_frames_of_64x64_render_fast():
+    moving_shapes_clip(0, 2, 64, 64)  # warm-up
+    start = time.perf_counter()
+    moving_shapes_clip(1, 16, 64, 64)
+    assert time.perf_counter() - start < 0.5  # ~0.03 s on one core
+
+
+# -- reading folders ------------------------------------------------------------------------------
+
+def test_mp4_round_trip_at_source_fps(mp4_folder):
+    data = VideoFolder(mp4_folder, ClipSpec(frames=16, fps=None, height=48, width=64))
+    assert len(data) == 2 and [e.name for e in data.entries] == ["clip_0000.mp4", "clip_0001.mp4"]
+    item = data[1]
+    reference = moving_shapes_clip(clip_seed(5, 1), 16, 48, 64, fps=30.0)
+    assert item["frames"].shape == (16, 3, 48, 64) and item["frames"].dtype == torch.float32
+    assert -1 <= item["frames"].min() and item["frames"].max() <= 1
+    assert (item["frames"] - reference.frames).abs().mean() < 0.1  # lossy H.264
+    assert item["caption"] == reference.caption and item["name"] == "clip_0001.mp4"
+
+
+def test_mp4_at_quarter_fps_takes_every_fourth_frame(mp4_folder):
+    data = VideoFolder(mp4_folder, ClipSpec(frames=8, fps=7.5, height=48, width=64))
+    frames = data[0]["frames"]
+    reference = moving_shapes_clip(clip_seed(5, 0), 32, 48, 64, fps=30.0).frames
+    assert frames.shape == (8, 3, 48, 64)
+    error = [(frames[k] - reference[4 * k]).abs().mean().item() for k in range(8)]
+    off_by_one = [(frames[k] - reference[4 * k + 1]).abs().mean().item() for k in range(7)]
+    assert max(error) < 0.1 and max(error) < min(off_by_one)
+
+
+def test_frames_deep_in_a_video_are_found_after_a_seek(tmp_path):
+    reference = moving_shapes_clip(1, 90, 48, 64).frames
+    write_mp4(tmp_path / "long.mp4", reference, 30.0)
+    data = VideoFolder(tmp_path, ClipSpec(frames=8, fps=None, height=48, width=64))
+    wanted = [45, 49, 49, 60, 89]  # past 1 s the decoder seeks to a keyframe first; repeats and the last frame too
+    frames = read_frames(data.entries[0], wanted, data.probes[0]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    error = {shift: (frames - reference[[min(i + shift, 89) for i in wanted]]).abs().mean().item() for shift in (-1, 0, 1)}
+    assert error[0] < 0.05 and error[0] < min(error[-1], error[1])
+    assert torch.equal(frames[1], frames[2])
+
+
+def test_gif_without_a_frame_count_is_counted_and_timed(tmp_path):
+    from PIL import Image
+
+    from videoldm_core.training.synthetic import to_uint8
+    reference = moving_shapes_clip(4, 20, 32, 32).frames
+    images = [Image.fromarray(a) for a in to_uint8(reference)]
+    images[0].save(tmp_path / "a.gif", save_all=True, append_images=images[1:], duration=40, loop=0)
+    data = VideoFolder(tmp_path, ClipSpec(frames=10, fps=12.5, height=32, width=32))
+    assert (data.probes[0].num_frames, data.probes[0].fps) == (20, 25.0)
+    assert (data[0]["frames"] - reference[::2]).abs().mean() < 0.05
+
+
+def test_resize_covers_and_random_crop_is_seeded(mp4_folder):
+    spec = ClipSpec(frames=4, fps=None, height=32, width=32, crop="random", start="random")
+    a, b = VideoFolder(mp4_folder, spec, seed=1), VideoFolder(mp4_folder, spec, seed=1)
+    assert a[0]["frames"].shape == (4, 3, 32, 32) and torch.equal(a[0]["frames"], b[0]["frames"])
+    centre = VideoFolder(mp4_folder, ClipSpec(frames=4, fps=None, height=32, width=32))[0]["frames"]
+    reference = F.interpolate(moving_shapes_clip(clip_seed(5, 0), 4, 48, 64).frames, size=(32, 43), mode="bilinear",
+                              antialias=True)[..., 5:37]  # 48x64 -> 32x43, centre 32 columns
+    assert (centre - reference).abs().mean() < 0.1
+
+
+def test_frame_folder_round_trip_is_exact_to_8_bits(tmp_path):
+    captions = write_dataset(tmp_path, count=1, seed=9, frames=12, height=30, width=40, fps=24.0, as_="frames")
+    assert sorted(os.listdir(tmp_path / "clip_0000"))[:2] == ["00000.png", "00001.png"]
+    data = VideoFolder(tmp_path, ClipSpec(frames=6, fps=12.0, height=30, width=40), source_fps=24.0)
+    reference = moving_shapes_clip(clip_seed(9, 0), 12, 30, 40, fps=24.0)
+    item = data[0]
+    assert (item["frames"] - reference.frames[::2]).abs().max() < 1 / 127
+    assert item["caption"] == captions["clip_0000"] == reference.caption
+
+
+def test_sidecar_caption_and_captions_json_by_stem(tmp_path):
+    clip = moving_shapes_clip(0, 4, 16, 16)
+    for name in ("a", "b", "c"):
+        write_mp4(tmp_path / f"{name}.mp4", clip.frames, 30.0)
+    (tmp_path / "a.txt").write_text("a sidecar caption\n")
+    (tmp_path / "captions.json").write_text(json.dumps({"b": "by stem"}))
+    assert [(e.name, e.caption) for e in discover(tmp_path)] == [
+        ("a.mp4", "a sidecar caption"), ("b.mp4", "by stem"), ("c.mp4", None)]
+
+
+def test_missing_and_empty_folders_name_the_folder_and_the_extensions(tmp_path):
+    with pytest.raises(TrainingError, match=r"'.*nowhere' does not exist; expected a folder of videos \(\.mp4"):
+        VideoFolder(tmp_path / "nowhere", ClipSpec(4, None, 16, 16))
+    (tmp_path / "notes.doc").write_text("x")
+    with pytest.raises(TrainingError) as info:
+        VideoFolder(tmp_path, ClipSpec(4, None, 16, 16))
+    message = str(info.value)
+    assert str(tmp_path) in message and ".webm" in message and ".png" in message and "notes.doc" in message
+
+
+def test_unreadable_file_is_named_when_stopping(tmp_path):
+    write_mp4(tmp_path / "good.mp4", moving_shapes_clip(0, 8, 16, 16).frames, 30.0)
+    (tmp_path / "fake.mp4").write_text("this is not a video")
+    with pytest.raises(TrainingError, match=r"(?s)1 of 2 clips .* cannot be used:\n  'fake.mp4': unreadable \(InvalidDataError.*on_bad='skip'"):
+        VideoFolder(tmp_path, ClipSpec(4, None, 16, 16))
+
+
+def test_unreadable_file_is_skipped_with_a_warning(tmp_path, caplog):
+    write_mp4(tmp_path / "good.mp4", moving_shapes_clip(0, 8, 16, 16).frames, 30.0)
+    (tmp_path / "fake.mp4").write_text("this is not a video")
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "00000.png").write_bytes(b"not a png")
+    with caplog.at_level(logging.WARNING):
+        data = VideoFolder(tmp_path, ClipSpec(4, None, 16, 16), on_bad="skip")
+    assert len(data) == 1 and data[0]["name"] == "good.mp4"
+    assert "skipping 2 of 3" in caplog.text and "'fake.mp4'" in caplog.text and "'frames'" in caplog.text
+    os.remove(tmp_path / "good.mp4")
+    with pytest.raises(TrainingError, match="No clip is usable"):
+        VideoFolder(tmp_path, ClipSpec(4, None, 16, 16), on_bad="skip")
+
+
+def test_too_short_clip_error_states_needed_and_found_durations(tmp_path):
+    write_mp4(tmp_path / "a.mp4", moving_shapes_clip(0, 30, 16, 16).frames, 30.0)
+    with pytest.raises(TrainingError) as info:
+        VideoFolder(tmp_path, ClipSpec(frames=16, fps=7.5, height=16, width=16))
+    assert "needs 16 frames at 7.5 fps = 2.13 s, 'a.mp4' has 1.00 s (30 frames at 30 fps)" in str(info.value)
+    assert len(VideoFolder(tmp_path, ClipSpec(frames=7, fps=7.5, height=16, width=16))) == 1  # 7 / 7.5 s fits in 1 s
+
+
+# -- latent cache ---------------------------------------------------------------------------------
+
+def test_cache_is_reused_without_encoding_and_rebuilt_when_a_file_changes(mp4_folder, tmp_path):
+    spec = ClipSpec(frames=8, fps=15.0, height=48, width=64)
+    calls = []
+    shards = build_latent_cache(VideoFolder(mp4_folder, spec), encode_stub(calls), tmp_path / "cache", "stub-vae",
+                                shard_size=1)
+    assert len(calls) == 2 and len(shards) == 2 and sorted(os.listdir(tmp_path / "cache")) == [
+        "index.json", "shard_00000.safetensors", "shard_00001.safetensors"]
+    item = shards[1]
+    assert item["latents"].shape == (8, 4, 6, 8) and item["text"] is None and item["name"] == "clip_0001.mp4"
+    expected = encode_stub([])(VideoFolder(mp4_folder, spec)[1]["frames"])
+    assert torch.allclose(item["latents"], expected)
+
+    again = build_latent_cache(VideoFolder(mp4_folder, spec), encode_stub(calls), tmp_path / "cache", "stub-vae",
+                               shard_size=1)
+    assert len(calls) == 2 and again.key == shards.key
+
+    build_latent_cache(VideoFolder(mp4_folder, spec), encode_stub(calls), tmp_path / "cache", "other-vae", shard_size=1)
+    assert len(calls) == 4  # another encoder identity: rebuilt
+
+    data = VideoFolder(mp4_folder, spec)
+    key = cache_key(data.entries, spec, "stub-vae", **data.settings)
+    stat = os.stat(mp4_folder / "clip_0000.mp4")
+    os.utime(mp4_folder / "clip_0000.mp4", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    changed = VideoFolder(mp4_folder, spec)
+    assert cache_key(changed.entries, spec, "stub-vae", **changed.settings) != key
+    assert cache_key(changed.entries, ClipSpec(8, 7.5, 48, 64), "stub-vae", **changed.settings) != \
+        cache_key(changed.entries, spec, "stub-vae", **changed.settings)
+    recaptioned = [replace(changed.entries[0], caption="another caption")] + changed.entries[1:]
+    assert cache_key(recaptioned, spec, "stub-vae") == cache_key(changed.entries, spec, "stub-vae")
+    assert cache_key(recaptioned, spec, "stub-vae", captions=True) != cache_key(changed.entries, spec, "stub-vae",
+                                                                              captions=True)
+
+
+def test_interrupted_build_leaves_only_whole_shards_and_resumes(mp4_folder, tmp_path):
+    data = VideoFolder(mp4_folder, ClipSpec(frames=4, fps=None, height=48, width=64))
+    calls = []
+    encode = encode_stub(calls)
+
+    def failing(frames):
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return encode(frames)
+
+    with pytest.raises(KeyboardInterrupt):
+        build_latent_cache(data, failing, tmp_path, "stub-vae", shard_size=1)
+    assert sorted(os.listdir(tmp_path)) == ["shard_00000.safetensors"]  # no index, no half file
+    with pytest.raises(TrainingError, match="build it with build_latent_cache"):
+        LatentShards(tmp_path)
+    shards = build_latent_cache(data, encode, tmp_path, "stub-vae", shard_size=1)
+    assert len(calls) == 2 and len(shards) == 2  # the finished shard was kept: only clip 1 encoded again
+
+
+def test_a_write_cut_short_leaves_no_shard_behind(mp4_folder, tmp_path, monkeypatch):
+    import videoldm_core.training.latent_cache as latent_cache
+
+    def half_write(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"half a shard")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(latent_cache, "save_file", half_write)
+    data = VideoFolder(mp4_folder, ClipSpec(frames=2, fps=None, height=48, width=64))
+    with pytest.raises(OSError, match="disk full"):
+        build_latent_cache(data, encode_stub([]), tmp_path, "stub-vae", shard_size=1)
+    assert os.listdir(tmp_path) == []
+
+
+def test_captions_are_encoded_and_shards_load_lazily(mp4_folder, tmp_path):
+    data = VideoFolder(mp4_folder, ClipSpec(frames=2, fps=None, height=48, width=64))
+    texts = []
+
+    def encode_text(captions):
+        texts.append(list(captions))
+        return torch.stack([torch.full((3, 5), float(len(c))) for c in captions])
+
+    shards = build_latent_cache(data, encode_stub([]), tmp_path, "stub", shard_size=1, encode_text=encode_text)
+    assert texts == [[data[0]["caption"]], [data[1]["caption"]]]
+    assert shards[1]["text"].shape == (3, 5) and shards[1]["text"][0, 0] == len(data[1]["caption"])
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["count"] == 2 and index["shapes"] == {"latents": [2, 4, 6, 8], "text": [3, 5]}
+    reader = LatentShards(tmp_path, keep=1)
+    assert len(reader._loaded) == 0
+    reader[0], reader[1]
+    assert list(reader._loaded) == [1]
+
+
+# -- ranks and batches ----------------------------------------------------------------------------

@@ -1,0 +1,312 @@
+"""Training clips from a folder: videos (decoded with PyAV) and subfolders of images.
+
+Every entry is probed when the dataset is built (can it be opened, how many frames, at what
+rate), so an unreadable or too-short clip is reported before training starts, not at step 5000.
+A clip is T frames sampled by timestamp at a target fps (frame k at t0 + k / fps, nearest source
+frame), resized so its shorter side covers (H, W), cropped, and scaled to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .objective import TrainingError
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+CAPTIONS_FILE = "captions.json"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What one training clip is: `frames` frames at `fps` (None: the source's own rate), H x W.
+    `crop` places the spatial window, `start` the first frame ("first" or seeded "random")."""
+
+    frames: int
+    fps: float | None
+    height: int
+    width: int
+    crop: str = "center"
+    start: str = "first"
+
+    def __post_init__(self):
+        if self.frames < 1 or self.height < 1 or self.width < 1 or (self.fps is not None and self.fps <= 0):
+            raise TrainingError(f"expected a clip of frames >= 1 at fps > 0 (or None) and size >= 1, found "
+                                f"frames={self.frames}, fps={self.fps}, {self.height}x{self.width}.")
+        if self.crop not in ("center", "random") or self.start not in ("first", "random"):
+            raise TrainingError(f"expected crop 'center' or 'random' and start 'first' or 'random', "
+                                f"found crop={self.crop!r}, start={self.start!r}.")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One clip on disk: a video file, or a folder of images (`images`, sorted by name)."""
+
+    name: str
+    path: Path
+    kind: str  # "video" | "frames"
+    size: int  # bytes (summed over a folder's images)
+    mtime_ns: int  # newest modification
+    caption: str | None = None
+    images: tuple[Path, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class Probe:
+    num_frames: int
+    fps: float
+
+    @property
+    def seconds(self) -> float:
+        return self.num_frames / self.fps
+
+
+def _expected() -> str:
+    return f"videos ({' '.join(VIDEO_EXTENSIONS)}) or subfolders of images ({' '.join(IMAGE_EXTENSIONS)})"
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _captions(folder: Path) -> dict[str, str]:
+    path = folder / CAPTIONS_FILE
+    if not path.exists():
+        return {}
+    try:
+        captions = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TrainingError(f"'{path}' could not be read as JSON ({e}); expected {{\"clip name\": \"caption\"}}. "
+                            "Fix or remove the file.") from None
+    if not isinstance(captions, dict) or not all(isinstance(v, str) for v in captions.values()):
+        raise TrainingError(f"'{path}' should map clip names to caption strings, found {type(captions).__name__} "
+                            "with other values. Fix or remove the file.")
+    return captions
+
+
+def _caption_for(path: Path, captions: dict[str, str]) -> str | None:
+    """captions.json by full name or stem, else a sidecar 'a.txt' next to 'a.mp4' (or folder 'a')."""
+    stem = path.stem if path.is_file() else path.name
+    if path.name in captions or stem in captions:
+        return captions.get(path.name, captions.get(stem))
+    sidecar = path.with_name(stem + ".txt")
+    return sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None
+
+
+def discover(folder) -> list[Entry]:
+    """The clips in `folder`, sorted by name; cheap (no file is opened but captions)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TrainingError(f"training folder '{folder}' {'is not a folder' if folder.exists() else 'does not exist'}; "
+                            f"expected a folder of {_expected()}.")
+    captions = _captions(folder)
+    entries, ignored = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
+            stat = path.stat()
+            entries.append(Entry(path.name, path, "video", stat.st_size, stat.st_mtime_ns, _caption_for(path, captions)))
+        elif path.is_dir() and (images := tuple(sorted(p for p in path.iterdir() if _is_image(p)))):
+            stats = [p.stat() for p in images]
+            entries.append(Entry(path.name, path, "frames", sum(s.st_size for s in stats),
+                                 max(s.st_mtime_ns for s in stats), _caption_for(path, captions), images))
+        elif path.name != CAPTIONS_FILE and path.suffix.lower() != ".txt":
+            ignored.append(path.name)
+    if not entries:
+        found = f"found nothing usable (ignored: {', '.join(ignored[:5])}{' ...' if len(ignored) > 5 else ''})" \
+            if ignored else "found it empty"
+        raise TrainingError(f"training folder '{folder}' has no clips: expected {_expected()}, {found}. "
+                            "Add clips or point to the right folder.")
+    return entries
+
+
+def _open_video(path: Path):
+    import av
+
+    container = av.open(str(path))
+    if not container.streams.video:
+        container.close()
+        raise TrainingError("it has no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
+def probe(entry: Entry, source_fps: float) -> Probe:
+    """Frame count and rate; decodes one frame (or reads every image header) to prove it is readable.
+    Frame folders and videos that state no rate use `source_fps`."""
+    if entry.kind == "frames":
+        from PIL import Image
+
+        for path in entry.images:
+            with Image.open(path):  # reads the header; raises on a file that is not an image
+                pass
+        return Probe(len(entry.images), float(source_fps))
+    container, stream = _open_video(entry.path)
+    with container:
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else float(source_fps)
+        if next(container.decode(stream), None) is None:  # a file that opens but cannot be decoded fails here
+            raise TrainingError("it holds no frames")
+        num_frames = stream.frames
+        if num_frames <= 0:  # webm, mkv and gif often state no count: count packets, no decoding
+            container.seek(0)
+            num_frames = sum(1 for p in container.demux(stream) if p.size > 0)
+    if num_frames <= 0:
+        raise TrainingError("it holds no frames")
+    return Probe(num_frames, fps)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def frame_indices(spec: ClipSpec, source: Probe, rng: random.Random | None = None) -> list[int] | None:
+    """The source frames of one clip: frame k is the source frame nearest t0 + k / fps. None when the
+    source is shorter than the clip (T / fps seconds)."""
+    fps = spec.fps or source.fps
+    last_start = math.floor(source.num_frames - spec.frames * source.fps / fps + 1e-6)
+    if last_start < 0:
+        return None
+    start = rng.randint(0, last_start) if (spec.start == "random" and rng is not None) else 0
+    return [min(start + math.floor(k * source.fps / fps + 0.5), source.num_frames - 1) for k in range(spec.frames)]
+
+
+def _too_short(spec: ClipSpec, entry: Entry, source: Probe) -> str:
+    fps = source.fps if spec.fps is None else spec.fps
+    return (f"too short: needs {spec.frames} frames at {_fmt(fps)} fps = {spec.frames / fps:.2f} s, '{entry.name}' has "
+            f"{source.seconds:.2f} s ({source.num_frames} frames at {_fmt(source.fps)} fps)")
+
+
+def read_frames(entry: Entry, indices: list[int], source: Probe) -> Tensor:
+    """The frames at `indices` (may repeat) as (T, H, W, 3) uint8."""
+    if entry.kind == "frames":
+        from PIL import Image
+
+        loaded = {}
+        for i in sorted(set(indices)):
+            with Image.open(entry.images[i]) as image:
+                loaded[i] = np.asarray(image.convert("RGB"))
+        sizes = {a.shape for a in loaded.values()}
+        if len(sizes) > 1:
+            raise TrainingError(f"the images of '{entry.name}' differ in size ({sorted(sizes)}); expected one size per clip.")
+        return torch.from_numpy(np.stack([loaded[i] for i in indices]))
+    return torch.from_numpy(np.stack(_decode(entry, indices, source)))
+
+
+def _decode(entry: Entry, indices: list[int], source: Probe) -> list[np.ndarray]:
+    """Decode from the keyframe before the first wanted frame; a frame's index comes from its
+    timestamp. A wanted index that the timestamps skip gets the next frame; past the end, the last."""
+    wanted = sorted(set(indices))
+    got: dict[int, np.ndarray] = {}
+    container, stream = _open_video(entry.path)
+    with container:
+        base = stream.start_time or 0
+        seconds = wanted[0] / source.fps
+        if seconds > 1.0 and stream.time_base:
+            container.seek(base + int(seconds / stream.time_base), stream=stream, backward=True)
+        last, pending, counter = None, 0, 0
+        for frame in container.decode(stream):
+            index = counter if frame.pts is None else round((frame.pts - base) * stream.time_base * source.fps)
+            counter += 1
+            if index < wanted[pending]:
+                continue
+            last = frame.to_ndarray(format="rgb24")
+            while pending < len(wanted) and wanted[pending] <= index:
+                got[wanted[pending]] = last
+                pending += 1
+            if pending == len(wanted):
+                break
+    if last is None:
+        raise TrainingError(f"'{entry.name}' decoded no frames at or after frame {wanted[0]}; the file may be truncated.")
+    return [got.get(i, last) for i in indices]
+
+
+def fit(video: Tensor, height: int, width: int, crop: str, rng: random.Random | None = None) -> Tensor:
+    """(T, h, w, 3) uint8 -> (T, 3, height, width) float32 in [-1, 1]: resize so the frame covers
+    (height, width), keeping its aspect, then crop the centre or a seeded random window."""
+    x = video.permute(0, 3, 1, 2).float() / 127.5 - 1
+    h, w = x.shape[-2:]
+    if (h, w) != (height, width):
+        scale = max(height / h, width / w)
+        size = (max(height, round(h * scale)), max(width, round(w * scale)))
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
+    h, w = x.shape[-2:]
+    if crop == "random" and rng is not None:
+        top, left = rng.randint(0, h - height), rng.randint(0, w - width)
+    else:
+        top, left = (h - height) // 2, (w - width) // 2
+    return x[:, :, top:top + height, left:left + width].contiguous()
+
+
+class VideoFolder:
+    """Clips of `spec` from `folder`. Built up front: every entry is probed, and unreadable or too
+    short ones either stop with one error naming all of them (on_bad="stop") or are left out with
+    a warning (on_bad="skip"). Item i is seeded by (seed, i): the same crop every time."""
+
+    def __init__(self, folder, spec: ClipSpec, on_bad: str = "stop", seed: int = 0, source_fps: float = 30.0):
+        if on_bad not in ("stop", "skip"):
+            raise TrainingError(f"expected on_bad 'stop' or 'skip', found {on_bad!r}.")
+        self.folder, self.spec, self.seed, self.source_fps = Path(folder), spec, seed, float(source_fps)
+        found = discover(self.folder)
+        self.entries: list[Entry] = []
+        self.probes: list[Probe] = []
+        bad = []
+        for entry in found:
+            try:
+                source = probe(entry, self.source_fps)
+            except Exception as e:
+                reason = getattr(e, "strerror", None) or e  # PyAV's errors repeat the path otherwise
+                bad.append(f"'{entry.name}': unreadable ({type(e).__name__}: {reason})")
+                continue
+            if frame_indices(spec, source) is None:
+                bad.append(f"'{entry.name}': {_too_short(spec, entry, source)}")
+                continue
+            self.entries.append(entry)
+            self.probes.append(source)
+        if bad and (on_bad == "stop" or not self.entries):
+            listing = "\n  ".join(bad)
+            advice = "Fix or remove them, or pass on_bad='skip' to train on the rest." if self.entries else \
+                "No clip is usable: fix or replace them, or ask for fewer frames or a lower fps if they are too short."
+            raise TrainingError(f"{len(bad)} of {len(found)} clips in '{self.folder}' cannot be used:\n  {listing}\n{advice}")
+        if bad:
+            log.warning("skipping %d of %d clips in '%s':\n  %s", len(bad), len(found), self.folder, "\n  ".join(bad))
+        self.skipped = bad
+
+    @property
+    def settings(self) -> dict:
+        """What besides the files and the spec decides the clips (for a cache key)."""
+        return {"seed": self.seed, "source_fps": self.source_fps}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(f"clip {i} of {len(self)}")
+        entry, source = self.entries[i], self.probes[i]
+        rng = random.Random(f"{self.seed}:{i}")
+        indices = frame_indices(self.spec, source, rng)
+        try:
+            video = read_frames(entry, indices, source)
+        except TrainingError:
+            raise
+        except Exception as e:
+            raise TrainingError(f"'{entry.name}' failed to decode ({type(e).__name__}: {e}) although it probed fine; "
+                                "the file may be damaged. Re-encode or remove it.") from e
+        frames = fit(video, self.spec.height, self.spec.width, self.spec.crop, rng)
+        return {"frames": frames, "name": entry.name, "caption": entry.caption}

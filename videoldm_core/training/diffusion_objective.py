@@ -1,0 +1,152 @@
+"""The denoising objective for the temporal layers, in every mode of the paper (§3, §3.1.1, §3.2):
+
+- "temporal": the base video model, E‖y − f_θ,φ(x_t; c, t)‖² over whole clips;
+- "prediction": 0, 1 or 2 context frames per clip, c_S = (m_S ⊙ z, m_S), loss on the T − S
+  frames to predict; S = 0 is the context-dropped branch context guidance needs;
+- "interpolation": keyframes every 4th frame given, the rest predicted; the regime label
+  (T→4T or 4T→16T) and a conditioning-augmentation level z + level·ε on the keyframes;
+- "upscaler": random patches (the same crop in every frame) of the SD x4 upscaler's latents,
+  with the low-resolution frames noise-augmented to a random level that the model is told.
+
+The frozen base model is reached through a `denoiser(x_t, t, num_videos, conditioning)` callable
+the host supplies; x_t and the prediction are ((b t), c, h, w), one timestep per clip. Randomness
+is drawn per clip from its own seed (batch["sample_seeds"]), so a global batch split over ranks
+draws exactly what one process would.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from einops import rearrange, repeat
+
+from ..context import context_input, context_mask
+from ..interpolation import FACTOR, keyframe_positions
+from .objective import Held, Phase, TrainingError
+from .schedule import NoiseSchedule
+
+MODES = ("temporal", "prediction", "interpolation", "upscaler")
+UPSCALER_FAMILY = "SD-x4-upscaler"
+Denoiser = Callable[[torch.Tensor, torch.Tensor, int, dict], torch.Tensor]
+
+
+def check_mode(spec, mode: str, regimes=(0, 1), context_frames=None):
+    """Refuse a mode the adapter cannot learn, before any data is read."""
+    name = f"temporal adapter ({spec.family}, {spec.placement})"
+    if mode not in MODES:
+        raise TrainingError(f"expected a training mode in {MODES} (or 'decoder' for a temporal VAE), found {mode!r}.")
+    if mode in ("prediction", "interpolation") and not spec.has_context_encoder:
+        raise TrainingError(f"mode '{mode}' needs an adapter with a context encoder; the {name} has none. "
+                            "Create the adapter with context frames (e.g. 0, 1, 2).")
+    if mode == "interpolation" and set(regimes) != {0} and not spec.has_interpolation_embedding:
+        raise TrainingError(f"mode 'interpolation' with regimes {sorted(regimes)} needs an adapter with an interpolation "
+                            f"label embedding; the {name} has none. Train regime 0 (T→4T) only, or create it with one.")
+    if (mode == "upscaler") != (spec.family == UPSCALER_FAMILY):
+        expected = f"an {UPSCALER_FAMILY} adapter" if mode == "upscaler" else f"mode 'upscaler' for an {UPSCALER_FAMILY} adapter"
+        raise TrainingError(f"mode '{mode}' with a {name}: expected {expected}.")
+    if mode == "prediction":
+        bad = [s for s in (context_frames or ()) if s < 0]
+        if bad:
+            raise TrainingError(f"expected context frame counts ≥ 0, found {bad}.")
+
+
+class DiffusionPhase(Phase):
+    name = "adapter"
+
+    def __init__(self, adapter, denoiser: Denoiser, schedule: NoiseSchedule, mode: str = "temporal",
+                 context_frames=None, regimes=(0, 1), max_augmentation: float = 0.25, patch: int | None = None,
+                 augment_schedule: NoiseSchedule | None = None, max_noise_level: int = 350):
+        super().__init__()
+        context_frames = tuple(context_frames if context_frames is not None else (adapter.spec.context_frames or (0, 1, 2)))
+        check_mode(adapter.spec, mode, regimes, context_frames)
+        if mode == "upscaler" and augment_schedule is None:
+            raise TrainingError("mode 'upscaler' needs the upscaler's noise-augmentation schedule for the low-res frames.")
+        self.adapter = adapter                 # registered: the only trained parameters
+        self.denoiser, self.schedule, self.mode = Held(denoiser), schedule, mode
+        self.context_frames, self.regimes = context_frames, tuple(regimes)
+        self.max_augmentation, self.patch = max_augmentation, patch
+        self.augment_schedule, self.max_noise_level = augment_schedule, max_noise_level
+
+    def forward(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        z0 = batch["latents"]
+        b, t = z0.shape[:2]
+        if t < 2:
+            raise TrainingError(f"expected clips of at least 2 frames to train temporal layers, found {t}.")
+        rngs = [torch.Generator().manual_seed(int(s)) for s in batch["sample_seeds"]]
+        low_res = batch.get("low_res")
+        if self.mode == "upscaler":
+            z0, low_res = self._crop(z0, low_res, rngs)
+        noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in rngs]).to(z0)
+        steps = torch.cat([self.schedule.sample_timesteps(1, g) for g in rngs])
+        frame_steps = repeat(steps, "b -> (b t)", t=t)
+        x0, eps = rearrange(z0, "b t c h w -> (b t) c h w"), rearrange(noise, "b t c h w -> (b t) c h w")
+        x_t = self.schedule.add_noise(x0, eps, frame_steps)
+        conditioning, weights, logs = self._conditioning(z0, low_res, rngs, batch.get("regime"))
+        if batch.get("text") is not None:
+            conditioning["text"] = repeat(batch["text"], "b l d -> (b t) l d", t=t)
+        prediction = self.denoiser(x_t, frame_steps.to(z0.device), b, conditioning)
+        target = self.schedule.target(x0, eps, frame_steps)
+        per_frame = ((prediction.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+        w = weights.reshape(-1).to(per_frame)
+        loss = (per_frame * w).sum() / w.sum()
+        return loss, {"loss": loss.item(), **logs}
+
+    def _crop(self, z0, low_res, rngs):
+        """Patch training (paper §3.3): one random crop per clip, the same in every frame."""
+        if low_res is None or low_res.shape[:2] != z0.shape[:2] or low_res.shape[-2:] != z0.shape[-2:]:
+            found = None if low_res is None else tuple(low_res.shape)
+            raise TrainingError(f"mode 'upscaler' expects low-res frames (B, T, 3, h, w) at the latent size "
+                                f"{tuple(z0.shape[-2:])} of latents {tuple(z0.shape)}, found {found}.")
+        h, w = z0.shape[-2:]
+        p = self.patch or min(h, w)
+        if p > min(h, w):
+            raise TrainingError(f"patch size {p} is larger than the latents ({h}x{w}).")
+        crops = []
+        for g in rngs:
+            y0, x0 = (int(torch.randint(0, n - p + 1, (1,), generator=g)) for n in (h, w))
+            crops.append((slice(y0, y0 + p), slice(x0, x0 + p)))
+        return (torch.stack([z[..., ys, xs] for z, (ys, xs) in zip(z0, crops)]),
+                torch.stack([x[..., ys, xs] for x, (ys, xs) in zip(low_res, crops)]))
+
+    def _conditioning(self, z0, low_res, rngs, regimes=None):
+        """(conditioning, per-frame loss weights (B, T), logged numbers) for this mode."""
+        b, t = z0.shape[:2]
+        ones = torch.ones(b, t)
+        if self.mode == "temporal":
+            return {}, ones, {}
+        if self.mode == "upscaler":
+            level = torch.cat([torch.randint(0, self.max_noise_level + 1, (1,), generator=g) for g in rngs])
+            noise = torch.stack([torch.randn(x.shape, generator=g) for x, g in zip(low_res, rngs)]).to(low_res)
+            frames = rearrange(low_res, "b t c h w -> (b t) c h w")
+            levels = repeat(level, "b -> (b t)", t=t)
+            augmented = self.augment_schedule.add_noise(frames, rearrange(noise, "b t c h w -> (b t) c h w"), levels)
+            return {"concat": augmented, "y": levels.to(z0.device)}, ones, {"noise_level": level.float().mean().item()}
+        if self.mode == "prediction":
+            given = [self.context_frames[int(torch.randint(0, len(self.context_frames), (1,), generator=g))] for g in rngs]
+            for s in given:
+                if s >= t:
+                    raise TrainingError(f"{s} context frames need clips longer than {t} frames.")
+            masks = torch.stack([context_mask(t, range(s)) for s in given])
+            c_s = torch.cat([context_input(z, m) for z, m in zip(z0, masks)])
+            return {"c_s": c_s}, 1.0 - masks, {"context_frames": sum(given) / b}
+        return self._interpolation(z0, rngs, regimes)
+
+    def _interpolation(self, z0, rngs, given_regimes=None):
+        """`given_regimes` (B,): the regime each clip was sampled for (its frame rate), else drawn."""
+        b, t = z0.shape[:2]
+        if (t - 1) % FACTOR:
+            raise TrainingError(f"interpolation clips need 4K − 3 frames (keyframes at 0, 4, 8, ...), found {t}; "
+                                f"use {t - (t - 1) % FACTOR} or {t - (t - 1) % FACTOR + FACTOR}.")
+        positions = keyframe_positions((t - 1) // FACTOR + 1)
+        mask = context_mask(t, positions)
+        c_s, labels = [], []
+        for i, (z, g) in enumerate(zip(z0, rngs)):
+            drawn = self.regimes[int(torch.randint(0, len(self.regimes), (1,), generator=g))]
+            regime = drawn if given_regimes is None else int(given_regimes[i])
+            level = float(torch.rand((), generator=g)) * self.max_augmentation
+            augmented = z + level * torch.randn(z.shape, generator=g).to(z)
+            c_s.append(context_input(augmented, mask))
+            labels.append(torch.tensor([[float(regime), level]]).expand(t, 2))
+        weights = (1.0 - mask).expand(b, t)
+        return {"c_s": torch.cat(c_s), "labels": torch.cat(labels).to(z0)}, weights, {}

@@ -1,0 +1,187 @@
+"""Encode once, train many times: clip latents (and caption embeddings) in safetensors shards.
+
+The frozen autoencoder and text encoder see each clip once; training then reads `latents`
+(N, T, C, h, w) and `text` (N, L, D) from shard_00000.safetensors, ... A cache is trusted only
+through index.json, which carries a key over the files, the clip spec and the encoder identity,
+and is written last. Every file is written to a temporary name and renamed, so an interrupted
+build leaves only whole shards; each shard records its key and clip names, and a rebuild with
+the same key keeps the shards already finished. Which clips each step and rank read is
+batches.py's business.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .objective import TrainingError
+
+CACHE_VERSION = 1
+INDEX_FILE = "index.json"
+
+
+def cache_key(entries: Sequence, spec, encoder_id: str, captions: bool = False, **settings) -> str:
+    """A hash of what the cached tensors depend on: each entry's name, size and mtime (and caption,
+    when captions are encoded), the clip spec, the encoder identity (name every model that turns
+    data into tensors, e.g. "vae:sd15-ema|text:clip-l") and further `settings` (seed, source fps)."""
+    files = [[e.name, e.size, e.mtime_ns] + ([getattr(e, "caption", None)] if captions else []) for e in entries]
+    description = {"version": CACHE_VERSION, "files": files, "spec": asdict(spec), "encoder": encoder_id,
+                   "captions": captions, "settings": settings}
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _shard_name(s: int) -> str:
+    return f"shard_{s:05d}.safetensors"
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_index(cache_dir: Path) -> dict | None:
+    try:
+        return json.loads((cache_dir / INDEX_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _finished_shard(path: Path, key: str, names: list[str]) -> bool:
+    """A shard left by an earlier (maybe interrupted) build with this key and these clips."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        return False
+    return meta.get("key") == key and meta.get("names") == json.dumps(names)
+
+
+def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor], cache_dir, encoder_id: str, shard_size: int = 64,
+                       encode_text: Callable[[list[str]], Tensor] | None = None, progress=None) -> "LatentShards":
+    """Encode every clip of `dataset` (a VideoFolder: items dict(frames, name, caption), with
+    `entries`, `spec` and `settings`) into `cache_dir`, or reuse the cache there if its key matches.
+    `encode`: (T, 3, H, W) in [-1, 1] -> (T, C, h, w); `encode_text`: captions -> (N, L, D), missing
+    captions given as "". `progress(done, total)` (in clips) is called after each shard."""
+    if shard_size < 1:
+        raise TrainingError(f"expected shard_size >= 1, found {shard_size}.")
+    cache_dir = Path(cache_dir)
+    key = cache_key(dataset.entries, dataset.spec, encoder_id, captions=encode_text is not None,
+                    **getattr(dataset, "settings", {}))
+    index = _read_index(cache_dir)
+    if index and index.get("key") == key and all((cache_dir / n).is_file() for n in index["shards"]):
+        return LatentShards(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / INDEX_FILE).unlink(missing_ok=True)  # from here on, nothing in the folder is trusted
+    count = len(dataset)
+    names = [e.name for e in dataset.entries]
+    shards, shapes = [], {}
+    for s, first in enumerate(range(0, count, shard_size)):
+        items = range(first, min(first + shard_size, count))
+        path = cache_dir / _shard_name(s)
+        shards.append(path.name)
+        if _finished_shard(path, key, names[first:items.stop]):
+            with safe_open(str(path), framework="pt") as f:
+                shapes = {k: list(f.get_slice(k).get_shape()[1:]) for k in f.keys()}
+        else:
+            tensors = _encode_shard(dataset, items, encode, encode_text)
+            shapes = _check_shapes(shapes, tensors, names[first])
+            meta = {"key": key, "names": json.dumps(names[first:items.stop])}
+            _write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        if progress is not None:
+            progress(items.stop, count)
+    for old in cache_dir.glob("shard_*.safetensors"):
+        if old.name not in shards:
+            old.unlink()
+    index = {"version": CACHE_VERSION, "key": key, "encoder": encoder_id, "count": count, "shard_size": shard_size,
+             "names": names, "shapes": shapes, "shards": shards}
+    _write_atomically(cache_dir / INDEX_FILE, lambda tmp: tmp.write_text(json.dumps(index, indent=1)))
+    return LatentShards(cache_dir)
+
+
+def _encode_shard(dataset, items: range, encode, encode_text) -> dict[str, Tensor]:
+    latents, captions = [], []
+    with torch.no_grad():
+        for i in items:
+            item = dataset[i]
+            z = encode(item["frames"])
+            frames = item["frames"].shape[0]
+            if z.ndim != 4 or z.shape[0] != frames:
+                raise TrainingError(f"encode should map (T, 3, H, W) frames to (T, C, h, w) latents; for "
+                                    f"'{item['name']}' it mapped {tuple(item['frames'].shape)} to {tuple(z.shape)}.")
+            latents.append(z.detach().cpu())
+            captions.append(item.get("caption") or "")
+        tensors = {"latents": torch.stack(latents).contiguous()}
+        if encode_text is not None:
+            text = encode_text(captions).detach().cpu()
+            if text.ndim != 3 or text.shape[0] != len(captions):
+                raise TrainingError(f"encode_text should map {len(captions)} captions to (N, L, D), found {tuple(text.shape)}.")
+            tensors["text"] = text.contiguous()
+    return tensors
+
+
+def _check_shapes(shapes: dict, tensors: dict[str, Tensor], first_name: str) -> dict:
+    found = {k: list(v.shape[1:]) for k, v in tensors.items()}
+    if shapes and found != shapes:
+        raise TrainingError(f"every clip must encode to the same shape; earlier shards hold {shapes}, the shard "
+                            f"starting at '{first_name}' holds {found}. Check the clip spec and the encoder.")
+    return found
+
+
+class LatentShards:
+    """The cached items, read lazily: item i is dict(latents (T, C, h, w), text (L, D) or None, name).
+    At most `keep` shards are held in memory."""
+
+    def __init__(self, cache_dir, keep: int = 2):
+        self.cache_dir = Path(cache_dir)
+        index = _read_index(self.cache_dir)
+        if index is None:
+            raise TrainingError(f"no latent cache in '{self.cache_dir}' (no readable {INDEX_FILE}); "
+                                "build it with build_latent_cache first.")
+        self.index, self.keep = index, max(1, keep)
+        self._loaded: OrderedDict[int, dict[str, Tensor]] = OrderedDict()
+
+    @property
+    def key(self) -> str:
+        return self.index["key"]
+
+    @property
+    def names(self) -> list[str]:
+        return self.index["names"]
+
+    def __len__(self) -> int:
+        return self.index["count"]
+
+    def _shard(self, s: int) -> dict[str, Tensor]:
+        if s in self._loaded:
+            self._loaded.move_to_end(s)
+            return self._loaded[s]
+        path = self.cache_dir / self.index["shards"][s]
+        if not path.is_file():
+            raise TrainingError(f"latent cache '{self.cache_dir}' lists {path.name} but it is missing; "
+                                "delete the folder's index.json and build the cache again.")
+        self._loaded[s] = load_file(str(path))
+        while len(self._loaded) > self.keep:
+            self._loaded.popitem(last=False)
+        return self._loaded[s]
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(f"item {i} of {len(self)}")
+        s, j = divmod(i, self.index["shard_size"])
+        shard = self._shard(s)
+        text = shard.get("text")
+        return {"latents": shard["latents"][j], "text": None if text is None else text[j], "name": self.names[i]}
