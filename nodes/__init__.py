@@ -5,6 +5,7 @@ from .context_guider import ContextGuiderNode
 from .extend_video import ExtendVideo
 from .interpolate_keyframes import InterpolateKeyframes
 from .temporal_adapter import ApplyTemporalAdapter, LoadTemporalAdapter, SaveTemporalAdapter
+from .train_adapter import TrainTemporalAdapter
 from .temporal_vae import LoadTemporalVAE, TemporalVAEDecode
 from .video_context import VideoContextNode
 from .video_upscale import VideoUpscale
@@ -21,4 +22,5 @@ NODES = [
     ExtendVideo,
     InterpolateKeyframes,
     VideoUpscale,
+    TrainTemporalAdapter,
 ]

@@ -145,3 +145,45 @@ def training_items(model, vae, images: torch.Tensor, clip_frames: int, mode: str
     if mode != "upscaler":
         return [{"latents": c} for c in clips]
     return [{"latents": c, "low_res": l} for c, l in zip(clips, frame_clips(low, clip_frames, stride))]
+
+
+def encoder_fingerprint(vae) -> str:
+    """An identity for a VAE's encoder (for latent cache keys): its class and a hash of its weights."""
+    import hashlib
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.first_stage_model.encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes()[:4096])
+    return f"{type(vae.first_stage_model).__name__}-{digest.hexdigest()[:16]}"
+
+
+def folder_items(model, vae, dataset, mode: str, cache_dir, progress=None) -> list[dict]:
+    """Training clips from a VideoFolder: latents encoded once into a shard cache (reused while files,
+    clip spec and VAE stay the same), scaled into the model's latent space. The x4 upscaler's
+    low-res frames come from the frames themselves, so that mode encodes in memory."""
+    from ..videoldm_core.training.latent_cache import build_latent_cache
+
+    to_images = lambda frames: (frames.movedim(1, -1) + 1) / 2   # (T,3,H,W) [-1,1] -> (T,H,W,3) [0,1]
+    if mode == "upscaler":
+        items = []
+        for i in range(len(dataset)):
+            items += training_items(model, vae, to_images(dataset[i]["frames"]), dataset.spec.frames, mode,
+                                    stride=dataset.spec.frames)
+            if progress is not None:
+                progress(i + 1, len(dataset))
+        return items
+    shards = build_latent_cache(dataset, lambda frames: encode_video(vae, to_images(frames)), cache_dir,
+                                encoder_fingerprint(vae), progress=progress)
+    return [{"latents": model.model.process_latent_in(shards[i]["latents"].float())} for i in range(len(shards))]
+
+
+def trained_state(module, trainer, phase: str = "adapter", attribute: str = "adapter") -> dict[str, torch.Tensor]:
+    """The module's full state dict (buffers too) with the trained weights, EMA ones when kept;
+    `attribute`: the module's name inside the phase."""
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    prefix = attribute + "."
+    trained = {k[len(prefix):]: v.detach().cpu() for k, v in trainer.phase_state(phase).items() if k.startswith(prefix)}
+    if set(trained) - set(state):
+        raise TrainingError(f"trained weights {sorted(set(trained) - set(state))[:3]} are not in the {attribute}.")
+    state.update(trained)
+    return state

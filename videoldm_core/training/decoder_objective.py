@@ -11,11 +11,11 @@ Two phases per step, as in a GAN, each with its own optimiser:
    reconstruction the decoder phase of the same step cached (detached).
 
 The step: the trainer puts its step index in the batch as `batch["step"]` (an int), read by both
-phases; the discriminator comes on at `disc_start` (steps < disc_start: λ = 0 and no discriminator
-forward in the decoder phase; the discriminator phase returns its loss times 0.0, a graph over
-all its parameters, so DistributedDataParallel sees every parameter used and no update is driven
-by it. A weight-decaying optimiser still decays them; give the discriminator weight_decay=0 or
-skip its step before disc_start if that matters).
+phases (not needed when there is no discriminator). The discriminator comes on at `disc_start`.
+Before that, λ = 0 and the decoder phase does not run the discriminator, and the discriminator
+phase returns its hinge loss times 0.0: still a graph over all its parameters, so
+DistributedDataParallel sees every parameter used, but zero gradients. (A weight-decaying optimiser
+still decays the discriminator then; give it weight_decay=0 or skip its step if that matters.)
 
 Batch: latents (B, T, C, h, w) from the frozen encoder, frames (B, T, 3, H, W) in [-1, 1], step.
 """
@@ -33,6 +33,11 @@ from torch.func import functional_call
 from ..temporal_decoder import TemporalDecoder, spec_for_decoder
 from .discriminator import PatchDiscriminator3D, generator_adversarial_loss, hinge_d_loss
 from .objective import Held, Phase, TrainingError, frozen
+
+# This pack's defaults; the paper gives neither. A fresh temporal decoder is the image decoder, so
+# reconstruction starts good; the discriminator learns (and pushes back) from DISC_START.
+DISC_START = 1000
+ADVERSARIAL_WEIGHT = 0.1
 
 
 def step_of(batch: dict) -> int:
@@ -65,8 +70,8 @@ class DecoderPhase(Phase):
     name = "decoder"
 
     def __init__(self, image_decoder: nn.Module, temporal_decoder: TemporalDecoder,
-                 discriminator: PatchDiscriminator3D | None = None, disc_start: int = 0,
-                 adversarial_weight: float = 0.1, l2_weight: float = 0.0):
+                 discriminator: PatchDiscriminator3D | None = None, disc_start: int = DISC_START,
+                 adversarial_weight: float = ADVERSARIAL_WEIGHT, l2_weight: float = 0.0):
         super().__init__()
         self.temporal_decoder = temporal_decoder
         self.image_decoder = Held(image_decoder)
@@ -110,7 +115,7 @@ class DiscriminatorPhase(Phase):
 
     name = "discriminator"
 
-    def __init__(self, discriminator: PatchDiscriminator3D, decoder_phase: DecoderPhase, disc_start: int = 0):
+    def __init__(self, discriminator: PatchDiscriminator3D, decoder_phase: DecoderPhase, disc_start: int = DISC_START):
         super().__init__()
         self.discriminator = discriminator
         self.decoder_phase = Held(decoder_phase)   # held: its parameters are the decoder's, not ours
@@ -158,11 +163,10 @@ def check_temporal_decoder_fits(image_decoder: nn.Module, temporal_decoder: Temp
 
 
 def decoder_phases(image_decoder: nn.Module, temporal_decoder: TemporalDecoder,
-                   discriminator: PatchDiscriminator3D | None = None, *, disc_start: int = 1000,
-                   adversarial_weight: float = 0.1, l2_weight: float = 0.0) -> list[Phase]:
+                   discriminator: PatchDiscriminator3D | None = None, *, disc_start: int = DISC_START,
+                   adversarial_weight: float = ADVERSARIAL_WEIGHT, l2_weight: float = 0.0) -> list[Phase]:
     """[DecoderPhase, DiscriminatorPhase] (or [DecoderPhase] without a discriminator: reconstruction only).
-    Freezes the image decoder in place (and puts it in eval mode); the batch carries `step`.
-    disc_start and adversarial_weight are this pack's defaults; the paper gives neither."""
+    Freezes the image decoder in place (and puts it in eval mode); the batch carries `step`."""
     check_temporal_decoder_fits(image_decoder, temporal_decoder)
     if discriminator is not None and discriminator.in_channels != temporal_decoder.spec.out_channels:
         raise TrainingError(f"the discriminator takes {discriminator.in_channels}-channel frames but the decoder gives "

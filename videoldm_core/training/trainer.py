@@ -114,7 +114,7 @@ class Trainer:
 
     def train_step(self) -> dict:
         config, step = self.config, self.step
-        batch = self.sample_batch(step, self.world.rank, self.world.size)
+        batch = {**self.sample_batch(step, self.world.rank, self.world.size), "step": step}
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919 + self.world.rank)
         lr = config.learning_rate(step)
         row = {"step": step + 1, "lr": lr}

@@ -1,0 +1,147 @@
+"""The training CLI's host side (train.py starts it): a JSON run configuration → a trained adapter.
+
+    {"checkpoint": "sd15.safetensors",            // ComfyUI checkpoint or Video LDM bundle
+     "mode": "temporal",                          // temporal | prediction | interpolation | upscaler
+     "output": "runs/sd15-temporal",              // checkpoints, loss.csv, adapter.safetensors
+     "prompt": "",                                // text for every clip, unless data.captions
+     "adapter": {"init": null, "context_frames": [0, 1, 2], "context_width": 64, "regimes": [0, 1]},
+     "data": {"folder": "clips", "frames": 8, "fps": 8, "width": 512, "height": 320,
+              "crop": "random", "on_bad": "stop", "captions": false, "cache": "runs/cache"},
+     "train": {"steps": 1000, "lr": 1e-4, "batch_size": 1, "warmup": 100, "grad_clip": 1.0,
+               "precision": "bf16", "ema_decay": 0.999, "gradient_checkpointing": true,
+               "checkpoint_every": 500, "seed": 0}}
+
+A run with checkpoints in `output` resumes from the latest one (set "resume": false to refuse).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+import comfy.sd
+import comfy.utils
+
+from ..videoldm_core.adapter import AdapterSpec, fresh_adapter, read_adapter_spec
+from ..videoldm_core.bundle import read_bundle_spec, BundleFormatError
+from ..videoldm_core.training.batches import StepBatches
+from ..videoldm_core.training.data import ClipSpec, VideoFolder
+from ..videoldm_core.training.diffusion_objective import DiffusionPhase, check_mode
+from ..videoldm_core.training.distributed import barrier, init_world
+from ..videoldm_core.training.objective import TrainingError
+from ..videoldm_core.training.trainer import Trainer, TrainConfig, latest_checkpoint
+from .bundle_host import build_components
+from .temporal_patch import fresh_adapter_for_model
+from .training_host import (UNetDenoiser, augmentation_schedule, folder_items, noise_schedule, trainable_base,
+                            trained_state)
+
+TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"extra"}
+
+
+def load_checkpoint(path: str):
+    """(MODEL, CLIP, VAE) from a Video LDM bundle or any checkpoint ComfyUI recognises."""
+    try:
+        spec = read_bundle_spec(path)
+    except BundleFormatError:
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
+        return model, clip, vae
+    return build_components(spec, comfy.utils.load_torch_file(path, safe_load=True), source=f"'{Path(path).name}'")
+
+
+def starting_adapter(model, settings: dict, mode: str):
+    init = settings.get("init")
+    if init:
+        spec = read_adapter_spec(init)
+        if spec is None:
+            raise TrainingError(f"'{init}': expected a native Video LDM adapter (with its spec in the metadata).")
+        module = fresh_adapter(spec)
+        module.load_weights(comfy.utils.load_torch_file(init, safe_load=True), source=f"'{init}'")
+        return spec, module
+    context = settings.get("context_frames", [0, 1, 2] if mode in ("prediction", "interpolation") else [])
+    options = {k: v for k, v in settings.items() if k not in ("init", "context_frames", "context_width", "regimes")}
+    return fresh_adapter_for_model(model, context_frames=tuple(context), context_width=settings.get("context_width", 64),
+                                   interpolation=mode == "interpolation" and settings.get("regimes", [0, 1]) != [0],
+                                   **options)
+
+
+def encode_prompt(clip, text: str):
+    tokens = clip.tokenize(text)
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return cond.float(), (None if pooled is None else pooled.float())
+
+
+def dataset_items(model, vae, data: dict, mode: str, seed: int, world, regimes) -> list[dict]:
+    """Clips from the data folder, encoded once (rank 0 first, the other ranks then reuse its cache).
+    Interpolation with both regimes reads clips at fps (T→4T) and at 4·fps (4T→16T)."""
+    rates = [(0, data.get("fps"))]
+    if mode == "interpolation" and 1 in regimes:
+        if not data.get("fps"):
+            raise TrainingError("interpolation in both regimes needs data.fps (clips are read at fps and 4·fps).")
+        rates = [(r, data["fps"] * (4 if r else 1)) for r in regimes]
+    items = []
+    for regime, fps in rates:
+        spec = ClipSpec(data.get("frames", 8), fps, data.get("height", 256), data.get("width", 256), data.get("crop", "center"))
+        dataset = VideoFolder(data["folder"], spec, on_bad=data.get("on_bad", "stop"), seed=seed)
+        cache = Path(data.get("cache") or Path(data["folder"]) / ".videoldm_cache") / f"{mode}-{fps or 'source'}"
+        for rank_turn in (True, False):  # rank 0 builds the cache, then everyone reads it
+            if world.is_main == rank_turn:
+                found = folder_items(model, vae, dataset, mode, cache)
+            barrier(world)
+        items += [{**item, "regime": torch.tensor(regime)} if mode == "interpolation" else item for item in found]
+    return items
+
+
+def run_config(path: str) -> int:
+    config = json.loads(Path(path).read_text())
+    world = init_world()   # before models load: each rank picks its own GPU
+    mode = config.get("mode", "temporal")
+    train = dict(config.get("train", {}))
+    batch_size = train.pop("batch_size", 1)
+    checkpointing = train.pop("gradient_checkpointing", False)
+    unknown = sorted(set(train) - TRAIN_KEYS)
+    if unknown:
+        raise TrainingError(f"unknown train settings {unknown}; expected some of {sorted(TRAIN_KEYS | {'batch_size', 'gradient_checkpointing'})}.")
+    train_config = TrainConfig(**train)
+    settings = config.get("adapter", {})
+    regimes = settings.get("regimes", [0, 1])
+
+    model, clip, vae = load_checkpoint(config["checkpoint"])
+    torch.manual_seed(train_config.seed)   # a fresh adapter's initial weights, the same on every rank and run
+    spec, adapter = starting_adapter(model, settings, mode)
+    check_mode(spec, mode, regimes)   # before any data is read
+    base = trainable_base(model)
+    text, pooled = encode_prompt(clip, config.get("prompt", ""))
+    items = dataset_items(base, vae, config["data"], mode, train_config.seed, world, regimes)
+    denoiser = UNetDenoiser(base, adapter, text, pooled, gradient_checkpointing=checkpointing).load()
+    augment, max_level = augmentation_schedule(base)
+    phase = DiffusionPhase(adapter, denoiser, noise_schedule(base), mode, regimes=regimes,
+                           augment_schedule=augment, max_noise_level=max_level)
+    output = Path(config["output"])
+    identity = {"spec": json.loads(spec.to_json()), "mode": mode, "global_batch": batch_size * world.size}
+    trainer = Trainer([phase], train_config, StepBatches(items, batch_size, seed=train_config.seed), output_dir=output,
+                      identity=identity, device=denoiser.device, world=world)
+    resume = latest_checkpoint(output) if output.exists() else None
+    if resume is not None:
+        if config.get("resume", True) is False:
+            raise TrainingError(f"'{output}' already holds checkpoints ({resume.name}) and resume is false; "
+                                "choose another output folder.")
+        trainer.load_checkpoint(resume)
+        print(f"resumed from {resume} (step {trainer.step})", flush=True)
+    every = max(1, train_config.steps // 20)
+
+    def report(row):
+        if world.is_main and (row["step"] % every == 0 or row["step"] == 1):
+            print(f"step {row['step']}/{train_config.steps} loss {row['adapter/loss']:.5f} ({row['seconds']:.2f} s)", flush=True)
+
+    trainer.run(on_step=report)
+    if world.is_main:
+        state = trained_state(adapter, trainer)
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in state.items()}, str(output / "adapter.safetensors"),
+                  metadata={AdapterSpec.METADATA_KEY: spec.to_json()})
+        print(f"wrote {output / 'adapter.safetensors'}", flush=True)
+    barrier(world)
+    return 0
