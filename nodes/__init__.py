@@ -5,6 +5,7 @@ from .context_guider import ContextGuiderNode
 from .extend_video import ExtendVideo
 from .interpolate_keyframes import InterpolateKeyframes
 from .temporal_adapter import ApplyTemporalAdapter, LoadTemporalAdapter, SaveTemporalAdapter
+from .moving_shapes import MovingShapes
 from .train_adapter import TrainTemporalAdapter
 from .temporal_vae import LoadTemporalVAE, TemporalVAEDecode
 from .video_context import VideoContextNode
@@ -23,4 +24,5 @@ NODES = [
     InterpolateKeyframes,
     VideoUpscale,
     TrainTemporalAdapter,
+    MovingShapes,
 ]

@@ -109,17 +109,19 @@ class TrainTemporalAdapter(io.ComfyNode):
             raise TrainingError("expected training frames from exactly one source: `images` or `folder`, found "
                                 f"{'both' if images is not None else 'neither'}.")
         config = TrainConfig(steps=steps, lr=learning_rate, warmup=min(50, steps // 10), seed=seed)
-        torch.manual_seed(seed)   # a fresh adapter's initial weights: the same seed repeats the run
-        spec, adapter = starting_adapter(model, temporal_adapter, mode)
-        check_mode(spec, mode)   # before anything is encoded
-        base = trainable_base(model)
-        schedule = noise_schedule(base)
-        augment, max_level = augmentation_schedule(base)
-        text = positive[0][0].detach().clone()
-        pooled = positive[0][1].get("pooled_output")
+        save_path = cls.save_path(save_name) if save_name else None   # a bad name fails before training
+        # ComfyUI runs nodes under inference mode; everything autograd sees is made outside it
         with torch.inference_mode(False):
+            torch.manual_seed(seed)   # a fresh adapter's initial weights: the same seed repeats the run
+            spec, adapter = starting_adapter(model, temporal_adapter, mode)
+            check_mode(spec, mode)   # before anything is encoded
+            base = trainable_base(model)
+            schedule = noise_schedule(base)
+            augment, max_level = augmentation_schedule(base)
+            text = positive[0][0].clone()
+            pooled = positive[0][1].get("pooled_output")
             if images is not None:
-                items = training_items(base, vae, images, clip_frames, mode)
+                items = training_items(base, vae, images.clone(), clip_frames, mode)
             else:
                 dataset = VideoFolder(input_folder(folder), ClipSpec(clip_frames, fps or None, height, width), seed=seed)
                 cache = os.path.join(folder_paths.get_temp_directory(), "videoldm_latents",
@@ -132,8 +134,8 @@ class TrainTemporalAdapter(io.ComfyNode):
             pbar = comfy.utils.ProgressBar(steps)
             finished = trainer.run(should_stop=mm.processing_interrupted, on_step=lambda row: pbar.update(1))
         trained = trained_state(adapter, trainer)
-        if save_name or not finished:
-            save_adapter(cls.save_path(save_name or f"interrupted_{time.strftime('%Y%m%d-%H%M%S')}"), adapter, spec)
+        if save_path or not finished:
+            save_adapter(save_path or cls.save_path(f"interrupted_{time.strftime('%Y%m%d-%H%M%S')}"), adapter, spec)
         mm.throw_exception_if_processing_interrupted()
         name = f"trained ({mode}, {trainer.step} steps)"
         result = LoadedAdapter(name, spec, build_adapter_patcher(spec, trained, source=name))

@@ -5,24 +5,9 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def x4(pack_module, tiny_sd1):
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    bundle_host = pack_module("nodes.bundle_host")
-    unet_config = {"in_channels": 7, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 2, 2, 2],
-                   "num_res_blocks": [1, 1, 1, 1], "transformer_depth": [1, 1, 1, 1], "transformer_depth_output": [1] * 8,
-                   "transformer_depth_middle": 1, "context_dim": 64, "image_size": 32, "use_spatial_transformer": True,
-                   "legacy": False, "use_linear_in_transformer": True, "adm_in_channels": None,
-                   "use_temporal_attention": False}
-    config = comfy.supported_models.SD_X4Upscaler(unet_config)
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    bundle_host._random_init_(model.diffusion_model, torch.Generator().manual_seed(4))
-    patcher = comfy.model_patcher.CoreModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+def x4(pack_module, tiny_sd1, tiny_x4):
     clip = tiny_sd1[1]
-    return dict(model=patcher, positive=clip.encode_from_tokens_scheduled(clip.tokenize("a sharp photo")),
+    return dict(model=tiny_x4, positive=clip.encode_from_tokens_scheduled(clip.tokenize("a sharp photo")),
                 negative=clip.encode_from_tokens_scheduled(clip.tokenize("")),
                 node=pack_module("nodes.video_upscale").VideoUpscale, error=pack_module("videoldm_core.tiling").TilingError)
 

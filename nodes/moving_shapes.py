@@ -1,0 +1,41 @@
+"""Moving Shapes: a seeded synthetic video whose motion is known exactly, for small training runs,
+tests and the toy model family (videoldm_core/training/synthetic.py)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+from typing_extensions import override
+
+from ..videoldm_core.training.synthetic import moving_shapes_clip
+
+
+class MovingShapes(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VideoLDMMovingShapes",
+            display_name="Moving Shapes (synthetic video)",
+            category="Video LDM/training",
+            description="Renders a synthetic video: 1-3 shapes that move, bounce, spin and change colour over a drifting "
+                        "texture. The same seed at a quarter of the fps gives exactly every 4th frame, and scale 4 the "
+                        "same scene at 4x the size, so keyframe, interpolation and upscaling stages have ground truth.",
+            inputs=[
+                io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1, tooltip="Which scene (shapes, paths, colours)."),
+                io.Int.Input("frames", default=16, min=1, max=4096, tooltip="Number of frames."),
+                io.Int.Input("width", default=64, min=8, max=2048, step=8, tooltip="Frame width in pixels (at scale 1)."),
+                io.Int.Input("height", default=64, min=8, max=2048, step=8, tooltip="Frame height in pixels (at scale 1)."),
+                io.Float.Input("fps", default=15.0, min=0.125, max=240.0, step=0.125,
+                               tooltip="Frames per second: motion is defined in pixels per second."),
+                io.Int.Input("scale", default=1, min=1, max=8,
+                             tooltip="Render the same scene at this multiple of width and height."),
+            ],
+            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The frames (batch = frames)."),
+                     io.Float.Output(display_name="fps", tooltip="The frame rate, for Create Video."),
+                     io.String.Output(display_name="caption", tooltip="What the clip shows, e.g. 'red square moving left'.")],
+        )
+
+    @classmethod
+    @override
+    def execute(cls, seed, frames, width, height, fps, scale) -> io.NodeOutput:
+        clip = moving_shapes_clip(seed, frames, height, width, fps=fps, scale=scale)
+        return io.NodeOutput(((clip.frames + 1) / 2).movedim(1, -1).contiguous(), fps, clip.caption)

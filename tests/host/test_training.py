@@ -1,0 +1,192 @@
+"""Training temporal layers on a frozen image model in a real ComfyUI: the tiny SD1.x and SD x4
+architectures (random spatial weights), synthetic moving-shapes clips, every mode."""
+
+import json
+
+import pytest
+import torch
+
+FRAMES, SIZE = 6, 64
+
+
+@pytest.fixture(scope="module")
+def tr(pack_module, tiny_sd1):
+    model, clip, vae = tiny_sd1
+    with torch.inference_mode():
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize("shapes moving"))
+    return dict(model=model, vae=vae, positive=positive, text=positive[0][0].clone(),
+                host=pack_module("nodes.training_host"), patch=pack_module("nodes.temporal_patch"),
+                objective=pack_module("videoldm_core.training.diffusion_objective"),
+                trainer=pack_module("videoldm_core.training.trainer"),
+                batches=pack_module("videoldm_core.training.batches"),
+                core=pack_module("videoldm_core.training.objective"),
+                synthetic=pack_module("videoldm_core.training.synthetic"),
+                node=pack_module("nodes.train_adapter").TrainTemporalAdapter)
+
+
+def shapes_video(tr, frames=24, seed=0, size=SIZE):
+    """(N, H, W, 3) in [0, 1]: one moving-shapes video, ComfyUI's IMAGE layout."""
+    clip = tr["synthetic"].moving_shapes_clip(seed, frames, size, size, fps=15.0)
+    return ((clip.frames + 1) / 2).movedim(1, -1).contiguous()
+
+
+def setup_training(tr, mode, model=None, frames=FRAMES, steps=20, lr=2e-3, batch=2, seed=0, output_dir=None, items=None,
+                   checkpointing=False, **options):
+    host, model = tr["host"], model or tr["model"]
+    torch.manual_seed(seed)
+    base = host.trainable_base(model)
+    context = (0, 1, 2) if mode in ("prediction", "interpolation") else ()
+    spec, adapter = tr["patch"].fresh_adapter_for_model(base, context_frames=context, context_width=16,
+                                                        interpolation=mode == "interpolation")
+    if items is None:
+        video = torch.cat([shapes_video(tr, seed=s) for s in range(2)])
+        items = host.training_items(base, tr["vae"], video, frames, mode, stride=3)
+    text = tr["text"] if model is tr["model"] else torch.zeros(1, 77, 64)
+    denoiser = host.UNetDenoiser(base, adapter, text, gradient_checkpointing=checkpointing).load()
+    augment, level = host.augmentation_schedule(base)
+    phase = tr["objective"].DiffusionPhase(adapter, denoiser, host.noise_schedule(base), mode, augment_schedule=augment,
+                                           max_noise_level=level, **options)
+    config = tr["trainer"].TrainConfig(steps=steps, lr=lr, seed=seed)
+    trainer = tr["trainer"].Trainer([phase], config, tr["batches"].StepBatches(items, batch, seed=seed),
+                                    output_dir=output_dir, identity={"spec": json.loads(spec.to_json()), "mode": mode})
+    return dict(base=base, spec=spec, adapter=adapter, phase=phase, trainer=trainer, items=items)
+
+
+def eval_loss(run, count=4):
+    """The loss on the first clips with fixed seeds (timesteps, noise, masks): a deterministic yardstick."""
+    batch = tr_batch(run["items"][:count])
+    with torch.no_grad():
+        return run["phase"](batch, torch.Generator().manual_seed(0))[0].item()
+
+
+def tr_batch(items):
+    from collections import defaultdict
+    out = defaultdict(list)
+    for item in items:
+        for k, v in item.items():
+            out[k].append(v)
+    batch = {k: torch.stack(v) for k, v in out.items()}
+    batch["sample_seeds"] = torch.arange(len(items)) + 1000
+    return batch
+
+
+def test_training_changes_only_the_adapter_and_the_users_model_stays_untouched(tr):
+    unet = tr["model"].model.diffusion_model
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    run = setup_training(tr, "temporal", steps=3)
+    base_unet = run["base"].model.diffusion_model
+    base_before = {k: v.clone() for k, v in base_unet.state_dict().items()}
+    adapter_before = {k: v.clone() for k, v in run["adapter"].state_dict().items()}
+    run["trainer"].run()
+    assert all(torch.equal(v, base_before[k]) for k, v in base_unet.state_dict().items())
+    assert all(p.grad is None and not p.requires_grad for p in base_unet.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items()), "the user's MODEL changed"
+    changed = [k for k, v in run["adapter"].state_dict().items() if not torch.equal(v, adapter_before[k])]
+    assert len(changed) > 10
+    optimised = {id(p) for group in run["trainer"].optimizers[0].param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in run["adapter"].parameters()}
+    assert not optimised & {id(p) for p in base_unet.parameters()}
+
+
+@pytest.mark.parametrize("mode,frames", [("temporal", FRAMES), ("prediction", FRAMES), ("interpolation", 9)])
+def test_a_short_run_lowers_the_loss_in_each_mode(tr, mode, frames):
+    run = setup_training(tr, mode, frames=frames, steps=25)
+    before = eval_loss(run)
+    run["trainer"].run()
+    after = eval_loss(run)
+    assert after < 0.9 * before, f"{mode}: loss {before:.4f} -> {after:.4f}"
+
+
+def test_the_upscaler_mode_trains_on_patches_of_the_x4_model(tr, tiny_x4):
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for _ in range(4):
+        low = torch.rand(1, 3, 16, 16, generator=g).expand(FRAMES, -1, -1, -1) * 2 - 1
+        items.append({"latents": 0.5 * low[:, :1].expand(-1, 4, -1, -1) + 0.1 * torch.randn(FRAMES, 4, 16, 16, generator=g),
+                      "low_res": low.clone()})
+    run = setup_training(tr, "upscaler", model=tiny_x4, items=items, steps=25, patch=8)
+    before = eval_loss(run)
+    run["trainer"].run()
+    assert eval_loss(run) < 0.9 * before
+    assert run["trainer"].history[0]["adapter/noise_level"] <= 350
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tr):
+    grads = []
+    for checkpointing in (False, True):
+        run = setup_training(tr, "prediction", steps=1, checkpointing=checkpointing)
+        for p in run["adapter"].parameters():
+            torch.nn.init.normal_(p, std=0.02) if p.ndim > 1 else None
+        loss, _ = run["phase"](tr_batch(run["items"][:2]), torch.Generator().manual_seed(0))
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in run["adapter"].parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tr, tmp_path):
+    straight = setup_training(tr, "prediction", steps=6, output_dir=tmp_path / "straight")
+    straight["trainer"].run()
+    first = setup_training(tr, "prediction", steps=3, output_dir=tmp_path / "resumed")
+    first["trainer"].run()
+    second = setup_training(tr, "prediction", steps=6, output_dir=tmp_path / "resumed")
+    second["trainer"].load_checkpoint(tr["trainer"].latest_checkpoint(tmp_path / "resumed"))
+    assert second["trainer"].step == 3
+    second["trainer"].run()
+    losses = lambda path: [r["adapter/loss"] for r in tr["trainer"].read_log(path / "loss.csv")]
+    assert len(losses(tmp_path / "resumed")) == 6
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    for k, v in straight["adapter"].state_dict().items():
+        assert torch.equal(v, second["adapter"].state_dict()[k]), k
+
+
+def test_resume_from_a_checkpoint_of_another_spec_is_refused(tr, tmp_path):
+    run = setup_training(tr, "temporal", steps=1, output_dir=tmp_path)
+    run["trainer"].run()
+    other = setup_training(tr, "prediction", steps=2, output_dir=tmp_path)
+    with pytest.raises(tr["core"].TrainingError, match=r"another training setup.*'mode'|another training setup.*'spec'"):
+        other["trainer"].load_checkpoint(tr["trainer"].latest_checkpoint(tmp_path))
+
+
+def test_a_mode_the_adapter_cannot_learn_is_refused_before_training(tr):
+    spec, adapter = tr["patch"].fresh_adapter_for_model(tr["model"])
+    with pytest.raises(tr["core"].TrainingError, match="needs an adapter with a context encoder"):
+        tr["objective"].DiffusionPhase(adapter, None, None, "prediction")
+    with pytest.raises(tr["core"].TrainingError, match="expected an SD-x4-upscaler adapter"):
+        tr["objective"].check_mode(spec, "upscaler")
+
+
+def test_a_base_model_that_cannot_be_frozen_is_refused(tr):
+    layer = torch.nn.Linear(2, 2)
+    layer.weight = torch.nn.Parameter(torch.ones(2, 2))
+    module = torch.nn.Sequential(layer)
+    module[0]._parameters["weight"] = module[0].weight * 2   # a non-leaf "parameter"
+    with pytest.raises(tr["core"].TrainingError, match="could not be frozen"):
+        tr["core"].frozen(module)
+
+
+def test_the_node_trains_saves_and_the_file_loads_with_load_temporal_adapter(tr, pack_module, tmp_path):
+    import folder_paths
+
+    images = shapes_video(tr, frames=10)
+    with torch.inference_mode():
+        out = tr["node"].execute(tr["model"], tr["vae"], tr["positive"], "temporal", 4, 4, 1e-3, 1, 0, False,
+                                 images=images, save_name="test_trained/tiny").result
+    adapter, curve = out
+    assert curve.shape == (1, 256, 512, 3) and curve.min() < 0.5
+    assert adapter.spec.placement == "videoldm"
+    names = folder_paths.get_filename_list("temporal_adapters")
+    assert "test_trained/tiny.safetensors" in [n.replace("\\", "/") for n in names]
+    loaded = pack_module("nodes.temporal_adapter").load_temporal_adapter(
+        folder_paths.get_full_path_or_raise("temporal_adapters", "test_trained/tiny.safetensors"), "tiny")
+    for k, v in adapter.patcher.model.state_dict().items():
+        torch.testing.assert_close(loaded.patcher.model.state_dict()[k].float(), v.float())
+    patched = tr["patch"].apply_adapter(tr["model"], loaded.patcher, "tiny")
+    assert tr["patch"].applied_adapters(patched)
+
+
+def test_the_node_needs_exactly_one_source_and_an_existing_folder(tr):
+    args = (tr["model"], tr["vae"], tr["positive"], "temporal", 4, 2, 1e-3, 1, 0, False)
+    with pytest.raises(tr["core"].TrainingError, match="exactly one source.*neither"):
+        tr["node"].execute(*args)
+    with pytest.raises(tr["core"].TrainingError, match="no folder 'no_such_clips'"):
+        tr["node"].execute(*args, folder="no_such_clips")
