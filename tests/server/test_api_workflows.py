@@ -134,3 +134,35 @@ def test_bad_decode_windows_are_refused_at_validation(server, window, overlap, m
     prompt["6"]["inputs"].update(window=window, overlap=overlap)
     with pytest.raises(ServerError, match=re.escape(message)):
         server.queue_prompt(prompt)
+
+
+def test_training_prompt_saves_an_adapter_that_load_temporal_adapter_then_loads(server, server_base_dir):
+    """Moving Shapes -> Train Temporal Adapter (saved) -> sample with it; then a second prompt loads
+    the saved file with Load Temporal Adapter."""
+    prompt = json.loads((REPO_ROOT / "workflows" / "train_api.json").read_text())
+    prompt["5"]["inputs"]["seed"] = 3   # not the cached run of the generic test: the node must execute
+    prompt["5"]["inputs"]["save_name"] = "videoldm_api_trained/seed3"
+    run = server.run_prompt(prompt)
+    assert run.status == "success", run.error_message() or server.log_tail()
+    saved = server_base_dir / "models" / "temporal_adapters" / "videoldm_api_trained" / "seed3.safetensors"
+    assert saved.is_file()
+    progress = [m["data"] for m in run.messages if m["type"] == "progress" and m["data"]["node"] == "5"]
+    assert progress and progress[-1]["value"] == progress[-1]["max"] == prompt["5"]["inputs"]["steps"]
+    [video] = [p for p in server.output_files(run) if p.suffix == ".mp4"]
+    assert len(read_video(video)[0]) == prompt["8"]["inputs"]["batch_size"]
+
+    reuse = json.loads((REPO_ROOT / "workflows" / "train_api.json").read_text())
+    del reuse["5"], reuse["6"], reuse["4"]
+    reuse["13"] = {"class_type": "VideoLDMLoadTemporalAdapter", "inputs": {"adapter_name": "videoldm_api_trained/seed3.safetensors"}}
+    reuse["7"]["inputs"]["temporal_adapter"] = ["13", 0]
+    run = server.run_prompt(reuse)
+    assert run.status == "success", run.error_message() or server.log_tail()
+
+
+def test_training_a_prediction_mode_on_a_motion_module_fails_the_prompt_clearly(server):
+    prompt = json.loads((REPO_ROOT / "workflows" / "train_api.json").read_text())
+    prompt["13"] = {"class_type": "VideoLDMLoadTemporalAdapter", "inputs": {"adapter_name": "videoldm_demo_motion_module.safetensors"}}
+    prompt["5"]["inputs"].update(mode="prediction", temporal_adapter=["13", 0], save_name="")
+    run = server.run_prompt(prompt)
+    assert run.status == "error"
+    assert "needs an adapter with a context encoder" in run.error_message()

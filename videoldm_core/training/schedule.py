@@ -42,7 +42,7 @@ class NoiseSchedule:
     def _coefficients(self, t: torch.Tensor, like: torch.Tensor):
         a = self.alphas_cumprod.to(t.device)[t.long()]
         shape = (-1,) + (1,) * (like.ndim - 1)
-        return a.sqrt().to(like.dtype).view(shape), (1.0 - a).sqrt().to(like.dtype).view(shape)
+        return a.sqrt().to(like).view(shape), (1.0 - a).sqrt().to(like).view(shape)
 
     def sample_timesteps(self, count: int, generator: torch.Generator, high: int | None = None) -> torch.Tensor:
         return torch.randint(0, high or self.num_timesteps, (count,), generator=generator)

@@ -114,7 +114,9 @@ class Trainer:
 
     def train_step(self) -> dict:
         config, step = self.config, self.step
-        batch = {**self.sample_batch(step, self.world.rank, self.world.size), "step": step}
+        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) and k != "sample_seeds" else v
+                 for k, v in self.sample_batch(step, self.world.rank, self.world.size).items()}
+        batch["step"] = step
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919 + self.world.rank)
         lr = config.learning_rate(step)
         row = {"step": step + 1, "lr": lr}

@@ -1,0 +1,87 @@
+"""train.py, the training CLI, as a user runs it: one process, and two under torchrun (gloo DDP)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from devtools.paths import REPO_ROOT, comfyui_dir
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The demo bundle (a tiny SD1.x) and a folder of synthetic moving-shapes mp4 clips."""
+    from videoldm_core.training.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("cli")
+    subprocess.run([sys.executable, "-m", "devtools.make_demo_bundle", str(root / "base")], cwd=REPO_ROOT, check=True,
+                   capture_output=True)
+    write_dataset(root / "clips", 4, seed=0, frames=12, height=64, width=64, fps=30.0, as_="mp4")
+    return root
+
+
+def config(setup, output, **train):
+    return {"checkpoint": str(setup / "base" / "models" / "checkpoints" / "videoldm_demo_tiny.safetensors"),
+            "mode": "temporal", "output": str(output), "prompt": "shapes",
+            "data": {"folder": str(setup / "clips"), "frames": 4, "fps": 15, "width": 64, "height": 64,
+                     "cache": str(setup / "cache")},
+            "train": {"steps": 3, "lr": 1e-3, "batch_size": 2, "seed": 1, **train}}
+
+
+def run_cli(setup, cfg, name, processes=1):
+    path = setup / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    env = {**os.environ, "COMFYUI_DIR": str(comfyui_dir()), "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else [sys.executable]
+    return subprocess.run([*launcher, str(REPO_ROOT / "train.py"), "--config", str(path)], env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_two_gloo_processes_update_the_weights_like_one_process_at_the_same_global_batch(setup):
+    one = run_cli(setup, config(setup, setup / "one"), "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    cfg = config(setup, setup / "two", batch_size=1)
+    two = run_cli(setup, cfg, "two", processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = load_file(str(setup / "one" / "adapter.safetensors")), load_file(str(setup / "two" / "adapter.safetensors"))
+    assert a.keys() == b.keys()
+    # the same global batch (2 clips) and per-clip seeds: the runs differ only by float summation order
+    # (DDP averages two per-clip gradients, one process takes the mean of a batch of two)
+    logs = [(setup / run / "loss.csv").read_text().splitlines()[1:] for run in ("one", "two")]
+    for row_one, row_two in zip(*logs):
+        step_one, step_two = [dict(zip(("step", "lr", "grad_norm", "loss"), map(float, r.split(",")[:4]))) for r in (row_one, row_two)]
+        assert step_one["loss"] == pytest.approx(step_two["loss"], abs=1e-6)
+        assert step_one["grad_norm"] == pytest.approx(step_two["grad_norm"], rel=1e-3)
+    # Adam divides by √v, so weights whose gradient is ~0 move by up to lr in a direction set by
+    # rounding noise; all others must agree. lr 1e-3 x 3 steps bounds any update by 3e-3.
+    changed = max(a[k].abs().max().item() for k in a if "out_layers.3" in k)
+    assert changed > 1e-4, "training changed nothing"
+    differ = sum(((a[k] - b[k]).abs() > 1e-5).sum().item() for k in a)
+    assert differ < 0.01 * sum(v.numel() for v in a.values())
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
+    assert "step 3/3" in one.stdout and "step 3/3" in two.stdout
+
+
+def test_a_rerun_resumes_from_the_latest_checkpoint(setup):
+    out = setup / "resume"
+    first = run_cli(setup, config(setup, out, steps=2), "first")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli(setup, config(setup, out, steps=4), "second")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout and "(step 2)" in second.stdout
+    rows = (out / "loss.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+
+
+def test_an_empty_data_folder_stops_before_training_and_names_it(setup, tmp_path):
+    cfg = config(setup, tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    cfg["data"]["folder"] = str(tmp_path / "empty")
+    run = run_cli(setup, cfg, "empty")
+    assert run.returncode != 0
+    assert "empty" in run.stderr and "TrainingError" in run.stderr
+    assert not (tmp_path / "out" / "loss.csv").exists()

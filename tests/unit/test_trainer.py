@@ -1,0 +1,141 @@
+"""The training loop's own guarantees, on a small pure-torch phase: warm-up, clipping, EMA,
+rank-split batches, CSV log, checkpoints and resume, DistributedDataParallel on gloo."""
+
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from videoldm_core.training.batches import StepBatches, clip_seed
+from videoldm_core.training.objective import Phase, TrainingError
+from videoldm_core.training.schedule import NoiseSchedule
+from videoldm_core.training.trainer import Trainer, TrainConfig, latest_checkpoint, read_log
+
+
+class Regression(Phase):
+    """Fit y = w x with a noisy target drawn from each clip's own seed."""
+    name = "model"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(4, 1)
+
+    def forward(self, batch, generator):
+        noise = torch.stack([torch.randn(1, generator=torch.Generator().manual_seed(int(s))) for s in batch["sample_seeds"]])
+        target = batch["x"] @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.01 * noise
+        loss = ((self.linear(batch["x"]) - target) ** 2).mean()
+        return loss, {"loss": loss.item()}
+
+
+DATA = [{"x": torch.randn(4, generator=torch.Generator().manual_seed(i))} for i in range(10)]
+
+
+def trainer(tmp_path=None, steps=8, batch=2, **config):
+    return Trainer([Regression()], TrainConfig(steps=steps, lr=0.05, seed=3, **config), StepBatches(DATA, batch, seed=3),
+                   output_dir=tmp_path, identity={"what": "regression"})
+
+
+def test_warm_up_is_linear_then_constant():
+    config = TrainConfig(lr=1e-3, warmup=4)
+    assert [config.learning_rate(s) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_bad_settings_are_refused_with_what_was_expected():
+    with pytest.raises(TrainingError, match="at least 1 training step"):
+        TrainConfig(steps=0)
+    with pytest.raises(TrainingError, match="precision in"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(TrainingError, match="EMA decay"):
+        TrainConfig(ema_decay=1.5)
+
+
+def test_the_loss_falls_and_gradients_are_clipped():
+    t = trainer(steps=60, grad_clip=0.5)
+    t.run()
+    losses = [r["model/loss"] for r in t.history]
+    assert losses[-1] < 0.3 * losses[0]
+    assert t.history[0]["model/grad_norm"] > 0.5   # the norm before clipping is logged ...
+    t = trainer(steps=1, grad_clip=0.5)
+    t.run()
+    after = torch.cat([p.grad.flatten() for p in t.phases[0].parameters()]).norm()
+    assert t.history[0]["model/grad_norm"] > 1.0 and after == pytest.approx(0.5, rel=1e-4)   # ... the step used ≤ 0.5
+
+
+def test_ema_weights_trail_the_raw_weights():
+    t = trainer(steps=10, ema_decay=0.9)
+    start = t.phases[0].linear.weight.detach().clone()
+    t.run()
+    raw, ema = t.phases[0].linear.weight.detach(), t.ema_state()["model.linear.weight"]
+    assert not torch.equal(raw, ema)
+    assert (ema - start).norm() < (raw - start).norm()
+
+
+def test_a_split_global_batch_holds_the_same_clips_and_seeds():
+    one = StepBatches(DATA, 4, seed=1)
+    two = StepBatches(DATA, 2, seed=1)
+    for step in range(5):
+        whole = one(step)
+        halves = [two(step, r, 2) for r in range(2)]
+        assert torch.equal(torch.cat([h["x"] for h in halves]), whole["x"])
+        assert torch.equal(torch.cat([h["sample_seeds"] for h in halves]), whole["sample_seeds"])
+    assert clip_seed(1, 5) != clip_seed(1, 6) != clip_seed(2, 5)
+
+
+def test_resume_reproduces_the_uninterrupted_run_and_rewrites_the_log(tmp_path):
+    straight = trainer(tmp_path / "a", steps=8, ema_decay=0.9)
+    straight.run()
+    first = trainer(tmp_path / "b", steps=8, ema_decay=0.9, checkpoint_every=3)
+    for _ in range(5):
+        first.train_step()   # checkpoint at 3, then two steps that the resumed run must redo
+    resumed = trainer(tmp_path / "b", steps=8, ema_decay=0.9)
+    resumed.load_checkpoint(latest_checkpoint(tmp_path / "b"))
+    assert resumed.step == 3
+    resumed.run()
+    assert read_log(tmp_path / "a" / "loss.csv") != [] and \
+        [r["model/loss"] for r in read_log(tmp_path / "b" / "loss.csv")] == [r["model/loss"] for r in read_log(tmp_path / "a" / "loss.csv")]
+    assert torch.equal(resumed.phases[0].linear.weight, straight.phases[0].linear.weight)
+    assert torch.equal(resumed.ema_state()["model.linear.weight"], straight.ema_state()["model.linear.weight"])
+
+
+def test_a_checkpoint_of_another_setup_is_refused(tmp_path):
+    t = trainer(tmp_path, steps=2)
+    t.run()
+    other = Trainer([Regression()], TrainConfig(steps=4), StepBatches(DATA, 2), output_dir=tmp_path, identity={"what": "else"})
+    with pytest.raises(TrainingError, match=r"differs in \['what'\]"):
+        other.load_checkpoint(latest_checkpoint(tmp_path))
+
+
+def test_noise_schedule_targets():
+    schedule = NoiseSchedule.scaled_linear(prediction="v")
+    x0, eps, t = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 500, 999])
+    a = schedule.alphas_cumprod[t].float()[:, None]
+    torch.testing.assert_close(schedule.add_noise(x0, eps, t), a.sqrt() * x0 + (1 - a).sqrt() * eps)
+    torch.testing.assert_close(schedule.target(x0, eps, t), a.sqrt() * eps - (1 - a).sqrt() * x0)
+    sigmas = ((1 - schedule.alphas_cumprod) / schedule.alphas_cumprod).sqrt()
+    torch.testing.assert_close(NoiseSchedule.from_sigmas(sigmas).alphas_cumprod, schedule.alphas_cumprod)
+
+
+def _ddp_worker(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    t = trainer(steps=5, batch=1)
+    t.run()
+    if rank == 0:
+        torch.save(t.phases[0].state_dict(), out)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_match_one_process_at_the_same_global_batch(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    single = trainer(steps=5, batch=2)
+    single.run()
+    ddp = torch.load(tmp_path / "ddp.pt")
+    for k, v in single.phases[0].state_dict().items():
+        torch.testing.assert_close(ddp[k], v, atol=1e-6, rtol=1e-5)
