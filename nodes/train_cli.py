@@ -1,7 +1,7 @@
 """The training CLI's host side (train.py starts it): a JSON run configuration → a trained adapter.
 
     {"checkpoint": "sd15.safetensors",            // ComfyUI checkpoint or Video LDM bundle
-     "mode": "temporal",                          // temporal | prediction | interpolation | upscaler
+     "mode": "temporal",                          // temporal | prediction | interpolation | upscaler | decoder
      "output": "runs/sd15-temporal",              // checkpoints, loss.csv, adapter.safetensors
      "prompt": "",                                // text for every clip, unless data.captions
      "adapter": {"init": null, "context_frames": [0, 1, 2], "context_width": 64, "regimes": [0, 1]},
@@ -9,7 +9,12 @@
               "crop": "random", "on_bad": "stop", "captions": false, "cache": "runs/cache"},
      "train": {"steps": 1000, "lr": 1e-4, "batch_size": 1, "warmup": 100, "grad_clip": 1.0,
                "precision": "bf16", "ema_decay": 0.999, "gradient_checkpointing": true,
-               "checkpoint_every": 500, "seed": 0}}
+               "checkpoint_every": 500, "seed": 0},
+     "decoder": {"init": null, "disc_start": 1000, "adversarial_weight": 0.1, "disc_width": 64}}  // mode decoder
+
+data.captions: each clip's caption (captions.json or a sidecar .txt) is encoded once with the
+checkpoint's text encoder and cached with the latents. Mode "decoder" trains the VAE decoder's
+temporal layers and writes temporal_decoder.safetensors (an add-on for Load Temporal VAE).
 
 A run with checkpoints in `output` resumes from the latest one (set "resume": false to refuse).
 """
@@ -21,13 +26,17 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 import comfy.sd
 import comfy.utils
 
 from ..videoldm_core.adapter import AdapterSpec, fresh_adapter, read_adapter_spec
 from ..videoldm_core.bundle import read_bundle_spec, BundleFormatError
+from ..videoldm_core.temporal_decoder import TemporalDecoder, TemporalDecoderSpec, spec_for_decoder
 from ..videoldm_core.training.batches import StepBatches
+from ..videoldm_core.training.decoder_objective import decoder_phases
+from ..videoldm_core.training.discriminator import PatchDiscriminator3D
 from ..videoldm_core.training.data import ClipSpec, VideoFolder
 from ..videoldm_core.training.diffusion_objective import DiffusionPhase, check_mode
 from ..videoldm_core.training.distributed import barrier, init_world
@@ -35,8 +44,8 @@ from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.trainer import Trainer, TrainConfig, latest_checkpoint
 from .bundle_host import build_components
 from .temporal_patch import fresh_adapter_for_model
-from .training_host import (UNetDenoiser, augmentation_schedule, folder_items, noise_schedule, trainable_base,
-                            trained_state)
+from .training_host import (UNetDenoiser, augmentation_schedule, caption_encoder, decoder_items, folder_items,
+                            noise_schedule, trainable_base, trainable_decoder, trained_state)
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"extra"}
 
@@ -73,7 +82,7 @@ def encode_prompt(clip, text: str):
     return cond.float(), (None if pooled is None else pooled.float())
 
 
-def dataset_items(model, vae, data: dict, mode: str, seed: int, world, regimes) -> list[dict]:
+def dataset_items(model, vae, data: dict, mode: str, seed: int, world, regimes, encode_text=None) -> list[dict]:
     """Clips from the data folder, encoded once (rank 0 first, the other ranks then reuse its cache).
     Interpolation with both regimes reads clips at fps (T→4T) and at 4·fps (4T→16T)."""
     rates = [(0, data.get("fps"))]
@@ -88,7 +97,7 @@ def dataset_items(model, vae, data: dict, mode: str, seed: int, world, regimes) 
         cache = Path(data.get("cache") or Path(data["folder"]) / ".videoldm_cache") / f"{mode}-{fps or 'source'}"
         for rank_turn in (True, False):  # rank 0 builds the cache, then everyone reads it
             if world.is_main == rank_turn:
-                found = folder_items(model, vae, dataset, mode, cache)
+                found = folder_items(model, vae, dataset, mode, cache, encode_text=encode_text)
             barrier(world)
         items += [{**item, "regime": torch.tensor(regime)} if mode == "interpolation" else item for item in found]
     return items
@@ -108,21 +117,35 @@ def run_config(path: str) -> int:
     settings = config.get("adapter", {})
     regimes = settings.get("regimes", [0, 1])
 
+    output = Path(config["output"])
+    if mode == "decoder":
+        return run_decoder(config, world, train_config, batch_size, output)
     model, clip, vae = load_checkpoint(config["checkpoint"])
     torch.manual_seed(train_config.seed)   # a fresh adapter's initial weights, the same on every rank and run
     spec, adapter = starting_adapter(model, settings, mode)
     check_mode(spec, mode, regimes)   # before any data is read
     base = trainable_base(model)
     text, pooled = encode_prompt(clip, config.get("prompt", ""))
-    items = dataset_items(base, vae, config["data"], mode, train_config.seed, world, regimes)
+    captions = caption_encoder(clip) if config["data"].get("captions") else None
+    items = dataset_items(base, vae, config["data"], mode, train_config.seed, world, regimes, captions)
     denoiser = UNetDenoiser(base, adapter, text, pooled, gradient_checkpointing=checkpointing).load()
     augment, max_level = augmentation_schedule(base)
     phase = DiffusionPhase(adapter, denoiser, noise_schedule(base), mode, regimes=regimes,
                            augment_schedule=augment, max_noise_level=max_level)
-    output = Path(config["output"])
     identity = {"spec": json.loads(spec.to_json()), "mode": mode, "global_batch": batch_size * world.size}
     trainer = Trainer([phase], train_config, StepBatches(items, batch_size, seed=train_config.seed), output_dir=output,
                       identity=identity, device=denoiser.device, world=world)
+    fit(trainer, config, train_config, world, output, "adapter/loss")
+    if world.is_main:
+        save_file({k: v.contiguous() for k, v in trained_state(adapter, trainer).items()}, str(output / "adapter.safetensors"),
+                  metadata={AdapterSpec.METADATA_KEY: spec.to_json()})
+        print(f"wrote {output / 'adapter.safetensors'}", flush=True)
+    barrier(world)
+    return 0
+
+
+def fit(trainer, config, train_config, world, output: Path, loss_key: str):
+    """Resume from the latest checkpoint in `output` (unless "resume": false), then train with progress lines."""
     resume = latest_checkpoint(output) if output.exists() else None
     if resume is not None:
         if config.get("resume", True) is False:
@@ -134,14 +157,48 @@ def run_config(path: str) -> int:
 
     def report(row):
         if world.is_main and (row["step"] % every == 0 or row["step"] == 1):
-            print(f"step {row['step']}/{train_config.steps} loss {row['adapter/loss']:.5f} ({row['seconds']:.2f} s)", flush=True)
+            print(f"step {row['step']}/{train_config.steps} loss {row[loss_key]:.5f} ({row['seconds']:.2f} s)", flush=True)
 
     trainer.run(on_step=report)
+
+
+def run_decoder(config, world, train_config, batch_size: int, output: Path) -> int:
+    """Mode "decoder": the VAE decoder's temporal layers (paper §3.2) with a 3D-conv patch
+    discriminator; the encoder and the image decoder stay frozen. Writes temporal_decoder.safetensors,
+    an add-on for Load Temporal VAE."""
+    import comfy.model_management as mm
+
+    settings = config.get("decoder", {})
+    _, _, vae = load_checkpoint(config["checkpoint"])
+    device = mm.get_torch_device()
+    image_decoder = trainable_decoder(vae).to(device)
+    torch.manual_seed(train_config.seed)
+    init = settings.get("init")
+    if init:
+        weights, metadata = comfy.utils.load_torch_file(init, safe_load=True, return_metadata=True)
+        spec = TemporalDecoderSpec.from_json((metadata or {}).get(TemporalDecoderSpec.METADATA_KEY, "null"), f"'{init}'")
+        temporal = TemporalDecoder(spec)
+        temporal.load_state_dict(weights)
+    else:
+        spec = spec_for_decoder(image_decoder, description="trained by the Video LDM pack")
+        temporal = TemporalDecoder(spec)
+    discriminator = PatchDiscriminator3D(in_channels=spec.out_channels, width=settings.get("disc_width", 64),
+                                         layers=settings.get("disc_layers", 3))
+    phases = decoder_phases(image_decoder, temporal.to(device), discriminator.to(device),
+                            disc_start=settings.get("disc_start", 1000),
+                            adversarial_weight=settings.get("adversarial_weight", 0.1))
+    data = config["data"]
+    spec_clip = ClipSpec(data.get("frames", 8), data.get("fps"), data.get("height", 256), data.get("width", 256),
+                         data.get("crop", "center"))
+    items = decoder_items(vae, VideoFolder(data["folder"], spec_clip, on_bad=data.get("on_bad", "stop"), seed=train_config.seed))
+    identity = {"decoder_spec": json.loads(spec.to_json()), "mode": "decoder", "global_batch": batch_size * world.size}
+    trainer = Trainer(phases, train_config, StepBatches(items, batch_size, seed=train_config.seed), output_dir=output,
+                      identity=identity, device=device, world=world)
+    fit(trainer, config, train_config, world, output, "decoder/rec")
     if world.is_main:
-        state = trained_state(adapter, trainer)
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in state.items()}, str(output / "adapter.safetensors"),
-                  metadata={AdapterSpec.METADATA_KEY: spec.to_json()})
-        print(f"wrote {output / 'adapter.safetensors'}", flush=True)
+        state = trained_state(temporal, trainer, phase="decoder", attribute="temporal_decoder")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(output / "temporal_decoder.safetensors"),
+                  metadata={TemporalDecoderSpec.METADATA_KEY: spec.to_json()})
+        print(f"wrote {output / 'temporal_decoder.safetensors'}", flush=True)
     barrier(world)
     return 0

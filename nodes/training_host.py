@@ -157,7 +157,7 @@ def encoder_fingerprint(vae) -> str:
     return f"{type(vae.first_stage_model).__name__}-{digest.hexdigest()[:16]}"
 
 
-def folder_items(model, vae, dataset, mode: str, cache_dir, progress=None) -> list[dict]:
+def folder_items(model, vae, dataset, mode: str, cache_dir, progress=None, encode_text=None) -> list[dict]:
     """Training clips from a VideoFolder: latents encoded once into a shard cache (reused while files,
     clip spec and VAE stay the same), scaled into the model's latent space. The x4 upscaler's
     low-res frames come from the frames themselves, so that mode encodes in memory."""
@@ -173,8 +173,48 @@ def folder_items(model, vae, dataset, mode: str, cache_dir, progress=None) -> li
                 progress(i + 1, len(dataset))
         return items
     shards = build_latent_cache(dataset, lambda frames: encode_video(vae, to_images(frames)), cache_dir,
-                                encoder_fingerprint(vae), progress=progress)
-    return [{"latents": model.model.process_latent_in(shards[i]["latents"].float())} for i in range(len(shards))]
+                                encoder_fingerprint(vae), progress=progress, encode_text=encode_text)
+    items = []
+    for i in range(len(shards)):
+        item = shards[i]
+        items.append({"latents": model.model.process_latent_in(item["latents"].float()),
+                      **({"text": item["text"].float()} if item.get("text") is not None else {})})
+    return items
+
+
+def caption_encoder(clip):
+    """Captions → (N, L, D) cross-attention context with the checkpoint's own text encoder ("" for none)."""
+    def encode(captions: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([clip.encode_from_tokens(clip.tokenize(c or "")).float().cpu() for c in captions])
+    return encode
+
+
+def decoder_items(vae, dataset, progress=None) -> list[dict]:
+    """Temporal-decoder training clips: the frames ([-1, 1]) and the frozen encoder's latents after
+    post_quant_conv, i.e. what the decoder's conv_in sees."""
+    first_stage = vae.first_stage_model
+    items = []
+    for i in range(len(dataset)):
+        frames = dataset[i]["frames"]
+        with torch.inference_mode(False), torch.no_grad():
+            z = encode_video(vae, (frames.movedim(1, -1) + 1) / 2)
+            post = getattr(first_stage, "post_quant_conv", None)
+            if post is not None:
+                z = post.to(z.device)(z.to(next(post.parameters()).dtype)).float()
+        items.append({"frames": frames.float(), "latents": z.cpu()})
+        if progress is not None:
+            progress(i + 1, len(dataset))
+    return items
+
+
+def trainable_decoder(vae):
+    """The VAE's image decoder, frozen, copied out of inference mode when a loader node made it."""
+    decoder = vae.first_stage_model.decoder
+    if any(p.is_inference() for p in decoder.parameters()):
+        with torch.inference_mode(False):
+            decoder = copy.deepcopy(decoder)
+    return frozen(decoder.float())
 
 
 def trained_state(module, trainer, phase: str = "adapter", attribute: str = "adapter") -> dict[str, torch.Tensor]:

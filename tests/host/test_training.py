@@ -190,3 +190,31 @@ def test_the_node_needs_exactly_one_source_and_an_existing_folder(tr):
         tr["node"].execute(*args)
     with pytest.raises(tr["core"].TrainingError, match="no folder 'no_such_clips'"):
         tr["node"].execute(*args, folder="no_such_clips")
+
+
+def test_the_real_vae_decoders_temporal_layers_learn_with_the_patch_discriminator(tr, pack_module):
+    """ComfyUI's own KL decoder (tiny, random) frozen; fresh temporal layers fitted to the output of
+    other (random) temporal layers, with the 3D-conv discriminator on."""
+    core = pack_module("videoldm_core.temporal_decoder")
+    objective = pack_module("videoldm_core.training.decoder_objective")
+    disc = pack_module("videoldm_core.training.discriminator")
+    decoder = tr["host"].trainable_decoder(tr["vae"])
+    frozen_before = {k: v.clone() for k, v in decoder.state_dict().items()}
+    spec = core.spec_for_decoder(decoder)
+    torch.manual_seed(0)
+    teacher = core.TemporalDecoder(spec)
+    for p in teacher.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    z = torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        target = teacher.decode(decoder, z, FRAMES).clamp(-1, 1)
+    items = [{"latents": z, "frames": target}] * 2
+    student = core.TemporalDecoder(spec)
+    phases = objective.decoder_phases(decoder, student, disc.PatchDiscriminator3D(3, width=8, layers=2), disc_start=5,
+                                      adversarial_weight=0.05)
+    trainer = tr["trainer"].Trainer(phases, tr["trainer"].TrainConfig(steps=15, lr=3e-3), tr["batches"].StepBatches(items, 1))
+    trainer.run()
+    rec = [r["decoder/rec"] for r in trainer.history]
+    assert rec[-1] < 0.7 * rec[0], rec
+    assert trainer.history[-1]["discriminator/d_loss"] > 0
+    assert all(torch.equal(v, frozen_before[k]) for k, v in decoder.state_dict().items())

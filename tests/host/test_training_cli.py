@@ -85,3 +85,33 @@ def test_an_empty_data_folder_stops_before_training_and_names_it(setup, tmp_path
     assert run.returncode != 0
     assert "empty" in run.stderr and "TrainingError" in run.stderr
     assert not (tmp_path / "out" / "loss.csv").exists()
+
+
+def test_captions_are_encoded_once_with_the_checkpoints_text_encoder(setup, tmp_path):
+    cfg = config(setup, tmp_path / "out", steps=1)
+    cfg["data"].update(captions=True, cache=str(tmp_path / "cache"))
+    run = run_cli(setup, cfg, "captions")
+    assert run.returncode == 0, run.stderr[-3000:]
+    [index] = list((tmp_path / "cache").rglob("index.json"))
+    shapes = json.loads(index.read_text())["shapes"]
+    assert "text" in shapes and shapes["text"][0] == 77   # one CLIP context per clip
+
+
+def test_decoder_mode_writes_an_add_on_that_load_temporal_vae_reads(setup, tmp_path, pack_module):
+    cfg = config(setup, tmp_path / "out", steps=3, batch_size=1)
+    cfg.update(mode="decoder", decoder={"disc_start": 1, "disc_width": 16, "disc_layers": 2})
+    run = run_cli(setup, cfg, "decoder")
+    assert run.returncode == 0, run.stderr[-3000:]
+    header = (tmp_path / "out" / "loss.csv").read_text().splitlines()[0]
+    assert "decoder/rec" in header and "discriminator/d_loss" in header and "decoder/g_adv" in header
+    import comfy.utils
+    vae_sd = comfy.utils.load_torch_file(cfg["checkpoint"], safe_load=True)   # load_temporal_vae takes first_stage_model.*
+    weights, metadata = comfy.utils.load_torch_file(str(tmp_path / "out" / "temporal_decoder.safetensors"),
+                                                    safe_load=True, return_metadata=True)
+    temporal_vae = pack_module("nodes.temporal_vae")
+    core = pack_module("videoldm_core.temporal_decoder")
+    spec = core.TemporalDecoderSpec.from_json(metadata[core.TEMPORAL_DECODER_METADATA_KEY])
+    fresh = core.TemporalDecoder(spec).state_dict()
+    assert any(not torch.equal(weights[k], fresh[k]) for k in fresh), "training changed nothing"
+    vae = temporal_vae.load_temporal_vae(vae_sd, "trained", addon=(spec, weights))
+    assert getattr(vae, temporal_vae.TEMPORAL_DECODER_ATTR) is not None

@@ -1,8 +1,6 @@
 """The pack inside a real ComfyUI server: it imports cleanly, every node is served with
 tooltips and help pages, and the import-failure check itself catches a broken pack."""
 
-import pytest
-
 from devtools.comfy_server import ComfyServer
 
 

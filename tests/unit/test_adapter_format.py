@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from devtools.make_demo_bundle import animatediff_layout_state_dict
 from videoldm_core.adapter import (ADAPTER_METADATA_KEY, AdapterCompatibilityError, AdapterFormatError, AdapterSpec,
