@@ -218,3 +218,31 @@ def test_the_real_vae_decoders_temporal_layers_learn_with_the_patch_discriminato
     assert rec[-1] < 0.7 * rec[0], rec
     assert trainer.history[-1]["discriminator/d_loss"] > 0
     assert all(torch.equal(v, frozen_before[k]) for k, v in decoder.state_dict().items())
+
+
+def test_interrupting_the_node_keeps_what_was_learned(tr, pack_module):
+    """Cancel after the second step: the adapter learned so far is saved, then the prompt stops."""
+    import comfy.model_management as mm
+    import comfy.utils
+    import folder_paths
+
+    steps_seen = []
+
+    def hook(value, total, preview, node_id=None):
+        steps_seen.append(value)
+        if value == 2:
+            mm.interrupt_current_processing(True)
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
+            tr["node"].execute(tr["model"], tr["vae"], tr["positive"], "temporal", 4, 50, 1e-3, 1, 0, False,
+                               images=shapes_video(tr, frames=8), save_name="test_trained/interrupted")
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        mm.interrupt_current_processing(False)
+    assert max(steps_seen) == 2, "training went on after the interrupt"
+    path = folder_paths.get_full_path_or_raise("temporal_adapters", "test_trained/interrupted.safetensors")
+    saved = pack_module("nodes.temporal_adapter").load_temporal_adapter(path, "interrupted")
+    fresh = tr["patch"].fresh_adapter_for_model(tr["model"])[1].state_dict()
+    assert any(not torch.equal(v.float(), fresh[k]) for k, v in saved.patcher.model.state_dict().items() if "out_layers.3" in k)

@@ -139,3 +139,11 @@ def test_two_gloo_ranks_match_one_process_at_the_same_global_batch(tmp_path):
     ddp = torch.load(tmp_path / "ddp.pt")
     for k, v in single.phases[0].state_dict().items():
         torch.testing.assert_close(ddp[k], v, atol=1e-6, rtol=1e-5)
+
+
+def test_bf16_autocast_trains():
+    t = trainer(steps=30, precision="bf16")
+    t.run()
+    losses = [r["model/loss"] for r in t.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert t.phases[0].linear.weight.dtype == torch.float32   # master weights stay fp32
