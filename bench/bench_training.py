@@ -48,7 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import print_table
+from .common import _status_gib, print_table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("temporal", "temporal+ckpt", "full", "full+ckpt")
@@ -56,14 +56,6 @@ TARGET = 0.7
 
 
 # --- 1. temporal-only versus full fine-tune, one method per process ---------------------------------
-
-
-def _status_gib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 2**20
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _reset_cpu_peak() -> float:

@@ -12,13 +12,7 @@ from videoldm_core.training.discriminator import PatchDiscriminator3D, generator
 from videoldm_core.training.objective import TrainingError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Ops this small gain nothing from threads, and a busy 2-core machine stalls torch's pool (3 s → 50 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ResnetBlock(nn.Module):

@@ -17,13 +17,7 @@ from videoldm_core.training.objective import TrainingError
 from videoldm_core.training.synthetic import clip_seed, moving_shapes_clip, write_dataset, write_mp4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The generator's budget is per core; torch's pool also stalls small ops on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
