@@ -10,7 +10,8 @@
      "train": {"steps": 1000, "lr": 1e-4, "batch_size": 1, "warmup": 100, "grad_clip": 1.0,
                "precision": "bf16", "ema_decay": 0.999, "gradient_checkpointing": true,
                "checkpoint_every": 500, "seed": 0},
-     "decoder": {"init": null, "disc_start": 1000, "adversarial_weight": 0.1, "disc_width": 64}}  // mode decoder
+     "decoder": {"init": null, "attention": false, "disc_start": 1000, "adversarial_weight": 0.1,
+                 "disc_width": 64}}                // mode decoder; attention: temporal attention layers too
 
 data.captions: each clip's caption (captions.json or a sidecar .txt) is encoded once with the
 checkpoint's text encoder and cached with the latents. Mode "decoder" trains the VAE decoder's
@@ -180,7 +181,8 @@ def run_decoder(config, world, train_config, batch_size: int, output: Path) -> i
         temporal = TemporalDecoder(spec)
         temporal.load_state_dict(weights)
     else:
-        spec = spec_for_decoder(image_decoder, description="trained by the Video LDM pack")
+        spec = spec_for_decoder(image_decoder, attention=settings.get("attention", False),
+                                description="trained by the Video LDM pack")
         temporal = TemporalDecoder(spec)
     discriminator = PatchDiscriminator3D(in_channels=spec.out_channels, width=settings.get("disc_width", 64),
                                          layers=settings.get("disc_layers", 3))

@@ -5,7 +5,11 @@ layers for the autoencoder's decoder"; the encoder stays frozen). Layout and nam
 - after every decoder ResNet block ("mid.block_1", "up.3.block.0", ...): `time_stack`, a 3D-conv
   residual block with (k,1,1) kernels and no timestep input, and `mix_factor`, blended the
   decoder's way round: α·temporal + (1−α)·spatial with α = sigmoid(mix_factor);
-- after `conv_out`: `conv_out.time_mix_conv`, a Conv3d(k,1,1) applied to the output (not residual).
+- after `conv_out`: `conv_out.time_mix_conv`, a Conv3d(k,1,1) applied to the output (not residual);
+- optionally (sgm's time_mode "all"), after every decoder attention block ("mid.attn_1",
+  "up.3.attn.0", ...): temporal self-attention over the frames at each position (a single-head
+  temporal transformer block with a sinusoidal frame embedding), blended like the ResNet blocks.
+  Its output layers start at zero, so fresh attention layers leave the decoder unchanged.
 
 `TemporalDecoder.decode(decoder, z, T)` runs any image decoder in the LDM layout (conv_in, mid,
 up[i].block/attn/upsample, norm_out, conv_out) with these layers; the image decoder's own
@@ -24,7 +28,8 @@ from torch import nn
 from .adapter import set_submodule
 from .alpha_blender import blend, merge_alpha
 from .metadata_spec import MetadataSpec
-from .temporal_layers import TemporalResBlock
+from .positional import sinusoidal_embedding
+from .temporal_layers import TemporalResBlock, TemporalTransformerBlock, zero_
 
 TEMPORAL_DECODER_METADATA_KEY = "videoldm_temporal_decoder"
 TEMPORAL_DECODER_VERSION = 1
@@ -41,6 +46,7 @@ class TemporalDecoderSpec(MetadataSpec):
 
     blocks: dict                      # decoder ResNet block path -> channels
     out_channels: int                 # image channels of conv_out (time_mix_conv width)
+    attention: dict = field(default_factory=dict)   # decoder attention block path -> channels (optional)
     kernel_t: int = 3
     merge_strategy: str = "learned"
     source: str = "native"
@@ -73,6 +79,31 @@ class DecoderTemporalBlock(nn.Module):
         return rearrange(z, "b c t h w -> (b t) c h w")
 
 
+class DecoderTemporalAttention(nn.Module):
+    """Self-attention over frames at each position after a decoder attention block (sgm VideoBlock's
+    role): x + frame embedding → temporal transformer block → α·temporal + (1−α)·spatial."""
+
+    def __init__(self, channels: int, merge_strategy: str = "learned", alpha: float = 0.0, operations=nn):
+        super().__init__()
+        self.merge_strategy = merge_strategy
+        self.video_time_embed = nn.Sequential(operations.Linear(channels, channels * 4), nn.SiLU(),
+                                              zero_(operations.Linear(channels * 4, channels)))
+        self.time_mix_block = TemporalTransformerBlock(channels, heads=1, dim_head=channels, cross_attention=False,
+                                                       operations=operations)
+        if merge_strategy == "fixed":
+            self.register_buffer("mix_factor", torch.tensor([float(alpha)]))
+        else:
+            self.mix_factor = nn.Parameter(torch.tensor([float(alpha)]))
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        _, c, h, w = x.shape
+        tokens = rearrange(x, "(b t) c h w -> (b h w) t c", t=num_frames)
+        frames = sinusoidal_embedding(torch.arange(num_frames, device=x.device), c).to(x.dtype)
+        mixed = self.time_mix_block(tokens + self.video_time_embed(frames)[None])
+        mixed = rearrange(mixed, "(b h w) t c -> (b t) c h w", h=h, w=w)
+        return blend(merge_alpha(self.merge_strategy, self.mix_factor), x, mixed, alpha_on="temporal")
+
+
 class TimeMixConv(nn.Module):
     """Holds `time_mix_conv`: a Conv3d over frames applied to the decoder output. A fresh one is the
     identity (centre tap = identity matrix), so a fresh temporal decoder equals the image decoder."""
@@ -96,23 +127,26 @@ class TemporalDecoder(nn.Module):
         self.spec = spec
         for path, channels in spec.blocks.items():
             set_submodule(self, path, DecoderTemporalBlock(channels, spec.kernel_t, spec.merge_strategy, operations=operations))
+        for path, channels in spec.attention.items():
+            set_submodule(self, path, DecoderTemporalAttention(channels, spec.merge_strategy, operations=operations))
         self.conv_out = TimeMixConv(spec.out_channels, spec.kernel_t, operations=operations)
 
     def after(self, path: str, h: torch.Tensor, num_frames: int) -> torch.Tensor:
-        return self.get_submodule(path)(h, num_frames) if path in self.spec.blocks else h
+        known = path in self.spec.blocks or path in self.spec.attention
+        return self.get_submodule(path)(h, num_frames) if known else h
 
     def decode(self, decoder: nn.Module, z: torch.Tensor, num_frames: int) -> torch.Tensor:
         """`decoder`'s forward with the temporal layers after its blocks and output; z: ((b t), c, h, w)."""
         h = decoder.conv_in(z)
         h = self.after("mid.block_1", decoder.mid.block_1(h, None), num_frames)
-        h = decoder.mid.attn_1(h)
+        h = self.after("mid.attn_1", decoder.mid.attn_1(h), num_frames)
         h = self.after("mid.block_2", decoder.mid.block_2(h, None), num_frames)
         for i_level in reversed(range(decoder.num_resolutions)):
             level = decoder.up[i_level]
             for i_block in range(decoder.num_res_blocks + 1):
                 h = self.after(f"up.{i_level}.block.{i_block}", level.block[i_block](h, None), num_frames)
                 if len(level.attn) > 0:
-                    h = level.attn[i_block](h)
+                    h = self.after(f"up.{i_level}.attn.{i_block}", level.attn[i_block](h), num_frames)
             if i_level != 0:
                 h = level.upsample(h)
         h = decoder.conv_out(F.silu(decoder.norm_out(h)))
@@ -120,13 +154,18 @@ class TemporalDecoder(nn.Module):
         return torch.tanh(h) if getattr(decoder, "tanh_out", False) else h
 
 
-def spec_for_decoder(decoder: nn.Module, kernel_t: int = 3, **fields) -> TemporalDecoderSpec:
-    """The temporal layers an LDM-layout image decoder takes: one block per ResNet block."""
+def spec_for_decoder(decoder: nn.Module, kernel_t: int = 3, attention: bool = False, **fields) -> TemporalDecoderSpec:
+    """The temporal layers an LDM-layout image decoder takes: one block per ResNet block, and with
+    `attention` one temporal attention layer per attention block (sgm's time_mode "all")."""
     blocks = {"mid.block_1": decoder.mid.block_1.out_channels, "mid.block_2": decoder.mid.block_2.out_channels}
+    attn = {"mid.attn_1": decoder.mid.block_1.out_channels} if attention else {}
     for i_level in range(decoder.num_resolutions):
         for i_block, block in enumerate(decoder.up[i_level].block):
             blocks[f"up.{i_level}.block.{i_block}"] = block.out_channels
-    return TemporalDecoderSpec(blocks=blocks, out_channels=decoder.conv_out.out_channels, kernel_t=kernel_t, **fields)
+            if attention and len(decoder.up[i_level].attn) > i_block:
+                attn[f"up.{i_level}.attn.{i_block}"] = block.out_channels
+    return TemporalDecoderSpec(blocks=blocks, out_channels=decoder.conv_out.out_channels, kernel_t=kernel_t,
+                               attention=attn, **fields)
 
 
 def split_svd_vae(state_dict: dict, source: str = "VAE") -> tuple[dict, TemporalDecoderSpec, dict]:

@@ -196,3 +196,39 @@ def test_one_window_equals_diffusers_temporal_decoder(vaes):
         expected = vae.process_output(reference.decode(z, num_frames=6).sample.float()).movedim(1, -1)
         ours = temporal_vae.decode_video(vae, z, window=6, overlap=0)
     assert (ours - expected).abs().max() < 1e-5
+
+
+def test_optional_temporal_attention_starts_as_identity_and_then_mixes_frames(pack_module, vae_parts, vaes):
+    """time_mode "all": temporal attention after the decoder's attention blocks. Fresh, the decode is
+    unchanged; with weights, a frame's output depends on the other frames through it."""
+    from comfy.ldm.modules.diffusionmodules.model import Decoder
+
+    core = pack_module("videoldm_core.temporal_decoder")
+    image_sd, ddconfig, _ = vae_parts
+    decoder = Decoder(**ddconfig)
+    decoder.load_state_dict({k[len("decoder."):]: v for k, v in image_sd.items() if k.startswith("decoder.")})
+    spec = core.spec_for_decoder(decoder, attention=True)
+    assert "mid.attn_1" in spec.attention
+    assert core.TemporalDecoderSpec.from_json(spec.to_json()) == spec
+    conv_only = core.TemporalDecoder(core.spec_for_decoder(decoder))
+    with_attention = core.TemporalDecoder(spec)
+    with_attention.load_state_dict(conv_only.state_dict(), strict=False)
+    z = smooth_latents()
+    with torch.no_grad():
+        torch.testing.assert_close(with_attention.decode(decoder, z, FRAMES), conv_only.decode(decoder, z, FRAMES), atol=0, rtol=0)
+        torch.manual_seed(3)
+        for name, p in with_attention.named_parameters():
+            if ".time_mix_block." in name or ".video_time_embed." in name:
+                p.normal_(std=0.05)
+        mixed = with_attention.decode(decoder, z, FRAMES)
+        assert (mixed - conv_only.decode(decoder, z, FRAMES)).abs().max() > 1e-4
+        # frames interact only through the temporal layers: with the 3D convs cut, attention alone
+        # carries a change of the last frame's latent to the first frame's pixels
+        for block in with_attention.spec.blocks:
+            with_attention.get_submodule(block).mix_factor.fill_(-30.0)
+        with_attention.conv_out.time_mix_conv.weight.zero_()
+        with_attention.conv_out.time_mix_conv.weight[:, :, 1, 0, 0] = torch.eye(3)
+        changed = z.clone()
+        changed[-1] += 1.0
+        first = lambda latents: with_attention.decode(decoder, latents, FRAMES)[0]
+        assert (first(changed) - first(z)).abs().max() > 1e-5
