@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from videoldm_core.training.batches import StepBatches, clip_seed
@@ -118,22 +117,33 @@ def test_noise_schedule_targets():
     torch.testing.assert_close(NoiseSchedule.from_sigmas(sigmas).alphas_cumprod, schedule.alphas_cumprod)
 
 
-def _ddp_worker(rank, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    t = trainer(steps=5, batch=1)
-    t.run()
-    if rank == 0:
-        torch.save(t.phases[0].state_dict(), out)
-    torch.distributed.destroy_process_group()
+WORKER = """
+import importlib.util, sys, torch
+spec = importlib.util.spec_from_file_location("trainer_tests", sys.argv[1])
+tests = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tests)
+torch.set_num_threads(1)
+t = tests.trainer(steps=5, batch=1)
+t.run()
+if t.world.rank == 0:
+    torch.save(t.phases[0].state_dict(), sys.argv[2])
+torch.distributed.destroy_process_group()
+"""
 
 
 def test_two_gloo_ranks_match_one_process_at_the_same_global_batch(tmp_path):
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(port, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    """torchrun, 2 processes x batch 1, against one process x batch 2."""
+    import subprocess
+    import sys
+
+    from devtools.paths import REPO_ROOT
+
+    (tmp_path / "worker.py").write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(tmp_path / "worker.py"), __file__, str(tmp_path / "ddp.pt")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
     single = trainer(steps=5, batch=2)
     single.run()
     ddp = torch.load(tmp_path / "ddp.pt")
