@@ -51,15 +51,21 @@ def trainable_base(model):
     """MODEL's UNet ready to be a frozen part of a graph: ComfyUI loads it frozen already, but a loader
     node ran under inference mode, and inference tensors cannot be saved for backward, so such a
     UNet is deep-copied outside it (as core's TrainLoraNode does). The user's MODEL is never changed."""
-    unet = model.model.diffusion_model
-    if any(p.is_inference() for p in unet.parameters()):
-        with torch.inference_mode(False):
-            config = model.model.model_config   # shared: its attribute fallback breaks deepcopy
-            copied = copy.deepcopy(model.model, memo={id(config): config})
-        # a fresh patcher state for the copy: nothing backed up, nothing pinned
+    config = model.model.model_config   # shared, not copied: its attribute fallback breaks deepcopy
+    copied = outside_inference(model.model, model.model.diffusion_model, memo={id(config): config})
+    if copied is not model.model:   # a fresh patcher state for the copy: nothing backed up, nothing pinned
         model = model.clone(model_override=(copied, ({}, {}, {}, set())))
     frozen(model.model.diffusion_model)
     return model
+
+
+def outside_inference(module, weights_of=None, memo=None):
+    """`module`, or a deep copy made outside inference mode when `weights_of` (default: the module)
+    holds inference tensors, which autograd cannot save for backward."""
+    if not any(p.is_inference() for p in (weights_of or module).parameters()):
+        return module
+    with torch.inference_mode(False):
+        return copy.deepcopy(module, memo=memo)
 
 
 class UNetDenoiser:
@@ -210,11 +216,7 @@ def decoder_items(vae, dataset, progress=None) -> list[dict]:
 
 def trainable_decoder(vae):
     """The VAE's image decoder, frozen, copied out of inference mode when a loader node made it."""
-    decoder = vae.first_stage_model.decoder
-    if any(p.is_inference() for p in decoder.parameters()):
-        with torch.inference_mode(False):
-            decoder = copy.deepcopy(decoder)
-    return frozen(decoder.float())
+    return frozen(outside_inference(vae.first_stage_model.decoder).float())
 
 
 def trained_state(module, trainer, phase: str = "adapter", attribute: str = "adapter") -> dict[str, torch.Tensor]:

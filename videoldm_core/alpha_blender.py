@@ -23,6 +23,15 @@ def merge_alpha(merge_strategy: str, mix_factor: torch.Tensor) -> torch.Tensor:
     return mix_factor if merge_strategy == "fixed" else torch.sigmoid(mix_factor)
 
 
+def register_mix_factor(module: nn.Module, merge_strategy: str, alpha: float):
+    """`module.mix_factor`: a buffer for `fixed` (α is not trained), a parameter otherwise."""
+    value = torch.tensor([float(alpha)])
+    if merge_strategy == "fixed":
+        module.register_buffer("mix_factor", value)
+    else:
+        module.mix_factor = nn.Parameter(value)
+
+
 def blend(alpha: torch.Tensor, x_spatial: torch.Tensor, x_temporal: torch.Tensor, alpha_on: str = "spatial") -> torch.Tensor:
     """α·spatial + (1−α)·temporal (UNet), or α·temporal + (1−α)·spatial (`alpha_on="temporal"`, decoder)."""
     alpha = alpha.to(device=x_spatial.device, dtype=x_spatial.dtype)  # a host may leave α on another device
@@ -39,10 +48,7 @@ class AlphaBlender(nn.Module):
         if alpha_on not in ("spatial", "temporal"):
             raise ValueError(f"alpha_on must be 'spatial' or 'temporal', found {alpha_on!r}")
         self.merge_strategy, self.alpha_on = merge_strategy, alpha_on
-        if merge_strategy == "fixed":
-            self.register_buffer("mix_factor", torch.tensor([float(alpha)]))
-        else:
-            self.mix_factor = nn.Parameter(torch.tensor([float(alpha)]))
+        register_mix_factor(self, merge_strategy, alpha)
 
     def alpha(self, image_only_indicator: Optional[torch.Tensor] = None) -> torch.Tensor:
         """α as a scalar tensor, or per frame (b, t) when images are flagged."""

@@ -26,7 +26,7 @@ from einops import rearrange
 from torch import nn
 
 from .adapter import set_submodule
-from .alpha_blender import blend, merge_alpha
+from .alpha_blender import blend, merge_alpha, register_mix_factor
 from .metadata_spec import MetadataSpec
 from .positional import sinusoidal_embedding
 from .temporal_layers import TemporalResBlock, TemporalTransformerBlock, zero_
@@ -68,10 +68,7 @@ class DecoderTemporalBlock(nn.Module):
         super().__init__()
         self.merge_strategy = merge_strategy
         self.time_stack = TemporalResBlock(channels, emb_channels=0, kernel_t=kernel_t, operations=operations)
-        if merge_strategy == "fixed":
-            self.register_buffer("mix_factor", torch.tensor([float(alpha)]))
-        else:
-            self.mix_factor = nn.Parameter(torch.tensor([float(alpha)]))
+        register_mix_factor(self, merge_strategy, alpha)
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         z = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
@@ -90,10 +87,7 @@ class DecoderTemporalAttention(nn.Module):
                                               zero_(operations.Linear(channels * 4, channels)))
         self.time_mix_block = TemporalTransformerBlock(channels, heads=1, dim_head=channels, cross_attention=False,
                                                        operations=operations)
-        if merge_strategy == "fixed":
-            self.register_buffer("mix_factor", torch.tensor([float(alpha)]))
-        else:
-            self.mix_factor = nn.Parameter(torch.tensor([float(alpha)]))
+        register_mix_factor(self, merge_strategy, alpha)
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         _, c, h, w = x.shape

@@ -22,7 +22,7 @@ import torch
 from einops import rearrange, repeat
 
 from ..context import context_input, context_mask
-from ..interpolation import FACTOR, keyframe_positions
+from ..interpolation import FACTOR, augment_keyframes, check_augmentation_level, interpolation_labels, keyframe_positions
 from .objective import Held, Phase, TrainingError
 from .schedule import NoiseSchedule
 
@@ -60,6 +60,7 @@ class DiffusionPhase(Phase):
         super().__init__()
         context_frames = tuple(context_frames if context_frames is not None else (adapter.spec.context_frames or (0, 1, 2)))
         check_mode(adapter.spec, mode, regimes, context_frames)
+        check_augmentation_level(max_augmentation)
         if mode == "upscaler" and augment_schedule is None:
             raise TrainingError("mode 'upscaler' needs the upscaler's noise-augmentation schedule for the low-res frames.")
         self.adapter = adapter                 # registered: the only trained parameters
@@ -145,8 +146,7 @@ class DiffusionPhase(Phase):
             drawn = self.regimes[int(torch.randint(0, len(self.regimes), (1,), generator=g))]
             regime = drawn if given_regimes is None else int(given_regimes[i])
             level = float(torch.rand((), generator=g)) * self.max_augmentation
-            augmented = z + level * torch.randn(z.shape, generator=g).to(z)
-            c_s.append(context_input(augmented, mask))
-            labels.append(torch.tensor([[float(regime), level]]).expand(t, 2))
+            c_s.append(context_input(augment_keyframes(z, level, g), mask))
+            labels.append(interpolation_labels(t, regime, level))
         weights = (1.0 - mask).expand(b, t)
         return {"c_s": torch.cat(c_s), "labels": torch.cat(labels).to(z0)}, weights, {}
