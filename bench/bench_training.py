@@ -48,7 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import _status_gib, print_table
+from .common import status_gib, print_table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("temporal", "temporal+ckpt", "full", "full+ckpt")
@@ -68,7 +68,7 @@ def _reset_cpu_peak() -> float:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    return _status_gib("VmRSS")
+    return status_gib("VmRSS")
 
 
 def build_base(pack_name: str, unet: str, device):
@@ -180,7 +180,7 @@ def child(args) -> dict:
         peak_process = torch.cuda.max_memory_allocated() / 2**30
         peak = peak_process - before / 2**30
     else:
-        peak_process = _status_gib("VmHWM")   # the high-water mark since the reset, weights included
+        peak_process = status_gib("VmHWM")   # the high-water mark since the reset, weights included
         peak = peak_process - before
     return {"method": method, "seconds": statistics.median(times), "all_seconds": times, "peak_gib": peak,
             "process_peak_gib": peak_process, "loss": row["adapter/loss"], "threads": torch.get_num_threads(),

@@ -14,13 +14,13 @@ import time
 from . import paths
 from .comfy_server import ComfyServer
 from .make_demo_bundle import (DEMO_BUNDLE_NAME, DEMO_INTERPOLATOR_NAME, DEMO_MOTION_MODULE_NAME, DEMO_PREDICTOR_NAME,
-                               DEMO_TEMPORAL_DECODER_NAME)
+                               DEMO_TEMPORAL_DECODER_NAME, DEMO_X4_BUNDLE_NAME)
 
 
 def ensure_demo_models():
     models = paths.base_dir() / "models"
     if not all((models / folder / name).exists() for folder, name in
-               (("checkpoints", DEMO_BUNDLE_NAME), ("temporal_adapters", DEMO_MOTION_MODULE_NAME),
+               (("checkpoints", DEMO_BUNDLE_NAME), ("checkpoints", DEMO_X4_BUNDLE_NAME), ("temporal_adapters", DEMO_MOTION_MODULE_NAME),
                 ("temporal_adapters", DEMO_TEMPORAL_DECODER_NAME), ("temporal_adapters", DEMO_PREDICTOR_NAME),
                 ("temporal_adapters", DEMO_INTERPOLATOR_NAME))):
         print("[demo] making the random-weight demo models", file=sys.stderr)

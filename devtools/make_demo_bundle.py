@@ -2,6 +2,8 @@
 
 - models/checkpoints/videoldm_demo_tiny.safetensors: a Video LDM bundle (real SD1.x architectures
   at tiny size: UNet with SD1.5's block structure, KL VAE, CLIP text encoder);
+- models/checkpoints/videoldm_demo_x4.safetensors: a bundle in ComfyUI's SD x4 upscaler
+  architecture at tiny size (UNet with the low-res image concatenated, 4x KL VAE, CLIP);
 - models/temporal_adapters/videoldm_demo_motion_module.safetensors: a motion module for that UNet
   in AnimateDiff's original key layout (v2-style, with mid block), read by the pack's importer;
 - models/temporal_adapters/videoldm_demo_temporal_decoder.safetensors: temporal layers for the
@@ -31,6 +33,7 @@ from . import paths
 from .comfy_in_process import init_comfy
 
 DEMO_BUNDLE_NAME = "videoldm_demo_tiny.safetensors"
+DEMO_X4_BUNDLE_NAME = "videoldm_demo_x4.safetensors"
 DEMO_MOTION_MODULE_NAME = "videoldm_demo_motion_module.safetensors"
 DEMO_TEMPORAL_DECODER_NAME = "videoldm_demo_temporal_decoder.safetensors"
 DEMO_PREDICTOR_NAME = "videoldm_demo_predictor.safetensors"
@@ -64,6 +67,9 @@ def make_demo_models(base_dir: Path) -> list[Path]:
     spec = bundle_host.tiny_sd1_spec(description="Video LDM demo: random weights, a wiring demo, not a picture")
     bundle_path = base_dir / "models" / "checkpoints" / DEMO_BUNDLE_NAME
     _write(bundle_path, lambda p: bundle.save_bundle(p, spec, bundle_host.random_bundle_state_dict(spec, seed=DEMO_SEED)))
+    x4_spec = bundle_host.tiny_x4_spec(description="Video LDM demo x4 upscaler: random weights, a wiring demo")
+    x4_path = base_dir / "models" / "checkpoints" / DEMO_X4_BUNDLE_NAME
+    _write(x4_path, lambda p: bundle.save_bundle(p, x4_spec, bundle_host.random_bundle_state_dict(x4_spec, seed=DEMO_SEED)))
     widths = [spec.unet_config["model_channels"] * m for m in spec.unet_config["channel_mult"]]
     motion_path = base_dir / "models" / "temporal_adapters" / DEMO_MOTION_MODULE_NAME
     _write(motion_path, lambda p: save_file(animatediff_layout_state_dict(widths, seed=DEMO_SEED), str(p)))
@@ -74,7 +80,7 @@ def make_demo_models(base_dir: Path) -> list[Path]:
     _write(predictor_path, lambda p: save_random_predictor(p, pack, bundle_host, spec))
     interpolator_path = base_dir / "models" / "temporal_adapters" / DEMO_INTERPOLATOR_NAME
     _write(interpolator_path, lambda p: save_random_predictor(p, pack, bundle_host, spec, interpolation=True))
-    return [bundle_path, motion_path, decoder_path, predictor_path, interpolator_path]
+    return [bundle_path, x4_path, motion_path, decoder_path, predictor_path, interpolator_path]
 
 
 def save_random_predictor(path, pack, bundle_host, bundle_spec, seed=DEMO_SEED, std=0.02, interpolation=False):

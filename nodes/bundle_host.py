@@ -12,6 +12,7 @@ import math
 
 import torch
 
+import comfy.latent_formats
 import comfy.ldm.models.autoencoder
 import comfy.model_base
 import comfy.model_management as mm
@@ -25,23 +26,46 @@ import comfy.utils
 from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, BundleSpec, split_components
 
 _MODEL_TYPES = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}
+_FAMILY_CONFIGS = {"SD1.x": comfy.supported_models.SD15, "SD-x4-upscaler": comfy.supported_models.SD_X4Upscaler}
+_FAMILY_LATENT_FORMATS = {"SD1.x": comfy.latent_formats.SD15, "SD-x4-upscaler": comfy.latent_formats.SD_X4}
 
 
 def bundle_model_config(spec: BundleSpec):
     """A model config of the spec's family that takes every UNet size from the spec.
 
-    The stock SD15 config overwrites the head layout with full-size defaults and guesses the
-    prediction type from weights; a bundle states both, so both hooks are replaced.
+    The stock configs overwrite the head layout with full-size defaults and guess the prediction
+    type from weights; a bundle states both, so those hooks are replaced. The text encoder is
+    always the SD1 CLIP class (sizes from the spec), whatever the family, so its keys are handled
+    as SD1.x's; a stated latent scale factor replaces the family's.
     """
-    if spec.family != "SD1.x":
-        raise BundleFormatError(f"bundles of family {spec.family!r} are not supported yet; expected 'SD1.x'.")
     model_type = _MODEL_TYPES[spec.prediction]
-    config_class = type("VideoLDMBundleSD15", (comfy.supported_models.SD15,), {
+    latent_format = _FAMILY_LATENT_FORMATS[spec.family]
+    if spec.latent_scale_factor is not None:
+        latent_format = _with_scale_factor(latent_format, float(spec.latent_scale_factor))
+    members = {
         "unet_extra_config": {},
+        "latent_format": latent_format,
         "model_type": lambda self, state_dict, prefix="": model_type,
-    })
+        "process_clip_state_dict": comfy.supported_models.SD15.process_clip_state_dict,
+        "process_clip_state_dict_for_saving": comfy.supported_models.SD15.process_clip_state_dict_for_saving,
+    }
+    if spec.family == "SD-x4-upscaler":  # the noise level of the low-res image is the class label
+        members["unet_extra_config"] = {"num_classes": 1000}
+        members["get_model"] = lambda self, state_dict, prefix="", device=None: comfy.model_base.SD_X4Upscaler(
+            self, model_type=model_type, device=device)
+    config_class = type("VideoLDMBundle" + _FAMILY_CONFIGS[spec.family].__name__, (_FAMILY_CONFIGS[spec.family],), members)
     unet_config = {"use_linear_in_transformer": False, "adm_in_channels": None, **spec.unet_config}
     return config_class(unet_config)
+
+
+def _with_scale_factor(latent_format, scale_factor: float):
+    """The family's latent format with another scale factor (ComfyUI sets it in __init__)."""
+
+    def __init__(self):
+        latent_format.__init__(self)
+        self.scale_factor = scale_factor
+
+    return type(f"VideoLDMBundle{latent_format.__name__}", (latent_format,), {"__init__": __init__})
 
 
 def _clip_target(spec: BundleSpec):
@@ -82,6 +106,7 @@ def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], sour
 
     vae_sd = comfy.utils.state_dict_prefix_replace(parts["vae"], {COMPONENT_PREFIXES["vae"]: ""}, filter_keys=True)
     vae = comfy.sd.VAE(sd=vae_sd, config=_vae_config(spec))
+    vae.downscale_ratio = vae.upscale_ratio = spec.vae_scale_factor  # ComfyUI assumes 8 when given a config
     missing, unexpected = _diff_keys(vae.first_stage_model, vae_sd)
     _require_complete("VAE", missing, unexpected, source)
 
@@ -131,9 +156,11 @@ def random_bundle_state_dict(spec: BundleSpec, seed: int = 0) -> dict[str, torch
     text_encoder = target.clip(device="cpu", dtype=torch.float32, **target.params)
     for module in (base_model.diffusion_model, vae, text_encoder):
         _random_init_(module, generator)
-    return base_model.state_dict_for_saving(base_model.diffusion_model.state_dict(),
-                                            clip_state_dict=text_encoder.state_dict(),
-                                            vae_state_dict=vae.state_dict())
+    state_dict = base_model.state_dict_for_saving(base_model.diffusion_model.state_dict(),
+                                                  clip_state_dict=text_encoder.state_dict(),
+                                                  vae_state_dict=vae.state_dict())
+    state_dict.pop("v_pred", None)  # ComfyUI's marker for v models; a bundle states its prediction
+    return state_dict
 
 
 def tiny_sd1_spec(description: str = "random-weight tiny SD1.x bundle") -> BundleSpec:
@@ -166,4 +193,31 @@ def tiny_sd1_spec(description: str = "random-weight tiny SD1.x bundle") -> Bundl
             "layer_norm_eps": 1e-5, "projection_dim": 64, "bos_token_id": 0, "eos_token_id": 49407,
             "pad_token_id": 1, "model_type": "clip_text_model", "architectures": ["CLIPTextModel"],
         },
+    )
+
+
+def tiny_x4_spec(description: str = "random-weight tiny SD x4 upscaler bundle") -> BundleSpec:
+    """ComfyUI's SD x4 upscaler architecture (latent + low-res image in, noise level as the class
+    label) at a small width: 4 levels of one ResBlock with a linear transformer each (self-attention
+    on the lowest level only, as the full model), the tiny SD1.x text encoder, and a KL VAE with 3
+    levels (4x downsampling, as the x4 upscaler's VAE)."""
+    sd1 = tiny_sd1_spec()
+    return BundleSpec(
+        family="SD-x4-upscaler",
+        prediction="v",
+        description=description,
+        unet_config={
+            "in_channels": 7, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 2, 2, 2],
+            "num_res_blocks": [1, 1, 1, 1], "transformer_depth": [1, 1, 1, 1], "transformer_depth_output": [1] * 8,
+            "transformer_depth_middle": 1, "context_dim": 64, "num_heads": 4, "num_head_channels": -1,
+            "disable_self_attentions": [True, True, True, False], "image_size": 32, "use_spatial_transformer": True,
+            "legacy": False, "use_linear_in_transformer": True, "use_temporal_attention": False,
+        },
+        vae_config={
+            "embed_dim": 4,
+            "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3,
+                         "ch": 32, "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+                         "dropout": 0.0},
+        },
+        text_encoder_config=sd1.text_encoder_config,
     )

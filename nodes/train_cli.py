@@ -1,7 +1,7 @@
 """The training CLI's host side (train.py starts it): a JSON run configuration → a trained adapter.
 
     {"checkpoint": "sd15.safetensors",            // ComfyUI checkpoint or Video LDM bundle
-     "mode": "temporal",                          // temporal | prediction | interpolation | upscaler | decoder
+     "mode": "temporal",                          // image | temporal | prediction | interpolation | upscaler | decoder
      "output": "runs/sd15-temporal",              // checkpoints, loss.csv, adapter.safetensors
      "prompt": "",                                // text for every clip, unless data.captions
      "adapter": {"init": null, "context_frames": [0, 1, 2], "context_width": 64, "regimes": [0, 1]},
@@ -15,7 +15,12 @@
 
 data.captions: each clip's caption (captions.json or a sidecar .txt) is encoded once with the
 checkpoint's text encoder and cached with the latents. Mode "decoder" trains the VAE decoder's
-temporal layers and writes temporal_decoder.safetensors (an add-on for Load Temporal VAE).
+temporal layers and writes temporal_decoder.safetensors (an add-on for Load Temporal VAE). Mode
+"image" is the paper's first stage: it pretrains a bundle's own UNet on single frames (every frame
+of a clip is an independent sample; an x4 upscaler bundle learns from random patches with its
+low-res frames) and writes bundle.safetensors, the input bundle with the trained UNet, whose
+spatial weights every other mode then keeps frozen. Settings under "image": {"text_dropout": 0.1,
+"patch": null}.
 
 A run with checkpoints in `output` resumes from the latest one (set "resume": false to refuse).
 """
@@ -33,20 +38,22 @@ import comfy.sd
 import comfy.utils
 
 from ..videoldm_core.adapter import AdapterSpec, fresh_adapter, read_adapter_spec
-from ..videoldm_core.bundle import read_bundle_spec, BundleFormatError
+from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, read_bundle_spec, save_bundle
 from ..videoldm_core.temporal_decoder import TemporalDecoder, TemporalDecoderSpec, spec_for_decoder
 from ..videoldm_core.training.batches import StepBatches
 from ..videoldm_core.training.decoder_objective import decoder_phases
 from ..videoldm_core.training.discriminator import PatchDiscriminator3D
 from ..videoldm_core.training.data import ClipSpec, VideoFolder
 from ..videoldm_core.training.diffusion_objective import DiffusionPhase, check_mode
+from ..videoldm_core.training.image_objective import ImagePhase
 from ..videoldm_core.training.distributed import barrier, init_world
 from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.trainer import Trainer, TrainConfig, latest_checkpoint
 from .bundle_host import build_components
 from .temporal_patch import fresh_adapter_for_model
 from .training_host import (UNetDenoiser, augmentation_schedule, caption_encoder, decoder_items, folder_items,
-                            noise_schedule, trainable_base, trainable_decoder, trained_state)
+                            noise_schedule, pretrainable_unet, trainable_base, trainable_decoder, trained_state)
+from .unet_layout import model_family
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"extra"}
 
@@ -121,6 +128,8 @@ def run_config(path: str) -> int:
     output = Path(config["output"])
     if mode == "decoder":
         return run_decoder(config, world, train_config, batch_size, output)
+    if mode == "image":
+        return run_image(config, world, train_config, batch_size, output)
     model, clip, vae = load_checkpoint(config["checkpoint"])
     torch.manual_seed(train_config.seed)   # a fresh adapter's initial weights, the same on every rank and run
     spec, adapter = starting_adapter(model, settings, mode)
@@ -202,5 +211,44 @@ def run_decoder(config, world, train_config, batch_size: int, output: Path) -> i
         save_file({k: v.contiguous() for k, v in state.items()}, str(output / "temporal_decoder.safetensors"),
                   metadata={TemporalDecoderSpec.METADATA_KEY: spec.to_json()})
         print(f"wrote {output / 'temporal_decoder.safetensors'}", flush=True)
+    barrier(world)
+    return 0
+
+
+def run_image(config, world, train_config, batch_size: int, output: Path) -> int:
+    """Mode "image": pretrain a bundle's UNet on single frames (the paper's first stage) and write
+    bundle.safetensors, the same bundle with the trained (EMA) UNet."""
+    try:
+        spec = read_bundle_spec(config["checkpoint"])
+    except BundleFormatError as e:
+        raise TrainingError(f"mode 'image' pretrains a Video LDM bundle and writes one back; {e}") from None
+    settings = config.get("image", {})
+    model, clip, vae = load_checkpoint(config["checkpoint"])
+    upscaler = model_family(model) == "SD-x4-upscaler"
+    model = pretrainable_unet(model)
+    text, pooled = encode_prompt(clip, config.get("prompt", ""))
+    null_text, _ = encode_prompt(clip, "")
+    captions = caption_encoder(clip) if config["data"].get("captions") else None
+    data_mode = "upscaler" if upscaler else "temporal"   # how clips are encoded: with low-res frames or not
+    items = dataset_items(model, vae, config["data"], data_mode, train_config.seed, world, (0,), captions)
+    if not config["data"].get("captions"):
+        items = [{**item, "text": text[0]} for item in items]   # the prompt, dropped like a caption
+    denoiser = UNetDenoiser(model, None, text, pooled).load()
+    augment, max_level = augmentation_schedule(model)
+    unet = model.model.diffusion_model
+    phase = ImagePhase(unet, denoiser, noise_schedule(model), null_text=null_text[0],
+                       text_dropout=settings.get("text_dropout", 0.1), augment_schedule=augment,
+                       max_noise_level=max_level, patch=settings.get("patch"))
+    identity = {"bundle": json.loads(spec.to_json()), "mode": "image", "global_batch": batch_size * world.size}
+    trainer = Trainer([phase], train_config, StepBatches(items, batch_size, seed=train_config.seed), output_dir=output,
+                      identity=identity, device=denoiser.device, world=world)
+    fit(trainer, config, train_config, world, output, "unet/loss")
+    if world.is_main:
+        state = comfy.utils.load_torch_file(config["checkpoint"], safe_load=True)
+        prefix = COMPONENT_PREFIXES["unet"]
+        for key, value in trained_state(unet, trainer, phase="unet", attribute="unet").items():
+            state[prefix + key] = value.to(state[prefix + key].dtype)
+        save_bundle(output / "bundle.safetensors", spec, state)
+        print(f"wrote {output / 'bundle.safetensors'}", flush=True)
     barrier(world)
     return 0

@@ -59,6 +59,16 @@ def trainable_base(model):
     return model
 
 
+def pretrainable_unet(model):
+    """A copy of MODEL to pretrain as an image model (the paper's first stage): its UNet in fp32,
+    outside inference mode, requiring grad. The user's MODEL is never changed."""
+    config = model.model.model_config
+    with torch.inference_mode(False):
+        copied = copy.deepcopy(model.model, memo={id(config): config})
+    copied.diffusion_model.float().requires_grad_(True)
+    return model.clone(model_override=(copied, ({}, {}, {}, set())))
+
+
 def outside_inference(module, weights_of=None, memo=None):
     """`module`, or a deep copy made outside inference mode when `weights_of` (default: the module)
     holds inference tensors, which autograd cannot save for backward."""
@@ -75,10 +85,13 @@ class UNetDenoiser:
 
     def __init__(self, base, adapter, text: torch.Tensor, pooled: torch.Tensor | None = None,
                  gradient_checkpointing: bool = False, name: str = "training"):
-        self.base, self.adapter = base, adapter
+        self.base, self.adapter = base, adapter   # adapter None: the UNet alone (image pretraining)
         self.device = mm.get_torch_device()
-        self.patcher = comfy.model_patcher.CoreModelPatcher(adapter, load_device=self.device, offload_device=self.device)
-        self.model = apply_adapter(base, self.patcher, name)
+        if adapter is None:
+            self.model = base
+        else:
+            patcher = comfy.model_patcher.CoreModelPatcher(adapter, load_device=self.device, offload_device=self.device)
+            self.model = apply_adapter(base, patcher, name)
         options = {k: v for k, v in self.model.model_options["transformer_options"].items()}
         options["wrappers"] = {}
         comfy.patcher_extension.merge_nested_dicts(options["wrappers"], self.model.wrappers, copy_dict1=False)
@@ -91,7 +104,8 @@ class UNetDenoiser:
     def load(self):
         """The UNet on the compute device (the adapter follows as an additional model)."""
         mm.load_models_gpu([self.model], force_full_load=True)
-        self.adapter.to(self.device)
+        if self.adapter is not None:
+            self.adapter.to(self.device)
         return self
 
     def _adm(self, num_rows: int, height: int, width: int):

@@ -29,10 +29,15 @@ GRID = 8  # the x4 UNet halves the latent three times
 def tiled_forward(tile, tile_overlap, chunk, chunk_overlap, on_region=lambda: None):
     """DIFFUSION_MODEL wrapper: the UNet per region, predictions blended (one region: untouched)."""
 
+    plans = {}   # one plan per latent shape: every step reuses its regions and weights
+
     def forward(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         groups = len(transformer_options.get("cond_or_uncond", [0]))
         frames = x.shape[0] // groups
-        plan = plan_tiles(frames, x.shape[-2], x.shape[-1], tile, tile_overlap, chunk, chunk_overlap)
+        shape = (frames, x.shape[-2], x.shape[-1])
+        if shape not in plans:
+            plans[shape] = plan_tiles(*shape, tile, tile_overlap, chunk, chunk_overlap)
+        plan = plans[shape]
         if len(plan.regions) == 1:
             on_region()
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)

@@ -116,21 +116,15 @@ def tiny_sd1(pack_module):
 
 
 @pytest.fixture(scope="session")
-def tiny_x4(pack_module):
-    """MODEL: ComfyUI's own SD x4 upscaler architecture at small width, random weights."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.supported_models
-    import torch
-
+def tiny_x4_bundle(pack_module):
+    """(MODEL, CLIP, VAE): ComfyUI's own SD x4 upscaler architecture at small width with a 4x KL VAE,
+    random weights, built by the bundle code."""
     bundle_host = pack_module("nodes.bundle_host")
-    unet_config = {"in_channels": 7, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 2, 2, 2],
-                   "num_res_blocks": [1, 1, 1, 1], "transformer_depth": [1, 1, 1, 1], "transformer_depth_output": [1] * 8,
-                   "transformer_depth_middle": 1, "context_dim": 64, "image_size": 32, "use_spatial_transformer": True,
-                   "legacy": False, "use_linear_in_transformer": True, "adm_in_channels": None,
-                   "use_temporal_attention": False}
-    config = comfy.supported_models.SD_X4Upscaler(unet_config)
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    bundle_host._random_init_(model.diffusion_model, torch.Generator().manual_seed(4))
-    return comfy.model_patcher.CoreModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    spec = bundle_host.tiny_x4_spec()
+    return bundle_host.build_components(spec, bundle_host.random_bundle_state_dict(spec, seed=4), source="tiny x4")
+
+
+@pytest.fixture(scope="session")
+def tiny_x4(tiny_x4_bundle):
+    """MODEL: the tiny SD x4 upscaler."""
+    return tiny_x4_bundle[0]

@@ -23,7 +23,7 @@ from .metadata_spec import MetadataSpec
 BUNDLE_METADATA_KEY = "videoldm_bundle"
 BUNDLE_FORMAT_VERSION = 1
 
-FAMILIES = ("SD1.x", "SD2.x")
+FAMILIES = ("SD1.x", "SD-x4-upscaler")  # the x4 upscaler: the low-res image is concatenated to the latent
 PREDICTIONS = ("eps", "v")
 
 # Component name -> key prefix in the state dict (the layout of SD checkpoints).
@@ -73,10 +73,22 @@ class BundleSpec(MetadataSpec):
         _expect(self.unet_config["context_dim"] == self.text_encoder_config["hidden_size"],
                 "unet_config.context_dim equal to text_encoder_config.hidden_size",
                 f"{self.unet_config['context_dim']} vs {self.text_encoder_config['hidden_size']}")
+        image_channels = 3 if self.family == "SD-x4-upscaler" else 0
+        _expect(self.unet_config["in_channels"] == self.latent_channels + image_channels,
+                f"unet_config.in_channels = {self.latent_channels} latent channels"
+                + (" + 3 low-res image channels" if image_channels else ""), str(self.unet_config["in_channels"]))
+        scale = self.vae_config.get("scale_factor", 1.0)
+        _expect(isinstance(scale, (int, float)) and scale > 0, "vae_config.scale_factor a positive number", repr(scale))
 
     @property
     def latent_channels(self) -> int:
         return int(self.vae_config["ddconfig"]["z_channels"])
+
+    @property
+    def latent_scale_factor(self) -> float | None:
+        """The latent format's scale factor (latents are multiplied by it before diffusion); None
+        keeps the family's own (SD1.x 0.18215, x4 upscaler 0.08333)."""
+        return self.vae_config.get("scale_factor")
 
     @property
     def vae_scale_factor(self) -> int:

@@ -93,3 +93,32 @@ def test_weights_that_disagree_with_the_spec_are_rejected_by_name(node_classes, 
 def test_missing_file_names_the_folder(node_classes, tiny_bundle):
     with pytest.raises(FileNotFoundError, match="checkpoints"):
         load(node_classes, "does_not_exist.safetensors")
+
+
+def test_an_x4_upscaler_bundle_loads_with_its_4x_vae_and_stated_scale(node_classes, pack_module):
+    """Family SD-x4-upscaler: ComfyUI's SD_X4Upscaler (v prediction as stated), a 4x VAE that core
+    VAE Decode and the pack's Load Temporal VAE both treat as 4x, and a stated latent scale factor."""
+    import dataclasses
+
+    import comfy.model_base
+    import comfy.model_sampling
+    import folder_paths
+
+    bundle_host, bundle = pack_module("nodes.bundle_host"), pack_module("videoldm_core.bundle")
+    spec = bundle_host.tiny_x4_spec()
+    spec = dataclasses.replace(spec, vae_config={**spec.vae_config, "scale_factor": 0.5})
+    path = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], "tiny_x4_host.safetensors")
+    bundle.save_bundle(path, spec, bundle_host.random_bundle_state_dict(spec, seed=2))
+    model, clip, vae = load(node_classes, "tiny_x4_host.safetensors")
+    assert type(model.model) is comfy.model_base.SD_X4Upscaler
+    assert isinstance(model.model.model_sampling, comfy.model_sampling.V_PREDICTION)
+    assert model.model.latent_format.scale_factor == 0.5
+    assert vae.downscale_ratio == vae.upscale_ratio == 4
+    z = torch.randn(3, 4, 8, 8)
+    with torch.inference_mode():
+        core = vae.decode(z)
+        temporal_vae = pack_module("nodes.temporal_vae")
+        ours_vae = node_classes["VideoLDMLoadTemporalVAE"].execute("checkpoints/tiny_x4_host.safetensors", "none").result[0]
+        ours = temporal_vae.decode_video(ours_vae, z, 8, 2)
+    assert core.shape == ours.shape == (3, 32, 32, 3)
+    assert (core - ours).abs().max() < 1e-4

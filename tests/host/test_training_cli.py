@@ -115,3 +115,35 @@ def test_decoder_mode_writes_an_add_on_that_load_temporal_vae_reads(setup, tmp_p
     assert any(not torch.equal(weights[k], fresh[k]) for k in fresh), "training changed nothing"
     vae = temporal_vae.load_temporal_vae(vae_sd, "trained", addon=(spec, weights))
     assert getattr(vae, temporal_vae.TEMPORAL_DECODER_ATTR) is not None
+
+
+@pytest.mark.parametrize("bundle", ["videoldm_demo_tiny.safetensors", "videoldm_demo_x4.safetensors"])
+def test_image_mode_pretrains_a_bundles_unet_and_writes_the_bundle_back(setup, bundle):
+    """The paper's first stage: the UNet learns single frames (the x4 upscaler on patches with its
+    low-res frames); text encoder and VAE are written back untouched."""
+    out = setup / f"image-{bundle.split('_')[2].split('.')[0]}"
+    cfg = config(setup, out, steps=30, lr=2e-3, batch_size=2)
+    cfg.update(mode="image", checkpoint=str(setup / "base" / "models" / "checkpoints" / bundle), image={"patch": 8})
+    run = run_cli(setup, cfg, out.name)
+    assert run.returncode == 0, run.stderr[-3000:]
+    losses = [float(r.split(",")[3]) for r in (out / "loss.csv").read_text().splitlines()[1:]]
+    print(f"{bundle}: loss {sum(losses[:5]) / 5:.4f} -> {sum(losses[-5:]) / 5:.4f}")
+    assert sum(losses[-5:]) < 0.9 * sum(losses[:5])
+    before, after = load_file(cfg["checkpoint"]), load_file(str(out / "bundle.safetensors"))
+    assert before.keys() == after.keys()
+    unet = [k for k in before if k.startswith("model.diffusion_model.")]
+    assert sum(not torch.equal(before[k], after[k]) for k in unet) > 0.9 * len(unet)
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("model.diffusion_model."))
+    from videoldm_core.bundle import read_bundle_spec
+    assert read_bundle_spec(out / "bundle.safetensors") == read_bundle_spec(cfg["checkpoint"])
+
+
+def test_image_mode_refuses_a_checkpoint_that_is_not_a_bundle(setup, tmp_path):
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(1)}, str(plain))
+    cfg = config(setup, tmp_path / "out")
+    cfg.update(mode="image", checkpoint=str(plain))
+    run = run_cli(setup, cfg, "not-bundle")
+    assert run.returncode != 0 and "mode 'image' pretrains a Video LDM bundle" in run.stderr

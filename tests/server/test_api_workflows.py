@@ -91,6 +91,30 @@ def test_bad_rollouts_are_refused(server, change, message):
     assert run.status == "error" and message in run.error_message()
 
 
+def test_upscale_prompt_writes_4x_frames_and_reports_every_tile_step(server):
+    """low-res Moving Shapes -> Video Upscale (x4 bundle, 3x3 tiles x 3 chunks) -> Temporal VAE Decode -> mp4."""
+    prompt = json.loads((REPO_ROOT / "workflows" / "upscale_api.json").read_text())
+    upscale = prompt["5"]["inputs"]
+    upscale["seed"] = 9  # not the cached run of the generic test
+    run = server.run_prompt(prompt)
+    assert run.status == "success", run.error_message() or server.log_tail()
+    [video] = [p for p in server.output_files(run) if p.suffix == ".mp4"]
+    frames, fps = read_video(video)
+    shapes = prompt["4"]["inputs"]
+    assert len(frames) == shapes["frames"] and frames[0].shape == (4 * shapes["height"], 4 * shapes["width"], 3)
+    progress = [m["data"] for m in run.messages if m["type"] == "progress" and m["data"]["node"] == "5"]
+    regions = 3 * 3 * 3  # tiles of 16 over 32 px with overlap 8: 3 per side; chunks of 4 over 8 frames, overlap 1: 3
+    assert progress and progress[-1]["value"] == progress[-1]["max"] == regions * upscale["steps"]
+
+
+def test_upscaling_with_an_image_model_fails_the_prompt_naming_it(server):
+    prompt = json.loads((REPO_ROOT / "workflows" / "upscale_api.json").read_text())
+    prompt["1"]["inputs"]["bundle_name"] = "videoldm_demo_tiny.safetensors"
+    prompt["6"]["inputs"]["vae_name"] = "checkpoints/videoldm_demo_tiny.safetensors"
+    run = server.run_prompt(prompt)
+    assert run.status == "error" and "expected an SD x4 upscaler MODEL" in run.error_message()
+
+
 def test_demo_prompt_writes_the_frames_it_asked_for(server):
     prompt = json.loads((REPO_ROOT / "workflows" / "demo_api.json").read_text())
     run = server.run_prompt(prompt)

@@ -89,6 +89,14 @@ def test_lavie_is_named_and_explained():
         import_adapter({"down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight": torch.zeros(1)}, {}, "lavie_base.pt")
 
 
+def test_lavie_vsr_is_named_and_explained():
+    """LaVie's VSR checkpoint in its exact key layout (zero-size tensors: only the names matter)."""
+    keys = [line.split("\t")[0] for line in (REFERENCE_KEYS / "lavie_vsr_keys.txt").read_text().splitlines() if line.strip()]
+    assert len(keys) == 1158
+    with pytest.raises(AdapterFormatError, match=r"LaVie VSR \(x4 upscaler\) model.*no hook at that point"):
+        import_adapter({k: torch.zeros(0) for k in keys}, {}, "lavie_vsr.pt")
+
+
 # --- AnimateDiff --------------------------------------------------------------------------------
 
 def animatediff_state_dict(widths, pe_len=32, mid=False, hotshot=False, with_pe=True):

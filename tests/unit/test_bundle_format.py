@@ -66,7 +66,7 @@ def test_corrupt_safetensors_header_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"family": "SDXL"}, r"family one of \('SD1.x', 'SD2.x'\), found 'SDXL'"),
+    ({"family": "SDXL"}, r"family one of \('SD1.x', 'SD-x4-upscaler'\), found 'SDXL'"),
     ({"prediction": "x0"}, r"prediction one of \('eps', 'v'\), found 'x0'"),
     ({"version": 99}, r"format version 1..1 .*found 99"),
     ({"unet_config": {"in_channels": 4}}, r"unet_config to define .* missing \['out_channels'"),
@@ -74,6 +74,23 @@ def test_corrupt_safetensors_header_is_a_clear_error(tmp_path):
 def test_invalid_spec_fields_say_what_was_expected(change, message):
     with pytest.raises(BundleFormatError, match=message):
         small_spec(**change)
+
+
+def test_unet_input_channels_must_fit_the_family():
+    with pytest.raises(BundleFormatError, match=r"in_channels = 4 latent channels \+ 3 low-res image channels, found 4"):
+        small_spec(family="SD-x4-upscaler")
+    unet = dict(small_spec().unet_config, in_channels=7)
+    assert small_spec(family="SD-x4-upscaler", unet_config=unet).family == "SD-x4-upscaler"
+    with pytest.raises(BundleFormatError, match=r"in_channels = 4 latent channels, found 7"):
+        small_spec(unet_config=unet)
+
+
+def test_scale_factor_is_optional_and_positive():
+    assert small_spec().latent_scale_factor is None
+    vae = dict(small_spec().vae_config, scale_factor=0.5)
+    assert small_spec(vae_config=vae).latent_scale_factor == 0.5
+    with pytest.raises(BundleFormatError, match=r"scale_factor a positive number, found -1"):
+        small_spec(vae_config=dict(vae, scale_factor=-1))
 
 
 def test_context_dim_must_match_text_encoder_width():

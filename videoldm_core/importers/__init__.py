@@ -24,7 +24,8 @@ def import_adapter(state_dict: dict, metadata: dict | None = None, source: str =
     if looks_like_animatediff(state_dict):
         return import_animatediff(state_dict, source)
     if any(".attn_temp." in k or ".attn_temporal." in k for k in state_dict):
-        raise AdapterFormatError(f"{source}: this is a LaVie model; its temporal layers are not supported. {LAVIE_NOTE}")
+        kind = "LaVie VSR (x4 upscaler) model" if any(k.startswith("down_temporal_blocks.") for k in state_dict) else "LaVie model"
+        raise AdapterFormatError(f"{source}: this is a {kind}; its temporal layers are not supported. {LAVIE_NOTE}")
     sample = sorted(state_dict)[:3]
     raise AdapterFormatError(
         f"{source}: unrecognised temporal adapter format. Expected a Video LDM adapter (safetensors with "

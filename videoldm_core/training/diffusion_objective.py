@@ -77,7 +77,7 @@ class DiffusionPhase(Phase):
         rngs = [torch.Generator().manual_seed(int(s)) for s in batch["sample_seeds"]]
         low_res = batch.get("low_res")
         if self.mode == "upscaler":
-            z0, low_res = self._crop(z0, low_res, rngs)
+            z0, low_res = same_crop(z0, low_res, rngs, self.patch)
         noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in rngs]).to(z0)
         steps = torch.cat([self.schedule.sample_timesteps(1, g) for g in rngs])
         frame_steps = repeat(steps, "b -> (b t)", t=t)
@@ -93,23 +93,6 @@ class DiffusionPhase(Phase):
         loss = (per_frame * w).sum() / w.sum()
         return loss, {"loss": loss.item(), **logs}
 
-    def _crop(self, z0, low_res, rngs):
-        """Patch training (paper §3.3): one random crop per clip, the same in every frame."""
-        if low_res is None or low_res.shape[:2] != z0.shape[:2] or low_res.shape[-2:] != z0.shape[-2:]:
-            found = None if low_res is None else tuple(low_res.shape)
-            raise TrainingError(f"mode 'upscaler' expects low-res frames (B, T, 3, h, w) at the latent size "
-                                f"{tuple(z0.shape[-2:])} of latents {tuple(z0.shape)}, found {found}.")
-        h, w = z0.shape[-2:]
-        p = self.patch or min(h, w)
-        if p > min(h, w):
-            raise TrainingError(f"patch size {p} is larger than the latents ({h}x{w}).")
-        crops = []
-        for g in rngs:
-            y0, x0 = (int(torch.randint(0, n - p + 1, (1,), generator=g)) for n in (h, w))
-            crops.append((slice(y0, y0 + p), slice(x0, x0 + p)))
-        return (torch.stack([z[..., ys, xs] for z, (ys, xs) in zip(z0, crops)]),
-                torch.stack([x[..., ys, xs] for x, (ys, xs) in zip(low_res, crops)]))
-
     def _conditioning(self, z0, low_res, rngs, regimes=None):
         """(conditioning, per-frame loss weights (B, T), logged numbers) for this mode."""
         b, t = z0.shape[:2]
@@ -117,12 +100,8 @@ class DiffusionPhase(Phase):
         if self.mode == "temporal":
             return {}, ones, {}
         if self.mode == "upscaler":
-            level = torch.cat([torch.randint(0, self.max_noise_level + 1, (1,), generator=g) for g in rngs])
-            noise = torch.stack([torch.randn(x.shape, generator=g) for x, g in zip(low_res, rngs)]).to(low_res)
-            frames = rearrange(low_res, "b t c h w -> (b t) c h w")
-            levels = repeat(level, "b -> (b t)", t=t)
-            augmented = self.augment_schedule.add_noise(frames, rearrange(noise, "b t c h w -> (b t) c h w"), levels)
-            return {"concat": augmented, "y": levels.to(z0.device)}, ones, {"noise_level": level.float().mean().item()}
+            conditioning, level = augmented_low_res(low_res, rngs, self.augment_schedule, self.max_noise_level)
+            return conditioning, ones, {"noise_level": level.float().mean().item()}
         if self.mode == "prediction":
             given = [self.context_frames[int(torch.randint(0, len(self.context_frames), (1,), generator=g))] for g in rngs]
             for s in given:
@@ -150,3 +129,35 @@ class DiffusionPhase(Phase):
             labels.append(interpolation_labels(t, regime, level))
         weights = (1.0 - mask).expand(b, t)
         return {"c_s": torch.cat(c_s), "labels": torch.cat(labels).to(z0)}, weights, {}
+
+
+def same_crop(z0, low_res, rngs, patch: int | None = None):
+    """Patch training (paper §3.3): one random crop per clip, the same in every frame, of latents
+    (B, T, C, h, w) and the low-res frames (B, T, 3, h, w) at the latent size."""
+    if low_res is None or low_res.shape[:2] != z0.shape[:2] or low_res.shape[-2:] != z0.shape[-2:]:
+        found = None if low_res is None else tuple(low_res.shape)
+        raise TrainingError(f"upscaler training expects low-res frames (B, T, 3, h, w) at the latent size "
+                            f"{tuple(z0.shape[-2:])} of latents {tuple(z0.shape)}, found {found}.")
+    h, w = z0.shape[-2:]
+    p = patch or min(h, w)
+    if p > min(h, w):
+        raise TrainingError(f"patch size {p} is larger than the latents ({h}x{w}).")
+    crops = []
+    for g in rngs:
+        y0, x0 = (int(torch.randint(0, n - p + 1, (1,), generator=g)) for n in (h, w))
+        crops.append((slice(y0, y0 + p), slice(x0, x0 + p)))
+    return (torch.stack([z[..., ys, xs] for z, (ys, xs) in zip(z0, crops)]),
+            torch.stack([x[..., ys, xs] for x, (ys, xs) in zip(low_res, crops)]))
+
+
+def augmented_low_res(low_res, rngs, augment_schedule: NoiseSchedule, max_noise_level: int):
+    """The x4 upscaler's conditioning: low-res frames (B, T, 3, h, w) noised to a random level
+    0..max_noise_level per clip with the upscaler's own augmentation schedule, the level as the
+    class label. Returns ({"concat", "y"} per frame row, the levels (B,))."""
+    t = low_res.shape[1]
+    level = torch.cat([torch.randint(0, max_noise_level + 1, (1,), generator=g) for g in rngs])
+    noise = torch.stack([torch.randn(x.shape, generator=g) for x, g in zip(low_res, rngs)]).to(low_res)
+    frames = rearrange(low_res, "b t c h w -> (b t) c h w")
+    levels = repeat(level, "b -> (b t)", t=t)
+    augmented = augment_schedule.add_noise(frames, rearrange(noise, "b t c h w -> (b t) c h w"), levels)
+    return {"concat": augmented, "y": levels.to(low_res.device)}, level
