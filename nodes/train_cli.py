@@ -1,7 +1,7 @@
 """The training CLI's host side (train.py starts it): a JSON run configuration → a trained adapter.
 
     {"checkpoint": "sd15.safetensors",            // ComfyUI checkpoint or Video LDM bundle
-     "mode": "temporal",                          // image | temporal | prediction | interpolation | upscaler | decoder
+     "mode": "temporal",                          // vae | image | temporal | prediction | interpolation | upscaler | decoder
      "output": "runs/sd15-temporal",              // checkpoints, loss.csv, adapter.safetensors
      "prompt": "",                                // text for every clip, unless data.captions
      "adapter": {"init": null, "context_frames": [0, 1, 2], "context_width": 64, "regimes": [0, 1]},
@@ -20,13 +20,16 @@ temporal layers and writes temporal_decoder.safetensors (an add-on for Load Temp
 of a clip is an independent sample; an x4 upscaler bundle learns from random patches with its
 low-res frames) and writes bundle.safetensors, the input bundle with the trained UNet, whose
 spatial weights every other mode then keeps frozen. Settings under "image": {"text_dropout": 0.1,
-"patch": null}.
+"patch": null}. Mode "vae" comes before it: it trains a bundle's KL autoencoder on single frames
+(L1 + KL) and writes bundle.safetensors with the trained VAE and the latent scale factor measured
+on the data (vae_config.scale_factor). Settings under "vae": {"kl_weight": 1e-6, "patch": null}.
 
 A run with checkpoints in `output` resumes from the latest one (set "resume": false to refuse).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -45,6 +48,7 @@ from ..videoldm_core.training.decoder_objective import decoder_phases
 from ..videoldm_core.training.discriminator import PatchDiscriminator3D
 from ..videoldm_core.training.data import ClipSpec, VideoFolder
 from ..videoldm_core.training.diffusion_objective import DiffusionPhase, check_mode
+from ..videoldm_core.training.autoencoder_objective import AutoencoderPhase, latent_scale
 from ..videoldm_core.training.image_objective import ImagePhase
 from ..videoldm_core.training.distributed import barrier, init_world
 from ..videoldm_core.training.objective import TrainingError
@@ -130,6 +134,8 @@ def run_config(path: str) -> int:
         return run_decoder(config, world, train_config, batch_size, output)
     if mode == "image":
         return run_image(config, world, train_config, batch_size, output)
+    if mode == "vae":
+        return run_vae(config, world, train_config, batch_size, output)
     model, clip, vae = load_checkpoint(config["checkpoint"])
     torch.manual_seed(train_config.seed)   # a fresh adapter's initial weights, the same on every rank and run
     spec, adapter = starting_adapter(model, settings, mode)
@@ -215,13 +221,62 @@ def run_decoder(config, world, train_config, batch_size: int, output: Path) -> i
     return 0
 
 
+def bundle_to_train(config, mode: str):
+    try:
+        return read_bundle_spec(config["checkpoint"])
+    except BundleFormatError as e:
+        raise TrainingError(f"mode '{mode}' pretrains a Video LDM bundle and writes one back; {e}") from None
+
+
+def write_bundle(config, output: Path, spec, component: str, trained: dict):
+    """The input bundle with one component's weights replaced, as output/bundle.safetensors."""
+    state = comfy.utils.load_torch_file(config["checkpoint"], safe_load=True)
+    prefix = COMPONENT_PREFIXES[component]
+    for key, value in trained.items():
+        state[prefix + key] = value.to(state[prefix + key].dtype)
+    save_bundle(output / "bundle.safetensors", spec, state)
+    print(f"wrote {output / 'bundle.safetensors'}", flush=True)
+
+
+def run_vae(config, world, train_config, batch_size: int, output: Path) -> int:
+    """Mode "vae": train a bundle's KL autoencoder on single frames and write bundle.safetensors with
+    the trained (EMA) VAE and its measured latent scale factor."""
+    import dataclasses
+
+    import comfy.model_management as mm
+
+    spec = bundle_to_train(config, "vae")
+    settings = config.get("vae", {})
+    _, _, vae = load_checkpoint(config["checkpoint"])
+    device = mm.get_torch_device()
+    with torch.inference_mode(False):
+        autoencoder = copy.deepcopy(vae.first_stage_model).float().requires_grad_(True).to(device)
+    data = config["data"]
+    clip_spec = ClipSpec(data.get("frames", 8), data.get("fps"), data.get("height", 256), data.get("width", 256),
+                         data.get("crop", "center"))
+    dataset = VideoFolder(data["folder"], clip_spec, on_bad=data.get("on_bad", "stop"), seed=train_config.seed)
+    items = [{"frames": dataset[i]["frames"]} for i in range(len(dataset))]
+    phase = AutoencoderPhase(autoencoder, kl_weight=settings.get("kl_weight", 1e-6), patch=settings.get("patch"))
+    identity = {"bundle": json.loads(spec.to_json()), "mode": "vae", "global_batch": batch_size * world.size}
+    trainer = Trainer([phase], train_config, StepBatches(items, batch_size, seed=train_config.seed), output_dir=output,
+                      identity=identity, device=device, world=world)
+    fit(trainer, config, train_config, world, output, "autoencoder/loss")
+    if world.is_main:
+        trained = trained_state(autoencoder, trainer, phase="autoencoder", attribute="autoencoder")
+        autoencoder.load_state_dict(trained)
+        frames = torch.cat([item["frames"] for item in items]).to(device)
+        scale = latent_scale(autoencoder, frames)
+        spec = dataclasses.replace(spec, vae_config={**spec.vae_config, "scale_factor": round(scale, 5)})
+        write_bundle(config, output, spec, "vae", trained)
+        print(f"latent scale factor {scale:.5f}", flush=True)
+    barrier(world)
+    return 0
+
+
 def run_image(config, world, train_config, batch_size: int, output: Path) -> int:
     """Mode "image": pretrain a bundle's UNet on single frames (the paper's first stage) and write
     bundle.safetensors, the same bundle with the trained (EMA) UNet."""
-    try:
-        spec = read_bundle_spec(config["checkpoint"])
-    except BundleFormatError as e:
-        raise TrainingError(f"mode 'image' pretrains a Video LDM bundle and writes one back; {e}") from None
+    spec = bundle_to_train(config, "image")
     settings = config.get("image", {})
     model, clip, vae = load_checkpoint(config["checkpoint"])
     upscaler = model_family(model) == "SD-x4-upscaler"
@@ -244,11 +299,6 @@ def run_image(config, world, train_config, batch_size: int, output: Path) -> int
                       identity=identity, device=denoiser.device, world=world)
     fit(trainer, config, train_config, world, output, "unet/loss")
     if world.is_main:
-        state = comfy.utils.load_torch_file(config["checkpoint"], safe_load=True)
-        prefix = COMPONENT_PREFIXES["unet"]
-        for key, value in trained_state(unet, trainer, phase="unet", attribute="unet").items():
-            state[prefix + key] = value.to(state[prefix + key].dtype)
-        save_bundle(output / "bundle.safetensors", spec, state)
-        print(f"wrote {output / 'bundle.safetensors'}", flush=True)
+        write_bundle(config, output, spec, "unet", trained_state(unet, trainer, phase="unet", attribute="unet"))
     barrier(world)
     return 0

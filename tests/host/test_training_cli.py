@@ -147,3 +147,22 @@ def test_image_mode_refuses_a_checkpoint_that_is_not_a_bundle(setup, tmp_path):
     cfg.update(mode="image", checkpoint=str(plain))
     run = run_cli(setup, cfg, "not-bundle")
     assert run.returncode != 0 and "mode 'image' pretrains a Video LDM bundle" in run.stderr
+
+
+def test_vae_mode_trains_a_bundles_autoencoder_and_records_its_latent_scale(setup):
+    out = setup / "vae"
+    cfg = config(setup, out, steps=30, lr=2e-3, batch_size=2)
+    cfg.update(mode="vae", vae={"patch": 32})
+    run = run_cli(setup, cfg, out.name)
+    assert run.returncode == 0, run.stderr[-3000:]
+    header, *rows = (out / "loss.csv").read_text().splitlines()
+    rec = [float(dict(zip(header.split(","), r.split(",")))["autoencoder/rec"]) for r in rows]
+    print(f"rec {sum(rec[:5]) / 5:.4f} -> {sum(rec[-5:]) / 5:.4f}")
+    assert sum(rec[-5:]) < 0.8 * sum(rec[:5])
+    before, after = load_file(cfg["checkpoint"]), load_file(str(out / "bundle.safetensors"))
+    vae = [k for k in before if k.startswith("first_stage_model.")]
+    assert sum(not torch.equal(before[k], after[k]) for k in vae) > 0.9 * len(vae)
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("first_stage_model."))
+    from videoldm_core.bundle import read_bundle_spec
+    scale = read_bundle_spec(out / "bundle.safetensors").latent_scale_factor
+    assert scale is not None and scale > 0 and f"latent scale factor {scale:.5f}" in run.stdout
