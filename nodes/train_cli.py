@@ -4,7 +4,8 @@
      "mode": "temporal",                          // vae | image | temporal | prediction | interpolation | upscaler | decoder
      "output": "runs/sd15-temporal",              // checkpoints, loss.csv, adapter.safetensors
      "prompt": "",                                // text for every clip, unless data.captions
-     "adapter": {"init": null, "context_frames": [0, 1, 2], "context_width": 64, "regimes": [0, 1]},
+     "adapter": {"init": null, "context_frames": [0, 1, 2], "context_width": 64, "regimes": [0, 1],
+                 "patch": null},                  // patch: latent crop side for mode upscaler
      "data": {"folder": "clips", "frames": 8, "fps": 8, "width": 512, "height": 320,
               "crop": "random", "on_bad": "stop", "captions": false, "cache": "runs/cache"},
      "train": {"steps": 1000, "lr": 1e-4, "batch_size": 1, "warmup": 100, "grad_clip": 1.0,
@@ -82,7 +83,7 @@ def starting_adapter(model, settings: dict, mode: str):
         module.load_weights(comfy.utils.load_torch_file(init, safe_load=True), source=f"'{init}'")
         return spec, module
     context = settings.get("context_frames", [0, 1, 2] if mode in ("prediction", "interpolation") else [])
-    options = {k: v for k, v in settings.items() if k not in ("init", "context_frames", "context_width", "regimes")}
+    options = {k: v for k, v in settings.items() if k not in ("init", "context_frames", "context_width", "regimes", "patch")}
     return fresh_adapter_for_model(model, context_frames=tuple(context), context_width=settings.get("context_width", 64),
                                    interpolation=mode == "interpolation" and settings.get("regimes", [0, 1]) != [0],
                                    **options)
@@ -147,7 +148,7 @@ def run_config(path: str) -> int:
     denoiser = UNetDenoiser(base, adapter, text, pooled, gradient_checkpointing=checkpointing).load()
     augment, max_level = augmentation_schedule(base)
     phase = DiffusionPhase(adapter, denoiser, noise_schedule(base), mode, regimes=regimes,
-                           augment_schedule=augment, max_noise_level=max_level)
+                           augment_schedule=augment, max_noise_level=max_level, patch=settings.get("patch"))
     identity = {"spec": json.loads(spec.to_json()), "mode": mode, "global_batch": batch_size * world.size}
     trainer = Trainer([phase], train_config, StepBatches(items, batch_size, seed=train_config.seed), output_dir=output,
                       identity=identity, device=denoiser.device, world=world)

@@ -238,16 +238,17 @@ def write_frames(folder: Path, frames: Tensor):
 
 
 def write_dataset(folder, count: int, seed: int, frames: int, height: int, width: int, fps: float = 30.0,
-                  as_: str = "mp4") -> dict[str, str]:
+                  as_: str = "mp4", scale: int = 1) -> dict[str, str]:
     """`count` moving-shapes clips as clip_0000.mp4... or clip_0000/00000.png..., plus captions.json.
-    Clip i is moving_shapes_clip(clip_seed(seed, i), ...). Returns {name: caption}."""
+    Clip i is moving_shapes_clip(clip_seed(seed, i), ..., scale=scale): the same scenes at `scale`
+    times the size for another scale. Returns {name: caption}."""
     if as_ not in ("mp4", "frames"):
         raise TrainingError(f"expected as_='mp4' or as_='frames', found {as_!r}.")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     captions = {}
     for i in range(count):
-        clip = moving_shapes_clip(clip_seed(seed, i), frames, height, width, fps)
+        clip = moving_shapes_clip(clip_seed(seed, i), frames, height, width, fps, scale=scale)
         name = f"clip_{i:04d}" + (".mp4" if as_ == "mp4" else "")
         if as_ == "mp4":
             write_mp4(folder / name, clip.frames, fps)

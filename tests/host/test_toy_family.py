@@ -1,0 +1,70 @@
+"""The toy family's reproduce command (`python -m devtools.toy_family`) runs its whole chain of
+train.py stages (here with --quick: 2 steps each), and what it writes loads through the pack's
+own loaders in ComfyUI: both bundles, the prediction, interpolation and x4 adapters, and the
+temporal-decoder add-on."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from devtools.paths import REPO_ROOT
+
+NAMES = ("videoldm_toy.safetensors", "videoldm_toy_x4.safetensors", "videoldm_toy_predictor.safetensors",
+         "videoldm_toy_interpolator.safetensors", "videoldm_toy_temporal_decoder.safetensors",
+         "videoldm_toy_x4_temporal.safetensors")
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    run = subprocess.run([sys.executable, "-m", "devtools.toy_family", "--quick", "--work", str(root / "work"),
+                          "--out", str(root / "out")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return root / "out"
+
+
+def test_the_chain_writes_every_model_in_fp16_within_25_mb(family):
+    provenance = json.loads((family / "provenance.json").read_text())
+    assert list(provenance["stages"]) == ["vae", "image", "x4-image", "predictor", "interpolator", "decoder", "x4-temporal"]
+    assert sorted(provenance["bytes"]) == sorted(NAMES)
+    total = sum((family / name).stat().st_size for name in NAMES)
+    assert total == provenance["total_bytes"] <= 25_000_000
+    for name in NAMES:
+        floats = [v.dtype for v in load_file(str(family / name)).values() if v.is_floating_point()]
+        assert floats and set(floats) == {torch.float16}, name
+
+
+def test_every_file_loads_through_the_pack(family, pack_module):
+    import comfy.model_base
+
+    bundle_host, bundle = pack_module("nodes.bundle_host"), pack_module("videoldm_core.bundle")
+    loaded = {}
+    for name in NAMES[:2]:
+        path = family / name
+        loaded[name] = bundle_host.build_components(bundle.read_bundle_spec(path), load_file(str(path)), source=name)
+    base, x4 = loaded[NAMES[0]][0], loaded[NAMES[1]][0]
+    assert type(base.model) is comfy.model_base.BaseModel and type(x4.model) is comfy.model_base.SD_X4Upscaler
+    scale = bundle.read_bundle_spec(family / NAMES[0]).latent_scale_factor
+    assert scale and base.model.latent_format.scale_factor == x4.model.latent_format.scale_factor == scale  # one VAE
+
+    adapters = pack_module("nodes.temporal_adapter")
+    predictor = adapters.load_temporal_adapter(str(family / NAMES[2]), NAMES[2])
+    interpolator = adapters.load_temporal_adapter(str(family / NAMES[3]), NAMES[3])
+    x4_temporal = adapters.load_temporal_adapter(str(family / NAMES[5]), NAMES[5])
+    assert predictor.spec.has_context_encoder and predictor.spec.context_frames == [0, 1, 2]
+    assert interpolator.spec.has_interpolation_embedding
+    assert x4_temporal.spec.family == "SD-x4-upscaler"
+
+    temporal_vae = pack_module("nodes.temporal_vae")
+    from comfy.utils import load_torch_file
+
+    weights, metadata = load_torch_file(str(family / NAMES[4]), safe_load=True, return_metadata=True)
+    spec = temporal_vae.TemporalDecoderSpec.from_json(metadata[temporal_vae.TEMPORAL_DECODER_METADATA_KEY], NAMES[4])
+    vae = temporal_vae.load_temporal_vae(load_torch_file(str(family / NAMES[0])), NAMES[0], (spec, weights))
+    with torch.inference_mode():
+        frames = temporal_vae.decode_video(vae, torch.randn(5, 4, 16, 16), 17, 1)
+    assert frames.shape == (5, 64, 64, 3)
