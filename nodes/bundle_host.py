@@ -213,11 +213,6 @@ def tiny_x4_spec(description: str = "random-weight tiny SD x4 upscaler bundle") 
             "disable_self_attentions": [True, True, True, False], "image_size": 32, "use_spatial_transformer": True,
             "legacy": False, "use_linear_in_transformer": True, "use_temporal_attention": False,
         },
-        vae_config={
-            "embed_dim": 4,
-            "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3,
-                         "ch": 32, "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [],
-                         "dropout": 0.0},
-        },
+        vae_config={**sd1.vae_config, "ddconfig": {**sd1.vae_config["ddconfig"], "ch_mult": [1, 1, 2]}},
         text_encoder_config=sd1.text_encoder_config,
     )
