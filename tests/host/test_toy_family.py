@@ -68,3 +68,21 @@ def test_every_file_loads_through_the_pack(family, pack_module):
     with torch.inference_mode():
         frames = temporal_vae.decode_video(vae, torch.randn(5, 4, 16, 16), 17, 1)
     assert frames.shape == (5, 64, 64, 3)
+
+
+def test_the_evaluation_runs_every_ablation_on_the_family(family, tmp_path, capsys):
+    """devtools.toy_eval on the quick family (1 seed, 1 clip, 1 step): four ablations, a baseline and
+    an 'ours' number each, and a verdict line per ablation (the numbers of 2-step models mean nothing)."""
+    import math
+
+    from devtools import toy_eval
+
+    out = tmp_path / "eval.json"
+    assert toy_eval.main(["--family", str(family), "--seeds", "1", "--videos", "1", "--steps", "1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert list(results) == list(toy_eval.ABLATIONS)
+    for per_seed in results.values():
+        assert len(per_seed["baseline"]) == len(per_seed["ours"]) == 1
+        assert not any(math.isnan(v) for v in per_seed["baseline"] + per_seed["ours"])
+    printed = capsys.readouterr().out
+    assert sum("direction" in line for line in printed.splitlines()) == 4
