@@ -95,6 +95,12 @@ def encode_prompt(clip, text: str):
     return cond.float(), (None if pooled is None else pooled.float())
 
 
+def data_folder(data: dict, seed: int, fps: float | None) -> VideoFolder:
+    """The config's data folder as clips of its spec, read at `fps` (None: the source rate)."""
+    spec = ClipSpec(data.get("frames", 8), fps, data.get("height", 256), data.get("width", 256), data.get("crop", "center"))
+    return VideoFolder(data["folder"], spec, on_bad=data.get("on_bad", "stop"), seed=seed)
+
+
 def dataset_items(model, vae, data: dict, mode: str, seed: int, world, regimes, encode_text=None) -> list[dict]:
     """Clips from the data folder, encoded once (rank 0 first, the other ranks then reuse its cache).
     Interpolation with both regimes reads clips at fps (T→4T) and at 4·fps (4T→16T)."""
@@ -105,8 +111,7 @@ def dataset_items(model, vae, data: dict, mode: str, seed: int, world, regimes, 
         rates = [(r, data["fps"] * (4 if r else 1)) for r in regimes]
     items = []
     for regime, fps in rates:
-        spec = ClipSpec(data.get("frames", 8), fps, data.get("height", 256), data.get("width", 256), data.get("crop", "center"))
-        dataset = VideoFolder(data["folder"], spec, on_bad=data.get("on_bad", "stop"), seed=seed)
+        dataset = data_folder(data, seed, fps)
         cache = Path(data.get("cache") or Path(data["folder"]) / ".videoldm_cache") / f"{mode}-{fps or 'source'}"
         for rank_turn in (True, False):  # rank 0 builds the cache, then everyone reads it
             if world.is_main == rank_turn:
@@ -206,9 +211,7 @@ def run_decoder(config, world, train_config, batch_size: int, output: Path) -> i
                             disc_start=settings.get("disc_start", 1000),
                             adversarial_weight=settings.get("adversarial_weight", 0.1))
     data = config["data"]
-    spec_clip = ClipSpec(data.get("frames", 8), data.get("fps"), data.get("height", 256), data.get("width", 256),
-                         data.get("crop", "center"))
-    items = decoder_items(vae, VideoFolder(data["folder"], spec_clip, on_bad=data.get("on_bad", "stop"), seed=train_config.seed))
+    items = decoder_items(vae, data_folder(data, train_config.seed, data.get("fps")))
     identity = {"decoder_spec": json.loads(spec.to_json()), "mode": "decoder", "global_batch": batch_size * world.size}
     trainer = Trainer(phases, train_config, StepBatches(items, batch_size, seed=train_config.seed), output_dir=output,
                       identity=identity, device=device, world=world)
@@ -253,9 +256,7 @@ def run_vae(config, world, train_config, batch_size: int, output: Path) -> int:
     with torch.inference_mode(False):
         autoencoder = copy.deepcopy(vae.first_stage_model).float().requires_grad_(True).to(device)
     data = config["data"]
-    clip_spec = ClipSpec(data.get("frames", 8), data.get("fps"), data.get("height", 256), data.get("width", 256),
-                         data.get("crop", "center"))
-    dataset = VideoFolder(data["folder"], clip_spec, on_bad=data.get("on_bad", "stop"), seed=train_config.seed)
+    dataset = data_folder(data, train_config.seed, data.get("fps"))
     items = [{"frames": dataset[i]["frames"]} for i in range(len(dataset))]
     phase = AutoencoderPhase(autoencoder, kl_weight=settings.get("kl_weight", 1e-6), patch=settings.get("patch"))
     identity = {"bundle": json.loads(spec.to_json()), "mode": "vae", "global_batch": batch_size * world.size}
