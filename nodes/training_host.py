@@ -51,10 +51,8 @@ def trainable_base(model):
     """MODEL's UNet ready to be a frozen part of a graph: ComfyUI loads it frozen already, but a loader
     node ran under inference mode, and inference tensors cannot be saved for backward, so such a
     UNet is deep-copied outside it (as core's TrainLoraNode does). The user's MODEL is never changed."""
-    config = model.model.model_config   # shared, not copied: its attribute fallback breaks deepcopy
-    copied = outside_inference(model.model, model.model.diffusion_model, memo={id(config): config})
-    if copied is not model.model:   # a fresh patcher state for the copy: nothing backed up, nothing pinned
-        model = model.clone(model_override=(copied, ({}, {}, {}, set())))
+    if any(p.is_inference() for p in model.model.diffusion_model.parameters()):
+        model = copied_model(model)
     frozen(model.model.diffusion_model)
     return model
 
@@ -62,20 +60,28 @@ def trainable_base(model):
 def pretrainable_unet(model):
     """A copy of MODEL to pretrain as an image model (the paper's first stage): its UNet in fp32,
     outside inference mode, requiring grad. The user's MODEL is never changed."""
+    model = copied_model(model)
+    model.model.diffusion_model.float().requires_grad_(True)
+    return model
+
+
+def copied_model(model):
+    """MODEL with a deep copy of its model made outside inference mode, in a fresh patcher state
+    (nothing backed up, nothing pinned). The model config is shared, not copied: its attribute
+    fallback breaks deepcopy."""
     config = model.model.model_config
     with torch.inference_mode(False):
         copied = copy.deepcopy(model.model, memo={id(config): config})
-    copied.diffusion_model.float().requires_grad_(True)
     return model.clone(model_override=(copied, ({}, {}, {}, set())))
 
 
-def outside_inference(module, weights_of=None, memo=None):
-    """`module`, or a deep copy made outside inference mode when `weights_of` (default: the module)
-    holds inference tensors, which autograd cannot save for backward."""
-    if not any(p.is_inference() for p in (weights_of or module).parameters()):
+def outside_inference(module):
+    """`module`, or a deep copy made outside inference mode when it holds inference tensors, which
+    autograd cannot save for backward."""
+    if not any(p.is_inference() for p in module.parameters()):
         return module
     with torch.inference_mode(False):
-        return copy.deepcopy(module, memo=memo)
+        return copy.deepcopy(module)
 
 
 class UNetDenoiser:
