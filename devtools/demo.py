@@ -1,6 +1,8 @@
-"""Command 1: the demo workflow through a real ComfyUI server; prints the mp4's path.
+"""Command 1: the Video LDM cascade on the toy family (workflows/cascade_api.json) through a real
+ComfyUI server; prints the mp4's path. Keyframes by prediction rollout at 1.875 fps → interpolation
+twice (7.5, 30 fps) → temporal decode → x4 temporal upscaling → temporal decode → mp4.
 
-Usage: devtools/demo.sh [--workflow workflows/demo_api.json] [--keep-server]
+Usage: devtools/demo.sh [--workflow workflows/cascade_api.json] [--strip frames.png]
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from .make_demo_bundle import (DEMO_BUNDLE_NAME, DEMO_INTERPOLATOR_NAME, DEMO_MO
 
 
 def ensure_demo_models():
+    """The committed toy family and the random-weight wiring-demo models in the scratch base dir."""
+    from .toy_family import install_family
+
+    install_family(paths.base_dir())
     models = paths.base_dir() / "models"
     if not all((models / folder / name).exists() for folder, name in
                (("checkpoints", DEMO_BUNDLE_NAME), ("checkpoints", DEMO_X4_BUNDLE_NAME), ("temporal_adapters", DEMO_MOTION_MODULE_NAME),
@@ -30,11 +36,13 @@ def ensure_demo_models():
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workflow", default=str(paths.REPO_ROOT / "workflows" / "demo_api.json"))
+    parser.add_argument("--workflow", default=str(paths.REPO_ROOT / "workflows" / "cascade_api.json"))
+    parser.add_argument("--strip", help="also write a strip of the video's frames (PNG) here")
     args = parser.parse_args(argv)
 
     ensure_demo_models()
-    prompt = json.loads(open(args.workflow).read())
+    text = open(args.workflow).read()
+    prompt = json.loads(text)
     with ComfyServer() as server:
         failures = server.import_failures()
         if failures:
@@ -47,11 +55,16 @@ def main(argv=None) -> int:
             print(f"[demo] the prompt failed: {run.error_message() or run.status}\n{server.log_tail()}", file=sys.stderr)
             return 1
         videos = [p for p in server.output_files(run) if p.suffix == ".mp4"]
-        print(f"[demo] done in {time.monotonic() - start:.1f}s. Random weights: the video shows the graph runs, "
-              "not a picture.", file=sys.stderr)
+        note = ("Random weights: the video shows the graph runs, not a picture." if "videoldm_demo_" in text else
+                "Models: the toy family in toy/ (64x64 keyframes, 256x256 output), trained by devtools.toy_family.")
+        print(f"[demo] done in {time.monotonic() - start:.1f}s. {note}", file=sys.stderr)
     if not videos:
         print("[demo] the prompt succeeded but wrote no mp4", file=sys.stderr)
         return 1
+    if args.strip:
+        from .frame_strip import write_frame_strip
+
+        write_frame_strip(videos[0], args.strip)
     for video in videos:
         print(video)
     return 0

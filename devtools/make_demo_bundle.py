@@ -121,5 +121,7 @@ def _write(path: Path, write):
 
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else paths.base_dir()
-    for written in make_demo_models(target):
+    from .toy_family import install_family
+
+    for written in make_demo_models(target) + install_family(target):
         print(written)

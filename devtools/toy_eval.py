@@ -29,7 +29,7 @@ from . import paths
 from .comfy_in_process import init_comfy
 from .toy_family import FPS, KEYFRAME_FPS, NAMES, SEED, SIDE
 
-EVAL_SEED = SEED + 7  # held-out clips: the training data used SEED and SEED + 1
+EVAL_SEED = SEED + 7  # held-out clips: the training data used SEED, SEED + 1 and SEED + 2
 FRAMES = 8
 
 

@@ -5,8 +5,10 @@ Stages, each one train.py run on the output of the ones before (the paper's orde
   1. vae           the KL autoencoder (4x, shared by the keyframe model and the upscaler)
   2. image         the keyframe image LDM's UNet on single 64x64 frames (captions: "red square moving left")
   3. x4-image      the x4 upscaler's UNet on patches of 256x256 frames with their 64x64 versions
-  4. predictor     temporal layers with a context encoder (0/1/2 context frames; 0 is the plain video model)
-  5. interpolator  temporal layers for keyframe interpolation, both regimes (T→4T, 4T→16T)
+  4. predictor     temporal layers with a context encoder (0/1/2 context frames; 0 is the plain video
+                   model) on keyframes at 1.875 fps
+  5. interpolator  temporal layers for keyframe interpolation, both regimes (T→4T, 4T→16T): 1.875 →
+                   7.5 → 30 fps
   6. decoder       the VAE decoder's temporal layers (video discriminator)
   7. x4-temporal   the x4 upscaler's temporal layers
 Every spatial weight is frozen after its own stage. The results go to `--out` in fp16, with
@@ -35,7 +37,7 @@ from .comfy_in_process import init_comfy
 
 SEED = 20230418  # arXiv 2304.08818
 SIDE, FPS = 64, 30.0          # keyframe-model resolution; the source frame rate of every clip
-KEYFRAME_FPS = FPS / 4        # the keyframe model runs at 7.5 fps; interpolation makes 30 fps from it
+KEYFRAME_FPS = FPS / 16       # the keyframe model runs at 1.875 fps; interpolation twice makes 30 fps from it
 
 # Sizes chosen so the family fits in 25 MB of fp16: a frozen random CLIP of width 16 (its 49,408-token
 # embedding is most of it), UNets of 3 levels at widths 32/32/64, the SD1.5 block structure otherwise.
@@ -62,9 +64,37 @@ NAMES = {"base": "videoldm_toy.safetensors", "x4": "videoldm_toy_x4.safetensors"
          "decoder": "videoldm_toy_temporal_decoder.safetensors", "x4-temporal": "videoldm_toy_x4_temporal.safetensors"}
 
 # (steps, clips per step, learning rate) per stage; --quick runs 2 steps of 2 clips. Sized for two
-# CPU cores (about 2.5 hours in all, measured per stage in provenance.json); a GPU runs it in minutes.
-STEPS = {"vae": (1500, 4, 1e-3), "image": (4000, 8, 1e-3), "x4-image": (2000, 4, 1e-3), "predictor": (2000, 2, 5e-4),
-         "interpolator": (2000, 2, 5e-4), "decoder": (1000, 2, 2e-4), "x4-temporal": (1000, 2, 5e-4)}
+# CPU cores (about 70 minutes in all, measured per stage in provenance.json); a GPU runs it in minutes.
+STEPS = {"vae": (600, 4, 1e-3), "image": (1200, 8, 1e-3), "x4-image": (1200, 4, 1e-3), "predictor": (800, 2, 5e-4),
+         "interpolator": (500, 2, 5e-4), "decoder": (300, 2, 2e-4), "x4-temporal": (800, 2, 5e-4)}
+
+
+FOLDERS = {"base": "checkpoints", "x4": "checkpoints", "predictor": "temporal_adapters",
+           "interpolator": "temporal_adapters", "decoder": "temporal_adapters", "x4-temporal": "temporal_adapters"}
+
+
+def install_family(base_dir: Path, family: Path = paths.REPO_ROOT / "toy") -> list[Path]:
+    """Copy the committed family into a ComfyUI base directory's model folders (where the loader
+    nodes list them); files already there with the same bytes are kept."""
+    import filecmp
+    import shutil
+
+    installed = []
+    for key, name in NAMES.items():
+        source, target = family / name, base_dir / "models" / FOLDERS[key] / name
+        if not source.is_file():
+            raise FileNotFoundError(f"expected the toy family's {name} in {family}, found no such file; "
+                                    "run `python -m devtools.toy_family` to make it.")
+        if not target.is_file() or not filecmp.cmp(source, target, shallow=False):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        installed.append(target)
+    return installed
+
+
+def ema_decay(steps: int) -> float:
+    """EMA averaging over about the last tenth of a run (the EMA starts from the initial weights)."""
+    return min(0.999, 1.0 - 10.0 / steps)
 
 
 def specs():
@@ -83,12 +113,15 @@ def specs():
 def write_data(work: Path, quick: bool) -> dict[str, Path]:
     from videoldm_core.training.synthetic import write_dataset
 
-    folders = {"clips": work / "clips", "clips_x4": work / "clips_x4"}
+    folders = {"clips": work / "clips", "clips_x4": work / "clips_x4", "keyframes": work / "keyframes"}
     if not (folders["clips"] / "captions.json").exists():
         write_dataset(folders["clips"], 8 if quick else 512, seed=SEED, frames=48, height=SIDE, width=SIDE, fps=FPS)
     if not (folders["clips_x4"] / "captions.json").exists():
         write_dataset(folders["clips_x4"], 4 if quick else 128, seed=SEED + 1, frames=16, height=SIDE, width=SIDE,
                       fps=FPS, scale=4)
+    if not (folders["keyframes"] / "captions.json").exists():   # the same kind of scenes, rendered at 1.875 fps
+        write_dataset(folders["keyframes"], 8 if quick else 512, seed=SEED + 2, frames=12, height=SIDE, width=SIDE,
+                      fps=KEYFRAME_FPS)
     return folders
 
 
@@ -120,7 +153,7 @@ def stage_config(name: str, checkpoint: Path, output: Path, data: dict, quick: b
         steps, batch = 2, 2
     return {"checkpoint": str(checkpoint), "output": str(output), "prompt": "", "resume": True, "data": data,
             "train": {"steps": steps, "batch_size": batch, "lr": lr, "warmup": min(100, steps // 10), "grad_clip": 1.0,
-                      "ema_decay": None if quick else 0.999, "checkpoint_every": 500, "seed": SEED},
+                      "ema_decay": None if quick else ema_decay(steps), "checkpoint_every": 250, "seed": SEED},
             **extra}
 
 
@@ -182,6 +215,7 @@ def main(argv=None) -> int:
     clips = {"folder": str(folders["clips"]), "width": SIDE, "height": SIDE, "captions": True, "cache": str(work / "cache")}
     clips_x4 = {"folder": str(folders["clips_x4"]), "width": 4 * SIDE, "height": 4 * SIDE, "captions": True,
                 "cache": str(work / "cache_x4")}
+    keyframes = {**clips, "folder": str(folders["keyframes"]), "cache": str(work / "cache_keyframes")}
 
     vae = run_stage("vae", stage_config("vae", base, work / "vae", {**clips, "frames": 2, "fps": None}, args.quick,
                                         mode="vae"), work, log)
@@ -193,14 +227,16 @@ def main(argv=None) -> int:
                                                   image={"patch": 16}), work, log)
     keyframe_model = image / "bundle.safetensors"
     predictor = run_stage("predictor", stage_config(
-        "predictor", keyframe_model, work / "predictor", {**clips, "frames": 8, "fps": KEYFRAME_FPS}, args.quick,
+        "predictor", keyframe_model, work / "predictor", {**keyframes, "frames": 8, "fps": None}, args.quick,
         mode="prediction", adapter={"context_frames": [0, 1, 2], "context_width": 32}), work, log)
     interpolator = run_stage("interpolator", stage_config(
-        "interpolator", keyframe_model, work / "interpolator", {**clips, "frames": 5, "fps": KEYFRAME_FPS}, args.quick,
+        "interpolator", keyframe_model, work / "interpolator", {**clips, "frames": 5, "fps": FPS / 4}, args.quick,
         mode="interpolation", adapter={"context_frames": [0, 1, 2], "context_width": 32, "regimes": [0, 1]}), work, log)
     decoder = run_stage("decoder", stage_config(
         "decoder", keyframe_model, work / "decoder", {**clips, "frames": 8, "fps": FPS}, args.quick, mode="decoder",
-        decoder={"disc_start": 500 if not args.quick else 1, "disc_width": 32}), work, log)
+        # the adversarial term at train.py's default weight 0.1 outweighed L1 within 50 steps of the
+        # discriminator coming on here (reconstruction 0.10 -> 0.20); at 0.01 it stays a regulariser
+        decoder={"disc_start": 150 if not args.quick else 1, "adversarial_weight": 0.01, "disc_width": 32}), work, log)
     x4_temporal = run_stage("x4-temporal", stage_config(
         "x4-temporal", x4_image / "bundle.safetensors", work / "x4-temporal", {**clips_x4, "frames": 8, "fps": FPS},
         args.quick, mode="upscaler", adapter={"patch": 16}), work, log)
