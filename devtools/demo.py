@@ -50,7 +50,7 @@ def main(argv=None) -> int:
             return 1
         print(f"[demo] ComfyUI at {server.url}; running {args.workflow}", file=sys.stderr)
         start = time.monotonic()
-        run = server.run_prompt(prompt)
+        run = server.run_prompt(prompt, timeout=1800.0)
         if run.status != "success":
             print(f"[demo] the prompt failed: {run.error_message() or run.status}\n{server.log_tail()}", file=sys.stderr)
             return 1

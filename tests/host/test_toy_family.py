@@ -103,16 +103,6 @@ def committed(pack):
     return Family(COMMITTED)
 
 
-def test_the_committed_temporal_decoder_flickers_less_than_the_image_decoder(committed):
-    """Ablation 2 of devtools.toy_eval on two held-out clips: temporal-difference error against the
-    true frames (the paper: reconstruction FVD 390.88 → 32.94 with the temporal decoder)."""
-    from devtools.toy_eval import ablation_decoder
-
-    with torch.inference_mode():
-        run = ablation_decoder(committed, seed=0, count=2)
-    assert sum(run["ours"]) < sum(run["baseline"]), run
-
-
 def test_the_committed_temporal_upscaler_follows_the_motion_better_than_per_frame_upscaling(committed):
     """Ablation 3 of devtools.toy_eval on one held-out clip (8 frames, 64 → 256 px): the frame-to-frame
     change of the upscaled video against the true 256 px clip's (the paper: FVD 165.98 → 45.39)."""
