@@ -15,6 +15,9 @@ memory held when it starts, which separates the tiles' activations (bounded by t
 sampler's own latent-sized state (noise, x, the denoised latent, the low-res conditioning), which
 any sampler of that latent holds.
 
+--full builds the SD x4 upscaler's own UNet (FULL_X4). The ratios do not depend on --frames (tile
+activations and the sampler's state both grow with it), so --frames 1 is enough on two CPU cores.
+
 Usage: .venv/bin/python -m bench.bench_upscale_area [--tile 64] [--overlap 8] [--frames 4] [--width 128] [--k 1 2 4]
 """
 
@@ -34,14 +37,23 @@ from devtools.comfy_in_process import init_comfy
 from .common import PEAK_ENV, print_table, status_gib, step_peak_gib
 
 
-def build(width: int):
+# The SD x4 upscaler's own UNet (x4-upscaling.yaml: width 256, levels 1/2/2/4, two ResBlocks per
+# level, transformers from the second level on, self-attention on the lowest only), with the tiny
+# text encoder's context width instead of 1024 (cross-attention's keys are 77 tokens either way).
+FULL_X4 = {"model_channels": 256, "channel_mult": [1, 2, 2, 4], "num_res_blocks": [2, 2, 2, 2],
+           "transformer_depth": [0, 0, 1, 1, 1, 1, 1, 1], "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+           "transformer_depth_middle": 1, "num_heads": 8}
+
+
+def build(width: int, full: bool = False):
     import dataclasses
     import importlib
 
     pack = init_comfy()
     bundle_host = importlib.import_module(f"{pack.__name__}.nodes.bundle_host")
     spec = bundle_host.tiny_x4_spec()
-    spec = dataclasses.replace(spec, unet_config={**spec.unet_config, "model_channels": width})
+    unet = {**spec.unet_config, **FULL_X4} if full else {**spec.unet_config, "model_channels": width}
+    spec = dataclasses.replace(spec, unet_config=unet)
     model, clip, _ = bundle_host.build_components(spec, bundle_host.random_bundle_state_dict(spec, seed=4), source="bench")
     upscale = importlib.import_module(f"{pack.__name__}.nodes.video_upscale").VideoUpscale
     return model, upscale, clip.encode_from_tokens_scheduled(clip.tokenize("a sharp video"))
@@ -69,7 +81,7 @@ def measured_calls(model, calls: list):
 
 
 def child(method: str, side: int, args) -> dict:
-    model, upscale, text = build(args.width)
+    model, upscale, text = build(args.width, args.full)
     tile = args.tile if method == "tiled" else side
     overlap = args.overlap if method == "tiled" else 0
 
@@ -84,7 +96,8 @@ def child(method: str, side: int, args) -> dict:
             calls = []
             model = measured_calls(model, calls)
             peak = step_peak_gib(work)
-            return {"peak_gib": peak, "model_call_gib": max(calls)}
+            # the high-water mark since step_peak_gib reset it: the process at its peak, weights included
+            return {"peak_gib": peak, "model_call_gib": max(calls), "total_gib": status_gib("VmHWM")}
         start = time.perf_counter()
         work()
         seconds = time.perf_counter() - start
@@ -97,6 +110,7 @@ def main(argv=None):
     parser.add_argument("--overlap", type=int, default=8)
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--width", type=int, default=128, help="UNet model_channels (full size: 256)")
+    parser.add_argument("--full", action="store_true", help="the SD x4 upscaler's full UNet (--width is ignored)")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4], help="tiles per side")
     parser.add_argument("--methods", nargs="+", default=["tiled", "untiled"])
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "SIDE"))
@@ -116,6 +130,7 @@ def main(argv=None):
             for measure, env in (("time", {}), ("peak", PEAK_ENV)):
                 proc = subprocess.run([sys.executable, "-m", "bench.bench_upscale_area", "--tile", str(args.tile),
                                        "--overlap", str(args.overlap), "--frames", str(args.frames), "--width", str(args.width),
+                                       *(["--full"] if args.full else []),
                                        "--measure", measure, "--child", method, str(side)], capture_output=True, text=True,
                                       env={**os.environ, **env})
                 if proc.returncode != 0:
@@ -131,18 +146,21 @@ def main(argv=None):
         for side in sides:
             r = results.get((method, side))
             if r is None or base is None:
-                rows.append((method, f"{side}->{4 * side}", "failed", "", "", "", "", "", ""))
+                rows.append((method, f"{side}->{4 * side}", "failed", "", "", "", "", "", "", "", ""))
                 continue
             rows.append((method, f"{side}->{4 * side}", f"{(side / sides[0]) ** 2:.1f}x", f"{r['us_per_pixel']:.2f}",
                          f"{r['us_per_pixel'] / base['us_per_pixel']:.2f}x", f"{r['peak_gib']:.3f}",
                          f"{r['peak_gib'] / base['peak_gib']:.2f}x", f"{r['model_call_gib']:.3f}",
-                         f"{r['model_call_gib'] / base['model_call_gib']:.2f}x"))
-    print_table(f"Video Upscale, x4 architecture at width {args.width}, {args.frames} frames, tile {args.tile} / overlap "
+                         f"{r['model_call_gib'] / base['model_call_gib']:.2f}x", f"{r['total_gib']:.3f}",
+                         f"{r['total_gib'] / base['total_gib']:.2f}x"))
+    architecture = "the full SD x4 UNet" if args.full else f"x4 architecture at width {args.width}"
+    print_table(f"Video Upscale, {architecture}, {args.frames} frames, tile {args.tile} / overlap "
                 f"{args.overlap}, 1 Euler step, cfg 1, fp32 CPU, peaks with a fixed mmap threshold; ratios vs the smallest area",
                 rows, ("method", "input->output", "area", "us/out px", "time ratio", "peak GiB", "peak ratio",
-                       "model call GiB", "call ratio"))
+                       "model call GiB", "call ratio", "process GiB", "process ratio"))
     print("\npeak: the whole sampling above the loaded model; model call: the largest rise inside one UNet call (the tiles'\n"
-          "activations and the blend), above the sampler's latent-sized state held at that point.")
+          "activations and the blend), above the sampler's latent-sized state held at that point; process: the resident\n"
+          "memory at the peak, weights and runtime included (what the machine must have).")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@
                "precision": "bf16", "ema_decay": 0.999, "gradient_checkpointing": true,
                "checkpoint_every": 500, "seed": 0},
      "decoder": {"init": null, "attention": false, "disc_start": 1000, "adversarial_weight": 0.1,
-                 "disc_width": 64}}                // mode decoder; attention: temporal attention layers too
+                 "disc_width": 64}}                // mode decoder; attention: temporal attention layers too;
+                                                  // adversarial_weight 0: no discriminator;
+                                                  // "temporal_weight": 0 (L1 of frame differences)
 
 data.captions: each clip's caption (captions.json or a sidecar .txt) is encoded once with the
 checkpoint's text encoder and cached with the latents. Mode "decoder" trains the VAE decoder's
@@ -205,11 +207,14 @@ def run_decoder(config, world, train_config, batch_size: int, output: Path) -> i
         spec = spec_for_decoder(image_decoder, attention=settings.get("attention", False),
                                 description="trained by the Video LDM pack")
         temporal = TemporalDecoder(spec)
-    discriminator = PatchDiscriminator3D(in_channels=spec.out_channels, width=settings.get("disc_width", 64),
-                                         layers=settings.get("disc_layers", 3))
-    phases = decoder_phases(image_decoder, temporal.to(device), discriminator.to(device),
-                            disc_start=settings.get("disc_start", 1000),
-                            adversarial_weight=settings.get("adversarial_weight", 0.1))
+    adversarial_weight = settings.get("adversarial_weight", 0.1)
+    discriminator = None   # weight 0: reconstruction only, no discriminator to train
+    if adversarial_weight > 0:
+        discriminator = PatchDiscriminator3D(in_channels=spec.out_channels, width=settings.get("disc_width", 64),
+                                             layers=settings.get("disc_layers", 3)).to(device)
+    phases = decoder_phases(image_decoder, temporal.to(device), discriminator,
+                            disc_start=settings.get("disc_start", 1000), adversarial_weight=adversarial_weight,
+                            temporal_weight=settings.get("temporal_weight", 0.0))
     data = config["data"]
     items = decoder_items(vae, data_folder(data, train_config.seed, data.get("fps")))
     identity = {"decoder_spec": json.loads(spec.to_json()), "mode": "decoder", "global_batch": batch_size * world.size}

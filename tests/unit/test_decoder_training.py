@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from videoldm_core.temporal_decoder import TemporalDecoder, spec_for_decoder
-from videoldm_core.training.decoder_objective import decoder_phases
+from videoldm_core.training.decoder_objective import decoder_phases, temporal_difference_l1
 from videoldm_core.training.discriminator import PatchDiscriminator3D, generator_adversarial_loss, hinge_d_loss
 from videoldm_core.training.objective import TrainingError
 
@@ -170,13 +170,39 @@ def test_training_lowers_reconstruction_and_leaves_the_image_decoder_untouched(s
             optimiser.step()
             logs[-1].update(logged)
 
-    assert set(logs[0]) == {"rec", "g_adv", "d_loss", "logits_real", "logits_fake"}
+    assert set(logs[0]) == {"rec", "g_adv", "temporal", "d_loss", "logits_real", "logits_fake"}
     assert logs[0]["rec"] > 0.05                               # the teacher's temporal layers are there to learn
     assert logs[-1]["rec"] < 0.5 * logs[0]["rec"]
     assert logs[0]["g_adv"] == 0.0 and logs[-1]["g_adv"] != 0.0   # the adversarial term comes on at disc_start
     for key, value in image_decoder.state_dict().items():
         assert torch.equal(value, image_before[key]), key
     assert all(p.grad is None and not p.requires_grad for p in image_decoder.parameters())
+
+
+def test_the_temporal_term_sees_flicker_only():
+    """|Δx̂ − Δx|₁: zero for a constant offset over all frames (an error, but no flicker), the
+    size of the flicker for an offset that alternates frame by frame."""
+    frames = torch.randn(2, 3, 5, 8, 8)
+    assert temporal_difference_l1(frames + 0.3, frames) < 1e-6
+    flicker = torch.tensor([0.0, 0.1, 0.0, 0.1, 0.0]).view(1, 1, 5, 1, 1)
+    assert torch.isclose(temporal_difference_l1(frames + flicker, frames), torch.tensor(0.1))
+
+
+def test_the_temporal_term_lowers_flicker_without_a_discriminator(setup):
+    image_decoder, student, batch = setup
+    phases = decoder_phases(image_decoder, student, temporal_weight=1.0)
+    assert [p.name for p in phases] == ["decoder"]
+    optimiser = torch.optim.AdamW(phases[0].parameters(), lr=1e-2)
+    logs = []
+    for step in range(20):
+        optimiser.zero_grad()
+        loss, logged = phases[0](batch, torch.Generator())
+        loss.backward()
+        optimiser.step()
+        logs.append(logged)
+    assert logs[0]["temporal"] > 0 and logs[-1]["temporal"] < 0.5 * logs[0]["temporal"]
+    with pytest.raises(TrainingError, match="temporal_weight must be 0 or more, found -1"):
+        decoder_phases(image_decoder, student, temporal_weight=-1)
 
 
 def test_decoder_phase_leaves_no_gradient_on_the_discriminator(setup):

@@ -5,7 +5,9 @@ adding an image discriminator hurts reconstruction FVD).
 
 Two phases per step, as in a GAN, each with its own optimiser:
 1. `DecoderPhase` trains the temporal decoder on L1 (+ optional L2) reconstruction plus
-   λ·(−E[D(x̂)]) once the discriminator is on. The discriminator is evaluated there with detached
+   λ·(−E[D(x̂)]) once the discriminator is on, plus optionally μ·|Δx̂ − Δx|₁, the L1 between the
+   frame-to-frame differences of reconstruction and frames (`temporal_weight`, default 0: not in
+   the paper; a direct flicker term for runs too short for the discriminator to learn motion). The discriminator is evaluated there with detached
    parameters, so the decoder's backward leaves no gradient on it.
 2. `DiscriminatorPhase` trains the discriminator with the hinge loss on the real frames and the
    reconstruction the decoder phase of the same step cached (detached).
@@ -64,6 +66,11 @@ def clip_tensors(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return latents, frames
 
 
+def temporal_difference_l1(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """|Δx̂ − Δx|₁ over consecutive frames of (b, c, t, h, w) videos: flicker the frames do not have."""
+    return F.l1_loss(reconstruction.diff(dim=2), target.diff(dim=2))
+
+
 class DecoderPhase(Phase):
     """Trains the temporal decoder (registered); the image decoder and the discriminator are held."""
 
@@ -71,8 +78,9 @@ class DecoderPhase(Phase):
 
     def __init__(self, image_decoder: nn.Module, temporal_decoder: TemporalDecoder,
                  discriminator: PatchDiscriminator3D | None = None, disc_start: int = DISC_START,
-                 adversarial_weight: float = ADVERSARIAL_WEIGHT, l2_weight: float = 0.0):
+                 adversarial_weight: float = ADVERSARIAL_WEIGHT, l2_weight: float = 0.0, temporal_weight: float = 0.0):
         super().__init__()
+        self.temporal_weight = temporal_weight
         self.temporal_decoder = temporal_decoder
         self.image_decoder = Held(image_decoder)
         self.discriminator = Held(discriminator) if discriminator is not None else None
@@ -99,6 +107,8 @@ class DecoderPhase(Phase):
         if self.l2_weight:
             rec = rec + self.l2_weight * F.mse_loss(reconstruction, target)
         loss, g_adv = rec, 0.0
+        temporal = temporal_difference_l1(reconstruction, target) if self.temporal_weight else rec.new_zeros(())
+        loss = loss + self.temporal_weight * temporal
         if self.adversarial_on(step):
             discriminator = self.discriminator.module
             detached = {name: p.detach() for name, p in discriminator.named_parameters()}
@@ -107,7 +117,7 @@ class DecoderPhase(Phase):
             g_adv = adversarial.item()
         if self.discriminator is not None:
             self.cached_reconstruction = (step, reconstruction.detach())
-        return loss, {"rec": rec.item(), "g_adv": g_adv}
+        return loss, {"rec": rec.item(), "g_adv": g_adv, "temporal": temporal.item()}
 
 
 class DiscriminatorPhase(Phase):
@@ -164,7 +174,8 @@ def check_temporal_decoder_fits(image_decoder: nn.Module, temporal_decoder: Temp
 
 def decoder_phases(image_decoder: nn.Module, temporal_decoder: TemporalDecoder,
                    discriminator: PatchDiscriminator3D | None = None, *, disc_start: int = DISC_START,
-                   adversarial_weight: float = ADVERSARIAL_WEIGHT, l2_weight: float = 0.0) -> list[Phase]:
+                   adversarial_weight: float = ADVERSARIAL_WEIGHT, l2_weight: float = 0.0,
+                   temporal_weight: float = 0.0) -> list[Phase]:
     """[DecoderPhase, DiscriminatorPhase] (or [DecoderPhase] without a discriminator: reconstruction only).
     Freezes the image decoder in place (and puts it in eval mode); the batch carries `step`."""
     check_temporal_decoder_fits(image_decoder, temporal_decoder)
@@ -172,7 +183,10 @@ def decoder_phases(image_decoder: nn.Module, temporal_decoder: TemporalDecoder,
         raise TrainingError(f"the discriminator takes {discriminator.in_channels}-channel frames but the decoder gives "
                             f"{temporal_decoder.spec.out_channels}; build it with in_channels={temporal_decoder.spec.out_channels}.")
     frozen(image_decoder).eval()
-    decoder = DecoderPhase(image_decoder, temporal_decoder, discriminator, disc_start, adversarial_weight, l2_weight)
+    if temporal_weight < 0:
+        raise TrainingError(f"temporal_weight must be 0 or more, found {temporal_weight}.")
+    decoder = DecoderPhase(image_decoder, temporal_decoder, discriminator, disc_start, adversarial_weight, l2_weight,
+                           temporal_weight)
     if discriminator is None:
         return [decoder]
     return [decoder, DiscriminatorPhase(discriminator, decoder, disc_start)]
