@@ -52,10 +52,9 @@ def tiled_forward(tile, tile_overlap, chunk, chunk_overlap, on_region=lambda: No
             def take(value):
                 if not torch.is_tensor(value) or value.ndim == 0 or value.shape[0] != x.shape[0]:
                     return value
-                value = value[rows.to(value.device)]
-                if value.ndim == 4 and value.shape[-2:] == x.shape[-2:]:
+                if value.ndim == 4 and value.shape[-2:] == x.shape[-2:]:   # a view first: copy the tile only
                     value = value[..., slice(*region.rows), slice(*region.cols)]
-                return value
+                return value[rows.to(value.device)]
 
             out = executor(take(x), take(timesteps), take(context), take(y), None, dict(transformer_options),
                            **{k: take(v) for k, v in kwargs.items()})

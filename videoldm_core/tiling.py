@@ -43,18 +43,31 @@ class Region:
 class TilePlan:
     shape: tuple[int, int, int]      # T, H, W
     regions: tuple[Region, ...]
-    weights: tuple[torch.Tensor, ...]   # per region (t, 1, h, w), summing to one over all regions
+    # the weights are separable: per axis, each window's 1D ramp divided by the sum of all windows'
+    # ramps there; a region's weight map is the outer product of its three windows' (built when used,
+    # so a plan holds O(T + H + W) numbers, not a latent-sized map per region)
+    axis_weights: tuple[tuple[torch.Tensor, ...], ...]
+    windows_of: tuple[tuple[int, int, int], ...]   # per region: its window index along T, H, W
+
+    def weight(self, index: int) -> torch.Tensor:
+        """Region `index`'s weight map, (t, 1, h, w)."""
+        (wt, wh, ww), (it, ih, iw) = self.axis_weights, self.windows_of[index]
+        return (wt[it][:, None, None] * wh[ih][None, :, None] * ww[iw][None, None, :])[:, None]
+
+    @property
+    def weights(self) -> tuple[torch.Tensor, ...]:
+        return tuple(self.weight(i) for i in range(len(self.regions)))
 
     def blend(self, predict, groups: int = 1) -> torch.Tensor:
         """Σ_r weight_r · predict(r) placed at r. `predict(region)` returns (groups · t, C, h, w): the
         region's frames for each of `groups` videos stacked in the batch (e.g. cond and uncond)."""
         out = None
-        for region, weight in zip(self.regions, self.weights):
+        for index, region in enumerate(self.regions):
             part = predict(region)
             part = part.reshape(groups, region.frames[1] - region.frames[0], *part.shape[1:])
             if out is None:
                 out = part.new_zeros(groups, self.shape[0], part.shape[2], *self.shape[1:])
-            out[(slice(None), *region.slices())] += part * weight.to(part)
+            out[(slice(None), *region.slices())] += part * self.weight(index).to(part)
         return out.reshape(groups * self.shape[0], *out.shape[2:])
 
     def rows(self, region: Region, groups: int) -> torch.Tensor:
@@ -63,26 +76,26 @@ class TilePlan:
         return torch.cat([torch.arange(g * t + region.frames[0], g * t + region.frames[1]) for g in range(groups)])
 
 
+def normalised(ranges: list[tuple[int, int]], length: int) -> tuple[torch.Tensor, ...]:
+    """Each window's raised-cosine ramp divided by the sum of all windows' ramps over the axis."""
+    ramp = overlap_of(ranges)
+    raw = [blend_weights(s, e, length, ramp) for s, e in ranges]
+    total = torch.zeros(length)
+    for (s, e), w in zip(ranges, raw):
+        total[s:e] += w
+    return tuple(w / total[s:e] for (s, e), w in zip(ranges, raw))
+
+
 def plan_tiles(frames: int, height: int, width: int, tile: int, tile_overlap: int, chunk: int, chunk_overlap: int
                ) -> TilePlan:
     """Tiles of `tile` x `tile` latent pixels (fewer at the edges of a smaller latent) and chunks of
     `chunk` frames, neighbours overlapping by at least the given amounts. Raised-cosine ramps over
-    the overlaps, normalised to a partition of unity."""
+    the overlaps; the product of the three axes' normalised weights is a partition of unity (the sum
+    over all regions of a product of per-axis sums, each one)."""
     check_split("tile", tile, tile_overlap)
     check_split("chunk", chunk, chunk_overlap)
     axes = [windows(frames, chunk, chunk_overlap), windows(height, tile, tile_overlap), windows(width, tile, tile_overlap)]
-    ramps = [overlap_of(a) for a in axes]
-    lengths = (frames, height, width)
-    per_axis = [[blend_weights(s, e, n, r) for s, e in axis] for axis, n, r in zip(axes, lengths, ramps)]
-    total = torch.zeros(frames, height, width)
-    raw = []
-    for (it, t), (ih, h), (iw, w) in product(*[list(enumerate(a)) for a in axes]):
-        weight = per_axis[0][it][:, None, None] * per_axis[1][ih][None, :, None] * per_axis[2][iw][None, None, :]
-        total[slice(*t), slice(*h), slice(*w)] += weight
-        raw.append((Region(t, h, w), weight))
-    regions, weights = [], []
-    for region, weight in raw:
-        regions.append(region)
-        norm = weight / total[slice(*region.frames), slice(*region.rows), slice(*region.cols)]
-        weights.append(norm[:, None])
-    return TilePlan((frames, height, width), tuple(regions), tuple(weights))
+    indexed = list(product(*[list(enumerate(a)) for a in axes]))
+    return TilePlan((frames, height, width), tuple(Region(t, h, w) for (_, t), (_, h), (_, w) in indexed),
+                    tuple(normalised(a, n) for a, n in zip(axes, (frames, height, width))),
+                    tuple((it, ih, iw) for (it, _), (ih, _), (iw, _) in indexed))

@@ -59,3 +59,13 @@ def test_blend_handles_stacked_videos():
     plan = plan_tiles(6, 10, 10, 6, 2, 4, 1)
     out = plan.blend(lambda r: x[plan.rows(r, 2)][..., slice(*r.rows), slice(*r.cols)], groups=2)
     torch.testing.assert_close(out, x, atol=1e-5, rtol=1e-5)
+
+
+def test_a_plan_holds_per_axis_weights_not_a_map_per_region():
+    """Memory: a plan for a 64-frame 512 x 512 latent in 64-px tiles (hundreds of regions) holds
+    about T + H + W weights per overlap factor, not a latent-sized map per region."""
+    plan = plan_tiles(64, 512, 512, 64, 8, 8, 2)
+    assert len(plan.regions) > 500
+    held = sum(w.numel() for axis in plan.axis_weights for w in axis)
+    assert held < 2 * (64 + 512 + 512)
+    assert plan.weight(0).shape == (8, 1, 64, 64)
