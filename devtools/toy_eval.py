@@ -183,7 +183,6 @@ def verdict(baseline: list[float], ours: list[float]) -> str:
 
 
 def main(argv=None) -> int:
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", default=str(paths.REPO_ROOT / "toy"))
     parser.add_argument("--seeds", type=int, default=3)
