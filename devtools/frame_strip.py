@@ -1,4 +1,5 @@
-"""A strip of evenly spaced frames of a video as one PNG (for the README and for looking at a run).
+"""A strip of evenly spaced frames of a video as one PNG (for the README and for looking at a run),
+and `read_frames`, the one mp4 reader of the devtools and tests.
 
 Usage: python -m devtools.frame_strip video.mp4 strip.png [--frames 8] [--height 128]
 """
@@ -14,9 +15,15 @@ import numpy as np
 from PIL import Image
 
 
-def write_frame_strip(video, target, count: int = 8, height: int = 128) -> Path:
+def read_frames(video) -> tuple[list[np.ndarray], float]:
+    """A video file's frames as (H, W, 3) uint8 RGB arrays, and its stream's frame rate."""
     with av.open(str(video)) as container:
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(container.streams.video[0])]
+        stream = container.streams.video[0]
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)], float(stream.average_rate)
+
+
+def write_frame_strip(video, target, count: int = 8, height: int = 128) -> Path:
+    frames, _ = read_frames(video)
     if not frames:
         raise ValueError(f"expected a video with frames, found none in {video}.")
     picks = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)

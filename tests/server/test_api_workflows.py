@@ -3,20 +3,13 @@
 import json
 import re
 
-import av
 import pytest
 
+from devtools.frame_strip import read_frames as read_video
 from devtools.paths import REPO_ROOT
 
 # cascade_api.json is README command 1: tests/server/test_demo_command.py runs it (minutes on CPU) and checks its video
 API_WORKFLOWS = sorted(p for p in (REPO_ROOT / "workflows").glob("*_api.json") if p.name != "cascade_api.json")
-
-
-def read_video(path):
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-        return frames, float(stream.average_rate)
 
 
 @pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=lambda p: p.stem)

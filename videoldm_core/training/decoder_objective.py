@@ -7,8 +7,9 @@ Two phases per step, as in a GAN, each with its own optimiser:
 1. `DecoderPhase` trains the temporal decoder on L1 (+ optional L2) reconstruction plus
    λ·(−E[D(x̂)]) once the discriminator is on, plus optionally μ·|Δx̂ − Δx|₁, the L1 between the
    frame-to-frame differences of reconstruction and frames (`temporal_weight`, default 0: not in
-   the paper; a direct flicker term for runs too short for the discriminator to learn motion). The discriminator is evaluated there with detached
-   parameters, so the decoder's backward leaves no gradient on it.
+   the paper; a direct flicker term for runs too short for the discriminator to learn motion).
+   The discriminator is evaluated there with detached parameters, so the decoder's backward leaves
+   no gradient on it.
 2. `DiscriminatorPhase` trains the discriminator with the hinge loss on the real frames and the
    reconstruction the decoder phase of the same step cached (detached).
 
@@ -80,13 +81,13 @@ class DecoderPhase(Phase):
                  discriminator: PatchDiscriminator3D | None = None, disc_start: int = DISC_START,
                  adversarial_weight: float = ADVERSARIAL_WEIGHT, l2_weight: float = 0.0, temporal_weight: float = 0.0):
         super().__init__()
-        self.temporal_weight = temporal_weight
         self.temporal_decoder = temporal_decoder
         self.image_decoder = Held(image_decoder)
         self.discriminator = Held(discriminator) if discriminator is not None else None
         self.disc_start = disc_start
         self.adversarial_weight = adversarial_weight
         self.l2_weight = l2_weight
+        self.temporal_weight = temporal_weight
         self.cached_reconstruction: tuple[int, torch.Tensor] | None = None   # (step, detached (b c t h w))
 
     def adversarial_on(self, step: int) -> bool:
@@ -178,13 +179,13 @@ def decoder_phases(image_decoder: nn.Module, temporal_decoder: TemporalDecoder,
                    temporal_weight: float = 0.0) -> list[Phase]:
     """[DecoderPhase, DiscriminatorPhase] (or [DecoderPhase] without a discriminator: reconstruction only).
     Freezes the image decoder in place (and puts it in eval mode); the batch carries `step`."""
+    if temporal_weight < 0:
+        raise TrainingError(f"temporal_weight must be 0 or more, found {temporal_weight}.")
     check_temporal_decoder_fits(image_decoder, temporal_decoder)
     if discriminator is not None and discriminator.in_channels != temporal_decoder.spec.out_channels:
         raise TrainingError(f"the discriminator takes {discriminator.in_channels}-channel frames but the decoder gives "
                             f"{temporal_decoder.spec.out_channels}; build it with in_channels={temporal_decoder.spec.out_channels}.")
     frozen(image_decoder).eval()
-    if temporal_weight < 0:
-        raise TrainingError(f"temporal_weight must be 0 or more, found {temporal_weight}.")
     decoder = DecoderPhase(image_decoder, temporal_decoder, discriminator, disc_start, adversarial_weight, l2_weight,
                            temporal_weight)
     if discriminator is None:
