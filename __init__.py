@@ -10,7 +10,8 @@ WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint():
-    from .nodes.extension import VideoLDMExtension, register_model_folders
+    from .host.model_folders import register_model_folders
+    from .nodes.extension import VideoLDMExtension
 
     register_model_folders()
     return VideoLDMExtension()

@@ -47,7 +47,7 @@ def init_host(comfyui: Path, cpu: bool):
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACK_ALIAS] = module
     spec.loader.exec_module(module)
-    return importlib.import_module(f"{PACK_ALIAS}.nodes.train_cli")
+    return importlib.import_module(f"{PACK_ALIAS}.host.training_cli")
 
 
 def main(argv=None):

@@ -40,7 +40,7 @@ def sd15_spec(bundle_host, spec_module):
 
 def main():
     pack = init_comfy()
-    bundle_host = importlib.import_module(f"{pack.__name__}.nodes.bundle_host")
+    bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
     bundle = importlib.import_module(f"{pack.__name__}.videoldm_core.bundle")
     import comfy.sd
 

@@ -31,9 +31,9 @@ def child(keyframes: int, latent: int, window: int, repeats: int = 0) -> dict:
     import importlib
 
     pack = init_comfy()
-    bundle_host = importlib.import_module(f"{pack.__name__}.nodes.bundle_host")
-    patch = importlib.import_module(f"{pack.__name__}.nodes.temporal_patch")
-    node = importlib.import_module(f"{pack.__name__}.nodes.interpolate_keyframes").InterpolateKeyframes
+    bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
+    patch = importlib.import_module(f"{pack.__name__}.host.temporal_adapter")
+    node = importlib.import_module(f"{pack.__name__}.nodes.interpolation").InterpolateKeyframes
     spec = bundle_host.tiny_sd1_spec()
     model, clip, _ = bundle_host.build_components(spec, bundle_host.random_bundle_state_dict(spec, seed=5), source="bench")
     adapter_spec, module = patch.fresh_adapter_for_model(model, context_frames=(0, 1, 2), context_width=16, interpolation=True)

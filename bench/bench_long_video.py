@@ -38,8 +38,8 @@ def build(method: str):
     import importlib
 
     pack = init_comfy()
-    bundle_host = importlib.import_module(f"{pack.__name__}.nodes.bundle_host")
-    patch = importlib.import_module(f"{pack.__name__}.nodes.temporal_patch")
+    bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
+    patch = importlib.import_module(f"{pack.__name__}.host.temporal_adapter")
     spec = bundle_host.tiny_sd1_spec()
     model, clip, _ = bundle_host.build_components(spec, bundle_host.random_bundle_state_dict(spec, seed=5), source="bench")
     adapter_spec, module = patch.fresh_adapter_for_model(model, context_frames=(0, 1, 2) if method == "rollout" else (),
@@ -76,7 +76,7 @@ def child(method: str, frames: int) -> dict:
 
     torch.manual_seed(1)
     if method == "rollout":
-        extend = importlib.import_module(f"{pack.__name__}.nodes.extend_video").ExtendVideo
+        extend = importlib.import_module(f"{pack.__name__}.nodes.rollout").ExtendVideo
         first = torch.randn(1, 4, LATENT, LATENT)
 
         def work(frames=frames):

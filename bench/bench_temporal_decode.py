@@ -49,7 +49,7 @@ def build():
 
     import comfy.sd
 
-    temporal_vae = importlib.import_module(f"{pack.__name__}.nodes.temporal_vae")
+    temporal_vae = importlib.import_module(f"{pack.__name__}.host.temporal_decoder")
     state_dict = svd_vae_state_dict()
     core = comfy.sd.VAE(sd=dict(state_dict))  # ComfyUI detects the SVD decoder (mix_factor keys)
     ours = temporal_vae.load_temporal_vae(state_dict, "'svd-shaped'")

@@ -47,7 +47,7 @@ def build(size: str):
     import comfy.supported_models as sm
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    patch = importlib.import_module(f"{pack.__name__}.nodes.temporal_patch")
+    patch = importlib.import_module(f"{pack.__name__}.host.temporal_adapter")
     importers = importlib.import_module(f"{pack.__name__}.videoldm_core.importers")
     from devtools.make_demo_bundle import animatediff_layout_state_dict
 

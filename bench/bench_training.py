@@ -25,7 +25,7 @@ set explicitly (part 1: N). On a machine shared with other work, keep N at the i
 threads that find their core taken can make a step 50-100x slower (seen here: 35 s instead of
 0.4 s for the tiny model with 2 threads on 2 cores while another process used one).
 
-Model: by default the pack's tiny SD1.x architecture (nodes.bundle_host.tiny_sd1_spec: SD1.5's
+Model: by default the pack's tiny SD1.x architecture (host.bundle.tiny_sd1_spec: SD1.5's
 block structure at widths 32/64/64/64) with random weights; --unet sd15 uses the full SD1.5 shape
 (devtools/unet_configs.SD15, ~860M parameters: for a machine with time or a GPU). fp32 weights;
 --precision bf16/fp16 autocasts the forward as the trainer does. The DDP part always uses the tiny
@@ -82,7 +82,7 @@ def build_base(pack_name: str, unet: str, device):
     import comfy.model_management as mm
     import comfy.model_patcher
 
-    bundle_host = importlib.import_module(f"{pack_name}.nodes.bundle_host")
+    bundle_host = importlib.import_module(f"{pack_name}.host.bundle")
     spec = bundle_host.tiny_sd1_spec()
     if unet == "sd15":
         from devtools import unet_configs
@@ -112,8 +112,8 @@ def child(args) -> dict:
     pack = train_entry.PACK_ALIAS
     import comfy.model_management as mm
 
-    host = importlib.import_module(f"{pack}.nodes.training_host")
-    patch = importlib.import_module(f"{pack}.nodes.temporal_patch")
+    host = importlib.import_module(f"{pack}.host.training")
+    patch = importlib.import_module(f"{pack}.host.temporal_adapter")
     objective = importlib.import_module(f"{pack}.videoldm_core.training.diffusion_objective")
     trainer_module = importlib.import_module(f"{pack}.videoldm_core.training.trainer")
     batches = importlib.import_module(f"{pack}.videoldm_core.training.batches")

@@ -50,7 +50,7 @@ def build(width: int, full: bool = False):
     import importlib
 
     pack = init_comfy()
-    bundle_host = importlib.import_module(f"{pack.__name__}.nodes.bundle_host")
+    bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
     spec = bundle_host.tiny_x4_spec()
     unet = {**spec.unet_config, **FULL_X4} if full else {**spec.unet_config, "model_channels": width}
     spec = dataclasses.replace(spec, unet_config=unet)

@@ -62,7 +62,7 @@ def animatediff_layout_state_dict(widths, max_len=32, mid_block=True, seed=0, st
 
 def make_demo_models(base_dir: Path) -> list[Path]:
     pack = init_comfy()
-    bundle_host = importlib.import_module(f"{pack.__name__}.nodes.bundle_host")
+    bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
     bundle = importlib.import_module(f"{pack.__name__}.videoldm_core.bundle")
     spec = bundle_host.tiny_sd1_spec(description="Video LDM demo: random weights, a wiring demo, not a picture")
     bundle_path = base_dir / "models" / "checkpoints" / DEMO_BUNDLE_NAME
@@ -86,8 +86,8 @@ def make_demo_models(base_dir: Path) -> list[Path]:
 def save_random_predictor(path, pack, bundle_host, bundle_spec, seed=DEMO_SEED, std=0.02, interpolation=False):
     """A prediction adapter (context encoder for 0/1/2 frames) for the bundle's UNet, or with
     `interpolation` an interpolation adapter: fresh layers plus small noise."""
-    patch = importlib.import_module(f"{pack.__name__}.nodes.temporal_patch")
-    adapter_format = importlib.import_module(f"{pack.__name__}.videoldm_core.adapter")
+    patch = importlib.import_module(f"{pack.__name__}.host.temporal_adapter")
+    adapter_format = importlib.import_module(f"{pack.__name__}.videoldm_core.temporal_adapter")
     model, _, _ = bundle_host.build_components(bundle_spec, bundle_host.random_bundle_state_dict(bundle_spec, seed=seed),
                                                source="demo")
     spec, module = patch.fresh_adapter_for_model(model, context_frames=(0, 1, 2), context_width=16, interpolation=interpolation)

@@ -40,7 +40,7 @@ class Family:
     def __init__(self, folder: Path):
         pack = init_comfy()
         self.m = lambda name: importlib.import_module(f"{pack.__name__}.{name}")
-        bundle_host, bundle = self.m("nodes.bundle_host"), self.m("videoldm_core.bundle")
+        bundle_host, bundle = self.m("host.bundle"), self.m("videoldm_core.bundle")
         from comfy.utils import load_torch_file
 
         def bundle_at(key):
@@ -49,13 +49,13 @@ class Family:
 
         self.model, self.clip, self.vae = bundle_at("base")
         self.x4_model, _, self.x4_vae = bundle_at("x4")
-        adapters = self.m("nodes.temporal_adapter")
-        patch = self.m("nodes.temporal_patch")
+        adapters = self.m("host.temporal_adapter")
+        patch = self.m("host.temporal_adapter")
         predictor = adapters.load_temporal_adapter(str(folder / NAMES["predictor"]), NAMES["predictor"])
         self.video_model = patch.apply_adapter(self.model, predictor.patcher, predictor.name)
         x4_temporal = adapters.load_temporal_adapter(str(folder / NAMES["x4-temporal"]), NAMES["x4-temporal"])
         self.x4_video_model = patch.apply_adapter(self.x4_model, x4_temporal.patcher, x4_temporal.name)
-        temporal_vae = self.m("nodes.temporal_vae")
+        temporal_vae = self.m("host.temporal_decoder")
         weights, metadata = load_torch_file(str(folder / NAMES["decoder"]), return_metadata=True)
         spec = temporal_vae.TemporalDecoderSpec.from_json(metadata[temporal_vae.TEMPORAL_DECODER_METADATA_KEY], NAMES["decoder"])
         self.temporal_vae = temporal_vae.load_temporal_vae(load_torch_file(str(folder / NAMES["base"])), NAMES["base"],
@@ -136,7 +136,7 @@ def ablation_context_guidance(family: Family, seed: int, count: int, steps: int,
     from videoldm_core.rollout import plan_rollout
     from videoldm_core.video_metrics import boundary_jump
 
-    extend = family.m("nodes.extend_video").ExtendVideo
+    extend = family.m("nodes.rollout").ExtendVideo
     out = {"baseline": [], "ours": []}
     negative = family.prompt("")
     segments, length, context = 3, FRAMES, 2

@@ -130,7 +130,7 @@ def initial_bundles(work: Path) -> tuple[Path, Path]:
     import importlib
 
     pack = init_comfy()
-    bundle_host = importlib.import_module(f"{pack.__name__}.nodes.bundle_host")
+    bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
     from videoldm_core.bundle import save_bundle
 
     base_spec, x4_spec = specs()

@@ -1,14 +1,15 @@
-"""Thin ComfyUI nodes (V3 schema) over videoldm_core; one file per stage."""
+"""Thin ComfyUI nodes (V3 schemas) over the host layer (host/); one file per stage, named as the
+stage's host module and core module are."""
 
-from .bundle_loader import LoadBundle
-from .context_guider import ContextGuiderNode
-from .extend_video import ExtendVideo
-from .interpolate_keyframes import InterpolateKeyframes
-from .temporal_adapter import ApplyTemporalAdapter, LoadTemporalAdapter, SaveTemporalAdapter
+from .bundle import LoadBundle
+from .context import VideoContextNode
+from .guidance import ContextGuiderNode
+from .interpolation import InterpolateKeyframes
 from .moving_shapes import MovingShapes
-from .train_adapter import TrainTemporalAdapter
-from .temporal_vae import LoadTemporalVAE, TemporalVAEDecode
-from .video_context import VideoContextNode
+from .rollout import ExtendVideo
+from .temporal_adapter import ApplyTemporalAdapter, LoadTemporalAdapter, SaveTemporalAdapter
+from .temporal_decoder import LoadTemporalVAE, TemporalVAEDecode
+from .training import TrainTemporalAdapter
 from .video_upscale import VideoUpscale
 
 NODES = [

@@ -1,28 +1,8 @@
-"""The pack as a ComfyUI extension: its nodes and the model folders it reads."""
+"""The pack as a ComfyUI extension: its nodes."""
 
-import os
-
-import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
 from . import NODES
-
-TEMPORAL_ADAPTERS = "temporal_adapters"
-
-
-def register_model_folders():
-    """`models/temporal_adapters` is the pack's own folder; AnimateDiff users' motion modules in
-    `models/animatediff_models` (and any paths another pack or extra_model_paths.yaml gave that
-    key) are listed too. Paths the user configured for our key are kept."""
-    folder_paths.add_model_folder_path(
-        TEMPORAL_ADAPTERS, os.path.join(folder_paths.models_dir, TEMPORAL_ADAPTERS), is_default=True)
-    animatediff_paths = [os.path.join(folder_paths.models_dir, "animatediff_models")]
-    if "animatediff_models" in folder_paths.folder_names_and_paths:
-        animatediff_paths += folder_paths.folder_names_and_paths["animatediff_models"][0]
-    for path in animatediff_paths:
-        folder_paths.add_model_folder_path(TEMPORAL_ADAPTERS, path)
-    paths, _ = folder_paths.folder_names_and_paths[TEMPORAL_ADAPTERS]
-    folder_paths.folder_names_and_paths[TEMPORAL_ADAPTERS] = (paths, set(folder_paths.supported_pt_extensions))
 
 
 class VideoLDMExtension(ComfyExtension):

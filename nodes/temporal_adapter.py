@@ -2,54 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import pickle
-from dataclasses import dataclass
-
-import comfy.utils
-import torch
 import folder_paths
 from comfy_api.latest import io, ui
 from typing_extensions import override
 
-from ..videoldm_core.adapter import AdapterFormatError, AdapterSpec, save_adapter
-from ..videoldm_core.importers import import_adapter
-from .temporal_patch import apply_adapter, build_adapter_patcher
-
-TEMPORAL_ADAPTERS = "temporal_adapters"
-
-
-@dataclass(frozen=True)
-class LoadedAdapter:
-    """The TEMPORAL_ADAPTER value: the adapter's own ModelPatcher, its spec and its file name."""
-
-    name: str
-    spec: AdapterSpec
-    patcher: object
-
-
-TemporalAdapter = io.Custom("TEMPORAL_ADAPTER")
-
-
-def read_weights(path: str, name: str) -> tuple[dict, dict]:
-    """(state dict, safetensors metadata). Pickle files are read weights-only: code in them is refused."""
-    try:
-        state_dict, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
-    except pickle.UnpicklingError as e:
-        raise AdapterFormatError(f"'{name}': refused to load; the pickle holds more than plain weights (only tensors "
-                                 f"are read, never code). Convert it to .safetensors from a trusted source. ({e})") from None
-    except Exception as e:
-        raise AdapterFormatError(f"'{name}': not a readable weights file (corrupt or truncated?): {e}") from None
-    if not isinstance(state_dict, dict):
-        raise AdapterFormatError(f"'{name}': expected a dictionary of weights, found {type(state_dict).__name__}.")
-    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-    return tensors, metadata or {}
-
-
-def load_temporal_adapter(path: str, name: str) -> LoadedAdapter:
-    state_dict, metadata = read_weights(path, name)
-    spec, native = import_adapter(state_dict, metadata, source=f"'{name}'")
-    return LoadedAdapter(name, spec, build_adapter_patcher(spec, native, source=f"'{name}'"))
+from ..host.temporal_adapter import TEMPORAL_ADAPTERS, apply_adapter, load_temporal_adapter, save_temporal_adapter
+from .io_types import TemporalAdapterType
 
 
 class LoadTemporalAdapter(io.ComfyNode):
@@ -66,7 +24,7 @@ class LoadTemporalAdapter(io.ComfyNode):
                 io.Combo.Input("adapter_name", options=folder_paths.get_filename_list(TEMPORAL_ADAPTERS),
                                tooltip="A file in models/temporal_adapters (or models/animatediff_models)."),
             ],
-            outputs=[TemporalAdapter.Output(display_name="TEMPORAL_ADAPTER",
+            outputs=[TemporalAdapterType.Output(display_name="TEMPORAL_ADAPTER",
                                             tooltip="The temporal layers, for Apply Temporal Adapter.")],
         )
 
@@ -88,7 +46,7 @@ class ApplyTemporalAdapter(io.ComfyNode):
                         "the input MODEL is not changed. Frames are the latent batch: sample T frames with a batch of T.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD image model of the adapter's family (SD1.x, SD2.x, SDXL ...)."),
-                TemporalAdapter.Input("temporal_adapter", tooltip="From Load Temporal Adapter."),
+                TemporalAdapterType.Input("temporal_adapter", tooltip="From Load Temporal Adapter."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.01,
                                tooltip="How much of the temporal layers' change to keep: 0 is exactly the image model, "
                                        "1 the adapter as trained."),
@@ -117,7 +75,7 @@ class SaveTemporalAdapter(io.ComfyNode):
             description="Saves temporal layers in the pack's native format (safetensors with the adapter spec in its "
                         "metadata) under output/temporal_adapters; imported formats are converted.",
             inputs=[
-                TemporalAdapter.Input("temporal_adapter", tooltip="The adapter to save."),
+                TemporalAdapterType.Input("temporal_adapter", tooltip="The adapter to save."),
                 io.String.Input("filename_prefix", default="temporal_adapters/adapter",
                                 tooltip="Path under the output folder; a counter and .safetensors are appended."),
             ],
@@ -128,7 +86,4 @@ class SaveTemporalAdapter(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, temporal_adapter, filename_prefix) -> io.NodeOutput:
-        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
-        filename = f"{name}_{counter:05}_.safetensors"
-        save_adapter(os.path.join(folder, filename), temporal_adapter.patcher.model, temporal_adapter.spec)
-        return io.NodeOutput(ui=ui.PreviewText(f"saved {os.path.join(subfolder, filename)}"))
+        return io.NodeOutput(ui=ui.PreviewText(f"saved {save_temporal_adapter(temporal_adapter, filename_prefix)}"))

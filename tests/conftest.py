@@ -92,7 +92,7 @@ def pack(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pack_module(pack):
-    """`pack_module("nodes.bundle_host")` imports a submodule of the pack under its installed name."""
+    """`pack_module("host.bundle")` imports a submodule of the pack under its installed name."""
     import importlib
 
     return lambda name: importlib.import_module(f"{pack.__name__}.{name}")
@@ -110,7 +110,7 @@ def node_classes(pack):
 @pytest.fixture(scope="session")
 def tiny_sd1(pack_module):
     """(MODEL, CLIP, VAE): a random-weight SD1.x-architecture model, built by the bundle code."""
-    bundle_host = pack_module("nodes.bundle_host")
+    bundle_host = pack_module("host.bundle")
     spec = bundle_host.tiny_sd1_spec()
     return bundle_host.build_components(spec, bundle_host.random_bundle_state_dict(spec, seed=5), source="tiny")
 
@@ -119,7 +119,7 @@ def tiny_sd1(pack_module):
 def tiny_x4_bundle(pack_module):
     """(MODEL, CLIP, VAE): ComfyUI's own SD x4 upscaler architecture at small width with a 4x KL VAE,
     random weights, built by the bundle code."""
-    bundle_host = pack_module("nodes.bundle_host")
+    bundle_host = pack_module("host.bundle")
     spec = bundle_host.tiny_x4_spec()
     return bundle_host.build_components(spec, bundle_host.random_bundle_state_dict(spec, seed=4), source="tiny x4")
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .adapter import set_submodule
+from .temporal_adapter import set_submodule
 from .alpha_blender import blend, merge_alpha, register_mix_factor
 from .metadata_spec import MetadataSpec
 from .positional import sinusoidal_embedding

@@ -19,11 +19,11 @@ def adapters_dir(pack):
 
 @pytest.fixture(scope="module")
 def native_adapter_file(adapters_dir, pack_module, tiny_sd1):
-    adapter = pack_module("videoldm_core.adapter")
+    adapter = pack_module("videoldm_core.temporal_adapter")
     placement = pack_module("videoldm_core.placement")
-    layout = pack_module("nodes.unet_layout").spatial_layout(tiny_sd1[0].model.diffusion_model)
+    layout = pack_module("host.unet_layout").spatial_layout(tiny_sd1[0].model.diffusion_model)
     spec = adapter.AdapterSpec("SD1.x", "animatediff", placement.animatediff_slots(layout, max_len=16), max_frames=16)
-    module = adapter.fresh_adapter(spec)
+    module = adapter.TemporalAdapter(spec)
     torch.manual_seed(0)
     for p in module.parameters():
         torch.nn.init.normal_(p, std=0.05)

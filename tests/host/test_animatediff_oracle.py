@@ -112,7 +112,7 @@ def check_against_diffusers(v, config, variant, pack_module, frames=FRAMES, tole
     reference = UNetMotionModel.from_unet2d(reference_2d, motion).eval()
 
     importers = pack_module("videoldm_core.importers")
-    patch = pack_module("nodes.temporal_patch")
+    patch = pack_module("host.temporal_adapter")
     spec, weights = importers.import_adapter(original_layout(motion.state_dict()), {}, f"{variant}.safetensors")
     assert (spec.source, spec.family, spec.max_frames) == (v["source"], v["family"], v["max_len"])
     spec = dataclasses.replace(spec, slots={p: dict(c, group_norm="video") for p, c in spec.slots.items()})

@@ -11,9 +11,9 @@ FRAMES = 4
 
 @pytest.fixture(scope="module")
 def tools(pack_module, tiny_sd1):
-    patch = pack_module("nodes.temporal_patch")
-    layout = pack_module("nodes.unet_layout")
-    adapter_mod = pack_module("videoldm_core.adapter")
+    patch = pack_module("host.temporal_adapter")
+    layout = pack_module("host.unet_layout")
+    adapter_mod = pack_module("videoldm_core.temporal_adapter")
     placement = pack_module("videoldm_core.placement")
     model, clip, _ = tiny_sd1
 
@@ -21,7 +21,7 @@ def tools(pack_module, tiny_sd1):
         spatial = layout.spatial_layout(model.model.diffusion_model)
         slots = getattr(placement, f"{kind}_slots")(spatial, **kw)
         spec = adapter_mod.AdapterSpec("SD1.x", kind, slots, max_frames=kw.get("max_len"))
-        fresh = adapter_mod.fresh_adapter(spec)
+        fresh = adapter_mod.TemporalAdapter(spec)
         torch.manual_seed(seed)
         for p in fresh.parameters():
             torch.nn.init.normal_(p, std=0.05)
@@ -172,7 +172,7 @@ def test_sd1_adapter_on_another_family_names_both(tools, config_name, family, pa
     import comfy.supported_models as sm
     from devtools import unet_configs
 
-    AdapterCompatibilityError = pack_module("videoldm_core.adapter").AdapterCompatibilityError
+    AdapterCompatibilityError = pack_module("videoldm_core.temporal_adapter").AdapterCompatibilityError
 
     patch, make_adapter, *_ = tools
     config = {"SD20": unet_configs.tiny(unet_configs.SD21), "SDXL": unet_configs.tiny(unet_configs.SDXL),
@@ -205,7 +205,7 @@ def test_core_controlnet_with_per_frame_hints_works_with_an_adapter(tiny_sd1, to
     import nodes
 
     patch, make_adapter, positive, negative = tools
-    unet = pack_module("nodes.bundle_host").tiny_sd1_spec().unet_config
+    unet = pack_module("host.bundle").tiny_sd1_spec().unet_config
     control_model = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.manual_cast, device="cpu",
                                                **{k: v for k, v in unet.items() if k not in ("out_channels", "transformer_depth_output")})
     torch.manual_seed(4)

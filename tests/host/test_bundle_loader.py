@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 def tiny_bundle(pack, pack_module):
     import folder_paths
 
-    bundle_host = pack_module("nodes.bundle_host")
+    bundle_host = pack_module("host.bundle")
     spec = bundle_host.tiny_sd1_spec()
     state_dict = bundle_host.random_bundle_state_dict(spec, seed=1)
     path = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], "tiny_host.safetensors")
@@ -104,7 +104,7 @@ def test_an_x4_upscaler_bundle_loads_with_its_4x_vae_and_stated_scale(node_class
     import comfy.model_sampling
     import folder_paths
 
-    bundle_host, bundle = pack_module("nodes.bundle_host"), pack_module("videoldm_core.bundle")
+    bundle_host, bundle = pack_module("host.bundle"), pack_module("videoldm_core.bundle")
     spec = bundle_host.tiny_x4_spec()
     spec = dataclasses.replace(spec, vae_config={**spec.vae_config, "scale_factor": 0.5})
     path = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], "tiny_x4_host.safetensors")
@@ -117,7 +117,7 @@ def test_an_x4_upscaler_bundle_loads_with_its_4x_vae_and_stated_scale(node_class
     z = torch.randn(3, 4, 8, 8)
     with torch.inference_mode():
         core = vae.decode(z)
-        temporal_vae = pack_module("nodes.temporal_vae")
+        temporal_vae = pack_module("host.temporal_decoder")
         ours_vae = node_classes["VideoLDMLoadTemporalVAE"].execute("checkpoints/tiny_x4_host.safetensors", "none").result[0]
         ours = temporal_vae.decode_video(ours_vae, z, 8, 2)
     assert core.shape == ours.shape == (3, 32, 32, 3)

@@ -9,7 +9,7 @@ FRAMES = 6
 
 @pytest.fixture(scope="module")
 def ctx(pack_module, tiny_sd1):
-    patch = pack_module("nodes.temporal_patch")
+    patch = pack_module("host.temporal_adapter")
     model, clip, vae = tiny_sd1
 
     def adapter(context=True, seed=0, std=0.05):
@@ -24,7 +24,7 @@ def ctx(pack_module, tiny_sd1):
     positive = clip.encode_from_tokens_scheduled(clip.tokenize("a red square moving left"))
     negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     return dict(patch=patch, predictor=predictor, plain=plain, positive=positive, negative=negative, vae=vae,
-                guider=pack_module("nodes.context_guider"), context=pack_module("videoldm_core.context"),
+                guider=pack_module("host.guidance"), context=pack_module("videoldm_core.context"),
                 nodes=pack_module("nodes"))
 
 

@@ -7,7 +7,7 @@ import torch
 
 @pytest.fixture(scope="module")
 def interp(pack_module, tiny_sd1):
-    patch = pack_module("nodes.temporal_patch")
+    patch = pack_module("host.temporal_adapter")
     model, clip, _ = tiny_sd1
 
     def applied(name, seed=0, **options):
@@ -23,7 +23,7 @@ def interp(pack_module, tiny_sd1):
         plain=applied("plain"),
         positive=clip.encode_from_tokens_scheduled(clip.tokenize("a red square moving left")),
         negative=clip.encode_from_tokens_scheduled(clip.tokenize("")),
-        node=pack_module("nodes.interpolate_keyframes").InterpolateKeyframes,
+        node=pack_module("nodes.interpolation").InterpolateKeyframes,
         error=pack_module("videoldm_core.interpolation").InterpolationError,
     )
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from devtools import unet_configs
-from videoldm_core.adapter import AdapterSpec, TemporalAdapter, resolve_slots
+from videoldm_core.temporal_adapter import AdapterSpec, TemporalAdapter, resolve_slots
 from videoldm_core.placement import animatediff_slots, videoldm_slots
 
 KEYS = Path(__file__).resolve().parents[1] / "data" / "keys"
@@ -19,7 +19,7 @@ def layout_of(pack_module):
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    spatial_layout = pack_module("nodes.unet_layout").spatial_layout
+    spatial_layout = pack_module("host.unet_layout").spatial_layout
     return lambda config: spatial_layout(UNetModel(**config, device="meta", operations=comfy.ops.disable_weight_init))
 
 

@@ -43,7 +43,7 @@ def test_imported_svd_temporal_layers_match_the_native_svd_unet(pack_module):
     assert not missing and not unexpected
     model = comfy.model_patcher.ModelPatcher(spatial, "cpu", "cpu")
 
-    importers, patch = pack_module("videoldm_core.importers"), pack_module("nodes.temporal_patch")
+    importers, patch = pack_module("videoldm_core.importers"), pack_module("host.temporal_adapter")
     spec, weights = importers.import_adapter(state_dict, {}, "svd_xt.safetensors")
     assert (spec.family, spec.placement) == ("SD2.x", "videoldm")
     patched = patch.apply_adapter(model, patch.build_adapter_patcher(spec, weights, "svd"), "svd")

@@ -15,7 +15,7 @@ def vae_parts(pack_module):
     SVD's key layout built with ComfyUI's own temporal_ae.VideoDecoder)."""
     from comfy.ldm.modules.temporal_ae import VideoDecoder
 
-    bundle_host = pack_module("nodes.bundle_host")
+    bundle_host = pack_module("host.bundle")
     spec = bundle_host.tiny_sd1_spec()
     bundle = bundle_host.random_bundle_state_dict(spec, seed=7)
     image_sd = {k[len("first_stage_model."):]: v for k, v in bundle.items() if k.startswith("first_stage_model.")}
@@ -38,7 +38,7 @@ def smooth_latents(frames=FRAMES, seed=0):
 
 @pytest.fixture(scope="module")
 def vaes(pack_module, vae_parts):
-    temporal_vae = pack_module("nodes.temporal_vae")
+    temporal_vae = pack_module("host.temporal_decoder")
     image_sd, _, video_decoder = vae_parts
     svd_sd = dict(image_sd, **{f"decoder.{k}": v for k, v in video_decoder.state_dict().items()})
     return temporal_vae, temporal_vae.load_temporal_vae(image_sd, "image"), temporal_vae.load_temporal_vae(svd_sd, "svd")

@@ -49,7 +49,7 @@ def test_every_file_loads_through_the_pack(which, request, pack_module):
     import comfy.model_base
 
     family = request.getfixturevalue("family") if which == "quick" else COMMITTED
-    bundle_host, bundle = pack_module("nodes.bundle_host"), pack_module("videoldm_core.bundle")
+    bundle_host, bundle = pack_module("host.bundle"), pack_module("videoldm_core.bundle")
     loaded = {}
     for name in NAMES[:2]:
         path = family / name
@@ -59,7 +59,7 @@ def test_every_file_loads_through_the_pack(which, request, pack_module):
     scale = bundle.read_bundle_spec(family / NAMES[0]).latent_scale_factor
     assert scale and base.model.latent_format.scale_factor == x4.model.latent_format.scale_factor == scale  # one VAE
 
-    adapters = pack_module("nodes.temporal_adapter")
+    adapters = pack_module("host.temporal_adapter")
     predictor = adapters.load_temporal_adapter(str(family / NAMES[2]), NAMES[2])
     interpolator = adapters.load_temporal_adapter(str(family / NAMES[3]), NAMES[3])
     x4_temporal = adapters.load_temporal_adapter(str(family / NAMES[5]), NAMES[5])
@@ -67,7 +67,7 @@ def test_every_file_loads_through_the_pack(which, request, pack_module):
     assert interpolator.spec.has_interpolation_embedding
     assert x4_temporal.spec.family == "SD-x4-upscaler"
 
-    temporal_vae = pack_module("nodes.temporal_vae")
+    temporal_vae = pack_module("host.temporal_decoder")
     from comfy.utils import load_torch_file
 
     weights, metadata = load_torch_file(str(family / NAMES[4]), safe_load=True, return_metadata=True)

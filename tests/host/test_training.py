@@ -15,13 +15,13 @@ def tr(pack_module, tiny_sd1):
     with torch.inference_mode():
         positive = clip.encode_from_tokens_scheduled(clip.tokenize("shapes moving"))
     return dict(model=model, vae=vae, positive=positive, text=positive[0][0].clone(),
-                host=pack_module("nodes.training_host"), patch=pack_module("nodes.temporal_patch"),
+                host=pack_module("host.training"), patch=pack_module("host.temporal_adapter"),
                 objective=pack_module("videoldm_core.training.diffusion_objective"),
                 trainer=pack_module("videoldm_core.training.trainer"),
                 batches=pack_module("videoldm_core.training.batches"),
                 core=pack_module("videoldm_core.training.objective"),
                 synthetic=pack_module("videoldm_core.training.synthetic"),
-                node=pack_module("nodes.train_adapter").TrainTemporalAdapter)
+                node=pack_module("nodes.training").TrainTemporalAdapter)
 
 
 def shapes_video(tr, frames=24, seed=0, size=SIZE):
@@ -176,7 +176,7 @@ def test_the_node_trains_saves_and_the_file_loads_with_load_temporal_adapter(tr,
     assert adapter.spec.placement == "videoldm"
     names = folder_paths.get_filename_list("temporal_adapters")
     assert "test_trained/tiny.safetensors" in [n.replace("\\", "/") for n in names]
-    loaded = pack_module("nodes.temporal_adapter").load_temporal_adapter(
+    loaded = pack_module("host.temporal_adapter").load_temporal_adapter(
         folder_paths.get_full_path_or_raise("temporal_adapters", "test_trained/tiny.safetensors"), "tiny")
     for k, v in adapter.patcher.model.state_dict().items():
         torch.testing.assert_close(loaded.patcher.model.state_dict()[k].float(), v.float())
@@ -243,6 +243,6 @@ def test_interrupting_the_node_keeps_what_was_learned(tr, pack_module):
         mm.interrupt_current_processing(False)
     assert max(steps_seen) == 2, "training went on after the interrupt"
     path = folder_paths.get_full_path_or_raise("temporal_adapters", "test_trained/interrupted.safetensors")
-    saved = pack_module("nodes.temporal_adapter").load_temporal_adapter(path, "interrupted")
+    saved = pack_module("host.temporal_adapter").load_temporal_adapter(path, "interrupted")
     fresh = tr["patch"].fresh_adapter_for_model(tr["model"])[1].state_dict()
     assert any(not torch.equal(v.float(), fresh[k]) for k, v in saved.patcher.model.state_dict().items() if "out_layers.3" in k)

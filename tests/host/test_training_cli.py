@@ -108,7 +108,7 @@ def test_decoder_mode_writes_an_add_on_that_load_temporal_vae_reads(setup, tmp_p
     vae_sd = comfy.utils.load_torch_file(cfg["checkpoint"], safe_load=True)   # load_temporal_vae takes first_stage_model.*
     weights, metadata = comfy.utils.load_torch_file(str(tmp_path / "out" / "temporal_decoder.safetensors"),
                                                     safe_load=True, return_metadata=True)
-    temporal_vae = pack_module("nodes.temporal_vae")
+    temporal_vae = pack_module("host.temporal_decoder")
     core = pack_module("videoldm_core.temporal_decoder")
     spec = core.TemporalDecoderSpec.from_json(metadata[core.TEMPORAL_DECODER_METADATA_KEY])
     fresh = core.TemporalDecoder(spec).state_dict()

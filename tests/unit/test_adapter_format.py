@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from devtools.make_demo_bundle import animatediff_layout_state_dict
-from videoldm_core.adapter import (ADAPTER_METADATA_KEY, AdapterCompatibilityError, AdapterFormatError, AdapterSpec,
-                                   TemporalAdapter, fresh_adapter, read_adapter_spec, resolve_slots, save_adapter)
+from videoldm_core.temporal_adapter import (ADAPTER_METADATA_KEY, AdapterCompatibilityError, AdapterFormatError, AdapterSpec,
+                                   TemporalAdapter, read_adapter_spec, resolve_slots, save_adapter)
 from videoldm_core.importers import import_adapter
 from videoldm_core.importers.animatediff import import_animatediff
 from videoldm_core.placement import SpatialLayer, animatediff_slots, videoldm_slots
@@ -48,7 +48,7 @@ def _read(path):
 
 
 def test_fresh_adapter_has_the_slot_layout_and_trainable_parameters():
-    adapter = fresh_adapter(AdapterSpec("SD1.x", "videoldm", videoldm_slots(LAYOUT)))
+    adapter = TemporalAdapter(AdapterSpec("SD1.x", "videoldm", videoldm_slots(LAYOUT)))
     keys = adapter.state_dict()
     assert "input_blocks.1.0.time_stack.out_layers.3.weight" in keys
     assert "input_blocks.1.1.time_stack.1.attn2.to_k.weight" in keys  # depth 2: one temporal block each

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from videoldm_core.adapter import AdapterFormatError, AdapterSpec, TemporalAdapter, read_adapter_spec, save_adapter
+from videoldm_core.temporal_adapter import AdapterFormatError, AdapterSpec, TemporalAdapter, read_adapter_spec, save_adapter
 from videoldm_core.context import (ContextEncoder, ContextError, VideoContext, context_input, context_mask,
                                    context_positions, place_frames)
 from videoldm_core.guidance import context_guidance, needs_branches

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from videoldm_core.adapter import AdapterFormatError, AdapterSpec, TemporalAdapter, read_adapter_spec, save_adapter
+from videoldm_core.temporal_adapter import AdapterFormatError, AdapterSpec, TemporalAdapter, read_adapter_spec, save_adapter
 from videoldm_core.interpolation import (InterpolationEmbedding, InterpolationError, augment_keyframes, check_keyframes,
                                          dense_length, interpolation_labels, keyframe_positions, keyframe_windows,
                                          regime_label)

@@ -6,7 +6,7 @@ the native layout), or raises AdapterFormatError naming what it expected and wha
 
 from __future__ import annotations
 
-from ..adapter import ADAPTER_METADATA_KEY, AdapterFormatError, AdapterSpec
+from ..temporal_adapter import ADAPTER_METADATA_KEY, AdapterFormatError, AdapterSpec
 from .animatediff import import_animatediff, looks_like_animatediff
 from .svd import import_svd, looks_like_svd
 

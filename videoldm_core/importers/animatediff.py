@@ -17,7 +17,7 @@ import re
 
 import torch
 
-from ..adapter import AdapterFormatError, AdapterSpec
+from ..temporal_adapter import AdapterFormatError, AdapterSpec
 from ..positional import sinusoidal_embedding
 
 ANIMATELCM_MAX_LEN = 64

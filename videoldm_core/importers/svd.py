@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ..adapter import AdapterFormatError, AdapterSpec
+from ..temporal_adapter import AdapterFormatError, AdapterSpec
 
 _TEMPORAL = re.compile(r"^(?:model\.diffusion_model\.)?((?:input_blocks|output_blocks)\.\d+\.\d+|middle_block\.\d+)\."
                        r"(time_stack|time_mixer|time_pos_embed)\.(.+)$")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing_extensions import override
 
-import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..videoldm_core.bundle import read_bundle_spec
-from .bundle_host import build_components
+from ..host.bundle import load_bundle
 
 
 class LoadBundle(io.ComfyNode):
@@ -40,8 +38,4 @@ class LoadBundle(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, bundle_name) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise("checkpoints", bundle_name)
-        spec = read_bundle_spec(path)  # header only: a non-bundle fails here, before weights are read
-        state_dict = comfy.utils.load_torch_file(path, safe_load=True)
-        model, clip, vae = build_components(spec, state_dict, source=f"'{bundle_name}'")
-        return io.NodeOutput(model, clip, vae)
+        return io.NodeOutput(*load_bundle(bundle_name))

@@ -144,12 +144,6 @@ class TemporalAdapter(nn.Module):
         return self
 
 
-def fresh_adapter(spec: AdapterSpec) -> TemporalAdapter:
-    """A new adapter for training: default torch init with zero-initialised output layers, so
-    applying it leaves the image model's output unchanged."""
-    return TemporalAdapter(spec)
-
-
 def save_adapter(path: str | Path, adapter: TemporalAdapter, spec: Optional[AdapterSpec] = None):
     spec = spec or adapter.spec
     tensors = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}

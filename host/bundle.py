@@ -23,7 +23,7 @@ import comfy.supported_models
 import comfy.supported_models_base
 import comfy.utils
 
-from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, BundleSpec, split_components
+from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, BundleSpec, read_bundle_spec, split_components
 
 _MODEL_TYPES = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}
 _FAMILY_CONFIGS = {"SD1.x": comfy.supported_models.SD15, "SD-x4-upscaler": comfy.supported_models.SD_X4Upscaler}
@@ -118,6 +118,16 @@ def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], sour
     missing = [k for k in missing if not k.endswith((".logit_scale", ".text_projection.weight"))]
     _require_complete("text encoder", missing, unexpected, source)
     return patcher, clip, vae
+
+
+def load_bundle(bundle_name: str):
+    """(MODEL, CLIP, VAE) from a bundle in the checkpoints folder. The spec is read from the header
+    first: a file that is not a bundle fails before any weights are read."""
+    import folder_paths
+
+    path = folder_paths.get_full_path_or_raise("checkpoints", bundle_name)
+    spec = read_bundle_spec(path)
+    return build_components(spec, comfy.utils.load_torch_file(path, safe_load=True), source=f"'{bundle_name}'")
 
 
 def _diff_keys(module: torch.nn.Module, state_dict: dict) -> tuple[list[str], list[str]]:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from videoldm_core.tiling import TilingError, plan_tiles
+from videoldm_core.video_upscale import TilingError, plan_tiles
 
 
 @pytest.mark.parametrize("shape, tile, tile_ov, chunk, chunk_ov", [

@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 import comfy.sd
 import comfy.utils
 
-from ..videoldm_core.adapter import AdapterSpec, fresh_adapter, read_adapter_spec
+from ..videoldm_core.temporal_adapter import AdapterSpec, read_adapter_spec
 from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, read_bundle_spec, save_bundle
 from ..videoldm_core.temporal_decoder import TemporalDecoder, TemporalDecoderSpec, spec_for_decoder
 from ..videoldm_core.training.batches import StepBatches
@@ -56,10 +56,9 @@ from ..videoldm_core.training.image_objective import ImagePhase
 from ..videoldm_core.training.distributed import barrier, init_world
 from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.trainer import Trainer, TrainConfig, latest_checkpoint
-from .bundle_host import build_components
-from .temporal_patch import fresh_adapter_for_model
-from .training_host import (UNetDenoiser, augmentation_schedule, caption_encoder, decoder_items, folder_items,
-                            noise_schedule, pretrainable_unet, trainable_base, trainable_decoder, trained_state)
+from .bundle import build_components
+from .training import (UNetDenoiser, augmentation_schedule, caption_encoder, decoder_items, folder_items, noise_schedule,
+                       pretrainable_unet, starting_adapter, trainable_base, trainable_decoder, trained_state)
 from .unet_layout import model_family
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"extra"}
@@ -75,20 +74,16 @@ def load_checkpoint(path: str):
     return build_components(spec, comfy.utils.load_torch_file(path, safe_load=True), source=f"'{Path(path).name}'")
 
 
-def starting_adapter(model, settings: dict, mode: str):
+def starting_adapter_from_config(model, settings: dict, mode: str):
+    """The config's "adapter" settings: continue a native adapter file ("init"), or a fresh one."""
     init = settings.get("init")
     if init:
         spec = read_adapter_spec(init)
         if spec is None:
             raise TrainingError(f"'{init}': expected a native Video LDM adapter (with its spec in the metadata).")
-        module = fresh_adapter(spec)
-        module.load_weights(comfy.utils.load_torch_file(init, safe_load=True), source=f"'{init}'")
-        return spec, module
-    context = settings.get("context_frames", [0, 1, 2] if mode in ("prediction", "interpolation") else [])
-    options = {k: v for k, v in settings.items() if k not in ("init", "context_frames", "context_width", "regimes", "patch")}
-    return fresh_adapter_for_model(model, context_frames=tuple(context), context_width=settings.get("context_width", 64),
-                                   interpolation=mode == "interpolation" and settings.get("regimes", [0, 1]) != [0],
-                                   **options)
+        return starting_adapter(model, mode, spec, comfy.utils.load_torch_file(init, safe_load=True), source=f"'{init}'")
+    options = {k: v for k, v in settings.items() if k not in ("init", "patch")}
+    return starting_adapter(model, mode, **options)
 
 
 def encode_prompt(clip, text: str):
@@ -146,7 +141,7 @@ def run_config(path: str) -> int:
         return run_vae(config, world, train_config, batch_size, output)
     model, clip, vae = load_checkpoint(config["checkpoint"])
     torch.manual_seed(train_config.seed)   # a fresh adapter's initial weights, the same on every rank and run
-    spec, adapter = starting_adapter(model, settings, mode)
+    spec, adapter = starting_adapter_from_config(model, settings, mode)
     check_mode(spec, mode, regimes)   # before any data is read
     base = trainable_base(model)
     text, pooled = encode_prompt(clip, config.get("prompt", ""))

@@ -1,9 +1,16 @@
-"""The sampler settings that the pack's self-sampling nodes share with KSampler."""
+"""The pack's custom IO types and the inputs its nodes share: what node modules import from each
+other, so no node module imports another node module.
+
+The IO ids (`TEMPORAL_ADAPTER`, `VIDEO_CONTEXT`) are what saved graphs store; they never change.
+The Python names end in `Type` so they never read as the core's `TemporalAdapter` module class."""
 
 from __future__ import annotations
 
 import comfy.samplers
 from comfy_api.latest import io
+
+TemporalAdapterType = io.Custom("TEMPORAL_ADAPTER")   # value: host.temporal_adapter.LoadedAdapter
+VideoContextType = io.Custom("VIDEO_CONTEXT")         # value: videoldm_core.context.VideoContext
 
 
 def sampler_inputs(per: str | None = None, cfg_default: float = 7.5) -> list:
@@ -19,8 +26,3 @@ def sampler_inputs(per: str | None = None, cfg_default: float = 7.5) -> list:
         io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="The sampler."),
         io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="The noise schedule."),
     ]
-
-
-def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int):
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
-    return comfy.samplers.sampler_object(sampler_name), sigmas

@@ -1,4 +1,5 @@
-"""Load Temporal VAE and Temporal VAE Decode: a decoder with temporal layers, windowed over time.
+"""A VAE whose decoder has temporal layers (Video LDM §3.2), loaded into ComfyUI and decoded in
+windows over time: what Load Temporal VAE and Temporal VAE Decode call.
 
 ComfyUI's VAE Decode splits frames into memory-sized batches and decodes each batch as a separate
 clip (its tiled fallback even decodes one frame at a time), so temporal layers see the wrong clip.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import os
 
 import torch
-from typing_extensions import override
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -19,7 +19,6 @@ import comfy.ops
 import comfy.sd
 import comfy.utils
 import folder_paths
-from comfy_api.latest import io
 
 from ..videoldm_core.temporal_decoder import (TEMPORAL_DECODER_METADATA_KEY, TemporalDecoder, TemporalDecoderFormatError,
                                               TemporalDecoderSpec, split_svd_vae)
@@ -148,85 +147,22 @@ def decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_siz
     return (out / total).to(mm.intermediate_dtype())
 
 
-def _vae_sources() -> list[str]:
+def vae_sources() -> list[str]:
     return ([f"vae/{n}" for n in folder_paths.get_filename_list("vae")] +
             [f"checkpoints/{n}" for n in folder_paths.get_filename_list("checkpoints")])
 
 
-class LoadTemporalVAE(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="VideoLDMLoadTemporalVAE",
-            display_name="Load Temporal VAE",
-            category="Video LDM/vae",
-            description="Loads a VAE whose decoder has temporal layers: an SVD VAE file, an SVD checkpoint's first "
-                        "stage, or an image VAE plus a temporal-decoder add-on. Decode with Temporal VAE Decode.",
-            search_aliases=["svd vae", "temporal decoder", "video vae"],
-            inputs=[
-                io.Combo.Input("vae_name", options=_vae_sources(),
-                               tooltip="A VAE file (models/vae) or a checkpoint whose first stage is used (models/checkpoints)."),
-                io.Combo.Input("temporal_decoder", options=[NONE] + folder_paths.get_filename_list("temporal_adapters"),
-                               default=NONE,
-                               tooltip="A temporal-decoder add-on for an image VAE (models/temporal_adapters), or 'none' "
-                                       "(an SVD VAE brings its own)."),
-            ],
-            outputs=[io.Vae.Output(display_name="VAE", tooltip="The VAE; decode videos with Temporal VAE Decode.")],
-        )
-
-    @classmethod
-    @override
-    def execute(cls, vae_name, temporal_decoder) -> io.NodeOutput:
-        folder, name = vae_name.split("/", 1)
-        state_dict = comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise(folder, name), safe_load=True)
-        addon = None
-        if temporal_decoder != NONE:
-            path = folder_paths.get_full_path_or_raise("temporal_adapters", temporal_decoder)
-            weights, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
-            if not metadata or TEMPORAL_DECODER_METADATA_KEY not in metadata:
-                raise TemporalDecoderFormatError(f"'{temporal_decoder}' is not a temporal-decoder add-on (no "
-                                                 f"'{TEMPORAL_DECODER_METADATA_KEY}' metadata).")
-            addon = (TemporalDecoderSpec.from_json(metadata[TEMPORAL_DECODER_METADATA_KEY], f"'{temporal_decoder}'"), weights)
-        return io.NodeOutput(load_temporal_vae(state_dict, f"'{os.path.basename(name)}'", addon))
-
-
-class TemporalVAEDecode(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="VideoLDMTemporalVAEDecode",
-            display_name="Temporal VAE Decode",
-            category="Video LDM/vae",
-            description="Decodes video latents in overlapping windows of frames, each window one clip for the "
-                        "decoder's temporal layers, cross-faded at the seams. With an image VAE it gives the same "
-                        "images as VAE Decode.",
-            inputs=[
-                io.Vae.Input("vae", tooltip="A VAE; its temporal layers (from Load Temporal VAE) are used if present."),
-                io.Latent.Input("samples", tooltip="Video latents: the batch is the frames."),
-                io.Int.Input("window", default=17, min=1, max=4096,
-                             tooltip="Frames decoded together as one clip. Larger: smoother, more memory. The "
-                                     "default, 17 with overlap 1, moves on 16 frames per window."),
-                io.Int.Input("overlap", default=1, min=0, max=4095,
-                             tooltip="Frames shared by neighbouring windows and cross-faded; less than the window. "
-                                     "More overlap gives smoother seams but costs about window / (window - overlap) "
-                                     "times the decoding (16 with 4: 1.33x; 17 with 1: 1.06x)."),
-                io.Int.Input("tile_size", default=0, min=0, max=4096, step=8,
-                             tooltip="Spatial tiles in latent pixels (0: whole frames). Each tile holds all frames of "
-                                     "a window; tiles overlap by a quarter."),
-            ],
-            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The decoded frames.")],
-        )
-
-    @classmethod
-    def validate_inputs(cls, window, overlap):
-        # ComfyUI skips its own min/max checks for the inputs named here, so both are checked
-        if window < 1:
-            return f"window must be at least 1 frame, found {window}"
-        if not 0 <= overlap < window:
-            return f"overlap must be at least 0 and less than the window ({window} frames), found {overlap}"
-        return True
-
-    @classmethod
-    @override
-    def execute(cls, vae, samples, window, overlap, tile_size) -> io.NodeOutput:
-        return io.NodeOutput(decode_video(vae, samples["samples"], window, overlap, tile_size))
+def load_temporal_vae_files(vae_name: str, temporal_decoder: str = NONE):
+    """Load Temporal VAE: `vae_name` as "vae/<file>" or "checkpoints/<file>" (its first stage), plus an
+    optional temporal-decoder add-on from models/temporal_adapters."""
+    folder, name = vae_name.split("/", 1)
+    state_dict = comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise(folder, name), safe_load=True)
+    addon = None
+    if temporal_decoder != NONE:
+        path = folder_paths.get_full_path_or_raise("temporal_adapters", temporal_decoder)
+        weights, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+        if not metadata or TEMPORAL_DECODER_METADATA_KEY not in metadata:
+            raise TemporalDecoderFormatError(f"'{temporal_decoder}' is not a temporal-decoder add-on (no "
+                                             f"'{TEMPORAL_DECODER_METADATA_KEY}' metadata).")
+        addon = (TemporalDecoderSpec.from_json(metadata[TEMPORAL_DECODER_METADATA_KEY], f"'{temporal_decoder}'"), weights)
+    return load_temporal_vae(state_dict, f"'{os.path.basename(name)}'", addon)

@@ -1,4 +1,5 @@
-"""Context Guider: sampling with given frames (c_S) and context guidance (Video LDM §3.1.1).
+"""Sampling with given frames (c_S) and context guidance (Video LDM §3.1.1): the guider and the
+sampling helper that Context Guider, Extend Video and Interpolate Keyframes share.
 
 The guider attaches c_S to every branch as the `videoldm_context` model cond, so the branches keep
 the same cond keys and ComfyUI batches them in one forward when memory allows (sequentially
@@ -10,35 +11,19 @@ from __future__ import annotations
 
 import logging
 
-import comfy.conds
 import comfy.model_management
 import comfy.sample
 import comfy.sampler_helpers
 import comfy.samplers
 import torch
-from comfy_api.latest import io
-from typing_extensions import override
 
 from ..videoldm_core.context import ContextError, VideoContext, context_input
 from ..videoldm_core.guidance import context_guidance, needs_branches
-from .temporal_patch import CONTEXT_KEY, LABELS_KEY, applied_adapters
-from .video_context import VideoContextType
+from .context import with_context
+from .temporal_forward import applied_adapters
 
 log = logging.getLogger("videoldm")
 ON_MISSING = ("error", "ignore")
-
-
-def with_context(conditioning, c_s: torch.Tensor, labels: torch.Tensor | None = None):
-    """A copy of CONDITIONING whose entries carry c_S (and interpolation labels) as model conds."""
-    extra = {CONTEXT_KEY: comfy.conds.CONDRegular(c_s)}
-    if labels is not None:
-        extra[LABELS_KEY] = comfy.conds.CONDRegular(labels)
-    out = []
-    for tensor, options in conditioning:
-        options = dict(options)
-        options["model_conds"] = {**options.get("model_conds", {}), **extra}
-        out.append([tensor, options])
-    return out
 
 
 def check_context_encoder(model, num_given: int, on_missing: str) -> bool:
@@ -138,40 +123,16 @@ def sample_with_context(model, positive, negative, context: VideoContext, sample
     return out.to(comfy.model_management.intermediate_device())
 
 
-class ContextGuiderNode(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="VideoLDMContextGuider",
-            display_name="Context Guider",
-            category="Video LDM/sampling",
-            description="A GUIDER for SamplerCustomAdvanced that samples a video from given context frames (Video LDM "
-                        "prediction) with text CFG and context guidance: f(z) + s·(f(z; c_S) − f(z)).",
-            inputs=[
-                io.Model.Input("model", tooltip="A model with a prediction temporal adapter applied (one with a context encoder)."),
-                io.Conditioning.Input("positive", tooltip="The prompt."),
-                io.Conditioning.Input("negative", tooltip="The negative prompt (it also sees the context frames)."),
-                VideoContextType.Input("context", tooltip="From Video Context: which frames are given."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Text classifier-free guidance scale; 1 skips the negative branch."),
-                io.Float.Input("context_scale", default=1.0, min=0.0, max=20.0, step=0.05,
-                               tooltip="Context guidance s: 1 is plain conditioning on the context; above 1 also runs a "
-                                       "context-dropped branch and pushes away from it (the paper uses s >= 1)."),
-                io.Boolean.Input("keep_given_frames", default=True,
-                                 tooltip="Return the given frames unchanged (they are masked out of denoising)."),
-                io.Combo.Input("if_no_context_encoder", options=list(ON_MISSING), default="error",
-                               tooltip="When no applied adapter reads context frames: stop with an error, or ignore the "
-                                       "context and guide with text CFG only."),
-            ],
-            outputs=[io.Guider.Output(tooltip="For SamplerCustomAdvanced; the latent must have the context's frame count.")],
-        )
+def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int):
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+    return comfy.samplers.sampler_object(sampler_name), sigmas
 
-    @classmethod
-    @override
-    def execute(cls, model, positive, negative, context, cfg, context_scale, keep_given_frames,
-                if_no_context_encoder) -> io.NodeOutput:
-        reads = check_context_encoder(model, len(context.positions), if_no_context_encoder)
-        guider = ContextGuider(model, context if reads else None, context_scale, keep_given_frames)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
-        return io.NodeOutput(guider)
+
+def context_guider(model, positive, negative, context: VideoContext, cfg: float, context_scale: float,
+                   keep_given: bool, on_missing: str) -> ContextGuider:
+    """The Context Guider node's GUIDER: conds set, ready for SamplerCustomAdvanced."""
+    reads = check_context_encoder(model, len(context.positions), on_missing)
+    guider = ContextGuider(model, context if reads else None, context_scale, keep_given)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    return guider

@@ -1,6 +1,7 @@
 """ComfyUI's side of training: the frozen base UNet of a MODEL, run with a trainable temporal
-adapter through the same patches that sample with it (nodes/temporal_patch.py), as the
-`denoiser(x_t, t, num_videos, conditioning)` the core objectives call.
+adapter through the same patches that sample with it (host/temporal_adapter.py), as the
+`denoiser(x_t, t, num_videos, conditioning)` the core objectives call; and the Train Temporal
+Adapter node's small in-graph run (`train_temporal_adapter`).
 
 Nothing of the user's MODEL changes: the UNet is frozen on a deep-copied clone (as core's
 TrainLoraNode does), and the adapter is a fresh fp32 module outside any cast or offload.
@@ -9,6 +10,9 @@ TrainLoraNode does), and the adapter is a fresh fp32 module outside any cast or 
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
+import time
 
 import torch
 
@@ -17,12 +21,22 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.model_sampling
 import comfy.patcher_extension
+import comfy.utils
+import folder_paths
 
-from ..videoldm_core.training.diffusion_objective import UPSCALER_FAMILY
+from ..videoldm_core.temporal_adapter import TemporalAdapter, resolve_slots, save_adapter
+from ..videoldm_core.training.batches import StepBatches
+from ..videoldm_core.training.data import ClipSpec, VideoFolder
+from ..videoldm_core.training.diffusion_objective import UPSCALER_FAMILY, DiffusionPhase, check_mode
+from ..videoldm_core.training.latent_cache import build_latent_cache
+from ..videoldm_core.training.loss_curve import loss_curve_image
 from ..videoldm_core.training.objective import TrainingError, frozen
 from ..videoldm_core.training.schedule import NoiseSchedule
-from .temporal_patch import CHECKPOINT_KEY, CONTEXT_KEY, LABELS_KEY, apply_adapter
-from .unet_layout import model_family
+from ..videoldm_core.training.trainer import Trainer, TrainConfig
+from .context import context_kwargs
+from .keys import CHECKPOINT_KEY
+from .temporal_adapter import TEMPORAL_ADAPTERS, LoadedAdapter, apply_adapter, build_adapter_patcher, fresh_adapter_for_model
+from .unet_layout import model_family, spatial_layout
 
 
 def noise_schedule(model) -> NoiseSchedule:
@@ -131,8 +145,7 @@ class UNetDenoiser:
         text = (self.text.expand(rows, -1, -1) if text is None else text).to(self.device)
         y = conditioning.get("y")
         y = self._adm(rows, *x_t.shape[-2:]) if y is None else y.to(self.device)
-        extra = {k: conditioning[c].to(self.device) for k, c in ((CONTEXT_KEY, "c_s"), (LABELS_KEY, "labels"))
-                 if conditioning.get(c) is not None}
+        extra = context_kwargs(conditioning.get("c_s"), conditioning.get("labels"), self.device)
         options = {**self.transformer_options, "cond_or_uncond": [0] * num_videos}
         unet = self.base.model.diffusion_model
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
@@ -175,7 +188,6 @@ def training_items(model, vae, images: torch.Tensor, clip_frames: int, mode: str
 
 def encoder_fingerprint(vae) -> str:
     """An identity for a VAE's encoder (for latent cache keys): its class and a hash of its weights."""
-    import hashlib
     digest = hashlib.sha256()
     for name, tensor in sorted(vae.first_stage_model.encoder.state_dict().items()):
         digest.update(name.encode())
@@ -187,8 +199,6 @@ def folder_items(model, vae, dataset, mode: str, cache_dir, progress=None, encod
     """Training clips from a VideoFolder: latents encoded once into a shard cache (reused while files,
     clip spec and VAE stay the same), scaled into the model's latent space. The x4 upscaler's
     low-res frames come from the frames themselves, so that mode encodes in memory."""
-    from ..videoldm_core.training.latent_cache import build_latent_cache
-
     to_images = lambda frames: (frames.movedim(1, -1) + 1) / 2   # (T,3,H,W) [-1,1] -> (T,H,W,3) [0,1]
     if mode == "upscaler":
         items = []
@@ -249,3 +259,83 @@ def trained_state(module, trainer, phase: str = "adapter", attribute: str = "ada
         raise TrainingError(f"trained weights {sorted(set(trained) - set(state))[:3]} are not in the {attribute}.")
     state.update(trained)
     return state
+
+
+def starting_adapter(model, mode: str, spec=None, weights: dict | None = None, source: str = "adapter",
+                     context_frames=None, context_width: int = 64, regimes=(0, 1), **options):
+    """(spec, fp32 trainable module) for the node and the CLI alike: a copy of the given adapter
+    (`spec` and its `weights`, checked against `model`), or a fresh one for `mode` (`options` go to
+    the placement). Prediction and interpolation get a context encoder for S = 0, 1, 2 by default."""
+    if spec is not None:
+        resolve_slots(spec, spatial_layout(model.model.diffusion_model), model_family(model), source=source)
+        module = TemporalAdapter(spec)
+        module.load_weights({k: v.float() for k, v in weights.items()}, source=source)
+        return spec, module
+    if context_frames is None:
+        context_frames = (0, 1, 2) if mode in ("prediction", "interpolation") else ()
+    return fresh_adapter_for_model(model, context_frames=tuple(context_frames), context_width=context_width,
+                                   interpolation=mode == "interpolation" and list(regimes) != [0], **options)
+
+
+def input_folder(folder: str) -> str:
+    path = folder if os.path.isabs(folder) else os.path.join(folder_paths.get_input_directory(), folder)
+    if not os.path.isdir(path):
+        raise TrainingError(f"expected a folder of videos or frame folders, found no folder '{folder}' "
+                            f"(relative paths are under ComfyUI's input folder).")
+    return path
+
+
+def adapter_save_path(save_name: str) -> str:
+    folder = folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0]
+    path = os.path.abspath(os.path.join(folder, save_name if save_name.endswith(".safetensors") else save_name + ".safetensors"))
+    if os.path.commonpath([path, os.path.abspath(folder)]) != os.path.abspath(folder):
+        raise TrainingError(f"expected a save name inside models/{TEMPORAL_ADAPTERS}, found {save_name!r}.")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, steps: int, learning_rate: float,
+                           batch_size: int, seed: int, gradient_checkpointing: bool, images=None, folder: str = "",
+                           width: int = 256, height: int = 256, fps: float = 0.0, temporal_adapter=None,
+                           save_name: str = "") -> tuple[LoadedAdapter, torch.Tensor]:
+    """Train Temporal Adapter: (the trained TEMPORAL_ADAPTER, the loss curve IMAGE). What is saved
+    (save_name, or an interrupted run) and what is returned are the same weights: EMA when kept."""
+    if (images is None) == (not folder):
+        raise TrainingError("expected training frames from exactly one source: `images` or `folder`, found "
+                            f"{'both' if images is not None else 'neither'}.")
+    config = TrainConfig(steps=steps, lr=learning_rate, warmup=min(50, steps // 10), seed=seed)
+    save_path = adapter_save_path(save_name) if save_name else None   # a bad name fails before training
+    # ComfyUI runs nodes under inference mode; everything autograd sees is made outside it
+    with torch.inference_mode(False):
+        torch.manual_seed(seed)   # a fresh adapter's initial weights: the same seed repeats the run
+        given = {} if temporal_adapter is None else dict(spec=temporal_adapter.spec, source=f"'{temporal_adapter.name}'",
+                                                         weights=temporal_adapter.patcher.model.state_dict())
+        spec, adapter = starting_adapter(model, mode, **given)
+        check_mode(spec, mode)   # before anything is encoded
+        base = trainable_base(model)
+        schedule = noise_schedule(base)
+        augment, max_level = augmentation_schedule(base)
+        text = positive[0][0].clone()
+        pooled = positive[0][1].get("pooled_output")
+        if images is not None:
+            items = training_items(base, vae, images.clone(), clip_frames, mode)
+        else:
+            dataset = VideoFolder(input_folder(folder), ClipSpec(clip_frames, fps or None, height, width), seed=seed)
+            cache = os.path.join(folder_paths.get_temp_directory(), "videoldm_latents",
+                                 hashlib.sha256(str(dataset.folder.resolve()).encode()).hexdigest()[:16])
+            items = folder_items(base, vae, dataset, mode, cache)
+        denoiser = UNetDenoiser(base, adapter, text, None if pooled is None else pooled.clone(),
+                                gradient_checkpointing=gradient_checkpointing).load()
+        phase = DiffusionPhase(adapter, denoiser, schedule, mode, augment_schedule=augment, max_noise_level=max_level)
+        trainer = Trainer([phase], config, StepBatches(items, batch_size, seed=seed), device=denoiser.device)
+        pbar = comfy.utils.ProgressBar(steps)
+        finished = trainer.run(should_stop=mm.processing_interrupted, on_step=lambda row: pbar.update(1))
+    trained = trained_state(adapter, trainer)
+    if save_path or not finished:
+        adapter.load_state_dict(trained)   # the weights returned below, not the live (non-EMA) ones
+        save_adapter(save_path or adapter_save_path(f"interrupted_{time.strftime('%Y%m%d-%H%M%S')}"), adapter, spec)
+    mm.throw_exception_if_processing_interrupted()
+    name = f"trained ({mode}, {trainer.step} steps)"
+    result = LoadedAdapter(name, spec, build_adapter_patcher(spec, trained, source=name))
+    curve = loss_curve_image([r["adapter/loss"] for r in trainer.history], title=f"{mode} loss")
+    return result, curve

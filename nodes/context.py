@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import comfy.model_management
-import torch
 from comfy_api.latest import io
 from typing_extensions import override
 
-from ..videoldm_core.context import ContextError, VideoContext, context_positions, place_frames
-
-VideoContextType = io.Custom("VIDEO_CONTEXT")
-
-
-def given_latents(frames, images, vae) -> torch.Tensor:
-    """The given frames as latents: a LATENT, or IMAGE frames encoded with the VAE."""
-    if frames is not None and images is not None:
-        raise ContextError("expected the given frames as a LATENT or as IMAGE frames with a VAE, found both.")
-    if frames is not None:
-        return frames["samples"]
-    if images is None:
-        raise ContextError("expected the given frames: connect a LATENT (frames) or IMAGE frames and a VAE.")
-    if vae is None:
-        raise ContextError("IMAGE frames need a VAE to become latents; connect the VAE of the model's family.")
-    return vae.encode(images[:, :, :, :3])
+from ..host.context import video_context
+from .io_types import VideoContextType
 
 
 class VideoContextNode(io.ComfyNode):
@@ -56,10 +40,4 @@ class VideoContextNode(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, length, positions, frames=None, images=None, vae=None, use_last=0) -> io.NodeOutput:
-        given = given_latents(frames, images, vae)
-        if use_last:
-            given = given[-use_last:]
-        where = context_positions(positions, given.shape[0], length)
-        latents = place_frames(given.to(comfy.model_management.intermediate_device(), torch.float32), where, length)
-        context = VideoContext(latents, tuple(where))
-        return io.NodeOutput(context, {"samples": latents.clone()})
+        return io.NodeOutput(*video_context(length, positions, frames, images, vae, use_last))

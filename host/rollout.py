@@ -1,0 +1,37 @@
+"""Long videos by autoregressive rollout with a prediction adapter (Video LDM §3.1.1): the Extend
+Video node's sampling loop. One segment is on the device at a time."""
+
+from __future__ import annotations
+
+import comfy.model_management as mm
+import comfy.utils
+import torch
+
+from ..videoldm_core.context import VideoContext, place_frames
+from ..videoldm_core.rollout import plan_rollout
+from .guidance import check_context_encoder, sample_with_context, sampler_and_sigmas
+
+
+def extend_video(model, positive, negative, video: dict, segments: int, segment_length: int, context_frames: int,
+             seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, context_scale: float = 1.0) -> dict:
+    """The LATENT `video` followed by `segments` new segments, each conditioned on the last frames."""
+    frames = video["samples"].to(mm.intermediate_device(), torch.float32)
+    plan = plan_rollout(frames.shape[0], segment_length, context_frames, segments)
+    check_context_encoder(model, plan[-1].context_frames, "error")
+    sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps)
+    pbar = comfy.utils.ProgressBar(len(plan) * steps)
+    # the whole video is allocated once: segments write into it (no growing list, no final copy)
+    video_out = torch.empty(frames.shape[0] + sum(s.new_frames for s in plan), *frames.shape[1:])
+    video_out[:frames.shape[0]] = frames
+    end = frames.shape[0]
+    for segment in plan:
+        mm.throw_exception_if_processing_interrupted()
+        given = video_out[end - segment.context_frames:end]
+        context = VideoContext(place_frames(given, range(segment.context_frames), segment_length),
+                               tuple(range(segment.context_frames)))
+        out = sample_with_context(model, positive, negative, context, sampler, sigmas, cfg, seed + segment.index,
+                                  lambda: pbar.update(1), context_scale=context_scale)
+        video_out[end:end + segment.new_frames] = out[segment.context_frames:]
+        end += segment.new_frames
+        del out, context
+    return {"samples": video_out}

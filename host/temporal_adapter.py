@@ -1,0 +1,173 @@
+"""Temporal adapters in ComfyUI (Video LDM §3.1): read from a file, built as a module of comfy.ops
+layers in its own ModelPatcher, made fresh for training, and applied to a MODEL without touching it.
+
+Applying clones the MODEL and registers, on the clone only:
+- the adapter's own ModelPatcher as an additional model (loaded, offloaded and cast with the UNet);
+- one `forward_timestep_embed_patch` handler for ResBlock and one for SpatialTransformer
+  (host/temporal_forward.py), which runs the spatial layer and then the temporal slots of it;
+- an OUTER_SAMPLE wrapper that checks the frame count before the first step;
+- a DIFFUSION_MODEL wrapper that routes c_S and interpolation labels (host/context.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import comfy.patcher_extension
+import comfy.utils
+from comfy.ldm.modules.attention import SpatialTransformer
+from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+from ..videoldm_core.importers import import_adapter
+from ..videoldm_core.placement import animatediff_slots, videoldm_slots
+from ..videoldm_core.positional import check_frame_limit
+from ..videoldm_core.temporal_adapter import AdapterFormatError, AdapterSpec, TemporalAdapter, resolve_slots, save_adapter
+from .context import route_context, slice_context_in_windows
+from .keys import OPTIONS_KEY, WRAPPER_KEY
+from .temporal_forward import AppliedAdapter, forward_with_temporal
+from .unet_layout import model_family, named_layers, spatial_layout
+
+TEMPORAL_ADAPTERS = "temporal_adapters"   # the models folder key
+log = logging.getLogger("videoldm")
+
+
+@dataclass(frozen=True)
+class LoadedAdapter:
+    """The TEMPORAL_ADAPTER value: the adapter's own ModelPatcher, its spec and its file name."""
+
+    name: str
+    spec: AdapterSpec
+    patcher: object
+
+
+def read_weights(path: str, name: str) -> tuple[dict, dict]:
+    """(state dict, safetensors metadata). Pickle files are read weights-only: code in them is refused."""
+    try:
+        state_dict, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+    except pickle.UnpicklingError as e:
+        raise AdapterFormatError(f"'{name}': refused to load; the pickle holds more than plain weights (only tensors "
+                                 f"are read, never code). Convert it to .safetensors from a trusted source. ({e})") from None
+    except Exception as e:
+        raise AdapterFormatError(f"'{name}': not a readable weights file (corrupt or truncated?): {e}") from None
+    if not isinstance(state_dict, dict):
+        raise AdapterFormatError(f"'{name}': expected a dictionary of weights, found {type(state_dict).__name__}.")
+    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    return tensors, metadata or {}
+
+
+def load_temporal_adapter(path: str, name: str) -> LoadedAdapter:
+    state_dict, metadata = read_weights(path, name)
+    spec, native = import_adapter(state_dict, metadata, source=f"'{name}'")
+    return LoadedAdapter(name, spec, build_adapter_patcher(spec, native, source=f"'{name}'"))
+
+
+def save_temporal_adapter(adapter: LoadedAdapter, filename_prefix: str) -> str:
+    """Writes the adapter in the native format under the output folder; returns the path written,
+    relative to the output folder."""
+    import folder_paths
+
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
+    filename = f"{name}_{counter:05}_.safetensors"
+    save_adapter(os.path.join(folder, filename), adapter.patcher.model, adapter.spec)
+    return os.path.join(subfolder, filename)
+
+
+def build_adapter_patcher(spec, state_dict, source: str):
+    """The adapter as a module of comfy.ops layers in its own ModelPatcher (lowvram, dtype casting).
+    Weights are stored in the dtype the host picks for UNets on this device; manual_cast layers
+    compute in the dtype of whatever UNet they run in. Applying never changes the stored weights."""
+    module = TemporalAdapter(spec, operations=comfy.ops.manual_cast)
+    patcher = comfy.model_patcher.CoreModelPatcher(module, load_device=mm.get_torch_device(),
+                                                   offload_device=mm.unet_offload_device())
+    module.load_weights(state_dict, source=source, assign=patcher.is_dynamic())
+    parameters = sum(v.numel() for v in state_dict.values())
+    module.to(mm.unet_dtype(model_params=parameters, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32]))
+    return patcher
+
+
+def unet_levels(diffusion_model) -> int:
+    """Number of resolutions of an SD UNet: one more than its downsampling layers."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample
+    return 1 + sum(isinstance(m, Downsample) for m in diffusion_model.input_blocks.modules())
+
+
+def fresh_adapter_for_model(model, placement: str = "videoldm", context_frames=(), context_width: int = 64,
+                            interpolation: bool = False, **options):
+    """(spec, TemporalAdapter) with slots for every spatial layer of `model`, ready to train: its
+    output layers start at zero, so applying it leaves the model's output exactly unchanged.
+    `options` go to the placement (e.g. positional="relative", text_context=False, max_len=32).
+    `context_frames` (e.g. (0, 1, 2)): add a context encoder for prediction (Video LDM placement).
+    `interpolation`: also embed the interpolation regime label and augmentation level."""
+    diffusion_model = model.model.diffusion_model
+    layout = spatial_layout(diffusion_model)
+    encoder = None
+    if context_frames:
+        if placement != "videoldm":
+            raise ValueError(f"a context encoder needs the 'videoldm' placement, found {placement!r}.")
+        options["context_channels"] = context_width
+        encoder = dict(in_channels=model.model.latent_format.latent_channels + 1, width=context_width,
+                       levels=unet_levels(diffusion_model))
+    slots = {"videoldm": videoldm_slots, "animatediff": animatediff_slots}[placement](layout, **options)
+    labels = None
+    if interpolation:
+        emb = {layer.emb_channels for layer in layout if layer.kind == "resblock"}
+        labels = dict(emb_channels=emb.pop(), regimes=2)
+    spec = AdapterSpec(model_family(model), placement, slots, max_frames=options.get("max_len") if placement == "animatediff" else None,
+                       context_encoder=encoder, context_frames=sorted(context_frames), interpolation=labels)
+    return spec, TemporalAdapter(spec)   # output layers start at zero
+
+
+
+def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, max_distance: int | None = None):
+    """A clone of `model` with the adapter applied; `model` itself is not changed."""
+    spec = adapter_patcher.model.spec
+    diffusion_model = model.model.diffusion_model
+    resolved = resolve_slots(spec, spatial_layout(diffusion_model), model_family(model), source=f"'{name}'")
+    m = model.clone()
+    if strength == 0.0:
+        return m  # exactly the image model: nothing runs
+    layers = dict(named_layers(diffusion_model))
+    applied = AppliedAdapter(name, adapter_patcher.clone(), strength, max_distance)
+    for slot_path, layer_path in resolved.items():
+        layer = layers[layer_path]
+        if spec.slots[slot_path]["kind"] == "transformer":
+            applied.inside[id(layer)] = slot_path
+        else:
+            applied.after.setdefault(id(layer), []).append(slot_path)
+    options = m.model_options["transformer_options"]
+    previous = options.get(OPTIONS_KEY, [])
+    if not previous:
+        m.set_model_forward_timestep_embed_patch((ResBlock, forward_with_temporal))
+        m.set_model_forward_timestep_embed_patch((SpatialTransformer, forward_with_temporal))
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, check_frames_before_sampling)
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, route_context)
+    options[OPTIONS_KEY] = previous + [applied]
+    m.set_additional_models("videoldm", [a.patcher for a in options[OPTIONS_KEY]])
+    return m
+
+
+
+def check_frames_before_sampling(executor, noise, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: frame-count problems are reported before the first step."""
+    guider = executor.class_obj
+    options = guider.model_options.get("transformer_options", {})
+    frames = noise.shape[0]
+    handler = guider.model_options.get("context_handler")
+    if handler is not None:  # context windows: each window, plus the anchor frame core may prepend
+        frames = min(frames, handler.context_length + 1)
+        slice_context_in_windows(handler)
+    for applied in options.get(OPTIONS_KEY, []):
+        if applied.adapter.spec.max_frames is not None:
+            check_frame_limit(frames, applied.adapter.spec.max_frames, f"temporal adapter '{applied.name}'")
+    if frames < 2 and options.get(OPTIONS_KEY):
+        log.warning("Video LDM: sampling %d frame with temporal adapters; temporal layers need at least 2 frames "
+                    "(the latent batch is the frame count), so this runs as the image model.", frames)
+    return executor(noise, *args, **kwargs)

@@ -1,0 +1,99 @@
+"""Video upscaling: the SD x4 upscaler over video frames, tiled in space and chunked in time
+(Video LDM §3.1.1: the upsampler is applied convolutionally, on patches and portions of frames).
+
+Tiling happens inside every model call: a DIFFUSION_MODEL wrapper runs the UNet on each region
+(the same spatial tiles for every frame, overlapping chunks of frames) and blends the predictions
+with weights that sum to one, so every denoising step sees one consistent prediction. At that level
+x already holds the low-res frames (c_concat), so they are tiled with it; the temporal layers of an
+applied adapter see each chunk's frames together.
+"""
+
+from __future__ import annotations
+
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.patcher_extension
+import comfy.sample
+import comfy.utils
+import torch
+
+from ..videoldm_core.video_upscale import TilingError, plan_tiles
+
+TILING_KEY = "videoldm_tiling"
+GRID = 8  # the x4 UNet halves the latent three times
+
+
+def tiled_forward(tile, tile_overlap, chunk, chunk_overlap, on_region=lambda: None):
+    """DIFFUSION_MODEL wrapper: the UNet per region, predictions blended (one region: untouched)."""
+
+    plans = {}   # one plan per latent shape: every step reuses its regions and weights
+
+    def forward(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        groups = len(transformer_options.get("cond_or_uncond", [0]))
+        frames = x.shape[0] // groups
+        shape = (frames, x.shape[-2], x.shape[-1])
+        if shape not in plans:
+            plans[shape] = plan_tiles(*shape, tile, tile_overlap, chunk, chunk_overlap)
+        plan = plans[shape]
+        if len(plan.regions) == 1:
+            on_region()
+            return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        if control is not None:
+            raise TilingError("tiled upscaling cannot pass ControlNet hints per tile; remove the ControlNet or use "
+                              "one tile and one chunk covering the video.")
+
+        def predict(region):
+            mm.throw_exception_if_processing_interrupted()
+            rows = plan.rows(region, groups).to(x.device)
+
+            def take(value):
+                if not torch.is_tensor(value) or value.ndim == 0 or value.shape[0] != x.shape[0]:
+                    return value
+                if value.ndim == 4 and value.shape[-2:] == x.shape[-2:]:   # a view first: copy the tile only
+                    value = value[..., slice(*region.rows), slice(*region.cols)]
+                return value[rows.to(value.device)]
+
+            out = executor(take(x), take(timesteps), take(context), take(y), None, dict(transformer_options),
+                           **{k: take(v) for k, v in kwargs.items()})
+            on_region()
+            return out
+
+        return plan.blend(predict, groups)
+
+    return forward
+
+
+def check_upscaler(model):
+    if not isinstance(model.model, comfy.model_base.SD_X4Upscaler):
+        raise TilingError(f"expected an SD x4 upscaler MODEL (e.g. x4-upscaler-ema.safetensors from Load Checkpoint), "
+                          f"found {type(model.model).__name__} ({type(model.model.model_config).__name__}).")
+
+
+def check_grid(height: int, width: int, tile: int):
+    if height % GRID or width % GRID:
+        raise TilingError(f"the x4 upscaler needs frames whose height and width are multiples of {GRID} pixels, found "
+                          f"{width}x{height}; crop or pad them first (e.g. with core ImageCrop / ImagePadForOutpaint).")
+    if tile % GRID:
+        raise TilingError(f"tile_size must be a multiple of {GRID}, found {tile}.")
+
+
+def upscale_video(model, positive, negative, images: torch.Tensor, noise_augmentation: float, seed: int, steps: int,
+                  cfg: float, sampler_name: str, scheduler: str, tile_size: int, tile_overlap: int, chunk_length: int,
+                  chunk_overlap: int) -> dict:
+    """The x4 LATENT of IMAGE frames, sampled jointly with tiles and chunks blended at every step."""
+    check_upscaler(model)
+    frames, height, width = images.shape[0], images.shape[1], images.shape[2]
+    check_grid(height, width, tile_size)
+    plan = plan_tiles(frames, height, width, tile_size, tile_overlap, chunk_length, chunk_overlap)
+    pixels = images[..., :3].movedim(-1, 1) * 2.0 - 1.0
+    conds = [[[t, {**o, "concat_image": pixels, "noise_augmentation": noise_augmentation}] for t, o in c]
+             for c in (positive, negative)]
+    pbar = comfy.utils.ProgressBar(steps * len(plan.regions))  # one tile-step per region and step
+    tiled = model.clone()
+    tiled.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, TILING_KEY,
+                               tiled_forward(tile_size, tile_overlap, chunk_length, chunk_overlap, lambda: pbar.update(1)))
+    latent = torch.zeros(frames, 4, height, width)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    samples = comfy.sample.sample(tiled, noise, steps, cfg, sampler_name, scheduler, conds[0], conds[1], latent,
+                                  disable_pbar=True, seed=seed)
+    return {"samples": samples}

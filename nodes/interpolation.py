@@ -1,0 +1,53 @@
+"""Interpolate Keyframes: T keyframes → 4T − 3 frames in latent space (Video LDM §3.1.1)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+from typing_extensions import override
+
+from ..host.interpolation import interpolate_keyframes
+from ..videoldm_core.interpolation import REGIMES
+from .io_types import sampler_inputs
+
+
+class InterpolateKeyframes(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VideoLDMInterpolateKeyframes",
+            display_name="Interpolate Keyframes",
+            category="Video LDM/sampling",
+            description="Samples the three frames between each pair of keyframes with an interpolation adapter: "
+                        "T keyframes → 4T − 3 frames at 4x the frame rate. Chain twice for 16T − 15.",
+            inputs=[
+                io.Model.Input("model", tooltip="A model with an interpolation adapter applied (context encoder, trained "
+                                                "on keyframe masks)."),
+                io.Conditioning.Input("positive", tooltip="The prompt."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt."),
+                io.Latent.Input("keyframes", tooltip="T >= 2 keyframes (batch = frames), all of one size."),
+                io.Combo.Input("regime", options=list(REGIMES), default="T→4T",
+                               tooltip="Which step of the cascade: T→4T (first pass, e.g. 1.875→7.5 fps) or 4T→16T "
+                                       "(second pass, 7.5→30 fps). Needs an adapter with the regime label."),
+                io.Boolean.Input("keep_keyframes", default=True,
+                                 tooltip="Return the keyframes unchanged at positions 0, 4, 8, ..."),
+                io.Float.Input("augmentation", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Conditioning augmentation: noise of this level on the keyframes the model "
+                                       "sees (the level is an input of the model too). Use the level it was trained with."),
+                io.Int.Input("window_keyframes", default=5, min=2, max=4096,
+                             tooltip="Keyframes per window; windows share one keyframe, memory is that of one window "
+                                     "(4·window − 3 frames)."),
+                *sampler_inputs("window"),
+                io.Float.Input("fps", default=1.875, min=0.001, max=1000.0, step=0.001,
+                               tooltip="Frame rate of the keyframes; the output rate is 4x this."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="4T − 3 frames."),
+                     io.Float.Output(display_name="fps", tooltip="The new frame rate (4x), for CreateVideo.")],
+        )
+
+    @classmethod
+    @override
+    def execute(cls, model, positive, negative, keyframes, regime, keep_keyframes, augmentation, window_keyframes, seed,
+                steps, cfg, sampler_name, scheduler, fps) -> io.NodeOutput:
+        return io.NodeOutput(*interpolate_keyframes(model, positive, negative, keyframes, regime, keep_keyframes,
+                                                    augmentation, window_keyframes, seed, steps, cfg, sampler_name,
+                                                    scheduler, fps))

@@ -1,0 +1,73 @@
+"""Train Temporal Adapter: small training runs inside ComfyUI (Video LDM §3: the image model stays
+frozen, only the temporal layers learn). Real runs use the CLI (train.py, torchrun)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+from typing_extensions import override
+
+from ..host.training import train_temporal_adapter
+from ..videoldm_core.training.diffusion_objective import MODES
+from .io_types import TemporalAdapterType
+
+
+class TrainTemporalAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VideoLDMTrainTemporalAdapter",
+            display_name="Train Temporal Adapter",
+            category="Video LDM/training",
+            description="Trains temporal layers on a frozen image model (Video LDM: only the temporal layers learn), "
+                        "for small runs: one video's frames or a folder of clips, a few hundred steps. The MODEL and VAE "
+                        "are not changed. Interrupting stops after the current step and keeps what was learned.",
+            inputs=[
+                io.Model.Input("model", tooltip="The frozen image model (SD1.x, SD2.x, SDXL, or the SD x4 upscaler for "
+                                                "mode 'upscaler'). Any temporal adapter applied to it is ignored."),
+                io.Vae.Input("vae", tooltip="The model's VAE, to encode the training frames once."),
+                io.Conditioning.Input("positive", tooltip="The prompt describing the training clips (every clip "
+                                                          "uses it); an empty prompt works."),
+                io.Combo.Input("mode", options=list(MODES), default="temporal",
+                               tooltip="temporal: the base video model. prediction: with 0/1/2 context frames (for "
+                                       "Extend Video). interpolation: keyframes every 4th frame given (for Interpolate "
+                                       "Keyframes). upscaler: the SD x4 upscaler's temporal layers on patches."),
+                io.Int.Input("clip_frames", default=8, min=2, max=256,
+                             tooltip="T: frames per training clip (interpolation needs 4K−3, e.g. 9 or 13)."),
+                io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimiser steps."),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-5,
+                               tooltip="AdamW learning rate (the paper uses 1e-4), reached after a short warm-up."),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Clips per step."),
+                io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1,
+                             tooltip="Seeds clip order, noise and masks: the same seed repeats the run exactly."),
+                io.Boolean.Input("gradient_checkpointing", default=False,
+                                 tooltip="Recompute activations in the backward pass: less memory, about a third slower."),
+                io.Image.Input("images", optional=True,
+                               tooltip="One video's frames to train on (every window of clip_frames frames is a clip)."),
+                io.String.Input("folder", default="", optional=True,
+                                tooltip="Or a folder of videos / frame folders (under ComfyUI's input folder, or an "
+                                        "absolute path); clips are read at `fps` and cropped to width x height."),
+                io.Int.Input("width", default=256, min=32, max=4096, step=8, optional=True,
+                             tooltip="Clip width in pixels when reading a folder."),
+                io.Int.Input("height", default=256, min=32, max=4096, step=8, optional=True,
+                             tooltip="Clip height in pixels when reading a folder."),
+                io.Float.Input("fps", default=0.0, min=0.0, max=240.0, step=0.125, optional=True,
+                               tooltip="Frame rate clips are sampled at from a folder (0: each video's own)."),
+                TemporalAdapterType.Input("temporal_adapter", optional=True,
+                                      tooltip="Continue training this adapter (a copy; the input is not changed). "
+                                              "Without it, a fresh adapter for the mode is created."),
+                io.String.Input("save_name", default="", optional=True,
+                                tooltip="If set, save the result as models/temporal_adapters/<save_name>.safetensors "
+                                        "(Load Temporal Adapter lists it). Empty: not saved."),
+            ],
+            outputs=[TemporalAdapterType.Output(display_name="TEMPORAL_ADAPTER", tooltip="The trained temporal layers."),
+                     io.Image.Output(display_name="loss_curve", tooltip="The training loss per step.")],
+        )
+
+    @classmethod
+    @override
+    def execute(cls, model, vae, positive, mode, clip_frames, steps, learning_rate, batch_size, seed,
+                gradient_checkpointing, images=None, folder="", width=256, height=256, fps=0.0,
+                temporal_adapter=None, save_name="") -> io.NodeOutput:
+        return io.NodeOutput(*train_temporal_adapter(model, vae, positive, mode, clip_frames, steps, learning_rate,
+                                                     batch_size, seed, gradient_checkpointing, images, folder, width,
+                                                     height, fps, temporal_adapter, save_name))
