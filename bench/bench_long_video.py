@@ -48,7 +48,7 @@ def build(method: str):
     for p in module.parameters():
         torch.nn.init.normal_(p, std=0.02)
     adapter = patch.build_adapter_patcher(adapter_spec, module.state_dict(), source="bench")
-    patched = patch.apply_adapter(model, adapter, "bench", max_distance=DISTANCE if method == "distance" else None)
+    patched = patch.apply_adapter(model, adapter, "bench", attention_distance=DISTANCE if method == "distance" else None)
     if method == "windows":
         from comfy_extras.nodes_context_windows import ContextWindowsManualNode
 

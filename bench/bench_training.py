@@ -250,7 +250,7 @@ def make_inputs(workdir: Path, args, env: dict) -> tuple[Path, Path]:
         subprocess.run([sys.executable, "-m", "devtools.make_demo_bundle", str(base)], cwd=REPO_ROOT, env=env,
                        check=True, capture_output=True)
         checkpoint = base / "models" / "checkpoints" / "videoldm_demo_tiny.safetensors"
-    from videoldm_core.training.synthetic import write_dataset
+    from devtools.synthetic_data import write_dataset
 
     clips = workdir / "clips"
     write_dataset(clips, count=max(4, 4 * args.batch), seed=0, frames=args.frames, height=args.latent * 8,

@@ -1,6 +1,6 @@
 """The paper's four ablations on the toy family, side by side, over held-out moving-shapes clips
 and several seeds (mean ± standard deviation), with metrics that fit data whose motion is known
-(videoldm_core/video_metrics.py):
+(devtools/video_metrics.py):
 
 1. frames from the image model alone vs with temporal layers (the predictor with no context
    frames is the plain video model): trajectory jerk of the shapes' centroids, px/frame²;
@@ -67,7 +67,8 @@ class Family:
 
 
 def held_out(seed: int, count: int, fps: float, scale: int = 1):
-    from videoldm_core.training.synthetic import clip_seed, moving_shapes_clip
+    from devtools.synthetic_data import clip_seed
+    from videoldm_core.moving_shapes import moving_shapes_clip
 
     return [moving_shapes_clip(clip_seed(EVAL_SEED + seed, i), FRAMES, SIDE, SIDE, fps, scale=scale) for i in range(count)]
 
@@ -84,7 +85,7 @@ def images_of(frames: torch.Tensor) -> torch.Tensor:
 def ablation_temporal_alignment(family: Family, seed: int, count: int, steps: int, cfg: float):
     import comfy.sample
 
-    from videoldm_core.video_metrics import shape_centroids, trajectory_jerk
+    from devtools.video_metrics import shape_centroids, trajectory_jerk
 
     out = {"baseline": [], "ours": []}
     negative = family.prompt("")
@@ -104,7 +105,7 @@ def ablation_temporal_alignment(family: Family, seed: int, count: int, steps: in
 
 
 def ablation_decoder(family: Family, seed: int, count: int):
-    from videoldm_core.video_metrics import temporal_difference_error
+    from devtools.video_metrics import temporal_difference_error
 
     out = {"baseline": [], "ours": []}
     for clip in held_out(seed, count, FPS):
@@ -115,7 +116,7 @@ def ablation_decoder(family: Family, seed: int, count: int):
 
 
 def ablation_upscaler(family: Family, seed: int, count: int, steps: int, cfg: float):
-    from videoldm_core.video_metrics import temporal_difference_error
+    from devtools.video_metrics import temporal_difference_error
 
     upscale = family.m("nodes.video_upscale").VideoUpscale
     out = {"baseline": [], "ours": []}
@@ -134,7 +135,7 @@ def ablation_upscaler(family: Family, seed: int, count: int, steps: int, cfg: fl
 
 def ablation_context_guidance(family: Family, seed: int, count: int, steps: int, cfg: float, scale: float):
     from videoldm_core.rollout import plan_rollout
-    from videoldm_core.video_metrics import boundary_jump
+    from devtools.video_metrics import boundary_jump
 
     extend = family.m("nodes.rollout").ExtendVideo
     out = {"baseline": [], "ours": []}
@@ -166,7 +167,7 @@ ABLATIONS = {
 def verdict(baseline: list[float], ours: list[float]) -> str:
     """Side by side over seeds, and the paired margin (baseline - ours per seed: both sides of a
     seed see the same clips and noise) against its own seed-to-seed spread."""
-    from videoldm_core.video_metrics import mean_and_spread
+    from devtools.video_metrics import mean_and_spread
 
     (b, b_sd), (o, o_sd) = mean_and_spread(baseline), mean_and_spread(ours)
     margin, margin_sd = mean_and_spread([x - y for x, y in zip(baseline, ours)])

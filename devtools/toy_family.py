@@ -111,7 +111,7 @@ def specs():
 
 
 def write_data(work: Path, quick: bool) -> dict[str, Path]:
-    from videoldm_core.training.synthetic import write_dataset
+    from devtools.synthetic_data import write_dataset
 
     folders = {"clips": work / "clips", "clips_x4": work / "clips_x4", "keyframes": work / "keyframes"}
     if not (folders["clips"] / "captions.json").exists():

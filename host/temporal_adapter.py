@@ -126,7 +126,7 @@ def fresh_adapter_for_model(model, placement: str = "videoldm", context_frames=(
 
 
 
-def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, max_distance: int | None = None):
+def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, attention_distance: int | None = None):
     """A clone of `model` with the adapter applied; `model` itself is not changed."""
     spec = adapter_patcher.model.spec
     diffusion_model = model.model.diffusion_model
@@ -135,7 +135,7 @@ def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, max_
     if strength == 0.0:
         return m  # exactly the image model: nothing runs
     layers = dict(named_layers(diffusion_model))
-    applied = AppliedAdapter(name, adapter_patcher.clone(), strength, max_distance)
+    applied = AppliedAdapter(name, adapter_patcher.clone(), strength, attention_distance)
     for slot_path, layer_path in resolved.items():
         layer = layers[layer_path]
         if spec.slots[slot_path]["kind"] == "transformer":

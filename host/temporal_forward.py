@@ -36,7 +36,7 @@ class AppliedAdapter:
     name: str
     patcher: comfy.model_patcher.ModelPatcher
     strength: float
-    max_distance: int | None
+    attention_distance: int | None
     inside: dict = field(default_factory=dict)   # id(spatial transformer) -> slot path (Video LDM attention)
     after: dict = field(default_factory=dict)    # id(layer) -> [slot paths] run on the layer's output
 
@@ -55,12 +55,12 @@ class AppliedAdapter:
             emb = context_call.temporal_emb(self, emb) if context_call is not None else emb
             out = slot(x, emb, num_frames, image_only_indicator, context_features=features)
         else:
-            out = slot(x, num_frames, max_distance=self.max_distance, attention=host_attention)
+            out = slot(x, num_frames, attention_distance=self.attention_distance, attention=host_attention)
         return self.lerp(x, out)
 
     def mix_tokens(self, path, tokens, depth_index, num_frames, context, image_only_indicator, features=None):
         out = self.adapter.slot(path)(tokens, depth_index, num_frames, context=context,
-                                      image_only_indicator=image_only_indicator, max_distance=self.max_distance,
+                                      image_only_indicator=image_only_indicator, attention_distance=self.attention_distance,
                                       attention=host_attention, context_features=features)
         return self.lerp(tokens, out)
 

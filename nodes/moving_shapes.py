@@ -1,12 +1,12 @@
 """Moving Shapes: a seeded synthetic video whose motion is known exactly, for small training runs,
-tests and the toy model family (videoldm_core/training/synthetic.py)."""
+tests and the toy model family (videoldm_core/moving_shapes.py)."""
 
 from __future__ import annotations
 
 from comfy_api.latest import io
 from typing_extensions import override
 
-from ..videoldm_core.training.synthetic import moving_shapes_clip
+from ..videoldm_core.moving_shapes import moving_shapes_clip
 
 
 class MovingShapes(io.ComfyNode):

@@ -61,7 +61,7 @@ class ApplyTemporalAdapter(io.ComfyNode):
     @override
     def execute(cls, model, temporal_adapter, strength, attention_distance) -> io.NodeOutput:
         patched = apply_adapter(model, temporal_adapter.patcher, temporal_adapter.name, strength=strength,
-                                max_distance=attention_distance or None)
+                                attention_distance=attention_distance or None)
         return io.NodeOutput(patched)
 
 

@@ -43,16 +43,13 @@ class Attention(nn.Module):
         self.to_v = operations.Linear(context_dim, inner_dim, bias=False)
         self.to_out = nn.Sequential(operations.Linear(inner_dim, query_dim), nn.Dropout(dropout))
 
-    def forward(self, x, context=None, mask=None, attention: AttentionFn = sdpa_attention, rotate=None,
-                context_repeat: int = 1):
+    def forward(self, x, context=None, mask=None, attention: AttentionFn = sdpa_attention, context_repeat: int = 1):
         """`context_repeat` r: `context` holds one row per r consecutive rows of x (e.g. one text per
         video, shared by its h·w positions); keys and values are projected once and then repeated."""
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         if context_repeat > 1:
             k, v = k.repeat_interleave(context_repeat, dim=0), v.repeat_interleave(context_repeat, dim=0)
-        if rotate is not None:
-            q, k = rotate(q, self.heads), rotate(k, self.heads)
         return self.to_out(attention(q, k, v, self.heads, mask=mask))
 
 

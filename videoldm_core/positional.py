@@ -3,8 +3,7 @@
 - absolute sinusoidal, with a maximum length (sgm's `time_pos_embed` input; AnimateDiff's `pe`);
 - relative sinusoidal with an optional attention distance limit (Video LDM appendix: "we use
   relative sinusoidal positional encodings ... mask the temporal attention layers such that we
-  only attend over a maximum frame distance of 8 frames" when running longer than trained);
-- rotary encodings plus a T5-style bucketed relative bias (LaVie's temporal attention).
+  only attend over a maximum frame distance of 8 frames" when running longer than trained).
 """
 
 from __future__ import annotations
@@ -55,12 +54,12 @@ def check_frame_limit(num_frames: int, max_frames: int, what: str = "this tempor
             "attention distance limit.")
 
 
-def distance_mask(num_frames: int, max_distance: Optional[int], device=None) -> Optional[torch.Tensor]:
-    """Additive (T, T) mask: 0 where |i - j| <= max_distance, -inf elsewhere; None if unlimited."""
-    if max_distance is None or max_distance >= num_frames - 1:
+def distance_mask(num_frames: int, attention_distance: Optional[int], device=None) -> Optional[torch.Tensor]:
+    """Additive (T, T) mask: 0 where |i - j| <= attention_distance, -inf elsewhere; None if unlimited."""
+    if attention_distance is None or attention_distance >= num_frames - 1:
         return None
     idx = torch.arange(num_frames, device=device)
-    far = (idx[:, None] - idx[None, :]).abs() > max_distance
+    far = (idx[:, None] - idx[None, :]).abs() > attention_distance
     return torch.zeros(num_frames, num_frames, device=device).masked_fill(far, float("-inf"))
 
 
@@ -80,49 +79,3 @@ class RelativeSinusoidalBias(nn.Module):
         features = sinusoidal_embedding(idx[:, None] - idx[None, :], self.dim, self.max_period)
         bias = self.proj(features.to(self.proj.weight.dtype))  # (T, T, heads)
         return rearrange(bias, "i j h -> 1 h i j")
-
-
-class RelativePositionBias(nn.Module):
-    """T5-style bucketed relative position bias (LaVie's `time_rel_pos_bias`)."""
-
-    def __init__(self, heads: int = 8, num_buckets: int = 32, max_distance: int = 32, operations=nn):
-        super().__init__()
-        self.num_buckets, self.max_distance = num_buckets, max_distance
-        self.relative_attention_bias = operations.Embedding(num_buckets, heads)
-
-    def bucket(self, relative: torch.Tensor) -> torch.Tensor:
-        half = self.num_buckets // 2
-        ret = (relative < 0).long() * half  # key before query
-        n = relative.abs()
-        max_exact = half // 2
-        is_small = n < max_exact
-        large = max_exact + (torch.log(n.float().clamp(min=1) / max_exact) / math.log(self.max_distance / max_exact)
-                             * (half - max_exact)).long()
-        large = large.clamp(max=half - 1)
-        return ret + torch.where(is_small, n, large)
-
-    def forward(self, num_frames: int, device=None) -> torch.Tensor:
-        idx = torch.arange(num_frames, device=device)
-        buckets = self.bucket(idx[None, :] - idx[:, None])
-        return rearrange(self.relative_attention_bias(buckets), "i j h -> 1 h i j")
-
-
-class RotaryEmbedding(nn.Module):
-    """Rotary position encoding of the first `dim` channels of each head (LaVie uses dim 32)."""
-
-    def __init__(self, dim: int = 32, theta: float = 10000.0):
-        super().__init__()
-        self.dim = dim
-        self.register_buffer("freqs", 1.0 / theta ** (torch.arange(0, dim, 2).float() / dim))
-
-    def rotate(self, x: torch.Tensor, heads: int) -> torch.Tensor:
-        """x: (batch, frames, heads * dim_head) -> same shape, rotated by frame index."""
-        x = rearrange(x, "b t (h d) -> b h t d", h=heads)
-        freqs = self.freqs.to(x.device)
-        positions = torch.arange(x.shape[2], device=x.device, dtype=freqs.dtype)
-        angles = torch.repeat_interleave(positions[:, None] * freqs, 2, dim=-1)  # (t, dim): pairs share a frequency
-        rot, rest = x[..., : self.dim], x[..., self.dim:]
-        pairs = rearrange(rot, "... (d r) -> ... d r", r=2)
-        rotated_half = rearrange(torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), "... d r -> ... (d r)")
-        rot = rot * angles.cos().to(x.dtype) + rotated_half * angles.sin().to(x.dtype)
-        return rearrange(torch.cat((rot, rest), dim=-1), "b h t d -> b t (h d)")

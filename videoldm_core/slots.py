@@ -96,12 +96,12 @@ class TransformerSlot(ContextInput):
         self.time_mixer = AlphaBlender(merge_strategy, alpha)
         self.init_context(context_channels, channels, operations)
 
-    def frame_bias(self, num_frames: int, max_distance: Optional[int], device) -> Optional[torch.Tensor]:
+    def frame_bias(self, num_frames: int, attention_distance: Optional[int], device) -> Optional[torch.Tensor]:
         rel = self.time_rel_pos_bias(num_frames, device) if self.positional == "relative" else None
-        return combine_masks(rel, distance_mask(num_frames, max_distance, device))
+        return combine_masks(rel, distance_mask(num_frames, attention_distance, device))
 
     def forward(self, x: torch.Tensor, depth_index: int, num_frames: int, context: Optional[torch.Tensor] = None,
-                image_only_indicator: Optional[torch.Tensor] = None, max_distance: Optional[int] = None,
+                image_only_indicator: Optional[torch.Tensor] = None, attention_distance: Optional[int] = None,
                 attention: AttentionFn = sdpa_attention, context_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: the tokens after spatial block `depth_index`, ((b t), s, c). `context`: the spatial
         text context ((b t), n, d); the temporal layers attend to the first frame's text.
@@ -119,7 +119,7 @@ class TransformerSlot(ContextInput):
         # s positions (projected once, not once per position)
         time_context = context[::num_frames] if context is not None and block.attn2 is not None else None
         x_mix = rearrange(x_mix, "(b t) s c -> (b s) t c", t=num_frames)
-        x_mix = block(x_mix, context=time_context, mask=self.frame_bias(num_frames, max_distance, x.device),
+        x_mix = block(x_mix, context=time_context, mask=self.frame_bias(num_frames, attention_distance, x.device),
                       attention=attention, context_repeat=s)
         x_mix = rearrange(x_mix, "(b s) t c -> (b t) s c", s=s)
         return self.time_mixer(x, x_mix, image_only_indicator)
@@ -144,7 +144,7 @@ class MotionAttention(Attention):
         super().__init__(channels, heads, channels // heads, operations=operations)
         self.pos_encoder = PositionalEncoding(channels, max_len)
 
-    def forward(self, x, mask=None, attention: AttentionFn = sdpa_attention, rotate=None):
+    def forward(self, x, mask=None, attention: AttentionFn = sdpa_attention):
         return super().forward(self.pos_encoder(x), mask=mask, attention=attention)
 
 
@@ -183,7 +183,7 @@ class MotionTransformer(nn.Module):
                                                 for _ in range(depth))
         self.proj_out = zero_(operations.Linear(channels, channels))
 
-    def forward(self, x, num_frames: int, max_distance: Optional[int] = None, attention: AttentionFn = sdpa_attention):
+    def forward(self, x, num_frames: int, attention_distance: Optional[int] = None, attention: AttentionFn = sdpa_attention):
         _, _, h, w = x.shape
         if self.group_norm == "frame":
             z = rearrange(self.norm(x), "(b t) c h w -> (b h w) t c", t=num_frames)
@@ -191,7 +191,7 @@ class MotionTransformer(nn.Module):
             z = self.norm(rearrange(x, "(b t) c h w -> b c t h w", t=num_frames))
             z = rearrange(z, "b c t h w -> (b h w) t c")
         z = self.proj_in(z)
-        mask = distance_mask(num_frames, max_distance, x.device)
+        mask = distance_mask(num_frames, attention_distance, x.device)
         for block in self.transformer_blocks:
             z = block(z, mask=mask, attention=attention)
         z = self.proj_out(z)
@@ -203,5 +203,5 @@ class MotionModuleSlot(nn.Module):
         super().__init__()
         self.temporal_transformer = MotionTransformer(channels, heads, max_len, group_norm=group_norm, operations=operations)
 
-    def forward(self, x, num_frames: int, max_distance: Optional[int] = None, attention: AttentionFn = sdpa_attention):
-        return self.temporal_transformer(x, num_frames, max_distance, attention)
+    def forward(self, x, num_frames: int, attention_distance: Optional[int] = None, attention: AttentionFn = sdpa_attention):
+        return self.temporal_transformer(x, num_frames, attention_distance, attention)

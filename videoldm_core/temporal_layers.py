@@ -73,15 +73,15 @@ class TemporalTransformerBlock(nn.Module):
         zero_(self.ff.net[2])
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
-                attention: AttentionFn = sdpa_attention, rotate=None, context_repeat: int = 1) -> torch.Tensor:
+                attention: AttentionFn = sdpa_attention, context_repeat: int = 1) -> torch.Tensor:
         """x: ((b s), t, dim). `context`: text tokens for cross-attention, one row per `context_repeat`
         rows of x (per video: context_repeat = s), or None for self-attention over frames in attn2
         as well. `mask`: additive bias over (t, t)."""
         if self.ff_in is not None:
             x = self.ff_in(self.norm_in(x)) + x
-        x = self.attn1(self.norm1(x), mask=mask, attention=attention, rotate=rotate) + x
+        x = self.attn1(self.norm1(x), mask=mask, attention=attention) + x
         if self.attn2 is not None:
             x = self.attn2(self.norm2(x), context=context, mask=mask if context is None else None,
-                           attention=attention, rotate=rotate if context is None else None,
+                           attention=attention,
                            context_repeat=context_repeat if context is not None else 1) + x
         return self.ff(self.norm3(x)) + x

@@ -61,7 +61,7 @@ def test_apply_node_patches_a_clone_and_applies_strength(node_classes, native_ad
     patched = node_classes["VideoLDMApplyTemporalAdapter"].execute(model, loaded, 1.0, 8).result[0]
     assert patched is not model and patched.model is model.model
     [applied] = patched.model_options["transformer_options"]["videoldm_adapters"]
-    assert applied.max_distance == 8 and applied.name == "native_tiny.safetensors"
+    assert applied.attention_distance == 8 and applied.name == "native_tiny.safetensors"
 
 
 def test_pickle_checkpoint_is_loaded_weights_only(node_classes, native_adapter_file, adapters_dir):

@@ -20,7 +20,7 @@ def tr(pack_module, tiny_sd1):
                 trainer=pack_module("videoldm_core.training.trainer"),
                 batches=pack_module("videoldm_core.training.batches"),
                 core=pack_module("videoldm_core.training.objective"),
-                synthetic=pack_module("videoldm_core.training.synthetic"),
+                synthetic=pack_module("videoldm_core.moving_shapes"),
                 node=pack_module("nodes.training").TrainTemporalAdapter)
 
 

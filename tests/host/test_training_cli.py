@@ -15,7 +15,7 @@ from devtools.paths import REPO_ROOT, comfyui_dir
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """The demo bundle (a tiny SD1.x) and a folder of synthetic moving-shapes mp4 clips."""
-    from videoldm_core.training.synthetic import write_dataset
+    from devtools.synthetic_data import write_dataset
 
     root = tmp_path_factory.mktemp("cli")
     subprocess.run([sys.executable, "-m", "devtools.make_demo_bundle", str(root / "base")], cwd=REPO_ROOT, check=True,

@@ -19,8 +19,8 @@ def read_video(path):
 
 
 def mean_frame_change(video) -> float:
-    """Mean absolute change from each frame to the next, in [0, 1] units (videoldm_core.video_metrics)."""
-    from videoldm_core.video_metrics import frame_changes
+    """Mean absolute change from each frame to the next, in [0, 1] units (devtools.video_metrics)."""
+    from devtools.video_metrics import frame_changes
 
     return float(frame_changes(video).mean())
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from videoldm_core.training.data import ClipSpec, VideoFolder, discover, read_frames
 from videoldm_core.training.latent_cache import LatentShards, build_latent_cache, cache_key
 from videoldm_core.training.objective import TrainingError
-from videoldm_core.training.synthetic import clip_seed, moving_shapes_clip, write_dataset, write_mp4
+from devtools.synthetic_data import clip_seed, write_dataset, write_mp4
+from videoldm_core.moving_shapes import moving_shapes_clip
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -114,7 +115,7 @@ def test_frames_deep_in_a_video_are_found_after_a_seek(tmp_path):
 def test_gif_without_a_frame_count_is_counted_and_timed(tmp_path):
     from PIL import Image
 
-    from videoldm_core.training.synthetic import to_uint8
+    from devtools.synthetic_data import to_uint8
     reference = moving_shapes_clip(4, 20, 32, 32).frames
     images = [Image.fromarray(a) for a in to_uint8(reference)]
     images[0].save(tmp_path / "a.gif", save_all=True, append_images=images[1:], duration=40, loop=0)

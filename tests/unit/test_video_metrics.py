@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from videoldm_core.training.synthetic import moving_shapes_clip
-from videoldm_core.video_metrics import (boundary_jump, frame_changes, mean_and_spread, shape_centroids,
+from videoldm_core.moving_shapes import moving_shapes_clip
+from devtools.video_metrics import (boundary_jump, frame_changes, mean_and_spread, shape_centroids,
                                          temporal_difference_error, trajectory_jerk)
 
 

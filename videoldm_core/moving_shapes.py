@@ -14,18 +14,14 @@ at a time so a frame's pixels never depend on how many other frames were asked f
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
-from fractions import Fraction
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .objective import TrainingError
+from .training.objective import TrainingError
 
 KINDS = ("square", "disc", "triangle")
 SIDES = {"square": 4, "triangle": 3}
@@ -185,75 +181,3 @@ def _direction(vx: float, vy: float) -> str:
     if abs(vy) > 2 * abs(vx):
         return vertical
     return f"towards the {'top' if vy < 0 else 'bottom'} {horizontal}"
-
-
-def clip_seed(seed: int, index: int) -> int:
-    """The seed of clip `index` in a dataset written with `seed`; datasets with nearby seeds share no clips."""
-    return seed * 1_000_003 + index
-
-
-def to_uint8(frames: Tensor) -> np.ndarray:
-    """(T, 3, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
-    return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def write_mp4(path: Path, frames: Tensor, fps: float):
-    """(T, 3, H, W) in [-1, 1] -> an H.264 (or MPEG-4 part 2) mp4 in yuv420p, which needs even sizes."""
-    import av
-
-    height, width = frames.shape[-2:]
-    if height % 2 or width % 2:
-        raise TrainingError(f"yuv420p video needs an even height and width, found {height}x{width}; "
-                            "pick even sizes or write frame folders (as_='frames').")
-    codec = "libx264" if _has_encoder("libx264") else "mpeg4"
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(100_000))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "10", "preset": "fast"}
-        else:
-            stream.bit_rate = 40 * width * height
-        for image in to_uint8(frames):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-
-
-def _has_encoder(name: str) -> bool:
-    import av
-
-    try:
-        av.codec.Codec(name, "w")
-        return True
-    except Exception:
-        return False
-
-
-def write_frames(folder: Path, frames: Tensor):
-    """(T, 3, H, W) in [-1, 1] -> folder/00000.png, 00001.png, ..."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(to_uint8(frames)):
-        Image.fromarray(image).save(folder / f"{i:05d}.png")
-
-
-def write_dataset(folder, count: int, seed: int, frames: int, height: int, width: int, fps: float = 30.0,
-                  as_: str = "mp4", scale: int = 1) -> dict[str, str]:
-    """`count` moving-shapes clips as clip_0000.mp4... or clip_0000/00000.png..., plus captions.json.
-    Clip i is moving_shapes_clip(clip_seed(seed, i), ..., scale=scale): the same scenes at `scale`
-    times the size for another scale. Returns {name: caption}."""
-    if as_ not in ("mp4", "frames"):
-        raise TrainingError(f"expected as_='mp4' or as_='frames', found {as_!r}.")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    captions = {}
-    for i in range(count):
-        clip = moving_shapes_clip(clip_seed(seed, i), frames, height, width, fps, scale=scale)
-        name = f"clip_{i:04d}" + (".mp4" if as_ == "mp4" else "")
-        if as_ == "mp4":
-            write_mp4(folder / name, clip.frames, fps)
-        else:
-            write_frames(folder / name, clip.frames)
-        captions[name] = clip.caption
-    (folder / "captions.json").write_text(json.dumps(captions, indent=1))
-    return captions

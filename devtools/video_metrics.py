@@ -1,4 +1,4 @@
-"""Metrics for videos whose motion is known (the moving-shapes data, videoldm_core.training.synthetic),
+"""Metrics for videos whose motion is known (the moving-shapes data, videoldm_core.moving_shapes),
 for the toy family's evaluation of the paper's ablations at small scale:
 
 - `shape_centroids` + `trajectory_jerk`: where the shapes are in every frame, and how far their
