@@ -24,10 +24,11 @@ import comfy.supported_models_base
 import comfy.utils
 
 from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, BundleSpec, read_bundle_spec, split_components
+from ..videoldm_core.families import SD1, SD_X4_UPSCALER, family_named
 
 _MODEL_TYPES = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}
-_FAMILY_CONFIGS = {"SD1.x": comfy.supported_models.SD15, "SD-x4-upscaler": comfy.supported_models.SD_X4Upscaler}
-_FAMILY_LATENT_FORMATS = {"SD1.x": comfy.latent_formats.SD15, "SD-x4-upscaler": comfy.latent_formats.SD_X4}
+_FAMILY_CONFIGS = {SD1.name: comfy.supported_models.SD15, SD_X4_UPSCALER.name: comfy.supported_models.SD_X4Upscaler}
+_FAMILY_LATENT_FORMATS = {SD1.name: comfy.latent_formats.SD15, SD_X4_UPSCALER.name: comfy.latent_formats.SD_X4}
 
 
 def bundle_model_config(spec: BundleSpec):
@@ -49,7 +50,7 @@ def bundle_model_config(spec: BundleSpec):
         "process_clip_state_dict": comfy.supported_models.SD15.process_clip_state_dict,
         "process_clip_state_dict_for_saving": comfy.supported_models.SD15.process_clip_state_dict_for_saving,
     }
-    if spec.family == "SD-x4-upscaler":  # the noise level of the low-res image is the class label
+    if family_named(spec.family).concat_image:  # the noise level of the low-res image is the class label
         members["unet_extra_config"] = {"num_classes": 1000}
         members["get_model"] = lambda self, state_dict, prefix="", device=None: comfy.model_base.SD_X4Upscaler(
             self, model_type=model_type, device=device)
@@ -181,7 +182,7 @@ def tiny_sd1_spec(description: str = "random-weight tiny SD1.x bundle") -> Bundl
     4 latent channels; CLIP text encoder: width 64, 2 layers, SD's tokenizer and vocabulary.
     """
     return BundleSpec(
-        family="SD1.x",
+        family=SD1.name,
         prediction="eps",
         description=description,
         unet_config={
@@ -213,7 +214,7 @@ def tiny_x4_spec(description: str = "random-weight tiny SD x4 upscaler bundle") 
     levels (4x downsampling, as the x4 upscaler's VAE)."""
     sd1 = tiny_sd1_spec()
     return BundleSpec(
-        family="SD-x4-upscaler",
+        family=SD_X4_UPSCALER.name,
         prediction="v",
         description=description,
         unet_config={

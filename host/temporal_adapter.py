@@ -120,7 +120,7 @@ def fresh_adapter_for_model(model, placement: str = "videoldm", context_frames=(
     if interpolation:
         emb = {layer.emb_channels for layer in layout if layer.kind == "resblock"}
         labels = dict(emb_channels=emb.pop(), regimes=2)
-    spec = AdapterSpec(model_family(model), placement, slots, max_frames=options.get("max_len") if placement == "animatediff" else None,
+    spec = AdapterSpec(model_family(model).name, placement, slots, max_frames=options.get("max_len") if placement == "animatediff" else None,
                        context_encoder=encoder, context_frames=sorted(context_frames), interpolation=labels)
     return spec, TemporalAdapter(spec)   # output layers start at zero
 
@@ -130,7 +130,7 @@ def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, atte
     """A clone of `model` with the adapter applied; `model` itself is not changed."""
     spec = adapter_patcher.model.spec
     diffusion_model = model.model.diffusion_model
-    resolved = resolve_slots(spec, spatial_layout(diffusion_model), model_family(model), source=f"'{name}'")
+    resolved = resolve_slots(spec, spatial_layout(diffusion_model), model_family(model).name, source=f"'{name}'")
     m = model.clone()
     if strength == 0.0:
         return m  # exactly the image model: nothing runs

@@ -27,7 +27,8 @@ import folder_paths
 from ..videoldm_core.temporal_adapter import TemporalAdapter, resolve_slots, save_adapter
 from ..videoldm_core.training.batches import StepBatches
 from ..videoldm_core.training.data import ClipSpec, VideoFolder
-from ..videoldm_core.training.diffusion_objective import UPSCALER_FAMILY, DiffusionPhase, check_mode
+from ..videoldm_core.training.diffusion_objective import DiffusionPhase, check_mode
+from ..videoldm_core.training.modes import mode_named
 from ..videoldm_core.training.latent_cache import build_latent_cache
 from ..videoldm_core.training.loss_curve import loss_curve_image
 from ..videoldm_core.training.objective import TrainingError, frozen
@@ -118,7 +119,7 @@ class UNetDenoiser:
         options[CHECKPOINT_KEY] = gradient_checkpointing
         self.transformer_options = options
         self.text, self.pooled = text, pooled
-        self.is_upscaler = model_family(base) == UPSCALER_FAMILY
+        self.is_upscaler = model_family(base).concat_image
         self.dtype = base.model.get_dtype()
 
     def load(self):
@@ -168,20 +169,21 @@ def frame_clips(video: torch.Tensor, clip_frames: int, stride: int = 1) -> list[
     return [video[i:i + clip_frames] for i in range(0, video.shape[0] - clip_frames + 1, stride)]
 
 
-def training_items(model, vae, images: torch.Tensor, clip_frames: int, mode: str, stride: int = 1) -> list[dict]:
+def training_items(model, vae, images: torch.Tensor, clip_frames: int, mode, stride: int = 1) -> list[dict]:
     """Training clips from one video of IMAGE frames: latents in the model's latent space, and for
     the x4 upscaler the 4x-downsampled frames ([-1, 1]) it is conditioned on."""
-    if mode == "upscaler":
+    upscaler = mode_named(mode).is_upscaler
+    if upscaler:
         h, w = images.shape[1:3]
         if h % 4 or w % 4:
             raise TrainingError(f"upscaler training needs frames whose size is a multiple of 4, found {w}x{h}.")
         low = torch.nn.functional.interpolate(images[..., :3].movedim(-1, 1), size=(h // 4, w // 4), mode="area") * 2 - 1
     latents = model.model.process_latent_in(encode_video(vae, images))
-    if mode == "upscaler" and latents.shape[-2:] != low.shape[-2:]:
+    if upscaler and latents.shape[-2:] != low.shape[-2:]:
         raise TrainingError(f"the VAE makes {tuple(latents.shape[-2:])} latents of {h}x{w} frames; the x4 upscaler's "
                             f"VAE makes latents at a quarter of the size ({h // 4}x{w // 4}). Use the upscaler's VAE.")
     clips = frame_clips(latents, clip_frames, stride)
-    if mode != "upscaler":
+    if not upscaler:
         return [{"latents": c} for c in clips]
     return [{"latents": c, "low_res": l} for c, l in zip(clips, frame_clips(low, clip_frames, stride))]
 
@@ -195,12 +197,12 @@ def encoder_fingerprint(vae) -> str:
     return f"{type(vae.first_stage_model).__name__}-{digest.hexdigest()[:16]}"
 
 
-def folder_items(model, vae, dataset, mode: str, cache_dir, progress=None, encode_text=None) -> list[dict]:
+def folder_items(model, vae, dataset, mode, cache_dir, progress=None, encode_text=None) -> list[dict]:
     """Training clips from a VideoFolder: latents encoded once into a shard cache (reused while files,
     clip spec and VAE stay the same), scaled into the model's latent space. The x4 upscaler's
     low-res frames come from the frames themselves, so that mode encodes in memory."""
     to_images = lambda frames: (frames.movedim(1, -1) + 1) / 2   # (T,3,H,W) [-1,1] -> (T,H,W,3) [0,1]
-    if mode == "upscaler":
+    if mode_named(mode).is_upscaler:
         items = []
         for i in range(len(dataset)):
             items += training_items(model, vae, to_images(dataset[i]["frames"]), dataset.spec.frames, mode,
@@ -261,20 +263,21 @@ def trained_state(module, trainer, phase: str = "adapter", attribute: str = "ada
     return state
 
 
-def starting_adapter(model, mode: str, spec=None, weights: dict | None = None, source: str = "adapter",
+def starting_adapter(model, mode, spec=None, weights: dict | None = None, source: str = "adapter",
                      context_frames=None, context_width: int = 64, regimes=(0, 1), **options):
     """(spec, fp32 trainable module) for the node and the CLI alike: a copy of the given adapter
     (`spec` and its `weights`, checked against `model`), or a fresh one for `mode` (`options` go to
     the placement). Prediction and interpolation get a context encoder for S = 0, 1, 2 by default."""
     if spec is not None:
-        resolve_slots(spec, spatial_layout(model.model.diffusion_model), model_family(model), source=source)
+        resolve_slots(spec, spatial_layout(model.model.diffusion_model), model_family(model).name, source=source)
         module = TemporalAdapter(spec)
         module.load_weights({k: v.float() for k, v in weights.items()}, source=source)
         return spec, module
+    mode = mode_named(mode)
     if context_frames is None:
-        context_frames = (0, 1, 2) if mode in ("prediction", "interpolation") else ()
+        context_frames = mode.default_context_frames
     return fresh_adapter_for_model(model, context_frames=tuple(context_frames), context_width=context_width,
-                                   interpolation=mode == "interpolation" and list(regimes) != [0], **options)
+                                   interpolation=mode.has_regimes and list(regimes) != [0], **options)
 
 
 def input_folder(folder: str) -> str:

@@ -51,6 +51,7 @@ from ..videoldm_core.training.decoder_objective import decoder_phases
 from ..videoldm_core.training.discriminator import PatchDiscriminator3D
 from ..videoldm_core.training.data import ClipSpec, VideoFolder
 from ..videoldm_core.training.diffusion_objective import DiffusionPhase, check_mode
+from ..videoldm_core.training.modes import TEMPORAL, UPSCALER, mode_named
 from ..videoldm_core.training.autoencoder_objective import AutoencoderPhase, latent_scale
 from ..videoldm_core.training.image_objective import ImagePhase
 from ..videoldm_core.training.distributed import barrier, init_world
@@ -98,11 +99,12 @@ def data_folder(data: dict, seed: int, fps: float | None) -> VideoFolder:
     return VideoFolder(data["folder"], spec, on_bad=data.get("on_bad", "stop"), seed=seed)
 
 
-def dataset_items(model, vae, data: dict, mode: str, seed: int, world, regimes, encode_text=None) -> list[dict]:
+def dataset_items(model, vae, data: dict, mode, seed: int, world, regimes, encode_text=None) -> list[dict]:
     """Clips from the data folder, encoded once (rank 0 first, the other ranks then reuse its cache).
     Interpolation with both regimes reads clips at fps (T→4T) and at 4·fps (4T→16T)."""
+    mode = mode_named(mode)
     rates = [(0, data.get("fps"))]
-    if mode == "interpolation" and 1 in regimes:
+    if mode.has_regimes and 1 in regimes:
         if not data.get("fps"):
             raise TrainingError("interpolation in both regimes needs data.fps (clips are read at fps and 4·fps).")
         rates = [(r, data["fps"] * (4 if r else 1)) for r in regimes]
@@ -114,7 +116,7 @@ def dataset_items(model, vae, data: dict, mode: str, seed: int, world, regimes, 
             if world.is_main == rank_turn:
                 found = folder_items(model, vae, dataset, mode, cache, encode_text=encode_text)
             barrier(world)
-        items += [{**item, "regime": torch.tensor(regime)} if mode == "interpolation" else item for item in found]
+        items += [{**item, "regime": torch.tensor(regime)} if mode.has_regimes else item for item in found]
     return items
 
 
@@ -133,12 +135,8 @@ def run_config(path: str) -> int:
     regimes = settings.get("regimes", [0, 1])
 
     output = Path(config["output"])
-    if mode == "decoder":
-        return run_decoder(config, world, train_config, batch_size, output)
-    if mode == "image":
-        return run_image(config, world, train_config, batch_size, output)
-    if mode == "vae":
-        return run_vae(config, world, train_config, batch_size, output)
+    if mode in PRETRAINING_RUNS:   # the modes that train something other than temporal layers of a UNet
+        return PRETRAINING_RUNS[mode](config, world, train_config, batch_size, output)
     model, clip, vae = load_checkpoint(config["checkpoint"])
     torch.manual_seed(train_config.seed)   # a fresh adapter's initial weights, the same on every rank and run
     spec, adapter = starting_adapter_from_config(model, settings, mode)
@@ -281,12 +279,12 @@ def run_image(config, world, train_config, batch_size: int, output: Path) -> int
     spec = bundle_to_train(config, "image")
     settings = config.get("image", {})
     model, clip, vae = load_checkpoint(config["checkpoint"])
-    upscaler = model_family(model) == "SD-x4-upscaler"
+    upscaler = model_family(model).concat_image
     model = pretrainable_unet(model)
     text, pooled = encode_prompt(clip, config.get("prompt", ""))
     null_text, _ = encode_prompt(clip, "")
     captions = caption_encoder(clip) if config["data"].get("captions") else None
-    data_mode = "upscaler" if upscaler else "temporal"   # how clips are encoded: with low-res frames or not
+    data_mode = UPSCALER if upscaler else TEMPORAL   # how clips are encoded: with low-res frames or not
     items = dataset_items(model, vae, config["data"], data_mode, train_config.seed, world, (0,), captions)
     if not config["data"].get("captions"):
         items = [{**item, "text": text[0]} for item in items]   # the prompt, dropped like a caption
@@ -304,3 +302,6 @@ def run_image(config, world, train_config, batch_size: int, output: Path) -> int
         write_bundle(config, output, spec, "unet", trained_state(unet, trainer, phase="unet", attribute="unet"))
     barrier(world)
     return 0
+
+
+PRETRAINING_RUNS = {"decoder": run_decoder, "image": run_image, "vae": run_vae}

@@ -6,23 +6,25 @@ import comfy.supported_models as sm
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
+from ..videoldm_core.families import SD1, SD2, SD_X4_UPSCALER, SDXL, Family
 from ..videoldm_core.placement import SpatialLayer
 
 # Most specific first: SD21UnclipL subclasses SD20, SDXLRefiner is not SDXL, x4 is SD2-based.
 _FAMILIES = (
-    (sm.SD_X4Upscaler, "SD-x4-upscaler"),
-    (sm.SDXL, "SDXL"),
-    (sm.SD20, "SD2.x"),
-    (sm.SD15, "SD1.x"),
+    (sm.SD_X4Upscaler, SD_X4_UPSCALER),
+    (sm.SDXL, SDXL),
+    (sm.SD20, SD2),
+    (sm.SD15, SD1),
 )
 
 
-def model_family(model_patcher) -> str:
+def model_family(model_patcher) -> Family:
+    """The MODEL's family; one the pack does not know is named after ComfyUI's model config class."""
     config = model_patcher.model.model_config
     for cls, family in _FAMILIES:
         if isinstance(config, cls):
             return family
-    return type(config).__name__
+    return Family(type(config).__name__)
 
 
 def named_layers(diffusion_model):

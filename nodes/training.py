@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from typing_extensions import override
 
 from ..host.training import train_temporal_adapter
-from ..videoldm_core.training.diffusion_objective import MODES
+from ..videoldm_core.training.modes import MODE_NAMES, TEMPORAL
 from .io_types import TemporalAdapterType
 
 
@@ -27,7 +27,7 @@ class TrainTemporalAdapter(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The model's VAE, to encode the training frames once."),
                 io.Conditioning.Input("positive", tooltip="The prompt describing the training clips (every clip "
                                                           "uses it); an empty prompt works."),
-                io.Combo.Input("mode", options=list(MODES), default="temporal",
+                io.Combo.Input("mode", options=list(MODE_NAMES), default=TEMPORAL.name,
                                tooltip="temporal: the base video model. prediction: with 0/1/2 context frames (for "
                                        "Extend Video). interpolation: keyframes every 4th frame given (for Interpolate "
                                        "Keyframes). upscaler: the SD x4 upscaler's temporal layers on patches."),

@@ -18,12 +18,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .families import BUNDLE_FAMILY_NAMES, family_named
 from .metadata_spec import MetadataSpec
 
 BUNDLE_METADATA_KEY = "videoldm_bundle"
 BUNDLE_FORMAT_VERSION = 1
 
-FAMILIES = ("SD1.x", "SD-x4-upscaler")  # the x4 upscaler: the low-res image is concatenated to the latent
 PREDICTIONS = ("eps", "v")
 
 # Component name -> key prefix in the state dict (the layout of SD checkpoints).
@@ -62,7 +62,7 @@ class BundleSpec(MetadataSpec):
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        _expect(self.family in FAMILIES, f"family one of {FAMILIES}", repr(self.family))
+        _expect(self.family in BUNDLE_FAMILY_NAMES, f"family one of {BUNDLE_FAMILY_NAMES}", repr(self.family))
         _expect(self.prediction in PREDICTIONS, f"prediction one of {PREDICTIONS}", repr(self.prediction))
         _expect(isinstance(self.version, int) and 1 <= self.version <= BUNDLE_FORMAT_VERSION,
                 f"format version 1..{BUNDLE_FORMAT_VERSION} (a newer pack may read newer files)",
@@ -73,7 +73,7 @@ class BundleSpec(MetadataSpec):
         _expect(self.unet_config["context_dim"] == self.text_encoder_config["hidden_size"],
                 "unet_config.context_dim equal to text_encoder_config.hidden_size",
                 f"{self.unet_config['context_dim']} vs {self.text_encoder_config['hidden_size']}")
-        image_channels = 3 if self.family == "SD-x4-upscaler" else 0
+        image_channels = 3 if family_named(self.family).concat_image else 0
         _expect(self.unet_config["in_channels"] == self.latent_channels + image_channels,
                 f"unet_config.in_channels = {self.latent_channels} latent channels"
                 + (" + 3 low-res image channels" if image_channels else ""), str(self.unet_config["in_channels"]))

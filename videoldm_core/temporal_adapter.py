@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .context import ContextEncoder
+from .families import FAMILY_NAMES
 from .interpolation import InterpolationEmbedding
 from .metadata_spec import MetadataSpec
 from .placement import SpatialLayer, blocks, motion_module_layer
@@ -25,7 +26,6 @@ from .slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
 
 ADAPTER_METADATA_KEY = "videoldm_adapter"
 ADAPTER_FORMAT_VERSION = 1
-FAMILIES = ("SD1.x", "SD2.x", "SDXL", "SD-x4-upscaler")
 PLACEMENTS = ("videoldm", "animatediff")
 SLOT_CLASSES = {"resblock": ResBlockSlot, "transformer": TransformerSlot, "motion_module": MotionModuleSlot}
 
@@ -61,8 +61,8 @@ class AdapterSpec(MetadataSpec):
     interpolation: Optional[dict] = None
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise AdapterFormatError(f"expected family one of {FAMILIES}, found {self.family!r}.")
+        if self.family not in FAMILY_NAMES:
+            raise AdapterFormatError(f"expected family one of {FAMILY_NAMES}, found {self.family!r}.")
         if self.placement not in PLACEMENTS:
             raise AdapterFormatError(f"expected placement one of {PLACEMENTS}, found {self.placement!r}.")
         if not isinstance(self.version, int) or not 1 <= self.version <= ADAPTER_FORMAT_VERSION:

@@ -18,6 +18,7 @@ import re
 import torch
 
 from ..temporal_adapter import AdapterFormatError, AdapterSpec
+from ..families import SD1, SDXL
 from ..positional import sinusoidal_embedding
 
 ANIMATELCM_MAX_LEN = 64
@@ -68,7 +69,7 @@ def import_animatediff(state_dict: dict, source: str = "motion module") -> tuple
     top = max(down_levels)
     if top not in (2, 3):
         raise AdapterFormatError(f"{source}: expected 4 down blocks (SD1.5) or 3 (SDXL), found {top + 1}.")
-    family = "SD1.x" if top == 3 else "SDXL"
+    family = SD1.name if top == 3 else SDXL.name
 
     pe_lengths = {v.shape[1] for m in modules.values() for k, v in m.items() if k.endswith("pos_encoder.pe")}
     if len(pe_lengths) > 1:

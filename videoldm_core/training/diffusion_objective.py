@@ -23,45 +23,47 @@ from einops import rearrange, repeat
 
 from ..context import context_input, context_mask
 from ..interpolation import FACTOR, augment_keyframes, check_augmentation_level, interpolation_labels, keyframe_positions
+from .modes import INTERPOLATION, PREDICTION, TEMPORAL, UPSCALER, Mode, mode_named
 from .objective import Held, Phase, TrainingError
 from .schedule import NoiseSchedule
 
-MODES = ("temporal", "prediction", "interpolation", "upscaler")
-UPSCALER_FAMILY = "SD-x4-upscaler"
 Denoiser = Callable[[torch.Tensor, torch.Tensor, int, dict], torch.Tensor]
 
 
-def check_mode(spec, mode: str, regimes=(0, 1), context_frames=None):
-    """Refuse a mode the adapter cannot learn, before any data is read."""
+def check_mode(spec, mode: str | Mode, regimes=(0, 1), context_frames=None) -> Mode:
+    """The Mode, or an error for a mode the adapter cannot learn, before any data is read."""
+    mode = mode_named(mode)
     name = f"temporal adapter ({spec.family}, {spec.placement})"
-    if mode not in MODES:
-        raise TrainingError(f"expected a training mode in {MODES} (or 'decoder' for a temporal VAE), found {mode!r}.")
-    if mode in ("prediction", "interpolation") and not spec.has_context_encoder:
+    if mode.needs_context_encoder and not spec.has_context_encoder:
         raise TrainingError(f"mode '{mode}' needs an adapter with a context encoder; the {name} has none. "
                             "Create the adapter with context frames (e.g. 0, 1, 2).")
-    if mode == "interpolation" and set(regimes) != {0} and not spec.has_interpolation_embedding:
-        raise TrainingError(f"mode 'interpolation' with regimes {sorted(regimes)} needs an adapter with an interpolation "
+    if mode.has_regimes and set(regimes) != {0} and not spec.has_interpolation_embedding:
+        raise TrainingError(f"mode '{mode}' with regimes {sorted(regimes)} needs an adapter with an interpolation "
                             f"label embedding; the {name} has none. Train regime 0 (T→4T) only, or create it with one.")
-    if (mode == "upscaler") != (spec.family == UPSCALER_FAMILY):
-        expected = f"an {UPSCALER_FAMILY} adapter" if mode == "upscaler" else f"mode 'upscaler' for an {UPSCALER_FAMILY} adapter"
+    if mode.is_upscaler != (spec.family == UPSCALER.family.name):
+        family = UPSCALER.family.name
+        expected = f"an {family} adapter" if mode.is_upscaler else f"mode '{UPSCALER}' for an {family} adapter"
         raise TrainingError(f"mode '{mode}' with a {name}: expected {expected}.")
-    if mode == "prediction":
+    if mode is PREDICTION:
         bad = [s for s in (context_frames or ()) if s < 0]
         if bad:
             raise TrainingError(f"expected context frame counts ≥ 0, found {bad}.")
+    return mode
 
 
 class DiffusionPhase(Phase):
     name = "adapter"
 
-    def __init__(self, adapter, denoiser: Denoiser, schedule: NoiseSchedule, mode: str = "temporal",
+    def __init__(self, adapter, denoiser: Denoiser, schedule: NoiseSchedule, mode: str | Mode = TEMPORAL,
                  context_frames=None, regimes=(0, 1), max_augmentation: float = 0.25, patch: int | None = None,
                  augment_schedule: NoiseSchedule | None = None, max_noise_level: int = 350):
         super().__init__()
-        context_frames = tuple(context_frames if context_frames is not None else (adapter.spec.context_frames or (0, 1, 2)))
+        mode = mode_named(mode)
+        context_frames = tuple(context_frames if context_frames is not None else
+                               (adapter.spec.context_frames or PREDICTION.default_context_frames))
         check_mode(adapter.spec, mode, regimes, context_frames)
         check_augmentation_level(max_augmentation)
-        if mode == "upscaler" and augment_schedule is None:
+        if mode.is_upscaler and augment_schedule is None:
             raise TrainingError("mode 'upscaler' needs the upscaler's noise-augmentation schedule for the low-res frames.")
         self.adapter = adapter                 # registered: the only trained parameters
         self.denoiser, self.schedule, self.mode = Held(denoiser), schedule, mode
@@ -76,7 +78,7 @@ class DiffusionPhase(Phase):
             raise TrainingError(f"expected clips of at least 2 frames to train temporal layers, found {t}.")
         rngs = [torch.Generator().manual_seed(int(s)) for s in batch["sample_seeds"]]
         low_res = batch.get("low_res")
-        if self.mode == "upscaler":
+        if self.mode is UPSCALER:
             z0, low_res = same_crop(z0, low_res, rngs, self.patch)
         noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in rngs]).to(z0)
         steps = torch.cat([self.schedule.sample_timesteps(1, g) for g in rngs])
@@ -97,12 +99,12 @@ class DiffusionPhase(Phase):
         """(conditioning, per-frame loss weights (B, T), logged numbers) for this mode."""
         b, t = z0.shape[:2]
         ones = torch.ones(b, t)
-        if self.mode == "temporal":
+        if self.mode is TEMPORAL:
             return {}, ones, {}
-        if self.mode == "upscaler":
+        if self.mode is UPSCALER:
             conditioning, level = augmented_low_res(low_res, rngs, self.augment_schedule, self.max_noise_level)
             return conditioning, ones, {"noise_level": level.float().mean().item()}
-        if self.mode == "prediction":
+        if self.mode is PREDICTION:
             given = [self.context_frames[int(torch.randint(0, len(self.context_frames), (1,), generator=g))] for g in rngs]
             for s in given:
                 if s >= t:
@@ -110,6 +112,7 @@ class DiffusionPhase(Phase):
             masks = torch.stack([context_mask(t, range(s)) for s in given])
             c_s = torch.cat([context_input(z, m) for z, m in zip(z0, masks)])
             return {"c_s": c_s}, 1.0 - masks, {"context_frames": sum(given) / b}
+        assert self.mode is INTERPOLATION
         return self._interpolation(z0, rngs, regimes)
 
     def _interpolation(self, z0, rngs, given_regimes=None):
