@@ -20,7 +20,7 @@ import torch
 from ..videoldm_core.context import ContextError, VideoContext, context_input
 from ..videoldm_core.guidance import context_guidance, needs_branches
 from .context import with_context
-from .temporal_forward import applied_adapters
+from .temporal_adapter import applied_adapters
 
 log = logging.getLogger("videoldm")
 ON_MISSING = ("error", "ignore")

@@ -12,7 +12,7 @@ from ..videoldm_core.interpolation import (FACTOR, REGIMES, InterpolationError, 
                                            check_augmentation_level, check_keyframes, dense_length, interpolation_labels,
                                            keyframe_positions, keyframe_windows, regime_label)
 from .guidance import sample_with_context, sampler_and_sigmas
-from .temporal_forward import applied_adapters
+from .temporal_adapter import applied_adapters
 
 
 def check_interpolation_model(model, regime: int):

@@ -126,6 +126,10 @@ def fresh_adapter_for_model(model, placement: str = "videoldm", context_frames=(
 
 
 
+def applied_adapters(model) -> list[AppliedAdapter]:
+    return list(model.model_options.get("transformer_options", {}).get(OPTIONS_KEY, []))
+
+
 def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, attention_distance: int | None = None):
     """A clone of `model` with the adapter applied; `model` itself is not changed."""
     spec = adapter_patcher.model.spec

@@ -66,10 +66,6 @@ class AppliedAdapter:
 
 
 
-def applied_adapters(model) -> list[AppliedAdapter]:
-    return list(model.model_options.get("transformer_options", {}).get(OPTIONS_KEY, []))
-
-
 
 def _spatial(layer, x, emb, context, transformer_options, time_context, num_video_frames, image_only_indicator):
     """What forward_timestep_embed would have done with this layer."""
