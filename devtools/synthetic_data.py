@@ -16,7 +16,7 @@ from videoldm_core.moving_shapes import moving_shapes_clip
 from videoldm_core.training.objective import TrainingError
 
 
-def clip_seed(seed: int, index: int) -> int:
+def scene_seed(seed: int, index: int) -> int:
     """The seed of clip `index` in a dataset written with `seed`; datasets with nearby seeds share no clips."""
     return seed * 1_000_003 + index
 
@@ -69,7 +69,7 @@ def write_frames(folder: Path, frames: Tensor):
 def write_dataset(folder, count: int, seed: int, frames: int, height: int, width: int, fps: float = 30.0,
                   as_: str = "mp4", scale: int = 1) -> dict[str, str]:
     """`count` moving-shapes clips as clip_0000.mp4... or clip_0000/00000.png..., plus captions.json.
-    Clip i is moving_shapes_clip(clip_seed(seed, i), ..., scale=scale): the same scenes at `scale`
+    Clip i is moving_shapes_clip(scene_seed(seed, i), ..., scale=scale): the same scenes at `scale`
     times the size for another scale. Returns {name: caption}."""
     if as_ not in ("mp4", "frames"):
         raise TrainingError(f"expected as_='mp4' or as_='frames', found {as_!r}.")
@@ -77,7 +77,7 @@ def write_dataset(folder, count: int, seed: int, frames: int, height: int, width
     folder.mkdir(parents=True, exist_ok=True)
     captions = {}
     for i in range(count):
-        clip = moving_shapes_clip(clip_seed(seed, i), frames, height, width, fps, scale=scale)
+        clip = moving_shapes_clip(scene_seed(seed, i), frames, height, width, fps, scale=scale)
         name = f"clip_{i:04d}" + (".mp4" if as_ == "mp4" else "")
         if as_ == "mp4":
             write_mp4(folder / name, clip.frames, fps)

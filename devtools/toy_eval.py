@@ -56,10 +56,9 @@ class Family:
         x4_temporal = adapters.load_temporal_adapter(str(folder / NAMES["x4-temporal"]), NAMES["x4-temporal"])
         self.x4_video_model = patch.apply_adapter(self.x4_model, x4_temporal.patcher, x4_temporal.name)
         temporal_vae = self.m("host.temporal_decoder")
-        weights, metadata = load_torch_file(str(folder / NAMES["decoder"]), return_metadata=True)
-        spec = temporal_vae.TemporalDecoderSpec.from_json(metadata[temporal_vae.TEMPORAL_DECODER_METADATA_KEY], NAMES["decoder"])
-        self.temporal_vae = temporal_vae.load_temporal_vae(load_torch_file(str(folder / NAMES["base"])), NAMES["base"],
-                                                           (spec, weights))
+        addon = temporal_vae.read_addon(*load_torch_file(str(folder / NAMES["decoder"]), return_metadata=True),
+                                        NAMES["decoder"])
+        self.temporal_vae = temporal_vae.load_temporal_vae(load_torch_file(str(folder / NAMES["base"])), NAMES["base"], addon)
         self.decode_video = temporal_vae.decode_video
 
     def prompt(self, text: str):
@@ -67,10 +66,10 @@ class Family:
 
 
 def held_out(seed: int, count: int, fps: float, scale: int = 1):
-    from devtools.synthetic_data import clip_seed
+    from devtools.synthetic_data import scene_seed
     from videoldm_core.moving_shapes import moving_shapes_clip
 
-    return [moving_shapes_clip(clip_seed(EVAL_SEED + seed, i), FRAMES, SIDE, SIDE, fps, scale=scale) for i in range(count)]
+    return [moving_shapes_clip(scene_seed(EVAL_SEED + seed, i), FRAMES, SIDE, SIDE, fps, scale=scale) for i in range(count)]
 
 
 def as_video(images: torch.Tensor) -> torch.Tensor:

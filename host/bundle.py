@@ -25,6 +25,7 @@ import comfy.utils
 
 from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, BundleSpec, read_bundle_spec, split_components
 from ..videoldm_core.families import SD1, SD_X4_UPSCALER, family_named
+from ..videoldm_core.state_dict import check_weights
 
 _MODEL_TYPES = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}
 _FAMILY_CONFIGS = {SD1.name: comfy.supported_models.SD15, SD_X4_UPSCALER.name: comfy.supported_models.SD_X4Upscaler}
@@ -81,11 +82,10 @@ def _vae_config(spec: BundleSpec) -> dict:
     return {"params": {"ddconfig": dict(spec.vae_config["ddconfig"]), "embed_dim": spec.vae_config["embed_dim"]}}
 
 
-def _require_complete(component: str, missing, unexpected, source: str):
-    if missing or unexpected:
-        raise BundleFormatError(
-            f"{source}: the {component} weights do not match the architecture in the bundle spec "
-            f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}).")
+def _require_complete(component: str, module: torch.nn.Module, state_dict: dict, source: str, ignore_missing=()):
+    check_weights(module.state_dict(), state_dict,
+                  f"{source}: the {component} weights do not match the architecture in the bundle spec",
+                  BundleFormatError, ignore_missing)
 
 
 def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], source: str = "bundle"):
@@ -102,22 +102,20 @@ def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], sour
     model_config.set_inference_dtype(unet_dtype, manual_cast_dtype, device=load_device)
     model = model_config.get_model(unet_sd, device=mm.unet_inital_load_device(parameters, unet_dtype))
     patcher = comfy.model_patcher.CoreModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
-    missing, unexpected = model.diffusion_model.load_state_dict(unet_sd, strict=False, assign=patcher.is_dynamic())
-    _require_complete("UNet", missing, unexpected, source)
+    _require_complete("UNet", model.diffusion_model, unet_sd, source)
+    model.diffusion_model.load_state_dict(unet_sd, strict=True, assign=patcher.is_dynamic())
 
     vae_sd = comfy.utils.state_dict_prefix_replace(parts["vae"], {COMPONENT_PREFIXES["vae"]: ""}, filter_keys=True)
     vae = comfy.sd.VAE(sd=vae_sd, config=_vae_config(spec))
     vae.downscale_ratio = vae.upscale_ratio = spec.vae_scale_factor  # ComfyUI assumes 8 when given a config
-    missing, unexpected = _diff_keys(vae.first_stage_model, vae_sd)
-    _require_complete("VAE", missing, unexpected, source)
+    _require_complete("VAE", vae.first_stage_model, vae_sd, source)
 
     clip_sd = model_config.process_clip_state_dict(dict(parts["text_encoder"]))
     clip = comfy.sd.CLIP(_clip_target(spec), tokenizer_data=clip_sd,
                          parameters=comfy.utils.calculate_parameters(clip_sd), state_dict=clip_sd)
-    missing, unexpected = _diff_keys(clip.cond_stage_model, clip_sd)
     # SD checkpoints never store these two; the host leaves them at their defaults as well.
-    missing = [k for k in missing if not k.endswith((".logit_scale", ".text_projection.weight"))]
-    _require_complete("text encoder", missing, unexpected, source)
+    _require_complete("text encoder", clip.cond_stage_model, clip_sd, source,
+                      ignore_missing=(".logit_scale", ".text_projection.weight"))
     return patcher, clip, vae
 
 
@@ -129,11 +127,6 @@ def load_bundle(bundle_name: str):
     path = folder_paths.get_full_path_or_raise("checkpoints", bundle_name)
     spec = read_bundle_spec(path)
     return build_components(spec, comfy.utils.load_torch_file(path, safe_load=True), source=f"'{bundle_name}'")
-
-
-def _diff_keys(module: torch.nn.Module, state_dict: dict) -> tuple[list[str], list[str]]:
-    expected = set(module.state_dict().keys())
-    return sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
 
 
 def _random_init_(module: torch.nn.Module, generator: torch.Generator):

@@ -21,7 +21,8 @@ import comfy.utils
 import folder_paths
 
 from ..videoldm_core.temporal_decoder import (TEMPORAL_DECODER_METADATA_KEY, TemporalDecoder, TemporalDecoderFormatError,
-                                              TemporalDecoderSpec, split_svd_vae)
+                                              TemporalDecoderSpec, read_addon, split_svd_vae)
+from ..videoldm_core.state_dict import check_weights
 from ..videoldm_core.windows import blend_weights, overlap_of, windows
 
 TEMPORAL_DECODER_ATTR = "videoldm_temporal_decoder"  # set on VAE objects this pack creates
@@ -63,13 +64,8 @@ def with_quant_convs(state_dict: dict) -> dict:
 
 def build_temporal_decoder(spec: TemporalDecoderSpec, state_dict: dict, source: str):
     module = TemporalDecoder(spec, operations=comfy.ops.manual_cast)
-    missing = sorted(set(module.state_dict()) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(module.state_dict()))
-    if missing or unexpected:
-        raise TemporalDecoderFormatError(f"{source}: temporal decoder weights do not match its spec "
-                                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
     patcher = comfy.model_patcher.CoreModelPatcher(module, load_device=mm.vae_device(), offload_device=mm.vae_offload_device())
-    module.load_state_dict(state_dict, strict=True, assign=patcher.is_dynamic())
+    module.load_weights(state_dict, source, assign=patcher.is_dynamic())
     return patcher
 
 
@@ -92,11 +88,9 @@ def load_temporal_vae(vae_state_dict: dict, source: str, addon: tuple[TemporalDe
     vae = comfy.sd.VAE(sd=image_sd, config=config)
     # ComfyUI assumes 8x when given a config; a KL VAE halves the size once per level after the first
     vae.downscale_ratio = vae.upscale_ratio = 2 ** (len(config["params"]["ddconfig"]["ch_mult"]) - 1)
-    expected = set(vae.first_stage_model.state_dict())
-    missing, unexpected = sorted(expected - set(image_sd)), sorted(set(image_sd) - expected)
-    if missing or unexpected:  # ComfyUI only logs these; a VAE with random parts must not load
-        raise TemporalDecoderFormatError(f"{source}: the VAE weights do not match a KL autoencoder "
-                                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
+    # ComfyUI only logs a mismatch; a VAE with random parts must not load
+    check_weights(vae.first_stage_model.state_dict(), image_sd, f"{source}: the VAE weights do not match a KL autoencoder",
+                  TemporalDecoderFormatError)
     if temporal is not None:
         setattr(vae, TEMPORAL_DECODER_ATTR, build_temporal_decoder(*temporal, source))
     return vae

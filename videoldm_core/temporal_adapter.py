@@ -23,6 +23,7 @@ from .interpolation import InterpolationEmbedding
 from .metadata_spec import MetadataSpec
 from .placement import SpatialLayer, blocks, motion_module_layer
 from .slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
+from .state_dict import check_weights
 
 ADAPTER_METADATA_KEY = "videoldm_adapter"
 ADAPTER_FORMAT_VERSION = 1
@@ -124,22 +125,9 @@ class TemporalAdapter(nn.Module):
         return self.get_submodule(path)
 
     def load_weights(self, state_dict: dict, source: str = "adapter", assign: bool = False):
-        """Strict load with a message that lists some of what is missing or unexpected."""
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(own))
-        wrong = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
-        if missing or unexpected or wrong:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-            if wrong:
-                k = wrong[0]
-                parts.append(f"{len(wrong)} with the wrong shape (e.g. {k}: expected {tuple(own[k].shape)}, "
-                             f"found {tuple(state_dict[k].shape)})")
-            raise AdapterFormatError(f"{source}: the weights do not match the adapter spec: {'; '.join(parts)}.")
+        """Strict load with a message that lists some of what is missing, unexpected or misshapen."""
+        check_weights(self.state_dict(), state_dict, f"{source}: the weights do not match the adapter spec",
+                      AdapterFormatError)
         self.load_state_dict(state_dict, strict=True, assign=assign)
         return self
 

@@ -28,6 +28,7 @@ from torch import nn
 from .temporal_adapter import set_submodule
 from .alpha_blender import blend, merge_alpha, register_mix_factor
 from .metadata_spec import MetadataSpec
+from .state_dict import check_weights
 from .positional import sinusoidal_embedding
 from .temporal_layers import TemporalResBlock, TemporalTransformerBlock, zero_
 
@@ -129,6 +130,13 @@ class TemporalDecoder(nn.Module):
         known = path in self.spec.blocks or path in self.spec.attention
         return self.get_submodule(path)(h, num_frames) if known else h
 
+    def load_weights(self, state_dict: dict, source: str = "temporal decoder", assign: bool = False):
+        """Strict load; a mismatch is named before anything loads."""
+        check_weights(self.state_dict(), state_dict, f"{source}: temporal decoder weights do not match its spec",
+                      TemporalDecoderFormatError)
+        self.load_state_dict(state_dict, strict=True, assign=assign)
+        return self
+
     def decode(self, decoder: nn.Module, z: torch.Tensor, num_frames: int) -> torch.Tensor:
         """`decoder`'s forward with the temporal layers after its blocks and output; z: ((b t), c, h, w)."""
         h = decoder.conv_in(z)
@@ -160,6 +168,15 @@ def spec_for_decoder(decoder: nn.Module, kernel_t: int = 3, attention: bool = Fa
                 attn[f"up.{i_level}.attn.{i_block}"] = block.out_channels
     return TemporalDecoderSpec(blocks=blocks, out_channels=decoder.conv_out.out_channels, kernel_t=kernel_t,
                                attention=attn, **fields)
+
+
+def read_addon(weights: dict, metadata: dict | None, source: str) -> tuple[TemporalDecoderSpec, dict]:
+    """(spec, weights) of a temporal-decoder add-on file's contents (the pack's format: the decoder's
+    temporal layers with their spec in the safetensors metadata)."""
+    if not metadata or TEMPORAL_DECODER_METADATA_KEY not in metadata:
+        raise TemporalDecoderFormatError(f"{source} is not a temporal-decoder add-on (no "
+                                         f"'{TEMPORAL_DECODER_METADATA_KEY}' metadata).")
+    return TemporalDecoderSpec.from_json(metadata[TEMPORAL_DECODER_METADATA_KEY], source), weights
 
 
 def split_svd_vae(state_dict: dict, source: str = "VAE") -> tuple[dict, TemporalDecoderSpec, dict]:

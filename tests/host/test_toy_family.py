@@ -70,9 +70,8 @@ def test_every_file_loads_through_the_pack(which, request, pack_module):
     temporal_vae = pack_module("host.temporal_decoder")
     from comfy.utils import load_torch_file
 
-    weights, metadata = load_torch_file(str(family / NAMES[4]), safe_load=True, return_metadata=True)
-    spec = temporal_vae.TemporalDecoderSpec.from_json(metadata[temporal_vae.TEMPORAL_DECODER_METADATA_KEY], NAMES[4])
-    vae = temporal_vae.load_temporal_vae(load_torch_file(str(family / NAMES[0])), NAMES[0], (spec, weights))
+    addon = temporal_vae.read_addon(*load_torch_file(str(family / NAMES[4]), safe_load=True, return_metadata=True), NAMES[4])
+    vae = temporal_vae.load_temporal_vae(load_torch_file(str(family / NAMES[0])), NAMES[0], addon)
     with torch.inference_mode():
         frames = temporal_vae.decode_video(vae, torch.randn(5, 4, 16, 16), 17, 1)
     assert frames.shape == (5, 64, 64, 3)

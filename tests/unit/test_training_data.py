@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from videoldm_core.training.data import ClipSpec, VideoFolder, discover, read_frames
 from videoldm_core.training.latent_cache import LatentShards, build_latent_cache, cache_key
 from videoldm_core.training.objective import TrainingError
-from devtools.synthetic_data import clip_seed, write_dataset, write_mp4
+from devtools.synthetic_data import scene_seed, write_dataset, write_mp4
 from videoldm_core.moving_shapes import moving_shapes_clip
 
 
@@ -84,7 +84,7 @@ def test_mp4_round_trip_at_source_fps(mp4_folder):
     data = VideoFolder(mp4_folder, ClipSpec(frames=16, fps=None, height=48, width=64))
     assert len(data) == 2 and [e.name for e in data.entries] == ["clip_0000.mp4", "clip_0001.mp4"]
     item = data[1]
-    reference = moving_shapes_clip(clip_seed(5, 1), 16, 48, 64, fps=30.0)
+    reference = moving_shapes_clip(scene_seed(5, 1), 16, 48, 64, fps=30.0)
     assert item["frames"].shape == (16, 3, 48, 64) and item["frames"].dtype == torch.float32
     assert -1 <= item["frames"].min() and item["frames"].max() <= 1
     assert (item["frames"] - reference.frames).abs().mean() < 0.1  # lossy H.264
@@ -94,7 +94,7 @@ def test_mp4_round_trip_at_source_fps(mp4_folder):
 def test_mp4_at_quarter_fps_takes_every_fourth_frame(mp4_folder):
     data = VideoFolder(mp4_folder, ClipSpec(frames=8, fps=7.5, height=48, width=64))
     frames = data[0]["frames"]
-    reference = moving_shapes_clip(clip_seed(5, 0), 32, 48, 64, fps=30.0).frames
+    reference = moving_shapes_clip(scene_seed(5, 0), 32, 48, 64, fps=30.0).frames
     assert frames.shape == (8, 3, 48, 64)
     error = [(frames[k] - reference[4 * k]).abs().mean().item() for k in range(8)]
     off_by_one = [(frames[k] - reference[4 * k + 1]).abs().mean().item() for k in range(7)]
@@ -129,7 +129,7 @@ def test_resize_covers_and_random_crop_is_seeded(mp4_folder):
     a, b = VideoFolder(mp4_folder, spec, seed=1), VideoFolder(mp4_folder, spec, seed=1)
     assert a[0]["frames"].shape == (4, 3, 32, 32) and torch.equal(a[0]["frames"], b[0]["frames"])
     centre = VideoFolder(mp4_folder, ClipSpec(frames=4, fps=None, height=32, width=32))[0]["frames"]
-    reference = F.interpolate(moving_shapes_clip(clip_seed(5, 0), 4, 48, 64).frames, size=(32, 43), mode="bilinear",
+    reference = F.interpolate(moving_shapes_clip(scene_seed(5, 0), 4, 48, 64).frames, size=(32, 43), mode="bilinear",
                               antialias=True)[..., 5:37]  # 48x64 -> 32x43, centre 32 columns
     assert (centre - reference).abs().mean() < 0.1
 
@@ -138,7 +138,7 @@ def test_frame_folder_round_trip_is_exact_to_8_bits(tmp_path):
     captions = write_dataset(tmp_path, count=1, seed=9, frames=12, height=30, width=40, fps=24.0, as_="frames")
     assert sorted(os.listdir(tmp_path / "clip_0000"))[:2] == ["00000.png", "00001.png"]
     data = VideoFolder(tmp_path, ClipSpec(frames=6, fps=12.0, height=30, width=40), source_fps=24.0)
-    reference = moving_shapes_clip(clip_seed(9, 0), 12, 30, 40, fps=24.0)
+    reference = moving_shapes_clip(scene_seed(9, 0), 12, 30, 40, fps=24.0)
     item = data[0]
     assert (item["frames"] - reference.frames[::2]).abs().max() < 1 / 127
     assert item["caption"] == captions["clip_0000"] == reference.caption

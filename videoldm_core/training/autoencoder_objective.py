@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from .crops import random_crop
 from .objective import Phase, TrainingError
 
 KL_WEIGHT = 1e-6   # LDM's KL-f4/f8 autoencoders use 1e-6
@@ -48,7 +49,7 @@ class AutoencoderPhase(Phase):
             raise TrainingError(f"expected batch['frames'] as (B, T, 3, H, W) in [-1, 1], found {found}.")
         rngs = [torch.Generator().manual_seed(int(s)) for s in batch["sample_seeds"]]
         if self.patch:
-            frames = self._crop(frames, rngs)
+            frames, = random_crop([frames], rngs, self.patch)
         x = rearrange(frames, "b t c h w -> (b t) c h w")
         mean, logvar = posterior(self.autoencoder, x)
         t = frames.shape[1]
@@ -59,18 +60,6 @@ class AutoencoderPhase(Phase):
         kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1.0 - logvar.float()).flatten(1).sum(1).mean()
         loss = rec + self.kl_weight * kl
         return loss, {"loss": loss.item(), "rec": rec.item(), "kl": kl.item()}
-
-    def _crop(self, frames, rngs):
-        h, w = frames.shape[-2:]
-        p = self.patch
-        if p > min(h, w):
-            raise TrainingError(f"patch size {p} is larger than the frames ({h}x{w}).")
-        out = []
-        for clip, g in zip(frames, rngs):
-            y0, x0 = (int(torch.randint(0, n - p + 1, (1,), generator=g)) for n in (h, w))
-            out.append(clip[..., y0:y0 + p, x0:x0 + p])
-        return torch.stack(out)
-
 
 @torch.no_grad()
 def latent_scale(autoencoder, images: torch.Tensor, chunk: int = 16) -> float:

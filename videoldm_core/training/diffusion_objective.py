@@ -23,6 +23,7 @@ from einops import rearrange, repeat
 
 from ..context import context_input, context_mask
 from ..interpolation import FACTOR, augment_keyframes, check_augmentation_level, interpolation_labels, keyframe_positions
+from .crops import random_crop
 from .modes import INTERPOLATION, PREDICTION, TEMPORAL, UPSCALER, Mode, mode_named
 from .objective import Held, Phase, TrainingError
 from .schedule import NoiseSchedule
@@ -141,16 +142,8 @@ def same_crop(z0, low_res, rngs, patch: int | None = None):
         found = None if low_res is None else tuple(low_res.shape)
         raise TrainingError(f"upscaler training expects low-res frames (B, T, 3, h, w) at the latent size "
                             f"{tuple(z0.shape[-2:])} of latents {tuple(z0.shape)}, found {found}.")
-    h, w = z0.shape[-2:]
-    p = patch or min(h, w)
-    if p > min(h, w):
-        raise TrainingError(f"patch size {p} is larger than the latents ({h}x{w}).")
-    crops = []
-    for g in rngs:
-        y0, x0 = (int(torch.randint(0, n - p + 1, (1,), generator=g)) for n in (h, w))
-        crops.append((slice(y0, y0 + p), slice(x0, x0 + p)))
-    return (torch.stack([z[..., ys, xs] for z, (ys, xs) in zip(z0, crops)]),
-            torch.stack([x[..., ys, xs] for x, (ys, xs) in zip(low_res, crops)]))
+    z0, low_res = random_crop([z0, low_res], rngs, patch or min(z0.shape[-2:]), "latents")
+    return z0, low_res
 
 
 def augmented_low_res(low_res, rngs, augment_schedule: NoiseSchedule, max_noise_level: int):

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..state_dict import check_weights
 from .distributed import World, barrier, init_world, mean_over_ranks
 from .objective import Phase, TrainingError
 
@@ -239,10 +240,7 @@ class Trainer:
                                 f"{ours.get(differ[0])!r}). Resume with the same adapter spec and mode, or start fresh.")
         state = load_file(str(weights))
         own = self.trainable_state()
-        if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
-            missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-            raise TrainingError(f"checkpoint '{directory.name}' does not fit the trainable weights: missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]}.")
+        check_weights(own, state, f"checkpoint '{directory.name}' does not fit the trainable weights", TrainingError)
         with torch.no_grad():
             for k, p in own.items():
                 p.copy_(state[k])
