@@ -20,10 +20,11 @@ import torch
 from devtools.comfy_in_process import init_comfy
 
 from .common import interleaved_medians, peak_rss_gib, print_table
+from devtools import tiny_bundles
 
 
 def sd15_spec(bundle_host, spec_module):
-    tiny = bundle_host.tiny_sd1_spec()
+    tiny = tiny_bundles.tiny_sd1_spec()
     clip = json.loads((Path(importlib.import_module("comfy.sd1_clip").__file__).parent / "sd1_clip_config.json").read_text())
     return dataclasses.replace(
         tiny, description="random-weight SD1.5-shaped bundle (benchmark)",
@@ -47,7 +48,7 @@ def main():
     spec = sd15_spec(bundle_host, bundle)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sd15_random.safetensors"
-        state_dict = {k: v.half() for k, v in bundle_host.random_bundle_state_dict(spec, seed=0).items()}
+        state_dict = {k: v.half() for k, v in tiny_bundles.random_bundle_state_dict(spec, seed=0).items()}
         bundle.save_bundle(path, spec, state_dict)
         del state_dict
 

@@ -25,6 +25,7 @@ import torch
 from devtools.comfy_in_process import init_comfy
 
 from .common import print_table, step_peak_gib
+from devtools import tiny_bundles
 
 
 def child(keyframes: int, latent: int, window: int, repeats: int = 0) -> dict:
@@ -34,8 +35,8 @@ def child(keyframes: int, latent: int, window: int, repeats: int = 0) -> dict:
     bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
     patch = importlib.import_module(f"{pack.__name__}.host.temporal_adapter")
     node = importlib.import_module(f"{pack.__name__}.nodes.interpolation").InterpolateKeyframes
-    spec = bundle_host.tiny_sd1_spec()
-    model, clip, _ = bundle_host.build_components(spec, bundle_host.random_bundle_state_dict(spec, seed=5), source="bench")
+    spec = tiny_bundles.tiny_sd1_spec()
+    model, clip, _ = bundle_host.build_components(spec, tiny_bundles.random_bundle_state_dict(spec, seed=5), source="bench")
     adapter_spec, module = patch.fresh_adapter_for_model(model, context_frames=(0, 1, 2), context_width=16, interpolation=True)
     torch.manual_seed(0)
     for p in module.parameters():

@@ -30,6 +30,7 @@ import torch
 from devtools.comfy_in_process import init_comfy
 
 from .common import print_table, step_peak_gib
+from devtools import tiny_bundles
 
 SEGMENT, CONTEXT, WINDOW, WINDOW_OVERLAP, DISTANCE, LATENT = 16, 2, 16, 4, 8, 16
 
@@ -40,8 +41,8 @@ def build(method: str):
     pack = init_comfy()
     bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
     patch = importlib.import_module(f"{pack.__name__}.host.temporal_adapter")
-    spec = bundle_host.tiny_sd1_spec()
-    model, clip, _ = bundle_host.build_components(spec, bundle_host.random_bundle_state_dict(spec, seed=5), source="bench")
+    spec = tiny_bundles.tiny_sd1_spec()
+    model, clip, _ = bundle_host.build_components(spec, tiny_bundles.random_bundle_state_dict(spec, seed=5), source="bench")
     adapter_spec, module = patch.fresh_adapter_for_model(model, context_frames=(0, 1, 2) if method == "rollout" else (),
                                                          context_width=16)
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ set explicitly (part 1: N). On a machine shared with other work, keep N at the i
 threads that find their core taken can make a step 50-100x slower (seen here: 35 s instead of
 0.4 s for the tiny model with 2 threads on 2 cores while another process used one).
 
-Model: by default the pack's tiny SD1.x architecture (host.bundle.tiny_sd1_spec: SD1.5's
+Model: by default the pack's tiny SD1.x architecture (devtools.tiny_bundles.tiny_sd1_spec: SD1.5's
 block structure at widths 32/64/64/64) with random weights; --unet sd15 uses the full SD1.5 shape
 (devtools/unet_configs.SD15, ~860M parameters: for a machine with time or a GPU). fp32 weights;
 --precision bf16/fp16 autocasts the forward as the trainer does. The DDP part always uses the tiny
@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 from .common import status_gib, print_table
+from devtools import tiny_bundles
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("temporal", "temporal+ckpt", "full", "full+ckpt")
@@ -83,7 +84,7 @@ def build_base(pack_name: str, unet: str, device):
     import comfy.model_patcher
 
     bundle_host = importlib.import_module(f"{pack_name}.host.bundle")
-    spec = bundle_host.tiny_sd1_spec()
+    spec = tiny_bundles.tiny_sd1_spec()
     if unet == "sd15":
         from devtools import unet_configs
 
@@ -95,7 +96,7 @@ def build_base(pack_name: str, unet: str, device):
     model = model_config.get_model({}, device="cpu")
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        bundle_host._random_init_(model.diffusion_model, generator)
+        tiny_bundles.random_init_(model.diffusion_model, generator)
     patcher = comfy.model_patcher.CoreModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
     text = torch.randn(1, 77, spec.unet_config["context_dim"], generator=generator)
     return patcher, text

@@ -35,6 +35,7 @@ import torch
 from devtools.comfy_in_process import init_comfy
 
 from .common import PEAK_ENV, print_table, status_gib, step_peak_gib
+from devtools import tiny_bundles
 
 
 # The SD x4 upscaler's own UNet (x4-upscaling.yaml: width 256, levels 1/2/2/4, two ResBlocks per
@@ -51,10 +52,10 @@ def build(width: int, full: bool = False):
 
     pack = init_comfy()
     bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
-    spec = bundle_host.tiny_x4_spec()
+    spec = tiny_bundles.tiny_x4_spec()
     unet = {**spec.unet_config, **FULL_X4} if full else {**spec.unet_config, "model_channels": width}
     spec = dataclasses.replace(spec, unet_config=unet)
-    model, clip, _ = bundle_host.build_components(spec, bundle_host.random_bundle_state_dict(spec, seed=4), source="bench")
+    model, clip, _ = bundle_host.build_components(spec, tiny_bundles.random_bundle_state_dict(spec, seed=4), source="bench")
     upscale = importlib.import_module(f"{pack.__name__}.nodes.video_upscale").VideoUpscale
     return model, upscale, clip.encode_from_tokens_scheduled(clip.tokenize("a sharp video"))
 

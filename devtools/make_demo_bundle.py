@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import paths
+from . import paths, tiny_bundles
 from .comfy_in_process import init_comfy
 
 DEMO_BUNDLE_NAME = "videoldm_demo_tiny.safetensors"
@@ -64,12 +64,12 @@ def make_demo_models(base_dir: Path) -> list[Path]:
     pack = init_comfy()
     bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
     bundle = importlib.import_module(f"{pack.__name__}.videoldm_core.bundle")
-    spec = bundle_host.tiny_sd1_spec(description="Video LDM demo: random weights, a wiring demo, not a picture")
+    spec = tiny_bundles.tiny_sd1_spec(description="Video LDM demo: random weights, a wiring demo, not a picture")
     bundle_path = base_dir / "models" / "checkpoints" / DEMO_BUNDLE_NAME
-    _write(bundle_path, lambda p: bundle.save_bundle(p, spec, bundle_host.random_bundle_state_dict(spec, seed=DEMO_SEED)))
-    x4_spec = bundle_host.tiny_x4_spec(description="Video LDM demo x4 upscaler: random weights, a wiring demo")
+    _write(bundle_path, lambda p: bundle.save_bundle(p, spec, tiny_bundles.random_bundle_state_dict(spec, seed=DEMO_SEED)))
+    x4_spec = tiny_bundles.tiny_x4_spec(description="Video LDM demo x4 upscaler: random weights, a wiring demo")
     x4_path = base_dir / "models" / "checkpoints" / DEMO_X4_BUNDLE_NAME
-    _write(x4_path, lambda p: bundle.save_bundle(p, x4_spec, bundle_host.random_bundle_state_dict(x4_spec, seed=DEMO_SEED)))
+    _write(x4_path, lambda p: bundle.save_bundle(p, x4_spec, tiny_bundles.random_bundle_state_dict(x4_spec, seed=DEMO_SEED)))
     widths = [spec.unet_config["model_channels"] * m for m in spec.unet_config["channel_mult"]]
     motion_path = base_dir / "models" / "temporal_adapters" / DEMO_MOTION_MODULE_NAME
     _write(motion_path, lambda p: save_file(animatediff_layout_state_dict(widths, seed=DEMO_SEED), str(p)))
@@ -88,7 +88,7 @@ def save_random_predictor(path, pack, bundle_host, bundle_spec, seed=DEMO_SEED, 
     `interpolation` an interpolation adapter: fresh layers plus small noise."""
     patch = importlib.import_module(f"{pack.__name__}.host.temporal_adapter")
     adapter_format = importlib.import_module(f"{pack.__name__}.videoldm_core.temporal_adapter")
-    model, _, _ = bundle_host.build_components(bundle_spec, bundle_host.random_bundle_state_dict(bundle_spec, seed=seed),
+    model, _, _ = bundle_host.build_components(bundle_spec, tiny_bundles.random_bundle_state_dict(bundle_spec, seed=seed),
                                                source="demo")
     spec, module = patch.fresh_adapter_for_model(model, context_frames=(0, 1, 2), context_width=16, interpolation=interpolation)
     kind = "interpolation" if interpolation else "prediction"

@@ -32,7 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from . import paths
+from . import paths, tiny_bundles
 from .comfy_in_process import init_comfy
 
 SEED = 20230418  # arXiv 2304.08818
@@ -127,10 +127,7 @@ def write_data(work: Path, quick: bool) -> dict[str, Path]:
 
 def initial_bundles(work: Path) -> tuple[Path, Path]:
     """Random-weight bundles from the seed (the text encoder stays as drawn: a frozen random CLIP)."""
-    import importlib
-
-    pack = init_comfy()
-    bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
+    init_comfy()
     from videoldm_core.bundle import save_bundle
 
     base_spec, x4_spec = specs()
@@ -138,9 +135,9 @@ def initial_bundles(work: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     base, x4 = out / "base.safetensors", out / "x4.safetensors"
     if not base.exists():
-        base_sd = bundle_host.random_bundle_state_dict(base_spec, seed=SEED)
+        base_sd = tiny_bundles.random_bundle_state_dict(base_spec, seed=SEED)
         save_bundle(base, base_spec, base_sd)
-        x4_sd = bundle_host.random_bundle_state_dict(x4_spec, seed=SEED + 1)
+        x4_sd = tiny_bundles.random_bundle_state_dict(x4_spec, seed=SEED + 1)
         # one text encoder for the family: the x4 model reads the same prompts
         x4_sd.update({k: v for k, v in base_sd.items() if k.startswith("cond_stage_model.")})
         save_bundle(x4, x4_spec, x4_sd)

@@ -20,7 +20,7 @@ import comfy.sd
 import comfy.utils
 import folder_paths
 
-from ..videoldm_core.temporal_decoder import (TEMPORAL_DECODER_METADATA_KEY, TemporalDecoder, TemporalDecoderFormatError,
+from ..videoldm_core.temporal_decoder import (TemporalDecoder, TemporalDecoderFormatError,
                                               TemporalDecoderSpec, read_addon, split_svd_vae)
 from ..videoldm_core.state_dict import check_weights
 from ..videoldm_core.windows import blend_weights, overlap_of, windows
@@ -154,9 +154,5 @@ def load_temporal_vae_files(vae_name: str, temporal_decoder: str = NONE):
     addon = None
     if temporal_decoder != NONE:
         path = folder_paths.get_full_path_or_raise("temporal_adapters", temporal_decoder)
-        weights, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
-        if not metadata or TEMPORAL_DECODER_METADATA_KEY not in metadata:
-            raise TemporalDecoderFormatError(f"'{temporal_decoder}' is not a temporal-decoder add-on (no "
-                                             f"'{TEMPORAL_DECODER_METADATA_KEY}' metadata).")
-        addon = (TemporalDecoderSpec.from_json(metadata[TEMPORAL_DECODER_METADATA_KEY], f"'{temporal_decoder}'"), weights)
+        addon = read_addon(*comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True), f"'{temporal_decoder}'")
     return load_temporal_vae(state_dict, f"'{os.path.basename(name)}'", addon)

@@ -17,24 +17,22 @@ import comfy.sample
 import comfy.utils
 import torch
 
-from ..videoldm_core.video_upscale import TilingError, plan_tiles
+from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles
 
 TILING_KEY = "videoldm_tiling"
 GRID = 8  # the x4 UNet halves the latent three times
 
 
-def tiled_forward(tile, tile_overlap, chunk, chunk_overlap, on_region=lambda: None):
-    """DIFFUSION_MODEL wrapper: the UNet per region, predictions blended (one region: untouched)."""
-
-    plans = {}   # one plan per latent shape: every step reuses its regions and weights
+def tiled_forward(plan: TilePlan, on_region=lambda: None):
+    """DIFFUSION_MODEL wrapper: the UNet per region of `plan` (planned once from the latent's shape),
+    predictions blended (one region: untouched)."""
 
     def forward(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         groups = len(transformer_options.get("cond_or_uncond", [0]))
-        frames = x.shape[0] // groups
-        shape = (frames, x.shape[-2], x.shape[-1])
-        if shape not in plans:
-            plans[shape] = plan_tiles(*shape, tile, tile_overlap, chunk, chunk_overlap)
-        plan = plans[shape]
+        shape = (x.shape[0] // groups, x.shape[-2], x.shape[-1])
+        if shape != plan.shape:
+            raise TilingError(f"the tile plan was made for latents of {plan.shape} (frames, height, width), the "
+                              f"model was called with {shape}.")
         if len(plan.regions) == 1:
             on_region()
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
@@ -91,7 +89,7 @@ def upscale_video(model, positive, negative, images: torch.Tensor, noise_augment
     pbar = comfy.utils.ProgressBar(steps * len(plan.regions))  # one tile-step per region and step
     tiled = model.clone()
     tiled.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, TILING_KEY,
-                               tiled_forward(tile_size, tile_overlap, chunk_length, chunk_overlap, lambda: pbar.update(1)))
+                               tiled_forward(plan, lambda: pbar.update(1)))
     latent = torch.zeros(frames, 4, height, width)
     noise = comfy.sample.prepare_noise(latent, seed)
     samples = comfy.sample.sample(tiled, noise, steps, cfg, sampler_name, scheduler, conds[0], conds[1], latent,

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from devtools import tiny_bundles
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIERS = ("unit", "host", "server", "browser", "setup")
@@ -111,8 +112,8 @@ def node_classes(pack):
 def tiny_sd1(pack_module):
     """(MODEL, CLIP, VAE): a random-weight SD1.x-architecture model, built by the bundle code."""
     bundle_host = pack_module("host.bundle")
-    spec = bundle_host.tiny_sd1_spec()
-    return bundle_host.build_components(spec, bundle_host.random_bundle_state_dict(spec, seed=5), source="tiny")
+    spec = tiny_bundles.tiny_sd1_spec()
+    return bundle_host.build_components(spec, tiny_bundles.random_bundle_state_dict(spec, seed=5), source="tiny")
 
 
 @pytest.fixture(scope="session")
@@ -120,8 +121,8 @@ def tiny_x4_bundle(pack_module):
     """(MODEL, CLIP, VAE): ComfyUI's own SD x4 upscaler architecture at small width with a 4x KL VAE,
     random weights, built by the bundle code."""
     bundle_host = pack_module("host.bundle")
-    spec = bundle_host.tiny_x4_spec()
-    return bundle_host.build_components(spec, bundle_host.random_bundle_state_dict(spec, seed=4), source="tiny x4")
+    spec = tiny_bundles.tiny_x4_spec()
+    return bundle_host.build_components(spec, tiny_bundles.random_bundle_state_dict(spec, seed=4), source="tiny x4")
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ import logging
 
 import pytest
 import torch
+from devtools import tiny_bundles
 
 FRAMES = 4
 
@@ -205,7 +206,7 @@ def test_core_controlnet_with_per_frame_hints_works_with_an_adapter(tiny_sd1, to
     import nodes
 
     patch, make_adapter, positive, negative = tools
-    unet = pack_module("host.bundle").tiny_sd1_spec().unet_config
+    unet = tiny_bundles.tiny_sd1_spec().unet_config
     control_model = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.manual_cast, device="cpu",
                                                **{k: v for k, v in unet.items() if k not in ("out_channels", "transformer_depth_output")})
     torch.manual_seed(4)

@@ -5,15 +5,15 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from devtools import tiny_bundles
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(pack, pack_module):
     import folder_paths
 
-    bundle_host = pack_module("host.bundle")
-    spec = bundle_host.tiny_sd1_spec()
-    state_dict = bundle_host.random_bundle_state_dict(spec, seed=1)
+    spec = tiny_bundles.tiny_sd1_spec()
+    state_dict = tiny_bundles.random_bundle_state_dict(spec, seed=1)
     path = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], "tiny_host.safetensors")
     pack_module("videoldm_core.bundle").save_bundle(path, spec, state_dict)
     return path
@@ -104,11 +104,11 @@ def test_an_x4_upscaler_bundle_loads_with_its_4x_vae_and_stated_scale(node_class
     import comfy.model_sampling
     import folder_paths
 
-    bundle_host, bundle = pack_module("host.bundle"), pack_module("videoldm_core.bundle")
-    spec = bundle_host.tiny_x4_spec()
+    bundle = pack_module("videoldm_core.bundle")
+    spec = tiny_bundles.tiny_x4_spec()
     spec = dataclasses.replace(spec, vae_config={**spec.vae_config, "scale_factor": 0.5})
     path = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], "tiny_x4_host.safetensors")
-    bundle.save_bundle(path, spec, bundle_host.random_bundle_state_dict(spec, seed=2))
+    bundle.save_bundle(path, spec, tiny_bundles.random_bundle_state_dict(spec, seed=2))
     model, clip, vae = load(node_classes, "tiny_x4_host.safetensors")
     assert type(model.model) is comfy.model_base.SD_X4Upscaler
     assert isinstance(model.model.model_sampling, comfy.model_sampling.V_PREDICTION)

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from devtools import tiny_bundles
 
 FRAMES = 12
 
@@ -15,9 +16,8 @@ def vae_parts(pack_module):
     SVD's key layout built with ComfyUI's own temporal_ae.VideoDecoder)."""
     from comfy.ldm.modules.temporal_ae import VideoDecoder
 
-    bundle_host = pack_module("host.bundle")
-    spec = bundle_host.tiny_sd1_spec()
-    bundle = bundle_host.random_bundle_state_dict(spec, seed=7)
+    spec = tiny_bundles.tiny_sd1_spec()
+    bundle = tiny_bundles.random_bundle_state_dict(spec, seed=7)
     image_sd = {k[len("first_stage_model."):]: v for k, v in bundle.items() if k.startswith("first_stage_model.")}
     ddconfig = dict(spec.vae_config["ddconfig"])
     video_decoder = VideoDecoder(video_kernel_size=[3, 1, 1], alpha=0.0, **ddconfig)
