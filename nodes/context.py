@@ -29,7 +29,7 @@ class VideoContextNode(io.ComfyNode):
                 io.Image.Input("images", optional=True, tooltip="Or the given frames as IMAGE frames, encoded with the VAE."),
                 io.Vae.Input("vae", optional=True, tooltip="The VAE that encodes `images`."),
                 io.Int.Input("use_last", default=0, min=0, max=4096,
-                             tooltip="Use only the last N given frames (0: all), e.g. 2 to continue a video from its end."),
+                             tooltip="Use only the last N given frames (0: all), e.g. 2 to continue a video from its end.", advanced=True),
             ],
             outputs=[
                 VideoContextType.Output(display_name="context", tooltip="For the Context Guider."),

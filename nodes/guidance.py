@@ -29,10 +29,10 @@ class ContextGuiderNode(io.ComfyNode):
                                tooltip="Context guidance s: 1 is plain conditioning on the context; above 1 also runs a "
                                        "context-dropped branch and pushes away from it (the paper uses s >= 1)."),
                 io.Boolean.Input("keep_given_frames", default=True,
-                                 tooltip="Return the given frames unchanged (they are masked out of denoising)."),
+                                 tooltip="Return the given frames unchanged (they are masked out of denoising).", advanced=True),
                 io.Combo.Input("if_no_context_encoder", options=list(ON_MISSING), default="error",
                                tooltip="When no applied adapter reads context frames: stop with an error, or ignore the "
-                                       "context and guide with text CFG only."),
+                                       "context and guide with text CFG only.", advanced=True),
             ],
             outputs=[io.Guider.Output(tooltip="For SamplerCustomAdvanced; the latent must have the context's frame count.")],
         )

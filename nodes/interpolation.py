@@ -29,13 +29,13 @@ class InterpolateKeyframes(io.ComfyNode):
                                tooltip="Which step of the cascade: T→4T (first pass, e.g. 1.875→7.5 fps) or 4T→16T "
                                        "(second pass, 7.5→30 fps). Needs an adapter with the regime label."),
                 io.Boolean.Input("keep_keyframes", default=True,
-                                 tooltip="Return the keyframes unchanged at positions 0, 4, 8, ..."),
+                                 tooltip="Return the keyframes unchanged at positions 0, 4, 8, ...", advanced=True),
                 io.Float.Input("augmentation", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Conditioning augmentation: noise of this level on the keyframes the model "
                                        "sees (the level is an input of the model too). Use the level it was trained with."),
                 io.Int.Input("window_keyframes", default=5, min=2, max=4096,
                              tooltip="Keyframes per window; windows share one keyframe, memory is that of one window "
-                                     "(4·window − 3 frames)."),
+                                     "(4·window − 3 frames).", advanced=True),
                 *sampler_inputs("window"),
                 io.Float.Input("fps", default=1.875, min=0.001, max=1000.0, step=0.001,
                                tooltip="Frame rate of the keyframes; the output rate is 4x this."),

@@ -52,7 +52,7 @@ class ApplyTemporalAdapter(io.ComfyNode):
                                        "1 the adapter as trained."),
                 io.Int.Input("attention_distance", default=0, min=0, max=4096,
                              tooltip="Let temporal attention see at most this many frames away (0: no limit). The paper "
-                                     "uses 8 to run a model convolutionally in time, longer than it was trained on."),
+                                     "uses 8 to run a model convolutionally in time, longer than it was trained on.", advanced=True),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="A copy of MODEL with the temporal layers applied.")],
         )

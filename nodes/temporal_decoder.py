@@ -56,10 +56,10 @@ class TemporalVAEDecode(io.ComfyNode):
                 io.Int.Input("overlap", default=1, min=0, max=4095,
                              tooltip="Frames shared by neighbouring windows and cross-faded; less than the window. "
                                      "More overlap gives smoother seams but costs about window / (window - overlap) "
-                                     "times the decoding (16 with 4: 1.33x; 17 with 1: 1.06x)."),
+                                     "times the decoding (16 with 4: 1.33x; 17 with 1: 1.06x).", advanced=True),
                 io.Int.Input("tile_size", default=0, min=0, max=4096, step=8,
                              tooltip="Spatial tiles in latent pixels (0: whole frames). Each tile holds all frames of "
-                                     "a window; tiles overlap by a quarter."),
+                                     "a window; tiles overlap by a quarter.", advanced=True),
             ],
             outputs=[io.Image.Output(display_name="IMAGE", tooltip="The decoded frames.")],
         )

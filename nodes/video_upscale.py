@@ -31,10 +31,10 @@ class VideoUpscale(io.ComfyNode):
                 io.Int.Input("tile_size", default=64, min=8, max=4096, step=8,
                              tooltip="Tile height and width in input pixels (= latent pixels; 64 gives 256-pixel output tiles)."),
                 io.Int.Input("tile_overlap", default=16, min=0, max=4096,
-                             tooltip="Overlap of neighbouring tiles; smaller than tile_size."),
+                             tooltip="Overlap of neighbouring tiles; smaller than tile_size.", advanced=True),
                 io.Int.Input("chunk_length", default=8, min=1, max=4096,
                              tooltip="Frames denoised together (the temporal layers see a chunk); the paper uses about 8."),
-                io.Int.Input("chunk_overlap", default=2, min=0, max=4095, tooltip="Overlap of neighbouring chunks."),
+                io.Int.Input("chunk_overlap", default=2, min=0, max=4095, tooltip="Overlap of neighbouring chunks.", advanced=True),
             ],
             outputs=[io.Latent.Output(tooltip="The x4 latent (decode with the x4 upscaler's VAE).")],
         )

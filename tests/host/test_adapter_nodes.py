@@ -32,7 +32,7 @@ def native_adapter_file(adapters_dir, pack_module, tiny_sd1):
 
 
 def load(node_classes, name):
-    return node_classes["VideoLDMLoadTemporalAdapter"].execute(name).result[0]
+    return node_classes["VideoLDMLoadTemporalAdapter"].execute(adapter_name=name).result[0]
 
 
 def test_native_file_loads_with_its_spec_and_weights(node_classes, native_adapter_file):
@@ -47,7 +47,7 @@ def test_save_node_writes_a_file_that_loads_back_identically(node_classes, nativ
     import folder_paths
 
     loaded = load(node_classes, native_adapter_file[0])
-    node_classes["VideoLDMSaveTemporalAdapter"].execute(loaded, "temporal_adapters/roundtrip")
+    node_classes["VideoLDMSaveTemporalAdapter"].execute(temporal_adapter=loaded, filename_prefix="temporal_adapters/roundtrip")
     saved = os.path.join(folder_paths.get_output_directory(), "temporal_adapters", "roundtrip_00001_.safetensors")
     os.replace(saved, os.path.join(adapters_dir, "roundtrip.safetensors"))
     again = load(node_classes, "roundtrip.safetensors")
@@ -58,10 +58,15 @@ def test_save_node_writes_a_file_that_loads_back_identically(node_classes, nativ
 def test_apply_node_patches_a_clone_and_applies_strength(node_classes, native_adapter_file, tiny_sd1):
     loaded = load(node_classes, native_adapter_file[0])
     model = tiny_sd1[0]
-    patched = node_classes["VideoLDMApplyTemporalAdapter"].execute(model, loaded, 1.0, 8).result[0]
+    apply = node_classes["VideoLDMApplyTemporalAdapter"].execute
+    patched = apply(model=model, temporal_adapter=loaded, strength=0.5, attention_distance=8).result[0]
     assert patched is not model and patched.model is model.model
     [applied] = patched.model_options["transformer_options"]["videoldm_adapters"]
     assert applied.attention_distance == 8 and applied.name == "native_tiny.safetensors"
+    before, after = torch.zeros(3), torch.full((3,), 4.0)
+    assert torch.equal(applied.lerp(before, after), torch.full((3,), 2.0))   # x + s (temporal(x) - x), s = 0.5
+    image_model = apply(model=model, temporal_adapter=loaded, strength=0.0, attention_distance=0).result[0]
+    assert "videoldm_adapters" not in image_model.model_options.get("transformer_options", {})   # nothing runs
 
 
 def test_pickle_checkpoint_is_loaded_weights_only(node_classes, native_adapter_file, adapters_dir):
@@ -71,15 +76,24 @@ def test_pickle_checkpoint_is_loaded_weights_only(node_classes, native_adapter_f
 
 
 class Payload:
+    """Unpickling this calls open(marker, "w"): the marker file exists afterwards iff code ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("echo pwned > /dev/null",))
+        return (open, (self.marker, "w"))
 
 
-def test_malicious_pickle_is_refused(node_classes, adapters_dir):
+def test_malicious_pickle_is_refused_and_its_code_never_runs(node_classes, adapters_dir, tmp_path):
+    marker = tmp_path / "code_ran"
     with open(os.path.join(adapters_dir, "evil.pt"), "wb") as f:
-        pickle.dump({"down_blocks.0.motion_modules.0.x": Payload()}, f)
-    with pytest.raises(Exception, match="refused to load.*only tensors"):
+        pickle.dump({"down_blocks.0.motion_modules.0.x": Payload(str(marker))}, f)
+    pickle.loads(pickle.dumps(Payload(str(tmp_path / "probe"))))
+    assert (tmp_path / "probe").exists()   # the payload does run when unpickled without restriction
+    with pytest.raises(Exception, match="'evil.pt': refused to load.*only tensors"):
         load(node_classes, "evil.pt")
+    assert not marker.exists()
 
 
 def test_truncated_safetensors_is_a_clear_error(node_classes, native_adapter_file, adapters_dir):

@@ -20,7 +20,7 @@ def tiny_bundle(pack, pack_module):
 
 
 def load(node_classes, name):
-    return node_classes["VideoLDMLoadBundle"].execute(name).result
+    return node_classes["VideoLDMLoadBundle"].execute(bundle_name=name).result
 
 
 def test_bundle_loads_as_core_model_clip_and_vae(node_classes, tiny_bundle):
@@ -118,7 +118,7 @@ def test_an_x4_upscaler_bundle_loads_with_its_4x_vae_and_stated_scale(node_class
     with torch.inference_mode():
         core = vae.decode(z)
         temporal_vae = pack_module("host.temporal_decoder")
-        ours_vae = node_classes["VideoLDMLoadTemporalVAE"].execute("checkpoints/tiny_x4_host.safetensors", "none").result[0]
+        ours_vae = node_classes["VideoLDMLoadTemporalVAE"].execute(vae_name="checkpoints/tiny_x4_host.safetensors", temporal_decoder="none").result[0]
         ours = temporal_vae.decode_video(ours_vae, z, 8, 2)
     assert core.shape == ours.shape == (3, 32, 32, 3)
     assert (core - ours).abs().max() < 1e-4

@@ -125,8 +125,10 @@ def test_an_adapter_without_a_context_encoder_refuses_a_context(ctx, given):
     context = video_context(ctx, given, [0, 1])
     node = ctx["guider"].ContextGuiderNode
     with pytest.raises(ctx["context"].ContextError, match="no applied temporal adapter has a context encoder.*'plain'"):
-        node.execute(ctx["plain"], ctx["positive"], ctx["negative"], context, 3.0, 1.0, True, "error")
-    ignoring = node.execute(ctx["plain"], ctx["positive"], ctx["negative"], context, 3.0, 1.0, True, "ignore").result[0]
+        node.execute(model=ctx["plain"], positive=ctx["positive"], negative=ctx["negative"], context=context, cfg=3.0,
+                     context_scale=1.0, keep_given_frames=True, if_no_context_encoder="error")
+    ignoring = node.execute(model=ctx["plain"], positive=ctx["positive"], negative=ctx["negative"], context=context,
+                            cfg=3.0, context_scale=1.0, keep_given_frames=True, if_no_context_encoder="ignore").result[0]
     assert torch.equal(run(ignoring), run(cfg_guider(ctx["plain"], ctx["positive"], ctx["negative"], 3.0)))
 
 
@@ -144,23 +146,24 @@ def test_context_latents_of_another_size_are_refused_before_sampling(ctx, given,
 
 
 def test_video_context_node_places_latents_and_images(ctx, given):
-    node = ctx["nodes"].video_context.VideoContextNode
-    context, latent = node.execute(8, "0, -1", frames={"samples": given}).result
+    node = ctx["nodes"].context.VideoContextNode
+    context, latent = node.execute(length=8, positions="0, -1", frames={"samples": given}).result
     assert context.positions == (0, 7) and torch.equal(latent["samples"][[0, 7]], given)
     images = torch.rand(3, 64, 64, 3)
-    context, latent = node.execute(8, "start", images=images, vae=ctx["vae"], use_last=2).result
+    context, latent = node.execute(length=8, positions="start", images=images, vae=ctx["vae"], use_last=2).result
     assert context.positions == (0, 1)
     torch.testing.assert_close(context.latents[:2], ctx["vae"].encode(images[1:]), atol=1e-4, rtol=1e-4)  # batch of 3 vs 2
     with pytest.raises(ctx["context"].ContextError, match="S < T"):
-        node.execute(2, "start", frames={"samples": given})
+        node.execute(length=2, positions="start", frames={"samples": given})
 
 
 def extend(ctx, model, video, segments, length=4, context_frames=2, **kw):
-    node = ctx["nodes"].extend_video.ExtendVideo
+    node = ctx["nodes"].rollout.ExtendVideo
     args = dict(seed=1, steps=1, cfg=1.0, context_scale=1.0, sampler_name="euler", scheduler="normal") | kw
     with torch.inference_mode():
-        return node.execute(model, ctx["positive"], ctx["negative"], {"samples": video}, segments, length,
-                            context_frames, **args).result[0]["samples"]
+        return node.execute(model=model, positive=ctx["positive"], negative=ctx["negative"], video={"samples": video},
+                            segments=segments, segment_length=length, context_frames=context_frames,
+                            **args).result[0]["samples"]
 
 
 def test_extend_video_rolls_out_from_one_frame(ctx, given, pack_module):

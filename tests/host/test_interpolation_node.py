@@ -30,9 +30,10 @@ def interp(pack_module, tiny_sd1):
 
 def interpolate(interp, model, keyframes, regime="T→4T", keep=True, window=5, fps=2.0, augmentation=0.0, seed=0):
     with torch.inference_mode():
-        latent, new_fps = interp["node"].execute(model, interp["positive"], interp["negative"], {"samples": keyframes},
-                                                 regime, keep, augmentation, window, seed, 1, 2.0, "euler", "normal",
-                                                 fps).result
+        latent, new_fps = interp["node"].execute(model=model, positive=interp["positive"], negative=interp["negative"],
+                                                 keyframes={"samples": keyframes}, regime=regime, keep_keyframes=keep,
+                                                 augmentation=augmentation, window_keyframes=window, seed=seed, steps=1,
+                                                 cfg=2.0, sampler_name="euler", scheduler="normal", fps=fps).result
     return latent["samples"], new_fps
 
 

@@ -120,10 +120,10 @@ def test_addon_file_turns_an_image_vae_temporal(pack_module, vae_parts, node_cla
     save_file(weights, os.path.join(addon_dir, "decoder_addon.safetensors"),
               metadata={temporal_decoder.TEMPORAL_DECODER_METADATA_KEY: spec.to_json()})
     save_file(image_sd, os.path.join(vae_dir, "image_vae.safetensors"))
-    vae = node_classes["VideoLDMLoadTemporalVAE"].execute("vae/image_vae.safetensors", "decoder_addon.safetensors").result[0]
+    vae = node_classes["VideoLDMLoadTemporalVAE"].execute(vae_name="vae/image_vae.safetensors", temporal_decoder="decoder_addon.safetensors").result[0]
     z = {"samples": smooth_latents()}
     with torch.inference_mode():
-        ours = node_classes["VideoLDMTemporalVAEDecode"].execute(vae, z, FRAMES, 0, 0).result[0]
+        ours = node_classes["VideoLDMTemporalVAEDecode"].execute(vae=vae, samples=z, window=FRAMES, overlap=0, tile_size=0).result[0]
         svd = vaes[0].decode_video(vaes[2], z["samples"], FRAMES, 0)
     assert torch.allclose(ours, svd, atol=1e-6)
 

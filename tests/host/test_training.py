@@ -30,6 +30,12 @@ def shapes_video(tr, frames=24, seed=0, size=SIZE):
     return ((clip.frames + 1) / 2).movedim(1, -1).contiguous()
 
 
+
+def node_args(tr, steps: int) -> dict:
+    """Train Temporal Adapter's required inputs for a short temporal run."""
+    return dict(model=tr["model"], vae=tr["vae"], positive=tr["positive"], mode="temporal", clip_frames=4, steps=steps,
+                learning_rate=1e-3, batch_size=1, seed=0, gradient_checkpointing=False)
+
 def setup_training(tr, mode, model=None, frames=FRAMES, steps=20, lr=2e-3, batch=2, seed=0, output_dir=None, items=None,
                    checkpointing=False, **options):
     host, model = tr["host"], model or tr["model"]
@@ -169,8 +175,7 @@ def test_the_node_trains_saves_and_the_file_loads_with_load_temporal_adapter(tr,
 
     images = shapes_video(tr, frames=10)
     with torch.inference_mode():
-        out = tr["node"].execute(tr["model"], tr["vae"], tr["positive"], "temporal", 4, 4, 1e-3, 1, 0, False,
-                                 images=images, save_name="test_trained/tiny").result
+        out = tr["node"].execute(**node_args(tr, steps=4), images=images, save_name="test_trained/tiny").result
     adapter, curve = out
     assert curve.shape == (1, 256, 512, 3) and curve.min() < 0.5
     assert adapter.spec.placement == "videoldm"
@@ -185,11 +190,11 @@ def test_the_node_trains_saves_and_the_file_loads_with_load_temporal_adapter(tr,
 
 
 def test_the_node_needs_exactly_one_source_and_an_existing_folder(tr):
-    args = (tr["model"], tr["vae"], tr["positive"], "temporal", 4, 2, 1e-3, 1, 0, False)
+    args = node_args(tr, steps=2)
     with pytest.raises(tr["core"].TrainingError, match="exactly one source.*neither"):
-        tr["node"].execute(*args)
+        tr["node"].execute(**args)
     with pytest.raises(tr["core"].TrainingError, match="no folder 'no_such_clips'"):
-        tr["node"].execute(*args, folder="no_such_clips")
+        tr["node"].execute(**args, folder="no_such_clips")
 
 
 def test_the_real_vae_decoders_temporal_layers_learn_with_the_patch_discriminator(tr, pack_module):
@@ -236,8 +241,8 @@ def test_interrupting_the_node_keeps_what_was_learned(tr, pack_module):
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
         with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
-            tr["node"].execute(tr["model"], tr["vae"], tr["positive"], "temporal", 4, 50, 1e-3, 1, 0, False,
-                               images=shapes_video(tr, frames=8), save_name="test_trained/interrupted")
+            tr["node"].execute(**node_args(tr, steps=50), images=shapes_video(tr, frames=8),
+                               save_name="test_trained/interrupted")
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
         mm.interrupt_current_processing(False)

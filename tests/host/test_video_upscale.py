@@ -20,8 +20,10 @@ def frames(t=4, size=16, seed=0):
 
 def upscale(x4, images, tile=64, tile_overlap=16, chunk=8, chunk_overlap=2, model=None, cfg=2.0, steps=2):
     with torch.inference_mode():
-        return x4["node"].execute(model or x4["model"], x4["positive"], x4["negative"], images, 0.1, 3, steps, cfg,
-                                  "euler", "normal", tile, tile_overlap, chunk, chunk_overlap).result[0]["samples"]
+        return x4["node"].execute(model=model or x4["model"], positive=x4["positive"], negative=x4["negative"],
+                                  images=images, noise_augmentation=0.1, seed=3, steps=steps, cfg=cfg,
+                                  sampler_name="euler", scheduler="normal", tile_size=tile, tile_overlap=tile_overlap,
+                                  chunk_length=chunk, chunk_overlap=chunk_overlap).result[0]["samples"]
 
 
 def untiled(x4, images, cfg=2.0, steps=2):
