@@ -84,12 +84,14 @@ def build_adapter_patcher(spec, state_dict, source: str):
     """The adapter as a module of comfy.ops layers in its own ModelPatcher (lowvram, dtype casting).
     Weights are stored in the dtype the host picks for UNets on this device; manual_cast layers
     compute in the dtype of whatever UNet they run in. Applying never changes the stored weights."""
-    module = TemporalAdapter(spec, operations=comfy.ops.manual_cast)
+    parameters = sum(v.numel() for v in state_dict.values())
+    dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    device = mm.unet_inital_load_device(parameters, dtype)
+    module = TemporalAdapter(spec, operations=comfy.ops.manual_cast, dtype=dtype, device=device)   # built where it runs
     patcher = comfy.model_patcher.CoreModelPatcher(module, load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())
     module.load_weights(state_dict, source=source, assign=patcher.is_dynamic())
-    parameters = sum(v.numel() for v in state_dict.values())
-    module.to(mm.unet_dtype(model_params=parameters, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32]))
+    module.to(device=device, dtype=dtype)   # the few tensors made outside `operations` (alphas, position tables)
     return patcher
 
 

@@ -9,6 +9,7 @@ space with every frame of a window in each tile.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -25,6 +26,7 @@ from ..videoldm_core.temporal_decoder import (TemporalDecoder, TemporalDecoderFo
 from ..videoldm_core.state_dict import check_weights
 from ..videoldm_core.windows import blend_weights, overlap_of, windows
 
+log = logging.getLogger("videoldm")
 TEMPORAL_DECODER_ATTR = "videoldm_temporal_decoder"  # set on VAE objects this pack creates
 NONE = "none"
 
@@ -96,10 +98,40 @@ def load_temporal_vae(vae_state_dict: dict, source: str, addon: tuple[TemporalDe
     return vae
 
 
+MIN_TILE = 8   # latent pixels: the smallest spatial tile the out-of-memory fallback tries
+
+
+def smaller_tile(tile_size: int, height: int, width: int) -> int | None:
+    """The next spatial tile after running out of memory with `tile_size` (0: whole frames): half
+    of it, on the 8-pixel grid, or None when it would go below MIN_TILE."""
+    half = (tile_size or max(height, width)) // 2 // MIN_TILE * MIN_TILE
+    return half if half >= MIN_TILE else None
+
+
 def decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int = 0) -> torch.Tensor:
     """Frames (T, H, W, 3) from latents (T, C, h, w): windows of `window` frames overlapping by
     `overlap`, each decoded as one clip and cross-faded; optional spatial tiles of `tile_size`
-    latent pixels (overlapping by a quarter) holding every frame of the window."""
+    latent pixels (overlapping by a quarter) holding every frame of the window.
+
+    Out of device memory, it decodes again with spatial tiles of half the size (down to MIN_TILE),
+    with a log line: tiles are blended, so the frames change only within the blend's tolerance. The
+    temporal window is never shrunk: that would change which frames the temporal layers see."""
+    while True:
+        try:
+            return _decode_video(vae, samples, window, overlap, tile_size)
+        except mm.OOM_EXCEPTION:
+            smaller = smaller_tile(tile_size, *samples.shape[-2:])
+            if smaller is None:
+                raise
+            log.warning("Video LDM: Temporal VAE Decode ran out of memory with %s; decoding again with spatial tiles "
+                        "of %d latent pixels (blended, so the frames change only within the blend's tolerance; the "
+                        "temporal window of %d frames is kept).",
+                        f"tiles of {tile_size}" if tile_size else "whole frames", smaller, window)
+            mm.soft_empty_cache()
+            tile_size = smaller
+
+
+def _decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int) -> torch.Tensor:
     if samples.ndim != 4 or samples.shape[1] != vae.latent_channels:
         raise ValueError(f"Temporal VAE Decode: the latent has {samples.shape[1] if samples.ndim > 1 else '?'} channels "
                          f"(shape {tuple(samples.shape)}), the VAE decodes {vae.latent_channels}-channel latents of shape "

@@ -10,6 +10,8 @@ applied adapter see each chunk's frames together.
 
 from __future__ import annotations
 
+import logging
+
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.patcher_extension
@@ -19,6 +21,7 @@ import torch
 
 from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles
 
+log = logging.getLogger("videoldm")
 TILING_KEY = "videoldm_tiling"
 GRID = 8  # the x4 UNet halves the latent three times
 
@@ -78,11 +81,35 @@ def check_grid(height: int, width: int, tile: int):
 def upscale_video(model, positive, negative, images: torch.Tensor, noise_augmentation: float, seed: int, steps: int,
                   cfg: float, sampler_name: str, scheduler: str, tile_size: int, tile_overlap: int, chunk_length: int,
                   chunk_overlap: int) -> dict:
-    """The x4 LATENT of IMAGE frames, sampled jointly with tiles and chunks blended at every step."""
+    """The x4 LATENT of IMAGE frames, sampled jointly with tiles and chunks blended at every step.
+
+    Out of device memory, it samples again from the start with spatial tiles of half the size (the
+    overlap scaled with them, down to GRID pixels), with a log line: tiles are blended at every
+    step, so the result changes only within the blend's tolerance. Chunks of frames are never
+    shrunk: that would change which frames the temporal layers see together."""
     check_upscaler(model)
     frames, height, width = images.shape[0], images.shape[1], images.shape[2]
     check_grid(height, width, tile_size)
-    plan = plan_tiles(frames, height, width, tile_size, tile_overlap, chunk_length, chunk_overlap)
+    while True:
+        plan = plan_tiles(frames, height, width, tile_size, tile_overlap, chunk_length, chunk_overlap)   # x4 latent = input size
+        try:
+            return {"samples": _sample(model, positive, negative, images, noise_augmentation, seed, steps, cfg,
+                                       sampler_name, scheduler, plan)}
+        except mm.OOM_EXCEPTION:
+            smaller = min(tile_size, max(height, width)) // 2 // GRID * GRID
+            if smaller < GRID:
+                raise
+            log.warning("Video LDM: Video Upscale ran out of memory with tiles of %d; sampling again with tiles of %d "
+                        "(blended at every step, so the result changes only within the blend's tolerance; chunks of "
+                        "%d frames are kept).", tile_size, smaller, chunk_length)
+            tile_overlap = tile_overlap * smaller // tile_size
+            tile_size = smaller
+            mm.soft_empty_cache()
+
+
+def _sample(model, positive, negative, images, noise_augmentation, seed, steps, cfg, sampler_name, scheduler,
+            plan: TilePlan) -> torch.Tensor:
+    frames, height, width = plan.shape
     pixels = images[..., :3].movedim(-1, 1) * 2.0 - 1.0
     conds = [[[t, {**o, "concat_image": pixels, "noise_augmentation": noise_augmentation}] for t, o in c]
              for c in (positive, negative)]
@@ -92,6 +119,5 @@ def upscale_video(model, positive, negative, images: torch.Tensor, noise_augment
                                tiled_forward(plan, lambda: pbar.update(1)))
     latent = torch.zeros(frames, 4, height, width)
     noise = comfy.sample.prepare_noise(latent, seed)
-    samples = comfy.sample.sample(tiled, noise, steps, cfg, sampler_name, scheduler, conds[0], conds[1], latent,
-                                  disable_pbar=True, seed=seed)
-    return {"samples": samples}
+    return comfy.sample.sample(tiled, noise, steps, cfg, sampler_name, scheduler, conds[0], conds[1], latent,
+                               disable_pbar=True, seed=seed)

@@ -20,6 +20,7 @@ from torch import nn
 from .context import ContextEncoder
 from .families import FAMILY_NAMES
 from .interpolation import InterpolationEmbedding
+from .layer_factory import placed
 from .metadata_spec import MetadataSpec
 from .placement import SpatialLayer, blocks, motion_module_layer
 from .slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
@@ -110,9 +111,10 @@ def set_submodule(root: nn.Module, path: str, module: nn.Module):
 
 
 class TemporalAdapter(nn.Module):
-    def __init__(self, spec: AdapterSpec, operations=nn):
+    def __init__(self, spec: AdapterSpec, operations=nn, dtype=None, device=None):
         super().__init__()
         self.spec = spec
+        operations = placed(operations, dtype, device)
         if spec.context_encoder is not None:
             self.context_encoder = ContextEncoder(**spec.context_encoder, operations=operations)
         if spec.interpolation is not None:

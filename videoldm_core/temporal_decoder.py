@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .temporal_adapter import set_submodule
 from .alpha_blender import blend, merge_alpha, register_mix_factor
+from .layer_factory import placed
 from .metadata_spec import MetadataSpec
-from .state_dict import check_weights
 from .positional import sinusoidal_embedding
+from .state_dict import check_weights
+from .temporal_adapter import set_submodule
 from .temporal_layers import TemporalResBlock, TemporalTransformerBlock, zero_
 
 TEMPORAL_DECODER_METADATA_KEY = "videoldm_temporal_decoder"
@@ -117,9 +118,10 @@ class TimeMixConv(nn.Module):
 
 
 class TemporalDecoder(nn.Module):
-    def __init__(self, spec: TemporalDecoderSpec, operations=nn):
+    def __init__(self, spec: TemporalDecoderSpec, operations=nn, dtype=None, device=None):
         super().__init__()
         self.spec = spec
+        operations = placed(operations, dtype, device)
         for path, channels in spec.blocks.items():
             set_submodule(self, path, DecoderTemporalBlock(channels, spec.kernel_t, spec.merge_strategy, operations=operations))
         for path, channels in spec.attention.items():

@@ -84,6 +84,41 @@ def flicker(frames):
     return (frames[1:] - frames[:-1]).abs().mean(dim=(1, 2, 3))
 
 
+class OutOfMemoryAbove(torch.nn.Module):
+    """A decoder that runs out of device memory on latents wider than `limit` pixels."""
+
+    def __init__(self, decoder, limit: int):
+        super().__init__()
+        self.decoder, self.limit, self.widths = decoder, limit, []
+
+    def forward(self, z, **kwargs):
+        import comfy.model_management as mm
+
+        self.widths.append(z.shape[-1])
+        if z.shape[-1] > self.limit:
+            raise mm.OOM_EXCEPTION(f"test: no memory for {z.shape[-1]} pixels")
+        return self.decoder(z, **kwargs)
+
+
+def test_out_of_memory_falls_back_to_smaller_tiles_and_says_so(vaes, vae_parts, caplog):
+    temporal_vae = vaes[0]
+    vae = temporal_vae.load_temporal_vae(vae_parts[0], "oom")
+    z = torch.randn(3, 4, 32, 32)
+    with torch.inference_mode():
+        expected = temporal_vae.decode_video(vae, z, window=3, overlap=0, tile_size=8)
+        vae.first_stage_model.decoder = OutOfMemoryAbove(vae.first_stage_model.decoder, limit=8)
+        with caplog.at_level("WARNING", logger="videoldm"):
+            frames = temporal_vae.decode_video(vae, z, window=3, overlap=0)
+    assert vae.first_stage_model.decoder.widths[:3] == [32, 16, 8]   # whole frames, then 16, then 8
+    assert torch.equal(frames, expected)
+    assert "ran out of memory with whole frames; decoding again with spatial tiles of 16" in caplog.text
+    assert "temporal window of 3 frames is kept" in caplog.text
+    vae.first_stage_model.decoder.limit = 4   # below the smallest tile: the error reaches the user
+    import comfy.model_management as mm
+    with torch.inference_mode(), pytest.raises(mm.OOM_EXCEPTION):
+        temporal_vae.decode_video(vae, z, window=3, overlap=0)
+
+
 def test_windowed_seams_are_small_and_flicker_less_than_core_batches(vaes):
     """Reference: all frames as one clip. Core VAE Decode, when it splits the batch, decodes each
     batch as a separate clip (emulated here with its own decode per batch of 4)."""

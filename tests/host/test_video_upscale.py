@@ -79,6 +79,30 @@ def test_progress_counts_every_tile_step(x4, monkeypatch):
     assert reported == [(i, 2 * regions) for i in range(1, 2 * regions + 1)]
 
 
+def test_out_of_memory_samples_again_with_smaller_tiles_and_says_so(x4, caplog):
+    import comfy.model_management as mm
+
+    images = frames(t=2, size=32)
+    expected = upscale(x4, images, tile=16, tile_overlap=8, chunk=2, steps=1)
+    widths = []
+
+    def out_of_memory_above_16(module, args):
+        widths.append(args[0].shape[-1])
+        if args[0].shape[-1] > 16:
+            raise mm.OOM_EXCEPTION("test: no memory for a 32-pixel tile")
+
+    hook = x4["model"].model.diffusion_model.register_forward_pre_hook(out_of_memory_above_16)
+    try:
+        with caplog.at_level("WARNING", logger="videoldm"):
+            got = upscale(x4, images, tile=32, tile_overlap=16, chunk=2, steps=1)
+    finally:
+        hook.remove()
+    assert widths[0] == 32 and set(widths[1:]) == {16}
+    assert torch.equal(got, expected)   # the same plan as asking for tiles of 16 (overlap 8) directly
+    assert "ran out of memory with tiles of 32; sampling again with tiles of 16" in caplog.text
+    assert "chunks of 2 frames are kept" in caplog.text
+
+
 def test_a_model_that_is_not_an_x4_upscaler_is_named(x4, tiny_sd1):
     with pytest.raises(x4["error"], match="expected an SD x4 upscaler MODEL.*found BaseModel"):
         upscale(x4, frames(), model=tiny_sd1[0])

@@ -172,3 +172,15 @@ def test_svd_unet_file_in_its_exact_public_layout_imports_its_656m_temporal_para
         adapter = TemporalAdapter(spec)
     assert {k: v.shape for k, v in adapter.state_dict().items()} == {k: v.shape for k, v in native.items()}
     assert sum(v.numel() for v in native.values()) == 656_076_838
+
+
+def test_an_adapter_is_built_in_the_dtype_and_on_the_device_it_runs_on():
+    """Every layer made through `operations` is created in the requested dtype and device (meta: no
+    memory at all), the way ComfyUI builds its own UNet layers, never first in fp32 on the CPU."""
+    spec = AdapterSpec("SD1.x", "videoldm", videoldm_slots(LAYOUT))
+    adapter = TemporalAdapter(spec, dtype=torch.float16, device="meta")
+    layers = [m for m in adapter.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv3d, torch.nn.GroupNorm,
+                                                                torch.nn.LayerNorm))]
+    assert layers and all(p.dtype == torch.float16 and p.is_meta for m in layers for p in m.parameters())
+    default = TemporalAdapter(spec)
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in default.parameters())
