@@ -123,7 +123,7 @@ def test_given_frames_come_out_unchanged_when_kept(ctx, given):
 
 def test_an_adapter_without_a_context_encoder_refuses_a_context(ctx, given):
     context = video_context(ctx, given, [0, 1])
-    node = ctx["guider"].ContextGuiderNode
+    node = ctx["nodes"].guidance.ContextGuiderNode
     with pytest.raises(ctx["context"].ContextError, match="no applied temporal adapter has a context encoder.*'plain'"):
         node.execute(model=ctx["plain"], positive=ctx["positive"], negative=ctx["negative"], context=context, cfg=3.0,
                      context_scale=1.0, keep_given_frames=True, if_no_context_encoder="error")

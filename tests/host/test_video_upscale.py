@@ -83,7 +83,7 @@ def test_out_of_memory_samples_again_with_smaller_tiles_and_says_so(x4, caplog):
     import comfy.model_management as mm
 
     images = frames(t=2, size=32)
-    expected = upscale(x4, images, tile=16, tile_overlap=8, chunk=2, steps=1)
+    expected = upscale(x4, images, tile=16, tile_overlap=8, chunk=2, chunk_overlap=0, steps=1)
     widths = []
 
     def out_of_memory_above_16(module, args):
@@ -91,10 +91,11 @@ def test_out_of_memory_samples_again_with_smaller_tiles_and_says_so(x4, caplog):
         if args[0].shape[-1] > 16:
             raise mm.OOM_EXCEPTION("test: no memory for a 32-pixel tile")
 
-    hook = x4["model"].model.diffusion_model.register_forward_pre_hook(out_of_memory_above_16)
+    # the UNet's first layer: it sees each tile (the tiling wraps the UNet's inner forward)
+    hook = x4["model"].model.diffusion_model.input_blocks[0][0].register_forward_pre_hook(out_of_memory_above_16)
     try:
         with caplog.at_level("WARNING", logger="videoldm"):
-            got = upscale(x4, images, tile=32, tile_overlap=16, chunk=2, steps=1)
+            got = upscale(x4, images, tile=32, tile_overlap=16, chunk=2, chunk_overlap=0, steps=1)
     finally:
         hook.remove()
     assert widths[0] == 32 and set(widths[1:]) == {16}
