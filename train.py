@@ -33,20 +33,15 @@ def find_comfyui(given: str | None) -> Path:
 
 
 def init_host(comfyui: Path, cpu: bool):
-    """ComfyUI's modules importable and configured (--cpu without a GPU); the pack as a package."""
-    sys.path.insert(0, str(comfyui))
-    import comfy.options
-    comfy.options.enable_args_parsing(True)
-    argv, sys.argv = sys.argv, [sys.argv[0], "--disable-auto-launch"] + (["--cpu"] if cpu else [])
-    try:
-        import comfy.cli_args  # noqa: F401  (parses the arguments above)
-    finally:
-        sys.argv = argv
+    """The pack as a package (its entry point is not run: no node is imported), then ComfyUI configured
+    through the pack's host bootstrap (--cpu without a GPU); returns the training CLI module."""
     spec = importlib.util.spec_from_file_location(PACK_ALIAS, PACK_DIR / "__init__.py",
                                                   submodule_search_locations=[str(PACK_DIR)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACK_ALIAS] = module
     spec.loader.exec_module(module)
+    bootstrap = importlib.import_module(f"{PACK_ALIAS}.host.bootstrap")
+    bootstrap.init_comfyui(comfyui, ["--disable-auto-launch"] + (["--cpu"] if cpu else []))
     return importlib.import_module(f"{PACK_ALIAS}.host.training_cli")
 
 

@@ -14,20 +14,13 @@ from . import paths
 
 
 def init_comfy(base_dir: Path | None = None, extra_args: tuple[str, ...] = ()):
-    """Makes `comfy`, `folder_paths`, `nodes`, ... importable and configured; returns the pack module."""
-    comfy_dir = str(paths.comfyui_dir())
+    """Makes `comfy`, `folder_paths`, `nodes`, ... importable and configured (the pack's own host
+    bootstrap, as the training CLI uses); returns the pack module, imported by its installed name."""
     base_dir = base_dir or paths.base_dir()
-    if "comfy.cli_args" not in sys.modules:
-        if comfy_dir not in sys.path:
-            sys.path.insert(0, comfy_dir)
-        import comfy.options
-        comfy.options.enable_args_parsing(True)
-        argv, sys.argv = sys.argv, [sys.argv[0], "--cpu", "--base-directory", str(base_dir), *extra_args]
-        try:
-            import comfy.cli_args  # noqa: F401  (parses sys.argv now)
-        finally:
-            sys.argv = argv
     custom_nodes = str(base_dir / "custom_nodes")
     if custom_nodes not in sys.path:
         sys.path.insert(0, custom_nodes)
-    return importlib.import_module(paths.pack_module_name())
+    pack = importlib.import_module(paths.pack_module_name())   # light: its entry point imports the nodes
+    bootstrap = importlib.import_module(f"{pack.__name__}.host.bootstrap")
+    bootstrap.init_comfyui(paths.comfyui_dir(), ["--cpu", "--base-directory", str(base_dir), *extra_args])
+    return pack

@@ -24,7 +24,8 @@ import folder_paths
 from ..videoldm_core.temporal_decoder import (TemporalDecoder, TemporalDecoderFormatError,
                                               TemporalDecoderSpec, read_addon, split_svd_vae)
 from ..videoldm_core.state_dict import check_weights
-from ..videoldm_core.windows import blend_weights, overlap_of, windows
+from ..videoldm_core.video_upscale import plan_tiles
+from ..videoldm_core.windows import windows
 
 log = logging.getLogger("videoldm")
 TEMPORAL_DECODER_ATTR = "videoldm_temporal_decoder"  # set on VAE objects this pack creates
@@ -137,40 +138,34 @@ def _decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_si
                          f"(shape {tuple(samples.shape)}), the VAE decodes {vae.latent_channels}-channel latents of shape "
                          "(frames, channels, height, width). Use the VAE that matches the model that made the latent.")
     frames, _, height, width = samples.shape
-    time_windows = windows(frames, window, overlap)  # raises on window < 1 or overlap >= window
-    tiles_y = windows(height, tile_size, tile_size // 4) if 0 < tile_size < height else [(0, height)]
-    tiles_x = windows(width, tile_size, tile_size // 4) if 0 < tile_size < width else [(0, width)]
+    windows(frames, window, overlap)  # raises on window < 1 or overlap >= window, in the node's words
+    tile = tile_size if tile_size > 0 else max(height, width)   # 0: whole frames
+    plan = plan_tiles(frames, height, width, tile, tile // 4, window, overlap)
     temporal = getattr(vae, TEMPORAL_DECODER_ATTR, None)
-    scale = vae.upscale_ratio
     first_stage = vae.first_stage_model
 
-    tile_shape = (min(window, frames), samples.shape[1], tiles_y[0][1] - tiles_y[0][0], tiles_x[0][1] - tiles_x[0][0])
+    first = plan.regions[0]
+    tile_shape = (first.frames[1] - first.frames[0], samples.shape[1], first.rows[1] - first.rows[0],
+                  first.cols[1] - first.cols[0])
     memory = vae.memory_used_decode(tile_shape, vae.vae_dtype) * (2 if temporal is not None else 1)
     mm.load_models_gpu([vae.patcher] + ([temporal] if temporal is not None else []), memory_required=memory)
 
     out_device = vae.output_device
-    out = torch.zeros(frames, height * scale, width * scale, 3, device=out_device)
-    total = torch.zeros(frames, height * scale, width * scale, 1, device=out_device)
-    ramps = overlap_of(time_windows), overlap_of(tiles_y), overlap_of(tiles_x)
-    pbar = comfy.utils.ProgressBar(len(time_windows) * len(tiles_y) * len(tiles_x))
-    for t0, t1 in time_windows:
-        wt = blend_weights(t0, t1, frames, ramps[0])
-        for y0, y1 in tiles_y:
-            wy = blend_weights(y0, y1, height, ramps[1]).repeat_interleave(scale)
-            for x0, x1 in tiles_x:
-                mm.throw_exception_if_processing_interrupted()
-                z = samples[t0:t1, :, y0:y1, x0:x1].to(vae.device, vae.vae_dtype)
-                if getattr(first_stage, "post_quant_conv", None) is not None:
-                    z = first_stage.post_quant_conv(z)
-                x = temporal.model.decode(first_stage.decoder, z, t1 - t0) if temporal is not None else first_stage.decoder(z)
-                image = vae.process_output(x.to(out_device, torch.float32)).movedim(1, -1)
-                wx = blend_weights(x0, x1, width, ramps[2]).repeat_interleave(scale)
-                w = (wt[:, None, None] * wy[None, :, None] * wx[None, None, :])[..., None].to(out_device)
-                ys, xs = slice(y0 * scale, y1 * scale), slice(x0 * scale, x1 * scale)
-                out[t0:t1, ys, xs] += image * w
-                total[t0:t1, ys, xs] += w
-                pbar.update(1)
-    return (out / total).to(mm.intermediate_dtype())
+    pbar = comfy.utils.ProgressBar(len(plan.regions))
+
+    def decode(region) -> torch.Tensor:
+        """One window of frames, one tile: decoded as one clip, (t, H, W, 3) in [0, 1]."""
+        mm.throw_exception_if_processing_interrupted()
+        t0, t1 = region.frames
+        z = samples[t0:t1, :, slice(*region.rows), slice(*region.cols)].to(vae.device, vae.vae_dtype)
+        if getattr(first_stage, "post_quant_conv", None) is not None:
+            z = first_stage.post_quant_conv(z)
+        x = temporal.model.decode(first_stage.decoder, z, t1 - t0) if temporal is not None else first_stage.decoder(z)
+        pbar.update(1)
+        return vae.process_output(x.to(out_device, torch.float32)).movedim(1, -1)
+
+    frames_out = plan.blend(decode, scale=vae.upscale_ratio, channels_last=True, device=out_device)
+    return frames_out.to(mm.intermediate_dtype())
 
 
 def vae_sources() -> list[str]:

@@ -149,14 +149,27 @@ def run_config(path: str) -> int:
     augment, max_level = augmentation_schedule(base)
     phase = DiffusionPhase(adapter, denoiser, noise_schedule(base), mode, regimes=regimes,
                            augment_schedule=augment, max_noise_level=max_level, patch=settings.get("patch"))
-    identity = {"spec": json.loads(spec.to_json()), "mode": mode, "global_batch": batch_size * world.size}
-    trainer = Trainer([phase], train_config, StepBatches(items, batch_size, seed=train_config.seed), output_dir=output,
-                      identity=identity, device=denoiser.device, world=world)
-    fit(trainer, config, train_config, world, output, "adapter/loss")
-    if world.is_main:
+
+    def write(trainer):
         save_file({k: v.contiguous() for k, v in trained_state(adapter, trainer).items()}, str(output / "adapter.safetensors"),
                   metadata={AdapterSpec.METADATA_KEY: spec.to_json()})
         print(f"wrote {output / 'adapter.safetensors'}", flush=True)
+
+    return train_and_write(config, world, train_config, batch_size, output, [phase], items, {"spec": spec, "mode": mode},
+                           denoiser.device, "adapter/loss", write)
+
+
+def train_and_write(config, world, train_config, batch_size: int, output: Path, phases, items, identity: dict, device,
+                    loss_key: str, write) -> int:
+    """What every mode shares: a Trainer over `items` (its checkpoints keyed by `identity` and the global
+    batch), resumed and fitted; `write(trainer)` on rank 0; then every rank waits for it."""
+    identity = {k: json.loads(v.to_json()) if hasattr(v, "to_json") else str(v) for k, v in identity.items()}
+    identity["global_batch"] = batch_size * world.size
+    trainer = Trainer(phases, train_config, StepBatches(items, batch_size, seed=train_config.seed), output_dir=output,
+                      identity=identity, device=device, world=world)
+    fit(trainer, config, train_config, world, output, loss_key)
+    if world.is_main:
+        write(trainer)
     barrier(world)
     return 0
 
@@ -208,17 +221,15 @@ def run_decoder(config, world, train_config, batch_size: int, output: Path) -> i
                             temporal_weight=settings.get("temporal_weight", 0.0))
     data = config["data"]
     items = decoder_items(vae, data_folder(data, train_config.seed, data.get("fps")))
-    identity = {"decoder_spec": json.loads(spec.to_json()), "mode": "decoder", "global_batch": batch_size * world.size}
-    trainer = Trainer(phases, train_config, StepBatches(items, batch_size, seed=train_config.seed), output_dir=output,
-                      identity=identity, device=device, world=world)
-    fit(trainer, config, train_config, world, output, "decoder/rec")
-    if world.is_main:
+
+    def write(trainer):
         state = trained_state(temporal, trainer, phase="decoder", attribute="temporal_decoder")
         save_file({k: v.contiguous() for k, v in state.items()}, str(output / "temporal_decoder.safetensors"),
                   metadata={TemporalDecoderSpec.METADATA_KEY: spec.to_json()})
         print(f"wrote {output / 'temporal_decoder.safetensors'}", flush=True)
-    barrier(world)
-    return 0
+
+    return train_and_write(config, world, train_config, batch_size, output, phases, items,
+                           {"decoder_spec": spec, "mode": "decoder"}, device, "decoder/rec", write)
 
 
 def bundle_to_train(config, mode: str):
@@ -255,20 +266,18 @@ def run_vae(config, world, train_config, batch_size: int, output: Path) -> int:
     dataset = data_folder(data, train_config.seed, data.get("fps"))
     items = [{"frames": dataset[i]["frames"]} for i in range(len(dataset))]
     phase = AutoencoderPhase(autoencoder, kl_weight=settings.get("kl_weight", 1e-6), patch=settings.get("patch"))
-    identity = {"bundle": json.loads(spec.to_json()), "mode": "vae", "global_batch": batch_size * world.size}
-    trainer = Trainer([phase], train_config, StepBatches(items, batch_size, seed=train_config.seed), output_dir=output,
-                      identity=identity, device=device, world=world)
-    fit(trainer, config, train_config, world, output, "autoencoder/loss")
-    if world.is_main:
+
+    def write(trainer):
         trained = trained_state(autoencoder, trainer, phase="autoencoder", attribute="autoencoder")
         autoencoder.load_state_dict(trained)
         frames = torch.cat([item["frames"] for item in items]).to(device)
         scale = latent_scale(autoencoder, frames)
-        spec = dataclasses.replace(spec, vae_config={**spec.vae_config, "scale_factor": round(scale, 5)})
-        write_bundle(config, output, spec, "vae", trained)
+        measured = dataclasses.replace(spec, vae_config={**spec.vae_config, "scale_factor": round(scale, 5)})
+        write_bundle(config, output, measured, "vae", trained)
         print(f"latent scale factor {scale:.5f}", flush=True)
-    barrier(world)
-    return 0
+
+    return train_and_write(config, world, train_config, batch_size, output, [phase], items, {"bundle": spec, "mode": "vae"},
+                           device, "autoencoder/loss", write)
 
 
 def run_image(config, world, train_config, batch_size: int, output: Path) -> int:
@@ -292,14 +301,12 @@ def run_image(config, world, train_config, batch_size: int, output: Path) -> int
     phase = ImagePhase(unet, denoiser, noise_schedule(model), null_text=null_text[0],
                        text_dropout=settings.get("text_dropout", 0.1), augment_schedule=augment,
                        max_noise_level=max_level, patch=settings.get("patch"))
-    identity = {"bundle": json.loads(spec.to_json()), "mode": "image", "global_batch": batch_size * world.size}
-    trainer = Trainer([phase], train_config, StepBatches(items, batch_size, seed=train_config.seed), output_dir=output,
-                      identity=identity, device=denoiser.device, world=world)
-    fit(trainer, config, train_config, world, output, "unet/loss")
-    if world.is_main:
+
+    def write(trainer):
         write_bundle(config, output, spec, "unet", trained_state(unet, trainer, phase="unet", attribute="unet"))
-    barrier(world)
-    return 0
+
+    return train_and_write(config, world, train_config, batch_size, output, [phase], items, {"bundle": spec, "mode": "image"},
+                           denoiser.device, "unet/loss", write)
 
 
 PRETRAINING_RUNS = {"decoder": run_decoder, "image": run_image, "vae": run_vae}

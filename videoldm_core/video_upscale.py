@@ -35,8 +35,12 @@ class Region:
     rows: tuple[int, int]      # [start, end) along H
     cols: tuple[int, int]      # [start, end) along W
 
-    def slices(self):
-        return slice(*self.frames), slice(None), slice(*self.rows), slice(*self.cols)
+    def slices(self, scale: int = 1, channels_last: bool = False):
+        """Index of the region in a (T, C, H·scale, W·scale) tensor, or (T, H·scale, W·scale, C)."""
+        rows, cols = slice(self.rows[0] * scale, self.rows[1] * scale), slice(self.cols[0] * scale, self.cols[1] * scale)
+        if channels_last:
+            return slice(*self.frames), rows, cols, slice(None)
+        return slice(*self.frames), slice(None), rows, cols
 
 
 @dataclass(frozen=True)
@@ -49,26 +53,36 @@ class TilePlan:
     axis_weights: tuple[tuple[torch.Tensor, ...], ...]
     windows_of: tuple[tuple[int, int, int], ...]   # per region: its window index along T, H, W
 
-    def weight(self, index: int) -> torch.Tensor:
-        """Region `index`'s weight map, (t, 1, h, w)."""
+    def weight(self, index: int, scale: int = 1, channels_last: bool = False) -> torch.Tensor:
+        """Region `index`'s weight map, (t, 1, h, w) or (t, h, w, 1); each latent pixel's weight covers
+        its scale x scale output pixels (still a partition of unity)."""
         (wt, wh, ww), (it, ih, iw) = self.axis_weights, self.windows_of[index]
-        return (wt[it][:, None, None] * wh[ih][None, :, None] * ww[iw][None, None, :])[:, None]
+        wh, ww = wh[ih].repeat_interleave(scale), ww[iw].repeat_interleave(scale)
+        weight = wt[it][:, None, None] * wh[None, :, None] * ww[None, None, :]
+        return weight[..., None] if channels_last else weight[:, None]
 
     @property
     def weights(self) -> tuple[torch.Tensor, ...]:
         return tuple(self.weight(i) for i in range(len(self.regions)))
 
-    def blend(self, predict, groups: int = 1) -> torch.Tensor:
-        """Σ_r weight_r · predict(r) placed at r. `predict(region)` returns (groups · t, C, h, w): the
-        region's frames for each of `groups` videos stacked in the batch (e.g. cond and uncond)."""
+    def blend(self, predict, groups: int = 1, scale: int = 1, channels_last: bool = False, device=None) -> torch.Tensor:
+        """Σ_r weight_r · predict(r) placed at r: the one blend engine of Video Upscale (every denoising
+        step) and Temporal VAE Decode (decoded frames). `predict(region)` returns (groups · t, C, h, w)
+        (or (groups · t, h, w, C) with `channels_last`): the region's frames for each of `groups`
+        videos stacked in the batch (e.g. cond and uncond), `scale` times the region's height and
+        width (a decoder's upsampling). The sum is kept on `device` (default: the predictions')."""
         out = None
+        t = self.shape[0]
         for index, region in enumerate(self.regions):
             part = predict(region)
             part = part.reshape(groups, region.frames[1] - region.frames[0], *part.shape[1:])
             if out is None:
-                out = part.new_zeros(groups, self.shape[0], part.shape[2], *self.shape[1:])
-            out[(slice(None), *region.slices())] += part * self.weight(index).to(part)
-        return out.reshape(groups * self.shape[0], *out.shape[2:])
+                channels = part.shape[-1] if channels_last else part.shape[2]
+                h, w = self.shape[1] * scale, self.shape[2] * scale
+                out = part.new_zeros(groups, t, *((h, w, channels) if channels_last else (channels, h, w)), device=device)
+            weight = self.weight(index, scale, channels_last).to(out)
+            out[(slice(None), *region.slices(scale, channels_last))] += part.to(out) * weight
+        return out.reshape(groups * t, *out.shape[2:])
 
     def rows(self, region: Region, groups: int) -> torch.Tensor:
         """Batch rows of a region's frames when `groups` videos of T frames are stacked."""
