@@ -20,8 +20,10 @@ def browser_binaries():
         pytest.fail(str(e), pytrace=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def frontend(browser_binaries, server):
+    """Closed after the tier's module: left open, the ComfyUI page kept headless Chromium busy (about
+    one core, seen with top) through the host and server tiers that follow."""
     page = Frontend(server.url, browser_binaries)
     yield page
     page.close()
