@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 
 import comfy.conds
-import comfy.model_management
 import comfy.context_windows
+import comfy.model_management
 import comfy.patcher_extension
 
 from ..videoldm_core.context import ContextError, VideoContext, context_positions, place_frames
@@ -113,7 +113,6 @@ class ContextCall:
             raise ContextError(f"temporal adapter '{applied.name}': its context encoder makes maps of {sorted(by_size)}, "
                                f"but a temporal layer runs at {size}; the adapter needs more encoder levels for this UNet.")
         return by_size[size]
-
 
 
 def slice_context_for_window(cond_key, cond_value, window, x_in, device, new_cond_item):

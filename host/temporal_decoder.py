@@ -24,8 +24,9 @@ import folder_paths
 from ..videoldm_core.temporal_decoder import (TemporalDecoder, TemporalDecoderFormatError,
                                               TemporalDecoderSpec, read_addon, split_svd_vae)
 from ..videoldm_core.state_dict import check_weights
-from ..videoldm_core.video_upscale import plan_tiles
+from ..videoldm_core.video_upscale import plan_tiles, smaller_tile
 from ..videoldm_core.windows import windows
+from .temporal_adapter import TEMPORAL_ADAPTERS
 
 log = logging.getLogger("videoldm")
 TEMPORAL_DECODER_ATTR = "videoldm_temporal_decoder"  # set on VAE objects this pack creates
@@ -99,22 +100,12 @@ def load_temporal_vae(vae_state_dict: dict, source: str, addon: tuple[TemporalDe
     return vae
 
 
-MIN_TILE = 8   # latent pixels: the smallest spatial tile the out-of-memory fallback tries
-
-
-def smaller_tile(tile_size: int, height: int, width: int) -> int | None:
-    """The next spatial tile after running out of memory with `tile_size` (0: whole frames): half
-    of it, on the 8-pixel grid, or None when it would go below MIN_TILE."""
-    half = (tile_size or max(height, width)) // 2 // MIN_TILE * MIN_TILE
-    return half if half >= MIN_TILE else None
-
-
 def decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int = 0) -> torch.Tensor:
     """Frames (T, H, W, 3) from latents (T, C, h, w): windows of `window` frames overlapping by
     `overlap`, each decoded as one clip and cross-faded; optional spatial tiles of `tile_size`
     latent pixels (overlapping by a quarter) holding every frame of the window.
 
-    Out of device memory, it decodes again with spatial tiles of half the size (down to MIN_TILE),
+    Out of device memory, it decodes again with spatial tiles of half the size (down to 8 pixels),
     with a log line: tiles are blended, so the frames change only within the blend's tolerance. The
     temporal window is never shrunk: that would change which frames the temporal layers see."""
     while True:
@@ -180,6 +171,6 @@ def load_temporal_vae_files(vae_name: str, temporal_decoder: str = NONE):
     state_dict = comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise(folder, name), safe_load=True)
     addon = None
     if temporal_decoder != NONE:
-        path = folder_paths.get_full_path_or_raise("temporal_adapters", temporal_decoder)
+        path = folder_paths.get_full_path_or_raise(TEMPORAL_ADAPTERS, temporal_decoder)
         addon = read_addon(*comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True), f"'{temporal_decoder}'")
     return load_temporal_vae(state_dict, f"'{os.path.basename(name)}'", addon)

@@ -19,7 +19,7 @@ import comfy.sample
 import comfy.utils
 import torch
 
-from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles
+from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles, smaller_tile
 
 log = logging.getLogger("videoldm")
 TILING_KEY = "videoldm_tiling"
@@ -96,8 +96,8 @@ def upscale_video(model, positive, negative, images: torch.Tensor, noise_augment
             return {"samples": _sample(model, positive, negative, images, noise_augmentation, seed, steps, cfg,
                                        sampler_name, scheduler, plan)}
         except mm.OOM_EXCEPTION:
-            smaller = min(tile_size, max(height, width)) // 2 // GRID * GRID
-            if smaller < GRID:
+            smaller = smaller_tile(tile_size, height, width)
+            if smaller is None:
                 raise
             log.warning("Video LDM: Video Upscale ran out of memory with tiles of %d; sampling again with tiles of %d "
                         "(blended at every step, so the result changes only within the blend's tolerance; chunks of "

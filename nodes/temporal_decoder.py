@@ -7,6 +7,7 @@ import folder_paths
 from comfy_api.latest import io
 from typing_extensions import override
 
+from ..host.temporal_adapter import TEMPORAL_ADAPTERS
 from ..host.temporal_decoder import NONE, decode_video, load_temporal_vae_files, vae_sources
 
 
@@ -23,7 +24,7 @@ class LoadTemporalVAE(io.ComfyNode):
             inputs=[
                 io.Combo.Input("vae_name", options=vae_sources(),
                                tooltip="A VAE file (models/vae) or a checkpoint whose first stage is used (models/checkpoints)."),
-                io.Combo.Input("temporal_decoder", options=[NONE] + folder_paths.get_filename_list("temporal_adapters"),
+                io.Combo.Input("temporal_decoder", options=[NONE] + folder_paths.get_filename_list(TEMPORAL_ADAPTERS),
                                default=NONE,
                                tooltip="A temporal-decoder add-on for an image VAE (models/temporal_adapters), or 'none' "
                                        "(an SVD VAE brings its own)."),

@@ -22,6 +22,17 @@ class TilingError(ValueError):
     """Tile or chunk settings that cannot cut the latent."""
 
 
+MIN_TILE = 8   # latent pixels: the smallest spatial tile an out-of-memory fallback tries (the SD grid)
+
+
+def smaller_tile(tile: int, height: int, width: int) -> int | None:
+    """The spatial tile to try after running out of memory with `tile` (0: whole frames): half of
+    what was really used (never more than the frame), on the 8-pixel grid; None below MIN_TILE."""
+    used = min(tile, max(height, width)) if tile > 0 else max(height, width)
+    half = used // 2 // MIN_TILE * MIN_TILE
+    return half if half >= MIN_TILE else None
+
+
 def check_split(name: str, size: int, overlap: int):
     if size < 1:
         raise TilingError(f"{name} must be at least 1, found {size}.")

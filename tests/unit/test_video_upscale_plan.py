@@ -69,3 +69,12 @@ def test_a_plan_holds_per_axis_weights_not_a_map_per_region():
     held = sum(w.numel() for axis in plan.axis_weights for w in axis)
     assert held < 2 * (64 + 512 + 512)
     assert plan.weight(0).shape == (8, 1, 64, 64)
+
+
+def test_the_out_of_memory_fallback_halves_what_was_really_used_down_to_the_grid():
+    from videoldm_core.video_upscale import smaller_tile
+
+    assert smaller_tile(0, 32, 24) == 16          # whole frames: half the longer side
+    assert smaller_tile(64, 32, 32) == 16         # a tile larger than the frame counts as the frame
+    assert smaller_tile(24, 64, 64) == 8          # 12, down to the 8-pixel grid
+    assert smaller_tile(8, 64, 64) is None        # nothing smaller to try
