@@ -335,8 +335,8 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
         finished = trainer.run(should_stop=mm.processing_interrupted, on_step=lambda row: pbar.update(1))
     trained = trained_state(adapter, trainer)
     if save_path or not finished:
-        adapter.load_state_dict(trained)   # the weights returned below, not the live (non-EMA) ones
-        save_adapter(save_path or adapter_save_path(f"interrupted_{time.strftime('%Y%m%d-%H%M%S')}"), adapter, spec)
+        # the weights returned below (EMA when kept), not the live module's
+        save_adapter(save_path or adapter_save_path(f"interrupted_{time.strftime('%Y%m%d-%H%M%S')}"), trained, spec)
     mm.throw_exception_if_processing_interrupted()
     name = f"trained ({mode}, {trainer.step} steps)"
     result = LoadedAdapter(name, spec, build_adapter_patcher(spec, trained, source=name))

@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 import comfy.sd
 import comfy.utils
 
-from ..videoldm_core.temporal_adapter import AdapterSpec, read_adapter_spec
+from ..videoldm_core.temporal_adapter import read_adapter_spec, save_adapter
 from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, read_bundle_spec, save_bundle
 from ..videoldm_core.temporal_decoder import TemporalDecoder, TemporalDecoderSpec, read_addon, spec_for_decoder
 from ..videoldm_core.training.batches import StepBatches
@@ -151,8 +151,7 @@ def run_config(path: str) -> int:
                            augment_schedule=augment, max_noise_level=max_level, patch=settings.get("patch"))
 
     def write(trainer):
-        save_file({k: v.contiguous() for k, v in trained_state(adapter, trainer).items()}, str(output / "adapter.safetensors"),
-                  metadata={AdapterSpec.METADATA_KEY: spec.to_json()})
+        save_adapter(output / "adapter.safetensors", trained_state(adapter, trainer), spec)
         print(f"wrote {output / 'adapter.safetensors'}", flush=True)
 
     return train_and_write(config, world, train_config, batch_size, output, [phase], items, {"spec": spec, "mode": mode},

@@ -134,9 +134,11 @@ class TemporalAdapter(nn.Module):
         return self
 
 
-def save_adapter(path: str | Path, adapter: TemporalAdapter, spec: Optional[AdapterSpec] = None):
+def save_adapter(path: str | Path, adapter: TemporalAdapter | dict, spec: Optional[AdapterSpec] = None):
+    """The native file: `adapter`'s weights (a module, or its state dict) with the spec in the metadata."""
     spec = spec or adapter.spec
-    tensors = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
+    weights = adapter.state_dict() if isinstance(adapter, nn.Module) else adapter
+    tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     save_file(tensors, str(path), metadata={ADAPTER_METADATA_KEY: spec.to_json()})
 
 
