@@ -49,7 +49,7 @@ def build(size: str):
 
     patch = importlib.import_module(f"{pack.__name__}.host.temporal_adapter")
     importers = importlib.import_module(f"{pack.__name__}.videoldm_core.importers")
-    from devtools.make_demo_bundle import animatediff_layout_state_dict
+    from devtools.public_layouts import animatediff_layout_state_dict
 
     base = unet_configs.SD21 if size == "full" else unet_configs.tiny(unet_configs.SD21, width=128, context_dim=256, head_width=64)
     torch.manual_seed(0)

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from . import paths, tiny_bundles
+from .public_layouts import animatediff_layout_state_dict
 from .comfy_in_process import init_comfy
 
 DEMO_BUNDLE_NAME = "videoldm_demo_tiny.safetensors"
@@ -39,25 +40,6 @@ DEMO_TEMPORAL_DECODER_NAME = "videoldm_demo_temporal_decoder.safetensors"
 DEMO_PREDICTOR_NAME = "videoldm_demo_predictor.safetensors"
 DEMO_INTERPOLATOR_NAME = "videoldm_demo_interpolator.safetensors"
 DEMO_SEED = 20230418  # arXiv 2304.08818
-
-
-def animatediff_layout_state_dict(widths, max_len=32, mid_block=True, seed=0, std=0.05, slot_class=None):
-    """A random motion module in AnimateDiff's original key layout for a UNet with these level
-    widths and two ResBlocks per level (`down_blocks.i.motion_modules.j.temporal_transformer.*`)."""
-    if slot_class is None:
-        from videoldm_core.slots import MotionModuleSlot as slot_class
-    positions = [(f"down_blocks.{i}.motion_modules.{j}", c) for i, c in enumerate(widths) for j in range(2)]
-    positions += [(f"up_blocks.{len(widths) - 1 - i}.motion_modules.{j}", c) for i, c in enumerate(widths) for j in range(3)]
-    if mid_block:
-        positions.append(("mid_block.motion_modules.0", widths[-1]))
-    generator = torch.Generator().manual_seed(seed)
-    out = {}
-    for prefix, channels in positions:
-        for key, value in slot_class(channels, 8, max_len).state_dict().items():
-            if not key.endswith("pos_encoder.pe"):
-                value = torch.randn(value.shape, generator=generator) * std + (1.0 if key.endswith(("norm.weight", "norms.0.weight", "norms.1.weight", "ff_norm.weight")) else 0.0)
-            out[f"{prefix}.{key}"] = value
-    return out
 
 
 def make_demo_models(base_dir: Path) -> list[Path]:

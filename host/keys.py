@@ -7,3 +7,5 @@ WRAPPER_KEY = "videoldm_temporal_adapters"  # key of the pack's wrappers and cal
 CONTEXT_KEY = "videoldm_context"       # model cond and UNet kwarg with c_S; transformer_options entry per call
 LABELS_KEY = "videoldm_interpolation"  # model cond with per-frame (regime, augmentation level) rows
 CHECKPOINT_KEY = "videoldm_gradient_checkpointing"  # transformer_options flag set by training
+SCHEDULE_KEY = "videoldm_noise_schedule"  # transformer_options: the ScheduleChoice of a patched model
+CLIP_NORMS_KEY = "videoldm_clip_norms"  # key of the DIFFUSION_MODEL wrapper that runs the output norm over the clip

@@ -6,7 +6,10 @@ Applying clones the MODEL and registers, on the clone only:
 - one `forward_timestep_embed_patch` handler for ResBlock and one for SpatialTransformer
   (host/temporal_forward.py), which runs the spatial layer and then the temporal slots of it;
 - an OUTER_SAMPLE wrapper that checks the frame count before the first step;
-- a DIFFUSION_MODEL wrapper that routes c_S and interpolation labels (host/context.py).
+- a DIFFUSION_MODEL wrapper that routes c_S and interpolation labels (host/context.py);
+- the noise schedule the adapter was trained with, as a `model_sampling` object patch
+  (host/noise_schedule.py), and, for adapters trained that way, the UNet's output norm over the
+  clip (a DIFFUSION_MODEL wrapper, host/clip_norms.py).
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
 from ..videoldm_core.importers import import_adapter
+from ..videoldm_core.interpolation import MAX_AUGMENTATION
 from ..videoldm_core.placement import animatediff_slots, videoldm_slots
 from ..videoldm_core.positional import check_frame_limit
 from ..videoldm_core.temporal_adapter import AdapterFormatError, AdapterSpec, TemporalAdapter, resolve_slots, save_adapter
 from .context import route_context, slice_context_in_windows
-from .keys import OPTIONS_KEY, WRAPPER_KEY
+from .clip_norms import output_norm_over_clip
+from .keys import CLIP_NORMS_KEY, OPTIONS_KEY, WRAPPER_KEY
+from .noise_schedule import AUTO, choose_schedule, model_schedule, set_schedule
 from .temporal_forward import AppliedAdapter, forward_with_temporal
 from .unet_layout import model_family, named_layers, spatial_layout
 
@@ -121,9 +127,11 @@ def fresh_adapter_for_model(model, placement: str = "videoldm", context_frames=(
     labels = None
     if interpolation:
         emb = {layer.emb_channels for layer in layout if layer.kind == "resblock"}
-        labels = dict(emb_channels=emb.pop(), regimes=2)
+        labels = dict(emb_channels=emb.pop(), regimes=2, augmentation=[0.0, MAX_AUGMENTATION])
+    schedule = model_schedule(model)   # what the trainer samples noise levels from
     spec = AdapterSpec(model_family(model).name, placement, slots, max_frames=options.get("max_len") if placement == "animatediff" else None,
-                       context_encoder=encoder, context_frames=sorted(context_frames), interpolation=labels)
+                       context_encoder=encoder, context_frames=sorted(context_frames), interpolation=labels,
+                       noise_schedule=schedule and schedule.to_dict())
     return spec, TemporalAdapter(spec)   # output layers start at zero
 
 
@@ -132,14 +140,18 @@ def applied_adapters(model) -> list[AppliedAdapter]:
     return list(model.model_options.get("transformer_options", {}).get(OPTIONS_KEY, []))
 
 
-def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, attention_distance: int | None = None):
-    """A clone of `model` with the adapter applied; `model` itself is not changed."""
+def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, attention_distance: int | None = None,
+                  noise_schedule: str = AUTO):
+    """A clone of `model` with the adapter applied and the chosen noise schedule (host/noise_schedule.py);
+    `model` itself is not changed."""
     spec = adapter_patcher.model.spec
     diffusion_model = model.model.diffusion_model
     resolved = resolve_slots(spec, spatial_layout(diffusion_model), model_family(model).name, source=f"'{name}'")
-    m = model.clone()
     if strength == 0.0:
-        return m  # exactly the image model: nothing runs
+        return model.clone()  # exactly the image model: nothing runs
+    decided = choose_schedule(model, noise_schedule, spec.beta_schedule, name)
+    m = model.clone()
+    set_schedule(m, decided)
     layers = dict(named_layers(diffusion_model))
     applied = AppliedAdapter(name, adapter_patcher.clone(), strength, attention_distance)
     for slot_path, layer_path in resolved.items():
@@ -155,6 +167,8 @@ def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, atte
         m.set_model_forward_timestep_embed_patch((SpatialTransformer, forward_with_temporal))
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, check_frames_before_sampling)
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, route_context)
+    if "output" in spec.clip_norms and not any("output" in a.adapter.spec.clip_norms for a in previous):
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, CLIP_NORMS_KEY, output_norm_over_clip)
     options[OPTIONS_KEY] = previous + [applied]
     m.set_additional_models("videoldm", [a.patcher for a in options[OPTIONS_KEY]])
     return m

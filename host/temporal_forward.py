@@ -5,7 +5,8 @@ each frozen spatial layer, and inside each spatial transformer before `proj_out`
 SpatialTransformer: it runs the spatial layer, then the temporal slots that belong to it, for every
 adapter applied to the model (listed in `transformer_options["videoldm_adapters"]`, so adapters
 stack). The number of frames is read per call: T = batch // len(cond_or_uncond), so CFG batching and
-context windows (variable T) work.
+context windows (variable T) work. A ResBlock runs its norms over each cond's frames when an applied
+adapter was trained that way (host/clip_norms.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from comfy.ldm.modules.attention import SpatialTransformer, SpatialVideoTransfor
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, VideoResBlock
 
 from ..videoldm_core.temporal_adapter import TemporalAdapter
+from .clip_norms import clip_norms_of, clip_wise, resblock_norms
 from .context import context_call as current_context_call
 from .keys import CHECKPOINT_KEY, OPTIONS_KEY
 
@@ -147,6 +149,9 @@ def _forward_with_temporal(layer, x, emb, context, transformer_options, output_s
             return tokens
 
         x = _transformer_with_temporal(layer, x, context, transformer_options, mix)
+    elif isinstance(layer, ResBlock) and not isinstance(layer, VideoResBlock) and "resblock" in clip_norms_of(adapters):
+        with clip_wise(resblock_norms(layer), groups=x.shape[0] // num_frames):
+            x = layer(x, emb)
     else:
         x = _spatial(layer, x, emb, context, transformer_options, time_context, num_video_frames, image_only_indicator)
     if is_transformer and "transformer_index" in transformer_options:

@@ -40,15 +40,22 @@ from .temporal_adapter import TEMPORAL_ADAPTERS, LoadedAdapter, apply_adapter, b
 from .unet_layout import model_family, spatial_layout
 
 
-def noise_schedule(model) -> NoiseSchedule:
-    """The base model's discrete schedule and parameterisation (ε or v)."""
-    sampling = model.model.model_sampling
+def noise_schedule(model, spec=None) -> NoiseSchedule:
+    """The discrete schedule and parameterisation (ε or v) to train with: the adapter's own when
+    `spec` states one (a public module keeps its training schedule), else the MODEL's."""
+    sampling = model.get_model_object("model_sampling")
     if isinstance(sampling, comfy.model_sampling.V_PREDICTION):
         prediction = "v"
     elif isinstance(sampling, comfy.model_sampling.EPS):
         prediction = "eps"
     else:
         raise TrainingError(f"expected a model with ε or v prediction, found {type(sampling).__name__}.")
+    trained = spec.beta_schedule if spec is not None else None
+    if trained is not None:
+        if trained.lcm_timesteps is not None:
+            raise TrainingError(f"the adapter was trained as a latent consistency model ({trained.label}); the pack "
+                                "trains diffusion (ε or v) adapters, not consistency distillation.")
+        return NoiseSchedule.from_sigmas(trained.sigmas(), prediction)
     if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
         raise TrainingError(f"expected a model with a discrete (DDPM) noise schedule, found {type(sampling).__name__}.")
     return NoiseSchedule.from_sigmas(sampling.sigmas.detach().cpu(), prediction)
@@ -316,7 +323,7 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
         spec, adapter = starting_adapter(model, mode, **given)
         check_mode(spec, mode)   # before anything is encoded
         base = trainable_base(model)
-        schedule = noise_schedule(base)
+        schedule = noise_schedule(base, spec)
         augment, max_level = augmentation_schedule(base)
         text = positive[0][0].clone()
         pooled = positive[0][1].get("pooled_output")

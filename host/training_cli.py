@@ -147,7 +147,7 @@ def run_config(path: str) -> int:
     items = dataset_items(base, vae, config["data"], mode, train_config.seed, world, regimes, captions)
     denoiser = UNetDenoiser(base, adapter, text, pooled, gradient_checkpointing=checkpointing).load()
     augment, max_level = augmentation_schedule(base)
-    phase = DiffusionPhase(adapter, denoiser, noise_schedule(base), mode, regimes=regimes,
+    phase = DiffusionPhase(adapter, denoiser, noise_schedule(base, spec), mode, regimes=regimes,
                            augment_schedule=augment, max_noise_level=max_level, patch=settings.get("patch"))
 
     def write(trainer):

@@ -22,6 +22,7 @@ from .context import ContextError
 from .positional import sinusoidal_embedding
 
 FACTOR = 4
+MAX_AUGMENTATION = 0.25   # the trainer's conditioning-augmentation levels: uniform in [0, 0.25]
 REGIMES = {"T→4T": 0, "4T→16T": 1}   # label values: the paper's binary regime label
 
 

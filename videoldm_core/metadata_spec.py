@@ -13,6 +13,11 @@ class MetadataSpec:
     METADATA_KEY: str
     FORMAT_ERROR: type[ValueError]
 
+    @classmethod
+    def migrate(cls, data: dict) -> dict:
+        """The fields of an older version of the spec, brought to the current one (files keep loading)."""
+        return data
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
@@ -25,6 +30,7 @@ class MetadataSpec:
             raise error(f"{source}: '{cls.METADATA_KEY}' metadata is not valid JSON ({e}).") from None
         if not isinstance(data, dict):
             raise error(f"{source}: expected a JSON object in '{cls.METADATA_KEY}', found {type(data).__name__}.")
+        data = cls.migrate(data)
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise error(f"{source}: unknown fields {unknown} in '{cls.METADATA_KEY}'; expected only "

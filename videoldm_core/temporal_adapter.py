@@ -1,7 +1,7 @@
 """Temporal adapters: the temporal layers of a video model, kept apart from the frozen image model.
 
 An `AdapterSpec` says what an adapter is (base family, placement, one config per slot, positions,
-trained frame count, where it came from). A `TemporalAdapter` is the module built from it; its
+where it came from, the noise schedule and clip-wide norms it was trained with). A `TemporalAdapter` is the module built from it; its
 state-dict keys are "<slot path>.<parameter>", e.g. "input_blocks.1.0.time_stack.in_layers.2.weight"
 (the SVD/sgm names without the UNet prefix). The native file is safetensors with the spec as JSON
 under `videoldm_adapter` in the metadata.
@@ -19,15 +19,16 @@ from torch import nn
 
 from .context import ContextEncoder
 from .families import FAMILY_NAMES
-from .interpolation import InterpolationEmbedding
+from .interpolation import MAX_AUGMENTATION, InterpolationEmbedding
 from .layer_factory import placed
 from .metadata_spec import MetadataSpec
+from .noise_schedule import BetaSchedule, ScheduleError, check_clip_norms, trained_with
 from .placement import SpatialLayer, blocks, motion_module_layer
 from .slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
 from .state_dict import check_weights
 
 ADAPTER_METADATA_KEY = "videoldm_adapter"
-ADAPTER_FORMAT_VERSION = 1
+ADAPTER_FORMAT_VERSION = 2
 PLACEMENTS = ("videoldm", "animatediff")
 SLOT_CLASSES = {"resblock": ResBlockSlot, "transformer": TransformerSlot, "motion_module": MotionModuleSlot}
 
@@ -42,34 +43,54 @@ class AdapterCompatibilityError(ValueError):
 
 @dataclass(frozen=True)
 class AdapterSpec(MetadataSpec):
+    """Version 2 (version 1 files are migrated on reading: `migrate`)."""
+
     METADATA_KEY = ADAPTER_METADATA_KEY
     FORMAT_ERROR = AdapterFormatError
 
     family: str
     placement: str
     slots: dict
-    trained_frames: int = 16
     max_frames: Optional[int] = None      # hard limit of an absolute positional table, else None
     source: str = "native"                # "native", "animatediff-v2", "svd", ...
     description: str = ""
     version: int = ADAPTER_FORMAT_VERSION
-    extra: dict = field(default_factory=dict)
     # prediction (§3.1.1): the encoder of c_S {"in_channels", "width", "levels"}, or None; and the
     # numbers of context frames S it was trained with, e.g. [0, 1, 2]
     context_encoder: Optional[dict] = None
     context_frames: list = field(default_factory=list)
     # interpolation (§3.1.1): the embedding of the regime label and augmentation level
-    # {"emb_channels", "regimes"}, or None (then only the default regime, T→4T, is accepted)
+    # {"emb_channels", "regimes", "augmentation": [low, high] (the levels it was trained with)}, or
+    # None (then only the default regime, T→4T, is accepted)
     interpolation: Optional[dict] = None
+    # the discrete schedule it was trained with (a BetaSchedule as a dict), None: the base model's own
+    noise_schedule: Optional[dict] = None
+    # the image model's norms that ran over all frames of a clip in training (CLIP_NORMS), else per frame
+    clip_norms: list = field(default_factory=list)
+
+    @classmethod
+    def migrate(cls, data: dict) -> dict:
+        """Version 1 → 2: `extra` and `trained_frames` (never read) are dropped; the schedule and the
+        clip-wide norms are those of the recorded source's original code (native: the base model's
+        own, per frame); an interpolation embedding gets the trainer's augmentation range of then."""
+        if data.get("version", 1) != 1:
+            return data
+        data = {k: v for k, v in data.items() if k not in ("extra", "trained_frames")}
+        recipe = trained_with(data.get("source", "native"))
+        data.setdefault("noise_schedule", recipe.noise_schedule.to_dict() if recipe.noise_schedule else None)
+        data.setdefault("clip_norms", list(recipe.clip_norms))
+        if isinstance(data.get("interpolation"), dict):
+            data["interpolation"] = {"augmentation": [0.0, MAX_AUGMENTATION], **data["interpolation"]}
+        return {**data, "version": 2}
 
     def __post_init__(self):
         if self.family not in FAMILY_NAMES:
             raise AdapterFormatError(f"expected family one of {FAMILY_NAMES}, found {self.family!r}.")
         if self.placement not in PLACEMENTS:
             raise AdapterFormatError(f"expected placement one of {PLACEMENTS}, found {self.placement!r}.")
-        if not isinstance(self.version, int) or not 1 <= self.version <= ADAPTER_FORMAT_VERSION:
-            raise AdapterFormatError(f"expected format version 1..{ADAPTER_FORMAT_VERSION}, found {self.version!r}; "
-                                     "a newer pack may read it.")
+        if self.version != ADAPTER_FORMAT_VERSION:
+            raise AdapterFormatError(f"expected format version {ADAPTER_FORMAT_VERSION} (older versions are migrated when "
+                                     f"read), found {self.version!r}; a newer pack may read it.")
         if not self.slots:
             raise AdapterFormatError("expected at least one slot, found none.")
         for path, config in self.slots.items():
@@ -85,12 +106,36 @@ class AdapterSpec(MetadataSpec):
             if widths != {self.context_encoder["width"]}:
                 raise AdapterFormatError(f"context_encoder: every slot must read context_channels="
                                          f"{self.context_encoder['width']}, found {sorted(widths)}.")
-
         if self.interpolation is not None:
-            expected = {"emb_channels", "regimes"}
-            found = set(self.interpolation) if isinstance(self.interpolation, dict) else set()
-            if found != expected:
-                raise AdapterFormatError(f"interpolation: expected the fields {sorted(expected)}, found {sorted(found)}.")
+            self._check_interpolation()
+        try:
+            if self.noise_schedule is not None:
+                BetaSchedule.from_dict(self.noise_schedule)
+            check_clip_norms(self.clip_norms)
+        except ScheduleError as e:
+            raise AdapterFormatError(str(e)) from None
+
+    def _check_interpolation(self):
+        required, found = {"emb_channels", "regimes"}, set(self.interpolation) if isinstance(self.interpolation, dict) else set()
+        if not required <= found <= required | {"augmentation"}:
+            raise AdapterFormatError(f"interpolation: expected the fields {sorted(required)} (and optionally "
+                                     f"'augmentation'), found {sorted(found)}.")
+        levels = self.interpolation.get("augmentation", [0.0, 0.0])
+        if (not isinstance(levels, (list, tuple)) or len(levels) != 2
+                or not all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in levels) or levels[0] > levels[1]):
+            raise AdapterFormatError(f"interpolation.augmentation: expected [low, high] with 0 <= low <= high <= 1, "
+                                     f"found {levels!r}.")
+
+    @property
+    def beta_schedule(self) -> Optional[BetaSchedule]:
+        """The schedule it was trained with; None: the base model's own."""
+        return None if self.noise_schedule is None else BetaSchedule.from_dict(self.noise_schedule)
+
+    @property
+    def augmentation_range(self) -> tuple[float, float]:
+        """The interpolation conditioning-augmentation levels it was trained with."""
+        low, high = (self.interpolation or {}).get("augmentation", (0.0, 0.0))
+        return float(low), float(high)
 
     @property
     def has_context_encoder(self) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from devtools.make_demo_bundle import animatediff_layout_state_dict
+from devtools.public_layouts import VARIANTS, animatediff_state_dict
 from videoldm_core.temporal_adapter import (ADAPTER_METADATA_KEY, AdapterCompatibilityError, AdapterFormatError, AdapterSpec,
                                    TemporalAdapter, read_adapter_spec, resolve_slots, save_adapter)
 from videoldm_core.importers import import_adapter
@@ -32,7 +32,7 @@ def randomized(adapter):
 
 
 def test_native_file_round_trips_exactly(tmp_path):
-    spec = AdapterSpec("SD1.x", "videoldm", videoldm_slots(LAYOUT), trained_frames=8, description="test")
+    spec = AdapterSpec("SD1.x", "videoldm", videoldm_slots(LAYOUT), description="test")
     adapter = randomized(TemporalAdapter(spec))
     save_adapter(tmp_path / "a.safetensors", adapter)
     assert read_adapter_spec(tmp_path / "a.safetensors") == spec
@@ -72,7 +72,7 @@ def test_load_weights_lists_missing_unexpected_and_misshapen_keys():
     ({ADAPTER_METADATA_KEY: json.dumps({"family": "SD3", "placement": "videoldm", "slots": {"a": {"kind": "resblock"}}})},
      r"expected family one of .* found 'SD3'"),
     ({ADAPTER_METADATA_KEY: json.dumps({"family": "SD1.x", "placement": "videoldm", "slots": {}, "version": 7})},
-     r"expected format version 1..1, found 7"),
+     r"expected format version 2 \(older versions are migrated when read\), found 7"),
 ])
 def test_bad_native_metadata_is_explained(metadata, message):
     with pytest.raises(AdapterFormatError, match=message):
@@ -99,30 +99,17 @@ def test_lavie_vsr_is_named_and_explained():
 
 # --- AnimateDiff --------------------------------------------------------------------------------
 
-def animatediff_state_dict(widths, pe_len=32, mid=False, hotshot=False, with_pe=True):
-    """A motion module in AnimateDiff's original key layout, optionally as AnimateLCM (no tables)
-    or HotshotXL (renamed keys) ship them."""
-    out = {}
-    for name, value in animatediff_layout_state_dict(widths, pe_len, mid).items():
-        if name.endswith("pos_encoder.pe") and not with_pe:
-            continue
-        if hotshot:
-            name = re.sub(r"\.motion_modules\.(\d+)\.temporal_transformer\.", r".temporal_attentions.\1.", name)
-            name = name.replace("pos_encoder.pe", "pos_encoder.positional_encoding")
-        out[name] = value
-    return out
-
-
-@pytest.mark.parametrize("variant, kwargs, family, version, max_len, slots", [
-    ("v1", dict(widths=[32, 64, 64, 64], pe_len=24), "SD1.x", "v1", 24, 20),
-    ("v2", dict(widths=[32, 64, 64, 64], mid=True), "SD1.x", "v2", 32, 21),
-    ("v3", dict(widths=[32, 64, 64, 64]), "SD1.x", "v3", 32, 20),
-    ("sdxl", dict(widths=[32, 64, 64]), "SDXL", "sdxl", 32, 15),
-    ("animatelcm", dict(widths=[32, 64, 64, 64], with_pe=False), "SD1.x", "animatelcm", 64, 20),
-    ("hotshotxl", dict(widths=[32, 64, 64], pe_len=8, hotshot=True), "SDXL", "hotshotxl", 8, 15),
+@pytest.mark.parametrize("variant, family, max_len, slots", [
+    ("v1", "SD1.x", 24, 20),
+    ("v2", "SD1.x", 32, 21),
+    ("v3", "SD1.x", 32, 20),
+    ("sdxl", "SDXL", 32, 15),
+    ("animatelcm", "SD1.x", 64, 21),
+    ("hotshotxl", "SDXL", 8, 15),
 ])
-def test_animatediff_variants_are_detected_and_load_strictly(variant, kwargs, family, version, max_len, slots):
-    spec, state_dict = import_adapter(animatediff_state_dict(**kwargs), {}, f"{variant}.ckpt")
+def test_animatediff_variants_are_detected_and_load_strictly(variant, family, max_len, slots):
+    version = variant
+    spec, state_dict = import_adapter(animatediff_state_dict(**VARIANTS[variant]), {}, f"{variant}.ckpt")
     assert (spec.family, spec.source, spec.max_frames, len(spec.slots)) == (family, f"animatediff-{version}", max_len, slots)
     assert spec.placement == "animatediff"
     assert "input_blocks.1" in spec.slots and "output_blocks.0" in spec.slots
@@ -184,3 +171,49 @@ def test_an_adapter_is_built_in_the_dtype_and_on_the_device_it_runs_on():
     assert layers and all(p.dtype == torch.float16 and p.is_meta for m in layers for p in m.parameters())
     default = TemporalAdapter(spec)
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in default.parameters())
+
+
+# --- version 1 files keep loading -----------------------------------------------------------------
+
+def version_1_metadata(**fields) -> dict:
+    """A spec as the pack wrote it before version 2: `trained_frames` and `extra` present, no schedule."""
+    spec = {"family": "SD1.x", "placement": "videoldm", "slots": videoldm_slots(LAYOUT), "trained_frames": 16,
+            "max_frames": None, "source": "native", "description": "", "version": 1, "extra": {},
+            "context_encoder": None, "context_frames": [], "interpolation": None, **fields}
+    return {ADAPTER_METADATA_KEY: json.dumps(spec)}
+
+
+def test_a_version_1_native_spec_is_migrated_to_the_base_models_own_schedule():
+    spec, _ = import_adapter({}, version_1_metadata(description="old"), "old.safetensors")
+    assert (spec.version, spec.description, spec.noise_schedule, spec.clip_norms) == (2, "old", None, [])
+    assert "trained_frames" not in json.loads(spec.to_json()) and "extra" not in json.loads(spec.to_json())
+
+
+def test_a_version_1_interpolation_spec_gets_the_trainers_augmentation_range_of_then():
+    spec, _ = import_adapter({}, version_1_metadata(interpolation={"emb_channels": 128, "regimes": 2}), "old.safetensors")
+    assert spec.augmentation_range == (0.0, 0.25)
+
+
+def test_a_version_1_save_of_an_imported_v1_motion_module_gets_v1s_recipe():
+    """Save Temporal Adapter of version 1 wrote imported modules with their source; the migration
+    gives them what the importer gives the original file today."""
+    original, _ = import_adapter(animatediff_state_dict(**VARIANTS["v1"]), {}, "mm_sd_v14.ckpt")
+    old = json.loads(original.to_json())
+    for key in ("noise_schedule", "clip_norms"):
+        old.pop(key)
+    old.update(version=1, trained_frames=16, extra={})
+    old["slots"] = {path: {k: v for k, v in config.items() if k != "group_norm"} for path, config in old["slots"].items()}
+    migrated, _ = import_adapter({}, {ADAPTER_METADATA_KEY: json.dumps(old)}, "saved.safetensors")
+    assert (migrated.noise_schedule, migrated.clip_norms) == (original.noise_schedule, original.clip_norms)
+    assert migrated.clip_norms == ["resblock", "output"]
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(noise_schedule={"betas": "cosine", "beta_start": 0.1, "beta_end": 0.2}), r"expected betas one of"),
+    (dict(noise_schedule={"betas": "linear", "beta_start": 0.1}), r"noise_schedule: incomplete"),
+    (dict(clip_norms=["attention"]), r"clip_norms: expected a list drawn from \('resblock', 'output'\)"),
+])
+def test_bad_schedule_or_clip_norms_are_explained(fields, message):
+    spec = {"family": "SD1.x", "placement": "videoldm", "slots": videoldm_slots(LAYOUT), "version": 2, **fields}
+    with pytest.raises(AdapterFormatError, match=message):
+        import_adapter({}, {ADAPTER_METADATA_KEY: json.dumps(spec)}, "bad.safetensors")

@@ -9,6 +9,9 @@ Variants: v1 (pe length 24), v2 (mid block, 32), v3 (32, no mid), SDXL beta (3 d
 AnimateLCM (no pe buffers: the table is recomputed, length 64), HotshotXL (`temporal_attentions.N.`
 and `pos_encoder.positional_encoding`). Both SD1.5 and SDXL UNets have two ResBlocks per level, so
 motion module (i, j) follows input block 1 + 3i + j and output block 3i + j.
+
+The spec records how the original code ran each variant (`noise_schedule.TRAINED_WITH`): its noise
+schedule, which image-model norms ran over the whole clip, and the motion modules' own norm.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from ..temporal_adapter import AdapterFormatError, AdapterSpec
 from ..families import SD1, SDXL
+from ..noise_schedule import trained_with
 from ..positional import sinusoidal_embedding
 
 ANIMATELCM_MAX_LEN = 64
@@ -76,12 +80,25 @@ def import_animatediff(state_dict: dict, source: str = "motion module") -> tuple
         raise AdapterFormatError(f"{source}: positional tables of different lengths {sorted(pe_lengths)}.")
     max_len = pe_lengths.pop() if pe_lengths else ANIMATELCM_MAX_LEN
 
+    if hotshot:
+        version = "hotshotxl"
+    elif not any(k.endswith("pos_encoder.pe") for k in state_dict):
+        version = "animatelcm"
+    elif family == SDXL.name:
+        version = "sdxl"
+    elif "middle_block" in modules:
+        version = "v2"
+    else:
+        version = "v3" if max_len == 32 else "v1"
+    source_name = f"animatediff-{version}"
+    recipe = trained_with(source_name)
+
     slots, native = {}, {}
     for path, weights in sorted(modules.items()):
         if "proj_in.weight" not in weights:
             raise AdapterFormatError(f"{source}: motion module at {path} has no proj_in.weight.")
         channels = weights["proj_in.weight"].shape[0]
-        slots[path] = dict(kind="motion_module", channels=channels, heads=8, max_len=max_len)
+        slots[path] = dict(kind="motion_module", channels=channels, heads=8, max_len=max_len, group_norm=recipe.motion_norm)
         for name, value in weights.items():
             native[f"{path}.temporal_transformer.{name}"] = value
         for attn in {m.group(1) for m in map(_ATTENTION.match, weights) if m}:
@@ -89,16 +106,7 @@ def import_animatediff(state_dict: dict, source: str = "motion module") -> tuple
             if pe_key not in native:  # AnimateLCM ships no positional tables: recompute them
                 native[pe_key] = sinusoidal_embedding(torch.arange(max_len), channels, interleaved=True)[None]
 
-    if hotshot:
-        version = "hotshotxl"
-    elif not any(k.endswith("pos_encoder.pe") for k in state_dict):
-        version = "animatelcm"
-    elif family == "SDXL":
-        version = "sdxl"
-    elif "middle_block" in slots:
-        version = "v2"
-    else:
-        version = "v3" if max_len == 32 else "v1"
-    spec = AdapterSpec(family=family, placement="animatediff", slots=slots, trained_frames=8 if hotshot else 16,
-                       max_frames=max_len, source=f"animatediff-{version}")
+    spec = AdapterSpec(family=family, placement="animatediff", slots=slots, max_frames=max_len, source=source_name,
+                       noise_schedule=recipe.noise_schedule and recipe.noise_schedule.to_dict(),
+                       clip_norms=list(recipe.clip_norms))
     return spec, native

@@ -47,5 +47,5 @@ def import_svd(state_dict: dict, source: str = "SVD UNet") -> tuple[AdapterSpec,
             raise AdapterFormatError(f"{source}: temporal layer at {path} is neither a 3D-conv block nor a temporal "
                                      f"transformer (keys {sorted(weights)[:3]}).")
         native.update({f"{path}.{k}": v for k, v in weights.items()})
-    spec = AdapterSpec(family="SD2.x", placement="videoldm", slots=slots, trained_frames=14, source="svd")
+    spec = AdapterSpec(family="SD2.x", placement="videoldm", slots=slots, source="svd")
     return spec, native

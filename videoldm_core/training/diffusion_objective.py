@@ -22,7 +22,7 @@ import torch
 from einops import rearrange, repeat
 
 from ..context import context_input, context_mask
-from ..interpolation import FACTOR, augment_keyframes, check_augmentation_level, interpolation_labels, keyframe_positions
+from ..interpolation import FACTOR, MAX_AUGMENTATION, augment_keyframes, check_augmentation_level, interpolation_labels, keyframe_positions
 from .crops import random_crop
 from .modes import INTERPOLATION, PREDICTION, TEMPORAL, UPSCALER, Mode, mode_named
 from .objective import Held, Phase, TrainingError
@@ -56,7 +56,7 @@ class DiffusionPhase(Phase):
     name = "adapter"
 
     def __init__(self, adapter, denoiser: Denoiser, schedule: NoiseSchedule, mode: str | Mode = TEMPORAL,
-                 context_frames=None, regimes=(0, 1), max_augmentation: float = 0.25, patch: int | None = None,
+                 context_frames=None, regimes=(0, 1), max_augmentation: float = MAX_AUGMENTATION, patch: int | None = None,
                  augment_schedule: NoiseSchedule | None = None, max_noise_level: int = 350):
         super().__init__()
         mode = mode_named(mode)

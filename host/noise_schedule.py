@@ -1,0 +1,114 @@
+"""An adapter's noise schedule on the patched clone (ComfyUI's `model_sampling` object patch): the
+schedule it was trained with by default, the checkpoint's own or an explicit one on request.
+Nothing is changed globally and the input MODEL keeps its own schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Optional
+
+import comfy.model_sampling
+import torch
+from comfy_extras.nodes_model_advanced import LCM, ModelSamplingDiscreteDistilled
+
+from ..videoldm_core.noise_schedule import NAMED_SCHEDULES, BetaSchedule, ScheduleError
+from .keys import SCHEDULE_KEY
+
+AUTO, MODEL = "auto", "model"
+NOISE_SCHEDULE_CHOICES = (AUTO, MODEL, *NAMED_SCHEDULES)
+log = logging.getLogger("videoldm")
+
+
+@dataclass(frozen=True)
+class ScheduleChoice:
+    """What the Apply nodes so far decided for a clone: the schedule (None: the MODEL's own), which
+    adapter asked for it and whether the user picked it."""
+
+    schedule: Optional[BetaSchedule]
+    by: str
+    picked: bool
+
+
+def model_schedule(model) -> Optional[BetaSchedule]:
+    """The MODEL's discrete schedule as a BetaSchedule when its sigmas are exactly one, else None."""
+    sampling = model.get_model_object("model_sampling")
+    own = getattr(sampling, "videoldm_schedule", None)
+    if own is not None:
+        return own
+    if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) or getattr(sampling, "zsnr", False):
+        return None
+    settings = model.model.model_config.sampling_settings
+    try:
+        candidate = BetaSchedule(settings.get("beta_schedule", "linear"), float(sampling.linear_start),
+                                 float(sampling.linear_end), int(sampling.num_timesteps))
+    except ScheduleError:
+        return None
+    same = candidate.sigmas().float().shape == sampling.sigmas.shape and torch.equal(candidate.sigmas().float(), sampling.sigmas.cpu())
+    return candidate if same else None
+
+
+def sampling_for(model, schedule: BetaSchedule):
+    """A model_sampling object with `schedule`'s sigmas and the model's parameterisation (ε or v);
+    an LCM schedule samples as core's ModelSamplingDiscrete 'lcm' does, on its original timesteps."""
+    current = model.get_model_object("model_sampling")
+    settings = SimpleNamespace(sampling_settings=dict(beta_schedule=schedule.betas, linear_start=schedule.beta_start,
+                                                       linear_end=schedule.beta_end, timesteps=schedule.timesteps))
+    if schedule.lcm_timesteps is not None:
+        if not isinstance(current, comfy.model_sampling.EPS) or isinstance(current, comfy.model_sampling.V_PREDICTION):
+            raise ScheduleError(f"the LCM schedule {schedule.label!r} needs an ε-prediction model, found "
+                                f"{type(current).__name__}.")
+        base, prediction = ModelSamplingDiscreteDistilled, LCM
+    else:
+        base = comfy.model_sampling.ModelSamplingDiscrete
+        prediction = next((c for c in (comfy.model_sampling.V_PREDICTION, comfy.model_sampling.EPS) if isinstance(current, c)), None)
+        if prediction is None:
+            raise ScheduleError(f"a discrete noise schedule needs an ε or v prediction model, found {type(current).__name__}.")
+
+    class AdapterModelSampling(base, prediction):
+        original_timesteps = schedule.lcm_timesteps or ModelSamplingDiscreteDistilled.original_timesteps
+
+    sampling = AdapterModelSampling(settings, zsnr=getattr(current, "zsnr", False))
+    sampling.videoldm_schedule = schedule
+    return sampling
+
+
+def choose_schedule(model, choice: str, trained: Optional[BetaSchedule], name: str) -> Optional[ScheduleChoice]:
+    """What `choice` (one of NOISE_SCHEDULE_CHOICES) means for an adapter trained with `trained`
+    (None: the base model's own) on `model`, checked against what earlier adapters decided.
+    Returns None when the clone keeps the sampling it has."""
+    if choice not in NOISE_SCHEDULE_CHOICES:
+        raise ScheduleError(f"noise_schedule: expected one of {NOISE_SCHEDULE_CHOICES}, found {choice!r}.")
+    earlier: Optional[ScheduleChoice] = model.model_options.get("transformer_options", {}).get(SCHEDULE_KEY)
+    if choice == MODEL:
+        return ScheduleChoice(model_schedule(model), name, picked=True)
+    if choice != AUTO:
+        return ScheduleChoice(NAMED_SCHEDULES[choice], name, picked=True)
+    wanted = trained if trained is not None else model_schedule(model)
+    if earlier is None:
+        return ScheduleChoice(wanted, name, picked=False)
+    if earlier.picked:
+        if wanted != earlier.schedule:
+            log.info("Video LDM: adapter '%s' was trained with %s; keeping %s, picked for '%s'.", name,
+                     _describe(wanted), _describe(earlier.schedule), earlier.by)
+        return earlier
+    if wanted != earlier.schedule and trained is not None:
+        raise ScheduleError(f"stacked temporal adapters were trained with different noise schedules: '{earlier.by}' with "
+                            f"{_describe(earlier.schedule)}, '{name}' with {_describe(wanted)}. Pick one in "
+                            f"noise_schedule on one of the Apply Temporal Adapter nodes.")
+    return earlier
+
+
+def set_schedule(clone, decided: ScheduleChoice):
+    """On `clone` only: the decided schedule as a model_sampling object patch, unless it is what
+    the clone samples with already."""
+    options = clone.model_options["transformer_options"]
+    options[SCHEDULE_KEY] = decided
+    if decided.schedule is not None and model_schedule(clone) != decided.schedule:
+        clone.add_object_patch("model_sampling", sampling_for(clone, decided.schedule))
+
+
+def _describe(schedule: Optional[BetaSchedule]) -> str:
+    return "the checkpoint's own schedule" if schedule is None else f"'{schedule.label}'"
