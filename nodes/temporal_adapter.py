@@ -6,6 +6,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 from typing_extensions import override
 
+from ..host.noise_schedule import AUTO, NOISE_SCHEDULE_CHOICES
 from ..host.temporal_adapter import TEMPORAL_ADAPTERS, apply_adapter, load_temporal_adapter, save_temporal_adapter
 from .io_types import TemporalAdapterType
 
@@ -53,15 +54,20 @@ class ApplyTemporalAdapter(io.ComfyNode):
                 io.Int.Input("attention_distance", default=0, min=0, max=4096,
                              tooltip="Let temporal attention see at most this many frames away (0: no limit). The paper "
                                      "uses 8 to run a model convolutionally in time, longer than it was trained on.", advanced=True),
+                io.Combo.Input("noise_schedule", options=list(NOISE_SCHEDULE_CHOICES), default=AUTO,
+                               tooltip="The noise schedule of the patched copy. auto: the one the adapter was trained "
+                                       "with (AnimateDiff SD1.5 modules: sqrt_linear; the SDXL beta module: linear to "
+                                       "0.020; AnimateLCM: LCM); model: keep MODEL's own; or a schedule by name "
+                                       "(betas, beta_start-beta_end). Set on the copy only.", advanced=True),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="A copy of MODEL with the temporal layers applied.")],
         )
 
     @classmethod
     @override
-    def execute(cls, model, temporal_adapter, strength, attention_distance) -> io.NodeOutput:
+    def execute(cls, model, temporal_adapter, strength, attention_distance, noise_schedule=AUTO) -> io.NodeOutput:
         patched = apply_adapter(model, temporal_adapter.patcher, temporal_adapter.name, strength=strength,
-                                attention_distance=attention_distance or None)
+                                attention_distance=attention_distance or None, noise_schedule=noise_schedule)
         return io.NodeOutput(patched)
 
 

@@ -3,10 +3,13 @@ UNetMotionModel, on the same random weights, for tiny SD1.5-shaped (v1, v2, v3) 
 UNets. The motion module file is written in AnimateDiff's original key layout and goes through
 the pack's real importer and the real ComfyUI UNet.
 
-diffusers normalises a motion module's input over all frames of a video; the original AnimateDiff
-code normalises each frame alone (the pack's default). The comparison sets the imported slots to
-diffusers' convention, so everything else (layout, attention, positions, feed-forward, placement)
-is checked exactly; the frame-wise default is covered by the unit tests.
+diffusers normalises a motion module's input over all frames of a video and every spatial norm per
+frame. The first comparison sets the imported slots to that convention, so everything else
+(layout, attention, positions, feed-forward, placement) is checked exactly. The second gives the
+diffusers reference the norms of the original code of each release (AnimateDiff v1: nn.GroupNorm on
+(b, c, f, h, w) in every ResnetBlock3D and conv_norm_out, per-frame motion-module norm; the SDXL
+beta module: per-frame spatial norms, the motion-module norm over the clip) and checks the pack's
+import as it comes, two videos batched as CFG batches them.
 """
 
 import dataclasses
@@ -115,7 +118,7 @@ def check_against_diffusers(v, config, variant, pack_module, frames=FRAMES, tole
     patch = pack_module("host.temporal_adapter")
     spec, weights = importers.import_adapter(original_layout(motion.state_dict()), {}, f"{variant}.safetensors")
     assert (spec.source, spec.family, spec.max_frames) == (v["source"], v["family"], v["max_len"])
-    spec = dataclasses.replace(spec, slots={p: dict(c, group_norm="video") for p, c in spec.slots.items()})
+    spec = dataclasses.replace(spec, slots={p: dict(c, group_norm="video") for p, c in spec.slots.items()}, clip_norms=[])
     model = to_comfy_unet(reference_2d, config, pack_module)
     patched = patch.apply_adapter(model, patch.build_adapter_patcher(spec, weights, variant), variant)
 
@@ -133,3 +136,79 @@ def check_against_diffusers(v, config, variant, pack_module, frames=FRAMES, tole
                                                  transformer_options={"cond_or_uncond": [0]})
     assert (got - expected).abs().max() < tolerance
     assert (image_only - expected).abs().max() > 100 * tolerance, "the motion modules made no difference"
+
+
+class OverClip(torch.nn.Module):
+    """A GroupNorm applied to (b, c, f, h, w), as AnimateDiff v1's ResnetBlock3D norms and UNet3D
+    conv_norm_out ran (torch.nn.GroupNorm on 5-D tensors): statistics over each video's frames."""
+
+    def __init__(self, norm, frames):
+        super().__init__()
+        self.norm, self.frames = norm, frames
+
+    def forward(self, x):   # ((b f), c, h, w)
+        b = x.shape[0] // self.frames
+        return self.norm(x.reshape(b, self.frames, *x.shape[1:]).transpose(1, 2)).transpose(1, 2).reshape(x.shape)
+
+
+class PerFrame(torch.nn.Module):
+    """The motion module's GroupNorm per frame, as AnimateDiff main's TemporalTransformer3DModel
+    ran it (rearranged to (b f) c h w first); diffusers hands it (b, c, f, h, w)."""
+
+    def __init__(self, norm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):   # (b, c, f, h, w)
+        b, c, f, h, w = x.shape
+        return self.norm(x.transpose(1, 2).reshape(b * f, c, h, w)).reshape(b, f, c, h, w).transpose(1, 2)
+
+
+def original_norms(reference, variant, frames):
+    """The diffusers reference with each GroupNorm where the original release ran it."""
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    if variant == "v1":
+        for module in list(reference.modules()):
+            if isinstance(module, ResnetBlock2D):
+                module.norm1, module.norm2 = OverClip(module.norm1, frames), OverClip(module.norm2, frames)
+            if isinstance(module, AnimateDiffTransformer3D):
+                module.norm = PerFrame(module.norm)
+        reference.conv_norm_out = OverClip(reference.conv_norm_out, frames)
+    return reference   # the SDXL beta module: diffusers' own convention is the original's
+
+
+@pytest.mark.parametrize("variant", ["v1", "sdxl"])
+def test_imported_module_normalises_where_its_original_code_did(variant, pack_module):
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    v, config = VARIANTS[variant], unet_configs.tiny(VARIANTS[variant]["base"])
+    reference_2d = randomize_(diffusers_unet(config), seed=1)
+    widths = tuple(config["model_channels"] * m for m in config["channel_mult"])
+    motion = randomize_(MotionAdapter(block_out_channels=widths, motion_layers_per_block=2, motion_num_attention_heads=8,
+                                      motion_norm_num_groups=32, motion_max_seq_length=v["max_len"],
+                                      use_motion_mid_block=v["mid"]), seed=2)
+    reference = UNetMotionModel.from_unet2d(reference_2d, motion).eval()
+    patch = pack_module("host.temporal_adapter")
+    spec, weights = pack_module("videoldm_core.importers").import_adapter(original_layout(motion.state_dict()), {}, variant)
+    assert spec.clip_norms == (["resblock", "output"] if variant == "v1" else [])
+    model = to_comfy_unet(reference_2d, config, pack_module)
+    patched = patch.apply_adapter(model, patch.build_adapter_patcher(spec, weights, variant), variant)
+
+    torch.manual_seed(3)
+    x = torch.randn(2, 4, FRAMES, 8, 8)            # two videos: the cond and uncond halves of a CFG batch
+    t = torch.tensor([411.0, 411.0])
+    text = torch.randn(2, 7, config["context_dim"])
+    with torch.no_grad():
+        per_frame = reference(x, t, encoder_hidden_states=text.repeat_interleave(FRAMES, 0)).sample
+        expected = original_norms(reference, variant, FRAMES)(x, t, encoder_hidden_states=text.repeat_interleave(FRAMES, 0)).sample
+        frames_first = x.movedim(2, 1).reshape(2 * FRAMES, 4, 8, 8)
+        options = dict(patched.model_options["transformer_options"], cond_or_uncond=[0, 1])
+        wrappers = patched.wrappers   # the clone's DIFFUSION_MODEL wrappers, as sampling hands them to the UNet
+        got = patched.model.diffusion_model(frames_first, t.repeat_interleave(FRAMES), context=text.repeat_interleave(FRAMES, 0),
+                                            transformer_options={**options, "wrappers": wrappers})
+    got = got.reshape(2, FRAMES, 4, 8, 8).movedim(1, 2)
+    assert (got - expected).abs().max() < TOLERANCE
+    if variant == "v1":
+        assert (per_frame - expected).abs().max() > 100 * TOLERANCE, "clip-wide norms made no difference"

@@ -1,0 +1,180 @@
+"""Public motion modules sampled the way they were trained: `noise_schedule=auto` gives the sigmas
+of each release's own scheduler config (an oracle written from those configs in diffusers' terms,
+not from the pack's table), on the patched clone only; `model` keeps the checkpoint's own.
+
+The configs (README "Public weights" cites the lines): AnimateDiff v1/v2/v3 `beta_schedule: linear`
+0.00085→0.012; the SDXL beta module `scaled_linear` 0.00085→0.020; HotshotXL SDXL's own
+`scaled_linear` 0.00085→0.012; AnimateLCM t2v `linear` 0.00085→0.012 sampled by LCMScheduler with
+`original_inference_steps: 100`.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from devtools import unet_configs
+from devtools.public_layouts import VARIANTS, animatediff_state_dict
+
+# name: (diffusers beta_schedule, beta_start, beta_end, LCM original_inference_steps)
+ORIGINAL_CONFIGS = {
+    "v1": ("linear", 0.00085, 0.012, None),
+    "v2": ("linear", 0.00085, 0.012, None),
+    "v3": ("linear", 0.00085, 0.012, None),
+    "sdxl": ("scaled_linear", 0.00085, 0.020, None),
+    "hotshotxl": ("scaled_linear", 0.00085, 0.012, None),
+    "animatelcm": ("linear", 0.00085, 0.012, 100),
+}
+SD_OWN = ("scaled_linear", 0.00085, 0.012, None)
+
+
+def diffusers_sigmas(beta_schedule, beta_start, beta_end, lcm_steps, timesteps=1000):
+    """σ of each timestep the original scheduler samples: diffusers' betas (float32), ᾱ, and for
+    LCM its original timesteps (1..steps)·(T // steps) − 1."""
+    if beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float32)
+    else:
+        betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, timesteps, dtype=torch.float32) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+    if lcm_steps is not None:
+        sigmas = sigmas[torch.arange(1, lcm_steps + 1) * (timesteps // lcm_steps) - 1]
+    return sigmas.double()
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(pack_module):
+    """A random-weight SDXL-architecture ComfyUI model at small width (SDXL's own sampling settings)."""
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+
+    config = unet_configs.tiny(unet_configs.SDXL)
+    model_config = sm.SDXL(dict(config, adm_in_channels=None, num_classes=None))
+    model_config.unet_config.update(num_heads=config["num_heads"], num_head_channels=config["num_head_channels"])
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, device="cpu")
+    return comfy.model_patcher.ModelPatcher(model, "cpu", "cpu"), [config["model_channels"] * m for m in config["channel_mult"]]
+
+
+@pytest.fixture(scope="module")
+def motion_module(pack_module, tiny_sd1, tiny_sdxl, tmp_path_factory):
+    """(base MODEL, LoadedAdapter) of a variant, read from a file in its public layout by the real loader."""
+    loader = pack_module("host.temporal_adapter")
+    folder = tmp_path_factory.mktemp("motion_modules")
+
+    def load(variant):
+        kwargs = dict(VARIANTS[variant])
+        if kwargs["widths"] != VARIANTS["v1"]["widths"]:
+            model, kwargs["widths"] = tiny_sdxl
+        else:
+            model = tiny_sd1[0]
+        path = folder / f"{variant}.safetensors"
+        save_file(animatediff_state_dict(**kwargs), str(path))
+        return model, loader.load_temporal_adapter(str(path), path.name)
+
+    return load
+
+
+def sigmas(model):
+    return model.get_model_object("model_sampling").sigmas.double()
+
+
+@pytest.mark.parametrize("variant", list(ORIGINAL_CONFIGS))
+def test_auto_reproduces_the_sigmas_of_the_trained_schedule(variant, motion_module, pack_module):
+    apply = pack_module("host.temporal_adapter").apply_adapter
+    model, adapter = motion_module(variant)
+    own = sigmas(model).clone()
+    patched = apply(model, adapter.patcher, adapter.name)
+    expected = diffusers_sigmas(*ORIGINAL_CONFIGS[variant])
+    assert sigmas(patched).shape == expected.shape
+    torch.testing.assert_close(sigmas(patched), expected, rtol=2e-5, atol=0)
+    assert torch.equal(sigmas(model), own), "the input MODEL's schedule changed"
+    torch.testing.assert_close(own, diffusers_sigmas(*SD_OWN), rtol=2e-5, atol=0)
+    kept = apply(model, adapter.patcher, adapter.name, noise_schedule="model")
+    assert kept.get_model_object("model_sampling") is model.get_model_object("model_sampling")
+
+
+def test_animatelcm_samples_as_a_consistency_model_on_its_100_original_timesteps(motion_module, pack_module):
+    import comfy_extras.nodes_model_advanced as advanced
+
+    model, adapter = motion_module("animatelcm")
+    sampling = pack_module("host.temporal_adapter").apply_adapter(model, adapter.patcher, adapter.name).get_model_object("model_sampling")
+    assert isinstance(sampling, advanced.LCM)
+    steps = torch.tensor([0, 50, 99])
+    assert torch.equal(sampling.timestep(sampling.sigmas[steps]).long(), steps * 10 + 9)   # LCMScheduler's timesteps
+
+
+def test_an_explicit_schedule_and_stacked_adapters(motion_module, pack_module, tiny_sd1):
+    patch = pack_module("host.temporal_adapter")
+    schedule = pack_module("host.noise_schedule")
+    model, v1 = motion_module("v1")
+    _, v3 = motion_module("v3")
+    named = patch.apply_adapter(model, v1.patcher, v1.name, noise_schedule="linear 0.00085-0.012")
+    torch.testing.assert_close(sigmas(named), diffusers_sigmas(*SD_OWN), rtol=2e-5, atol=0)
+    # two modules trained with the same schedule stack; a native adapter trained on the model's own does not
+    stacked = patch.apply_adapter(patch.apply_adapter(model, v1.patcher, v1.name), v3.patcher, v3.name)
+    torch.testing.assert_close(sigmas(stacked), diffusers_sigmas(*ORIGINAL_CONFIGS["v1"]), rtol=2e-5, atol=0)
+    spec, module = patch.fresh_adapter_for_model(model)
+    assert spec.beta_schedule == pack_module("videoldm_core.noise_schedule").SD_SCHEDULE
+    native = patch.build_adapter_patcher(spec, module.state_dict(), "native")
+    first = patch.apply_adapter(model, v1.patcher, v1.name)
+    with pytest.raises(schedule.ScheduleError, match=r"'v1.safetensors' with 'sqrt_linear 0.00085-0.012', 'native' with "
+                                                     r"'linear 0.00085-0.012'. Pick one in noise_schedule"):
+        patch.apply_adapter(first, native, "native")
+    picked = patch.apply_adapter(first, native, "native", noise_schedule="model")
+    torch.testing.assert_close(sigmas(picked), diffusers_sigmas(*ORIGINAL_CONFIGS["v1"]), rtol=2e-5, atol=0)
+
+
+def test_unknown_schedule_name_is_refused(motion_module, pack_module):
+    model, v2 = motion_module("v2")
+    with pytest.raises(ValueError, match=r"noise_schedule: expected one of \('auto', 'model', .*found 'cosine'"):
+        pack_module("host.temporal_adapter").apply_adapter(model, v2.patcher, v2.name, noise_schedule="cosine")
+
+
+def sample(model, clip, frames=4, cfg=3.0, steps=2, seed=3):
+    import comfy.sample
+
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize("a red square moving left"))
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    latent = torch.zeros(frames, 4, 8, 8)
+    with torch.inference_mode():
+        return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), steps, cfg, "euler", "normal",
+                                   positive, negative, latent, disable_pbar=True, seed=seed)
+
+
+def test_the_input_model_samples_bit_identically_around_a_clone_with_v1s_schedule_and_norms(motion_module, pack_module, tiny_sd1):
+    model, v1 = motion_module("v1")
+    clip = tiny_sd1[1]
+    before = sample(model, clip)
+    patched = pack_module("host.temporal_adapter").apply_adapter(model, v1.patcher, v1.name)
+    assert v1.spec.clip_norms == ["resblock", "output"] and sigmas(patched)[-1] != sigmas(model)[-1]
+    video = sample(patched, clip)
+    after = sample(model, clip)
+    assert torch.equal(before, after)
+    assert (video - before).abs().max() > 1e-3
+
+
+def test_model_schedule_and_per_frame_norms_sample_as_a_version_1_file_of_the_same_weights(motion_module, pack_module,
+                                                                                              tiny_sd1, tmp_path):
+    """noise_schedule=model with the norms per frame is the sampling of before this round: a version-1
+    native file of the same weights (no schedule, no clip norms: the pack wrote them so) samples the same."""
+    import json
+
+    from safetensors.torch import save_file as write
+
+    patch = pack_module("host.temporal_adapter")
+    model, v1 = motion_module("v1")
+    per_frame = dataclasses.replace(v1.spec, clip_norms=[])
+    today = patch.apply_adapter(model, patch.build_adapter_patcher(per_frame, v1.patcher.model.state_dict(), "v1"), "v1",
+                                noise_schedule="model")
+    old_spec = {k: v for k, v in json.loads(v1.spec.to_json()).items() if k not in ("noise_schedule", "clip_norms")}
+    old_spec.update(version=1, trained_frames=16, extra={}, source="native")
+    path = tmp_path / "v1_native_version1.safetensors"
+    write({k: v.contiguous() for k, v in v1.patcher.model.state_dict().items()}, str(path),
+          metadata={"videoldm_adapter": json.dumps(old_spec)})
+    old = patch.load_temporal_adapter(str(path), path.name)
+    assert old.spec.version == 2 and old.spec.noise_schedule is None and old.spec.clip_norms == []
+    as_before = patch.apply_adapter(model, old.patcher, old.name)
+    assert today.get_model_object("model_sampling") is model.get_model_object("model_sampling")
+    assert torch.equal(sample(today, tiny_sd1[1]), sample(as_before, tiny_sd1[1]))
