@@ -10,6 +10,7 @@ encoders turn into exactly nothing. Given frames can be kept as they are through
 from __future__ import annotations
 
 import logging
+import math
 
 import comfy.model_management
 import comfy.sample
@@ -18,7 +19,7 @@ import comfy.samplers
 import torch
 
 from ..videoldm_core.context import ContextError, VideoContext, context_input
-from ..videoldm_core.guidance import context_guidance, needs_branches
+from ..videoldm_core.guidance import with_context_guidance
 from .context import with_context
 from .temporal_adapter import applied_adapters
 
@@ -69,20 +70,30 @@ class ContextGuider(comfy.samplers.CFGGuider):
                               "positive_no_context": with_context(positive, torch.zeros_like(c_s), self.labels)})
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
+        """Core's sampling_function with one more branch: the conds [positive, negative, positive
+        without context] go through the host's cond batching (`sampler_calc_cond_batch_function` when
+        set); the context-dropped branch is folded into the conditional prediction, g = f(p) + s·(f(p, c_S)
+        − f(p)), before anything else sees it; then pre-CFG hooks, `sampler_cfg_function` and post-CFG
+        hooks run on (g, uncond) through core's `cfg_function`, as for any CFG. At cfg 1 the negative
+        branch is skipped unless the model options disable that optimisation (CFG++ samplers do)."""
         if self.context is None:
             return super().predict_noise(x, timestep, model_options, seed)
-        run_negative, run_dropped = needs_branches(self.cfg, self.context_scale)
-        positive, negative = self.conds.get("positive"), self.conds.get("negative")
-        conds = [positive, negative if run_negative else None] + ([self.conds["positive_no_context"]] if run_dropped else [])
-        out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
-        cond_pred, uncond_pred = out[0], out[1]
-        guided = context_guidance(cond_pred, self.cfg, self.context_scale, uncond=uncond_pred,
-                                  cond_no_context=out[2] if run_dropped else None)
-        for fn in model_options.get("sampler_post_cfg_function", []):
-            guided = fn({"denoised": guided, "cond": positive, "uncond": negative, "cond_scale": self.cfg,
-                         "model": self.inner_model, "uncond_denoised": uncond_pred, "cond_denoised": cond_pred,
-                         "sigma": timestep, "model_options": model_options, "input": x})
-        return guided
+        positive = self.conds.get("positive")
+        skip_negative = math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False)
+        negative = None if skip_negative else self.conds.get("negative")
+        run_dropped = self.context_scale != 1.0
+        conds = [positive, negative] + ([self.conds["positive_no_context"]] if run_dropped else [])
+        if "sampler_calc_cond_batch_function" in model_options:
+            out = model_options["sampler_calc_cond_batch_function"](
+                {"conds": conds, "input": x, "sigma": timestep, "model": self.inner_model, "model_options": model_options})
+        else:
+            out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+        out = [with_context_guidance(out[0], self.context_scale, out[2] if run_dropped else None), out[1]]
+        for fn in model_options.get("sampler_pre_cfg_function", []):
+            out = fn({"conds": [positive, negative], "conds_out": out, "cond_scale": self.cfg, "timestep": timestep,
+                      "input": x, "sigma": timestep, "model": self.inner_model, "model_options": model_options})
+        return comfy.samplers.cfg_function(self.inner_model, out[0], out[1], self.cfg, x, timestep,
+                                           model_options=model_options, cond=positive, uncond=negative)
 
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
         keeping = self.context is not None and self.keep_given and len(self.context.positions) > 0
@@ -110,22 +121,53 @@ class ContextGuider(comfy.samplers.CFGGuider):
         return latent_image, keep
 
 
-def sample_with_context(model, positive, negative, context: VideoContext, sampler, sigmas, cfg: float, seed: int,
-                        on_step, context_scale: float = 1.0, keep: bool = True, labels=None, augment=None) -> torch.Tensor:
-    """One video (a rollout segment, an interpolation window) sampled from noise, its given frames kept
-    unless `keep` is off."""
+def sample_with_context(model, positive, negative, context: VideoContext, sampler, sigmas, cfg: float, noise: torch.Tensor,
+                        seed: int, on_step, context_scale: float = 1.0, keep: bool = True, labels=None,
+                        augment=None) -> torch.Tensor:
+    """One video (a rollout segment, an interpolation window) sampled from `noise`, its given frames
+    kept unless `keep` is off."""
     guider = ContextGuider(model, context, context_scale, keep_given=keep, labels=labels, augment=augment)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
-    noise = comfy.sample.prepare_noise(context.latents, seed)
     out = guider.sample(noise, context.latents, sampler, sigmas, callback=lambda *args: on_step(), disable_pbar=True,
                         seed=seed)
     return out.to(comfy.model_management.intermediate_device())
 
 
-def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int):
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
-    return comfy.samplers.sampler_object(sampler_name), sigmas
+def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int, sampler=None, sigmas=None):
+    """The SAMPLER and SIGMAS inputs where connected, else the node's own sampler_name, scheduler and
+    steps, with the sigmas computed as core KSampler computes them."""
+    if sampler is None:
+        sampler = comfy.samplers.sampler_object(sampler_name)
+    if sigmas is None:
+        discard = sampler_name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps + discard)
+        if discard:
+            sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    return sampler, sigmas.cpu()
+
+
+class RunNoise:
+    """The initial noise and sampler seed of each run of a node that samples several in turn
+    (rollout segments, interpolation windows): run i draws `prepare_noise(latent, seed + i)`; with a
+    NOISE input, one draw covers all runs stacked along frames (`lengths` frames each) and run i
+    takes its slice, with the NOISE's seed + i for the sampler."""
+
+    def __init__(self, seed: int, noise=None, lengths=(), shape=()):
+        self.seed, self.source = seed, noise
+        self.starts = [sum(lengths[:i]) for i in range(len(lengths))]
+        self.stacked = None
+        if noise is not None:
+            self.seed = getattr(noise, "seed", seed)
+            self.stacked = noise.generate_noise({"samples": torch.zeros(sum(lengths), *shape)}).cpu()
+
+    def run_seed(self, index: int) -> int:
+        return self.seed + index
+
+    def __call__(self, index: int, latent: torch.Tensor) -> torch.Tensor:
+        if self.stacked is None:
+            return comfy.sample.prepare_noise(latent, self.run_seed(index))
+        return self.stacked[self.starts[index]:self.starts[index] + latent.shape[0]].to(latent.dtype)
 
 
 def context_guider(model, positive, negative, context: VideoContext, cfg: float, context_scale: float,

@@ -11,7 +11,7 @@ from ..videoldm_core.context import VideoContext, place_frames
 from ..videoldm_core.interpolation import (FACTOR, REGIMES, InterpolationError, augment_keyframes,
                                            check_augmentation_level, check_keyframes, dense_length, interpolation_labels,
                                            keyframe_positions, keyframe_windows, regime_label)
-from .guidance import sample_with_context, sampler_and_sigmas
+from .guidance import RunNoise, sample_with_context, sampler_and_sigmas
 from .temporal_adapter import applied_adapters
 
 
@@ -28,18 +28,33 @@ def check_interpolation_model(model, regime: int):
                                  f"{names} have none, so only {list(REGIMES)[0]!r} can be used.")
 
 
+ADAPTERS_OWN = -1.0   # the augmentation input's "the adapter's own"
+
+
+def own_augmentation(model) -> float:
+    """The middle of the conditioning-augmentation levels the applied interpolation adapter was
+    trained with (the level it saw most typically); 0 for an adapter without the level embedding."""
+    ranges = [a.adapter.spec.augmentation_range for a in applied_adapters(model) if a.adapter.spec.has_interpolation_embedding]
+    return (ranges[0][0] + ranges[0][1]) / 2 if ranges else 0.0
+
+
 def interpolate_keyframes(model, positive, negative, keyframes: dict, regime: str, keep_keyframes: bool,
                           augmentation: float, window_keyframes: int, seed: int, steps: int, cfg: float,
-                          sampler_name: str, scheduler: str, fps: float) -> tuple[dict, float]:
-    """(LATENT of 4T − 3 frames, 4·fps)."""
+                          sampler_name: str, scheduler: str, fps: float, sampler=None, sigmas=None,
+                          noise=None) -> tuple[dict, float]:
+    """(LATENT of 4T − 3 frames, 4·fps). `sampler`, `sigmas`, `noise`: core SAMPLER / SIGMAS / NOISE
+    values replacing the node's own."""
     frames = check_keyframes(keyframes["samples"])
     label = regime_label(regime)
     check_interpolation_model(model, label)
+    if augmentation == ADAPTERS_OWN:
+        augmentation = own_augmentation(model)
     check_augmentation_level(augmentation)
     frames = frames.to(mm.intermediate_device(), torch.float32)
     windows = keyframe_windows(frames.shape[0], window_keyframes)
-    sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps)
-    pbar = comfy.utils.ProgressBar(len(windows) * steps)
+    sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps, sampler, sigmas)
+    run_noise = RunNoise(seed, noise, [dense_length(w.count) for w in windows], frames.shape[1:])
+    pbar = comfy.utils.ProgressBar(len(windows) * (len(sigmas) - 1))
     out = torch.zeros(dense_length(frames.shape[0]), *frames.shape[1:])
     for i, window in enumerate(windows):
         mm.throw_exception_if_processing_interrupted()
@@ -48,8 +63,9 @@ def interpolate_keyframes(model, positive, negative, keyframes: dict, regime: st
         context = VideoContext(place_frames(frames[window.first:window.first + window.count], positions, length),
                                tuple(positions))
         generator = torch.Generator().manual_seed(seed + i)
-        dense = sample_with_context(model, positive, negative, context, sampler, sigmas, cfg, seed + i,
-                                    lambda: pbar.update(1), labels=interpolation_labels(length, label, augmentation),
+        dense = sample_with_context(model, positive, negative, context, sampler, sigmas, cfg,
+                                    run_noise(i, context.latents), run_noise.run_seed(i), lambda: pbar.update(1),
+                                    labels=interpolation_labels(length, label, augmentation),
                                     augment=lambda z, g=generator: augment_keyframes(z, augmentation, g),
                                     keep=keep_keyframes).to(out)
         skip = 0 if i == 0 else 1  # the shared keyframe comes from the previous window

@@ -9,17 +9,20 @@ import torch
 
 from ..videoldm_core.context import VideoContext, place_frames
 from ..videoldm_core.rollout import plan_rollout
-from .guidance import check_context_encoder, sample_with_context, sampler_and_sigmas
+from .guidance import RunNoise, check_context_encoder, sample_with_context, sampler_and_sigmas
 
 
 def extend_video(model, positive, negative, video: dict, segments: int, segment_length: int, context_frames: int,
-             seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, context_scale: float = 1.0) -> dict:
-    """The LATENT `video` followed by `segments` new segments, each conditioned on the last frames."""
+                 seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, context_scale: float = 1.0,
+                 sampler=None, sigmas=None, noise=None) -> dict:
+    """The LATENT `video` followed by `segments` new segments, each conditioned on the last frames.
+    `sampler`, `sigmas`, `noise`: core SAMPLER / SIGMAS / NOISE values replacing the node's own."""
     frames = video["samples"].to(mm.intermediate_device(), torch.float32)
     plan = plan_rollout(frames.shape[0], segment_length, context_frames, segments)
     check_context_encoder(model, plan[-1].context_frames, "error")
-    sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps)
-    pbar = comfy.utils.ProgressBar(len(plan) * steps)
+    sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps, sampler, sigmas)
+    run_noise = RunNoise(seed, noise, [segment_length] * len(plan), frames.shape[1:])
+    pbar = comfy.utils.ProgressBar(len(plan) * (len(sigmas) - 1))
     # the whole video is allocated once: segments write into it (no growing list, no final copy)
     video_out = torch.empty(frames.shape[0] + sum(s.new_frames for s in plan), *frames.shape[1:])
     video_out[:frames.shape[0]] = frames
@@ -29,7 +32,8 @@ def extend_video(model, positive, negative, video: dict, segments: int, segment_
         given = video_out[end - segment.context_frames:end]
         context = VideoContext(place_frames(given, range(segment.context_frames), segment_length),
                                tuple(range(segment.context_frames)))
-        out = sample_with_context(model, positive, negative, context, sampler, sigmas, cfg, seed + segment.index,
+        out = sample_with_context(model, positive, negative, context, sampler, sigmas, cfg,
+                                  run_noise(segment.index, context.latents), run_noise.run_seed(segment.index),
                                   lambda: pbar.update(1), context_scale=context_scale)
         video_out[end:end + segment.new_frames] = out[segment.context_frames:]
         end += segment.new_frames

@@ -20,6 +20,7 @@ import comfy.utils
 import torch
 
 from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles, smaller_tile
+from .guidance import RunNoise, sampler_and_sigmas
 
 log = logging.getLogger("videoldm")
 TILING_KEY = "videoldm_tiling"
@@ -80,8 +81,9 @@ def check_grid(height: int, width: int, tile: int):
 
 def upscale_video(model, positive, negative, images: torch.Tensor, noise_augmentation: float, seed: int, steps: int,
                   cfg: float, sampler_name: str, scheduler: str, tile_size: int, tile_overlap: int, chunk_length: int,
-                  chunk_overlap: int) -> dict:
+                  chunk_overlap: int, sampler=None, sigmas=None, noise=None) -> dict:
     """The x4 LATENT of IMAGE frames, sampled jointly with tiles and chunks blended at every step.
+    `sampler`, `sigmas`, `noise`: core SAMPLER / SIGMAS / NOISE values replacing the node's own.
 
     Out of device memory, it samples again from the start with spatial tiles of half the size (the
     overlap scaled with them, down to GRID pixels), with a log line: tiles are blended at every
@@ -93,8 +95,9 @@ def upscale_video(model, positive, negative, images: torch.Tensor, noise_augment
     while True:
         plan = plan_tiles(frames, height, width, tile_size, tile_overlap, chunk_length, chunk_overlap)   # x4 latent = input size
         try:
-            return {"samples": _sample(model, positive, negative, images, noise_augmentation, seed, steps, cfg,
-                                       sampler_name, scheduler, plan)}
+            return {"samples": _sample(model, positive, negative, images, noise_augmentation, cfg, plan,
+                                       *sampler_and_sigmas(model, sampler_name, scheduler, steps, sampler, sigmas),
+                                       RunNoise(seed, noise, [frames], (4, height, width)))}
         except mm.OOM_EXCEPTION:
             smaller = smaller_tile(tile_size, height, width)
             if smaller is None:
@@ -107,17 +110,16 @@ def upscale_video(model, positive, negative, images: torch.Tensor, noise_augment
             mm.soft_empty_cache()
 
 
-def _sample(model, positive, negative, images, noise_augmentation, seed, steps, cfg, sampler_name, scheduler,
-            plan: TilePlan) -> torch.Tensor:
+def _sample(model, positive, negative, images, noise_augmentation, cfg, plan: TilePlan, sampler, sigmas,
+            run_noise: RunNoise) -> torch.Tensor:
     frames, height, width = plan.shape
     pixels = images[..., :3].movedim(-1, 1) * 2.0 - 1.0
     conds = [[[t, {**o, "concat_image": pixels, "noise_augmentation": noise_augmentation}] for t, o in c]
              for c in (positive, negative)]
-    pbar = comfy.utils.ProgressBar(steps * len(plan.regions))  # one tile-step per region and step
+    pbar = comfy.utils.ProgressBar((len(sigmas) - 1) * len(plan.regions))  # one tile-step per region and step
     tiled = model.clone()
     tiled.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, TILING_KEY,
                                tiled_forward(plan, lambda: pbar.update(1)))
     latent = torch.zeros(frames, 4, height, width)
-    noise = comfy.sample.prepare_noise(latent, seed)
-    return comfy.sample.sample(tiled, noise, steps, cfg, sampler_name, scheduler, conds[0], conds[1], latent,
-                               disable_pbar=True, seed=seed)
+    return comfy.sample.sample_custom(tiled, run_noise(0, latent), cfg, sampler, sigmas, conds[0], conds[1], latent,
+                                      disable_pbar=True, seed=run_noise.run_seed(0))

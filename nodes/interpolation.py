@@ -5,9 +5,9 @@ from __future__ import annotations
 from comfy_api.latest import io
 from typing_extensions import override
 
-from ..host.interpolation import interpolate_keyframes
+from ..host.interpolation import ADAPTERS_OWN, interpolate_keyframes
 from ..videoldm_core.interpolation import REGIMES
-from .io_types import sampler_inputs
+from .io_types import custom_sampling_inputs, sampler_inputs
 
 
 class InterpolateKeyframes(io.ComfyNode):
@@ -30,15 +30,17 @@ class InterpolateKeyframes(io.ComfyNode):
                                        "(second pass, 7.5→30 fps). Needs an adapter with the regime label."),
                 io.Boolean.Input("keep_keyframes", default=True,
                                  tooltip="Return the keyframes unchanged at positions 0, 4, 8, ...", advanced=True),
-                io.Float.Input("augmentation", default=0.0, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("augmentation", default=ADAPTERS_OWN, min=ADAPTERS_OWN, max=1.0, step=0.01,
                                tooltip="Conditioning augmentation: noise of this level on the keyframes the model "
-                                       "sees (the level is an input of the model too). Use the level it was trained with."),
+                                       "sees (the level is an input of the model too). -1: the adapter's own, the "
+                                       "middle of the levels it was trained with (0.125 for [0, 0.25])."),
                 io.Int.Input("window_keyframes", default=5, min=2, max=4096,
                              tooltip="Keyframes per window; windows share one keyframe, memory is that of one window "
                                      "(4·window − 3 frames).", advanced=True),
                 *sampler_inputs("window"),
                 io.Float.Input("fps", default=1.875, min=0.001, max=1000.0, step=0.001,
                                tooltip="Frame rate of the keyframes; the output rate is 4x this."),
+                *custom_sampling_inputs("window"),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="4T − 3 frames."),
                      io.Float.Output(display_name="fps", tooltip="The new frame rate (4x), for CreateVideo.")],
@@ -47,7 +49,7 @@ class InterpolateKeyframes(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, model, positive, negative, keyframes, regime, keep_keyframes, augmentation, window_keyframes, seed,
-                steps, cfg, sampler_name, scheduler, fps) -> io.NodeOutput:
+                steps, cfg, sampler_name, scheduler, fps, sampler=None, sigmas=None, noise=None) -> io.NodeOutput:
         return io.NodeOutput(*interpolate_keyframes(model, positive, negative, keyframes, regime, keep_keyframes,
                                                     augmentation, window_keyframes, seed, steps, cfg, sampler_name,
-                                                    scheduler, fps))
+                                                    scheduler, fps, sampler, sigmas, noise))

@@ -26,3 +26,16 @@ def sampler_inputs(per: str | None = None, cfg_default: float = 7.5) -> list:
         io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="The sampler."),
         io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="The noise schedule."),
     ]
+
+
+def custom_sampling_inputs(per: str | None = None) -> list:
+    """Optional core SAMPLER, SIGMAS and NOISE (as SamplerCustomAdvanced takes them): custom samplers
+    and schedulers replace sampler_name, scheduler/steps and seed where connected."""
+    each = f" for every {per}" if per else ""
+    return [
+        io.Sampler.Input("sampler", optional=True, tooltip=f"A core SAMPLER{each}; replaces sampler_name."),
+        io.Sigmas.Input("sigmas", optional=True, tooltip=f"Core SIGMAS{each}; replace scheduler and steps."),
+        io.Noise.Input("noise", optional=True,
+                       tooltip="Core NOISE; replaces seed." + (f" One draw covers every {per}, stacked along frames; "
+                                                               f"{per} i takes its frames." if per else "")),
+    ]

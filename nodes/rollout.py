@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from typing_extensions import override
 
 from ..host.rollout import extend_video
-from .io_types import sampler_inputs
+from .io_types import custom_sampling_inputs, sampler_inputs
 
 
 class ExtendVideo(io.ComfyNode):
@@ -33,6 +33,7 @@ class ExtendVideo(io.ComfyNode):
                 *sampler_inputs("segment"),
                 io.Float.Input("context_scale", default=1.0, min=0.0, max=20.0, step=0.05,
                                tooltip="Context guidance s (1: no extra branch)."),
+                *custom_sampling_inputs("segment"),
             ],
             outputs=[io.Latent.Output(tooltip="The whole video: the input frames followed by every segment's new frames.")],
         )
@@ -40,6 +41,6 @@ class ExtendVideo(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, model, positive, negative, video, segments, segment_length, context_frames, seed, steps, cfg,
-                context_scale, sampler_name, scheduler) -> io.NodeOutput:
+                context_scale, sampler_name, scheduler, sampler=None, sigmas=None, noise=None) -> io.NodeOutput:
         return io.NodeOutput(extend_video(model, positive, negative, video, segments, segment_length, context_frames,
-                                          seed, steps, cfg, sampler_name, scheduler, context_scale))
+                                          seed, steps, cfg, sampler_name, scheduler, context_scale, sampler, sigmas, noise))

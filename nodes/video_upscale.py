@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from typing_extensions import override
 
 from ..host.video_upscale import upscale_video
-from .io_types import sampler_inputs
+from .io_types import custom_sampling_inputs, sampler_inputs
 
 
 class VideoUpscale(io.ComfyNode):
@@ -35,6 +35,7 @@ class VideoUpscale(io.ComfyNode):
                 io.Int.Input("chunk_length", default=8, min=1, max=4096,
                              tooltip="Frames denoised together (the temporal layers see a chunk); the paper uses about 8."),
                 io.Int.Input("chunk_overlap", default=2, min=0, max=4095, tooltip="Overlap of neighbouring chunks.", advanced=True),
+                *custom_sampling_inputs(),
             ],
             outputs=[io.Latent.Output(tooltip="The x4 latent (decode with the x4 upscaler's VAE).")],
         )
@@ -42,6 +43,7 @@ class VideoUpscale(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, model, positive, negative, images, noise_augmentation, seed, steps, cfg, sampler_name, scheduler,
-                tile_size, tile_overlap, chunk_length, chunk_overlap) -> io.NodeOutput:
+                tile_size, tile_overlap, chunk_length, chunk_overlap, sampler=None, sigmas=None, noise=None) -> io.NodeOutput:
         return io.NodeOutput(upscale_video(model, positive, negative, images, noise_augmentation, seed, steps, cfg,
-                                           sampler_name, scheduler, tile_size, tile_overlap, chunk_length, chunk_overlap))
+                                           sampler_name, scheduler, tile_size, tile_overlap, chunk_length, chunk_overlap,
+                                           sampler, sigmas, noise))

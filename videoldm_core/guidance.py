@@ -9,6 +9,7 @@ negative prompt (which also sees the context):
 
 s = 1 is plain CFG on context-conditioned branches (the context-dropped branch is not run);
 w = 1 is the paper's formula exactly (the negative branch is not run); both 1 is f(z; p, c_S).
+The text step is the host's own CFG (ComfyUI's cfg_function with its hooks); the core gives g.
 """
 
 from __future__ import annotations
@@ -18,18 +19,10 @@ from typing import Optional
 import torch
 
 
-def needs_branches(cfg: float, context_scale: float) -> tuple[bool, bool]:
-    """(run the negative branch, run the context-dropped branch)."""
-    return cfg != 1.0, context_scale != 1.0
-
-
-def context_guidance(cond: torch.Tensor, cfg: float, context_scale: float,
-                     uncond: Optional[torch.Tensor] = None, cond_no_context: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Combine the branches the scales need (see `needs_branches`); written in the host's CFG
-    order, uncond + (cond − uncond) · w, so that s = 1 matches core CFG bit for bit."""
-    guided = cond
-    if context_scale != 1.0:
-        guided = cond_no_context + (cond - cond_no_context) * context_scale
-    if cfg != 1.0:
-        guided = uncond + (guided - uncond) * cfg
-    return guided
+def with_context_guidance(cond: torch.Tensor, context_scale: float, cond_no_context: Optional[torch.Tensor] = None
+                          ) -> torch.Tensor:
+    """g = f(z; p) + s · (f(z; p, c_S) − f(z; p)): the conditional prediction with context guidance,
+    written in the host's CFG order (base + (cond − base) · s); s = 1 is `cond` itself."""
+    if context_scale == 1.0:
+        return cond
+    return cond_no_context + (cond - cond_no_context) * context_scale

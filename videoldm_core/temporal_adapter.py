@@ -163,7 +163,8 @@ class TemporalAdapter(nn.Module):
         if spec.context_encoder is not None:
             self.context_encoder = ContextEncoder(**spec.context_encoder, operations=operations)
         if spec.interpolation is not None:
-            self.interpolation_embed = InterpolationEmbedding(**spec.interpolation, operations=operations)
+            self.interpolation_embed = InterpolationEmbedding(spec.interpolation["emb_channels"], spec.interpolation["regimes"],
+                                                              operations=operations)
         for path, config in spec.slots.items():
             kwargs = {k: v for k, v in config.items() if k != "kind"}
             set_submodule(self, path, SLOT_CLASSES[config["kind"]](**kwargs, operations=operations))

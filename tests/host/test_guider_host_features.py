@@ -1,0 +1,132 @@
+"""The pack's samplers honour the host: the context-guided prediction goes through core's CFG path.
+
+Oracle: core's own `sampling_function`, fed the same branch predictions (a cond-batch function that
+returns g = f(p) + s·(f(p, c_S) − f(p)) and the negative), with the same hooks. The pack's guider
+must give exactly what core gives: RescaleCFG (a sampler_cfg_function) and TCFG (a pre-CFG hook),
+at context scale 1 and 1.5. A CFG++ sampler at cfg 1 needs the negative branch (it disables the
+cfg-1 optimisation) and runs. Extend Video, Interpolate Keyframes and Video Upscale take core
+SAMPLER / SIGMAS / NOISE."""
+
+import pytest
+import torch
+
+from tests.host.test_context_sampling import FRAMES, context_guider, ctx, given, video_context  # noqa: F401 (fixtures)
+
+
+def probe_sampler(record):
+    """A core SAMPLER that makes one model call at the first sigma and returns the prediction."""
+    import comfy.samplers
+
+    def one_call(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        denoised = model(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {}))
+        record.append(denoised)
+        return denoised
+
+    return comfy.samplers.KSAMPLER(one_call)
+
+
+def guided_prediction(guider, seed=3):
+    import comfy.sample
+    import comfy.samplers
+
+    latent = torch.zeros(FRAMES, 4, 8, 8)
+    sigmas = comfy.samplers.calculate_sigmas(guider.model_patcher.get_model_object("model_sampling"), "normal", 4).cpu()
+    record = []
+    with torch.inference_mode():
+        guider.sample(comfy.sample.prepare_noise(latent, seed), latent, probe_sampler(record), sigmas, disable_pbar=True, seed=seed)
+    return record[0]
+
+
+def with_hooks(model):
+    import comfy_extras.nodes_model_advanced as advanced
+    import comfy_extras.nodes_tcfg as tcfg
+
+    model = advanced.RescaleCFG().patch(model, 0.7)[0]
+    return tcfg.TCFG.execute(model)[0]
+
+
+def branch_recorder(record):
+    import comfy.samplers
+
+    def calc(args):
+        out = comfy.samplers.calc_cond_batch(args["model"], args["conds"], args["input"], args["sigma"], args["model_options"])
+        record.append(dict(args, out=out))
+        return out
+
+    return calc
+
+
+@pytest.mark.parametrize("context_scale", [1.0, 1.5])
+def test_rescale_cfg_and_a_pre_cfg_hook_act_as_in_core_sampling(ctx, given, context_scale):
+    import comfy.samplers
+
+    context = video_context(ctx, given, [0, 1])
+    cfg = 4.0
+    hooked = with_hooks(ctx["predictor"])
+    record = []
+    recording = hooked.clone()
+    recording.model_options["sampler_calc_cond_batch_function"] = branch_recorder(record)
+    got = guided_prediction(context_guider(ctx, recording, context, cfg=cfg, scale=context_scale))
+
+    call = record[0]
+    cond, uncond, *dropped = call["out"]
+    assert len(call["conds"]) == (3 if context_scale != 1.0 else 2)
+    g = dropped[0] + (cond - dropped[0]) * context_scale if dropped else cond
+    oracle_options = dict(call["model_options"], sampler_calc_cond_batch_function=lambda args: [g, uncond])
+    expected = comfy.samplers.sampling_function(call["model"], call["input"], call["sigma"], call["conds"][1], call["conds"][0],
+                                                cfg, model_options=oracle_options)
+    # the probe returns through the denoise mask of the kept frames: compare the sampled frames
+    assert torch.equal(got[2:], expected[2:].to(got))
+    plain = guided_prediction(context_guider(ctx, ctx["predictor"], context, cfg=cfg, scale=context_scale))
+    assert (got[2:] - plain[2:]).abs().max() > 1e-4, "the hooks changed nothing"
+
+
+def test_a_cfg_pp_sampler_at_cfg_1_gets_the_negative_branch(ctx, given):
+    import comfy.sample
+    import comfy.samplers
+
+    context = video_context(ctx, given, [0, 1])
+    record = []
+    recording = ctx["predictor"].clone()
+    recording.model_options["sampler_calc_cond_batch_function"] = branch_recorder(record)
+    guider = context_guider(ctx, recording, context, cfg=1.0, scale=1.5)
+    latent = torch.zeros(FRAMES, 4, 8, 8)
+    sigmas = comfy.samplers.calculate_sigmas(recording.get_model_object("model_sampling"), "normal", 2).cpu()
+    with torch.inference_mode():
+        out = guider.sample(comfy.sample.prepare_noise(latent, 3), latent, comfy.samplers.sampler_object("euler_cfg_pp"),
+                            sigmas, disable_pbar=True, seed=3)
+    assert torch.isfinite(out).all()
+    assert all(r["conds"][1] is not None for r in record), "CFG++ needs the unconditional prediction"
+    record.clear()
+    guided_prediction(context_guider(ctx, recording, context, cfg=1.0, scale=1.5))
+    assert record[0]["conds"][1] is None, "plain samplers keep the cfg-1 optimisation"
+
+
+def test_extend_video_takes_core_sampler_sigmas_and_noise(ctx, given):
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
+
+    extend = ctx["nodes"].rollout.ExtendVideo.execute
+    video = {"samples": given[:1]}
+    kw = dict(model=ctx["predictor"], positive=ctx["positive"], negative=ctx["negative"], video=video, segments=2,
+              segment_length=4, context_frames=2, seed=5, steps=3, cfg=2.0, context_scale=1.0, sampler_name="euler",
+              scheduler="normal")
+    own = extend(**kw).result[0]["samples"]
+    sigmas = comfy.samplers.calculate_sigmas(ctx["predictor"].get_model_object("model_sampling"), "normal", 3).cpu()
+    same = extend(**kw, sampler=comfy.samplers.sampler_object("euler"), sigmas=sigmas).result[0]["samples"]
+    assert torch.equal(own, same)
+    other = extend(**kw, sigmas=sigmas[1:]).result[0]["samples"]
+    assert (other - own).abs().max() > 1e-3
+    noise_a = extend(**kw, noise=Noise_RandomNoise(5)).result[0]["samples"]
+    noise_b = extend(**kw, noise=Noise_RandomNoise(6)).result[0]["samples"]
+    assert (noise_a - noise_b).abs().max() > 1e-3 and torch.equal(noise_a, extend(**kw, noise=Noise_RandomNoise(5)).result[0]["samples"])
+
+
+def test_a_noise_input_is_one_draw_each_run_takes_its_frames_of(ctx):
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
+
+    run_noise = ctx["guider"].RunNoise(0, Noise_RandomNoise(9), lengths=[4, 5], shape=(4, 8, 8))
+    whole = Noise_RandomNoise(9).generate_noise({"samples": torch.zeros(9, 4, 8, 8)})
+    assert torch.equal(run_noise(0, torch.zeros(4, 4, 8, 8)), whole[:4])
+    assert torch.equal(run_noise(1, torch.zeros(5, 4, 8, 8)), whole[4:])
+    assert (run_noise.run_seed(0), run_noise.run_seed(1)) == (9, 10)
