@@ -181,12 +181,17 @@ def check_frames_before_sampling(executor, noise, *args, **kwargs):
     options = guider.model_options.get("transformer_options", {})
     frames = noise.shape[0]
     handler = guider.model_options.get("context_handler")
-    if handler is not None:  # context windows: each window, plus the anchor frame core may prepend
-        frames = min(frames, handler.context_length + 1)
+    windows = ""
+    if handler is not None:  # context windows: each window, plus the anchor frame of core's causal_window_fix
+        anchor = int(bool(getattr(handler, "causal_window_fix", False)))
+        frames = min(frames, handler.context_length + anchor)
         slice_context_in_windows(handler)
+        if anchor:
+            windows = (f" (in context windows of {handler.context_length} frames plus the anchor frame that core's "
+                     "causal_window_fix prepends: shorten context_length or turn causal_window_fix off)")
     for applied in options.get(OPTIONS_KEY, []):
         if applied.adapter.spec.max_frames is not None:
-            check_frame_limit(frames, applied.adapter.spec.max_frames, f"temporal adapter '{applied.name}'")
+            check_frame_limit(frames, applied.adapter.spec.max_frames, f"temporal adapter '{applied.name}'{windows}")
     if frames < 2 and options.get(OPTIONS_KEY):
         log.warning("Video LDM: sampling %d frame with temporal adapters; temporal layers need at least 2 frames "
                     "(the latent batch is the frame count), so this runs as the image model.", frames)

@@ -178,3 +178,45 @@ def test_model_schedule_and_per_frame_norms_sample_as_a_version_1_file_of_the_sa
     as_before = patch.apply_adapter(model, old.patcher, old.name)
     assert today.get_model_object("model_sampling") is model.get_model_object("model_sampling")
     assert torch.equal(sample(today, tiny_sd1[1]), sample(as_before, tiny_sd1[1]))
+
+
+# --- core Context Windows (Manual) at its defaults -------------------------------------------------
+
+def manual_windows(model, **overrides):
+    from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
+    defaults = {i.id: i.default for i in ContextWindowsManualNode.define_schema().inputs if i.id != "model"}
+    return ContextWindowsManualNode.execute(model, **{**defaults, **overrides}).result[0]
+
+
+@pytest.mark.parametrize("freenoise", [False, True])
+def test_a_motion_module_in_core_context_windows_at_their_defaults(motion_module, pack_module, tiny_sd1, freenoise):
+    """Defaults: windows of 16 with overlap 4, pyramid fusion, causal_window_fix on (an anchor frame
+    before every window but the first: the temporal layers see 17 frames), FreeNoise off or on.
+    v1 runs its clip-wide norms over each window's frames."""
+    model, v1 = motion_module("v1")
+    patched = pack_module("host.temporal_adapter").apply_adapter(model, v1.patcher, v1.name)
+    seen = []
+    handle = v1.patcher.model.slot("input_blocks.1").register_forward_hook(lambda m, args, out: seen.append(args[1]))
+    try:
+        windowed = manual_windows(patched, freenoise=freenoise)
+        out = sample(windowed, tiny_sd1[1], frames=24, steps=1)
+    finally:
+        handle.remove()
+    assert out.shape[0] == 24 and torch.isfinite(out).all()
+    assert set(seen) == {16, 17}   # the first window, then windows with the anchor frame
+    whole = sample(patched, tiny_sd1[1], frames=24, steps=1)
+    assert (out - whole).abs().max() > 1e-4, "windows made no difference to a 24-frame sample"
+
+
+def test_the_anchor_frame_counts_against_a_positional_limit_with_a_clear_error(pack_module, tiny_sd1):
+    patch = pack_module("host.temporal_adapter")
+    model = tiny_sd1[0]
+    spec, module = patch.fresh_adapter_for_model(model, placement="animatediff", max_len=16)
+    adapter = patch.build_adapter_patcher(spec, module.state_dict(), "mm16")
+    patched = patch.apply_adapter(model, adapter, "mm16")
+    with pytest.raises(ValueError, match=r"in context windows of 16 frames plus the anchor frame that core's "
+                                         r"causal_window_fix prepends.*encodes at most 16 frames.*17 frames were sampled"):
+        sample(manual_windows(patched), tiny_sd1[1], frames=28, steps=1)
+    out = sample(manual_windows(patched, causal_window_fix=False), tiny_sd1[1], frames=28, steps=1)
+    assert torch.isfinite(out).all()
