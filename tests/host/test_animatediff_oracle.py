@@ -212,3 +212,72 @@ def test_imported_module_normalises_where_its_original_code_did(variant, pack_mo
     assert (got - expected).abs().max() < TOLERANCE
     if variant == "v1":
         assert (per_frame - expected).abs().max() > 100 * TOLERANCE, "clip-wide norms made no difference"
+
+
+LORA_LAYERS = ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "up_blocks.3.attentions.1.transformer_blocks.0.attn2.to_v",
+               "mid_block.attentions.0.transformer_blocks.0.ff.net.2")
+
+
+def kohya_lora(reference, rank=4, seed=8):
+    """A LoRA file's state dict in the kohya layout core's LoraLoader reads, for a few linear layers."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in LORA_LAYERS:
+        weight = reference.get_submodule(name).weight
+        key = "lora_unet_" + name.replace(".", "_")
+        out[f"{key}.lora_down.weight"] = torch.randn(rank, weight.shape[1], generator=generator)
+        out[f"{key}.lora_up.weight"] = torch.randn(weight.shape[0], rank, generator=generator)
+        out[f"{key}.alpha"] = torch.tensor(float(rank))
+    return out
+
+
+def test_an_adapter_over_a_fine_tune_with_a_core_lora_is_the_adapter_maths_over_those_weights(pack_module):
+    """A DreamBooth-style fine-tune (same layout, other weights) with a LoRA through core's loader,
+    then the motion module: equal to diffusers' motion UNet over the fine-tune's weights with the
+    LoRA merged (W + up·down·alpha/rank); the fine-tune MODEL itself stays untouched."""
+    import comfy.sd
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    v, config = VARIANTS["v2"], unet_configs.tiny(VARIANTS["v2"]["base"])
+    widths = tuple(config["model_channels"] * m for m in config["channel_mult"])
+    motion = randomize_(MotionAdapter(block_out_channels=widths, motion_layers_per_block=2, motion_num_attention_heads=8,
+                                      motion_norm_num_groups=32, motion_max_seq_length=v["max_len"],
+                                      use_motion_mid_block=v["mid"]), seed=2)
+    patch = pack_module("host.temporal_adapter")
+    spec, weights = pack_module("videoldm_core.importers").import_adapter(original_layout(motion.state_dict()), {}, "v2")
+    spec = dataclasses.replace(spec, slots={p: dict(c, group_norm="video") for p, c in spec.slots.items()})
+    adapter = patch.build_adapter_patcher(spec, weights, "v2")
+
+    fine_tune_2d = randomize_(diffusers_unet(config), seed=7)
+    lora = kohya_lora(fine_tune_2d)
+    merged_2d = randomize_(diffusers_unet(config), seed=7)
+    with torch.no_grad():
+        for name in LORA_LAYERS:
+            key = "lora_unet_" + name.replace(".", "_")
+            merged_2d.get_submodule(name).weight += lora[f"{key}.lora_up.weight"] @ lora[f"{key}.lora_down.weight"]
+    expected_unet = UNetMotionModel.from_unet2d(merged_2d, motion).eval()
+
+    fine_tune = to_comfy_unet(fine_tune_2d, config, pack_module)
+    before = {k: v.clone() for k, v in fine_tune.model.diffusion_model.state_dict().items()}
+    with_lora, _ = comfy.sd.load_lora_for_models(fine_tune, None, lora, 1.0, 0.0)
+    patched = patch.apply_adapter(with_lora, adapter, "v2")
+
+    torch.manual_seed(3)
+    x = torch.randn(1, 4, FRAMES, 8, 8)
+    t = torch.tensor([411.0])
+    text = torch.randn(1, 7, config["context_dim"])
+    with torch.no_grad():
+        expected = expected_unet(x, t, encoder_hidden_states=text.expand(FRAMES, -1, -1)).sample[0].movedim(1, 0)
+        patched.patch_model(device_to=torch.device("cpu"))   # the LoRA patches, as a sampler's load applies them
+        try:
+            got = patched.model.diffusion_model(x[0].movedim(1, 0), t.expand(FRAMES), context=text.expand(FRAMES, -1, -1),
+                                                transformer_options=dict(patched.model_options["transformer_options"],
+                                                                         cond_or_uncond=[0], wrappers=patched.wrappers))
+        finally:
+            patched.unpatch_model()
+        without_lora = UNetMotionModel.from_unet2d(fine_tune_2d, motion).eval()(
+            x, t, encoder_hidden_states=text.expand(FRAMES, -1, -1)).sample[0].movedim(1, 0)
+    assert (got - expected).abs().max() < TOLERANCE
+    assert (without_lora - expected).abs().max() > 100 * TOLERANCE, "the LoRA made no difference"
+    after = fine_tune.model.diffusion_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the fine-tune MODEL's weights changed"
