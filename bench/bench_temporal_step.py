@@ -5,6 +5,8 @@
   native SVD     ComfyUI's own video UNet (VideoResBlock / SpatialVideoTransformer), same weights
   Video LDM      the plain UNet + the pack's adapter holding exactly those temporal layers
   AnimateDiff    the plain UNet + an imported AnimateDiff-layout motion module (v2 shape)
+  AD clip norms  the same module with AnimateDiff v1's norms: every ResBlock GroupNorm and the output
+                 norm over the clip (host/clip_norms.py) instead of per frame
 
 Targets (issue 3): Video LDM <= 1.05 x native SVD; strength 0 <= 1.02 x plain. Timings are
 medians of interleaved repeats; peak memory is measured per row in a fresh subprocess (one step).
@@ -28,7 +30,7 @@ from devtools.comfy_in_process import init_comfy
 
 from .common import interleaved_medians, print_table, step_peak_gib
 
-ROWS = ("plain", "strength 0", "native SVD", "Video LDM", "AnimateDiff")
+ROWS = ("plain", "strength 0", "native SVD", "Video LDM", "AnimateDiff", "AD clip norms")
 
 
 def video_config(base):
@@ -75,14 +77,18 @@ def build(size: str):
     ad_spec, ad_weights = importers.import_adapter(animatediff_layout_state_dict(widths, 32, True), {}, "mm_v2")
     ad_spec = dataclasses.replace(ad_spec, family="SD2.x")  # same maths; the base here is SD2.x-shaped
     animatediff = patch.apply_adapter(plain, patch.build_adapter_patcher(ad_spec, ad_weights, "mm"), "mm")
+    clip_spec = dataclasses.replace(ad_spec, clip_norms=["resblock", "output"])
+    clip_norms = patch.apply_adapter(plain, patch.build_adapter_patcher(clip_spec, ad_weights, "mm"), "mm",
+                                     noise_schedule="model")
 
     def via(patcher):
         def step(x, t, c):
-            options = dict(patcher.model_options["transformer_options"], cond_or_uncond=[0])
+            options = dict(patcher.model_options["transformer_options"], cond_or_uncond=[0], wrappers=patcher.wrappers)
             return patcher.model.diffusion_model(x, t, context=c, transformer_options=options)
         return step
 
     rows = {"plain": via(plain), "strength 0": via(zero), "Video LDM": via(videoldm), "AnimateDiff": via(animatediff),
+            "AD clip norms": via(clip_norms),
             "native SVD": lambda x, t, c: native(x, t, context=c, num_video_frames=x.shape[0], transformer_options={})}
     params = {"plain": sum(p.numel() for p in spatial.parameters()),
               "temporal": sum(v.numel() for v in weights.values()), "animatediff": sum(v.numel() for v in ad_weights.values())}
@@ -130,7 +136,8 @@ def main():
         [(name, f"{medians[name]:.3f}", f"{medians[name] / plain:.3f}", f"{medians[name] / svd:.3f}") for name in ROWS],
         ("path", "s/step", "x plain", "x native SVD"))
     print(f"\nVideo LDM vs native SVD: {medians['Video LDM'] / svd:.3f} (target <= 1.05); "
-          f"strength 0 vs plain: {medians['strength 0'] / plain:.3f} (target <= 1.02)")
+          f"strength 0 vs plain: {medians['strength 0'] / plain:.3f} (target <= 1.02); "
+          f"clip-wide norms vs per-frame: {medians['AD clip norms'] / medians['AnimateDiff']:.3f}")
     print(f"outputs: Video LDM vs native SVD max |diff| {(outputs['Video LDM'] - outputs['native SVD']).abs().max():.2e}; "
           f"strength 0 identical to plain: {torch.equal(outputs['strength 0'], outputs['plain'])}", flush=True)
 
