@@ -54,11 +54,12 @@ class ApplyTemporalAdapter(io.ComfyNode):
                 io.Int.Input("attention_distance", default=0, min=0, max=4096,
                              tooltip="Let temporal attention see at most this many frames away (0: no limit). The paper "
                                      "uses 8 to run a model convolutionally in time, longer than it was trained on.", advanced=True),
-                io.Combo.Input("noise_schedule", options=list(NOISE_SCHEDULE_CHOICES), default=AUTO,
+                io.Combo.Input("noise_schedule", options=list(NOISE_SCHEDULE_CHOICES), default=AUTO, optional=True,
                                tooltip="The noise schedule of the patched copy. auto: the one the adapter was trained "
                                        "with (AnimateDiff SD1.5 modules: sqrt_linear; the SDXL beta module: linear to "
                                        "0.020; AnimateLCM: LCM); model: keep MODEL's own; or a schedule by name "
-                                       "(betas, beta_start-beta_end). Set on the copy only.", advanced=True),
+                                       "(betas, beta_start-beta_end). Set on the copy only. Optional, so API prompts saved before it "
+                                       "existed still run.", advanced=True),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="A copy of MODEL with the temporal layers applied.")],
         )

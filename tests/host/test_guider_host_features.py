@@ -10,7 +10,7 @@ SAMPLER / SIGMAS / NOISE."""
 import pytest
 import torch
 
-from tests.host.test_context_sampling import FRAMES, context_guider, ctx, given, video_context  # noqa: F401 (fixtures)
+from tests.host.test_context_sampling import FRAMES, context_guider, video_context
 
 
 def probe_sampler(record):

@@ -1,7 +1,6 @@
 """The native temporal-adapter format and the public-format importers (torch only)."""
 
 import json
-import re
 from pathlib import Path
 
 import pytest
