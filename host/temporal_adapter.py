@@ -76,11 +76,14 @@ def load_temporal_adapter(path: str, name: str) -> LoadedAdapter:
 
 
 def save_temporal_adapter(adapter: LoadedAdapter, filename_prefix: str) -> str:
-    """Writes the adapter in the native format under the output folder; returns the path written,
-    relative to the output folder."""
+    """Writes the adapter in the native format into models/temporal_adapters (the folder Load
+    Temporal Adapter lists; a prefix cannot leave it); returns the name Load lists it under."""
     import folder_paths
 
-    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
+    root = folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0]
+    os.makedirs(root, exist_ok=True)
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
+    os.makedirs(folder, exist_ok=True)
     filename = f"{name}_{counter:05}_.safetensors"
     save_adapter(os.path.join(folder, filename), adapter.patcher.model, adapter.spec)
     return os.path.join(subfolder, filename)

@@ -80,7 +80,8 @@ class SaveTemporalAdapter(io.ComfyNode):
             display_name="Save Temporal Adapter",
             category="Video LDM/adapters",
             description="Saves temporal layers in the pack's native format (safetensors with the adapter spec in its "
-                        "metadata) under output/temporal_adapters; imported formats are converted.",
+                        "metadata) into models/temporal_adapters, where Load Temporal Adapter finds it; imported "
+                        "formats are converted.",
             inputs=[
                 TemporalAdapterType.Input("temporal_adapter", tooltip="The adapter to save."),
                 io.String.Input("filename_prefix", default="temporal_adapters/adapter",

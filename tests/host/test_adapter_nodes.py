@@ -43,14 +43,11 @@ def test_native_file_loads_with_its_spec_and_weights(node_classes, native_adapte
         assert torch.equal(loaded.patcher.model.state_dict()[key], value), key
 
 
-def test_save_node_writes_a_file_that_loads_back_identically(node_classes, native_adapter_file, adapters_dir):
-    import folder_paths
-
+def test_save_node_writes_where_the_load_node_lists_and_loads_back_identically(node_classes, native_adapter_file):
     loaded = load(node_classes, native_adapter_file[0])
-    node_classes["VideoLDMSaveTemporalAdapter"].execute(temporal_adapter=loaded, filename_prefix="temporal_adapters/roundtrip")
-    saved = os.path.join(folder_paths.get_output_directory(), "temporal_adapters", "roundtrip_00001_.safetensors")
-    os.replace(saved, os.path.join(adapters_dir, "roundtrip.safetensors"))
-    again = load(node_classes, "roundtrip.safetensors")
+    shown = node_classes["VideoLDMSaveTemporalAdapter"].execute(temporal_adapter=loaded, filename_prefix="saved/roundtrip")
+    assert "saved/roundtrip_00001_.safetensors" in str(shown.ui.as_dict())
+    again = load(node_classes, "saved/roundtrip_00001_.safetensors")
     assert again.spec == loaded.spec
     assert all(torch.equal(again.patcher.model.state_dict()[k], v) for k, v in loaded.patcher.model.state_dict().items())
 
@@ -122,3 +119,9 @@ def test_missing_and_unknown_keys_are_listed(node_classes, native_adapter_file, 
     with pytest.raises(Exception, match=r"1 missing \(e.g. \['input_blocks.1.temporal_transformer.proj_out.weight'\]\)"
                                         r".*1 unexpected \(e.g. \['input_blocks.1.temporal_transformer.extra.weight'\]\)"):
         load(node_classes, "damaged.safetensors")
+
+
+def test_save_node_refuses_a_prefix_outside_the_adapters_folder(node_classes, native_adapter_file):
+    loaded = load(node_classes, native_adapter_file[0])
+    with pytest.raises(Exception, match="outside the output folder is not allowed"):
+        node_classes["VideoLDMSaveTemporalAdapter"].execute(temporal_adapter=loaded, filename_prefix="../../escaped")
