@@ -47,7 +47,7 @@ def child(keyframes: int, latent: int, window: int, repeats: int = 0) -> dict:
 
     def work(n):
         frames = torch.randn(n, 4, latent, latent, generator=torch.Generator().manual_seed(1))
-        return node.execute(model, positive, negative, {"samples": frames}, "T→4T", True, 0.0, window, 0, 1, 1.0,
+        return node.execute(model, positive, negative, {"samples": frames}, "T-to-4T", True, 0.0, window, 0, 1, 1.0,
                             "euler", "normal", 2.0).result[0]["samples"]
 
     with torch.inference_mode():

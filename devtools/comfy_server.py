@@ -141,8 +141,9 @@ class ComfyServer:
             raise ServerError(f"POST /prompt rejected ({status}): {json.dumps(answer, indent=1)[:3000]}")
         return answer
 
-    def run_prompt(self, prompt: dict, timeout: float = 600.0) -> PromptRun:
-        """Queues `prompt`, follows the websocket until it finishes, returns its history entry."""
+    def run_prompt(self, prompt: dict, timeout: float = 600.0, on_message=None) -> PromptRun:
+        """Queues `prompt`, follows the websocket until it finishes, returns its history entry;
+        `on_message(message)` sees each JSON message as it arrives."""
         client_id = uuid.uuid4().hex
         ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", timeout=timeout)
         messages = []
@@ -156,6 +157,8 @@ class ComfyServer:
                     continue  # binary previews
                 message = json.loads(frame)
                 messages.append(message)
+                if on_message is not None:
+                    on_message(message)
                 data = message.get("data", {})
                 # "executing" with node None comes after the server has stored the history entry
                 # (execution_success/error come before it: reading history then races)

@@ -34,6 +34,25 @@ def ensure_demo_models():
                        stdout=subprocess.DEVNULL)
 
 
+class ProgressPrinter:
+    """Prints, with the elapsed time, each node as it starts and its progress every few seconds."""
+
+    def __init__(self, prompt: dict, every: float = 5.0):
+        self.titles = {k: v.get("_meta", {}).get("title", v["class_type"]) for k, v in prompt.items()}
+        self.start, self.every, self.last = time.monotonic(), every, 0.0
+
+    def say(self, text: str):
+        print(f"[demo] {time.monotonic() - self.start:6.1f}s  {text}", file=sys.stderr, flush=True)
+
+    def __call__(self, message: dict):
+        data = message.get("data", {})
+        if message["type"] == "executing" and data.get("node") is not None:
+            self.say(f"node {data['node']} ({self.titles.get(data['node'], '?')})")
+        elif message["type"] == "progress" and (time.monotonic() - self.last >= self.every or data["value"] == data["max"]):
+            self.last = time.monotonic()
+            self.say(f"node {data['node']}: {data['value']}/{data['max']}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workflow", default=str(paths.REPO_ROOT / "workflows" / "cascade_api.json"))
@@ -50,7 +69,7 @@ def main(argv=None) -> int:
             return 1
         print(f"[demo] ComfyUI at {server.url}; running {args.workflow}", file=sys.stderr)
         start = time.monotonic()
-        run = server.run_prompt(prompt, timeout=1800.0)
+        run = server.run_prompt(prompt, timeout=1800.0, on_message=ProgressPrinter(prompt))
         if run.status != "success":
             print(f"[demo] the prompt failed: {run.error_message() or run.status}\n{server.log_tail()}", file=sys.stderr)
             return 1

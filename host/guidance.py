@@ -16,6 +16,8 @@ import comfy.model_management
 import comfy.sample
 import comfy.sampler_helpers
 import comfy.samplers
+import comfy.utils
+import latent_preview
 import torch
 
 from ..videoldm_core.context import ContextError, VideoContext, context_input
@@ -125,12 +127,12 @@ def sample_with_context(model, positive, negative, context: VideoContext, sample
                         seed: int, on_step, context_scale: float = 1.0, keep: bool = True, labels=None,
                         augment=None) -> torch.Tensor:
     """One video (a rollout segment, an interpolation window) sampled from `noise`, its given frames
-    kept unless `keep` is off."""
+    kept unless `keep` is off; `on_step(step, x0, x, total_steps)` is the sampler callback."""
     guider = ContextGuider(model, context, context_scale, keep_given=keep, labels=labels, augment=augment)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
-    out = guider.sample(noise, context.latents, sampler, sigmas, callback=lambda *args: on_step(), disable_pbar=True,
-                        seed=seed)
+    out = guider.sample(noise, context.latents, sampler, sigmas, callback=on_step,
+                        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     return out.to(comfy.model_management.intermediate_device())
 
 
@@ -145,6 +147,23 @@ def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int, sam
         if discard:
             sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     return sampler, sigmas.cpu()
+
+
+class SamplingProgress:
+    """One progress bar over all runs of a node (runs × steps) with latent previews, as core KSampler
+    sends them (the user's preview method; the first frame of the run's x0)."""
+
+    def __init__(self, model, runs: int, steps: int):
+        self.steps, self.total = steps, runs * steps
+        self.pbar = comfy.utils.ProgressBar(self.total)
+        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+
+    def of_run(self, run: int):
+        """The sampler callback of run `run`."""
+        def on_step(step, x0, x, total_steps):
+            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0) if self.previewer else None
+            self.pbar.update_absolute(run * self.steps + step + 1, self.total, preview)
+        return on_step
 
 
 class RunNoise:

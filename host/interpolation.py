@@ -4,14 +4,13 @@ node's sampling loop, in windows of keyframes that share one keyframe."""
 from __future__ import annotations
 
 import comfy.model_management as mm
-import comfy.utils
 import torch
 
 from ..videoldm_core.context import VideoContext, place_frames
 from ..videoldm_core.interpolation import (FACTOR, REGIMES, InterpolationError, augment_keyframes,
                                            check_augmentation_level, check_keyframes, dense_length, interpolation_labels,
                                            keyframe_positions, keyframe_windows, regime_label)
-from .guidance import RunNoise, sample_with_context, sampler_and_sigmas
+from .guidance import RunNoise, SamplingProgress, sample_with_context, sampler_and_sigmas
 from .temporal_adapter import applied_adapters
 
 
@@ -54,7 +53,7 @@ def interpolate_keyframes(model, positive, negative, keyframes: dict, regime: st
     windows = keyframe_windows(frames.shape[0], window_keyframes)
     sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps, sampler, sigmas)
     run_noise = RunNoise(seed, noise, [dense_length(w.count) for w in windows], frames.shape[1:])
-    pbar = comfy.utils.ProgressBar(len(windows) * (len(sigmas) - 1))
+    progress = SamplingProgress(model, len(windows), len(sigmas) - 1)
     out = torch.zeros(dense_length(frames.shape[0]), *frames.shape[1:])
     for i, window in enumerate(windows):
         mm.throw_exception_if_processing_interrupted()
@@ -64,7 +63,7 @@ def interpolate_keyframes(model, positive, negative, keyframes: dict, regime: st
                                tuple(positions))
         generator = torch.Generator().manual_seed(seed + i)
         dense = sample_with_context(model, positive, negative, context, sampler, sigmas, cfg,
-                                    run_noise(i, context.latents), run_noise.run_seed(i), lambda: pbar.update(1),
+                                    run_noise(i, context.latents), run_noise.run_seed(i), progress.of_run(i),
                                     labels=interpolation_labels(length, label, augmentation),
                                     augment=lambda z, g=generator: augment_keyframes(z, augmentation, g),
                                     keep=keep_keyframes).to(out)

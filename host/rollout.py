@@ -4,12 +4,11 @@ Video node's sampling loop. One segment is on the device at a time."""
 from __future__ import annotations
 
 import comfy.model_management as mm
-import comfy.utils
 import torch
 
 from ..videoldm_core.context import VideoContext, place_frames
 from ..videoldm_core.rollout import plan_rollout
-from .guidance import RunNoise, check_context_encoder, sample_with_context, sampler_and_sigmas
+from .guidance import RunNoise, SamplingProgress, check_context_encoder, sample_with_context, sampler_and_sigmas
 
 
 def extend_video(model, positive, negative, video: dict, segments: int, segment_length: int, context_frames: int,
@@ -22,7 +21,7 @@ def extend_video(model, positive, negative, video: dict, segments: int, segment_
     check_context_encoder(model, plan[-1].context_frames, "error")
     sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps, sampler, sigmas)
     run_noise = RunNoise(seed, noise, [segment_length] * len(plan), frames.shape[1:])
-    pbar = comfy.utils.ProgressBar(len(plan) * (len(sigmas) - 1))
+    progress = SamplingProgress(model, len(plan), len(sigmas) - 1)
     # the whole video is allocated once: segments write into it (no growing list, no final copy)
     video_out = torch.empty(frames.shape[0] + sum(s.new_frames for s in plan), *frames.shape[1:])
     video_out[:frames.shape[0]] = frames
@@ -34,7 +33,7 @@ def extend_video(model, positive, negative, video: dict, segments: int, segment_
                                tuple(range(segment.context_frames)))
         out = sample_with_context(model, positive, negative, context, sampler, sigmas, cfg,
                                   run_noise(segment.index, context.latents), run_noise.run_seed(segment.index),
-                                  lambda: pbar.update(1), context_scale=context_scale)
+                                  progress.of_run(segment.index), context_scale=context_scale)
         video_out[end:end + segment.new_frames] = out[segment.context_frames:]
         end += segment.new_frames
         del out, context

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from typing_extensions import override
 
 from ..host.interpolation import ADAPTERS_OWN, interpolate_keyframes
-from ..videoldm_core.interpolation import REGIMES
+from ..videoldm_core.interpolation import REGIMES, check_regime_name
 from .io_types import custom_sampling_inputs, sampler_inputs
 
 
@@ -25,9 +25,9 @@ class InterpolateKeyframes(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="The prompt."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt."),
                 io.Latent.Input("keyframes", tooltip="T >= 2 keyframes (batch = frames), all of one size."),
-                io.Combo.Input("regime", options=list(REGIMES), default="T→4T",
-                               tooltip="Which step of the cascade: T→4T (first pass, e.g. 1.875→7.5 fps) or 4T→16T "
-                                       "(second pass, 7.5→30 fps). Needs an adapter with the regime label."),
+                io.Combo.Input("regime", options=list(REGIMES), default="T-to-4T",
+                               tooltip="Which step of the cascade: T-to-4T (first pass, e.g. 1.875 to 7.5 fps) or 4T-to-16T "
+                                       "(second pass, 7.5 to 30 fps). Needs an adapter with the regime label."),
                 io.Boolean.Input("keep_keyframes", default=True,
                                  tooltip="Return the keyframes unchanged at positions 0, 4, 8, ...", advanced=True),
                 io.Float.Input("augmentation", default=ADAPTERS_OWN, min=ADAPTERS_OWN, max=1.0, step=0.01,
@@ -45,6 +45,11 @@ class InterpolateKeyframes(io.ComfyNode):
             outputs=[io.Latent.Output(display_name="latent", tooltip="4T − 3 frames."),
                      io.Float.Output(display_name="fps", tooltip="The new frame rate (4x), for CreateVideo.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, regime) -> bool | str:
+        """Saved graphs and API prompts from before the names were plain ASCII ("T→4T") still run."""
+        return check_regime_name(regime)
 
     @classmethod
     @override

@@ -23,7 +23,8 @@ from .positional import sinusoidal_embedding
 
 FACTOR = 4
 MAX_AUGMENTATION = 0.25   # the trainer's conditioning-augmentation levels: uniform in [0, 0.25]
-REGIMES = {"T→4T": 0, "4T→16T": 1}   # label values: the paper's binary regime label
+REGIMES = {"T-to-4T": 0, "4T-to-16T": 1}   # label values: the paper's binary regime label
+LEGACY_REGIMES = {"T→4T": "T-to-4T", "4T→16T": "4T-to-16T"}   # the names before plain ASCII; saved graphs keep them
 
 
 class InterpolationError(ValueError):
@@ -39,9 +40,18 @@ def keyframe_positions(num_keyframes: int, factor: int = FACTOR) -> list[int]:
 
 
 def regime_label(regime: str) -> int:
+    """The label of a regime name (a legacy name too)."""
+    regime = LEGACY_REGIMES.get(regime, regime)
     if regime not in REGIMES:
         raise InterpolationError(f"expected a regime in {list(REGIMES)}, found {regime!r}.")
     return REGIMES[regime]
+
+
+def check_regime_name(regime) -> bool | str:
+    """True for a regime name the node reads; else the message (the words core's combo check uses)."""
+    if regime in REGIMES or regime in LEGACY_REGIMES:
+        return True
+    return f"regime {regime!r} not in list {list(REGIMES)}"
 
 
 def check_keyframes(latents) -> torch.Tensor:

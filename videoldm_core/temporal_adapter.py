@@ -209,9 +209,12 @@ def resolve_slots(spec: AdapterSpec, layout: Iterable[SpatialLayer], model_famil
     by_block = blocks(layout)
 
     def mismatch(detail: str):
+        advice = (f"Load an adapter made for {model_family}." if spec.family != model_family else
+                  f"Both are {model_family}, but the adapter was made for a UNet of other widths; load one made for "
+                  f"this model's widths.")
         return AdapterCompatibilityError(
             f"Temporal adapter {source} was made for {spec.family} ({_describe(spec)}) but the model is "
-            f"{model_family} ({_describe_layout(layout)}): {detail}. Load an adapter made for {model_family}.")
+            f"{model_family} ({_describe_layout(layout)}): {detail}. {advice}")
 
     if spec.family != model_family:
         raise mismatch("the base families differ")

@@ -28,7 +28,7 @@ def interp(pack_module, tiny_sd1):
     )
 
 
-def interpolate(interp, model, keyframes, regime="T→4T", keep=True, window=5, fps=2.0, augmentation=0.0, seed=0):
+def interpolate(interp, model, keyframes, regime="T-to-4T", keep=True, window=5, fps=2.0, augmentation=0.0, seed=0):
     with torch.inference_mode():
         latent, new_fps = interp["node"].execute(model=model, positive=interp["positive"], negative=interp["negative"],
                                                  keyframes={"samples": keyframes}, regime=regime, keep_keyframes=keep,
@@ -54,15 +54,15 @@ def test_output_has_4t_minus_3_frames_with_the_keyframes_kept(interp, t):
 
 def test_chaining_twice_gives_16t_minus_15_frames(interp):
     once, fps = interpolate(interp, interp["with_labels"], keyframes(3))
-    twice, fps2 = interpolate(interp, interp["with_labels"], once, regime="4T→16T", fps=fps)
+    twice, fps2 = interpolate(interp, interp["with_labels"], once, regime="4T→16T", fps=fps)   # a saved graph's name
     assert twice.shape[0] == 16 * 3 - 15 and fps2 == 4 * fps == 32.0
     torch.testing.assert_close(twice[::16], keyframes(3), atol=1e-6, rtol=1e-6)
 
 
 def test_the_regime_label_reaches_the_temporal_layers(interp):
     k = keyframes(3)
-    first, _ = interpolate(interp, interp["with_labels"], k, regime="T→4T")
-    second, _ = interpolate(interp, interp["with_labels"], k, regime="4T→16T")
+    first, _ = interpolate(interp, interp["with_labels"], k, regime="T-to-4T")
+    second, _ = interpolate(interp, interp["with_labels"], k, regime="4T-to-16T")
     assert (first - second).abs().max() > 1e-3
 
 
@@ -77,7 +77,7 @@ def test_the_augmentation_level_reaches_the_model(interp):
 def test_an_adapter_without_the_label_refuses_the_second_regime(interp):
     dense, _ = interpolate(interp, interp["without_labels"], keyframes(2))
     assert dense.shape[0] == 5
-    with pytest.raises(interp["error"], match="'4T→16T' needs an adapter with the regime label.*'masks-only'"):
+    with pytest.raises(interp["error"], match="'4T-to-16T' needs an adapter with the regime label.*'masks-only'"):
         interpolate(interp, interp["without_labels"], keyframes(2), regime="4T→16T")
 
 
@@ -100,3 +100,11 @@ def test_bad_input_is_refused_before_sampling(interp):
         interpolate(interp, interp["plain"], keyframes(2))
     with pytest.raises(interp["error"], match="regime in"):
         interpolate(interp, interp["with_labels"], keyframes(2), regime="8x")
+
+
+def test_regime_names_are_plain_ascii_and_the_earlier_names_still_validate(node_classes):
+    node = node_classes["VideoLDMInterpolateKeyframes"]
+    [regime] = [i for i in node.define_schema().inputs if i.id == "regime"]
+    assert regime.options == ["T-to-4T", "4T-to-16T"] and all(o.isascii() for o in regime.options)
+    assert node.validate_inputs(regime="T-to-4T") is True and node.validate_inputs(regime="4T→16T") is True
+    assert node.validate_inputs(regime="8x") == "regime '8x' not in list ['T-to-4T', '4T-to-16T']"

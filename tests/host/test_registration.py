@@ -17,7 +17,7 @@ def test_every_node_has_a_help_page(node_classes):
     from devtools.paths import REPO_ROOT
 
     for node_id in node_classes:
-        page = REPO_ROOT / "web" / "docs" / f"{node_id}.md"
+        page = REPO_ROOT / "web" / "docs" / node_id / "en.md"   # where the frontend looks first
         assert page.exists() and page.read_text().startswith("# "), f"no help page for {node_id}"
 
 

@@ -3,6 +3,7 @@ through a real server, prints the path of a playable mp4 whose frames change les
 next than frames the image model draws alone."""
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -51,6 +52,9 @@ def test_demo_command_runs_the_cascade_on_the_toy_family(server):
     assert path.endswith(".mp4")
     assert "toy family" in done.stderr
     prompt = json.loads((REPO_ROOT / "workflows" / "cascade_api.json").read_text())
+    # it says what runs while it runs: each node as it starts, progress with the elapsed time
+    assert f"node 8 ({prompt['8']['_meta']['title']})" in done.stderr
+    assert re.search(r"\[demo\] +[0-9.]+s  node 8: [0-9]+/[0-9]+", done.stderr), done.stderr[-2000:]
     rollout = prompt["8"]["inputs"]
     keyframes = rollout_length(1, rollout["segment_length"], rollout["context_frames"], rollout["segments"])
     video, fps = read_video(path)

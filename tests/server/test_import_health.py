@@ -25,9 +25,11 @@ def test_every_pack_node_is_served_with_tooltips_on_every_input(server):
                 assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
 
 
-def test_help_pages_are_served_where_the_frontend_looks(server):
+def test_help_pages_are_served_where_the_frontend_looks_first(server):
+    """The frontend's NodeHelpService asks `/extensions/<pack>/docs/<NodeId>/<locale>.md` first (and
+    `<NodeId>.md` only after a 404): the English page answers the first request."""
     for node_id in pack_nodes(server.get_json("/object_info")):
-        status, body = server.get_bytes(f"/extensions/comfyui_videoldm/docs/{node_id}.md")
+        status, body = server.get_bytes(f"/extensions/comfyui_videoldm/docs/{node_id}/en.md")
         assert status == 200 and body.startswith(b"# "), node_id
 
 

@@ -138,8 +138,19 @@ def test_family_mismatch_names_both_families():
                                                         r".*Load an adapter made for SDXL"):
         resolve_slots(spec, LAYOUT, "SDXL", source="'x'")
     wider = [SpatialLayer(l.path, l.kind, 64, l.emb_channels, l.heads, l.dim_head, l.depth, l.context_dim) for l in LAYOUT]
-    with pytest.raises(AdapterCompatibilityError, match="has 32 channels, the model's layer input_blocks.1.0 has 64"):
+    with pytest.raises(AdapterCompatibilityError, match="has 32 channels, the model's layer input_blocks.1.0 has 64") as e:
         resolve_slots(spec, wider, "SD1.x")
+    assert "made for SD1.x (32 channels, context 16) but the model is SD1.x (64 channels" in str(e.value)
+    assert "Load an adapter made for SD1.x" not in str(e.value) and "other widths" in str(e.value)
+
+
+@pytest.mark.parametrize("state_dict, metadata", [
+    ({"decoder.up.0.block.0.time_stack.in_layers.2.weight": torch.zeros(1), "decoder.conv_out.time_mix_conv.weight": torch.zeros(1)}, {}),
+    ({"w": torch.zeros(1)}, {"videoldm_temporal_decoder": "{}"}),
+])
+def test_a_temporal_vae_decoder_given_as_an_adapter_points_to_load_temporal_vae(state_dict, metadata):
+    with pytest.raises(AdapterFormatError, match=r"'svd_decoder.safetensors': this is a temporal VAE decoder.*Load it with Load Temporal VAE"):
+        import_adapter(state_dict, metadata, "'svd_decoder.safetensors'")
 
 
 # --- SVD ----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ the native layout), or raises AdapterFormatError naming what it expected and wha
 from __future__ import annotations
 
 from ..temporal_adapter import ADAPTER_METADATA_KEY, AdapterFormatError, AdapterSpec
+from ..temporal_decoder import TEMPORAL_DECODER_METADATA_KEY
 from .animatediff import import_animatediff, looks_like_animatediff
 from .svd import import_svd, looks_like_svd
 
@@ -19,6 +20,12 @@ def import_adapter(state_dict: dict, metadata: dict | None = None, source: str =
     metadata = metadata or {}
     if ADAPTER_METADATA_KEY in metadata:
         return AdapterSpec.from_json(metadata[ADAPTER_METADATA_KEY], source=source), dict(state_dict)
+    if TEMPORAL_DECODER_METADATA_KEY in metadata or any(".time_mix_conv." in k or ".time_mix_block." in k
+                                                        or (k.startswith(("decoder.", "first_stage_model.decoder."))
+                                                            and ".time_stack." in k) for k in state_dict):
+        raise AdapterFormatError(f"{source}: this is a temporal VAE decoder (temporal layers of a VAE decoder, e.g. "
+                                 f"SVD's), not temporal layers for a UNet. Load it with Load Temporal VAE and decode "
+                                 f"with Temporal VAE Decode.")
     if looks_like_svd(state_dict):
         return import_svd(state_dict, source)
     if looks_like_animatediff(state_dict):
