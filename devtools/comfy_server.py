@@ -146,16 +146,19 @@ class ComfyServer:
         `on_message(message)` sees each JSON message as it arrives."""
         client_id = uuid.uuid4().hex
         ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", timeout=timeout)
-        messages = []
+        messages, executing = [], None
         try:
             prompt_id = self.queue_prompt(prompt, client_id)["prompt_id"]
             deadline = time.monotonic() + timeout
             while True:
                 ws.settimeout(max(1.0, deadline - time.monotonic()))
                 frame = ws.recv()
-                if isinstance(frame, bytes):
-                    continue  # binary previews
+                if isinstance(frame, bytes):   # a binary preview, sent while `executing` names its node
+                    messages.append({"type": "binary_preview", "data": {"node": executing, "bytes": len(frame)}})
+                    continue
                 message = json.loads(frame)
+                if message["type"] == "executing":
+                    executing = message.get("data", {}).get("node")
                 messages.append(message)
                 if on_message is not None:
                     on_message(message)

@@ -17,6 +17,7 @@ import comfy.model_management as mm
 import comfy.patcher_extension
 import comfy.sample
 import comfy.utils
+import latent_preview
 import torch
 
 from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles, smaller_tile
@@ -117,9 +118,16 @@ def _sample(model, positive, negative, images, noise_augmentation, cfg, plan: Ti
     conds = [[[t, {**o, "concat_image": pixels, "noise_augmentation": noise_augmentation}] for t, o in c]
              for c in (positive, negative)]
     pbar = comfy.utils.ProgressBar((len(sigmas) - 1) * len(plan.regions))  # one tile-step per region and step
+    previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+
+    def preview(step, x0, x, total_steps):   # the step's prediction, as core KSampler previews it
+        if previewer is not None:
+            pbar.update_absolute(pbar.current, pbar.total, previewer.decode_latent_to_preview_image("JPEG", x0))
+
     tiled = model.clone()
     tiled.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, TILING_KEY,
                                tiled_forward(plan, lambda: pbar.update(1)))
     latent = torch.zeros(frames, 4, height, width)
     return comfy.sample.sample_custom(tiled, run_noise(0, latent), cfg, sampler, sigmas, conds[0], conds[1], latent,
-                                      disable_pbar=True, seed=run_noise.run_seed(0))
+                                      callback=preview, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+                                      seed=run_noise.run_seed(0))

@@ -108,3 +108,27 @@ def test_regime_names_are_plain_ascii_and_the_earlier_names_still_validate(node_
     assert regime.options == ["T-to-4T", "4T-to-16T"] and all(o.isascii() for o in regime.options)
     assert node.validate_inputs(regime="T-to-4T") is True and node.validate_inputs(regime="4T→16T") is True
     assert node.validate_inputs(regime="8x") == "regime '8x' not in list ['T-to-4T', '4T-to-16T']"
+
+
+def test_core_sigmas_and_noise_reach_interpolation(interp):
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
+
+    k = keyframes(3)
+    own, _ = interpolate(interp, interp["with_labels"], k, seed=4)
+    model = interp["with_labels"]
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 1).cpu()
+
+    def run(**extra):
+        with torch.inference_mode():
+            return interp["node"].execute(model=model, positive=interp["positive"], negative=interp["negative"],
+                                          keyframes={"samples": k}, regime="T-to-4T", keep_keyframes=True,
+                                          augmentation=0.0, window_keyframes=2, seed=4, steps=1, cfg=2.0,
+                                          sampler_name="euler", scheduler="normal", fps=2.0, **extra).result[0]["samples"]
+
+    windowed = run()
+    assert torch.equal(run(sampler=comfy.samplers.sampler_object("euler"), sigmas=sigmas), windowed)
+    other = run(noise=Noise_RandomNoise(9))
+    assert (other - windowed).abs().max() > 1e-3
+    assert torch.equal(other[::4], windowed[::4])   # the keyframes are kept whatever the noise
+    assert own.shape == windowed.shape

@@ -142,3 +142,22 @@ def test_temporal_layers_of_an_x4_adapter_see_whole_chunks(x4, pack_module):
         handle.remove()
     assert seen == [4, 4]                      # chunks [0, 4) and [2, 6), every frame of a chunk together
     assert (out - upscale(x4, frames(t=6, size=16), tile=16, tile_overlap=4, chunk=4, chunk_overlap=2, steps=1)).abs().max() > 1e-3
+
+
+def test_core_sampler_sigmas_and_noise_reach_the_upscaler(x4):
+    """SAMPLER + SIGMAS of the node's own choice give its own result; other SIGMAS or NOISE change it."""
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
+
+    images = frames(t=2, size=16)
+    kw = dict(model=x4["model"], positive=x4["positive"], negative=x4["negative"], images=images, noise_augmentation=0.1,
+              seed=3, steps=2, cfg=2.0, sampler_name="euler", scheduler="normal", tile_size=8, tile_overlap=4,
+              chunk_length=2, chunk_overlap=0)
+    run = lambda **extra: x4["node"].execute(**kw, **extra).result[0]["samples"]   # noqa: E731
+    with torch.inference_mode():
+        own = run()
+        sigmas = comfy.samplers.calculate_sigmas(x4["model"].get_model_object("model_sampling"), "normal", 2).cpu()
+        assert torch.equal(run(sampler=comfy.samplers.sampler_object("euler"), sigmas=sigmas), own)
+        assert torch.equal(run(noise=Noise_RandomNoise(3)), own)   # the seed's own noise, through NOISE
+        assert (run(noise=Noise_RandomNoise(4)) - own).abs().max() > 1e-3
+        assert (run(sigmas=sigmas[1:]) - own).abs().max() > 1e-3   # starting from a lower noise level
