@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from einops import rearrange
 from torch import nn
 
 MERGE_STRATEGIES = ("fixed", "learned", "learned_with_images")
@@ -58,15 +59,11 @@ class AlphaBlender(nn.Module):
             alpha = torch.where(image_only_indicator.bool(), torch.ones_like(alpha), alpha)
         return alpha
 
-    def forward(self, x_spatial, x_temporal, image_only_indicator=None, frame_dim: Optional[int] = None):
-        """Blends two tensors of the same shape. A per-frame α (b, t) goes to dims (0, frame_dim)
-        of x laid out as (b, ..., t, ...), or to dim 0 of x laid out as ((b t), ...) if frame_dim is None."""
+    def forward(self, x_spatial, x_temporal, image_only_indicator=None, alpha_layout: str = "b t -> (b t) 1 1"):
+        """Blends two tensors of the same shape. A per-frame α (b, t), when images are flagged, is
+        laid out to broadcast over x by `alpha_layout`, an einops pattern: "b t -> (b t) 1 1" for
+        tokens ((b t), s, c), "b t -> b 1 t 1 1" for a video (b, c, t, h, w)."""
         alpha = self.alpha(image_only_indicator)
         if alpha.ndim == 2:
-            shape = [1] * x_spatial.ndim
-            if frame_dim is None:
-                shape[0] = alpha.numel()
-            else:
-                shape[0], shape[frame_dim] = alpha.shape
-            alpha = alpha.reshape(shape)
+            alpha = rearrange(alpha, alpha_layout)
         return blend(alpha, x_spatial, x_temporal, self.alpha_on)

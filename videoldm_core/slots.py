@@ -66,7 +66,7 @@ class ResBlockSlot(ContextInput):
         z = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
         z_in = rearrange(self.with_context(x, context_features), "(b t) c h w -> b c t h w", t=num_frames)
         z_temporal = self.time_stack(z_in, rearrange(emb, "(b t) e -> b t e", t=num_frames))
-        z = self.time_mixer(z, z_temporal, image_only_indicator, frame_dim=2)
+        z = self.time_mixer(z, z_temporal, image_only_indicator, alpha_layout="b t -> b 1 t 1 1")
         return rearrange(z, "b c t h w -> (b t) c h w")
 
 

@@ -95,7 +95,7 @@ def test_alpha_blender_strategies_and_conventions():
     assert learned.mix_factor.requires_grad
     images = AlphaBlender("learned_with_images", 2.0)
     indicator = torch.tensor([[1.0, 0.0, 0.0]])  # b=1, t=3: frame 0 is an image
-    out = images(torch.zeros(1, 4, 3, 1, 1), torch.ones(1, 4, 3, 1, 1), indicator, frame_dim=2)
+    out = images(torch.zeros(1, 4, 3, 1, 1), torch.ones(1, 4, 3, 1, 1), indicator, alpha_layout="b t -> b 1 t 1 1")
     assert torch.all(out[:, :, 0] == 0) and torch.allclose(out[:, :, 1], torch.full_like(out[:, :, 1], 1 - 1 / (1 + math.exp(-2))))
     decoder = AlphaBlender("learned", 2.0, alpha_on="temporal")  # SVD decoder: α weights the temporal branch
     assert torch.allclose(decoder(xs, xt), torch.full_like(xs, 1 / (1 + math.exp(-2))))
