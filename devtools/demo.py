@@ -1,8 +1,8 @@
-"""Command 1: the Video LDM cascade on the toy family (workflows/cascade_api.json) through a real
+"""Command 1: the Video LDM cascade on the toy family (workflows/api/cascade.json) through a real
 ComfyUI server; prints the mp4's path. Keyframes by prediction rollout at 1.875 fps → interpolation
 twice (7.5, 30 fps) → temporal decode → x4 temporal upscaling → temporal decode → mp4.
 
-Usage: devtools/demo.sh [--workflow workflows/cascade_api.json] [--strip frames.png]
+Usage: devtools/demo.sh [--workflow workflows/api/cascade.json] [--strip frames.png]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class ProgressPrinter:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workflow", default=str(paths.REPO_ROOT / "workflows" / "cascade_api.json"))
+    parser.add_argument("--workflow", default=str(paths.api_prompt("cascade")))
     parser.add_argument("--strip", help="also write a strip of the video's frames (PNG) here")
     args = parser.parse_args(argv)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Command 1: set everything up (idempotent), start a real ComfyUI server on loopback with the
-# pack, run the demo workflow (workflows/demo_api.json) through POST /prompt and print the mp4.
+# pack, run the demo workflow (workflows/api/cascade.json) through POST /prompt and print the mp4.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VIDEOLDM_SKIP_BROWSER=1 "$ROOT/devtools/setup.sh"

@@ -37,3 +37,17 @@ def base_dir() -> Path:
 
 def pack_module_name() -> str:
     return setting("VIDEOLDM_PACK_LINK")
+
+
+# Example graphs: workflows/<name>.json are the UI graphs ComfyUI lists as the pack's templates;
+# workflows/api/<name>.json are their API twins (POST /prompt), in a subfolder ComfyUI does not list.
+WORKFLOWS = REPO_ROOT / "workflows"
+API_PROMPTS = WORKFLOWS / "api"
+
+
+def api_prompt(name: str) -> Path:
+    return API_PROMPTS / f"{name}.json"
+
+
+def ui_graph(name: str) -> Path:
+    return WORKFLOWS / f"{name}.json"

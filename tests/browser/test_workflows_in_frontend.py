@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from devtools.paths import REPO_ROOT
+from devtools.paths import WORKFLOWS, api_prompt
 
-UI_WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*_ui.json"))
+UI_WORKFLOWS = sorted(WORKFLOWS.glob("*.json"))
 
 PACK_MARKERS = ("comfyui_videoldm", "VideoLDM")
 
@@ -42,7 +42,7 @@ def test_ui_workflow_loads_with_no_missing_nodes_or_console_errors(frontend, wor
 
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_ui_workflow_converts_to_its_api_twin(frontend, workflow):
-    api_twin = json.loads(workflow.with_name(workflow.name.replace("_ui.json", "_api.json")).read_text())
+    api_twin = json.loads(api_prompt(workflow.stem).read_text())
     frontend.load_workflow(json.loads(workflow.read_text()))
     prompt = frontend.graph_to_prompt()
     assert set(prompt) == set(api_twin)

@@ -6,10 +6,10 @@ import re
 import pytest
 
 from devtools.frame_strip import read_frames as read_video
-from devtools.paths import REPO_ROOT
+from devtools.paths import API_PROMPTS, api_prompt
 
-# cascade_api.json is README command 1: tests/server/test_demo_command.py runs it (minutes on CPU) and checks its video
-API_WORKFLOWS = sorted(p for p in (REPO_ROOT / "workflows").glob("*_api.json") if p.name != "cascade_api.json")
+# the cascade is README command 1: tests/server/test_demo_command.py runs it (minutes on CPU) and checks its video
+API_WORKFLOWS = sorted(p for p in API_PROMPTS.glob("*.json") if p.stem != "cascade")
 
 
 @pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=lambda p: p.stem)
@@ -27,7 +27,7 @@ def test_rollout_prompt_writes_ten_segments_of_frames(server):
     """keyframe from the image model -> Extend Video (10 segments) -> Temporal VAE Decode -> mp4."""
     from videoldm_core.rollout import rollout_length
 
-    prompt = json.loads((REPO_ROOT / "workflows" / "rollout_api.json").read_text())
+    prompt = json.loads(api_prompt("rollout").read_text())
     extend = prompt["12"]["inputs"]
     assert extend["segments"] == 10
     extend["seed"] = 7  # not the cached run of the generic test: the node must execute and report progress
@@ -44,7 +44,7 @@ def test_rollout_prompt_writes_ten_segments_of_frames(server):
 
 def test_interpolation_prompt_writes_16t_minus_15_frames_at_16x_the_rate(server):
     """keyframes -> Interpolate T->4T -> Interpolate 4T->16T -> Temporal VAE Decode -> mp4 at 30 fps."""
-    prompt = json.loads((REPO_ROOT / "workflows" / "interpolation_api.json").read_text())
+    prompt = json.loads(api_prompt("interpolation").read_text())
     prompt["13"]["inputs"]["seed"] = 5  # not the cached run of the generic test
     run = server.run_prompt(prompt)
     assert run.status == "success", run.error_message() or server.log_tail()
@@ -56,7 +56,7 @@ def test_interpolation_prompt_writes_16t_minus_15_frames_at_16x_the_rate(server)
 
 
 def test_interpolation_with_a_non_interpolation_adapter_fails_clearly(server):
-    prompt = json.loads((REPO_ROOT / "workflows" / "interpolation_api.json").read_text())
+    prompt = json.loads(api_prompt("interpolation").read_text())
     prompt["9"]["inputs"]["adapter_name"] = "videoldm_demo_motion_module.safetensors"
     run = server.run_prompt(prompt)
     assert run.status == "error" and "expected a model with an interpolation adapter applied" in run.error_message()
@@ -65,7 +65,7 @@ def test_interpolation_with_a_non_interpolation_adapter_fails_clearly(server):
 def test_unknown_regime_is_refused_at_validation(server):
     from devtools.comfy_server import ServerError
 
-    prompt = json.loads((REPO_ROOT / "workflows" / "interpolation_api.json").read_text())
+    prompt = json.loads(api_prompt("interpolation").read_text())
     prompt["12"]["inputs"]["regime"] = "8x"
     with pytest.raises(ServerError, match="value_not_in_list|not in list"):
         server.queue_prompt(prompt)
@@ -75,7 +75,7 @@ def test_unknown_regime_is_refused_at_validation(server):
 def test_bad_rollouts_are_refused(server, change, message):
     from devtools.comfy_server import ServerError
 
-    prompt = json.loads((REPO_ROOT / "workflows" / "rollout_api.json").read_text())
+    prompt = json.loads(api_prompt("rollout").read_text())
     prompt["12"]["inputs"].update(change)
     try:
         run = server.run_prompt(prompt)
@@ -87,7 +87,7 @@ def test_bad_rollouts_are_refused(server, change, message):
 
 def test_upscale_prompt_writes_4x_frames_and_reports_every_tile_step(server):
     """low-res Moving Shapes -> Video Upscale (x4 bundle, 3x3 tiles x 3 chunks) -> Temporal VAE Decode -> mp4."""
-    prompt = json.loads((REPO_ROOT / "workflows" / "upscale_api.json").read_text())
+    prompt = json.loads(api_prompt("upscale").read_text())
     upscale = prompt["5"]["inputs"]
     upscale["seed"] = 9  # not the cached run of the generic test
     run = server.run_prompt(prompt)
@@ -102,7 +102,7 @@ def test_upscale_prompt_writes_4x_frames_and_reports_every_tile_step(server):
 
 
 def test_upscaling_with_an_image_model_fails_the_prompt_naming_it(server):
-    prompt = json.loads((REPO_ROOT / "workflows" / "upscale_api.json").read_text())
+    prompt = json.loads(api_prompt("upscale").read_text())
     prompt["1"]["inputs"]["bundle_name"] = "videoldm_demo_tiny.safetensors"
     prompt["6"]["inputs"]["vae_name"] = "checkpoints/videoldm_demo_tiny.safetensors"
     run = server.run_prompt(prompt)
@@ -110,7 +110,7 @@ def test_upscaling_with_an_image_model_fails_the_prompt_naming_it(server):
 
 
 def test_demo_prompt_writes_the_frames_it_asked_for(server):
-    prompt = json.loads((REPO_ROOT / "workflows" / "demo_api.json").read_text())
+    prompt = json.loads(api_prompt("demo").read_text())
     run = server.run_prompt(prompt)
     assert run.status == "success", run.error_message()
     [video] = [p for p in server.output_files(run) if p.suffix == ".mp4"]
@@ -127,7 +127,7 @@ def test_a_non_bundle_fails_the_prompt_with_a_clear_error(server, server_base_di
 
     save_file({"model.diffusion_model.out.2.weight": torch.zeros(1)},
               str(server_base_dir / "models" / "checkpoints" / "someone_elses_model.safetensors"))
-    prompt = json.loads((REPO_ROOT / "workflows" / "demo_api.json").read_text())
+    prompt = json.loads(api_prompt("demo").read_text())
     prompt["1"]["inputs"]["bundle_name"] = "someone_elses_model.safetensors"
     run = server.run_prompt(prompt)
     assert run.status == "error"
@@ -137,7 +137,7 @@ def test_a_non_bundle_fails_the_prompt_with_a_clear_error(server, server_base_di
 def test_unknown_bundle_name_is_refused_at_validation(server):
     from devtools.comfy_server import ServerError
 
-    prompt = json.loads((REPO_ROOT / "workflows" / "demo_api.json").read_text())
+    prompt = json.loads(api_prompt("demo").read_text())
     prompt["1"]["inputs"]["bundle_name"] = "no_such_file.safetensors"
     with pytest.raises(ServerError, match="value_not_in_list|not in list"):
         server.queue_prompt(prompt)
@@ -148,7 +148,7 @@ def test_unknown_bundle_name_is_refused_at_validation(server):
 def test_bad_decode_windows_are_refused_at_validation(server, window, overlap, message):
     from devtools.comfy_server import ServerError
 
-    prompt = json.loads((REPO_ROOT / "workflows" / "demo_api.json").read_text())
+    prompt = json.loads(api_prompt("demo").read_text())
     prompt["6"]["inputs"].update(window=window, overlap=overlap)
     with pytest.raises(ServerError, match=re.escape(message)):
         server.queue_prompt(prompt)
@@ -157,7 +157,7 @@ def test_bad_decode_windows_are_refused_at_validation(server, window, overlap, m
 def test_training_prompt_saves_an_adapter_that_load_temporal_adapter_then_loads(server, server_base_dir):
     """Moving Shapes -> Train Temporal Adapter (saved) -> sample with it; then a second prompt loads
     the saved file with Load Temporal Adapter."""
-    prompt = json.loads((REPO_ROOT / "workflows" / "train_api.json").read_text())
+    prompt = json.loads(api_prompt("train").read_text())
     prompt["5"]["inputs"]["seed"] = 3   # not the cached run of the generic test: the node must execute
     prompt["5"]["inputs"]["save_name"] = "videoldm_api_trained/seed3"
     run = server.run_prompt(prompt)
@@ -169,7 +169,7 @@ def test_training_prompt_saves_an_adapter_that_load_temporal_adapter_then_loads(
     [video] = [p for p in server.output_files(run) if p.suffix == ".mp4"]
     assert len(read_video(video)[0]) == prompt["8"]["inputs"]["batch_size"]
 
-    reuse = json.loads((REPO_ROOT / "workflows" / "train_api.json").read_text())
+    reuse = json.loads(api_prompt("train").read_text())
     del reuse["5"], reuse["6"], reuse["4"]
     reuse["13"] = {"class_type": "VideoLDMLoadTemporalAdapter", "inputs": {"adapter_name": "videoldm_api_trained/seed3.safetensors"}}
     reuse["7"]["inputs"]["temporal_adapter"] = ["13", 0]
@@ -178,7 +178,7 @@ def test_training_prompt_saves_an_adapter_that_load_temporal_adapter_then_loads(
 
 
 def test_training_a_prediction_mode_on_a_motion_module_fails_the_prompt_clearly(server):
-    prompt = json.loads((REPO_ROOT / "workflows" / "train_api.json").read_text())
+    prompt = json.loads(api_prompt("train").read_text())
     prompt["13"] = {"class_type": "VideoLDMLoadTemporalAdapter", "inputs": {"adapter_name": "videoldm_demo_motion_module.safetensors"}}
     prompt["5"]["inputs"].update(mode="prediction", temporal_adapter=["13", 0], save_name="")
     run = server.run_prompt(prompt)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from devtools.frame_strip import read_frames
-from devtools.paths import REPO_ROOT
+from devtools.paths import REPO_ROOT, api_prompt
 
 
 def read_video(path):
@@ -51,7 +51,7 @@ def test_demo_command_runs_the_cascade_on_the_toy_family(server):
     path = done.stdout.strip().splitlines()[-1]
     assert path.endswith(".mp4")
     assert "toy family" in done.stderr
-    prompt = json.loads((REPO_ROOT / "workflows" / "cascade_api.json").read_text())
+    prompt = json.loads(api_prompt("cascade").read_text())
     # it says what runs while it runs: each node as it starts, progress with the elapsed time
     assert f"node 8 ({prompt['8']['_meta']['title']})" in done.stderr
     assert re.search(r"\[demo\] +[0-9.]+s  node 8: [0-9]+/[0-9]+", done.stderr), done.stderr[-2000:]

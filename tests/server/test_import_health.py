@@ -1,6 +1,8 @@
 """The pack inside a real ComfyUI server: it imports cleanly, every node is served with
 tooltips and help pages, and the import-failure check itself catches a broken pack."""
 
+import json
+
 from devtools.comfy_server import ComfyServer
 
 
@@ -45,3 +47,15 @@ def test_import_failure_check_catches_a_broken_pack(server_base_dir, tmp_path):
         assert any("broken_pack" in line for line in failures), broken.log_tail()
         assert not any("comfyui_videoldm" in line for line in failures)
         assert "VideoLDMLoadBundle" in broken.get_json("/object_info")
+
+
+def test_templates_list_exactly_the_ui_graphs(server):
+    """ComfyUI lists `workflows/*.json` of a pack as its templates: the UI graphs only (API twins
+    live in workflows/api/, which it does not list, and would open an empty canvas)."""
+    from devtools.paths import WORKFLOWS, pack_module_name
+
+    listed = server.get_json("/workflow_templates")
+    assert sorted(listed[pack_module_name()]) == sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    for name in listed[pack_module_name()]:
+        status, body = server.get_bytes(f"/api/workflow_templates/{pack_module_name()}/{name}.json")
+        assert status == 200 and "nodes" in json.loads(body), name

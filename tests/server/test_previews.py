@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from devtools.paths import REPO_ROOT
+from devtools.paths import api_prompt
 
 SAMPLING_NODES = {"rollout": "VideoLDMExtendVideo", "interpolation": "VideoLDMInterpolateKeyframes",
                   "upscale": "VideoLDMVideoUpscale"}
@@ -22,7 +22,7 @@ def previewing_server(server_base_dir):
 
 @pytest.mark.parametrize("name", list(SAMPLING_NODES))
 def test_self_sampling_nodes_send_latent_previews(previewing_server, name):
-    prompt = json.loads((REPO_ROOT / "workflows" / f"{name}_api.json").read_text())
+    prompt = json.loads(api_prompt(name).read_text())
     nodes = [k for k, v in prompt.items() if v["class_type"] == SAMPLING_NODES[name]]
     run = previewing_server.run_prompt(prompt)
     assert run.status == "success", run.error_message() or previewing_server.log_tail()
