@@ -46,8 +46,8 @@ def model_schedule(model) -> Optional[BetaSchedule]:
                                  float(sampling.linear_end), int(sampling.num_timesteps))
     except ScheduleError:
         return None
-    same = candidate.sigmas().float().shape == sampling.sigmas.shape and torch.equal(candidate.sigmas().float(), sampling.sigmas.cpu())
-    return candidate if same else None
+    sigmas = candidate.sigmas().float()
+    return candidate if sigmas.shape == sampling.sigmas.shape and torch.equal(sigmas, sampling.sigmas.cpu()) else None
 
 
 def sampling_for(model, schedule: BetaSchedule):

@@ -104,14 +104,21 @@ def test_full_size_sd15_motion_module_matches_diffusers(pack_module):
     check_against_diffusers(VARIANTS["v2"], unet_configs.SD15, "v2-full", pack_module, frames=2, tolerance=1e-3)
 
 
+def random_motion_adapter(config, v):
+    """diffusers' MotionAdapter at `config`'s widths for variant `v`, random weights (seed 2)."""
+    from diffusers import MotionAdapter
+
+    widths = tuple(config["model_channels"] * m for m in config["channel_mult"])
+    return randomize_(MotionAdapter(block_out_channels=widths, motion_layers_per_block=2, motion_num_attention_heads=8,
+                                    motion_norm_num_groups=32, motion_max_seq_length=v["max_len"],
+                                    use_motion_mid_block=v["mid"]), seed=2)
+
+
 def check_against_diffusers(v, config, variant, pack_module, frames=FRAMES, tolerance=TOLERANCE):
-    from diffusers import MotionAdapter, UNetMotionModel
+    from diffusers import UNetMotionModel
 
     reference_2d = randomize_(diffusers_unet(config), seed=1)
-    widths = tuple(config["model_channels"] * m for m in config["channel_mult"])
-    motion = randomize_(MotionAdapter(block_out_channels=widths, motion_layers_per_block=2, motion_num_attention_heads=8,
-                                      motion_norm_num_groups=32, motion_max_seq_length=v["max_len"],
-                                      use_motion_mid_block=v["mid"]), seed=2)
+    motion = random_motion_adapter(config, v)
     reference = UNetMotionModel.from_unet2d(reference_2d, motion).eval()
 
     importers = pack_module("videoldm_core.importers")
@@ -181,14 +188,11 @@ def original_norms(reference, variant, frames):
 
 @pytest.mark.parametrize("variant", ["v1", "sdxl"])
 def test_imported_module_normalises_where_its_original_code_did(variant, pack_module):
-    from diffusers import MotionAdapter, UNetMotionModel
+    from diffusers import UNetMotionModel
 
     v, config = VARIANTS[variant], unet_configs.tiny(VARIANTS[variant]["base"])
     reference_2d = randomize_(diffusers_unet(config), seed=1)
-    widths = tuple(config["model_channels"] * m for m in config["channel_mult"])
-    motion = randomize_(MotionAdapter(block_out_channels=widths, motion_layers_per_block=2, motion_num_attention_heads=8,
-                                      motion_norm_num_groups=32, motion_max_seq_length=v["max_len"],
-                                      use_motion_mid_block=v["mid"]), seed=2)
+    motion = random_motion_adapter(config, v)
     reference = UNetMotionModel.from_unet2d(reference_2d, motion).eval()
     patch = pack_module("host.temporal_adapter")
     spec, weights = pack_module("videoldm_core.importers").import_adapter(original_layout(motion.state_dict()), {}, variant)
@@ -236,13 +240,10 @@ def test_an_adapter_over_a_fine_tune_with_a_core_lora_is_the_adapter_maths_over_
     then the motion module: equal to diffusers' motion UNet over the fine-tune's weights with the
     LoRA merged (W + up·down·alpha/rank); the fine-tune MODEL itself stays untouched."""
     import comfy.sd
-    from diffusers import MotionAdapter, UNetMotionModel
+    from diffusers import UNetMotionModel
 
     v, config = VARIANTS["v2"], unet_configs.tiny(VARIANTS["v2"]["base"])
-    widths = tuple(config["model_channels"] * m for m in config["channel_mult"])
-    motion = randomize_(MotionAdapter(block_out_channels=widths, motion_layers_per_block=2, motion_num_attention_heads=8,
-                                      motion_norm_num_groups=32, motion_max_seq_length=v["max_len"],
-                                      use_motion_mid_block=v["mid"]), seed=2)
+    motion = random_motion_adapter(config, v)
     patch = pack_module("host.temporal_adapter")
     spec, weights = pack_module("videoldm_core.importers").import_adapter(original_layout(motion.state_dict()), {}, "v2")
     spec = dataclasses.replace(spec, slots={p: dict(c, group_norm="video") for p, c in spec.slots.items()})
