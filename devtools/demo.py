@@ -9,29 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 
 from . import paths
 from .comfy_server import ComfyServer
-from .make_demo_bundle import (DEMO_BUNDLE_NAME, DEMO_INTERPOLATOR_NAME, DEMO_MOTION_MODULE_NAME, DEMO_PREDICTOR_NAME,
-                               DEMO_TEMPORAL_DECODER_NAME, DEMO_X4_BUNDLE_NAME)
-
-
-def ensure_demo_models():
-    """The committed toy family and the random-weight wiring-demo models in the scratch base dir."""
-    from .toy_family import install_family
-
-    install_family(paths.base_dir())
-    models = paths.base_dir() / "models"
-    if not all((models / folder / name).exists() for folder, name in
-               (("checkpoints", DEMO_BUNDLE_NAME), ("checkpoints", DEMO_X4_BUNDLE_NAME), ("temporal_adapters", DEMO_MOTION_MODULE_NAME),
-                ("temporal_adapters", DEMO_TEMPORAL_DECODER_NAME), ("temporal_adapters", DEMO_PREDICTOR_NAME),
-                ("temporal_adapters", DEMO_INTERPOLATOR_NAME))):
-        print("[demo] making the random-weight demo models", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "devtools.make_demo_bundle"], cwd=paths.REPO_ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
 
 
 class ProgressPrinter:
@@ -59,9 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--strip", help="also write a strip of the video's frames (PNG) here")
     args = parser.parse_args(argv)
 
-    ensure_demo_models()
-    text = open(args.workflow).read()
-    prompt = json.loads(text)
+    prompt = json.loads(open(args.workflow).read())
     with ComfyServer() as server:
         failures = server.import_failures()
         if failures:
@@ -74,8 +54,7 @@ def main(argv=None) -> int:
             print(f"[demo] the prompt failed: {run.error_message() or run.status}\n{server.log_tail()}", file=sys.stderr)
             return 1
         videos = [p for p in server.output_files(run) if p.suffix == ".mp4"]
-        note = ("Random weights: the video shows the graph runs, not a picture." if "videoldm_demo_" in text else
-                "Models: the toy family in toy/ (64x64 keyframes, 256x256 output), trained by devtools.toy_family.")
+        note = "Models: the toy family the pack ships in toy/, trained by devtools.toy_family."
         print(f"[demo] done in {time.monotonic() - start:.1f}s. {note}", file=sys.stderr)
     if not videos:
         print("[demo] the prompt succeeded but wrote no mp4", file=sys.stderr)

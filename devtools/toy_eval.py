@@ -28,7 +28,7 @@ import torch
 
 from . import paths
 from .comfy_in_process import init_comfy
-from .toy_family import FPS, KEYFRAME_FPS, NAMES, SEED, SIDE
+from .toy_family import FPS, KEYFRAME_FPS, NAMES, SEED, SIDE, family_file
 
 EVAL_SEED = SEED + 7  # held-out clips: the training data used SEED, SEED + 1 and SEED + 2
 FRAMES = 8
@@ -44,21 +44,21 @@ class Family:
         from comfy.utils import load_torch_file
 
         def bundle_at(key):
-            path = folder / NAMES[key]
+            path = family_file(folder, key)
             return bundle_host.build_components(bundle.read_bundle_spec(path), load_torch_file(str(path)), NAMES[key])
 
         self.model, self.clip, self.vae = bundle_at("base")
         self.x4_model, _, self.x4_vae = bundle_at("x4")
         adapters = self.m("host.temporal_adapter")
         patch = self.m("host.temporal_adapter")
-        predictor = adapters.load_temporal_adapter(str(folder / NAMES["predictor"]), NAMES["predictor"])
+        predictor = adapters.load_temporal_adapter(str(family_file(folder, "predictor")), NAMES["predictor"])
         self.video_model = patch.apply_adapter(self.model, predictor.patcher, predictor.name)
-        x4_temporal = adapters.load_temporal_adapter(str(folder / NAMES["x4-temporal"]), NAMES["x4-temporal"])
+        x4_temporal = adapters.load_temporal_adapter(str(family_file(folder, "x4-temporal")), NAMES["x4-temporal"])
         self.x4_video_model = patch.apply_adapter(self.x4_model, x4_temporal.patcher, x4_temporal.name)
         temporal_vae = self.m("host.temporal_decoder")
-        addon = temporal_vae.read_addon(*load_torch_file(str(folder / NAMES["decoder"]), return_metadata=True),
+        addon = temporal_vae.read_addon(*load_torch_file(str(family_file(folder, "decoder")), return_metadata=True),
                                         NAMES["decoder"])
-        self.temporal_vae = temporal_vae.load_temporal_vae(load_torch_file(str(folder / NAMES["base"])), NAMES["base"], addon)
+        self.temporal_vae = temporal_vae.load_temporal_vae(load_torch_file(str(family_file(folder, "base"))), NAMES["base"], addon)
         self.decode_video = temporal_vae.decode_video
 
     def prompt(self, text: str):

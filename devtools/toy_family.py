@@ -69,27 +69,14 @@ STEPS = {"vae": (600, 4, 1e-3), "image": (1200, 8, 1e-3), "x4-image": (1200, 4, 
          "interpolator": (500, 2, 5e-4), "decoder": (400, 2, 1e-3), "x4-temporal": (800, 2, 5e-4)}
 
 
-FOLDERS = {"base": "checkpoints", "x4": "checkpoints", "predictor": "temporal_adapters",
-           "interpolator": "temporal_adapters", "decoder": "temporal_adapters", "x4-temporal": "temporal_adapters"}
+# where each file lies in the family's folder (toy/): one subfolder per kind, the folder keys the
+# pack registers it under (host/model_folders.py), so each loader lists only what it can read
+FOLDERS = {"base": "bundles", "x4": "bundles", "predictor": "temporal_adapters", "interpolator": "temporal_adapters",
+           "decoder": "temporal_decoders", "x4-temporal": "temporal_adapters"}
 
 
-def install_family(base_dir: Path, family: Path = paths.REPO_ROOT / "toy") -> list[Path]:
-    """Copy the committed family into a ComfyUI base directory's model folders (where the loader
-    nodes list them); files already there with the same bytes are kept."""
-    import filecmp
-    import shutil
-
-    installed = []
-    for key, name in NAMES.items():
-        source, target = family / name, base_dir / "models" / FOLDERS[key] / name
-        if not source.is_file():
-            raise FileNotFoundError(f"expected the toy family's {name} in {family}, found no such file; "
-                                    "run `python -m devtools.toy_family` to make it.")
-        if not target.is_file() or not filecmp.cmp(source, target, shallow=False):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-        installed.append(target)
-    return installed
+def family_file(family: Path, key: str) -> Path:
+    return family / FOLDERS[key] / NAMES[key]
 
 
 def ema_decay(steps: int) -> float:
@@ -245,8 +232,9 @@ def main(argv=None) -> int:
                "decoder": decoder / "temporal_decoder.safetensors", "x4-temporal": x4_temporal / "adapter.safetensors"}
     sizes = {}
     for key, source in results.items():
-        to_half(source, out / NAMES[key])
-        sizes[NAMES[key]] = (out / NAMES[key]).stat().st_size
+        family_file(out, key).parent.mkdir(parents=True, exist_ok=True)
+        to_half(source, family_file(out, key))
+        sizes[NAMES[key]] = family_file(out, key).stat().st_size
     provenance = {"command": "python -m devtools.toy_family" + (" --quick" if args.quick else ""), "seed": SEED,
                   "torch": torch.__version__, "threads": torch.get_num_threads(), "stages": log, "bytes": sizes,
                   "total_bytes": sum(sizes.values()),

@@ -118,10 +118,11 @@ def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], sour
 
 
 def load_bundle(bundle_name: str):
-    """(MODEL, CLIP, VAE) from a bundle in the checkpoints folder. The spec is read from the header
-    first: a file that is not a bundle fails before any weights are read."""
-    import folder_paths
+    """(MODEL, CLIP, VAE) from a bundle in models/videoldm_bundles (or the toy family) or
+    models/checkpoints. The spec is read from the header first: a file that is not a bundle fails
+    before any weights are read."""
+    from .model_folders import BUNDLES, full_path
 
-    path = folder_paths.get_full_path_or_raise("checkpoints", bundle_name)
+    path = full_path(bundle_name, BUNDLES, "checkpoints")
     spec = read_bundle_spec(path)
     return build_components(spec, comfy.utils.load_torch_file(path, safe_load=True), source=f"'{bundle_name}'")

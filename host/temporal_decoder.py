@@ -26,6 +26,7 @@ from ..videoldm_core.temporal_decoder import (TemporalDecoder, TemporalDecoderFo
 from ..videoldm_core.state_dict import check_weights
 from ..videoldm_core.video_upscale import plan_tiles, smaller_tile
 from ..videoldm_core.windows import windows
+from .model_folders import BUNDLES, TEMPORAL_DECODERS, full_path
 from .temporal_adapter import TEMPORAL_ADAPTERS
 
 log = logging.getLogger("videoldm")
@@ -160,17 +161,17 @@ def _decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_si
 
 
 def vae_sources() -> list[str]:
-    return ([f"vae/{n}" for n in folder_paths.get_filename_list("vae")] +
-            [f"checkpoints/{n}" for n in folder_paths.get_filename_list("checkpoints")])
+    return [f"{key}/{n}" for key in ("vae", BUNDLES, "checkpoints") for n in folder_paths.get_filename_list(key)]
 
 
 def load_temporal_vae_files(vae_name: str, temporal_decoder: str = NONE):
-    """Load Temporal VAE: `vae_name` as "vae/<file>" or "checkpoints/<file>" (its first stage), plus an
-    optional temporal-decoder add-on from models/temporal_adapters."""
+    """Load Temporal VAE: `vae_name` as "vae/<file>", "videoldm_bundles/<file>" or "checkpoints/<file>"
+    (its first stage), plus an optional temporal-decoder add-on from models/temporal_decoders (or
+    models/temporal_adapters, where earlier versions of the pack put them)."""
     folder, name = vae_name.split("/", 1)
     state_dict = comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise(folder, name), safe_load=True)
     addon = None
     if temporal_decoder != NONE:
-        path = folder_paths.get_full_path_or_raise(TEMPORAL_ADAPTERS, temporal_decoder)
+        path = full_path(temporal_decoder, TEMPORAL_DECODERS, TEMPORAL_ADAPTERS)
         addon = read_addon(*comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True), f"'{temporal_decoder}'")
     return load_temporal_vae(state_dict, f"'{os.path.basename(name)}'", addon)

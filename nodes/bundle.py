@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing_extensions import override
 
-import folder_paths
 from comfy_api.latest import io
 
 from ..host.bundle import load_bundle
+from ..host.model_folders import BUNDLES, filenames
 
 
 class LoadBundle(io.ComfyNode):
@@ -24,9 +24,9 @@ class LoadBundle(io.ComfyNode):
             search_aliases=["bundle", "toy model", "demo model", "tiny checkpoint"],
             inputs=[
                 io.Combo.Input(
-                    "bundle_name", options=folder_paths.get_filename_list("checkpoints"),
-                    tooltip="A .safetensors bundle in the 'checkpoints' models folder (made by the pack's "
-                            "demo set-up or its trainer)."),
+                    "bundle_name", options=filenames(BUNDLES, "checkpoints"),
+                    tooltip="A .safetensors bundle from models/videoldm_bundles (the pack's toy family is listed "
+                            "too) or models/checkpoints."),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The bundle's UNet, ready for core samplers."),

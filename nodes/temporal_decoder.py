@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import folder_paths
 from comfy_api.latest import io
 from typing_extensions import override
 
+from ..host.model_folders import TEMPORAL_DECODERS, filenames
 from ..host.temporal_adapter import TEMPORAL_ADAPTERS
 from ..host.temporal_decoder import NONE, decode_video, load_temporal_vae_files, vae_sources
 
@@ -23,14 +23,25 @@ class LoadTemporalVAE(io.ComfyNode):
             search_aliases=["svd vae", "temporal decoder", "video vae"],
             inputs=[
                 io.Combo.Input("vae_name", options=vae_sources(),
-                               tooltip="A VAE file (models/vae) or a checkpoint whose first stage is used (models/checkpoints)."),
-                io.Combo.Input("temporal_decoder", options=[NONE] + folder_paths.get_filename_list(TEMPORAL_ADAPTERS),
+                               tooltip="A VAE file (models/vae), or a bundle or checkpoint whose first stage is used "
+                                       "(models/videoldm_bundles, models/checkpoints)."),
+                io.Combo.Input("temporal_decoder", options=[NONE] + filenames(TEMPORAL_DECODERS),
                                default=NONE,
-                               tooltip="A temporal-decoder add-on for an image VAE (models/temporal_adapters), or 'none' "
-                                       "(an SVD VAE brings its own)."),
+                               tooltip="A temporal-decoder add-on for an image VAE (models/temporal_decoders), or "
+                                       "'none' (an SVD VAE brings its own)."),
             ],
             outputs=[io.Vae.Output(display_name="VAE", tooltip="The VAE; decode videos with Temporal VAE Decode.")],
         )
+
+    @classmethod
+    @override
+    def validate_inputs(cls, temporal_decoder) -> bool | str:
+        """Add-ons saved in models/temporal_adapters by earlier versions of the pack still load from saved
+        graphs, without that folder's adapters being listed here."""
+        if temporal_decoder == NONE or temporal_decoder in filenames(TEMPORAL_DECODERS, TEMPORAL_ADAPTERS):
+            return True
+        return (f"temporal_decoder: expected 'none' or a file in models/{TEMPORAL_DECODERS}, "
+                f"found no file {temporal_decoder!r}.")
 
     @classmethod
     @override

@@ -45,3 +45,45 @@ def test_entry_point_keeps_paths_the_user_configured(pack):
     folder_paths.add_model_folder_path("temporal_adapters", "/elsewhere/adapters")
     asyncio.run(pack.comfy_entrypoint())  # a second registration must not drop it
     assert "/elsewhere/adapters" in folder_paths.get_folder_paths("temporal_adapters")
+
+
+def test_each_loader_lists_the_toy_family_files_it_can_read_in_place(pack, node_classes):
+    """The committed toy family is registered where it lies (toy/<kind>/), one folder key per kind:
+    bundles only for Load Video LDM Bundle (core Load Checkpoint cannot read them), adapters only for
+    Load Temporal Adapter, the temporal-decoder add-on only for Load Temporal VAE."""
+    import folder_paths
+
+    from devtools.paths import REPO_ROOT
+    from devtools.toy_family import NAMES, family_file
+
+    def options(node_id, name):
+        [combo] = [i for i in node_classes[node_id].define_schema().inputs if i.id == name]
+        return combo.options
+
+    bundles, adapters = options("VideoLDMLoadBundle", "bundle_name"), options("VideoLDMLoadTemporalAdapter", "adapter_name")
+    decoders, vaes = options("VideoLDMLoadTemporalVAE", "temporal_decoder"), options("VideoLDMLoadTemporalVAE", "vae_name")
+    assert {NAMES["base"], NAMES["x4"]} <= set(bundles) and not {NAMES["predictor"], NAMES["decoder"]} & set(bundles)
+    assert {NAMES["predictor"], NAMES["interpolator"], NAMES["x4-temporal"]} <= set(adapters)
+    assert NAMES["decoder"] not in adapters and NAMES["base"] not in adapters
+    assert NAMES["decoder"] in decoders and NAMES["predictor"] not in decoders
+    assert f"videoldm_bundles/{NAMES['base']}" in vaes
+    assert NAMES["base"] not in folder_paths.get_filename_list("checkpoints")
+    for key in NAMES:   # not copied: the loaders resolve to the files in the pack's own toy/ folder
+        folder = {"base": "videoldm_bundles", "x4": "videoldm_bundles", "decoder": "temporal_decoders"}.get(key, "temporal_adapters")
+        assert os.path.realpath(folder_paths.get_full_path(folder, NAMES[key])) == str(family_file(REPO_ROOT / "toy", key))
+    assert os.path.isdir(os.path.join(folder_paths.models_dir, "temporal_adapters"))   # where Save writes
+
+
+def test_a_file_of_the_users_wins_over_a_toy_file_of_the_same_name(pack):
+    import folder_paths
+
+    from devtools.toy_family import NAMES
+
+    mine = os.path.join(folder_paths.models_dir, "videoldm_bundles", NAMES["base"])
+    os.makedirs(os.path.dirname(mine), exist_ok=True)
+    with open(mine, "wb") as f:
+        f.write(b"\x00")
+    try:
+        assert folder_paths.get_full_path("videoldm_bundles", NAMES["base"]) == mine
+    finally:
+        os.remove(mine)

@@ -12,10 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from devtools.paths import REPO_ROOT
+from devtools.toy_family import NAMES as KEYS, family_file
 
-NAMES = ("videoldm_toy.safetensors", "videoldm_toy_x4.safetensors", "videoldm_toy_predictor.safetensors",
-         "videoldm_toy_interpolator.safetensors", "videoldm_toy_temporal_decoder.safetensors",
-         "videoldm_toy_x4_temporal.safetensors")
+NAMES = tuple(KEYS.values())
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +36,11 @@ def test_the_chain_writes_every_model_in_fp16_within_25_mb(which, request):
     assert provenance["command"].endswith("--quick") == (which == "quick")
     assert list(provenance["stages"]) == ["vae", "image", "x4-image", "predictor", "interpolator", "decoder", "x4-temporal"]
     assert sorted(provenance["bytes"]) == sorted(NAMES)
-    total = sum((family / name).stat().st_size for name in NAMES)
+    total = sum(family_file(family, key).stat().st_size for key in KEYS)
     assert total == provenance["total_bytes"] <= 25_000_000
-    for name in NAMES:
-        floats = [v.dtype for v in load_file(str(family / name)).values() if v.is_floating_point()]
-        assert floats and set(floats) == {torch.float16}, name
+    for key in KEYS:
+        floats = [v.dtype for v in load_file(str(family_file(family, key))).values() if v.is_floating_point()]
+        assert floats and set(floats) == {torch.float16}, key
 
 
 @pytest.mark.parametrize("which", ["quick", "committed"])
@@ -51,18 +50,17 @@ def test_every_file_loads_through_the_pack(which, request, pack_module):
     family = request.getfixturevalue("family") if which == "quick" else COMMITTED
     bundle_host, bundle = pack_module("host.bundle"), pack_module("videoldm_core.bundle")
     loaded = {}
-    for name in NAMES[:2]:
-        path = family / name
-        loaded[name] = bundle_host.build_components(bundle.read_bundle_spec(path), load_file(str(path)), source=name)
-    base, x4 = loaded[NAMES[0]][0], loaded[NAMES[1]][0]
+    for key in ("base", "x4"):
+        path = family_file(family, key)
+        loaded[key] = bundle_host.build_components(bundle.read_bundle_spec(path), load_file(str(path)), source=KEYS[key])
+    base, x4 = loaded["base"][0], loaded["x4"][0]
     assert type(base.model) is comfy.model_base.BaseModel and type(x4.model) is comfy.model_base.SD_X4Upscaler
-    scale = bundle.read_bundle_spec(family / NAMES[0]).latent_scale_factor
+    scale = bundle.read_bundle_spec(family_file(family, "base")).latent_scale_factor
     assert scale and base.model.latent_format.scale_factor == x4.model.latent_format.scale_factor == scale  # one VAE
 
     adapters = pack_module("host.temporal_adapter")
-    predictor = adapters.load_temporal_adapter(str(family / NAMES[2]), NAMES[2])
-    interpolator = adapters.load_temporal_adapter(str(family / NAMES[3]), NAMES[3])
-    x4_temporal = adapters.load_temporal_adapter(str(family / NAMES[5]), NAMES[5])
+    predictor, interpolator, x4_temporal = (adapters.load_temporal_adapter(str(family_file(family, key)), KEYS[key])
+                                            for key in ("predictor", "interpolator", "x4-temporal"))
     assert predictor.spec.has_context_encoder and predictor.spec.context_frames == [0, 1, 2]
     assert interpolator.spec.has_interpolation_embedding
     assert x4_temporal.spec.family == "SD-x4-upscaler"
@@ -70,8 +68,9 @@ def test_every_file_loads_through_the_pack(which, request, pack_module):
     temporal_vae = pack_module("host.temporal_decoder")
     from comfy.utils import load_torch_file
 
-    addon = temporal_vae.read_addon(*load_torch_file(str(family / NAMES[4]), safe_load=True, return_metadata=True), NAMES[4])
-    vae = temporal_vae.load_temporal_vae(load_torch_file(str(family / NAMES[0])), NAMES[0], addon)
+    addon = temporal_vae.read_addon(*load_torch_file(str(family_file(family, "decoder")), safe_load=True,
+                                                     return_metadata=True), KEYS["decoder"])
+    vae = temporal_vae.load_temporal_vae(load_torch_file(str(family_file(family, "base"))), KEYS["base"], addon)
     with torch.inference_mode():
         frames = temporal_vae.decode_video(vae, torch.randn(5, 4, 16, 16), 17, 1)
     assert frames.shape == (5, 64, 64, 3)

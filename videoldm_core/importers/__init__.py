@@ -24,8 +24,9 @@ def import_adapter(state_dict: dict, metadata: dict | None = None, source: str =
                                                         or (k.startswith(("decoder.", "first_stage_model.decoder."))
                                                             and ".time_stack." in k) for k in state_dict):
         raise AdapterFormatError(f"{source}: this is a temporal VAE decoder (temporal layers of a VAE decoder, e.g. "
-                                 f"SVD's), not temporal layers for a UNet. Load it with Load Temporal VAE and decode "
-                                 f"with Temporal VAE Decode.")
+                                 f"SVD's), not temporal layers for a UNet. Load it with Load Temporal VAE (an add-on "
+                                 f"goes in models/temporal_decoders, an SVD VAE in models/vae) and decode with "
+                                 f"Temporal VAE Decode.")
     if looks_like_svd(state_dict):
         return import_svd(state_dict, source)
     if looks_like_animatediff(state_dict):
