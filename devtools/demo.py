@@ -1,6 +1,8 @@
 """Command 1: the Video LDM cascade on the toy family (workflows/api/cascade.json) through a real
-ComfyUI server; prints the mp4's path. Keyframes by prediction rollout at 1.875 fps → interpolation
-twice (7.5, 30 fps) → temporal decode → x4 temporal upscaling → temporal decode → mp4.
+ComfyUI server, with the pack installed the README way (a copy in custom_nodes/comfyui-videoldm
+of a fresh base directory, `pip install -r requirements.txt`, no model step); prints the mp4's path.
+Keyframes by prediction rollout at 1.875 fps → interpolation twice (7.5, 30 fps) → temporal decode
+→ x4 temporal upscaling → temporal decode → mp4.
 
 Usage: devtools/demo.sh [--workflow workflows/api/cascade.json] [--strip frames.png]
 """
@@ -14,6 +16,7 @@ import time
 
 from . import paths
 from .comfy_server import ComfyServer
+from .install_copy import install_pack
 
 
 class ProgressPrinter:
@@ -42,7 +45,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     prompt = json.loads(open(args.workflow).read())
-    with ComfyServer() as server:
+    base = paths.scratch_dir() / "user"
+    pack = install_pack(base)
+    print(f"[demo] installed the pack in {pack}", file=sys.stderr)
+    with ComfyServer(base_dir=base) as server:
         failures = server.import_failures()
         if failures:
             print("[demo] the pack failed to import:\n" + "\n".join(failures), file=sys.stderr)
