@@ -123,6 +123,40 @@ class Frontend:
         return self._async("await window.app.loadApiJson(args[0], 'api-prompt.json');"
                            "return JSON.parse(JSON.stringify(window.app.graph.serialize()));", prompt)
 
+    def graph_layout(self) -> dict:
+        """The loaded graph as drawn: each node's bounding box (title bar included), each group's
+        box and title, and every combo widget whose value is not among its options (a missing model)."""
+        return self._async(
+            "const g = window.app.graph; const th = window.LiteGraph.NODE_TITLE_HEIGHT;"
+            "return {nodes: g.nodes.map(n => ({id: String(n.id), type: n.type, box: [n.pos[0], n.pos[1] - th, n.size[0], n.size[1] + th],"
+            "  missing: (n.widgets || []).filter(w => w.type === 'combo' && Array.isArray(w.options?.values)"
+            "    && !w.options.values.includes(w.value)).map(w => `${w.name}=${w.value}`)})),"
+            " groups: g.groups.map(gr => ({title: gr.title, box: Array.from(gr._bounding || gr.bounding)}))};")
+
+    def fit_view_screenshot(self, path, size=(1920, 1080)) -> float:
+        """A PNG of the whole loaded graph fitted to a `size` window (a 1080p screen) in focus mode
+        (the editor's menus hidden), as a user sees it after opening it; returns the zoom."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        self.driver.set_window_size(*size)
+        ActionChains(self.driver).send_keys(Keys.ESCAPE).perform()   # the templates dialog of a first start
+        self._async("const w = window.app.extensionManager; w.focusMode = true;"
+                    "await w.setting.set('Comfy.Minimap.Visible', false); await w.setting.set('Comfy.Graph.CanvasInfo', false);"
+                    "await new Promise(r => setTimeout(r, 500));")
+        scale = self._async(
+            "const c = window.app.canvas, g = window.app.graph, th = window.LiteGraph.NODE_TITLE_HEIGHT;"
+            "const boxes = g.nodes.map(n => [n.pos[0], n.pos[1] - th, n.size[0], n.size[1] + th])"
+            "  .concat(g.groups.map(gr => Array.from(gr._bounding || gr.bounding)));"
+            "const x0 = Math.min(...boxes.map(b => b[0])), y0 = Math.min(...boxes.map(b => b[1]));"
+            "const x1 = Math.max(...boxes.map(b => b[0] + b[2])), y1 = Math.max(...boxes.map(b => b[1] + b[3]));"
+            "const w = c.canvas.width / (window.devicePixelRatio || 1), h = c.canvas.height / (window.devicePixelRatio || 1);"
+            "const scale = 0.95 * Math.min(w / (x1 - x0), h / (y1 - y0));"
+            "c.ds.scale = scale; c.ds.offset = [(w / scale - (x1 - x0)) / 2 - x0, (h / scale - (y1 - y0)) / 2 - y0];"
+            "c.setDirty(true, true); c.draw(true, true); await new Promise(r => setTimeout(r, 500)); return scale;")
+        self.driver.save_screenshot(str(path))
+        return scale
+
     def graph_to_prompt(self) -> dict:
         """The API prompt the frontend would queue for the graph now loaded."""
         return self._async("const p = await window.app.graphToPrompt(); return JSON.parse(JSON.stringify(p.output));")

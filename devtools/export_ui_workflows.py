@@ -1,7 +1,9 @@
 """Writes the UI graph (`workflows/<name>.json`) of every API prompt `workflows/api/<name>.json`,
-using the real frontend's own API-to-graph converter, so the twin opens in the graph editor.
+using the real frontend's own API-to-graph converter, so the twin opens in the graph editor, laid
+out in stage groups (devtools.graph_layout), and a fit-to-view screenshot of it as opened
+(`docs/graphs/<name>.png`, shown by the README).
 
-Usage: python -m devtools.export_ui_workflows [names...]   (needs the demo models; run devtools/demo.sh once)
+Usage: python -m devtools.export_ui_workflows [names...]   (after devtools/setup.sh)
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import sys
 from . import paths
 from .browser import Frontend
 from .comfy_server import ComfyServer
+from .graph_layout import lay_out
+
+SCREENSHOTS = paths.REPO_ROOT / "docs" / "graphs"
 
 
 def main(names: list[str]) -> int:
@@ -24,8 +29,12 @@ def main(names: list[str]) -> int:
             for api_file in api_files:
                 workflow = frontend.load_api_prompt(json.loads(api_file.read_text()))
                 workflow["extra"] = {k: v for k, v in workflow.get("extra", {}).items() if k != "ds"}
+                workflow = lay_out(workflow, api_file.stem)
                 out = paths.ui_graph(api_file.stem)
                 out.write_text(json.dumps(workflow, indent=1) + "\n")
+                frontend.load_workflow(workflow)
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                frontend.fit_view_screenshot(SCREENSHOTS / f"{api_file.stem}.png")
                 print(out.relative_to(paths.REPO_ROOT))
         finally:
             frontend.close()

@@ -44,7 +44,8 @@ def test_interpolation_prompt_writes_16t_minus_15_frames_at_16x_the_rate(server)
 
 def test_interpolation_with_a_non_interpolation_adapter_fails_clearly(server):
     prompt = json.loads(api_prompt("interpolation").read_text())
-    prompt["9"]["inputs"]["adapter_name"] = "videoldm_toy_predictor.safetensors"
+    prompt["1"]["inputs"]["bundle_name"] = "videoldm_demo_tiny.safetensors"   # the motion module's UNet
+    prompt["9"]["inputs"]["adapter_name"] = "videoldm_demo_motion_module.safetensors"
     run = server.run_prompt(prompt)
     assert run.status == "error" and "expected a model with an interpolation adapter applied" in run.error_message()
 
