@@ -38,7 +38,7 @@ STAGES: dict[str, tuple[tuple[Stage, ...], int]] = {   # name -> (stages, groups
         Stage(MODELS, "The toy keyframe model and its prediction adapter.", ("1", "9", "10")),
         PROMPT,
         Stage("Keyframes", "The image model draws the first; each segment is predicted from the last 2.", ("4", "5", "12")),
-        Stage(SAVE, "Decode with the temporal VAE; the keyframe rate is 1.875 fps.", ("11", "6", "7", "8"), (2, 2)),
+        Stage(SAVE, "Decode with the temporal VAE; keyframes (1.875 fps) play at 2 fps.", ("11", "6", "7", "8"), (2, 2)),
     ), 4),
     "interpolation": ((
         Stage(MODELS, "The toy keyframe model and its interpolation adapter.", ("1", "9", "10")),

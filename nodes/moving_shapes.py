@@ -24,7 +24,7 @@ class MovingShapes(io.ComfyNode):
                 io.Int.Input("frames", default=16, min=1, max=4096, tooltip="Number of frames."),
                 io.Int.Input("width", default=64, min=8, max=2048, step=8, tooltip="Frame width in pixels (at scale 1)."),
                 io.Int.Input("height", default=64, min=8, max=2048, step=8, tooltip="Frame height in pixels (at scale 1)."),
-                io.Float.Input("fps", default=15.0, min=0.125, max=240.0, step=0.125,
+                io.Float.Input("fps", default=15.0, min=0.125, max=240.0, step=0.001,
                                tooltip="Frames per second: motion is defined in pixels per second."),
                 io.Int.Input("scale", default=1, min=1, max=8,
                              tooltip="Render the same scene at this multiple of width and height."),

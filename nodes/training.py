@@ -50,7 +50,7 @@ class TrainTemporalAdapter(io.ComfyNode):
                              tooltip="Clip width in pixels when reading a folder."),
                 io.Int.Input("height", default=256, min=32, max=4096, step=8, optional=True,
                              tooltip="Clip height in pixels when reading a folder."),
-                io.Float.Input("fps", default=0.0, min=0.0, max=240.0, step=0.125, optional=True,
+                io.Float.Input("fps", default=0.0, min=0.0, max=240.0, step=0.001, optional=True,
                                tooltip="Frame rate clips are sampled at from a folder (0: each video's own)."),
                 TemporalAdapterType.Input("temporal_adapter", optional=True,
                                       tooltip="Continue training this adapter (a copy; the input is not changed). "
