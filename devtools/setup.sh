@@ -39,7 +39,7 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 # --- 1. ComfyUI tree (cheap checks first, so bad input fails before any install) ---------------
 is_comfy_tree() {
     local dir="$1" missing=()
-    for f in main.py nodes.py server.py folder_paths.py execution.py comfy/model_patcher.py comfy_api/latest/__init__.py requirements.txt; do
+    for f in main.py nodes.py server.py folder_paths.py execution.py comfy/model_patcher.py comfy_api/v0_0_2/__init__.py requirements.txt; do
         [ -e "$dir/$f" ] || missing+=("$f")
     done
     if [ ${#missing[@]} -gt 0 ]; then

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing_extensions import override
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..host.bundle import load_bundle
 from ..host.model_folders import BUNDLES, filenames

@@ -1,6 +1,6 @@
 """The pack as a ComfyUI extension: its nodes."""
 
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.v0_0_2 import ComfyExtension, io
 
 from . import NODES
 

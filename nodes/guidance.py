@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.guidance import ON_MISSING, context_guider

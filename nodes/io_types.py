@@ -7,7 +7,7 @@ The Python names end in `Type` so they never read as the core's `TemporalAdapter
 from __future__ import annotations
 
 import comfy.samplers
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 TemporalAdapterType = io.Custom("TEMPORAL_ADAPTER")   # value: host.temporal_adapter.LoadedAdapter
 VideoContextType = io.Custom("VIDEO_CONTEXT")         # value: videoldm_core.context.VideoContext

@@ -3,7 +3,7 @@ tests and the toy model family (videoldm_core/moving_shapes.py)."""
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..videoldm_core.moving_shapes import moving_shapes_clip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import folder_paths
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 from typing_extensions import override
 
 from ..host.noise_schedule import AUTO, NOISE_SCHEDULE_CHOICES

@@ -3,7 +3,7 @@ frozen, only the temporal layers learn). Real runs use the CLI (train.py, torchr
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.training import train_temporal_adapter

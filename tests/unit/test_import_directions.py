@@ -82,3 +82,14 @@ def test_the_checker_sees_a_wrong_import(tmp_path, monkeypatch):
             test_each_layer_imports_only_the_layers_below_it("host")
     finally:
         fake.unlink()
+
+
+def test_the_node_interface_is_a_versioned_comfy_api():
+    """Nodes import ComfyUI's V3 interface by version (`comfy_api.v0_0_2`, which ComfyUI keeps as
+    later versions arrive), never `comfy_api.latest`, which changes under the pack."""
+    found = {}
+    for path in sorted((REPO_ROOT / "nodes").glob("*.py")) + [REPO_ROOT / "__init__.py"]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("comfy_api"):
+                found.setdefault(node.module, []).append(path.name)
+    assert found and set(found) == {"comfy_api.v0_0_2"}, found
