@@ -6,7 +6,7 @@ from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.guidance import ON_MISSING, context_guider
-from .io_types import VideoContextType
+from .io_types import CFG_WHY, VideoContextType
 
 
 class ContextGuiderNode(io.ComfyNode):
@@ -24,7 +24,7 @@ class ContextGuiderNode(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="The negative prompt (it also sees the context frames)."),
                 VideoContextType.Input("context", tooltip="From Video Context: which frames are given."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Text classifier-free guidance scale; 1 skips the negative branch."),
+                               tooltip="Text classifier-free guidance scale; 1 skips the negative branch. " + CFG_WHY[7.5]),
                 io.Float.Input("context_scale", default=1.0, min=0.0, max=20.0, step=0.05,
                                tooltip="Context guidance s: 1 is plain conditioning on the context; above 1 also runs a "
                                        "context-dropped branch and pushes away from it (the paper uses s >= 1)."),

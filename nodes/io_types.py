@@ -13,16 +13,22 @@ TemporalAdapterType = io.Custom("TEMPORAL_ADAPTER")   # value: host.temporal_ada
 VideoContextType = io.Custom("VIDEO_CONTEXT")         # value: videoldm_core.context.VideoContext
 
 
+CFG_WHY = {7.5: "Default 7.5, Stable Diffusion's own sampling default (core KSampler's is 8.0).",
+           4.0: "Default 4.0: the x4 upscaler is conditioned on the low-res frames, which carry most of the "
+                "picture; high text guidance oversaturates its output (core KSampler's default is 8.0)."}
+
+
 def sampler_inputs(per: str | None = None, cfg_default: float = 7.5) -> list:
-    """seed, steps, cfg, sampler_name, scheduler; `per` names what one run samples ("segment",
-    "window") when the node samples several in turn."""
+    """seed, steps, cfg, sampler_name, scheduler, with core KSampler's defaults except cfg (its
+    tooltip says why); `per` names what one run samples ("segment", "window") when the node samples
+    several in turn."""
     return [
         io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                      tooltip=f"Noise seed of the first {per}; {per} i uses seed + i." if per else "Noise seed."),
         io.Int.Input("steps", default=20, min=1, max=10000,
                      tooltip=f"Sampling steps per {per}." if per else "Sampling steps."),
         io.Float.Input("cfg", default=cfg_default, min=0.0, max=100.0, step=0.1, round=0.01,
-                       tooltip="Text classifier-free guidance scale; 1 skips the negative branch."),
+                       tooltip="Text classifier-free guidance scale; 1 skips the negative branch. " + CFG_WHY[cfg_default]),
         io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="The sampler."),
         io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="The noise schedule."),
     ]
