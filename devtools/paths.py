@@ -45,8 +45,18 @@ WORKFLOWS = REPO_ROOT / "workflows"
 API_PROMPTS = WORKFLOWS / "api"
 
 
+# Recipes for the public weights users own: workflows/recipes/<name>.json (UI) and
+# workflows/recipes/api/<name>.json; ComfyUI lists only workflows/*.json as templates, not these.
+RECIPES = WORKFLOWS / "recipes"
+RECIPE_PROMPTS = RECIPES / "api"
+
+
 def api_prompt(name: str) -> Path:
     return API_PROMPTS / f"{name}.json"
+
+
+def recipe_prompt(name: str) -> Path:
+    return RECIPE_PROMPTS / f"{name}.json"
 
 
 def ui_graph(name: str) -> Path:

@@ -1,0 +1,115 @@
+"""Random-weight files in the exact public layouts of the weights users own, under their public
+names, for the recipe tests (tests/server/test_recipes.py): ComfyUI reads them the way it reads the
+real files, so a recipe that runs on these runs the same graph on the real ones (pictures aside).
+
+- `v1-5-pruned-emaonly.safetensors`: SD1.5 at full size (UNet, CLIP ViT-L text encoder, KL VAE
+  under `model.diffusion_model.`, `cond_stage_model.transformer.`, `first_stage_model.`), the
+  shapes taken from ComfyUI's own modules built on the meta device;
+- `svd_xt.safetensors`: the first stage of an SVD checkpoint (image encoder, the decoder with its
+  temporal layers, `first_stage_model.*`), the part Load Temporal VAE reads; the video UNet and the
+  image conditioner (1.5B and 0.6B parameters the pack never reads from this file) are left out;
+- `v3_sd15_mm.ckpt`, `mm_sd_v15_v2.ckpt`, `AnimateLCM_sd15_t2v.ckpt`: motion modules at SD1.5's
+  widths, pickled state dicts as they are published (devtools.public_layouts).
+
+Usage: python -m devtools.public_checkpoints MODELS_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from .unet_configs import SD15
+
+SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+SVD_CHECKPOINT = "svd_xt.safetensors"
+SD15_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+            "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+MOTION_MODULES = {"v3_sd15_mm.ckpt": "v3", "mm_sd_v15_v2.ckpt": "v2", "AnimateLCM_sd15_t2v.ckpt": "animatelcm"}
+SD15_LEVEL_WIDTHS = [320, 640, 1280, 1280]
+
+
+def meta_shapes(build) -> dict[str, torch.Size]:
+    """Every parameter and persistent buffer of the module `build()` makes, by name, built on the
+    meta device (no memory)."""
+    with torch.device("meta"):
+        module = build()
+    return {name: tensor.shape for name, tensor in module.state_dict().items()}
+
+
+def random_weights(shapes: dict[str, torch.Size], seed: int, std: float = 0.02) -> dict[str, torch.Tensor]:
+    """fp16 normal noise of `std` per tensor; norm and scale weights around 1 so activations keep their size."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in shapes.items():
+        value = torch.randn(shape, generator=generator) * std
+        if name.endswith(".weight") and len(shape) == 1 and any(n in name for n in ("norm", "ln_", "layer_norm")):
+            value += 1.0
+        out[name] = value.to(torch.float16)
+    return out
+
+
+def sd15_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    import comfy.ops
+    import comfy.sd1_clip
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    unet = meta_shapes(lambda: UNetModel(**SD15, operations=comfy.ops.disable_weight_init))
+    clip = meta_shapes(lambda: comfy.sd1_clip.SDClipModel())
+    vae = meta_shapes(lambda: AutoencoderKL(ddconfig=SD15_VAE, embed_dim=4))
+    shapes = {**{f"model.diffusion_model.{k}": s for k, s in unet.items()},
+              **{f"cond_stage_model.{k}": s for k, s in clip.items() if k.startswith("transformer.text_model.")},
+              **{f"first_stage_model.{k}": s for k, s in vae.items()}}
+    return random_weights(shapes, seed)
+
+
+def svd_first_stage_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    from comfy.ldm.modules.diffusionmodules.model import Encoder
+    from comfy.ldm.modules.temporal_ae import VideoDecoder
+
+    encoder = meta_shapes(lambda: Encoder(**SD15_VAE))
+    decoder = meta_shapes(lambda: VideoDecoder(video_kernel_size=[3, 1, 1], alpha=0.0, **SD15_VAE))
+    shapes = {**{f"first_stage_model.encoder.{k}": s for k, s in encoder.items()},
+              **{f"first_stage_model.decoder.{k}": s for k, s in decoder.items()}}
+    weights = random_weights(shapes, seed)
+    for name in weights:   # SVD's decoder starts as the image decoder: its mixes lean to the spatial branch
+        if name.endswith("mix_factor"):
+            weights[name].fill_(2.0)
+    return weights
+
+
+def write_public_files(models: Path, seed: int = 0) -> list[Path]:
+    """The files above in `models/checkpoints` and `models/animatediff_models` (files already there are kept)."""
+    from safetensors.torch import save_file
+
+    from .public_layouts import VARIANTS, animatediff_state_dict
+
+    written = []
+
+    def write(path: Path, make, save):
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            save(make(), partial)
+            partial.replace(path)
+        written.append(path)
+
+    write(models / "checkpoints" / SD15_CHECKPOINT, lambda: sd15_state_dict(seed), lambda sd, p: save_file(sd, str(p)))
+    write(models / "checkpoints" / SVD_CHECKPOINT, lambda: svd_first_stage_state_dict(seed), lambda sd, p: save_file(sd, str(p)))
+    for name, variant in MOTION_MODULES.items():
+        options = dict(VARIANTS[variant], widths=SD15_LEVEL_WIDTHS)
+        write(models / "animatediff_models" / name,
+              lambda: {k: v.to(torch.float16) for k, v in animatediff_state_dict(**options, seed=seed).items()},
+              lambda sd, p: torch.save(sd, str(p)))
+    return written
+
+
+if __name__ == "__main__":
+    from .comfy_in_process import init_comfy
+
+    init_comfy()
+    for path in write_public_files(Path(sys.argv[1])):
+        print(path)

@@ -1,0 +1,65 @@
+"""The recipes for the weights users own (workflows/recipes/) through a real server, on
+random-weight files in the exact public layouts under the public names (devtools.public_checkpoints:
+SD1.5 at full size, SVD's first stage, AnimateDiff v3/v2 and AnimateLCM motion modules), placed by
+the test. Only the frame size (64 px) and the step count are made small; every node, file and
+setting is the recipe's."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from devtools.frame_strip import read_frames
+from devtools.paths import REPO_ROOT, recipe_prompt
+
+
+@pytest.fixture(scope="module")
+def recipe_server(tmp_path_factory):
+    from devtools.comfy_server import ComfyServer
+    from tests.conftest import make_base_dir
+
+    base = make_base_dir(tmp_path_factory.mktemp("recipes-base"))
+    subprocess.run([sys.executable, "-m", "devtools.public_checkpoints", str(base / "models")], cwd=REPO_ROOT, check=True,
+                   capture_output=True)
+    with ComfyServer(base_dir=base) as running:
+        yield running
+
+
+def small(prompt: dict, frames: int | None = None, steps: int = 2) -> dict:
+    for node in prompt.values():
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=64, height=64, **({"batch_size": frames} if frames else {}))
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = steps
+    return prompt
+
+
+def run_video(server, prompt):
+    run = server.run_prompt(prompt, timeout=1200)
+    assert run.status == "success", run.error_message() or server.log_tail()
+    [video] = [p for p in server.output_files(run) if p.suffix == ".mp4"]
+    return read_frames(video)
+
+
+@pytest.mark.parametrize("motion_module", ["v3_sd15_mm.ckpt", "mm_sd_v15_v2.ckpt"])
+def test_sd15_with_animatediff_and_svds_temporal_decoder(recipe_server, motion_module):
+    prompt = small(json.loads(recipe_prompt("animatediff_sd15").read_text()))
+    prompt["2"]["inputs"]["adapter_name"] = motion_module
+    frames, fps = run_video(recipe_server, prompt)
+    assert len(frames) == prompt["6"]["inputs"]["batch_size"] == 16 and frames[0].shape == (64, 64, 3)
+    assert fps == prompt["10"]["inputs"]["fps"]
+
+
+def test_animatelcm_at_few_steps(recipe_server):
+    prompt = small(json.loads(recipe_prompt("animatelcm_sd15").read_text()))
+    assert prompt["7"]["inputs"]["sampler_name"] == "lcm"
+    frames, _ = run_video(recipe_server, prompt)
+    assert len(frames) == 16
+
+
+def test_a_long_video_with_core_context_windows(recipe_server):
+    """More frames than the motion module's positions cover in one window: 24 frames in windows of 16."""
+    prompt = small(json.loads(recipe_prompt("long_video_context_windows").read_text()), frames=24, steps=1)
+    frames, _ = run_video(recipe_server, prompt)
+    assert len(frames) == 24
