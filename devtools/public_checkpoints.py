@@ -8,6 +8,9 @@ real files, so a recipe that runs on these runs the same graph on the real ones 
 - `svd_xt.safetensors`: the first stage of an SVD checkpoint (image encoder, the decoder with its
   temporal layers, `first_stage_model.*`), the part Load Temporal VAE reads; the video UNet and the
   image conditioner (1.5B and 0.6B parameters the pack never reads from this file) are left out;
+- `x4-upscaler-ema.safetensors`: the SD x4 upscaler at full size (UNet with the low-res image
+  concatenated and the noise level as class label, OpenCLIP ViT-H text encoder, 4x KL VAE), in the
+  original layout ComfyUI's own checkpoint saver writes;
 - `v3_sd15_mm.ckpt`, `mm_sd_v15_v2.ckpt`, `AnimateLCM_sd15_t2v.ckpt`: motion modules at SD1.5's
   widths, pickled state dicts as they are published (devtools.public_layouts).
 
@@ -25,6 +28,11 @@ from .unet_configs import SD15
 
 SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SVD_CHECKPOINT = "svd_xt.safetensors"
+X4_CHECKPOINT = "x4-upscaler-ema.safetensors"
+X4_UNET = dict(SD15, in_channels=7, model_channels=256, channel_mult=[1, 2, 2, 4], num_res_blocks=[2, 2, 2, 2],
+               transformer_depth=[0, 0, 1, 1, 1, 1, 1, 1], transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+               context_dim=1024, use_linear_in_transformer=True, disable_self_attentions=[True, True, True, False],
+               num_classes=1000, num_heads=8, num_head_channels=-1)
 SD15_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
             "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
 MOTION_MODULES = {"v3_sd15_mm.ckpt": "v3", "mm_sd_v15_v2.ckpt": "v2", "AnimateLCM_sd15_t2v.ckpt": "animatelcm"}
@@ -66,6 +74,25 @@ def sd15_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return random_weights(shapes, seed)
 
 
+def x4_upscaler_shapes() -> dict[str, torch.Size]:
+    """Shapes from ComfyUI's modules on the meta device, keys through ComfyUI's own converters to
+    the checkpoint layout (`cond_stage_model.model.*` for the OpenCLIP text encoder)."""
+    import comfy.ops
+    import comfy.supported_models
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from comfy.text_encoders.sd2_clip import SD2ClipModel
+
+    config = comfy.supported_models.SD_X4Upscaler(X4_UNET)
+    with torch.device("meta"):
+        unet = UNetModel(**X4_UNET, operations=comfy.ops.disable_weight_init).state_dict()
+        clip = SD2ClipModel().state_dict()
+        vae = AutoencoderKL(ddconfig=dict(SD15_VAE, ch_mult=[1, 2, 4]), embed_dim=4).state_dict()
+    shapes = {**config.process_unet_state_dict_for_saving(unet), **config.process_clip_state_dict_for_saving(clip),
+              **config.process_vae_state_dict_for_saving(vae)}
+    return {k: v.shape for k, v in shapes.items()}
+
+
 def svd_first_stage_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     from comfy.ldm.modules.diffusionmodules.model import Encoder
     from comfy.ldm.modules.temporal_ae import VideoDecoder
@@ -99,6 +126,7 @@ def write_public_files(models: Path, seed: int = 0) -> list[Path]:
 
     write(models / "checkpoints" / SD15_CHECKPOINT, lambda: sd15_state_dict(seed), lambda sd, p: save_file(sd, str(p)))
     write(models / "checkpoints" / SVD_CHECKPOINT, lambda: svd_first_stage_state_dict(seed), lambda sd, p: save_file(sd, str(p)))
+    write(models / "checkpoints" / X4_CHECKPOINT, lambda: random_weights(x4_upscaler_shapes(), seed), lambda sd, p: save_file(sd, str(p)))
     for name, variant in MOTION_MODULES.items():
         options = dict(VARIANTS[variant], widths=SD15_LEVEL_WIDTHS)
         write(models / "animatediff_models" / name,

@@ -1,7 +1,8 @@
 """The recipes for the weights users own (workflows/recipes/) through a real server, on
 random-weight files in the exact public layouts under the public names (devtools.public_checkpoints:
-SD1.5 at full size, SVD's first stage, AnimateDiff v3/v2 and AnimateLCM motion modules), placed by
-the test. Only the frame size (64 px) and the step count are made small; every node, file and
+SD1.5 and the SD x4 upscaler at full size, SVD's first stage, AnimateDiff v3/v2 and AnimateLCM
+motion modules) and a video file in ComfyUI's input folder, placed by the test. Only the frame
+size (64 px; a 32 px video to upscale) and the step count are made small; every node, file and
 setting is the recipe's."""
 
 import json
@@ -22,6 +23,11 @@ def recipe_server(tmp_path_factory):
     base = make_base_dir(tmp_path_factory.mktemp("recipes-base"))
     subprocess.run([sys.executable, "-m", "devtools.public_checkpoints", str(base / "models")], cwd=REPO_ROOT, check=True,
                    capture_output=True)
+    from devtools.synthetic_data import write_mp4
+    from videoldm_core.moving_shapes import moving_shapes_clip
+
+    (base / "input").mkdir(exist_ok=True)
+    write_mp4(base / "input" / "my_clip.mp4", moving_shapes_clip(3, 8, 32, 32, 8.0).frames, 8.0)
     with ComfyServer(base_dir=base) as running:
         yield running
 
@@ -63,3 +69,11 @@ def test_a_long_video_with_core_context_windows(recipe_server):
     prompt = small(json.loads(recipe_prompt("long_video_context_windows").read_text()), frames=24, steps=1)
     frames, _ = run_video(recipe_server, prompt)
     assert len(frames) == 24
+
+
+def test_x4_upscaling_of_a_video_file(recipe_server):
+    prompt = json.loads(recipe_prompt("upscale_video_file").read_text())
+    assert prompt["1"]["inputs"]["file"] == "my_clip.mp4"
+    prompt["6"]["inputs"]["steps"] = 2
+    frames, fps = run_video(recipe_server, prompt)
+    assert len(frames) == 8 and frames[0].shape == (128, 128, 3) and fps == 8.0
