@@ -1,7 +1,8 @@
-"""Writes the UI graph (`workflows/<name>.json`) of every API prompt `workflows/api/<name>.json`,
+"""Writes the UI graph (`workflows/<name>.json`) of every API prompt `workflows/api/<name>.json`
+(and `workflows/recipes/<name>.json` of `workflows/recipes/api/<name>.json`),
 using the real frontend's own API-to-graph converter, so the twin opens in the graph editor, laid
 out in stage groups (devtools.graph_layout), and a fit-to-view screenshot of it as opened
-(`docs/graphs/<name>.png`, shown by the README).
+(`docs/graphs/<name>.png`, `docs/graphs/recipes/<name>.png`, shown by the README).
 
 Usage: python -m devtools.export_ui_workflows [names...]   (after devtools/setup.sh)
 """
@@ -20,7 +21,7 @@ SCREENSHOTS = paths.REPO_ROOT / "docs" / "graphs"
 
 
 def main(names: list[str]) -> int:
-    api_files = sorted(paths.API_PROMPTS.glob("*.json"))
+    api_files = sorted(paths.API_PROMPTS.glob("*.json")) + sorted(paths.RECIPE_PROMPTS.glob("*.json"))
     if names:
         api_files = [f for f in api_files if f.stem in names]
     with ComfyServer() as server:
@@ -30,11 +31,13 @@ def main(names: list[str]) -> int:
                 workflow = frontend.load_api_prompt(json.loads(api_file.read_text()))
                 workflow["extra"] = {k: v for k, v in workflow.get("extra", {}).items() if k != "ds"}
                 workflow = lay_out(workflow, api_file.stem)
-                out = paths.ui_graph(api_file.stem)
+                recipe = api_file.parent == paths.RECIPE_PROMPTS
+                out = (paths.RECIPES if recipe else paths.WORKFLOWS) / f"{api_file.stem}.json"
                 out.write_text(json.dumps(workflow, indent=1) + "\n")
                 frontend.load_workflow(workflow)
-                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-                frontend.fit_view_screenshot(SCREENSHOTS / f"{api_file.stem}.png")
+                shots = SCREENSHOTS / "recipes" if recipe else SCREENSHOTS
+                shots.mkdir(parents=True, exist_ok=True)
+                frontend.fit_view_screenshot(shots / f"{api_file.stem}.png")
                 print(out.relative_to(paths.REPO_ROOT))
         finally:
             frontend.close()

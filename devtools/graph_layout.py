@@ -63,6 +63,47 @@ STAGES: dict[str, tuple[tuple[Stage, ...], int]] = {   # name -> (stages, groups
     ), 5),
 }
 
+SD15_PROMPT = Stage("Prompt", "What the video shows, and what it should not.", ("4", "5"))
+RECIPE_STAGES: dict[str, tuple[tuple[Stage, ...], int]] = {
+    "animatediff_sd15": ((
+        Stage(MODELS, "Your SD1.5 checkpoint (fine-tunes and LoRAs work) and a motion module: v3_sd15_mm.ckpt, or "
+                      "mm_sd_v15_v2.ckpt.", ("1", "2", "3")),
+        SD15_PROMPT,
+        Stage("Sample", "16 frames are the latent batch; the module samples with the schedule it was trained with.",
+              ("6", "7")),
+        Stage("Temporal decode", "SVD's decoder has temporal layers and decodes SD1.x latents: less flicker.",
+              ("8", "9")),
+        Stage(SAVE, "Write the mp4.", ("10", "11")),
+    ), 5),
+    "animatelcm_sd15": ((
+        Stage(MODELS, "Your SD1.5 checkpoint and AnimateLCM_sd15_t2v.ckpt (auto: its LCM schedule).", ("1", "2", "3")),
+        SD15_PROMPT,
+        Stage("Sample", "The lcm sampler, 4-8 steps, cfg 1-2.", ("6", "7")),
+        Stage(SAVE, "Decode and write the mp4.", ("9", "10", "11")),
+    ), 4),
+    "long_video_context_windows": ((
+        Stage(MODELS, "Your SD1.5 checkpoint, a motion module, then core Context Windows: 16-frame windows, "
+                      "overlap 4.", ("1", "2", "3", "12")),
+        SD15_PROMPT,
+        Stage("Sample", "64 frames in one KSampler: each step runs the model window by window.", ("6", "7")),
+        Stage("Temporal decode", "SVD's temporal decoder, 17 frames at a time.", ("8", "9")),
+        Stage(SAVE, "Write the mp4.", ("10", "11")),
+    ), 5),
+    "upscale_video_file": ((
+        Stage("Your video", "Any video in ComfyUI/input (upload it with the node).", ("1", "2")),
+        Stage(MODELS, "x4-upscaler-ema.safetensors from Load Checkpoint, and its prompt.", ("3", "4", "5")),
+        Stage("Upscale x4", "Tiles of 64 px, chunks of 8 frames, all denoised together.", ("6",)),
+        Stage(SAVE, "Decode in tiles and windows, keep the source's fps.", ("7", "8", "9")),
+    ), 4),
+    "train_on_clips": ((
+        Stage(MODELS, "Your SD1.5 checkpoint; optionally a motion module to continue (else new layers).", ("1", "2")),
+        Stage("Prompt", "What the clips show.", ("3", "4")),
+        Stage("Train", "Clips from ComfyUI/input/my_clips; saved to models/temporal_adapters.", ("5", "6")),
+        Stage("Sample", "The trained layers on your checkpoint.", ("7", "8", "9")),
+        Stage(SAVE, "Decode and write the mp4.", ("10", "11", "12")),
+    ), 5),
+}
+
 PAD, GAP, ROW_GAP, TITLE, NODE_TITLE = 30, 60, 80, 50, 30
 NOTE_HEIGHT = 60
 COLOURS = ("#3f789e", "#8A8", "#b58b2a", "#a1309b", "#88A", "#b06634", "#2f8f83")
@@ -71,7 +112,7 @@ COLOURS = ("#3f789e", "#8A8", "#b58b2a", "#a1309b", "#88A", "#b06634", "#2f8f83"
 def lay_out(workflow: dict, name: str) -> dict:
     """`workflow` (a UI graph from the frontend's converter, node ids = API ids) with its nodes
     placed in stage groups and one Note per group; every node must belong to exactly one stage."""
-    stages, per_row = STAGES[name]
+    stages, per_row = {**STAGES, **RECIPE_STAGES}[name]
     nodes = {str(n["id"]): n for n in workflow["nodes"]}
     placed = [i for s in stages for i in s.nodes]
     if sorted(placed) != sorted(nodes):

@@ -6,29 +6,18 @@ size (64 px; a 32 px video to upscale) and the step count are made small; every 
 setting is the recipe's."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from devtools.frame_strip import read_frames
-from devtools.paths import REPO_ROOT, recipe_prompt
+from devtools.paths import recipe_prompt
 
 
 @pytest.fixture(scope="module")
-def recipe_server(tmp_path_factory):
+def recipe_server(recipe_base):
     from devtools.comfy_server import ComfyServer
-    from tests.conftest import make_base_dir
 
-    base = make_base_dir(tmp_path_factory.mktemp("recipes-base"))
-    subprocess.run([sys.executable, "-m", "devtools.public_checkpoints", str(base / "models")], cwd=REPO_ROOT, check=True,
-                   capture_output=True)
-    from devtools.synthetic_data import write_mp4
-    from videoldm_core.moving_shapes import moving_shapes_clip
-
-    (base / "input").mkdir(exist_ok=True)
-    write_mp4(base / "input" / "my_clip.mp4", moving_shapes_clip(3, 8, 32, 32, 8.0).frames, 8.0)
-    with ComfyServer(base_dir=base) as running:
+    with ComfyServer(base_dir=recipe_base) as running:
         yield running
 
 
@@ -77,3 +66,4 @@ def test_x4_upscaling_of_a_video_file(recipe_server):
     prompt["6"]["inputs"]["steps"] = 2
     frames, fps = run_video(recipe_server, prompt)
     assert len(frames) == 8 and frames[0].shape == (128, 128, 3) and fps == 8.0
+
