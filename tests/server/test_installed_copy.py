@@ -58,14 +58,44 @@ def test_the_training_cli_runs_from_the_hyphenated_folder(installed):
     assert done.returncode != 0 and "TrainingError" in done.stderr and "no_clips" in done.stderr, done.stderr[-2000:]
 
 
+def check_rollout(prompt, run, frames, fps, base):
+    """keyframe from the image model -> Extend Video -> Temporal VAE Decode: every segment's frames."""
+    from videoldm_core.rollout import rollout_length
+
+    extend = prompt["12"]["inputs"]
+    first = prompt["4"]["inputs"]["batch_size"]
+    assert len(frames) == rollout_length(first, extend["segment_length"], extend["context_frames"], extend["segments"])
+    assert fps == prompt["7"]["inputs"]["fps"]
+    progress = [m["data"] for m in run.messages if m["type"] == "progress" and m["data"]["node"] == "12"]
+    assert progress and progress[-1]["value"] == progress[-1]["max"] == extend["segments"] * extend["steps"]
+
+
+def check_interpolation(prompt, run, frames, fps, base):
+    """keyframes -> T-to-4T -> 4T-to-16T: 16T - 15 frames at 16 times the keyframe rate."""
+    assert len(frames) == 16 * prompt["4"]["inputs"]["frames"] - 15 == 49
+    assert fps == 16 * prompt["12"]["inputs"]["fps"] == 30.0
+
+
+def check_upscale(prompt, run, frames, fps, base):
+    shapes = prompt["4"]["inputs"]
+    assert len(frames) == shapes["frames"] and frames[0].shape == (4 * shapes["height"], 4 * shapes["width"], 3)
+
+
+def check_train(prompt, run, frames, fps, base):
+    assert len(frames) == prompt["8"]["inputs"]["batch_size"]
+    saved = base / "models" / "temporal_adapters" / f"{prompt['5']['inputs']['save_name']}.safetensors"
+    assert saved.is_file()   # created by the pack at start-up, where Load Temporal Adapter looks
+
+
+CHECKS = {"rollout": check_rollout, "interpolation": check_interpolation, "upscale": check_upscale, "train": check_train}
+
+
 @pytest.mark.parametrize("name", [t for t in TEMPLATES if t != "cascade"])
-def test_every_template_runs_from_the_installed_copy(user_server, name):
+def test_every_template_runs_from_the_installed_copy(user_server, installed, name):
+    assert set(CHECKS) == set(TEMPLATES) - {"cascade"}
     prompt = json.loads((API_PROMPTS / f"{name}.json").read_text())
     run = user_server.run_prompt(prompt, timeout=900)
     assert run.status == "success", run.error_message() or user_server.log_tail()
-    outputs = user_server.output_files(run)
-    videos = [p for p in outputs if p.suffix == ".mp4"]
-    assert videos, outputs
-    for video in videos:
-        frames, fps = read_frames(video)
-        assert len(frames) > 1 and fps > 0
+    [video] = [p for p in user_server.output_files(run) if p.suffix == ".mp4"]
+    frames, fps = read_frames(video)
+    CHECKS[name](prompt, run, frames, fps, installed[0])
