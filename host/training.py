@@ -341,11 +341,14 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
         pbar = comfy.utils.ProgressBar(steps)
         finished = trainer.run(should_stop=mm.processing_interrupted, on_step=lambda row: pbar.update(1))
     trained = trained_state(adapter, trainer)
+    history, step = trainer.history, trainer.step
+    # the optimiser's state, the gradients and the UNet copy go before the result is built beside `trained`
+    del trainer, phase, denoiser, base, items
     if save_path or not finished:
         # the weights returned below (EMA when kept), not the live module's
         save_adapter(save_path or adapter_save_path(f"interrupted_{time.strftime('%Y%m%d-%H%M%S')}"), trained, spec)
     mm.throw_exception_if_processing_interrupted()
-    name = f"trained ({mode}, {trainer.step} steps)"
+    name = f"trained ({mode}, {step} steps)"
     result = LoadedAdapter(name, spec, build_adapter_patcher(spec, trained, source=name))
-    curve = loss_curve_image([r["adapter/loss"] for r in trainer.history], title=f"{mode} loss")
+    curve = loss_curve_image([r["adapter/loss"] for r in history], title=f"{mode} loss")
     return result, curve

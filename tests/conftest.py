@@ -48,6 +48,23 @@ def pytest_terminal_summary(terminalreporter):
 # --- shared fixtures -------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def return_freed_memory():
+    """After each test module, the heap it freed goes back to the OS: glibc keeps freed blocks
+    mapped, and the full-size oracle in tests/host left about 6 GB of them resident in this process
+    (measured: 6954 MB, 847 MB after malloc_trim), memory the server tier's full-size recipe
+    servers need on a 24 GB machine."""
+    yield
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to return this way
+        pass
+
+
 def make_base_dir(root: Path) -> Path:
     """A scratch ComfyUI --base-directory with this checkout linked in as the pack."""
     from devtools import paths

@@ -1,7 +1,9 @@
 """The training recipe (workflows/recipes/api/train_on_clips.json) through a real server of its
-own: SD1.5 at full size continuing AnimateDiff v3 (417M trainable parameters, fp32 on the CPU: the
-server peaks at about 18 GB, so it runs alone, after test_recipes.py's server has stopped) on the
-clips in input/my_clips, saved, then sampled with. Frame size 64 px, one step of each."""
+own: SD1.5 at full size continuing AnimateDiff v3 on the clips in input/my_clips, saved, then
+sampled with; frame size 64 px, one step of each. On the CPU everything is fp32: the UNet, the copy
+of it training needs outside inference mode, the 417M trainable parameters, their gradients and
+Adam's state take this server to about 18 GB, so it runs alone, after test_recipes.py's server
+has stopped (and the test process has returned its freed heap: tests/conftest.py)."""
 
 import json
 
