@@ -5,7 +5,7 @@
     torchrun --nnodes 2 --rdzv-endpoint host:29500 ... train.py --config run.json
 
 The config names the base checkpoint (a ComfyUI checkpoint or a Video LDM bundle), the mode, the
-data folder and the optimiser settings; see README "Training". ComfyUI is found from --comfyui,
+data folder and the optimiser settings; see docs/development.md "Training". ComfyUI is found from --comfyui,
 $COMFYUI_DIR, or the ComfyUI tree this pack is installed in (custom_nodes/<pack>).
 """
 

@@ -4,7 +4,7 @@ peak of the interpolation, each measured in a fresh process.
 Model: the tests' tiny SD1.x architecture (random weights) with a random interpolation adapter
 (context encoder + regime embedding), 16x16 latent, windows of 5 keyframes (17 frames), one
 Euler step, cfg 1, fp32 on CPU, after a warm-up. At a 16x16 latent the activations are ~0.1 GiB and
-allocator noise shows; --latent 32 gives steadier ratios (the figures in the README).
+allocator noise shows; --latent 32 gives steadier ratios (the figures in docs/development.md).
 
 Targets (issue 5): time per output frame flat within 10 %; peak at 512 keyframes within 1.15x of 64.
 

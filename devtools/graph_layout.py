@@ -51,7 +51,7 @@ STAGES: dict[str, tuple[tuple[Stage, ...], int]] = {   # name -> (stages, groups
         Stage(MODELS, "The toy x4 upscaler and its temporal layers.", ("1", "10", "11")),
         PROMPT,
         Stage("Low-res video", "8 frames of Moving Shapes at 64 px: any IMAGE batch works here.", ("4",)),
-        Stage("Upscale x4", "Tiled in space, chunked in time, all frames denoised together.", ("5",)),
+        Stage("Upscale x4", "64 px tiles, 8-frame chunks (one of each here), all denoised together.", ("5",)),
         Stage(SAVE, "Decode the 256 px latents with the temporal VAE and write the mp4.", ("6", "7", "8", "9"), (2, 2)),
     ), 5),
     "train": ((
@@ -125,6 +125,8 @@ def lay_out(workflow: dict, name: str) -> dict:
         if index and index % per_row == 0:
             x, y_row = 0.0, row_bottom + ROW_GAP
         counts = stage.columns or (len(stage.nodes),)
+        if sum(counts) != len(stage.nodes):
+            raise ValueError(f"{name}: stage {stage.title!r} has {len(stage.nodes)} nodes, its columns hold {sum(counts)}")
         starts = [sum(counts[:c]) for c in range(len(counts))]
         columns = [stage.nodes[start:start + count] for start, count in zip(starts, counts)]
         widths = [max(nodes[i]["size"][0] for i in column) for column in columns]

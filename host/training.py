@@ -343,6 +343,7 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
     trained = trained_state(adapter, trainer)
     history, step = trainer.history, trainer.step
     # the optimiser's state, the gradients and the UNet copy go before the result is built beside `trained`
+    adapter.zero_grad(set_to_none=True)
     del trainer, phase, denoiser, base, items
     if save_path or not finished:
         # the weights returned below (EMA when kept), not the live module's

@@ -65,3 +65,13 @@ def test_the_overlap_check_sees_two_nodes_placed_on_each_other(frontend):
     nodes = frontend.graph_layout()["nodes"]
     assert overlap(nodes[0]["box"], nodes[1]["box"])
     frontend.read_console()
+
+
+def test_the_missing_model_check_sees_a_file_the_server_does_not_list(frontend):
+    graph = json.loads((WORKFLOWS / "rollout.json").read_text())
+    [loader] = [n for n in graph["nodes"] if n["type"] == "VideoLDMLoadTemporalAdapter"]
+    loader["widgets_values"] = ["no_such_adapter.safetensors"]
+    frontend.load_workflow(graph)
+    missing = [n["missing"] for n in frontend.graph_layout()["nodes"] if n["type"] == "VideoLDMLoadTemporalAdapter"]
+    assert missing == [["adapter_name=no_such_adapter.safetensors"]]
+    frontend.read_console()   # the frontend may report the missing model; not an error of the next test
