@@ -86,3 +86,12 @@ def write_dataset(folder, count: int, seed: int, frames: int, height: int, width
         captions[name] = clip.caption
     (folder / "captions.json").write_text(json.dumps(captions, indent=1))
     return captions
+
+
+def write_users_video(input_dir) -> Path:
+    """The video the upscale recipe loads (workflows/recipes/api/upscale_video_file.json), where a
+    user uploads it: `input_dir/my_clip.mp4`, 8 moving-shapes frames of 32 px at 8 fps."""
+    path = Path(input_dir) / "my_clip.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_mp4(path, moving_shapes_clip(3, 8, 32, 32, 8.0).frames, 8.0)
+    return path

@@ -16,11 +16,9 @@ PACK_MARKERS = ("comfyui_videoldm", "VideoLDM")
 def users_video(server_base_dir):
     """The video the upscale recipe loads, where a user uploads it (ComfyUI/input): Load Video
     previews it as the graph opens."""
-    from devtools.synthetic_data import write_mp4
-    from videoldm_core.moving_shapes import moving_shapes_clip
+    from devtools.synthetic_data import write_users_video
 
-    (server_base_dir / "input").mkdir(exist_ok=True)
-    write_mp4(server_base_dir / "input" / "my_clip.mp4", moving_shapes_clip(3, 8, 32, 32, 8.0).frames, 8.0)
+    write_users_video(server_base_dir / "input")
 
 
 def severe(entries):

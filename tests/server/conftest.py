@@ -34,7 +34,7 @@ def public_files() -> Path:
 def recipe_base(tmp_path_factory):
     """A ComfyUI base directory with the pack linked in, devtools.public_checkpoints' files in its
     model folders, a 32 px video `input/my_clip.mp4` and two 64 px clips in `input/my_clips/`."""
-    from devtools.synthetic_data import write_mp4
+    from devtools.synthetic_data import write_mp4, write_users_video
     from tests.conftest import make_base_dir
     from videoldm_core.moving_shapes import moving_shapes_clip
 
@@ -46,7 +46,7 @@ def recipe_base(tmp_path_factory):
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(path)
     (base / "input" / "my_clips").mkdir(parents=True)
-    write_mp4(base / "input" / "my_clip.mp4", moving_shapes_clip(3, 8, 32, 32, 8.0).frames, 8.0)
+    write_users_video(base / "input")
     for seed in (4, 5):
         write_mp4(base / "input" / "my_clips" / f"clip_{seed}.mp4", moving_shapes_clip(seed, 16, 64, 64, 8.0).frames, 8.0)
     return base
