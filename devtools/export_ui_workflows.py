@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from . import paths
 from .browser import Frontend
@@ -20,11 +21,30 @@ from .graph_layout import lay_out
 SCREENSHOTS = paths.REPO_ROOT / "docs" / "graphs"
 
 
+def public_file_names() -> Path:
+    """An extra-model-paths config listing empty files under the public names the recipes load
+    (devtools.public_checkpoints), so their screenshots show the graph as a user who downloaded
+    them sees it, not the frontend's missing-model outline."""
+    from . import public_checkpoints as public
+
+    root = paths.scratch_dir() / "public_file_names"
+    names = {"checkpoints": [public.SD15_CHECKPOINT, public.SDXL_CHECKPOINT, public.SVD_CHECKPOINT, public.X4_CHECKPOINT],
+             "animatediff_models": list(public.MOTION_MODULES)}
+    for folder, files in names.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (root / folder / name).touch()
+    config = root / "extra_model_paths.yaml"
+    config.write_text("public_file_names:\n" + f"  base_path: {root}\n"
+                      + "".join(f"  {folder}: {folder}\n" for folder in names))
+    return config
+
+
 def main(names: list[str]) -> int:
     api_files = sorted(paths.API_PROMPTS.glob("*.json")) + sorted(paths.RECIPE_PROMPTS.glob("*.json"))
     if names:
         api_files = [f for f in api_files if f.stem in names]
-    with ComfyServer() as server:
+    with ComfyServer(extra_args=("--extra-model-paths-config", str(public_file_names()))) as server:
         frontend = Frontend(server.url)
         try:
             for api_file in api_files:

@@ -63,12 +63,12 @@ STAGES: dict[str, tuple[tuple[Stage, ...], int]] = {   # name -> (stages, groups
     ), 5),
 }
 
-SD15_PROMPT = Stage("Prompt", "What the video shows, and what it should not.", ("4", "5"))
+PROMPT_AND_NEGATIVE = Stage("Prompt", "What the video shows, and what it should not.", ("4", "5"))
 RECIPE_STAGES: dict[str, tuple[tuple[Stage, ...], int]] = {
     "animatediff_sd15": ((
         Stage(MODELS, "Your SD1.5 checkpoint (fine-tunes and LoRAs work) and a motion module: v3_sd15_mm.ckpt, or "
                       "mm_sd_v15_v2.ckpt.", ("1", "2", "3")),
-        SD15_PROMPT,
+        PROMPT_AND_NEGATIVE,
         Stage("Sample", "16 frames are the latent batch; the module samples with the schedule it was trained with.",
               ("6", "7")),
         Stage("Temporal decode", "SVD's decoder has temporal layers and decodes SD1.x latents: less flicker.",
@@ -77,14 +77,22 @@ RECIPE_STAGES: dict[str, tuple[tuple[Stage, ...], int]] = {
     ), 5),
     "animatelcm_sd15": ((
         Stage(MODELS, "Your SD1.5 checkpoint and AnimateLCM_sd15_t2v.ckpt (auto: its LCM schedule).", ("1", "2", "3")),
-        SD15_PROMPT,
+        PROMPT_AND_NEGATIVE,
         Stage("Sample", "The lcm sampler, 4-8 steps, cfg 1-2.", ("6", "7")),
         Stage(SAVE, "Decode and write the mp4.", ("9", "10", "11")),
+    ), 4),
+    "animatediff_sdxl": ((
+        Stage(MODELS, "Your SDXL checkpoint and mm_sdxl_v10_beta.ckpt (auto: the linear schedule it was trained "
+                      "with).", ("1", "2", "3")),
+        PROMPT_AND_NEGATIVE,
+        Stage("Sample", "16 frames at 1024x1024, SDXL's own size; 8 frames halve the memory.", ("6", "7")),
+        Stage(SAVE, "SDXL's VAE decodes (SVD's temporal decoder reads SD1.x/2.x latents only); write the mp4.",
+              ("9", "10", "11")),
     ), 4),
     "long_video_context_windows": ((
         Stage(MODELS, "Your SD1.5 checkpoint, a motion module, then core Context Windows: 16-frame windows, "
                       "overlap 4.", ("1", "2", "3", "12")),
-        SD15_PROMPT,
+        PROMPT_AND_NEGATIVE,
         Stage("Sample", "64 frames in one KSampler: each step runs the model window by window.", ("6", "7")),
         Stage("Temporal decode", "SVD's temporal decoder, 17 frames at a time.", ("8", "9")),
         Stage(SAVE, "Write the mp4.", ("10", "11")),

@@ -11,8 +11,12 @@ real files, so a recipe that runs on these runs the same graph on the real ones 
 - `x4-upscaler-ema.safetensors`: the SD x4 upscaler at full size (UNet with the low-res image
   concatenated and the noise level as class label, OpenCLIP ViT-H text encoder, 4x KL VAE), in the
   original layout ComfyUI's own checkpoint saver writes;
-- `v3_sd15_mm.ckpt`, `mm_sd_v15_v2.ckpt`, `AnimateLCM_sd15_t2v.ckpt`: motion modules at SD1.5's
-  widths, pickled state dicts as they are published (devtools.public_layouts).
+- `sd_xl_base_1.0.safetensors`: SDXL base at full size (UNet, CLIP ViT-L and OpenCLIP ViT-bigG text
+  encoders under `conditioner.embedders.{0,1}.`, its VAE), keys through ComfyUI's own SDXL
+  converters;
+- `v3_sd15_mm.ckpt`, `mm_sd_v15_v2.ckpt`, `AnimateLCM_sd15_t2v.ckpt` at SD1.5's widths and
+  `mm_sdxl_v10_beta.ckpt` at SDXL's: motion modules, pickled state dicts as they are published
+  (devtools.public_layouts).
 
 Usage: python -m devtools.public_checkpoints MODELS_DIR
 """
@@ -24,9 +28,10 @@ from pathlib import Path
 
 import torch
 
-from .unet_configs import SD15
+from .unet_configs import SD15, SDXL
 
 SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 SVD_CHECKPOINT = "svd_xt.safetensors"
 X4_CHECKPOINT = "x4-upscaler-ema.safetensors"
 X4_UNET = dict(SD15, in_channels=7, model_channels=256, channel_mult=[1, 2, 2, 4], num_res_blocks=[2, 2, 2, 2],
@@ -35,8 +40,11 @@ X4_UNET = dict(SD15, in_channels=7, model_channels=256, channel_mult=[1, 2, 2, 4
                num_classes=1000, num_heads=8, num_head_channels=-1)
 SD15_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
             "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
-MOTION_MODULES = {"v3_sd15_mm.ckpt": "v3", "mm_sd_v15_v2.ckpt": "v2", "AnimateLCM_sd15_t2v.ckpt": "animatelcm"}
-SD15_LEVEL_WIDTHS = [320, 640, 1280, 1280]
+SD15_LEVEL_WIDTHS, SDXL_LEVEL_WIDTHS = [320, 640, 1280, 1280], [320, 640, 1280]
+# file name: (devtools.public_layouts variant, the widths of its base family's UNet levels)
+MOTION_MODULES = {"v3_sd15_mm.ckpt": ("v3", SD15_LEVEL_WIDTHS), "mm_sd_v15_v2.ckpt": ("v2", SD15_LEVEL_WIDTHS),
+                  "AnimateLCM_sd15_t2v.ckpt": ("animatelcm", SD15_LEVEL_WIDTHS),
+                  "mm_sdxl_v10_beta.ckpt": ("sdxl", SDXL_LEVEL_WIDTHS)}
 
 
 def meta_shapes(build) -> dict[str, torch.Size]:
@@ -47,11 +55,16 @@ def meta_shapes(build) -> dict[str, torch.Size]:
     return {name: tensor.shape for name, tensor in module.state_dict().items()}
 
 
-def random_weights(shapes: dict[str, torch.Size], seed: int, std: float = 0.02) -> dict[str, torch.Tensor]:
-    """fp16 normal noise of `std` per tensor; norm and scale weights around 1 so activations keep their size."""
+def random_weights(shapes: dict[str, torch.Size], seed: int, std: float = 0.02,
+                   kept: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """fp16 normal noise of `std` per tensor; norm and scale weights around 1 so activations keep
+    their size; the tensors in `kept` (e.g. CLIP's position ids) as they are."""
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for name, shape in shapes.items():
+        if kept and name in kept:
+            out[name] = kept[name]
+            continue
         value = torch.randn(shape, generator=generator) * std
         if name.endswith(".weight") and len(shape) == 1 and any(n in name for n in ("norm", "ln_", "layer_norm")):
             value += 1.0
@@ -93,6 +106,26 @@ def x4_upscaler_shapes() -> dict[str, torch.Size]:
     return {k: v.shape for k, v in shapes.items()}
 
 
+def sdxl_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """SDXL base in the layout of `sd_xl_base_1.0.safetensors`: shapes from ComfyUI's modules on the
+    meta device, keys through ComfyUI's SDXL converters (the ones its checkpoint saver uses)."""
+    import comfy.ops
+    import comfy.sdxl_clip
+    import comfy.supported_models
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    config = comfy.supported_models.SDXL(SDXL)
+    with torch.device("meta"):
+        unet = UNetModel(**SDXL, operations=comfy.ops.disable_weight_init).state_dict()
+        clip = comfy.sdxl_clip.SDXLClipModel(device="meta").state_dict()
+        vae = AutoencoderKL(ddconfig=SD15_VAE, embed_dim=4).state_dict()
+    tensors = {**config.process_unet_state_dict_for_saving(unet), **config.process_clip_state_dict_for_saving(clip),
+               **config.process_vae_state_dict_for_saving(vae)}
+    return random_weights({k: v.shape for k, v in tensors.items()}, seed,
+                          kept={k: v for k, v in tensors.items() if not v.is_meta and not v.is_floating_point()})
+
+
 def svd_first_stage_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     from comfy.ldm.modules.diffusionmodules.model import Encoder
     from comfy.ldm.modules.temporal_ae import VideoDecoder
@@ -126,9 +159,10 @@ def write_public_files(models: Path, seed: int = 0) -> list[Path]:
 
     write(models / "checkpoints" / SD15_CHECKPOINT, lambda: sd15_state_dict(seed), lambda sd, p: save_file(sd, str(p)))
     write(models / "checkpoints" / SVD_CHECKPOINT, lambda: svd_first_stage_state_dict(seed), lambda sd, p: save_file(sd, str(p)))
+    write(models / "checkpoints" / SDXL_CHECKPOINT, lambda: sdxl_state_dict(seed), lambda sd, p: save_file(sd, str(p)))
     write(models / "checkpoints" / X4_CHECKPOINT, lambda: random_weights(x4_upscaler_shapes(), seed), lambda sd, p: save_file(sd, str(p)))
-    for name, variant in MOTION_MODULES.items():
-        options = dict(VARIANTS[variant], widths=SD15_LEVEL_WIDTHS)
+    for name, (variant, widths) in MOTION_MODULES.items():
+        options = dict(VARIANTS[variant], widths=widths)
         write(models / "animatediff_models" / name,
               lambda: {k: v.to(torch.float16) for k, v in animatediff_state_dict(**options, seed=seed).items()},
               lambda sd, p: torch.save(sd, str(p)))

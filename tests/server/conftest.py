@@ -1,4 +1,4 @@
-"""Server tier: the random-weight public-layout files of the recipe tests (about 6.7 GB) are
+"""Server tier: the random-weight public-layout files of the recipe tests (about 14 GB) are
 written once into the set-up cache, keyed by the code that writes them, and linked into each run's
 base directory."""
 

@@ -3,7 +3,8 @@ random-weight files in the exact public layouts under the public names (devtools
 SD1.5 and the SD x4 upscaler at full size, SVD's first stage, AnimateDiff v3/v2 and AnimateLCM
 motion modules) and a video file in ComfyUI's input folder, placed by the test. Only the frame
 size (64 px; a 32 px video to upscale) and the step count are made small; every node, file and
-setting is the recipe's."""
+setting is the recipe's. SDXL's and the training recipe run on servers of their own
+(test_sdxl_recipe.py, test_training_recipe.py)."""
 
 import json
 
