@@ -157,6 +157,20 @@ class Frontend:
         self.driver.save_screenshot(str(path))
         return scale
 
+    def node_help(self, node_type: str, timeout_ms: int = 10000) -> str | None:
+        """Places one `node_type` node on an empty canvas, selects it and opens the right side
+        panel's Info tab, where the frontend fetches and renders the node's help page; returns
+        the rendered text (None if nothing rendered in time)."""
+        return self._async(
+            "const pinia = document.getElementById('vue-app').__vue_app__.config.globalProperties.$pinia;"
+            "window.app.graph.clear(); const node = window.LiteGraph.createNode(args[0]);"
+            "window.app.graph.add(node); window.app.canvas.selectNode(node);"
+            "pinia._s.get('rightSidePanel').openPanel('info');"
+            "for (let t = 0; t < args[1]; t += 100) { await new Promise(r => setTimeout(r, 100));"
+            "  const el = document.querySelector('.node-help-content');"
+            "  if (el && el.innerText.trim().length > 0) return el.innerText; }"
+            "return null;", node_type, timeout_ms)
+
     def graph_to_prompt(self) -> dict:
         """The API prompt the frontend would queue for the graph now loaded."""
         return self._async("const p = await window.app.graphToPrompt(); return JSON.parse(JSON.stringify(p.output));")
