@@ -28,13 +28,14 @@ spatial weights every other mode then keeps frozen. Settings under "image": {"te
 on the data (vae_config.scale_factor). Settings under "vae": {"kl_weight": 1e-6, "patch": null}.
 
 A run with checkpoints in `output` resumes from the latest one (set "resume": false to refuse).
+Every section is checked before anything loads (videoldm_core.training.run_config): an unknown key
+or a value of the wrong type stops the run with the key named.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -45,7 +46,7 @@ import comfy.utils
 
 from ..videoldm_core.temporal_adapter import read_adapter_spec, save_adapter
 from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, read_bundle_spec, save_bundle
-from ..videoldm_core.temporal_decoder import TemporalDecoder, TemporalDecoderSpec, read_addon, spec_for_decoder
+from ..videoldm_core.temporal_decoder import TemporalDecoder, TemporalDecoderSpec, read_addon_file, spec_for_decoder
 from ..videoldm_core.training.batches import StepBatches
 from ..videoldm_core.training.decoder_objective import decoder_phases
 from ..videoldm_core.training.discriminator import PatchDiscriminator3D
@@ -56,14 +57,12 @@ from ..videoldm_core.training.autoencoder_objective import AutoencoderPhase, lat
 from ..videoldm_core.training.image_objective import ImagePhase
 from ..videoldm_core.training.distributed import barrier, init_world
 from ..videoldm_core.training.objective import TrainingError
+from ..videoldm_core.training.run_config import check_run_config
 from ..videoldm_core.training.trainer import Trainer, TrainConfig, latest_checkpoint
 from .bundle import build_components
 from .training import (UNetDenoiser, augmentation_schedule, caption_encoder, decoder_items, folder_items, noise_schedule,
                        pretrainable_unet, starting_adapter, trainable_base, trainable_decoder, trained_state)
 from .unet_layout import model_family
-
-TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"extra"}
-
 
 def load_checkpoint(path: str):
     """(MODEL, CLIP, VAE) from a Video LDM bundle or any checkpoint ComfyUI recognises."""
@@ -120,16 +119,22 @@ def dataset_items(model, vae, data: dict, mode, seed: int, world, regimes, encod
     return items
 
 
+def read_run_config(path: str) -> dict:
+    """The JSON run configuration at `path`, every section checked (videoldm_core.training.run_config)."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise TrainingError(f"'{path}' is not valid JSON: {e}.") from None
+    return check_run_config(config)
+
+
 def run_config(path: str) -> int:
-    config = json.loads(Path(path).read_text())
+    config = read_run_config(path)   # before anything loads
     world = init_world()   # before models load: each rank picks its own GPU
     mode = config.get("mode", "temporal")
     train = dict(config.get("train", {}))
     batch_size = train.pop("batch_size", 1)
     checkpointing = train.pop("gradient_checkpointing", False)
-    unknown = sorted(set(train) - TRAIN_KEYS)
-    if unknown:
-        raise TrainingError(f"unknown train settings {unknown}; expected some of {sorted(TRAIN_KEYS | {'batch_size', 'gradient_checkpointing'})}.")
     train_config = TrainConfig(**train)
     settings = config.get("adapter", {})
     regimes = settings.get("regimes", [0, 1])
@@ -204,7 +209,7 @@ def run_decoder(config, world, train_config, batch_size: int, output: Path) -> i
     torch.manual_seed(train_config.seed)
     init = settings.get("init")
     if init:
-        spec, weights = read_addon(*comfy.utils.load_torch_file(init, safe_load=True, return_metadata=True), f"'{init}'")
+        spec, weights = read_addon_file(init, init)   # the operator's own path: named as given
         temporal = TemporalDecoder(spec).load_weights(weights, f"'{init}'")
     else:
         spec = spec_for_decoder(image_decoder, attention=settings.get("attention", False),

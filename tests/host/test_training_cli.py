@@ -87,6 +87,16 @@ def test_an_empty_data_folder_stops_before_training_and_names_it(setup, tmp_path
     assert not (tmp_path / "out" / "loss.csv").exists()
 
 
+def test_a_malformed_config_stops_before_anything_loads_and_names_the_key(setup, tmp_path):
+    cfg = config(setup, tmp_path / "out")
+    cfg["data"]["fps"] = "15"
+    cfg["checkpoint"] = str(tmp_path / "not_read.safetensors")   # would fail later, when models load
+    run = run_cli(setup, cfg, "malformed")
+    assert run.returncode != 0
+    assert "'data.fps' must be a finite number or null, found '15'" in run.stderr
+    assert "not_read" not in run.stderr
+
+
 def test_captions_are_encoded_once_with_the_checkpoints_text_encoder(setup, tmp_path):
     cfg = config(setup, tmp_path / "out", steps=1)
     cfg["data"].update(captions=True, cache=str(tmp_path / "cache"))

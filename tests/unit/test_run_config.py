@@ -1,0 +1,79 @@
+"""The training CLI's run configuration is checked section by section before anything loads: an
+unknown key or a value of the wrong type is refused with the key named, what was expected and found."""
+
+from dataclasses import fields
+
+import pytest
+
+from videoldm_core.training.objective import TrainingError
+from videoldm_core.training.run_config import SECTIONS, check_run_config
+from videoldm_core.training.trainer import TrainConfig
+
+
+def config(**sections):
+    base = {"checkpoint": "sd15.safetensors", "mode": "interpolation", "output": "runs/x", "prompt": "", "resume": True,
+            "adapter": {"init": None, "context_frames": [0, 1, 2], "context_width": 64, "regimes": [0, 1], "patch": None},
+            "data": {"folder": "clips", "frames": 8, "fps": 7.5, "width": 512, "height": 320, "crop": "random",
+                     "on_bad": "skip", "captions": False, "cache": None},
+            "train": {"steps": 10, "lr": 1e-4, "batch_size": 2, "warmup": 1, "grad_clip": None, "precision": "bf16",
+                      "ema_decay": 0.999, "gradient_checkpointing": True, "checkpoint_every": 5, "seed": 0,
+                      "betas": [0.9, 0.99]},
+            "decoder": {"init": None, "attention": False, "disc_start": 1, "adversarial_weight": 0.1, "disc_width": 64,
+                        "disc_layers": 3, "temporal_weight": 0},
+            "vae": {"kl_weight": 1e-6, "patch": 16}, "image": {"text_dropout": 0.1, "patch": None}}
+    for name, values in sections.items():
+        base[name] = {**base[name], **values} if isinstance(values, dict) and isinstance(base.get(name), dict) else values
+    return base
+
+
+def test_a_full_configuration_passes_unchanged():
+    cfg = config()
+    assert check_run_config(cfg) is cfg
+
+
+def test_the_train_section_knows_exactly_the_trainers_settings():
+    assert set(SECTIONS["train"]) == {f.name for f in fields(TrainConfig)} - {"extra"} | {"batch_size", "gradient_checkpointing"}
+
+
+@pytest.mark.parametrize("section", [s for s in SECTIONS if s])
+def test_an_unknown_key_in_any_section_is_named(section):
+    with pytest.raises(TrainingError, match=rf"\['{section}\.colour'\]"):
+        check_run_config(config(**{section: {"colour": 1}}))
+
+
+def test_an_unknown_top_level_key_is_named():
+    cfg = config()
+    cfg["shard"] = "x"
+    with pytest.raises(TrainingError, match=r"top level \['shard'\]"):
+        check_run_config(cfg)
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("data", "fps", "8", "a finite number or null"),
+    ("data", "frames", 8.0, "an integer"),
+    ("train", "steps", True, "an integer"),
+    ("train", "lr", float("nan"), "a finite number"),
+    ("train", "betas", [0.9, "x"], "a list of a finite number"),
+    ("adapter", "regimes", [0, "1"], "a list of an integer"),
+    ("decoder", "attention", "yes", "true or false"),
+    ("image", "patch", -0.5, "an integer or null"),
+    ("", "prompt", 3, "a string"),
+    ("", "data", ["clips"], "an object"),
+])
+def test_a_wrong_type_is_named_with_what_was_expected_and_found(section, key, value, expected):
+    cfg = config(**({section: {key: value}} if section else {key: value}))
+    name = f"{section}.{key}" if section else key
+    with pytest.raises(TrainingError, match=rf"'{name}' must be {expected}, found {value!r}".replace("[", r"\[")
+                       .replace("(", r"\(").replace(")", r"\)")):
+        check_run_config(cfg)
+
+
+def test_required_keys_and_known_modes():
+    cfg = config()
+    del cfg["data"]["folder"]
+    with pytest.raises(TrainingError, match="'data.folder' is required"):
+        check_run_config(cfg)
+    with pytest.raises(TrainingError, match="'mode' must be one of"):
+        check_run_config(config(mode="video"))
+    with pytest.raises(TrainingError, match="JSON object"):
+        check_run_config(["not", "an", "object"])

@@ -1,0 +1,86 @@
+"""The training CLI's run configuration, checked before anything loads: every section refuses keys
+it does not know and values of the wrong type, naming the key (`data.fps`), what was expected and
+what was found. Types are written as Python annotations: `float` takes any finite real number (an
+int too), `int` no bool, `X | None` also null, `list[X]` a JSON list of X."""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+
+from .modes import MODE_NAMES
+from .objective import TrainingError
+
+PRETRAINING_MODES = ("vae", "image", "decoder")
+
+SECTIONS: dict[str, dict[str, object]] = {
+    "": {"checkpoint": str, "mode": str, "output": str, "prompt": str, "resume": bool,
+         "adapter": dict, "data": dict, "train": dict, "decoder": dict, "vae": dict, "image": dict},
+    "adapter": {"init": str | None, "context_frames": list[int] | None, "context_width": int, "regimes": list[int],
+                "patch": int | None, "placement": str,
+                # the placement's own settings (videoldm_core.placement)
+                "kernel_t": int, "positional": str, "merge_strategy": str, "alpha": float, "text_context": bool,
+                "max_len": int, "heads": int, "middle_block": bool},
+    "data": {"folder": str, "frames": int, "fps": float | None, "width": int, "height": int, "crop": str,
+             "on_bad": str, "captions": bool, "cache": str | None},
+    "train": {"steps": int, "lr": float, "batch_size": int, "warmup": int, "weight_decay": float,
+              "betas": list[float], "grad_clip": float | None, "precision": str, "ema_decay": float | None,
+              "gradient_checkpointing": bool, "checkpoint_every": int, "keep_checkpoints": int, "seed": int},
+    "decoder": {"init": str | None, "attention": bool, "disc_start": int, "adversarial_weight": float,
+                "disc_width": int, "disc_layers": int, "temporal_weight": float},
+    "vae": {"kl_weight": float, "patch": int | None},
+    "image": {"text_dropout": float, "patch": int | None},
+}
+REQUIRED = {"": ("checkpoint", "output", "data"), "data": ("folder",)}
+
+
+def type_name(kind) -> str:
+    if isinstance(kind, types.UnionType):
+        return " or ".join(type_name(k) for k in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        return f"a list of {type_name(typing.get_args(kind)[0])}"
+    return {str: "a string", bool: "true or false", int: "an integer", float: "a finite number",
+            dict: "an object", type(None): "null"}[kind]
+
+
+def fits(value, kind) -> bool:
+    if isinstance(kind, types.UnionType):
+        return any(fits(value, k) for k in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        return isinstance(value, list) and all(fits(v, typing.get_args(kind)[0]) for v in value)
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_run_config(config) -> dict:
+    """`config` (a parsed JSON run configuration) if every section is well formed; else TrainingError."""
+    if not isinstance(config, dict):
+        raise TrainingError(f"the run configuration must be a JSON object, found {type(config).__name__}.")
+    for section, known in SECTIONS.items():
+        values = config if section == "" else config.get(section, {})
+        prefix = f"{section}." if section else ""
+        if not isinstance(values, dict):
+            continue   # reported by the top-level check of `section`
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            where = f"in '{section}' " if section else "at the top level "
+            raise TrainingError(f"unknown run configuration key(s) {where}{[prefix + k for k in unknown]}; "
+                                f"expected some of {sorted(known)}.")
+        for key in REQUIRED.get(section, ()):
+            if key not in values:
+                raise TrainingError(f"run configuration: '{prefix}{key}' is required.")
+        for key, value in values.items():
+            if not fits(value, known[key]):
+                raise TrainingError(f"run configuration: '{prefix}{key}' must be {type_name(known[key])}, "
+                                    f"found {value!r}.")
+    mode = config.get("mode", "temporal")
+    if mode not in MODE_NAMES + PRETRAINING_MODES:
+        raise TrainingError(f"run configuration: 'mode' must be one of {list(MODE_NAMES + PRETRAINING_MODES)}, "
+                            f"found {mode!r}.")
+    return config
