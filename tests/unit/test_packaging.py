@@ -17,21 +17,29 @@ PACK_MODULES = {"videoldm_core", "host"}
 # import name -> distribution, for what ComfyUI 0.30.0's requirements.txt and torch bring
 HOST_PROVIDED = {"torch": "torch", "numpy": "numpy", "PIL": "Pillow", "av": "av", "typing_extensions": "typing-extensions",
                  "einops": "einops", "safetensors": "safetensors"}
+# the training extra (requirements-train.txt): imported only by the training CLI's shard reader
+TRAINING_EXTRA = {"webdataset": "webdataset", "braceexpand": "braceexpand"}
+TRAINING_EXTRA_USERS = {"videoldm_core/training/shards.py"}
 
 
-def runtime_imports() -> set[str]:
+def runtime_imports() -> dict[str, set[str]]:
+    """Third-party module -> the runtime files that import it."""
     files = []
     for entry in RUNTIME:
         path = REPO_ROOT / entry
         files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
-    found = set()
+    found: dict[str, set[str]] = {}
     for path in files:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
             if isinstance(node, ast.Import):
-                found |= {alias.name.split(".")[0] for alias in node.names}
+                names = [alias.name.split(".")[0] for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add(node.module.split(".")[0])
-    return {m for m in found if m not in sys.stdlib_module_names and m not in HOST_MODULES | PACK_MODULES}
+                names = [node.module.split(".")[0]]
+            for name in names:
+                found.setdefault(name, set()).add(str(path.relative_to(REPO_ROOT)))
+    return {m: users for m, users in found.items()
+            if m not in sys.stdlib_module_names and m not in HOST_MODULES | PACK_MODULES}
 
 
 def requirement_names(lines) -> set[str]:
@@ -39,12 +47,25 @@ def requirement_names(lines) -> set[str]:
 
 
 def test_requirements_are_exactly_the_runtime_imports():
-    imported = runtime_imports()
+    imported = set(runtime_imports()) - set(TRAINING_EXTRA)
     assert imported <= set(HOST_PROVIDED), f"imported but neither required nor brought by ComfyUI: {imported - set(HOST_PROVIDED)}"
     required = requirement_names((REPO_ROOT / "requirements.txt").read_text().splitlines())
     assert required <= {HOST_PROVIDED[m].lower() for m in imported}, "requirements.txt names a library the pack never imports"
     assert required == {"einops", "safetensors"}   # ComfyUI brings them too; the pack states the versions it needs
     assert "torch" not in required
+
+
+def test_the_training_extra_is_imported_only_by_the_shard_reader_and_listed_twice():
+    imports = runtime_imports()
+    assert {m: imports[m] for m in TRAINING_EXTRA} == {m: TRAINING_EXTRA_USERS for m in TRAINING_EXTRA}
+    listed = requirement_names((REPO_ROOT / "requirements-train.txt").read_text().splitlines())
+    assert listed == set(TRAINING_EXTRA.values())
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert requirement_names(project["optional-dependencies"]["train"]) == listed
+    shards = (REPO_ROOT / "videoldm_core/training/shards.py").read_text()
+    top_level = [n for n in ast.parse(shards).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not {getattr(n, "module", None) or n.names[0].name for n in top_level} & set(TRAINING_EXTRA), \
+        "imported at module level: the pack would need the extra to import"
 
 
 def test_pyproject_has_what_the_comfy_registry_requires():

@@ -133,10 +133,13 @@ def discover(folder) -> list[Entry]:
     return entries
 
 
-def _open_video(path: Path):
+def _open_video(path: Path | bytes):
+    """A video file, or a video's bytes (a sample streamed from a shard)."""
+    import io
+
     import av
 
-    container = av.open(str(path))
+    container = av.open(io.BytesIO(path) if isinstance(path, bytes) else str(path))
     if not container.streams.video:
         container.close()
         raise TrainingError("it has no video stream")

@@ -1,0 +1,122 @@
+"""Training clips streamed from WebDataset shards (videoldm_core/training/shards.py): a folder of
+clips written as shards reads back as the same clips with their captions; broken samples and a
+truncated shard are skipped and counted; ranks and DataLoader workers read disjoint samples; passes
+repeat; pipe: URLs only where the operator allows them."""
+
+import io
+import tarfile
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from devtools.synthetic_data import write_dataset
+from videoldm_core.training.data import ClipSpec, VideoFolder
+from videoldm_core.training.objective import TrainingError
+from videoldm_core.training.shards import ShardClips, shard_urls, write_shards
+
+SPEC = ClipSpec(frames=4, fps=15.0, height=32, width=32)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    captions = write_dataset(folder, 8, seed=3, frames=12, height=32, width=32, fps=30.0)
+    return folder, captions
+
+
+@pytest.fixture(scope="module")
+def shards(clips, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    report = write_shards(clips[0], str(out / "clips-%06d.tar"), clips_per_shard=2)
+    return out, report
+
+
+def read(urls, passes=1, **options):
+    return list(ShardClips(urls, SPEC, passes=passes, shuffle=0, **options))
+
+
+def test_a_folder_written_as_shards_reads_back_as_the_same_clips_with_captions(clips, shards):
+    folder, captions = clips
+    out, report = shards
+    assert report == {"clips": 8, "shards": 4, "left_out": []}
+    urls = shard_urls(str(out / "clips-{000000..000003}.tar"))
+    items = read(urls)
+    assert sorted(i["caption"] for i in items) == sorted(captions.values())
+    from_folder = VideoFolder(folder, SPEC)   # keys number the folder's clips in its (sorted) order
+    assert len(items) == len(from_folder) == 8
+    for item in items:
+        same = from_folder[int(item["key"])]
+        assert item["caption"] == same["caption"]
+        assert item["frames"].shape == (4, 3, 32, 32)
+        assert torch.equal(item["frames"], same["frames"])   # first frames, centre crop: the same pixels
+    assert all(i["skipped"] == 0 for i in items)
+
+
+def test_broken_samples_and_a_truncated_shard_are_skipped_and_counted(shards, tmp_path):
+    out, _ = shards
+    broken = tmp_path / "broken.tar"
+    with tarfile.open(broken, "w") as tar:
+        for name, data in [("a.mp4", b"not a video"), ("b.txt", b"no video here"),
+                           ("c.mp4", (out / "clips-000000.tar").read_bytes()[:2000])]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    truncated = tmp_path / "truncated.tar"
+    whole = (out / "clips-000001.tar").read_bytes()
+    truncated.write_bytes(whole[:len(whole) // 2])
+    items = read([str(out / "clips-000000.tar"), str(broken), str(truncated)])
+    assert 2 <= len(items) <= 3   # shard 0's two clips, and the truncated shard's first if it was whole
+    assert items[-1]["skipped"] >= 3   # a, b, c (and the truncated shard's rest)
+
+
+def test_two_ranks_and_two_workers_read_disjoint_samples_covering_every_clip(shards, monkeypatch):
+    out, _ = shards
+    urls = shard_urls(str(out / "clips-{000000..000003}.tar"))
+    keys = {}
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        loader = DataLoader(ShardClips(urls, SPEC, passes=1, shuffle=4), batch_size=None, num_workers=2)
+        keys[rank] = [item["key"] for item in loader]
+    assert not set(keys[0]) & set(keys[1])
+    assert sorted(keys[0] + keys[1]) == [f"{i:09d}" for i in range(8)]
+
+
+def test_passes_repeat_with_a_new_shard_order(shards):
+    out, _ = shards
+    urls = shard_urls(str(out / "clips-{000000..000003}.tar"))
+    items = read(urls, passes=3)
+    keys = [i["key"] for i in items]
+    assert len(keys) == 24 and sorted(set(keys)) == [f"{i:09d}" for i in range(8)]
+    assert keys[:8] != keys[8:16] or keys[8:16] != keys[16:]
+
+
+def test_more_readers_than_shards_is_refused_with_the_counts(shards, monkeypatch):
+    out, _ = shards
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    with pytest.raises(TrainingError, match=r"4 shard\(s\) for 8 rank\(s\)"):
+        read(shard_urls(str(out / "clips-{000000..000003}.tar")))
+
+
+def test_pipe_urls_only_where_the_operator_allows_them():
+    with pytest.raises(TrainingError, match="runs a shell command"):
+        shard_urls("pipe:curl -s http://example.invalid/{0..1}.tar")
+    assert shard_urls("pipe:cat a{0..1}.tar", allow_pipe=True) == ["pipe:cat a0.tar", "pipe:cat a1.tar"]
+
+
+def test_train_py_makes_shards_from_a_folder_without_comfyui(clips, tmp_path):
+    """The data tool is part of train.py and needs neither ComfyUI nor a GPU."""
+    import subprocess
+    import sys
+
+    from devtools.paths import REPO_ROOT
+
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--make-shards", str(clips[0]),
+                           "--shards", str(tmp_path / "s-%03d.tar"), "--clips-per-shard", "3"],
+                          capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert "wrote 8 clips into 3 shard(s)" in done.stdout
+    items = read(shard_urls(str(tmp_path / "s-{000..002}.tar")))
+    assert sorted(i["caption"] for i in items) == sorted(clips[1].values())

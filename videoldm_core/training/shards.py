@@ -1,0 +1,149 @@
+"""Training clips streamed from WebDataset shards, the layout the field feeds video models with
+(`video2dataset` writes it, sgm reads it): tar files whose members sharing a key form one sample,
+a video (`mp4`, `webm`, ...) with an optional caption (`txt`, or `json` with a "caption").
+
+The shards are read with the webdataset library: each pass shuffles the shard order (the same
+order on every rank), splits it by node (rank) and by DataLoader worker, reads samples through a
+shuffle buffer, and passes repeat, so a run counts steps, not epochs. A clip is sampled as from a
+folder (videoldm_core.training.data: T frames at the spec's fps from a seeded start, resized to
+cover H x W and cropped); a sample that cannot be decoded, has no video or is too short is
+skipped and counted, never fatal. `pipe:` URLs run shell commands: only the operator's own
+training config may use them (`allow_pipe`), never a node or an API prompt.
+
+`write_shards` turns a folder of clips (+ captions) into such shards, so users with their own
+footage train on the same path."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+from torch.utils.data import IterableDataset
+
+from .data import VIDEO_EXTENSIONS, ClipSpec, Entry, discover, fit, frame_indices, probe, read_frames
+from .objective import TrainingError
+
+VIDEO_KEYS = tuple(e.lstrip(".") for e in VIDEO_EXTENSIONS)
+
+log = logging.getLogger(__name__)
+
+
+def shard_urls(given: str | list[str], allow_pipe: bool = False) -> list[str]:
+    """Local paths or URLs, brace-expanded (`shards/clips-{000000..000099}.tar`)."""
+    from braceexpand import braceexpand
+
+    patterns = [given] if isinstance(given, str) else list(given)
+    urls = [url for pattern in patterns for url in braceexpand(pattern)]
+    if not urls:
+        raise TrainingError("data.shards names no shard; expected paths or URLs such as 'shards/clips-{000000..000009}.tar'.")
+    piped = [url for url in urls if url.startswith("pipe:")]
+    if piped and not allow_pipe:
+        raise TrainingError(f"shard URL {piped[0]!r} runs a shell command ('pipe:'); only train.py's own config may "
+                            "use pipe: URLs, not a node or an API prompt.")
+    return urls
+
+
+def caption_of(sample: dict) -> str | None:
+    if "txt" in sample:
+        return sample["txt"].decode("utf-8").strip()
+    if "json" in sample:
+        caption = json.loads(sample["json"]).get("caption")
+        return caption if isinstance(caption, str) else None
+    return None
+
+
+class ShardClips(IterableDataset):
+    """Clips of `spec` from the shards at `urls`, forever (or for `passes` passes). Each item:
+    {"frames": (T, 3, H, W) in [-1, 1], "caption": str | None, "key": the sample's key,
+    "skipped": samples this worker has skipped so far}. `shuffle`: the sample buffer (0: none);
+    crop positions and start frames are drawn per sample from (seed, rank, worker, pass)."""
+
+    def __init__(self, urls: list[str], spec: ClipSpec, seed: int = 0, shuffle: int = 256, source_fps: float = 30.0,
+                 passes: int | None = None):
+        self.urls, self.spec, self.seed, self.shuffle = list(urls), spec, seed, shuffle
+        self.source_fps, self.passes = source_fps, passes
+        self.skipped = 0
+
+    def skip(self, what: str, reason) -> None:
+        self.skipped += 1
+        log.warning("skipped %s: %s", what, reason)
+
+    def skip_shard_error(self, error: Exception) -> bool:
+        """webdataset's handler for a shard it cannot read on: count, go on with the next."""
+        self.skip("a shard's remaining samples", error)
+        return True
+
+    def samples(self, pass_index: int):
+        """This rank's and worker's raw samples of one pass, through the shuffle buffer."""
+        import webdataset as wds
+
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        if len(self.urls) < world * workers:
+            raise TrainingError(f"{len(self.urls)} shard(s) for {world} rank(s) x {workers} data worker(s): every "
+                                "reader needs at least one shard; write more, smaller shards or use fewer workers.")
+        order = list(self.urls)
+        random.Random(f"{self.seed}-shards-{pass_index}").shuffle(order)   # the same order on every rank
+        shards = wds.split_by_worker(wds.split_by_node({"url": url} for url in order))
+        samples = wds.tarfile_to_samples(handler=self.skip_shard_error)(shards)
+        if self.shuffle > 1:
+            rng = random.Random(f"{self.seed}-buffer-{rank}-{worker}-{pass_index}")
+            samples = wds.shuffle(self.shuffle, initial=min(self.shuffle, 64), rng=rng)(samples)
+        return samples, random.Random(f"{self.seed}-clips-{rank}-{worker}-{pass_index}")
+
+    def clip(self, sample: dict, rng: random.Random) -> dict | None:
+        key = sample.get("__key__", "?")
+        video = next((sample[k] for k in VIDEO_KEYS if k in sample), None)
+        if video is None:
+            self.skip(f"sample {key!r}", f"no video member (expected one of {', '.join(VIDEO_KEYS)})")
+            return None
+        try:
+            entry = Entry(key, video, "video", len(video), 0, caption_of(sample))
+            source = probe(entry, self.source_fps)
+            indices = frame_indices(self.spec, source, rng)
+            if indices is None:
+                self.skip(f"sample {key!r}", f"too short: {source.num_frames} frames at {source.fps:g} fps")
+                return None
+            frames = fit(read_frames(entry, indices, source), self.spec.height, self.spec.width, self.spec.crop, rng)
+        except Exception as e:   # a broken clip in a stream of millions: counted, not fatal
+            self.skip(f"sample {key!r}", e)
+            return None
+        return {"frames": frames, "caption": entry.caption, "key": key, "skipped": self.skipped}
+
+    def __iter__(self):
+        pass_index = 0
+        while self.passes is None or pass_index < self.passes:
+            samples, rng = self.samples(pass_index)
+            for sample in samples:
+                item = self.clip(sample, rng)
+                if item is not None:
+                    yield item
+            pass_index += 1
+
+
+def write_shards(folder, pattern: str, clips_per_shard: int = 100) -> dict:
+    """The videos of `folder` (with their captions: captions.json or sidecar .txt files) as shards
+    `pattern % i` (e.g. 'shards/clips-%06d.tar'), `clips_per_shard` samples each: key = the clip's
+    number, the video under its extension, `txt` = its caption, `json` = {"name", "caption"}.
+    Folders of images are left out (listed in the result)."""
+    import webdataset as wds
+
+    if clips_per_shard < 1:
+        raise TrainingError(f"expected at least 1 clip per shard, found {clips_per_shard}.")
+    entries = discover(folder)
+    Path(pattern % 0).parent.mkdir(parents=True, exist_ok=True)
+    written, left_out = 0, []
+    with wds.ShardWriter(pattern, maxcount=clips_per_shard, verbose=0) as sink:
+        for entry in entries:
+            if entry.kind != "video":
+                left_out.append(entry.name)
+                continue
+            sample = {"__key__": f"{written:09d}", entry.path.suffix.lower().lstrip("."): entry.path.read_bytes(),
+                      "json": json.dumps({"name": entry.name, "caption": entry.caption}).encode()}
+            if entry.caption is not None:
+                sample["txt"] = entry.caption.encode("utf-8")
+            sink.write(sample)
+            written += 1
+        shards = sink.shard
+    return {"clips": written, "shards": shards, "left_out": left_out}
