@@ -60,6 +60,7 @@ from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.run_config import check_run_config
 from ..videoldm_core.training.trainer import Trainer, TrainConfig, latest_checkpoint
 from .bundle import build_components
+from .streamed_training import streamed_batches
 from .training import (UNetDenoiser, augmentation_schedule, caption_encoder, decoder_items, folder_items, noise_schedule,
                        pretrainable_unet, starting_adapter, trainable_base, trainable_decoder, trained_state)
 from .unet_layout import model_family
@@ -149,7 +150,12 @@ def run_config(path: str) -> int:
     base = trainable_base(model)
     text, pooled = encode_prompt(clip, config.get("prompt", ""))
     captions = caption_encoder(clip) if config["data"].get("captions") else None
-    items = dataset_items(base, vae, config["data"], mode, train_config.seed, world, regimes, captions)
+    if "shards" in config["data"]:
+        batches = streamed_batches(base, vae, config["data"], mode, train_config.seed, batch_size, regimes, captions,
+                                   allow_pipe=True)   # the operator's own config
+    else:
+        batches = StepBatches(dataset_items(base, vae, config["data"], mode, train_config.seed, world, regimes, captions),
+                              batch_size, seed=train_config.seed)
     denoiser = UNetDenoiser(base, adapter, text, pooled, gradient_checkpointing=checkpointing).load()
     augment, max_level = augmentation_schedule(base)
     phase = DiffusionPhase(adapter, denoiser, noise_schedule(base, spec), mode, regimes=regimes,
@@ -159,18 +165,18 @@ def run_config(path: str) -> int:
         save_adapter(output / "adapter.safetensors", trained_state(adapter, trainer), spec)
         print(f"wrote {output / 'adapter.safetensors'}", flush=True)
 
-    return train_and_write(config, world, train_config, batch_size, output, [phase], items, {"spec": spec, "mode": mode},
+    return train_and_write(config, world, train_config, batches, output, [phase], {"spec": spec, "mode": mode},
                            denoiser.device, "adapter/loss", write)
 
 
-def train_and_write(config, world, train_config, batch_size: int, output: Path, phases, items, identity: dict, device,
+def train_and_write(config, world, train_config, batches, output: Path, phases, identity: dict, device,
                     loss_key: str, write) -> int:
-    """What every mode shares: a Trainer over `items` (its checkpoints keyed by `identity` and the global
-    batch), resumed and fitted; `write(trainer)` on rank 0; then every rank waits for it."""
+    """What every mode shares: a Trainer over `batches` (StepBatches of items in memory, or
+    StreamedBatches; its checkpoints keyed by `identity` and the global batch), resumed and fitted;
+    `write(trainer)` on rank 0; then every rank waits for it."""
     identity = {k: json.loads(v.to_json()) if hasattr(v, "to_json") else str(v) for k, v in identity.items()}
-    identity["global_batch"] = batch_size * world.size
-    trainer = Trainer(phases, train_config, StepBatches(items, batch_size, seed=train_config.seed), output_dir=output,
-                      identity=identity, device=device, world=world)
+    identity["global_batch"] = batches.batch_size * world.size
+    trainer = Trainer(phases, train_config, batches, output_dir=output, identity=identity, device=device, world=world)
     fit(trainer, config, train_config, world, output, loss_key)
     if world.is_main:
         write(trainer)
@@ -189,9 +195,14 @@ def fit(trainer, config, train_config, world, output: Path, loss_key: str):
         print(f"resumed from {resume} (step {trainer.step})", flush=True)
     every = max(1, train_config.steps // 20)
 
+    stream = trainer.sample_batch if hasattr(trainer.sample_batch, "skipped_total") else None
+
     def report(row):
         if world.is_main and (row["step"] % every == 0 or row["step"] == 1):
-            print(f"step {row['step']}/{train_config.steps} loss {row[loss_key]:.5f} ({row['seconds']:.2f} s)", flush=True)
+            streamed = "" if stream is None else \
+                f", data wait {stream.wait_seconds:.1f} s in all, {stream.skipped_total} broken clip(s) skipped"
+            print(f"step {row['step']}/{train_config.steps} loss {row[loss_key]:.5f} ({row['seconds']:.2f} s{streamed})",
+                  flush=True)
 
     trainer.run(on_step=report)
 
@@ -232,8 +243,8 @@ def run_decoder(config, world, train_config, batch_size: int, output: Path) -> i
                   metadata={TemporalDecoderSpec.METADATA_KEY: spec.to_json()})
         print(f"wrote {output / 'temporal_decoder.safetensors'}", flush=True)
 
-    return train_and_write(config, world, train_config, batch_size, output, phases, items,
-                           {"decoder_spec": spec, "mode": "decoder"}, device, "decoder/rec", write)
+    return train_and_write(config, world, train_config, StepBatches(items, batch_size, seed=train_config.seed), output,
+                           phases, {"decoder_spec": spec, "mode": "decoder"}, device, "decoder/rec", write)
 
 
 def bundle_to_train(config, mode: str):
@@ -280,8 +291,8 @@ def run_vae(config, world, train_config, batch_size: int, output: Path) -> int:
         write_bundle(config, output, measured, "vae", trained)
         print(f"latent scale factor {scale:.5f}", flush=True)
 
-    return train_and_write(config, world, train_config, batch_size, output, [phase], items, {"bundle": spec, "mode": "vae"},
-                           device, "autoencoder/loss", write)
+    return train_and_write(config, world, train_config, StepBatches(items, batch_size, seed=train_config.seed), output,
+                           [phase], {"bundle": spec, "mode": "vae"}, device, "autoencoder/loss", write)
 
 
 def run_image(config, world, train_config, batch_size: int, output: Path) -> int:
@@ -309,8 +320,8 @@ def run_image(config, world, train_config, batch_size: int, output: Path) -> int
     def write(trainer):
         write_bundle(config, output, spec, "unet", trained_state(unet, trainer, phase="unet", attribute="unet"))
 
-    return train_and_write(config, world, train_config, batch_size, output, [phase], items, {"bundle": spec, "mode": "image"},
-                           denoiser.device, "unet/loss", write)
+    return train_and_write(config, world, train_config, StepBatches(items, batch_size, seed=train_config.seed), output,
+                           [phase], {"bundle": spec, "mode": "image"}, denoiser.device, "unet/loss", write)
 
 
 PRETRAINING_RUNS = {"decoder": run_decoder, "image": run_image, "vae": run_vae}

@@ -71,8 +71,13 @@ def test_a_wrong_type_is_named_with_what_was_expected_and_found(section, key, va
 def test_required_keys_and_known_modes():
     cfg = config()
     del cfg["data"]["folder"]
-    with pytest.raises(TrainingError, match="'data.folder' is required"):
+    with pytest.raises(TrainingError, match="either 'folder'.*found neither"):
         check_run_config(cfg)
+    cfg["data"].update(folder="clips", shards="shards/{0..9}.tar")
+    with pytest.raises(TrainingError, match="found both"):
+        check_run_config(cfg)
+    del cfg["data"]["folder"]
+    assert check_run_config(cfg) is cfg
     with pytest.raises(TrainingError, match="'mode' must be one of"):
         check_run_config(config(mode="video"))
     with pytest.raises(TrainingError, match="JSON object"):

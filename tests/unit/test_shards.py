@@ -120,3 +120,43 @@ def test_train_py_makes_shards_from_a_folder_without_comfyui(clips, tmp_path):
     assert "wrote 8 clips into 3 shard(s)" in done.stdout
     items = read(shard_urls(str(tmp_path / "s-{000..002}.tar")))
     assert sorted(i["caption"] for i in items) == sorted(clips[1].values())
+
+
+def stream_of(urls, workers=2, batch_size=1):
+    from videoldm_core.training.streamed_batches import StreamedBatches
+
+    clips = ShardClips(urls, ClipSpec(frames=4, fps=15.0, height=32, width=32, crop="random"), seed=5, shuffle=3)
+    return StreamedBatches(clips, batch_size, encode=lambda items: {"frames": torch.stack([i["frames"] for i in items])},
+                           seed=5, workers=workers)
+
+
+def test_a_resumed_stream_goes_on_where_training_left_it(shards):
+    """Each worker restarts after the last clip training used, in its turn: a resumed run trains on
+    exactly the clips, crops and per-position seeds of an uninterrupted one."""
+    out, _ = shards
+    urls = shard_urls(str(out / "clips-{000000..000003}.tar"))
+    whole = stream_of(urls)
+    steps = [whole(step) for step in range(12)]   # a pass and a half over 8 clips, two workers
+    for stop in (4, 5):   # resumed where worker 0's turn is next, and where worker 1's is
+        first = stream_of(urls)
+        before = [first(step) for step in range(stop)]
+        resumed = stream_of(urls)
+        resumed.load_state_dict(first.state_dict(), stop)
+        after = [resumed(step) for step in range(stop, 12)]
+        assert [b["keys"] for b in before + after] == [b["keys"] for b in steps]
+        assert all(torch.equal(a["frames"], b["frames"]) and torch.equal(a["sample_seeds"], b["sample_seeds"])
+                   for a, b in zip(before + after, steps))
+
+
+def test_a_stream_goes_forward_only_and_resumes_only_with_its_own_workers(shards):
+    out, _ = shards
+    urls = shard_urls(str(out / "clips-{000000..000003}.tar"))
+    stream = stream_of(urls, workers=0)
+    stream(0)
+    with pytest.raises(TrainingError, match="goes forward only"):
+        stream(3)
+    other = stream_of(urls, workers=2)
+    with pytest.raises(TrainingError, match="resume with data.workers = 0"):
+        other.load_state_dict(stream.state_dict(), 1)
+    with pytest.raises(TrainingError, match="holds no position"):
+        other.load_state_dict(None, 1)

@@ -54,3 +54,22 @@ def mean_over_ranks(value: float, world: World) -> float:
 def barrier(world: World):
     if world.distributed:
         dist.barrier()
+
+
+def gather_to_main(value, world: World) -> list | None:
+    """Every rank's `value` (a picklable object), in rank order, on rank 0; None on the others."""
+    if not world.distributed:
+        return [value]
+    gathered = [None] * world.size if world.is_main else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
+def scatter_from_main(values: list | None, world: World):
+    """Rank r's entry of `values` (given on rank 0) on every rank r."""
+    if not world.distributed:
+        return values[0]
+    out = [None]
+    dist.scatter_object_list(out, values if world.is_main else None, src=0)
+    return out[0]
+

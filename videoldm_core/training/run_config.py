@@ -23,7 +23,9 @@ SECTIONS: dict[str, dict[str, object]] = {
                 "kernel_t": int, "positional": str, "merge_strategy": str, "alpha": float, "text_context": bool,
                 "max_len": int, "heads": int, "middle_block": bool},
     "data": {"folder": str, "frames": int, "fps": float | None, "width": int, "height": int, "crop": str,
-             "on_bad": str, "captions": bool, "cache": str | None},
+             "on_bad": str, "captions": bool, "cache": str | None,
+             # streamed WebDataset shards instead of a folder (videoldm_core.training.shards)
+             "shards": str | list[str], "shuffle": int, "workers": int},
     "train": {"steps": int, "lr": float, "batch_size": int, "warmup": int, "weight_decay": float,
               "betas": list[float], "grad_clip": float | None, "precision": str, "ema_decay": float | None,
               "gradient_checkpointing": bool, "checkpoint_every": int, "keep_checkpoints": int, "seed": int},
@@ -32,7 +34,7 @@ SECTIONS: dict[str, dict[str, object]] = {
     "vae": {"kl_weight": float, "patch": int | None},
     "image": {"text_dropout": float, "patch": int | None},
 }
-REQUIRED = {"": ("checkpoint", "output", "data"), "data": ("folder",)}
+REQUIRED = {"": ("checkpoint", "output", "data")}
 
 
 def type_name(kind) -> str:
@@ -79,8 +81,15 @@ def check_run_config(config) -> dict:
             if not fits(value, known[key]):
                 raise TrainingError(f"run configuration: '{prefix}{key}' must be {type_name(known[key])}, "
                                     f"found {value!r}.")
+    data = config.get("data", {})
+    if ("folder" in data) == ("shards" in data):
+        raise TrainingError("run configuration: 'data' needs either 'folder' (a folder of clips) or 'shards' "
+                            f"(WebDataset shards), found {'both' if 'folder' in data else 'neither'}.")
     mode = config.get("mode", "temporal")
     if mode not in MODE_NAMES + PRETRAINING_MODES:
         raise TrainingError(f"run configuration: 'mode' must be one of {list(MODE_NAMES + PRETRAINING_MODES)}, "
                             f"found {mode!r}.")
+    if mode in PRETRAINING_MODES and "shards" in data:
+        raise TrainingError(f"run configuration: data.shards streams clips for the modes {list(MODE_NAMES)}; mode "
+                            f"{mode!r} reads a data folder ('data.folder').")
     return config

@@ -58,13 +58,16 @@ class ShardClips(IterableDataset):
     """Clips of `spec` from the shards at `urls`, forever (or for `passes` passes). Each item:
     {"frames": (T, 3, H, W) in [-1, 1], "caption": str | None, "key": the sample's key,
     "skipped": samples this worker has skipped so far}. `shuffle`: the sample buffer (0: none);
-    crop positions and start frames are drawn per sample from (seed, rank, worker, pass)."""
+    crop positions and start frames are drawn per sample from (seed, rank, worker, pass, sample), so
+    a stream resumed at a position (`start`) goes on exactly as it would have. Each item also holds
+    its "position" (worker, pass, sample index in that pass)."""
 
     def __init__(self, urls: list[str], spec: ClipSpec, seed: int = 0, shuffle: int = 256, source_fps: float = 30.0,
                  passes: int | None = None):
         self.urls, self.spec, self.seed, self.shuffle = list(urls), spec, seed, shuffle
         self.source_fps, self.passes = source_fps, passes
         self.skipped = 0
+        self.start: dict[int, tuple[int, int]] = {}   # worker -> (pass, first sample to read): where a resumed run goes on
 
     def skip(self, what: str, reason) -> None:
         self.skipped += 1
@@ -76,7 +79,7 @@ class ShardClips(IterableDataset):
         return True
 
     def samples(self, pass_index: int):
-        """This rank's and worker's raw samples of one pass, through the shuffle buffer."""
+        """This rank's and worker's raw samples of one pass, through the shuffle buffer (seeded)."""
         import webdataset as wds
 
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
@@ -90,7 +93,7 @@ class ShardClips(IterableDataset):
         if self.shuffle > 1:
             rng = random.Random(f"{self.seed}-buffer-{rank}-{worker}-{pass_index}")
             samples = wds.shuffle(self.shuffle, initial=min(self.shuffle, 64), rng=rng)(samples)
-        return samples, random.Random(f"{self.seed}-clips-{rank}-{worker}-{pass_index}")
+        return samples
 
     def clip(self, sample: dict, rng: random.Random) -> dict | None:
         key = sample.get("__key__", "?")
@@ -112,14 +115,18 @@ class ShardClips(IterableDataset):
         return {"frames": frames, "caption": entry.caption, "key": key, "skipped": self.skipped}
 
     def __iter__(self):
-        pass_index = 0
+        import webdataset as wds
+
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        pass_index, first = self.start.get(worker, (0, 0))
         while self.passes is None or pass_index < self.passes:
-            samples, rng = self.samples(pass_index)
-            for sample in samples:
-                item = self.clip(sample, rng)
+            for index, sample in enumerate(self.samples(pass_index)):
+                if index < first:
+                    continue   # read before the resume point: passed over undecoded
+                item = self.clip(sample, random.Random(f"{self.seed}-clip-{rank}-{worker}-{pass_index}-{index}"))
                 if item is not None:
-                    yield item
-            pass_index += 1
+                    yield {**item, "position": (worker, pass_index, index)}
+            pass_index, first = pass_index + 1, 0
 
 
 def write_shards(folder, pattern: str, clips_per_shard: int = 100) -> dict:

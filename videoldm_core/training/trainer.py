@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..state_dict import check_weights
-from .distributed import World, barrier, init_world, mean_over_ranks
+from .distributed import World, barrier, gather_to_main, init_world, mean_over_ranks, scatter_from_main
 from .objective import Phase, TrainingError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -199,6 +199,8 @@ class Trainer:
     def save_checkpoint(self, directory: str | Path | None = None) -> Path:
         """Rank 0 writes trainable.safetensors (+ ema.safetensors) and optimizer.pt; all ranks wait."""
         directory = Path(directory) if directory is not None else self.checkpoint_dir()
+        stream = getattr(self.sample_batch, "state_dict", None)   # streamed data: each rank's position in it
+        streams = gather_to_main({"ranks": self.world.size, **stream()}, self.world) if stream else None
         if self.world.is_main:
             tmp = directory.with_name(directory.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -211,6 +213,8 @@ class Trainer:
                 save_file({k: v.contiguous().cpu() for k, v in self.ema.items()}, str(tmp / "ema.safetensors"), metadata=meta)
             torch.save({"step": self.step, "optimizers": [o.state_dict() for o in self.optimizers],
                         "scaler": self.scaler.state_dict() if self.scaler else None}, tmp / "optimizer.pt")
+            if streams is not None:
+                (tmp / "data.json").write_text(json.dumps(streams, indent=1))
             shutil.rmtree(directory, ignore_errors=True)
             tmp.rename(directory)
             self._prune_checkpoints()
@@ -254,9 +258,29 @@ class Trainer:
             ema = load_file(str(ema_file)) if ema_file.is_file() else {k: v.detach().float() for k, v in own.items()}
             self.ema = {k: ema[k].float().clone() for k in own}
         self.step = int(saved["step"])
+        if hasattr(self.sample_batch, "load_state_dict"):
+            self._restore_stream(directory)
         if self.log_path is not None and self.log_path.exists() and self.world.is_main:
             _write_log(self.log_path, [r for r in read_log(self.log_path) if int(r["step"]) <= self.step])
         barrier(self.world)
+
+
+    def _restore_stream(self, directory: Path):
+        """Every rank's position in streamed data, from the checkpoint's data.json (written by rank 0)."""
+        states = None
+        if self.world.is_main:
+            path = directory / "data.json"
+            states = json.loads(path.read_text()) if path.is_file() else None
+            if states is None or len(states) != self.world.size:   # every rank learns of it, so every rank stops
+                states = [{"ranks": None if states is None else len(states)}] * self.world.size
+        state = scatter_from_main(states, self.world)
+        if state["ranks"] is None:
+            raise TrainingError(f"checkpoint '{directory.name}' holds no position in streamed data (its run read a "
+                                "data folder); continue it with the same data, or start a fresh output folder.")
+        if state["ranks"] != self.world.size:
+            raise TrainingError(f"checkpoint '{directory.name}' holds the streamed data positions of {state['ranks']} "
+                                f"rank(s), this run has {self.world.size}; resume on as many ranks.")
+        self.sample_batch.load_state_dict(state, self.step)
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:

@@ -1,0 +1,92 @@
+"""A step's batch from a stream of clips (videoldm_core.training.shards through DataLoader worker
+processes), encoded on the training device as it arrives: what StepBatches is for a dataset that
+fits in memory, for one that never has to.
+
+The stream only goes forward. The per-clip seeds of the noise, timestep and masks are the same
+function of (seed, global position) as StepBatches', so which clip sits at a position is all that
+differs from the in-memory path. What a checkpoint keeps (`state_dict`) is, per DataLoader worker,
+the pass and sample index after the last clip training used; a resumed run starts each worker
+there, and the worker whose turn was next (the DataLoader takes the workers' clips round-robin and
+restarts at worker 0; a clip that comes early waits for its turn). A resumed run therefore trains
+on exactly the clips, crops and seeds of an uninterrupted one: none of a finished step is read
+again, none is lost (clips a worker had prefetched but training had not used are decoded again).
+Resuming with another number of workers or ranks is refused."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from .batches import clip_seed
+from .objective import TrainingError
+
+
+class StreamedBatches:
+    def __init__(self, clips, batch_size: int, encode: Callable[[list[dict]], dict], seed: int = 0, workers: int = 2):
+        """`clips`: a ShardClips; `encode(items)`: the batch the training phases read (latents, text,
+        ...) of the decoded clips; `workers`: DataLoader worker processes decoding ahead (0: none)."""
+        if batch_size < 1:
+            raise TrainingError(f"expected a batch size of at least 1, found {batch_size}.")
+        self.clips, self.batch_size, self.encode, self.seed, self.workers = clips, batch_size, encode, seed, workers
+        self.next_step, self.next_worker = 0, 0
+        self.positions: dict[int, tuple[int, int]] = {}
+        self.early: dict[int, deque] = defaultdict(deque)   # clips that came before their worker's turn
+        self.skipped: dict[int, int] = {}
+        self.wait_seconds = 0.0   # time spent waiting for clips, summed (the data-wait share of a step)
+        self._iterator = None
+
+    def _next_clip(self) -> dict:
+        """The next clip in the workers' round-robin order, from the worker whose turn it is."""
+        if self._iterator is None:
+            self.clips.start = dict(self.positions)
+            loader = DataLoader(self.clips, batch_size=None, num_workers=self.workers,
+                                prefetch_factor=2 if self.workers else None)
+            self._iterator = iter(loader)
+        while not self.early[self.next_worker]:
+            item = next(self._iterator)
+            self.early[int(item["position"][0])].append(item)
+        item = self.early[self.next_worker].popleft()
+        self.next_worker = (self.next_worker + 1) % max(self.workers, 1)
+        return item
+
+    def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> dict:
+        if step != self.next_step:
+            raise TrainingError(f"streamed training data goes forward only: step {step} was asked for, the stream "
+                                f"is at step {self.next_step} (a resumed run restores the stream from its checkpoint).")
+        started = time.perf_counter()
+        items = [self._next_clip() for _ in range(self.batch_size)]
+        self.wait_seconds += time.perf_counter() - started
+        for item in items:
+            worker, pass_index, index = (int(v) for v in item.pop("position"))
+            self.positions[worker] = (pass_index, index + 1)
+            self.skipped[worker] = int(item.pop("skipped"))
+        batch = self.encode(items)
+        positions = [(step * world_size + rank) * self.batch_size + i for i in range(self.batch_size)]
+        batch["sample_seeds"] = torch.tensor([clip_seed(self.seed, p) for p in positions])
+        batch["keys"] = [item["key"] for item in items]
+        self.next_step = step + 1
+        return batch
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+    def state_dict(self) -> dict:
+        return {"step": self.next_step, "workers": self.workers, "next_worker": self.next_worker,
+                "positions": {str(w): list(p) for w, p in sorted(self.positions.items())}}
+
+    def load_state_dict(self, state: dict | None, step: int) -> None:
+        """Go on from a checkpoint at `step` (its `state_dict`, None when it has none)."""
+        if state is None or state.get("step") != step:
+            raise TrainingError(f"the checkpoint at step {step} holds no position of the streamed data "
+                                f"(found {state!r}); it was written by a run on other data. Start a fresh output folder.")
+        if state["workers"] != self.workers:
+            raise TrainingError(f"the checkpoint's stream was read by {state['workers']} data worker(s), this run has "
+                                f"{self.workers}; resume with data.workers = {state['workers']}.")
+        self.positions = {int(w): (int(p[0]), int(p[1])) for w, p in state["positions"].items()}
+        self.next_step, self.next_worker, self._iterator = step, int(state["next_worker"]), None
+        self.early.clear()
