@@ -276,9 +276,10 @@ def test_captions_are_encoded_and_shards_load_lazily(mp4_folder, tmp_path):
     index = json.loads((tmp_path / "index.json").read_text())
     assert index["count"] == 2 and index["shapes"] == {"latents": [2, 4, 6, 8], "text": [3, 5]}
     reader = LatentShards(tmp_path, keep=1)
-    assert len(reader._loaded) == 0
-    reader[0], reader[1]
-    assert list(reader._loaded) == [1]
+    assert len(reader._open) == 0
+    first, second = reader[0], reader[1]
+    assert list(reader._open) == [1]   # one shard held open, read by memory map
+    assert torch.equal(second["text"], shards[1]["text"]) and torch.equal(first["latents"], shards[0]["latents"])
 
 
 # -- ranks and batches ----------------------------------------------------------------------------

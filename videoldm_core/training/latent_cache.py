@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from .objective import TrainingError
@@ -142,8 +142,9 @@ def _check_shapes(shapes: dict, tensors: dict[str, Tensor], first_name: str) -> 
 
 
 class LatentShards:
-    """The cached items, read lazily: item i is dict(latents (T, C, h, w), text (L, D) or None, name).
-    At most `keep` shards are held in memory."""
+    """The cached items, read lazily: item i is dict(latents (T, C, h, w), text (L, D) or None, name),
+    read from its shard's memory map (only that item's bytes), so memory stays flat in the dataset's
+    size. At most `keep` shards are held open."""
 
     def __init__(self, cache_dir, keep: int = 2):
         self.cache_dir = Path(cache_dir)
@@ -152,7 +153,7 @@ class LatentShards:
             raise TrainingError(f"no latent cache in '{self.cache_dir}' (no readable {INDEX_FILE}); "
                                 "build it with build_latent_cache first.")
         self.index, self.keep = index, max(1, keep)
-        self._loaded: OrderedDict[int, dict[str, Tensor]] = OrderedDict()
+        self._open: OrderedDict[int, object] = OrderedDict()
 
     @property
     def key(self) -> str:
@@ -165,23 +166,24 @@ class LatentShards:
     def __len__(self) -> int:
         return self.index["count"]
 
-    def _shard(self, s: int) -> dict[str, Tensor]:
-        if s in self._loaded:
-            self._loaded.move_to_end(s)
-            return self._loaded[s]
+    def _shard(self, s: int):
+        if s in self._open:
+            self._open.move_to_end(s)
+            return self._open[s]
         path = self.cache_dir / self.index["shards"][s]
         if not path.is_file():
             raise TrainingError(f"latent cache '{self.cache_dir}' lists {path.name} but it is missing; "
                                 "delete the folder's index.json and build the cache again.")
-        self._loaded[s] = load_file(str(path))
-        while len(self._loaded) > self.keep:
-            self._loaded.popitem(last=False)
-        return self._loaded[s]
+        self._open[s] = safe_open(str(path), framework="pt")
+        while len(self._open) > self.keep:
+            self._open.popitem(last=False)
+        return self._open[s]
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(f"item {i} of {len(self)}")
         s, j = divmod(i, self.index["shard_size"])
         shard = self._shard(s)
-        text = shard.get("text")
-        return {"latents": shard["latents"][j], "text": None if text is None else text[j], "name": self.names[i]}
+        row = lambda name: shard.get_slice(name)[j:j + 1][0]
+        return {"latents": row("latents"), "text": row("text") if "text" in shard.keys() else None,
+                "name": self.names[i]}
