@@ -41,7 +41,8 @@ def streamed_encoder(model, vae, mode, encode_text=None, regime: int | None = No
 def streamed_batches(model, vae, data: dict, mode, seed: int, batch_size: int, regimes, encode_text=None,
                      allow_pipe: bool = False) -> StreamedBatches:
     """The config's data.shards as a step's batches (data.shuffle: the sample buffer, data.workers:
-    DataLoader workers decoding ahead). Interpolation streams one regime per run: the clips of
+    DataLoader workers decoding ahead; data.crop / data.start "random" and data.flip: augmentation
+    drawn per clip and pass). Interpolation streams one regime per run: the clips of
     T -> 4T and 4T -> 16T are read at different rates."""
     mode = mode_named(mode)
     regime = None
@@ -56,7 +57,9 @@ def streamed_batches(model, vae, data: dict, mode, seed: int, batch_size: int, r
         if not fps:
             raise TrainingError("interpolation regime 1 needs data.fps (its clips are read at 4 x data.fps).")
         fps = fps * 4
-    spec = ClipSpec(data.get("frames", 8), fps, data.get("height", 256), data.get("width", 256), data.get("crop", "center"))
-    clips = ShardClips(shard_urls(data["shards"], allow_pipe=allow_pipe), spec, seed=seed, shuffle=data.get("shuffle", 256))
+    spec = ClipSpec(data.get("frames", 8), fps, data.get("height", 256), data.get("width", 256), data.get("crop", "center"),
+                    start=data.get("start", "first"))
+    clips = ShardClips(shard_urls(data["shards"], allow_pipe=allow_pipe), spec, seed=seed, shuffle=data.get("shuffle", 256),
+                       flip=data.get("flip", False))
     return StreamedBatches(clips, batch_size, streamed_encoder(model, vae, mode, encode_text, regime), seed=seed,
                            workers=data.get("workers", 2))

@@ -160,3 +160,21 @@ def test_a_stream_goes_forward_only_and_resumes_only_with_its_own_workers(shards
         other.load_state_dict(stream.state_dict(), 1)
     with pytest.raises(TrainingError, match="holds no position"):
         other.load_state_dict(None, 1)
+
+
+def test_augmentation_is_one_draw_per_clip_and_changes_from_pass_to_pass(shards):
+    """Random crop and flip: all frames of a clip get the same window and flip (each draw is the
+    clip's frames cut at one height and maybe mirrored, as a whole), and a clip's next pass draws anew."""
+    out, _ = shards
+    shard = [str(out / "clips-000000.tar")]
+    spec = ClipSpec(frames=4, fps=15.0, height=24, width=32, crop="random")   # 32 px frames: windows at 9 heights
+    draws = [i["frames"] for i in ShardClips(shard, spec, seed=1, shuffle=0, passes=8, flip=True) if i["key"] == "000000000"]
+    [whole] = [i["frames"] for i in ShardClips(shard, ClipSpec(frames=4, fps=15.0, height=32, width=32), shuffle=0, passes=1)
+               if i["key"] == "000000000"]
+    placed = []
+    for draw in draws:
+        found = [(y, f) for y in range(9) for f in (False, True)
+                 if torch.equal(draw, (whole.flip(-1) if f else whole)[:, :, y:y + 24])]
+        assert found, "a draw that is not one window of the whole clip"
+        placed.append(found[0])
+    assert len(draws) == 8 and len(set(placed)) > 2 and {f for _, f in placed} == {False, True}

@@ -25,7 +25,7 @@ SECTIONS: dict[str, dict[str, object]] = {
     "data": {"folder": str, "frames": int, "fps": float | None, "width": int, "height": int, "crop": str,
              "on_bad": str, "captions": bool, "cache": str | None,
              # streamed WebDataset shards instead of a folder (videoldm_core.training.shards)
-             "shards": str | list[str], "shuffle": int, "workers": int},
+             "shards": str | list[str], "shuffle": int, "workers": int, "flip": bool, "start": str},
     "train": {"steps": int, "lr": float, "batch_size": int, "warmup": int, "weight_decay": float,
               "betas": list[float], "grad_clip": float | None, "precision": str, "ema_decay": float | None,
               "gradient_checkpointing": bool, "checkpoint_every": int, "keep_checkpoints": int, "seed": int},

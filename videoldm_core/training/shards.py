@@ -57,15 +57,17 @@ def caption_of(sample: dict) -> str | None:
 class ShardClips(IterableDataset):
     """Clips of `spec` from the shards at `urls`, forever (or for `passes` passes). Each item:
     {"frames": (T, 3, H, W) in [-1, 1], "caption": str | None, "key": the sample's key,
-    "skipped": samples this worker has skipped so far}. `shuffle`: the sample buffer (0: none);
-    crop positions and start frames are drawn per sample from (seed, rank, worker, pass, sample), so
+    "skipped": samples this worker has skipped so far}. `shuffle`: the sample buffer (0: none).
+    Augmentation keeps a clip consistent and changes from pass to pass: the start frame (spec.start
+    "random"), the crop window (spec.crop "random") and, with `flip`, a horizontal flip are drawn
+    once per clip, for all its frames, from (seed, rank, worker, pass, sample), so
     a stream resumed at a position (`start`) goes on exactly as it would have. Each item also holds
     its "position" (worker, pass, sample index in that pass)."""
 
     def __init__(self, urls: list[str], spec: ClipSpec, seed: int = 0, shuffle: int = 256, source_fps: float = 30.0,
-                 passes: int | None = None):
+                 passes: int | None = None, flip: bool = False):
         self.urls, self.spec, self.seed, self.shuffle = list(urls), spec, seed, shuffle
-        self.source_fps, self.passes = source_fps, passes
+        self.source_fps, self.passes, self.flip = source_fps, passes, flip
         self.skipped = 0
         self.start: dict[int, tuple[int, int]] = {}   # worker -> (pass, first sample to read): where a resumed run goes on
 
@@ -109,6 +111,8 @@ class ShardClips(IterableDataset):
                 self.skip(f"sample {key!r}", f"too short: {source.num_frames} frames at {source.fps:g} fps")
                 return None
             frames = fit(read_frames(entry, indices, source), self.spec.height, self.spec.width, self.spec.crop, rng)
+            if self.flip and rng.random() < 0.5:
+                frames = frames.flip(-1)
         except Exception as e:   # a broken clip in a stream of millions: counted, not fatal
             self.skip(f"sample {key!r}", e)
             return None
