@@ -11,6 +11,7 @@
      "train": {"steps": 1000, "lr": 1e-4, "batch_size": 1, "warmup": 100, "grad_clip": 1.0,
                "precision": "bf16", "ema_decay": 0.999, "gradient_checkpointing": true,
                "checkpoint_every": 500, "seed": 0},
+     "monitor": {"tensorboard": false},           // TensorBoard scalars in output/tensorboard (training extra)
      "decoder": {"init": null, "attention": false, "disc_start": 1000, "adversarial_weight": 0.1,
                  "disc_width": 64}}                // mode decoder; attention: temporal attention layers too;
                                                   // adversarial_weight 0: no discriminator;
@@ -56,6 +57,7 @@ from ..videoldm_core.training.modes import TEMPORAL, UPSCALER, mode_named
 from ..videoldm_core.training.autoencoder_objective import AutoencoderPhase, latent_scale
 from ..videoldm_core.training.image_objective import ImagePhase
 from ..videoldm_core.training.distributed import barrier, init_world
+from ..videoldm_core.training.monitor import TensorBoardLog
 from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.run_config import check_run_config
 from ..videoldm_core.training.trainer import Trainer, TrainConfig, latest_checkpoint
@@ -196,15 +198,22 @@ def fit(trainer, config, train_config, world, output: Path, loss_key: str):
     every = max(1, train_config.steps // 20)
 
     stream = trainer.sample_batch if hasattr(trainer.sample_batch, "skipped_total") else None
+    board = TensorBoardLog(output / "tensorboard") if config.get("monitor", {}).get("tensorboard") and world.is_main else None
 
     def report(row):
+        if board is not None:
+            board.step(row, trainer.sample_batch.batch_size * world.size, stream.wait_seconds if stream else None)
         if world.is_main and (row["step"] % every == 0 or row["step"] == 1):
             streamed = "" if stream is None else \
                 f", data wait {stream.wait_seconds:.1f} s in all, {stream.skipped_total} broken clip(s) skipped"
             print(f"step {row['step']}/{train_config.steps} loss {row[loss_key]:.5f} ({row['seconds']:.2f} s{streamed})",
                   flush=True)
 
-    trainer.run(on_step=report)
+    try:
+        trainer.run(on_step=report)
+    finally:
+        if board is not None:
+            board.close()
 
 
 def run_decoder(config, world, train_config, batch_size: int, output: Path) -> int:

@@ -212,8 +212,10 @@ def test_a_streamed_run_resumes_from_its_checkpoints_stream_position(setup, tmp_
     cfg = config(setup, tmp_path / "out", steps=2, batch_size=1, checkpoint_every=1)
     del cfg["data"]["folder"], cfg["data"]["cache"]
     cfg["data"].update(shards=str(tmp_path / "shards" / "c-{000..003}.tar"), workers=2, crop="random")
+    cfg["monitor"] = {"tensorboard": True}
     first = run_cli(setup, cfg, "stream-first")
     assert first.returncode == 0, first.stderr[-3000:]
+    assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
     [checkpoint] = sorted((tmp_path / "out").glob("checkpoint-0000002"))
     [state] = json.loads((checkpoint / "data.json").read_text())
     assert state["step"] == 2 and state["workers"] == 2 and state["ranks"] == 1

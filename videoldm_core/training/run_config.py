@@ -16,7 +16,7 @@ PRETRAINING_MODES = ("vae", "image", "decoder")
 
 SECTIONS: dict[str, dict[str, object]] = {
     "": {"checkpoint": str, "mode": str, "output": str, "prompt": str, "resume": bool,
-         "adapter": dict, "data": dict, "train": dict, "decoder": dict, "vae": dict, "image": dict},
+         "adapter": dict, "data": dict, "train": dict, "decoder": dict, "vae": dict, "image": dict, "monitor": dict},
     "adapter": {"init": str | None, "context_frames": list[int] | None, "context_width": int, "regimes": list[int],
                 "patch": int | None, "placement": str,
                 # the placement's own settings (videoldm_core.placement)
@@ -33,6 +33,7 @@ SECTIONS: dict[str, dict[str, object]] = {
                 "disc_width": int, "disc_layers": int, "temporal_weight": float},
     "vae": {"kl_weight": float, "patch": int | None},
     "image": {"text_dropout": float, "patch": int | None},
+    "monitor": {"tensorboard": bool},
 }
 REQUIRED = {"": ("checkpoint", "output", "data")}
 
