@@ -56,8 +56,7 @@ class Family:
         x4_temporal = adapters.load_temporal_adapter(str(family_file(folder, "x4-temporal")), NAMES["x4-temporal"])
         self.x4_video_model = patch.apply_adapter(self.x4_model, x4_temporal.patcher, x4_temporal.name)
         temporal_vae = self.m("host.temporal_decoder")
-        addon = temporal_vae.read_addon(*load_torch_file(str(family_file(folder, "decoder")), return_metadata=True),
-                                        NAMES["decoder"])
+        addon = temporal_vae.read_addon_file(str(family_file(folder, "decoder")), NAMES["decoder"])
         self.temporal_vae = temporal_vae.load_temporal_vae(load_torch_file(str(family_file(folder, "base"))), NAMES["base"], addon)
         self.decode_video = temporal_vae.decode_video
 

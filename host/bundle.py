@@ -15,15 +15,18 @@ import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.ops
 import comfy.sd
 import comfy.sd1_clip
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.utils
 
-from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, BundleSpec, read_bundle_spec, split_components
+from ..videoldm_core.bundle import (COMPONENT_PREFIXES, BundleFormatError, BundleSpec, check_stated_sizes, open_bundle,
+                                    split_components)
 from ..videoldm_core.families import SD1, SD_X4_UPSCALER, family_named
 from ..videoldm_core.state_dict import check_weights
+from ..videoldm_core.weights_file import WeightsFile, build_on_meta
 
 _MODEL_TYPES = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}
 _FAMILY_CONFIGS = {SD1.name: comfy.supported_models.SD15, SD_X4_UPSCALER.name: comfy.supported_models.SD_X4Upscaler}
@@ -117,12 +120,40 @@ def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], sour
     return patcher, clip, vae
 
 
+def check_bundle_file(spec: BundleSpec, file: WeightsFile):
+    """Each component the spec describes, built with ComfyUI's own classes on the meta device,
+    against the file's shapes: a spec that contradicts its weights (a vocabulary of 40M beside a
+    49,408-row embedding, 24,000 channels in a 1 kB file) is refused before anything is allocated."""
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    check_stated_sizes(spec, file.shapes, file.source)
+    parts = split_components(file.shapes, file.source)
+    model_config = bundle_model_config(spec)
+    unet_config = {k: v for k, v in model_config.unet_config.items() if k != "dtype"}
+    target = _clip_target(spec)
+    built = {
+        "unet": lambda: UNetModel(**unet_config, operations=comfy.ops.disable_weight_init),
+        "vae": lambda: AutoencoderKL(**_vae_config(spec)["params"]),
+        "text_encoder": lambda: target.clip(device="meta", **target.params),
+    }
+    names = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder"}
+    for part, build in built.items():
+        module = build_on_meta(build, file, names[part])
+        if part == "text_encoder":   # keys as build_components hands them to the CLIP
+            shapes = model_config.process_clip_state_dict(dict(parts[part]))
+        else:
+            shapes = comfy.utils.state_dict_prefix_replace(dict(parts[part]), {COMPONENT_PREFIXES[part]: ""}, filter_keys=True)
+        _require_complete(names[part], module, shapes, file.source,
+                          ignore_missing=(".logit_scale", ".text_projection.weight") if part == "text_encoder" else ())
+
+
 def load_bundle(bundle_name: str):
     """(MODEL, CLIP, VAE) from a bundle in models/videoldm_bundles (or the toy family) or
-    models/checkpoints. The spec is read from the header first: a file that is not a bundle fails
-    before any weights are read."""
+    models/checkpoints. The spec is read from the header and checked against the file's shapes
+    (check_bundle_file) before any weights are read, and no weight may be NaN or infinite."""
     from .model_folders import BUNDLES, full_path
 
-    path = full_path(bundle_name, BUNDLES, "checkpoints")
-    spec = read_bundle_spec(path)
-    return build_components(spec, comfy.utils.load_torch_file(path, safe_load=True), source=f"'{bundle_name}'")
+    spec, file = open_bundle(full_path(bundle_name, BUNDLES, "checkpoints"), bundle_name)
+    check_bundle_file(spec, file)
+    return build_components(spec, file.tensors(), source=file.source)

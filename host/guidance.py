@@ -22,6 +22,7 @@ import torch
 
 from ..videoldm_core.context import ContextError, VideoContext, context_input
 from ..videoldm_core.guidance import with_context_guidance
+from ..videoldm_core.limits import check_finite_latent
 from .context import with_context
 from .temporal_adapter import applied_adapters
 
@@ -151,16 +152,19 @@ def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int, sam
 
 class SamplingProgress:
     """One progress bar over all runs of a node (runs × steps) with latent previews, as core KSampler
-    sends them (the user's preview method; the first frame of the run's x0)."""
+    sends them (the user's preview method; the first frame of the run's x0). A latent that turns
+    non-finite stops the node at that step, naming it (`node`) and the run (`run`: "segment", "window")."""
 
-    def __init__(self, model, runs: int, steps: int):
+    def __init__(self, model, runs: int, steps: int, node: str = "Video LDM", run: str = "run"):
         self.steps, self.total = steps, runs * steps
+        self.node, self.run_name = node, run
         self.pbar = comfy.utils.ProgressBar(self.total)
         self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
 
     def of_run(self, run: int):
         """The sampler callback of run `run`."""
         def on_step(step, x0, x, total_steps):
+            check_finite_latent((x0, x), self.node, f"at step {step + 1} of {self.run_name} {run + 1}")
             preview = self.previewer.decode_latent_to_preview_image("JPEG", x0) if self.previewer else None
             self.pbar.update_absolute(run * self.steps + step + 1, self.total, preview)
         return on_step

@@ -10,6 +10,7 @@ from ..videoldm_core.context import VideoContext, place_frames
 from ..videoldm_core.interpolation import (FACTOR, REGIMES, InterpolationError, augment_keyframes,
                                            check_augmentation_level, check_keyframes, dense_length, interpolation_labels,
                                            keyframe_positions, keyframe_windows, regime_label)
+from ..videoldm_core.limits import check_output_size, tensor_bytes
 from .guidance import RunNoise, SamplingProgress, sample_with_context, sampler_and_sigmas
 from .temporal_adapter import applied_adapters
 
@@ -51,10 +52,16 @@ def interpolate_keyframes(model, positive, negative, keyframes: dict, regime: st
     check_augmentation_level(augmentation)
     frames = frames.to(mm.intermediate_device(), torch.float32)
     windows = keyframe_windows(frames.shape[0], window_keyframes)
+    total = dense_length(frames.shape[0])
+    # the output, and with a NOISE input its one draw for every window, are checked before either exists
+    implied = tensor_bytes((total, *frames.shape[1:])) + (
+        tensor_bytes((sum(dense_length(w.count) for w in windows), *frames.shape[1:])) if noise is not None else 0)
+    check_output_size("Interpolate Keyframes", implied, dict(keyframes=frames.shape[0], window_keyframes=window_keyframes),
+                      what=f"a latent of {total} frames of {tuple(frames.shape[1:])}")
     sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps, sampler, sigmas)
     run_noise = RunNoise(seed, noise, [dense_length(w.count) for w in windows], frames.shape[1:])
-    progress = SamplingProgress(model, len(windows), len(sigmas) - 1)
-    out = torch.zeros(dense_length(frames.shape[0]), *frames.shape[1:])
+    progress = SamplingProgress(model, len(windows), len(sigmas) - 1, node="Interpolate Keyframes", run="window")
+    out = torch.zeros(total, *frames.shape[1:])
     for i, window in enumerate(windows):
         mm.throw_exception_if_processing_interrupted()
         length = dense_length(window.count)

@@ -7,6 +7,7 @@ import comfy.model_management as mm
 import torch
 
 from ..videoldm_core.context import VideoContext, place_frames
+from ..videoldm_core.limits import check_output_size, tensor_bytes
 from ..videoldm_core.rollout import plan_rollout
 from .guidance import RunNoise, SamplingProgress, check_context_encoder, sample_with_context, sampler_and_sigmas
 
@@ -18,12 +19,19 @@ def extend_video(model, positive, negative, video: dict, segments: int, segment_
     `sampler`, `sigmas`, `noise`: core SAMPLER / SIGMAS / NOISE values replacing the node's own."""
     frames = video["samples"].to(mm.intermediate_device(), torch.float32)
     plan = plan_rollout(frames.shape[0], segment_length, context_frames, segments)
+    total = frames.shape[0] + sum(s.new_frames for s in plan)
+    # the output, and with a NOISE input its one draw for every segment, are checked before either exists
+    implied = tensor_bytes((total, *frames.shape[1:])) + (tensor_bytes((segment_length * len(plan), *frames.shape[1:]))
+                                                          if noise is not None else 0)
+    check_output_size("Extend Video", implied, dict(video_frames=frames.shape[0], segments=segments,
+                                                    segment_length=segment_length, context_frames=context_frames),
+                      what=f"a latent of {total} frames of {tuple(frames.shape[1:])}")
     check_context_encoder(model, plan[-1].context_frames, "error")
     sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps, sampler, sigmas)
     run_noise = RunNoise(seed, noise, [segment_length] * len(plan), frames.shape[1:])
-    progress = SamplingProgress(model, len(plan), len(sigmas) - 1)
-    # the whole video is allocated once: segments write into it (no growing list, no final copy)
-    video_out = torch.empty(frames.shape[0] + sum(s.new_frames for s in plan), *frames.shape[1:])
+    progress = SamplingProgress(model, len(plan), len(sigmas) - 1, node="Extend Video", run="segment")
+    # the whole video is allocated once, within the limit: segments write into it (no growing list, no final copy)
+    video_out = torch.empty(total, *frames.shape[1:])
     video_out[:frames.shape[0]] = frames
     end = frames.shape[0]
     for segment in plan:

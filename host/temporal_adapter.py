@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from dataclasses import dataclass
 
 import torch
@@ -29,11 +28,14 @@ import comfy.utils
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
-from ..videoldm_core.importers import import_adapter
+from ..videoldm_core.confined_paths import within
+from ..videoldm_core.errors import VideoLDMError
+from ..videoldm_core.importers import read_adapter_file
 from ..videoldm_core.interpolation import MAX_AUGMENTATION
 from ..videoldm_core.placement import animatediff_slots, videoldm_slots
 from ..videoldm_core.positional import check_frame_limit
-from ..videoldm_core.temporal_adapter import AdapterFormatError, AdapterSpec, TemporalAdapter, resolve_slots, save_adapter
+from ..videoldm_core.temporal_adapter import AdapterSpec, TemporalAdapter, resolve_slots, save_adapter
+from .confined_paths import file_inside
 from .context import route_context, slice_context_in_windows
 from .clip_norms import output_norm_over_clip
 from .keys import CLIP_NORMS_KEY, OPTIONS_KEY, WRAPPER_KEY
@@ -54,24 +56,10 @@ class LoadedAdapter:
     patcher: object
 
 
-def read_weights(path: str, name: str) -> tuple[dict, dict]:
-    """(state dict, safetensors metadata). Pickle files are read weights-only: code in them is refused."""
-    try:
-        state_dict, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
-    except pickle.UnpicklingError as e:
-        raise AdapterFormatError(f"'{name}': refused to load; the pickle holds more than plain weights (only tensors "
-                                 f"are read, never code). Convert it to .safetensors from a trusted source. ({e})") from None
-    except Exception as e:
-        raise AdapterFormatError(f"'{name}': not a readable weights file (corrupt or truncated?): {e}") from None
-    if not isinstance(state_dict, dict):
-        raise AdapterFormatError(f"'{name}': expected a dictionary of weights, found {type(state_dict).__name__}.")
-    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-    return tensors, metadata or {}
-
-
 def load_temporal_adapter(path: str, name: str) -> LoadedAdapter:
-    state_dict, metadata = read_weights(path, name)
-    spec, native = import_adapter(state_dict, metadata, source=f"'{name}'")
+    """The adapter file `name` (as listed in its models folder), checked before anything is built
+    (videoldm_core.importers.read_adapter_file)."""
+    spec, native = read_adapter_file(path, name)
     return LoadedAdapter(name, spec, build_adapter_patcher(spec, native, source=f"'{name}'"))
 
 
@@ -82,10 +70,15 @@ def save_temporal_adapter(adapter: LoadedAdapter, filename_prefix: str) -> str:
 
     root = folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0]
     os.makedirs(root, exist_ok=True)
+    subfolder = os.path.dirname(os.path.normpath(filename_prefix))
+    if os.path.isabs(filename_prefix) or not within(os.path.join(root, subfolder), [root]):
+        # by real path, before any folder is listed or made: a symlinked subfolder cannot lead out
+        raise VideoLDMError(f"Save Temporal Adapter: expected a filename_prefix inside models/{TEMPORAL_ADAPTERS}, "
+                            f"found {filename_prefix!r}.")
     folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
-    os.makedirs(folder, exist_ok=True)
     filename = f"{name}_{counter:05}_.safetensors"
-    save_adapter(os.path.join(folder, filename), adapter.patcher.model, adapter.spec)
+    save_adapter(file_inside(root, os.path.join(subfolder, filename), f"models/{TEMPORAL_ADAPTERS}"),
+                 adapter.patcher.model, adapter.spec)
     return os.path.join(subfolder, filename)
 
 

@@ -10,7 +10,6 @@ space with every frame of a window in each tile.
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
@@ -21,8 +20,9 @@ import comfy.sd
 import comfy.utils
 import folder_paths
 
-from ..videoldm_core.temporal_decoder import (TemporalDecoder, TemporalDecoderFormatError,
-                                              TemporalDecoderSpec, read_addon, split_svd_vae)
+from ..videoldm_core.temporal_decoder import (TemporalDecoder, TemporalDecoderFormatError, TemporalDecoderSpec,
+                                              check_temporal_decoder, read_addon_file, split_svd_vae)
+from ..videoldm_core.weights_file import WeightsFile, build_on_meta
 from ..videoldm_core.state_dict import check_weights
 from ..videoldm_core.video_upscale import plan_tiles, smaller_tile
 from ..videoldm_core.windows import windows
@@ -49,10 +49,39 @@ def kl_vae_config(state_dict: dict, source: str) -> dict:
             "num_res_blocks": blocks, "attn_resolutions": [], "dropout": 0.0,
         }
         embed_dim = state_dict["post_quant_conv.weight"].shape[1] if "post_quant_conv.weight" in state_dict else z_channels
-    except (KeyError, ValueError) as e:
+    except KeyError as e:
         raise TemporalDecoderFormatError(
             f"{source}: not a KL autoencoder (expected encoder.* and decoder.* keys in the LDM layout; missing {e}).") from None
+    except (ValueError, IndexError, ZeroDivisionError) as e:
+        raise TemporalDecoderFormatError(f"{source}: not a KL autoencoder in the LDM layout (its keys or shapes do not "
+                                         f"give a config: {type(e).__name__}).") from None
+    if 0 in ddconfig["ch_mult"]:
+        raise TemporalDecoderFormatError(f"{source}: not a KL autoencoder in the LDM layout (a level narrower than "
+                                         f"its first, {ch} channels).")
     return {"params": {"ddconfig": ddconfig, "embed_dim": embed_dim}}
+
+
+QUANT_CONVS = ("quant_conv.weight", "quant_conv.bias")   # supplied when absent (with_quant_convs)
+
+
+def check_vae_file(file: WeightsFile):
+    """The VAE in `file` (bare, or a checkpoint's first stage; with SVD's temporal layers or not),
+    built on the meta device from the config its shapes imply and compared with them, before any
+    weight is read: a file cannot make the loader allocate more than it holds. Returns the image
+    autoencoder on the meta device."""
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    shapes = file.shapes
+    if any(k.startswith("first_stage_model.") for k in shapes):
+        shapes = {k[len("first_stage_model."):]: v for k, v in shapes.items() if k.startswith("first_stage_model.")}
+    if any(k.startswith("decoder.") and k.endswith(".mix_factor") for k in shapes):
+        shapes, spec, temporal = split_svd_vae(shapes, file.source)
+        check_temporal_decoder(spec, temporal, file)
+    config = kl_vae_config(shapes, file.source)
+    image = build_on_meta(lambda: AutoencoderKL(**config["params"]), file, "VAE")
+    check_weights(image.state_dict(), shapes, f"{file.source}: the VAE weights do not match a KL autoencoder",
+                  TemporalDecoderFormatError, ignore_missing=QUANT_CONVS)
+    return image
 
 
 def with_quant_convs(state_dict: dict) -> dict:
@@ -169,9 +198,10 @@ def load_temporal_vae_files(vae_name: str, temporal_decoder: str = NONE):
     (its first stage), plus an optional temporal-decoder add-on from models/temporal_decoders (or
     models/temporal_adapters, where earlier versions of the pack put them)."""
     folder, name = vae_name.split("/", 1)
-    state_dict = comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise(folder, name), safe_load=True)
+    file = WeightsFile(folder_paths.get_full_path_or_raise(folder, name), name, TemporalDecoderFormatError)
+    image = check_vae_file(file)
     addon = None
     if temporal_decoder != NONE:
-        path = full_path(temporal_decoder, TEMPORAL_DECODERS, TEMPORAL_ADAPTERS)
-        addon = read_addon(*comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True), f"'{temporal_decoder}'")
-    return load_temporal_vae(state_dict, f"'{os.path.basename(name)}'", addon)
+        addon = read_addon_file(full_path(temporal_decoder, TEMPORAL_DECODERS, TEMPORAL_ADAPTERS), temporal_decoder,
+                                decoder=image.decoder, vae_source=file.source)
+    return load_temporal_vae(file.tensors(), file.source, addon)

@@ -34,6 +34,7 @@ from ..videoldm_core.training.loss_curve import loss_curve_image
 from ..videoldm_core.training.objective import TrainingError, frozen
 from ..videoldm_core.training.schedule import NoiseSchedule
 from ..videoldm_core.training.trainer import Trainer, TrainConfig
+from .confined_paths import file_inside, training_folder, training_roots
 from .context import context_kwargs
 from .keys import CHECKPOINT_KEY
 from .temporal_adapter import TEMPORAL_ADAPTERS, LoadedAdapter, apply_adapter, build_adapter_patcher, fresh_adapter_for_model
@@ -287,21 +288,10 @@ def starting_adapter(model, mode, spec=None, weights: dict | None = None, source
                                    interpolation=mode.has_regimes and list(regimes) != [0], **options)
 
 
-def input_folder(folder: str) -> str:
-    path = folder if os.path.isabs(folder) else os.path.join(folder_paths.get_input_directory(), folder)
-    if not os.path.isdir(path):
-        raise TrainingError(f"expected a folder of videos or frame folders, found no folder '{folder}' "
-                            f"(relative paths are under ComfyUI's input folder).")
-    return path
-
-
 def adapter_save_path(save_name: str) -> str:
-    folder = folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0]
-    path = os.path.abspath(os.path.join(folder, save_name if save_name.endswith(".safetensors") else save_name + ".safetensors"))
-    if os.path.commonpath([path, os.path.abspath(folder)]) != os.path.abspath(folder):
-        raise TrainingError(f"expected a save name inside models/{TEMPORAL_ADAPTERS}, found {save_name!r}.")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return path
+    """Where `save_name` is saved: inside models/temporal_adapters by its real path."""
+    name = save_name if save_name.endswith(".safetensors") else save_name + ".safetensors"
+    return file_inside(folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0], name, f"models/{TEMPORAL_ADAPTERS}")
 
 
 def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, steps: int, learning_rate: float,
@@ -330,7 +320,8 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
         if images is not None:
             items = training_items(base, vae, images.clone(), clip_frames, mode)
         else:
-            dataset = VideoFolder(input_folder(folder), ClipSpec(clip_frames, fps or None, height, width), seed=seed)
+            dataset = VideoFolder(training_folder(folder), ClipSpec(clip_frames, fps or None, height, width), seed=seed,
+                                  roots=training_roots(), label=folder)
             cache = os.path.join(folder_paths.get_temp_directory(), "videoldm_latents",
                                  hashlib.sha256(str(dataset.folder.resolve()).encode()).hexdigest()[:16])
             items = folder_items(base, vae, dataset, mode, cache)

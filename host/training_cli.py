@@ -47,7 +47,7 @@ import comfy.utils
 
 from ..videoldm_core.temporal_adapter import read_adapter_spec, save_adapter
 from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, read_bundle_spec, save_bundle
-from ..videoldm_core.temporal_decoder import TemporalDecoder, TemporalDecoderSpec, read_addon, spec_for_decoder
+from ..videoldm_core.temporal_decoder import TemporalDecoder, TemporalDecoderSpec, read_addon_file, spec_for_decoder
 from ..videoldm_core.training.batches import StepBatches
 from ..videoldm_core.training.decoder_objective import decoder_phases
 from ..videoldm_core.training.discriminator import PatchDiscriminator3D
@@ -229,7 +229,7 @@ def run_decoder(config, world, train_config, batch_size: int, output: Path) -> i
     torch.manual_seed(train_config.seed)
     init = settings.get("init")
     if init:
-        spec, weights = read_addon(*comfy.utils.load_torch_file(init, safe_load=True, return_metadata=True), f"'{init}'")
+        spec, weights = read_addon_file(init, init)   # the operator's own path: named as given
         temporal = TemporalDecoder(spec).load_weights(weights, f"'{init}'")
     else:
         spec = spec_for_decoder(image_decoder, attention=settings.get("attention", False),

@@ -20,6 +20,7 @@ import comfy.utils
 import latent_preview
 import torch
 
+from ..videoldm_core.limits import check_finite_latent, check_output_size, tensor_bytes
 from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles, smaller_tile
 from .guidance import RunNoise, sampler_and_sigmas
 
@@ -80,6 +81,17 @@ def check_grid(height: int, width: int, tile: int):
         raise TilingError(f"tile_size must be a multiple of {GRID}, found {tile}.")
 
 
+SAMPLER_COPIES = 6   # latent, noise, x, denoised, a multistep sampler's previous prediction, the model output
+
+
+def check_upscale_memory(frames: int, height: int, width: int) -> int:
+    """The whole video is one latent through the sampler: its copies and the low-res frames in
+    [-1, 1] (the concat), refused above the pack's limit before any is made."""
+    implied = SAMPLER_COPIES * tensor_bytes((frames, 4, height, width)) + tensor_bytes((frames, 3, height, width))
+    return check_output_size("Video Upscale", implied, dict(frames=frames, width=width, height=height),
+                             what=f"sampling a latent of {frames} frames of 4x{height}x{width}")
+
+
 def upscale_video(model, positive, negative, images: torch.Tensor, noise_augmentation: float, seed: int, steps: int,
                   cfg: float, sampler_name: str, scheduler: str, tile_size: int, tile_overlap: int, chunk_length: int,
                   chunk_overlap: int, sampler=None, sigmas=None, noise=None) -> dict:
@@ -93,6 +105,7 @@ def upscale_video(model, positive, negative, images: torch.Tensor, noise_augment
     check_upscaler(model)
     frames, height, width = images.shape[0], images.shape[1], images.shape[2]
     check_grid(height, width, tile_size)
+    check_upscale_memory(frames, height, width)
     while True:
         plan = plan_tiles(frames, height, width, tile_size, tile_overlap, chunk_length, chunk_overlap)   # x4 latent = input size
         try:
@@ -121,6 +134,7 @@ def _sample(model, positive, negative, images, noise_augmentation, cfg, plan: Ti
     previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
 
     def preview(step, x0, x, total_steps):   # the step's prediction, as core KSampler previews it
+        check_finite_latent((x0, x), "Video Upscale", f"at step {step + 1}")
         if previewer is not None:
             pbar.update_absolute(pbar.current, pbar.total, previewer.decode_latent_to_preview_image("JPEG", x0))
 

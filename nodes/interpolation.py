@@ -7,7 +7,7 @@ from typing_extensions import override
 
 from ..host.interpolation import ADAPTERS_OWN, interpolate_keyframes
 from ..videoldm_core.interpolation import REGIMES, check_regime_name
-from .io_types import custom_sampling_inputs, sampler_inputs
+from .io_types import checked_numbers, custom_sampling_inputs, sampler_inputs, valid_numbers
 
 
 class InterpolateKeyframes(io.ComfyNode):
@@ -47,14 +47,18 @@ class InterpolateKeyframes(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, regime) -> bool | str:
-        """Saved graphs and API prompts from before the names were plain ASCII ("T→4T") still run."""
-        return check_regime_name(regime)
+    def validate_inputs(cls, regime, augmentation=None, cfg=None, fps=None) -> bool | str:
+        """Saved graphs and API prompts from before the names were plain ASCII ("T→4T") still run;
+        the numbers are checked whole (finite, in range), since naming them here skips ComfyUI's check."""
+        regime_ok = check_regime_name(regime)
+        numbers_ok = valid_numbers(cls, augmentation=augmentation, cfg=cfg, fps=fps)
+        return numbers_ok if regime_ok is True else regime_ok
 
     @classmethod
     @override
     def execute(cls, model, positive, negative, keyframes, regime, keep_keyframes, augmentation, window_keyframes, seed,
                 steps, cfg, sampler_name, scheduler, fps, sampler=None, sigmas=None, noise=None) -> io.NodeOutput:
+        checked_numbers(cls, augmentation=augmentation, cfg=cfg, fps=fps)
         return io.NodeOutput(*interpolate_keyframes(model, positive, negative, keyframes, regime, keep_keyframes,
                                                     augmentation, window_keyframes, seed, steps, cfg, sampler_name,
                                                     scheduler, fps, sampler, sigmas, noise))

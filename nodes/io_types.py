@@ -2,12 +2,20 @@
 other, so no node module imports another node module.
 
 The IO ids (`TEMPORAL_ADAPTER`, `VIDEO_CONTEXT`) are what saved graphs store; they never change.
-The Python names end in `Type` so they never read as the core's `TemporalAdapter` module class."""
+The Python names end in `Type` so they never read as the core's `TemporalAdapter` module class.
+
+Number inputs are checked against the node's own schema (`valid_numbers`, `checked_numbers`):
+finite, within min/max, on the declared step where asked. NaN passes ComfyUI's min/max checks
+(every comparison with NaN is false), and an input a V3 node names in `validate_inputs` skips them
+altogether, so a node that checks a number checks all of it here. A linked input is unknown at
+validation (None there); `checked_numbers` repeats the check when the node runs."""
 
 from __future__ import annotations
 
 import comfy.samplers
 from comfy_api.v0_0_2 import io
+
+from ..videoldm_core.limits import NumberInputError, number_problem
 
 TemporalAdapterType = io.Custom("TEMPORAL_ADAPTER")   # value: host.temporal_adapter.LoadedAdapter
 VideoContextType = io.Custom("VIDEO_CONTEXT")         # value: videoldm_core.context.VideoContext
@@ -45,3 +53,35 @@ def custom_sampling_inputs(per: str | None = None) -> list:
                        tooltip="Core NOISE; replaces seed." + (f" One draw covers every {per}, stacked along frames; "
                                                                f"{per} i takes its frames." if per else "")),
     ]
+
+
+def _bounds(cls) -> dict:
+    return {i.id: i for i in cls.define_schema().inputs if isinstance(i, (io.Float.Input, io.Int.Input))}
+
+
+def numbers_problem(cls, stepped: tuple[str, ...] = (), **values) -> str | None:
+    """Why some of `values` (number inputs of node `cls`, by name) cannot be used, or None. Inputs
+    named in `stepped` must also be a whole number of steps above their minimum."""
+    bounds, problems = _bounds(cls), []
+    for name, value in values.items():
+        if value is None:   # linked: checked when the node runs
+            continue
+        spec = bounds[name]
+        problem = number_problem(name, value, spec.min, spec.max)
+        if problem is None and name in stepped and spec.step and (value - (spec.min or 0)) % spec.step:
+            problem = f"{name} must be a multiple of {spec.step}, found {value}."
+        if problem is not None:
+            problems.append(problem)
+    return " ".join(problems) or None
+
+
+def valid_numbers(cls, stepped: tuple[str, ...] = (), **values) -> bool | str:
+    """`validate_inputs`' answer for number inputs: True, or what is wrong."""
+    return numbers_problem(cls, stepped, **values) or True
+
+
+def checked_numbers(cls, stepped: tuple[str, ...] = (), **values):
+    """At run time (linked inputs known): raises what `valid_numbers` would say."""
+    problem = numbers_problem(cls, stepped, **values)
+    if problem is not None:
+        raise NumberInputError(f"{cls.define_schema().display_name}: {problem}")

@@ -6,7 +6,9 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
-from ..videoldm_core.moving_shapes import moving_shapes_clip
+from ..host.moving_shapes import check_moving_shapes, render_moving_shapes
+from ..videoldm_core.errors import VideoLDMError
+from .io_types import checked_numbers, valid_numbers
 
 
 class MovingShapes(io.ComfyNode):
@@ -35,7 +37,20 @@ class MovingShapes(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, frames, width, height, fps, scale) -> bool | str:
+        """A render beyond the pack's memory limit is refused before the prompt is queued."""
+        numbers = dict(frames=frames, width=width, height=height, fps=fps, scale=scale)
+        problem = valid_numbers(cls, **numbers)
+        if problem is not True or None in numbers.values():   # a linked size: checked when it runs
+            return problem
+        try:
+            check_moving_shapes(frames, width, height, scale)
+        except VideoLDMError as e:
+            return str(e)
+        return True
+
+    @classmethod
     @override
     def execute(cls, seed, frames, width, height, fps, scale) -> io.NodeOutput:
-        clip = moving_shapes_clip(seed, frames, height, width, fps=fps, scale=scale)
-        return io.NodeOutput(((clip.frames + 1) / 2).movedim(1, -1).contiguous(), fps, clip.caption)
+        checked_numbers(cls, frames=frames, width=width, height=height, fps=fps, scale=scale)
+        return io.NodeOutput(*render_moving_shapes(seed, frames, width, height, fps, scale))

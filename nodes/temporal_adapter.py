@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from ..host.noise_schedule import AUTO, NOISE_SCHEDULE_CHOICES
 from ..host.temporal_adapter import TEMPORAL_ADAPTERS, apply_adapter, load_temporal_adapter, save_temporal_adapter
-from .io_types import TemporalAdapterType
+from .io_types import TemporalAdapterType, checked_numbers, valid_numbers
 
 
 class LoadTemporalAdapter(io.ComfyNode):
@@ -65,8 +65,13 @@ class ApplyTemporalAdapter(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, strength=None):
+        return valid_numbers(cls, strength=strength)   # NaN passes ComfyUI's own min/max check
+
+    @classmethod
     @override
     def execute(cls, model, temporal_adapter, strength, attention_distance, noise_schedule=AUTO) -> io.NodeOutput:
+        checked_numbers(cls, strength=strength)   # a linked value, known only now
         patched = apply_adapter(model, temporal_adapter.patcher, temporal_adapter.name, strength=strength,
                                 attention_distance=attention_distance or None, noise_schedule=noise_schedule)
         return io.NodeOutput(patched)

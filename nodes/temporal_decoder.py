@@ -9,6 +9,7 @@ from typing_extensions import override
 from ..host.model_folders import TEMPORAL_DECODERS, filenames
 from ..host.temporal_adapter import TEMPORAL_ADAPTERS
 from ..host.temporal_decoder import NONE, decode_video, load_temporal_vae_files, vae_sources
+from .io_types import valid_numbers
 
 
 class LoadTemporalVAE(io.ComfyNode):
@@ -77,13 +78,12 @@ class TemporalVAEDecode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, window, overlap):
-        # ComfyUI skips its own min/max checks for the inputs named here, so both are checked
-        if window < 1:
-            return f"window must be at least 1 frame, found {window}"
-        if not 0 <= overlap < window:
-            return f"overlap must be at least 0 and less than the window ({window} frames), found {overlap}"
-        return True
+    def validate_inputs(cls, window=None, overlap=None, tile_size=None):
+        # ComfyUI skips its own min/max checks for the inputs named here, so all are checked (None: linked)
+        checked = valid_numbers(cls, ("tile_size",), window=window, overlap=overlap, tile_size=tile_size)
+        if checked is True and window is not None and overlap is not None and not overlap < window:
+            return f"overlap must be less than the window ({window} frames), found {overlap}"
+        return checked   # tile_size: 0 (no tiles) or a multiple of 8
 
     @classmethod
     @override

@@ -6,9 +6,11 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
+from ..host.confined_paths import TRAINING_FOLDERS_VARIABLE, training_folder
 from ..host.training import train_temporal_adapter
+from ..videoldm_core.errors import VideoLDMError
 from ..videoldm_core.training.modes import MODE_NAMES, TEMPORAL
-from .io_types import TemporalAdapterType
+from .io_types import TemporalAdapterType, checked_numbers, valid_numbers
 
 
 class TrainTemporalAdapter(io.ComfyNode):
@@ -44,8 +46,10 @@ class TrainTemporalAdapter(io.ComfyNode):
                 io.Image.Input("images", optional=True,
                                tooltip="One video's frames to train on (every window of clip_frames frames is a clip)."),
                 io.String.Input("folder", default="", optional=True,
-                                tooltip="Or a folder of videos / frame folders (under ComfyUI's input folder, or an "
-                                        "absolute path); clips are read at `fps` and cropped to width x height."),
+                                tooltip="Or a folder of videos / frame folders inside ComfyUI's input folder (e.g. "
+                                        "'my_clips' for input/my_clips; absolute paths only inside folders the server's "
+                                        f"operator lists in {TRAINING_FOLDERS_VARIABLE}); clips are read at `fps` and "
+                                        "cropped to width x height."),
                 io.Int.Input("width", default=256, min=32, max=4096, step=8, optional=True,
                              tooltip="Clip width in pixels when reading a folder."),
                 io.Int.Input("height", default=256, min=32, max=4096, step=8, optional=True,
@@ -64,10 +68,23 @@ class TrainTemporalAdapter(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, learning_rate, fps=0.0, folder="") -> bool | str:
+        """Numbers finite and in range; a folder only inside the input folder (or the operator's)."""
+        problem = valid_numbers(cls, learning_rate=learning_rate, fps=fps)
+        if problem is not True or not folder:
+            return problem
+        try:
+            training_folder(folder)
+        except VideoLDMError as e:
+            return str(e)
+        return True
+
+    @classmethod
     @override
     def execute(cls, model, vae, positive, mode, clip_frames, steps, learning_rate, batch_size, seed,
                 gradient_checkpointing, images=None, folder="", width=256, height=256, fps=0.0,
                 temporal_adapter=None, save_name="") -> io.NodeOutput:
+        checked_numbers(cls, learning_rate=learning_rate, fps=fps)
         return io.NodeOutput(*train_temporal_adapter(model, vae, positive, mode, clip_frames, steps, learning_rate,
                                                      batch_size, seed, gradient_checkpointing, images, folder, width,
                                                      height, fps, temporal_adapter, save_name))

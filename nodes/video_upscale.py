@@ -7,7 +7,11 @@ from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.video_upscale import upscale_video
-from .io_types import custom_sampling_inputs, sampler_inputs
+from .io_types import checked_numbers, custom_sampling_inputs, sampler_inputs, valid_numbers
+
+
+TILE_STEP = ("tile_size",)   # the x4 UNet halves the latent three times: tiles on the 8-pixel grid (validation;
+                             # at run time host.video_upscale.check_grid says the same)
 
 
 class VideoUpscale(io.ComfyNode):
@@ -29,7 +33,8 @@ class VideoUpscale(io.ComfyNode):
                                        "SD_4XUpscale_Conditioning."),
                 *sampler_inputs(cfg_default=4.0),
                 io.Int.Input("tile_size", default=64, min=8, max=4096, step=8,
-                             tooltip="Tile height and width in input pixels (= latent pixels; 64 gives 256-pixel output tiles)."),
+                             tooltip="Tile height and width in input pixels (= latent pixels; 64 gives 256-pixel output tiles); "
+                                     "a multiple of 8."),
                 io.Int.Input("tile_overlap", default=16, min=0, max=4096,
                              tooltip="Overlap of neighbouring tiles; smaller than tile_size.", advanced=True),
                 io.Int.Input("chunk_length", default=8, min=1, max=4096,
@@ -41,9 +46,14 @@ class VideoUpscale(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, noise_augmentation, cfg, tile_size) -> bool | str:
+        return valid_numbers(cls, TILE_STEP, noise_augmentation=noise_augmentation, cfg=cfg, tile_size=tile_size)
+
+    @classmethod
     @override
     def execute(cls, model, positive, negative, images, noise_augmentation, seed, steps, cfg, sampler_name, scheduler,
                 tile_size, tile_overlap, chunk_length, chunk_overlap, sampler=None, sigmas=None, noise=None) -> io.NodeOutput:
+        checked_numbers(cls, noise_augmentation=noise_augmentation, cfg=cfg, tile_size=tile_size)   # the step: check_grid
         return io.NodeOutput(upscale_video(model, positive, negative, images, noise_augmentation, seed, steps, cfg,
                                            sampler_name, scheduler, tile_size, tile_overlap, chunk_length, chunk_overlap,
                                            sampler, sigmas, noise))

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .families import BUNDLE_FAMILY_NAMES, family_named
-from .metadata_spec import MetadataSpec
+from .metadata_spec import MetadataSpec, expect_int, expect_number
+from .weights_file import WeightsFile, WeightsFileError
 
 BUNDLE_METADATA_KEY = "videoldm_bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -39,9 +39,17 @@ _REQUIRED_UNET_KEYS = (
 )
 _REQUIRED_VAE_KEYS = ("ddconfig", "embed_dim")
 _REQUIRED_TEXT_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+# sizes and counts the spec states, each a positive integer; then bounds for every number in a config
+_SIZES = {"unet_config": ("in_channels", "out_channels", "model_channels", "context_dim"),
+          "text_encoder_config": ("hidden_size", "num_hidden_layers", "num_attention_heads"),
+          "vae_config": ("embed_dim",)}
+_DDCONFIG_SIZES = ("ch", "z_channels", "num_res_blocks", "in_channels", "out_ch")
+MAX_WIDTH = 1 << 16
+MAX_CONFIG_INT = 1 << 20       # token ids and vocabularies (CLIP's: 49,408) included
+MAX_LIST = 64                  # levels, blocks, depths per block
 
 
-class BundleFormatError(ValueError):
+class BundleFormatError(WeightsFileError):
     """A file is not a valid Video LDM bundle; the message says what was expected and found."""
 
 
@@ -70,6 +78,7 @@ class BundleSpec(MetadataSpec):
         _require_keys("unet_config", self.unet_config, _REQUIRED_UNET_KEYS)
         _require_keys("vae_config", self.vae_config, _REQUIRED_VAE_KEYS)
         _require_keys("text_encoder_config", self.text_encoder_config, _REQUIRED_TEXT_KEYS)
+        self._check_numbers()
         _expect(self.unet_config["context_dim"] == self.text_encoder_config["hidden_size"],
                 "unet_config.context_dim equal to text_encoder_config.hidden_size",
                 f"{self.unet_config['context_dim']} vs {self.text_encoder_config['hidden_size']}")
@@ -79,6 +88,28 @@ class BundleSpec(MetadataSpec):
                 + (" + 3 low-res image channels" if image_channels else ""), str(self.unet_config["in_channels"]))
         scale = self.vae_config.get("scale_factor", 1.0)
         _expect(isinstance(scale, (int, float)) and scale > 0, "vae_config.scale_factor a positive number", repr(scale))
+
+    def _check_numbers(self):
+        """Sizes are positive integers of sane size, lists short, and every number in the configs
+        finite and bounded: a string or negative size would surface as a raw error when building,
+        a huge one as an allocation (whether sizes fit the weights is checked against the file)."""
+        for config_name, keys in _SIZES.items():
+            for key in keys:
+                expect_int(f"{config_name}.{key}", getattr(self, config_name)[key], BundleFormatError, maximum=MAX_WIDTH)
+        expect_int("text_encoder_config.vocab_size", self.text_encoder_config["vocab_size"], BundleFormatError,
+                   maximum=MAX_CONFIG_INT)
+        ddconfig = self.vae_config["ddconfig"]
+        _expect(isinstance(ddconfig, dict), "vae_config.ddconfig to be an object", type(ddconfig).__name__)
+        for key in _DDCONFIG_SIZES:
+            if key in ddconfig:
+                expect_int(f"vae_config.ddconfig.{key}", ddconfig[key], BundleFormatError, maximum=MAX_WIDTH)
+        for where, value in (("vae_config.ddconfig.ch_mult", ddconfig.get("ch_mult")),
+                             ("unet_config.channel_mult", self.unet_config["channel_mult"])):
+            _expect(isinstance(value, list) and 1 <= len(value) <= 8, f"{where} a list of 1 to 8 multipliers", repr(value)[:40])
+            for m in value:
+                expect_int(where, m, BundleFormatError, maximum=MAX_LIST)
+        for name in ("unet_config", "vae_config", "text_encoder_config"):
+            _check_config_numbers(name, getattr(self, name))
 
     @property
     def latent_channels(self) -> int:
@@ -101,27 +132,68 @@ def _expect(ok: bool, expected: str, found: str):
         raise BundleFormatError(f"expected {expected}, found {found}.")
 
 
+def _check_config_numbers(where: str, value):
+    """Every number in a config (nested objects and lists) finite, integers from -1 (ComfyUI's
+    'unset') to MAX_CONFIG_INT, lists at most MAX_LIST long."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_config_numbers(f"{where}.{key}", item)
+    elif isinstance(value, list):
+        _expect(len(value) <= MAX_LIST, f"{where} a list of at most {MAX_LIST} items", f"{len(value)} items")
+        for item in value:
+            _check_config_numbers(where, item)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        expect_int(where, value, BundleFormatError, minimum=-1, maximum=MAX_CONFIG_INT)
+    elif isinstance(value, float):
+        expect_number(where, value, BundleFormatError)
+
+
 def _require_keys(name: str, config, keys):
     _expect(isinstance(config, dict), f"{name} to be an object", type(config).__name__)
     missing = [k for k in keys if k not in config]
     _expect(not missing, f"{name} to define {list(keys)}", f"missing {missing}")
 
 
-def read_bundle_spec(path: str | Path) -> BundleSpec:
-    """Reads only the header of `path`: cheap, and raised before any weights are touched."""
+def open_bundle(path: str | Path, name: str | None = None) -> tuple[BundleSpec, WeightsFile]:
+    """(spec, file by its header) of the bundle at `path`, named `name` (as listed in its models
+    folder; default the file name). Only the header is read: cheap, and raised before any weights
+    are touched."""
     path = Path(path)
+    name = name or path.name
     if path.suffix not in (".safetensors", ".sft"):
-        raise BundleFormatError(f"'{path.name}': expected a .safetensors bundle, found a '{path.suffix}' file.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for broken headers
-        raise BundleFormatError(f"'{path.name}' is not a readable safetensors file ({e}).") from None
-    if BUNDLE_METADATA_KEY not in metadata:
+        raise BundleFormatError(f"'{name}': expected a .safetensors bundle, found a '{path.suffix}' file.")
+    file = WeightsFile(path, name, BundleFormatError)
+    if BUNDLE_METADATA_KEY not in file.metadata:
         raise BundleFormatError(
-            f"'{path.name}' has no '{BUNDLE_METADATA_KEY}' metadata, so it is not a Video LDM bundle. "
+            f"'{name}' has no '{BUNDLE_METADATA_KEY}' metadata, so it is not a Video LDM bundle. "
             "A full-size SD checkpoint loads with core 'Load Checkpoint' instead.")
-    return BundleSpec.from_json(metadata[BUNDLE_METADATA_KEY], source=f"'{path.name}'")
+    return BundleSpec.from_json(file.metadata[BUNDLE_METADATA_KEY], source=file.source), file
+
+
+TOKEN_EMBEDDING = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+POSITION_EMBEDDING = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
+
+
+def check_stated_sizes(spec: BundleSpec, shapes: dict, source: str):
+    """Sizes the spec states that the host's classes do not build from (ComfyUI's CLIP always makes
+    SD's 49,408-token embedding) against the file's shapes: a spec never contradicts its weights
+    silently. `shapes`: key -> anything with `.shape` (a header's TensorShape or a tensor)."""
+    text = spec.text_encoder_config
+    stated = [(TOKEN_EMBEDDING, (text["vocab_size"], text["hidden_size"]), "vocab_size x hidden_size")]
+    if "max_position_embeddings" in text:
+        stated.append((POSITION_EMBEDDING, (text["max_position_embeddings"], text["hidden_size"]),
+                       "max_position_embeddings x hidden_size"))
+    for key, expected, what in stated:
+        found = tuple(shapes[key].shape) if key in shapes else None
+        if found != expected:
+            raise BundleFormatError(f"{source}: the spec states {what} = {expected}, but the file's {key} "
+                                    f"{'is missing' if found is None else f'has the shape {found}'}. The spec contradicts "
+                                    f"its weights; the file is damaged or was edited.")
+
+
+def read_bundle_spec(path: str | Path) -> BundleSpec:
+    """The spec of the bundle at `path`, from its header."""
+    return open_bundle(path)[0]
 
 
 def split_components(state_dict: dict[str, torch.Tensor], source: str = "bundle") -> dict[str, dict[str, torch.Tensor]]:

@@ -18,8 +18,10 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from .errors import VideoLDMError
 
-class ContextError(ValueError):
+
+class ContextError(VideoLDMError):
     """Context frames that do not fit the video or the model."""
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .context import ContextError
+from .errors import VideoLDMError
 from .positional import sinusoidal_embedding
 
 FACTOR = 4
@@ -27,7 +28,7 @@ REGIMES = {"T-to-4T": 0, "4T-to-16T": 1}   # label values: the paper's binary re
 LEGACY_REGIMES = {"T→4T": "T-to-4T", "4T→16T": "4T-to-16T"}   # the names before plain ASCII; saved graphs keep them
 
 
-class InterpolationError(ValueError):
+class InterpolationError(VideoLDMError):
     """Keyframes or settings that interpolation cannot use."""
 
 

@@ -1,8 +1,10 @@
-"""Specs stored as JSON in safetensors metadata (bundles, adapters): one way to write and read them."""
+"""Specs stored as JSON in safetensors metadata (bundles, adapters, decoder add-ons): one way to write
+and read them, and to check the sizes and numbers they state (`expect_int`, `expect_number`)."""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 
 
@@ -28,6 +30,8 @@ class MetadataSpec:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise error(f"{source}: '{cls.METADATA_KEY}' metadata is not valid JSON ({e}).") from None
+        except (RecursionError, TypeError):   # nested beyond Python's limit, or not text
+            raise error(f"{source}: '{cls.METADATA_KEY}' metadata is not a JSON text this pack can read.") from None
         if not isinstance(data, dict):
             raise error(f"{source}: expected a JSON object in '{cls.METADATA_KEY}', found {type(data).__name__}.")
         data = cls.migrate(data)
@@ -41,3 +45,17 @@ class MetadataSpec:
             raise error(f"{source}: incomplete '{cls.METADATA_KEY}' spec ({e}).") from None
         except error as e:
             raise error(f"{source}: {e}") from None
+        except (AttributeError, KeyError, IndexError, ValueError) as e:   # a field of the wrong JSON type
+            raise error(f"{source}: malformed '{cls.METADATA_KEY}' spec ({type(e).__name__}: {e}).") from None
+
+
+def expect_int(where: str, value, error: type[Exception], minimum: int = 1, maximum: int = 1 << 16):
+    """A size or count from a spec: an integer (not a bool) in [minimum, maximum]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise error(f"{where}: expected an integer from {minimum} to {maximum}, found {json.dumps(value)[:40]}.")
+
+
+def expect_number(where: str, value, error: type[Exception]):
+    """A float from a spec: a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise error(f"{where}: expected a finite number, found {json.dumps(value)[:40]}.")

@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from .limits import tensor_bytes
 from .training.objective import TrainingError
 
 KINDS = ("square", "disc", "triangle")
@@ -154,17 +156,30 @@ def _render_frame(t: float, shapes, tracks, i: int, waves, background: Tensor, h
     return image
 
 
-def moving_shapes_clip(seed: int, frames: int, height: int, width: int, fps: float = 30.0, scale: int = 1) -> SyntheticClip:
+def clip_bytes(frames: int, height: int, width: int, scale: int = 1) -> int:
+    """Memory a clip takes while it is rendered: the float32 video and one float64 frame being drawn
+    (with its temporaries)."""
+    size = (int(height) * int(scale), int(width) * int(scale))
+    return tensor_bytes((frames, 3, *size)) + 4 * tensor_bytes((3, *size), torch.float64)
+
+
+def moving_shapes_clip(seed: int, frames: int, height: int, width: int, fps: float = 30.0, scale: int = 1,
+                       on_frame: Callable[[int], None] | None = None) -> SyntheticClip:
     """A clip of `frames` frames at `fps`, frame i at time i / fps; `scale` renders the same scene at
-    (scale * height, scale * width), with tracks in the pixels of that render."""
-    if frames < 1 or height < 8 or width < 8 or fps <= 0 or scale < 1 or int(scale) != scale:
-        raise TrainingError(f"expected frames >= 1, height and width >= 8, fps > 0 and an integer scale >= 1, "
+    (scale * height, scale * width), with tracks in the pixels of that render. `on_frame(i)` runs
+    after frame i is drawn (progress, or raising to stop)."""
+    if not (frames >= 1 and height >= 8 and width >= 8 and math.isfinite(fps) and fps > 0 and scale >= 1
+            and int(scale) == scale):
+        raise TrainingError(f"expected frames >= 1, height and width >= 8, a finite fps > 0 and an integer scale >= 1, "
                             f"found frames={frames}, {height}x{width}, fps={fps}, scale={scale}.")
     shapes, waves, background = _scene(seed, height, width)
     t = torch.tensor([i / fps for i in range(frames)], dtype=torch.float64)
     tracks = [_track(s, t, height, width) for s in shapes]
-    images = [_render_frame(float(t[i]), shapes, tracks, i, waves, background, height, width, scale) for i in range(frames)]
-    video = (torch.stack(images) * 2 - 1).float()
+    video = torch.empty(frames, 3, height * scale, width * scale)   # filled a frame at a time
+    for i in range(frames):
+        video[i] = _render_frame(float(t[i]), shapes, tracks, i, waves, background, height, width, scale) * 2 - 1
+        if on_frame is not None:
+            on_frame(i)
     scaled = [ShapeTrack(tr.kind, (tr.centre * scale).float(), tr.angle.float(), tr.colour.float(), tr.size * scale)
               for tr in tracks]
     return SyntheticClip(video, scaled, _caption(shapes))

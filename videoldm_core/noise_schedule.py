@@ -18,11 +18,13 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .errors import VideoLDMError
+
 BETA_KINDS = ("linear", "sqrt_linear")
 CLIP_NORMS = ("resblock", "output")   # the spatial ResBlocks' two GroupNorms; the UNet's final output norm
 
 
-class ScheduleError(ValueError):
+class ScheduleError(VideoLDMError):
     """A noise schedule that cannot be built or does not fit the model."""
 
 

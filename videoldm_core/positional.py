@@ -15,8 +15,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from .errors import VideoLDMError
 
-class FrameLimitError(ValueError):
+
+class FrameLimitError(VideoLDMError):
     """More frames than an absolute positional encoding covers."""
 
 

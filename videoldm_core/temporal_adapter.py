@@ -9,6 +9,8 @@ under `videoldm_adapter` in the metadata.
 
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -21,23 +23,32 @@ from .context import ContextEncoder
 from .families import FAMILY_NAMES
 from .interpolation import MAX_AUGMENTATION, InterpolationEmbedding
 from .layer_factory import placed
-from .metadata_spec import MetadataSpec
 from .noise_schedule import BetaSchedule, ScheduleError, check_clip_norms, trained_with
 from .placement import SpatialLayer, blocks, motion_module_layer
 from .slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
 from .state_dict import check_weights
+from .errors import VideoLDMError
+from .metadata_spec import MetadataSpec, expect_int, expect_number
+from .weights_file import WeightsFileError
 
 ADAPTER_METADATA_KEY = "videoldm_adapter"
 ADAPTER_FORMAT_VERSION = 2
 PLACEMENTS = ("videoldm", "animatediff")
 SLOT_CLASSES = {"resblock": ResBlockSlot, "transformer": TransformerSlot, "motion_module": MotionModuleSlot}
+# where slots sit: a spatial layer of the UNet (Video LDM placement) or a whole block (AnimateDiff's)
+SLOT_PATHS = {"videoldm": re.compile(r"^(?:(?:input|output)_blocks\.\d{1,3}\.\d{1,2}|middle_block\.\d{1,2})$"),
+              "animatediff": re.compile(r"^(?:(?:input|output)_blocks\.\d{1,3}|middle_block)$")}
+MAX_WIDTH = 1 << 16          # channels, heads, embedding widths: SDXL's widest layer is 1280
+MAX_TABLE_LENGTH = 4096      # frames in a positional table: the most any node samples
+MAX_KERNEL_T = 15            # frames a temporal convolution spans
+MAX_LEVELS = 16              # resolutions of a context encoder; regimes of an interpolation embedding
 
 
-class AdapterFormatError(ValueError):
+class AdapterFormatError(WeightsFileError):
     """A file or state dict is not a temporal adapter this pack can read."""
 
 
-class AdapterCompatibilityError(ValueError):
+class AdapterCompatibilityError(VideoLDMError):
     """An adapter does not fit the model it is applied to."""
 
 
@@ -91,17 +102,35 @@ class AdapterSpec(MetadataSpec):
         if self.version != ADAPTER_FORMAT_VERSION:
             raise AdapterFormatError(f"expected format version {ADAPTER_FORMAT_VERSION} (older versions are migrated when "
                                      f"read), found {self.version!r}; a newer pack may read it.")
-        if not self.slots:
-            raise AdapterFormatError("expected at least one slot, found none.")
+        if not isinstance(self.slots, dict) or not self.slots:
+            raise AdapterFormatError(f"expected at least one slot, found {type(self.slots).__name__} {self.slots!r:.40}.")
         for path, config in self.slots.items():
             kind = config.get("kind") if isinstance(config, dict) else None
             if kind not in SLOT_CLASSES:
-                raise AdapterFormatError(f"slot {path!r}: expected kind one of {tuple(SLOT_CLASSES)}, found {kind!r}.")
+                raise AdapterFormatError(f"slot {path!r}: expected kind one of {tuple(SLOT_CLASSES)}, found {kind!r:.40}.")
+            if not SLOT_PATHS[self.placement].match(path):
+                raise AdapterFormatError(f"slot {path!r:.60}: expected the path of a UNet "
+                                         f"{'block' if self.placement == 'animatediff' else 'layer'} for the "
+                                         f"{self.placement} placement (e.g. 'input_blocks.1"
+                                         f"{'' if self.placement == 'animatediff' else '.0'}').")
+            check_slot_arguments(path, config)
+        if self.max_frames is not None:
+            expect_int("max_frames", self.max_frames, AdapterFormatError, maximum=MAX_TABLE_LENGTH)
+        for name, value in (("source", self.source), ("description", self.description)):
+            if not isinstance(value, str):
+                raise AdapterFormatError(f"{name}: expected text, found {type(value).__name__}.")
+        if not isinstance(self.context_frames, list):
+            raise AdapterFormatError(f"context_frames: expected a list, found {type(self.context_frames).__name__}.")
+        for frames in self.context_frames:
+            expect_int("context_frames", frames, AdapterFormatError, minimum=0, maximum=MAX_TABLE_LENGTH)
         if self.context_encoder is not None:
             expected = {"in_channels", "width", "levels"}
             found = set(self.context_encoder) if isinstance(self.context_encoder, dict) else set()
             if found != expected:
                 raise AdapterFormatError(f"context_encoder: expected the fields {sorted(expected)}, found {sorted(found)}.")
+            for name in sorted(expected):
+                expect_int(f"context_encoder.{name}", self.context_encoder[name], AdapterFormatError,
+                           maximum=MAX_LEVELS if name == "levels" else MAX_WIDTH)
             widths = {c.get("context_channels", 0) for c in self.slots.values()}
             if widths != {self.context_encoder["width"]}:
                 raise AdapterFormatError(f"context_encoder: every slot must read context_channels="
@@ -120,6 +149,8 @@ class AdapterSpec(MetadataSpec):
         if not required <= found <= required | {"augmentation"}:
             raise AdapterFormatError(f"interpolation: expected the fields {sorted(required)} (and optionally "
                                      f"'augmentation'), found {sorted(found)}.")
+        expect_int("interpolation.emb_channels", self.interpolation["emb_channels"], AdapterFormatError, maximum=MAX_WIDTH)
+        expect_int("interpolation.regimes", self.interpolation["regimes"], AdapterFormatError, maximum=MAX_LEVELS)
         levels = self.interpolation.get("augmentation", [0.0, 0.0])
         if (not isinstance(levels, (list, tuple)) or len(levels) != 2
                 or not all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in levels) or levels[0] > levels[1]):
@@ -144,6 +175,36 @@ class AdapterSpec(MetadataSpec):
     @property
     def has_interpolation_embedding(self) -> bool:
         return self.interpolation is not None
+
+
+def check_slot_arguments(path: str, config: dict):
+    """Each field of a slot config against the slot class's signature: known names only, every
+    required one present, sizes positive integers within bounds, numbers finite, text text (a
+    negative or string size would otherwise surface as a raw torch error, or a huge one allocate)."""
+    parameters = inspect.signature(SLOT_CLASSES[config["kind"]]).parameters
+    accepted = [name for name in parameters if name != "operations"]
+    for name in config:
+        if name != "kind" and name not in accepted:
+            raise AdapterFormatError(f"slot {path!r}: unknown field {name!r:.40}; expected only {accepted}.")
+    for name in accepted:
+        parameter = parameters[name]
+        if name not in config:
+            if parameter.default is inspect.Parameter.empty:
+                raise AdapterFormatError(f"slot {path!r}: expected the field {name!r}, found none.")
+            continue
+        value, annotation, where = config[name], str(parameter.annotation), f"slot {path!r}: {name}"
+        if value is None and annotation.startswith("Optional"):
+            continue
+        if "int" in annotation:
+            expect_int(where, value, AdapterFormatError, minimum=0 if parameter.default == 0 else 1,
+                       maximum={"max_len": MAX_TABLE_LENGTH, "kernel_t": MAX_KERNEL_T}.get(name, MAX_WIDTH))
+            if name == "kernel_t" and value % 2 == 0:
+                raise AdapterFormatError(f"{where}: expected an odd number of frames, found {value}.")
+        elif "float" in annotation:
+            expect_number(where, value, AdapterFormatError)
+        elif annotation in ("str", "bool") and type(value).__name__ != annotation:
+            raise AdapterFormatError(f"{where}: expected {'text' if annotation == 'str' else 'true or false'}, "
+                                     f"found {type(value).__name__}.")
 
 
 def set_submodule(root: nn.Module, path: str, module: nn.Module):

@@ -18,6 +18,7 @@ modules are used as they are, so the same temporal layers fit any KL-f8-style de
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -27,17 +28,21 @@ from torch import nn
 
 from .alpha_blender import blend, merge_alpha, register_mix_factor
 from .layer_factory import placed
-from .metadata_spec import MetadataSpec
 from .positional import sinusoidal_embedding
 from .state_dict import check_weights
-from .temporal_adapter import set_submodule
+from .temporal_adapter import MAX_KERNEL_T, MAX_WIDTH, set_submodule
 from .temporal_layers import TemporalResBlock, TemporalTransformerBlock, zero_
+from .metadata_spec import MetadataSpec, expect_int
+from .weights_file import WeightsFile, WeightsFileError, build_on_meta
 
 TEMPORAL_DECODER_METADATA_KEY = "videoldm_temporal_decoder"
 TEMPORAL_DECODER_VERSION = 1
+# the decoder layers temporal layers follow, in the LDM decoder's names
+BLOCK_PATH = re.compile(r"^(?:mid\.block_[12]|up\.\d{1,2}\.block\.\d{1,2})$")
+ATTENTION_PATH = re.compile(r"^(?:mid\.attn_1|up\.\d{1,2}\.attn\.\d{1,2})$")
 
 
-class TemporalDecoderFormatError(ValueError):
+class TemporalDecoderFormatError(WeightsFileError):
     """A file or state dict is not a temporal decoder this pack can read."""
 
 
@@ -57,8 +62,23 @@ class TemporalDecoderSpec(MetadataSpec):
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if not self.blocks:
-            raise TemporalDecoderFormatError("expected at least one decoder block, found none.")
+        if not isinstance(self.blocks, dict) or not self.blocks:
+            raise TemporalDecoderFormatError(f"expected at least one decoder block, found {self.blocks!r:.40}.")
+        if not isinstance(self.attention, dict):
+            raise TemporalDecoderFormatError(f"attention: expected an object, found {type(self.attention).__name__}.")
+        for field_name, layers, pattern in (("blocks", self.blocks, BLOCK_PATH), ("attention", self.attention, ATTENTION_PATH)):
+            for path, channels in layers.items():
+                if not pattern.match(path):
+                    raise TemporalDecoderFormatError(f"{field_name}: expected decoder layer paths like "
+                                                     f"{'mid.block_1, up.0.block.2' if field_name == 'blocks' else 'mid.attn_1, up.3.attn.0'}"
+                                                     f", found {path!r:.60}.")
+                expect_int(f"{field_name}[{path!r}] (channels)", channels, TemporalDecoderFormatError, maximum=MAX_WIDTH)
+        expect_int("out_channels", self.out_channels, TemporalDecoderFormatError, maximum=MAX_WIDTH)
+        expect_int("kernel_t", self.kernel_t, TemporalDecoderFormatError, maximum=MAX_KERNEL_T)
+        if self.kernel_t % 2 == 0:
+            raise TemporalDecoderFormatError(f"kernel_t: expected an odd number of frames, found {self.kernel_t}.")
+        if not all(isinstance(v, str) for v in (self.source, self.description)) or not isinstance(self.extra, dict):
+            raise TemporalDecoderFormatError("expected source and description as text and extra as an object.")
         if self.merge_strategy not in ("fixed", "learned"):
             raise TemporalDecoderFormatError(f"expected merge strategy 'fixed' or 'learned', found {self.merge_strategy!r}.")
         if not isinstance(self.version, int) or not 1 <= self.version <= TEMPORAL_DECODER_VERSION:
@@ -181,6 +201,44 @@ def read_addon(weights: dict, metadata: dict | None, source: str) -> tuple[Tempo
     return TemporalDecoderSpec.from_json(metadata[TEMPORAL_DECODER_METADATA_KEY], source), weights
 
 
+def check_temporal_decoder(spec: TemporalDecoderSpec, shapes: dict, file: WeightsFile):
+    """The temporal decoder `spec` describes, built on the meta device, against `shapes` (the
+    file's, in the native layout): a spec that declares more than the file holds is refused
+    before anything is allocated."""
+    module = build_on_meta(lambda: TemporalDecoder(spec), file, "temporal decoder")
+    check_weights(module.state_dict(), shapes, f"{file.source}: temporal decoder weights do not match its spec",
+                  TemporalDecoderFormatError)
+
+
+def check_fits_decoder(spec: TemporalDecoderSpec, decoder: nn.Module, source: str, vae_source: str):
+    """An add-on's temporal layers against the image decoder they follow (any device, meta too): a
+    layer after a block the decoder lacks, or of another width, is refused before it is built."""
+    layout = spec_for_decoder(decoder, attention=True)
+    for ours, theirs in ((spec.blocks, layout.blocks), (spec.attention, layout.attention)):
+        for path, channels in ours.items():
+            if theirs.get(path) != channels:
+                found = f"{theirs[path]} channels there" if path in theirs else "no such layer"
+                raise TemporalDecoderFormatError(
+                    f"{source}: its temporal layer after {path} has {channels} channels, but the decoder of {vae_source} "
+                    f"has {found}. Choose the add-on made for this VAE, or 'none'.")
+    if spec.out_channels != layout.out_channels:
+        raise TemporalDecoderFormatError(f"{source}: its output layer has {spec.out_channels} channels, the decoder of "
+                                         f"{vae_source} outputs {layout.out_channels}. Choose the add-on made for this VAE.")
+
+
+def read_addon_file(path, name: str, decoder: nn.Module | None = None, vae_source: str = "the VAE"
+                    ) -> tuple[TemporalDecoderSpec, dict]:
+    """(spec, weights) of a temporal-decoder add-on file, checked against its shapes (and, given the
+    image `decoder` it will follow, against that decoder's widths) before any weight is read, and
+    refused if any weight is NaN or infinite."""
+    file = WeightsFile(path, name, TemporalDecoderFormatError)
+    spec, shapes = read_addon(file.shapes, file.metadata, file.source)
+    check_temporal_decoder(spec, shapes, file)
+    if decoder is not None:
+        check_fits_decoder(spec, decoder, file.source, vae_source)
+    return spec, file.tensors()
+
+
 def split_svd_vae(state_dict: dict, source: str = "VAE") -> tuple[dict, TemporalDecoderSpec, dict]:
     """An SVD VAE (bare, or an SVD checkpoint's `first_stage_model.*`) -> (image VAE state dict,
     temporal decoder spec, temporal decoder state dict in the native layout)."""
@@ -198,8 +256,16 @@ def split_svd_vae(state_dict: dict, source: str = "VAE") -> tuple[dict, Temporal
                                          "'decoder.*.mix_factor', 'decoder.conv_out.time_mix_conv.*').")
     if "decoder.conv_in.weight" not in image:
         raise TemporalDecoderFormatError(f"{source}: temporal decoder layers without an image decoder ('decoder.conv_in.weight').")
-    blocks = {k.removesuffix(".mix_factor"): temporal[k.removesuffix("mix_factor") + "time_stack.in_layers.2.weight"].shape[0]
-              for k in temporal if k.endswith(".mix_factor")}
-    mix = temporal["conv_out.time_mix_conv.weight"]
-    spec = TemporalDecoderSpec(blocks=blocks, out_channels=mix.shape[0], kernel_t=mix.shape[2], source="svd")
+    try:
+        blocks = {k.removesuffix(".mix_factor"): temporal[k.removesuffix("mix_factor") + "time_stack.in_layers.2.weight"].shape[0]
+                  for k in temporal if k.endswith(".mix_factor")}
+        mix = temporal["conv_out.time_mix_conv.weight"]
+        spec = TemporalDecoderSpec(blocks=blocks, out_channels=mix.shape[0], kernel_t=mix.shape[2], source="svd")
+    except KeyError as e:
+        raise TemporalDecoderFormatError(f"{source}: SVD temporal decoder layers in an unknown layout (no {e}).") from None
+    except IndexError:
+        raise TemporalDecoderFormatError(f"{source}: SVD temporal decoder layers in an unknown layout (a weight with "
+                                         f"too few dimensions).") from None
+    except TemporalDecoderFormatError as e:
+        raise TemporalDecoderFormatError(f"{source}: {e}") from None
     return image, spec, temporal

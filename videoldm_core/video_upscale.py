@@ -15,10 +15,11 @@ from itertools import product
 
 import torch
 
+from .errors import VideoLDMError
 from .windows import blend_weights, overlap_of, windows
 
 
-class TilingError(ValueError):
+class TilingError(VideoLDMError):
     """Tile or chunk settings that cannot cut the latent."""
 
 

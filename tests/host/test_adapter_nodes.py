@@ -121,7 +121,18 @@ def test_missing_and_unknown_keys_are_listed(node_classes, native_adapter_file, 
         load(node_classes, "damaged.safetensors")
 
 
-def test_save_node_refuses_a_prefix_outside_the_adapters_folder(node_classes, native_adapter_file):
+def test_save_node_refuses_a_prefix_outside_the_adapters_folder(node_classes, native_adapter_file, tmp_path):
+    """By real path, before any folder is listed or made: `..`, an absolute path and a symlinked
+    subfolder inside models/temporal_adapters that leads out are all refused; nothing is written."""
+    import uuid
+
+    import folder_paths
+
     loaded = load(node_classes, native_adapter_file[0])
-    with pytest.raises(Exception, match="outside the output folder is not allowed"):
-        node_classes["VideoLDMSaveTemporalAdapter"].execute(temporal_adapter=loaded, filename_prefix="../../escaped")
+    root = folder_paths.get_folder_paths("temporal_adapters")[0]
+    link = f"link_out_{uuid.uuid4().hex[:8]}"
+    os.symlink(tmp_path, os.path.join(root, link))
+    for prefix in ("../../escaped", "/tmp/absolute", f"{link}/evil", f"{link}/deeper/evil"):
+        with pytest.raises(Exception, match="expected a filename_prefix inside models/temporal_adapters"):
+            node_classes["VideoLDMSaveTemporalAdapter"].execute(temporal_adapter=loaded, filename_prefix=prefix)
+    assert list(tmp_path.iterdir()) == []

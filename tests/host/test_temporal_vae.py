@@ -179,7 +179,7 @@ def test_bad_window_settings_are_refused(vaes, window, overlap, message):
 def test_overlap_not_below_window_fails_validation(node_classes):
     validate = node_classes["VideoLDMTemporalVAEDecode"].validate_inputs
     assert "less than the window (8 frames), found 8" in validate(window=8, overlap=8)
-    assert "window must be at least 1 frame, found 0" in validate(window=0, overlap=0)
+    assert "window must be at least 1, found 0" in validate(window=0, overlap=0)
     assert validate(window=8, overlap=2) is True
 
 

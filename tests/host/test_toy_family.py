@@ -68,8 +68,7 @@ def test_every_file_loads_through_the_pack(which, request, pack_module):
     temporal_vae = pack_module("host.temporal_decoder")
     from comfy.utils import load_torch_file
 
-    addon = temporal_vae.read_addon(*load_torch_file(str(family_file(family, "decoder")), safe_load=True,
-                                                     return_metadata=True), KEYS["decoder"])
+    addon = temporal_vae.read_addon_file(str(family_file(family, "decoder")), KEYS["decoder"])
     vae = temporal_vae.load_temporal_vae(load_torch_file(str(family_file(family, "base"))), KEYS["base"], addon)
     with torch.inference_mode():
         frames = temporal_vae.decode_video(vae, torch.randn(5, 4, 16, 16), 17, 1)

@@ -193,7 +193,7 @@ def test_the_node_needs_exactly_one_source_and_an_existing_folder(tr):
     args = node_args(tr, steps=2)
     with pytest.raises(tr["core"].TrainingError, match="exactly one source.*neither"):
         tr["node"].execute(**args)
-    with pytest.raises(tr["core"].TrainingError, match="no folder 'no_such_clips'"):
+    with pytest.raises(tr["core"].TrainingError, match="no such folder named 'no_such_clips'"):
         tr["node"].execute(**args, folder="no_such_clips")
 
 

@@ -88,7 +88,7 @@ def test_unknown_bundle_name_is_refused_at_validation(server):
         server.queue_prompt(prompt)
 
 
-@pytest.mark.parametrize("window, overlap, message", [(0, 0, "window must be at least 1 frame, found 0"),
+@pytest.mark.parametrize("window, overlap, message", [(0, 0, "window must be at least 1, found 0"),
                                                       (8, 8, "less than the window (8 frames), found 8")])
 def test_bad_decode_windows_are_refused_at_validation(server, window, overlap, message):
     from devtools.comfy_server import ServerError

@@ -61,7 +61,7 @@ def test_non_safetensors_file_is_rejected_by_extension(tmp_path):
 def test_corrupt_safetensors_header_is_a_clear_error(tmp_path):
     path = tmp_path / "broken.safetensors"
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
-    with pytest.raises(BundleFormatError, match="not a readable safetensors file"):
+    with pytest.raises(BundleFormatError, match=r"^'broken.safetensors': not a readable weights file \(safetensors: "):
         read_bundle_spec(path)
 
 

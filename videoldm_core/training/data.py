@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..confined_paths import within
 from .objective import TrainingError
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
@@ -42,7 +43,8 @@ class ClipSpec:
     start: str = "first"
 
     def __post_init__(self):
-        if self.frames < 1 or self.height < 1 or self.width < 1 or (self.fps is not None and self.fps <= 0):
+        if self.frames < 1 or self.height < 1 or self.width < 1 or (
+                self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0)):
             raise TrainingError(f"expected a clip of frames >= 1 at fps > 0 (or None) and size >= 1, found "
                                 f"frames={self.frames}, fps={self.fps}, {self.height}x{self.width}.")
         if self.crop not in ("center", "random") or self.start not in ("first", "random"):
@@ -81,54 +83,64 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _captions(folder: Path) -> dict[str, str]:
+def _captions(folder: Path, shown: str, allowed) -> dict[str, str]:
     path = folder / CAPTIONS_FILE
-    if not path.exists():
+    if not path.exists() or not allowed(path):
         return {}
+    shown = f"{shown}/{CAPTIONS_FILE}"
     try:
         captions = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TrainingError(f"'{path}' could not be read as JSON ({e}); expected {{\"clip name\": \"caption\"}}. "
+        reason = getattr(e, "strerror", None) or e   # an OSError's own text repeats the path
+        raise TrainingError(f"'{shown}' could not be read as JSON ({reason}); expected {{\"clip name\": \"caption\"}}. "
                             "Fix or remove the file.") from None
     if not isinstance(captions, dict) or not all(isinstance(v, str) for v in captions.values()):
-        raise TrainingError(f"'{path}' should map clip names to caption strings, found {type(captions).__name__} "
+        raise TrainingError(f"'{shown}' should map clip names to caption strings, found {type(captions).__name__} "
                             "with other values. Fix or remove the file.")
     return captions
 
 
-def _caption_for(path: Path, captions: dict[str, str]) -> str | None:
+def _caption_for(path: Path, captions: dict[str, str], allowed) -> str | None:
     """captions.json by full name or stem, else a sidecar 'a.txt' next to 'a.mp4' (or folder 'a')."""
     stem = path.stem if path.is_file() else path.name
     if path.name in captions or stem in captions:
         return captions.get(path.name, captions.get(stem))
     sidecar = path.with_name(stem + ".txt")
-    return sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None
+    return sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() and allowed(sidecar) else None
 
 
-def discover(folder) -> list[Entry]:
-    """The clips in `folder`, sorted by name; cheap (no file is opened but captions)."""
+def discover(folder, roots=None, label: str | None = None) -> list[Entry]:
+    """The clips in `folder`, sorted by name; cheap (no file is opened but captions). With `roots`,
+    anything whose real path leaves them (a symlink out) is ignored, unopened; `label` is how
+    messages name the folder (default: its path)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise TrainingError(f"training folder '{folder}' {'is not a folder' if folder.exists() else 'does not exist'}; "
-                            f"expected a folder of {_expected()}.")
-    captions = _captions(folder)
+    shown = str(folder) if label is None else label
+    allowed = (lambda p: True) if roots is None else (lambda p: within(p, roots))
+    if not folder.is_dir() or not allowed(folder):
+        missing = "is not a folder it can read" if roots is not None else \
+            "is not a folder" if folder.exists() else "does not exist"   # confined: nothing said of what exists
+        raise TrainingError(f"training folder '{shown}' {missing}; expected a folder of {_expected()}.")
+    captions = _captions(folder, shown, allowed)
     entries, ignored = [], []
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
-        if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
+        if not allowed(path):
+            ignored.append(path.name)
+        elif path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
             stat = path.stat()
-            entries.append(Entry(path.name, path, "video", stat.st_size, stat.st_mtime_ns, _caption_for(path, captions)))
-        elif path.is_dir() and (images := tuple(sorted(p for p in path.iterdir() if _is_image(p)))):
+            entries.append(Entry(path.name, path, "video", stat.st_size, stat.st_mtime_ns,
+                                 _caption_for(path, captions, allowed)))
+        elif path.is_dir() and (images := tuple(sorted(p for p in path.iterdir() if _is_image(p) and allowed(p)))):
             stats = [p.stat() for p in images]
             entries.append(Entry(path.name, path, "frames", sum(s.st_size for s in stats),
-                                 max(s.st_mtime_ns for s in stats), _caption_for(path, captions), images))
+                                 max(s.st_mtime_ns for s in stats), _caption_for(path, captions, allowed), images))
         elif path.name != CAPTIONS_FILE and path.suffix.lower() != ".txt":
             ignored.append(path.name)
     if not entries:
         found = f"found nothing usable (ignored: {', '.join(ignored[:5])}{' ...' if len(ignored) > 5 else ''})" \
             if ignored else "found it empty"
-        raise TrainingError(f"training folder '{folder}' has no clips: expected {_expected()}, {found}. "
+        raise TrainingError(f"training folder '{shown}' has no clips: expected {_expected()}, {found}. "
                             "Add clips or point to the right folder.")
     return entries
 
@@ -261,11 +273,13 @@ class VideoFolder:
     short ones either stop with one error naming all of them (on_bad="stop") or are left out with
     a warning (on_bad="skip"). Item i is seeded by (seed, i): the same crop every time."""
 
-    def __init__(self, folder, spec: ClipSpec, on_bad: str = "stop", seed: int = 0, source_fps: float = 30.0):
+    def __init__(self, folder, spec: ClipSpec, on_bad: str = "stop", seed: int = 0, source_fps: float = 30.0,
+                 roots=None, label: str | None = None):
         if on_bad not in ("stop", "skip"):
             raise TrainingError(f"expected on_bad 'stop' or 'skip', found {on_bad!r}.")
         self.folder, self.spec, self.seed, self.source_fps = Path(folder), spec, seed, float(source_fps)
-        found = discover(self.folder)
+        shown = str(self.folder) if label is None else label
+        found = discover(self.folder, roots, label)
         self.entries: list[Entry] = []
         self.probes: list[Probe] = []
         bad = []
@@ -285,7 +299,7 @@ class VideoFolder:
             listing = "\n  ".join(bad)
             advice = "Fix or remove them, or pass on_bad='skip' to train on the rest." if self.entries else \
                 "No clip is usable: fix or replace them, or ask for fewer frames or a lower fps if they are too short."
-            raise TrainingError(f"{len(bad)} of {len(found)} clips in '{self.folder}' cannot be used:\n  {listing}\n{advice}")
+            raise TrainingError(f"{len(bad)} of {len(found)} clips in '{shown}' cannot be used:\n  {listing}\n{advice}")
         if bad:
             log.warning("skipping %d of %d clips in '%s':\n  %s", len(bad), len(found), self.folder, "\n  ".join(bad))
         self.skipped = bad

@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import VideoLDMError
 
-class TrainingError(ValueError):
+
+class TrainingError(VideoLDMError):
     """Bad training input: names what was expected and what was found."""
 
 

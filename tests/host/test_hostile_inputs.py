@@ -1,0 +1,220 @@
+"""Inputs an API client controls, in a real ComfyUI (issue 20, part B): training folders stay inside
+the input folder, saves stay inside models/, numbers are finite and in range at validation and at
+run time, outputs are sized before they are allocated, sampling stops when the latent turns
+non-finite, and error types carry no install path."""
+
+import os
+import uuid
+
+import pytest
+import torch
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.fixture(scope="module")
+def input_dir(pack):
+    import folder_paths
+
+    return folder_paths.get_input_directory()
+
+
+@pytest.fixture()
+def clips(input_dir, tmp_path):
+    """A folder `input/<name>` with one clip, a symlink `input/<name>_out` to a folder outside the
+    input folder, and that outside folder (which holds a clip too)."""
+    from devtools.synthetic_data import write_mp4
+    from videoldm_core.moving_shapes import moving_shapes_clip
+
+    name = f"clips_{uuid.uuid4().hex[:8]}"
+    inside, outside = os.path.join(input_dir, name), tmp_path / "outside_secret_folder"
+    os.makedirs(inside)
+    outside.mkdir()
+    frames = moving_shapes_clip(1, 4, 16, 16, 8.0).frames
+    write_mp4(os.path.join(inside, "own.mp4"), frames, 8.0)
+    write_mp4(outside / "private_clip.mp4", frames, 8.0)
+    os.symlink(outside, os.path.join(input_dir, name + "_out"))
+    return name, str(outside)
+
+
+def refused_folder_message(pack_module, folder: str) -> str:
+    paths = pack_module("host.confined_paths")
+    with pytest.raises(pack_module("videoldm_core.training.objective").TrainingError) as e:
+        paths.training_folder(folder)
+    return str(e.value)
+
+
+def test_training_folders_outside_the_input_folder_are_refused_without_a_listing(pack_module, clips, input_dir):
+    name, outside = clips
+    messages = {folder: refused_folder_message(pack_module, folder)
+                for folder in ("/etc", "/", "../", f"../{os.path.basename(input_dir)}/../..", name + "_out",
+                               outside, f"{name}/../../", "", "no_such_folder")}
+    etc_names = [n for n in os.listdir("/etc") if len(n) >= 6]
+    for folder, message in messages.items():
+        assert "expected a folder of videos or frame folders inside ComfyUI's input folder" in message, folder
+        assert input_dir not in message and "private_clip" not in message and "ignored" not in message, message
+        assert not [n for n in etc_names if n in message], (folder, message)
+    # outside and missing read the same: the message says nothing of what exists outside
+    assert messages["/etc"].replace("'/etc'", "X") == messages["no_such_folder"].replace("'no_such_folder'", "X")
+
+
+def test_training_folders_inside_the_input_folder_or_listed_by_the_operator_are_read(pack_module, clips, input_dir,
+                                                                                    monkeypatch):
+    paths = pack_module("host.confined_paths")
+    name, outside = clips
+    assert paths.training_folder(name) == os.path.realpath(os.path.join(input_dir, name))
+    assert paths.training_folder(os.path.join(input_dir, name)) == os.path.realpath(os.path.join(input_dir, name))
+    monkeypatch.setenv(paths.TRAINING_FOLDERS_VARIABLE, os.pathsep.join(["relative/ignored", outside]))
+    assert paths.training_folder(outside) == os.path.realpath(outside)
+    assert paths.training_folder(name + "_out") == os.path.realpath(outside)   # the link leads to an allowed folder
+    assert paths.TRAINING_FOLDERS_VARIABLE in refused_folder_message(pack_module, "/etc")
+
+
+def test_a_training_folder_reads_no_clip_that_links_out(pack_module, clips, input_dir):
+    data = pack_module("videoldm_core.training.data")
+    paths = pack_module("host.confined_paths")
+    name, outside = clips
+    os.symlink(os.path.join(outside, "private_clip.mp4"), os.path.join(input_dir, name, "linked.mp4"))
+    dataset = data.VideoFolder(paths.training_folder(name), data.ClipSpec(4, None, 16, 16), roots=paths.training_roots(),
+                               label=name)
+    assert [e.name for e in dataset.entries] == ["own.mp4"]
+
+
+def test_the_training_node_refuses_the_folder_at_validation(node_classes, clips):
+    node = node_classes["VideoLDMTrainTemporalAdapter"]
+    name, _ = clips
+    assert node.validate_inputs(learning_rate=1e-4, fps=0.0, folder=name) is True
+    assert node.validate_inputs(learning_rate=1e-4, fps=0.0, folder="") is True
+    answer = node.validate_inputs(learning_rate=1e-4, fps=0.0, folder="/etc")
+    assert isinstance(answer, str) and "inside ComfyUI's input folder" in answer and "passwd" not in answer
+
+
+def test_saves_stay_inside_models_even_through_a_symlink(pack_module, tmp_path):
+    import folder_paths
+
+    training = pack_module("host.training")
+    errors = pack_module("videoldm_core.errors")
+    root = folder_paths.get_folder_paths("temporal_adapters")[0]
+    os.makedirs(root, exist_ok=True)
+    link = f"link_out_{uuid.uuid4().hex[:8]}"
+    os.symlink(tmp_path, os.path.join(root, link))
+    os.symlink(tmp_path / "victim.safetensors", os.path.join(root, link + "_file.safetensors"))
+    for name in (f"{link}/evil", link + "_file", "../escaped", "/tmp/absolute", "a/../../escaped"):
+        with pytest.raises(errors.VideoLDMError, match="expected a file name inside models/temporal_adapters"):
+            training.adapter_save_path(name)
+    assert not list(tmp_path.iterdir())
+    assert training.adapter_save_path("sub/ok") == os.path.join(os.path.realpath(root), "sub", "ok.safetensors")
+
+
+# -- numbers -----------------------------------------------------------------------------------------------------
+
+NUMBER_CASES = [
+    ("VideoLDMContextGuider", dict(cfg=7.5, context_scale=1.0), [("cfg", NAN), ("context_scale", INF), ("cfg", 101.0)]),
+    ("VideoLDMExtendVideo", dict(cfg=7.5, context_scale=1.0), [("cfg", NAN), ("context_scale", NAN), ("context_scale", -1.0)]),
+    ("VideoLDMInterpolateKeyframes", dict(regime="T-to-4T", augmentation=-1.0, cfg=7.5, fps=1.875),
+     [("fps", NAN), ("fps", 0.0), ("augmentation", INF), ("cfg", -INF)]),
+    ("VideoLDMVideoUpscale", dict(noise_augmentation=0.1, cfg=4.0, tile_size=64),
+     [("noise_augmentation", NAN), ("cfg", INF), ("tile_size", 12), ("tile_size", 3), ("tile_size", 0)]),
+    ("VideoLDMMovingShapes", dict(frames=16, width=64, height=64, fps=15.0, scale=1), [("fps", NAN), ("fps", INF), ("scale", 9)]),
+    ("VideoLDMTrainTemporalAdapter", dict(learning_rate=1e-4, fps=0.0), [("learning_rate", NAN), ("fps", INF), ("fps", -1.0)]),
+    ("VideoLDMApplyTemporalAdapter", dict(strength=1.0), [("strength", NAN), ("strength", INF), ("strength", 2.5)]),
+    ("VideoLDMTemporalVAEDecode", dict(window=16, overlap=4, tile_size=0), [("tile_size", 3), ("tile_size", 12),
+                                                                          ("tile_size", NAN)]),
+]
+
+
+@pytest.mark.parametrize("node_id, good, bad", NUMBER_CASES, ids=[c[0] for c in NUMBER_CASES])
+def test_non_finite_and_out_of_range_numbers_are_refused_at_validation(node_classes, node_id, good, bad):
+    node = node_classes[node_id]
+    assert node.validate_inputs(**good) is True
+    linked = {k: (v if k == "regime" else None) for k, v in good.items()}   # unknown at validation
+    assert node.validate_inputs(**linked) is True
+    for name, value in bad:
+        answer = node.validate_inputs(**good | {name: value})
+        assert isinstance(answer, str) and answer.startswith(f"{name} must be"), (name, value, answer)
+
+
+def test_a_linked_nan_is_refused_when_the_node_runs(ctx, given, pack_module):
+    limits = pack_module("videoldm_core.limits")
+    node = ctx["nodes"].rollout.ExtendVideo
+    with pytest.raises(limits.NumberInputError, match="Extend Video: cfg must be a finite number, found nan"):
+        node.execute(model=ctx["predictor"], positive=ctx["positive"], negative=ctx["negative"], video={"samples": given},
+                     segments=1, segment_length=4, context_frames=1, seed=0, steps=1, cfg=NAN, context_scale=1.0,
+                     sampler_name="euler", scheduler="normal")
+
+
+# -- memory -----------------------------------------------------------------------------------------------------
+
+def test_moving_shapes_beyond_the_limit_is_refused_before_drawing(node_classes, pack_module):
+    node = node_classes["VideoLDMMovingShapes"]
+    answer = node.validate_inputs(frames=4096, width=2048, height=2048, fps=15.0, scale=1)
+    assert "Moving Shapes: frames=4096, width=2048, height=2048, scale=1 imply" in answer and "16.00 GiB" in answer
+    assert "scale=8 imply" in node.validate_inputs(frames=64, width=2048, height=2048, fps=15.0, scale=8)
+    with pytest.raises(pack_module("videoldm_core.limits").MemoryLimitError):
+        node.execute(seed=0, frames=4096, width=2048, height=2048, fps=15.0, scale=1)
+
+
+def test_moving_shapes_stops_at_an_interrupt_between_frames(node_classes):
+    import comfy.model_management as mm
+
+    from videoldm_core.moving_shapes import moving_shapes_clip
+
+    node = node_classes["VideoLDMMovingShapes"]
+    images, fps, caption = node.execute(seed=3, frames=4, width=16, height=16, fps=8.0, scale=1).result
+    clip = moving_shapes_clip(3, 4, 16, 16, 8.0)
+    assert torch.equal(images, ((clip.frames + 1) / 2).movedim(1, -1)) and images.is_contiguous() and caption == clip.caption
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            node.execute(seed=3, frames=4096, width=64, height=64, fps=8.0, scale=1)
+    finally:
+        mm.interrupt_current_processing(False)
+
+
+def test_extend_video_sizes_its_output_before_allocating(ctx, given, pack_module):
+    limits = pack_module("videoldm_core.limits")
+    node = ctx["nodes"].rollout.ExtendVideo
+    with pytest.raises(limits.MemoryLimitError, match="Extend Video: video_frames=2, segments=10000, segment_length=4096, "
+                                                      "context_frames=2 imply .* GiB for a latent of 40940002 frames"):
+        node.execute(model=ctx["predictor"], positive=ctx["positive"], negative=ctx["negative"], video={"samples": given},
+                     segments=10000, segment_length=4096, context_frames=2, seed=0, steps=1, cfg=1.0, context_scale=1.0,
+                     sampler_name="euler", scheduler="normal")
+
+
+def test_interpolation_and_upscaling_size_their_output_against_the_operators_limit(ctx, given, tiny_x4_bundle,
+                                                                                pack_module, monkeypatch):
+    limits = pack_module("videoldm_core.limits")
+    monkeypatch.setenv(limits.LIMIT_VARIABLE, str(1 / 1024 ** 2))   # 1 KiB
+    interpolate = pack_module("host.interpolation")
+    with pytest.raises(limits.MemoryLimitError, match="Interpolate Keyframes: keyframes=2, window_keyframes=5 imply"):
+        interpolate.interpolate_keyframes(ctx["predictor"], ctx["positive"], ctx["negative"], {"samples": given},
+                                          "T-to-4T", True, 0.0, 5, 0, 1, 1.0, "euler", "normal", 2.0)
+    upscale = pack_module("host.video_upscale")
+    model, clip, _ = tiny_x4_bundle
+    with pytest.raises(limits.MemoryLimitError, match="Video Upscale: frames=3, width=16, height=8 imply"):
+        upscale.upscale_video(model, ctx["positive"], ctx["negative"], torch.zeros(3, 8, 16, 3), 0.1, 0, 1, 1.0, "euler",
+                              "normal", 64, 16, 8, 2)
+
+
+# -- non-finite latents, error types ------------------------------------------------------------------------------
+
+def test_a_latent_that_turns_non_finite_stops_extend_video_at_that_step(ctx, given, pack_module):
+    limits = pack_module("videoldm_core.limits")
+    text, options = ctx["positive"][0]
+    broken = [[text * NAN, options]]
+    node = ctx["nodes"].rollout.ExtendVideo
+    with pytest.raises(limits.NonFiniteError, match="Extend Video: the latent turned non-finite at step 1 of segment 1"):
+        with torch.inference_mode():
+            node.execute(model=ctx["predictor"], positive=broken, negative=ctx["negative"], video={"samples": given},
+                         segments=3, segment_length=4, context_frames=1, seed=0, steps=2, cfg=2.0, context_scale=1.0,
+                         sampler_name="euler", scheduler="normal")
+
+
+def test_pack_errors_are_reported_without_the_install_path(pack, pack_module):
+    import execution
+
+    errors = [pack_module("videoldm_core.training.objective").TrainingError, pack_module("videoldm_core.limits").MemoryLimitError,
+              pack_module("videoldm_core.context").ContextError, pack_module("videoldm_core.video_upscale").TilingError]
+    assert pack.__name__ != "videoldm"   # the pack's modules really are named after where it is installed
+    for error in errors:
+        assert execution.full_type_name(error) == f"videoldm.{error.__name__}"

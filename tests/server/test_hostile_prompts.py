@@ -1,0 +1,79 @@
+"""Prompts a hostile API client could send, through the real server's POST /prompt (issue 20, part
+B): training folders outside the input folder, NaN and infinite numbers, a synthetic video far
+beyond the memory limit, and what the errors tell the client about the server."""
+
+import json
+import os
+
+import psutil
+import pytest
+
+from devtools import paths
+from devtools.comfy_server import ServerError
+from devtools.paths import api_prompt
+
+NAN, INF = float("nan"), float("inf")
+
+
+def refusal(server, prompt) -> str:
+    """The text of the server's 400 answer to `prompt` (it must be refused at validation)."""
+    with pytest.raises(ServerError, match="rejected \\(400\\)") as e:
+        server.queue_prompt(prompt)
+    return str(e.value)
+
+
+def rss(server) -> int:
+    return psutil.Process(server.process.pid).memory_info().rss
+
+
+def shapes_prompt(frames, width=64, height=64, fps=15.0, scale=1) -> dict:
+    return {"1": {"class_type": "VideoLDMMovingShapes",
+                  "inputs": dict(seed=0, frames=frames, width=width, height=height, fps=fps, scale=scale)},
+            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+
+
+@pytest.mark.parametrize("folder", ["/etc", "../", "../../../../../../etc", "/"])
+def test_a_training_folder_outside_the_input_folder_is_refused_without_a_listing(server, folder):
+    prompt = json.loads(api_prompt("train").read_text())
+    prompt["5"]["inputs"]["folder"] = folder
+    message = refusal(server, prompt)
+    assert "inside ComfyUI's input folder" in message and "custom_validation_failed" in message
+    listed = [n for n in os.listdir(folder if os.path.isabs(folder) else "/etc") if len(n) >= 6]
+    assert not [n for n in listed if n in message], message
+    assert "ignored" not in message and str(server.base_dir) not in message
+
+
+@pytest.mark.parametrize("workflow, node, name, value", [
+    ("rollout", "12", "cfg", NAN), ("rollout", "12", "context_scale", INF), ("interpolation", "12", "fps", NAN),
+    ("interpolation", "12", "cfg", -INF), ("upscale", "5", "noise_augmentation", NAN), ("upscale", "5", "tile_size", 12),
+    ("upscale", "4", "fps", NAN), ("train", "5", "learning_rate", NAN)])
+def test_non_finite_numbers_are_refused_at_validation(server, workflow, node, name, value):
+    prompt = json.loads(api_prompt(workflow).read_text())
+    prompt[node]["inputs"][name] = value
+    message = refusal(server, prompt)
+    assert f"{name} must be" in message and "custom_validation_failed" in message
+
+
+def test_moving_shapes_beyond_the_limit_is_refused_before_it_allocates(server):
+    before = rss(server)
+    message = refusal(server, shapes_prompt(4096, 2048, 2048))
+    assert "Moving Shapes: frames=4096, width=2048, height=2048, scale=1 imply" in message and "GiB" in message
+    # the same size through a link is unknown at validation: the node refuses it when it runs
+    prompt = shapes_prompt(["3", 0], 2048, 2048) | {"3": {"class_type": "PrimitiveInt", "inputs": {"value": 4096}}}
+    run = server.run_prompt(prompt, timeout=120)
+    assert run.status == "error" and "scale=1 imply 384.38 GiB" in run.error_message()   # the clip and its IMAGE copy
+    assert rss(server) < 1.1 * before
+
+
+def test_the_pack_errors_name_the_pack_and_no_server_path(server):
+    prompt = shapes_prompt(["3", 0], 2048, 2048, scale=8) | {"3": {"class_type": "PrimitiveInt", "inputs": {"value": 64}}}
+    run = server.run_prompt(prompt, timeout=120)
+    [error] = [m["data"] for m in run.messages if m["type"] == "execution_error"]
+    assert error["exception_type"] == "videoldm.MemoryLimitError"
+    for private in (str(server.base_dir), str(paths.comfyui_dir()), str(paths.REPO_ROOT), "custom_nodes"):
+        assert private not in error["exception_type"] + error["exception_message"], private
+
+
+def test_a_small_moving_shapes_prompt_still_runs(server):
+    run = server.run_prompt(shapes_prompt(4, 32, 32), timeout=120)
+    assert run.status == "success", run.error_message()

@@ -1,0 +1,21 @@
+"""Paths kept inside folders: a path is inside a folder when its real path (every symlink and `..`
+resolved) is, so neither `../` nor a link can lead a name given through the API out of it."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+
+def real(path) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+def within(path, roots: Iterable) -> bool:
+    """Whether `path` really lies in one of `roots` (or is one of them)."""
+    target = real(path)
+    for root in roots:
+        root = real(root)
+        if os.path.commonpath([target, root]) == root:
+            return True
+    return False

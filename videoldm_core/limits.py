@@ -1,0 +1,104 @@
+"""What the pack refuses before it computes: outputs larger than a memory limit, and numbers or
+latents that are not finite.
+
+A node that allocates its whole output (a synthetic video, an extended or interpolated latent, an
+upscaled latent) first works out the bytes its inputs imply and compares them with
+`output_limit_bytes()`: by default 16 GiB, which fits a workstation beside the model; the server's
+operator sets another limit with the environment variable VIDEOLDM_MAX_OUTPUT_GIB (an API client
+cannot change it). NaN and infinity pass every `<` and `>` comparison, so ranges are checked with
+`math.isfinite` first; a latent that turns non-finite while sampling stops the run at that step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Mapping, Sequence
+
+import torch
+
+from .errors import VideoLDMError
+
+LIMIT_VARIABLE = "VIDEOLDM_MAX_OUTPUT_GIB"
+DEFAULT_LIMIT_GIB = 16.0
+GIB = 1024 ** 3
+
+
+class MemoryLimitError(VideoLDMError):
+    """Inputs that imply more memory than the pack's limit."""
+
+
+class NumberInputError(VideoLDMError):
+    """A number input that is NaN, infinite or outside its range."""
+
+
+class NonFiniteError(VideoLDMError):
+    """A latent that turned NaN or infinite while sampling."""
+
+
+def output_limit_bytes() -> int:
+    """The largest output a node allocates: VIDEOLDM_MAX_OUTPUT_GIB GiB when the operator set a
+    positive number, else DEFAULT_LIMIT_GIB."""
+    try:
+        gib = float(os.environ.get(LIMIT_VARIABLE, DEFAULT_LIMIT_GIB))
+    except ValueError:
+        gib = DEFAULT_LIMIT_GIB
+    return int((gib if math.isfinite(gib) and gib > 0 else DEFAULT_LIMIT_GIB) * GIB)
+
+
+def tensor_bytes(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of a dense tensor of `shape` (Python integers: no overflow however large)."""
+    return math.prod(int(s) for s in shape) * torch.empty((), dtype=dtype).element_size()
+
+
+def describe_bytes(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 1024 ** 2:.1f} MiB"
+
+
+def check_output_size(node: str, implied: int, inputs: Mapping[str, object], what: str = "its output",
+                      limit: int | None = None) -> int:
+    """Refuses `implied` bytes above the limit, naming the node, the inputs that imply them and
+    both sizes; returns `implied`."""
+    limit = output_limit_bytes() if limit is None else limit
+    if implied > limit:
+        given = ", ".join(f"{k}={v}" for k, v in inputs.items())
+        raise MemoryLimitError(
+            f"{node}: {given} imply {describe_bytes(implied)} for {what}, above the Video LDM pack's limit of "
+            f"{describe_bytes(limit)}. Ask for fewer frames or a smaller size (the server's operator can raise the "
+            f"limit with the environment variable {LIMIT_VARIABLE}).")
+    return implied
+
+
+def number_problem(name: str, value, low: float | None = None, high: float | None = None) -> str | None:
+    """Why `value` cannot be the number input `name` (not a number, NaN, infinite, out of
+    [low, high]), or None when it can."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number, found {value!r}."
+    if not math.isfinite(value):
+        return f"{name} must be a finite number, found {value!r}."
+    if low is not None and value < low:
+        return f"{name} must be at least {low}, found {value!r}."
+    if high is not None and value > high:
+        return f"{name} must be at most {high}, found {value!r}."
+    return None
+
+
+def check_number(name: str, value, low: float | None = None, high: float | None = None):
+    problem = number_problem(name, value, low, high)
+    if problem is not None:
+        raise NumberInputError(problem)
+    return value
+
+
+def check_finite_latent(latents, node: str, where: str):
+    """Stops a run whose latent (a tensor, or several: a sampler step's prediction x0 and x) holds
+    NaN or infinity; a broken model, adapter or schedule would otherwise finish with black frames
+    and no word."""
+    for x in (latents,) if torch.is_tensor(latents) else latents:
+        if x is None or bool(torch.isfinite(x).all()):
+            continue
+        bad = int((~torch.isfinite(x)).sum())
+        raise NonFiniteError(
+            f"{node}: the latent turned non-finite {where} ({bad} of {x.numel()} values are NaN or infinite). "
+            "Usually the model, an applied temporal adapter's weights or the sampler settings are broken; check "
+            "them (a lower cfg or context_scale, another sampler or scheduler) and run again.")

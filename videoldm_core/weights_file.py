@@ -1,0 +1,196 @@
+"""Weight files read in two steps, so that no file costs more memory than it holds.
+
+1. `WeightsFile(path, name, error)` reads what the file says about itself: tensor names, shapes
+   and dtypes, and the safetensors metadata (the specs). A safetensors file costs its header; a
+   pickle (.ckpt/.pt/.pth/.bin) is read weights-only (code in it is refused), which costs its size
+   on disk. The loaders check their spec against these shapes, and build the modules the spec
+   describes on the meta device (`build_on_meta`) to compare them, before anything is allocated.
+2. `WeightsFile.tensors()` reads the tensors and refuses any that hold NaN or infinity.
+
+Every problem is raised as the loader's own error type (a `WeightsFileError`), naming the file as
+it is listed in its models folder, never by its path on the server.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import zipfile
+from typing import Callable, NamedTuple, Optional
+
+import torch
+from safetensors import safe_open
+from torch.overrides import TorchFunctionMode
+
+from .errors import VideoLDMError
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+MAX_HEADER_BYTES = 100_000_000   # the safetensors library's own limit
+# what a meta build may call per tensor the file holds (parameters, their initialisation, and the
+# few tables made in __init__), plus a floor for small files: measured need is under 6
+META_CALLS_PER_TENSOR, META_CALLS_FLOOR = 50, 20_000
+
+
+class WeightsFileError(VideoLDMError):
+    """A weights file this pack cannot read or will not load: the base of every loader's error."""
+
+
+class TensorShape(NamedTuple):
+    """What the header says about one tensor (its `.shape` reads like a tensor's)."""
+
+    shape: tuple
+    dtype: str
+
+
+class WeightsFile:
+    """A weights file by its header: `shapes` (name -> TensorShape), `metadata` (safetensors
+    metadata, {} for pickles), `source` ("'name'" for messages); `tensors()` reads the weights."""
+
+    def __init__(self, path: str | os.PathLike, name: str, error: type[WeightsFileError] = WeightsFileError):
+        self.path, self.name, self.error = str(path), name, error
+        self.source = f"'{name}'"
+        self._loaded: Optional[dict] = None
+        if self.path.lower().endswith(SAFETENSORS_SUFFIXES):
+            self.shapes, self.metadata = self._read_safetensors_header()
+        else:
+            self._loaded = self._read_pickle()
+            self.shapes = {k: TensorShape(tuple(v.shape), str(v.dtype)) for k, v in self._loaded.items()}
+            self.metadata = {}
+
+    def refuse(self, problem: str, advice: str = "") -> WeightsFileError:
+        """The loader's error about this file: "'name': <problem>. <advice>"."""
+        return self.error(f"{self.source}: {problem}." + (f" {advice}" if advice else ""))
+
+    def _read_safetensors_header(self) -> tuple[dict, dict]:
+        self._check_header_length()
+        try:
+            with safe_open(self.path, framework="pt") as f:
+                metadata = f.metadata() or {}
+                shapes = {}
+                for key in f.keys():
+                    part = f.get_slice(key)
+                    shapes[key] = TensorShape(tuple(part.get_shape()), str(part.get_dtype()))
+        except OSError as e:
+            raise self.refuse(f"cannot be read ({e.strerror or type(e).__name__})") from None
+        except Exception as e:  # the library's SafetensorError and friends: a broken header
+            raise self.refuse(f"not a readable weights file (safetensors: {_library_message(e)})",
+                              "The file is corrupt or truncated; download or copy it again.") from None
+        if not all(isinstance(v, str) for v in metadata.values()):
+            raise self.refuse("expected text values in the safetensors metadata, found others")
+        return shapes, metadata
+
+    def _check_header_length(self):
+        """The header's declared length, checked against the file before the library reads it."""
+        try:
+            size = os.path.getsize(self.path)
+            with open(self.path, "rb") as f:
+                head = f.read(8)
+        except OSError as e:
+            raise self.refuse(f"cannot be read ({e.strerror or type(e).__name__})") from None
+        if len(head) < 8:
+            raise self.refuse(f"not a readable weights file (safetensors: {size} bytes, less than its 8-byte header "
+                              f"length)",
+                              "The file is truncated; download or copy it again.")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(MAX_HEADER_BYTES, size - 8):
+            raise self.refuse(f"not a readable weights file (safetensors: its header declares {length} bytes, the file "
+                              f"holds {size - 8} after the length)", "The file is truncated or not safetensors.")
+
+    def _read_pickle(self) -> dict:
+        try:
+            mmap = zipfile.is_zipfile(self.path)   # torch's zip format maps the tensors from disk
+        except OSError as e:
+            raise self.refuse(f"cannot be read ({e.strerror or type(e).__name__})") from None
+        try:
+            loaded = torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError:   # torch's weights-only reader met code, an object or damage
+            raise self.refuse("refused to load: the pickle holds more than plain weights, or is damaged (only tensors "
+                              "are read, never code)", "Convert it to .safetensors from a trusted source.") from None
+        except Exception as e:  # EOFError, RuntimeError, KeyError, OSError ... from a damaged archive
+            raise self.refuse(f"not a readable weights file ({type(e).__name__})",
+                              "The file is corrupt or truncated; download or copy it again.") from None
+        if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+            loaded = loaded["state_dict"]   # Lightning and original SD checkpoints
+        elif isinstance(loaded, dict) and len(loaded) == 1 and isinstance(next(iter(loaded.values())), dict):
+            loaded = next(iter(loaded.values()))   # one wrapping key, as ComfyUI's own reader accepts
+        if not isinstance(loaded, dict):
+            raise self.refuse(f"expected a dictionary of weights, found {type(loaded).__name__}")
+        return {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+    def tensors(self, keys=None) -> dict[str, torch.Tensor]:
+        """The tensors (all, or `keys`), each checked to be finite."""
+        keys = list(self.shapes) if keys is None else list(keys)
+        if self._loaded is not None:
+            out = {k: self._loaded[k] for k in keys}
+        else:
+            try:
+                with safe_open(self.path, framework="pt") as f:
+                    out = {k: f.get_tensor(k) for k in keys}
+            except Exception as e:
+                raise self.refuse(f"its tensors cannot be read ({_library_message(e)})",
+                                  "The file is corrupt or changed while loading.") from None
+        check_finite(out, self.source, self.error)
+        return out
+
+
+def _library_message(error: Exception) -> str:
+    """A library error in one short line, without any path."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text if "/" not in text else type(error).__name__
+
+
+def check_finite(tensors: dict, source: str, error: type[Exception] = WeightsFileError):
+    """Refuses the first floating-point tensor that holds NaN or infinity (sampling with it gives
+    black frames and no word)."""
+    for key, value in tensors.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.device.type == "meta":
+            continue
+        flat = value.detach().reshape(-1)
+        for start in range(0, flat.numel(), 1 << 24):   # a bounded temporary per chunk
+            chunk = flat[start:start + (1 << 24)]
+            if chunk.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+                chunk = chunk.float()
+            bad = int((~torch.isfinite(chunk)).sum())
+            if bad:
+                raise error(f"{source}: tensor '{key}' holds {bad} non-finite values (NaN or infinity) in its first "
+                            f"{start + chunk.numel()} of {flat.numel()}. The file is damaged or was saved from a "
+                            f"diverged run; use another copy.")
+
+
+class _OverBudget(BaseException):
+    """Raised inside a meta build that does far more than a file of its size can fill; a
+    BaseException so that no `except Exception` in a module's __init__ swallows it."""
+
+
+class _CallBudget(TorchFunctionMode):
+    """Counts torch calls while modules are built and stops the build past `limit`."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.calls = limit, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        if self.calls > self.limit:
+            raise _OverBudget
+        return func(*args, **(kwargs or {}))
+
+
+def build_on_meta(build: Callable[[], torch.nn.Module], file: WeightsFile, what: str) -> torch.nn.Module:
+    """`build()` on the meta device: the module a spec describes, with shapes and no memory for its
+    weights, to compare with the file's shapes before anything real is built. A spec that describes
+    far more layers than the file holds tensors is stopped while it builds; a spec that does not
+    build at all (a negative size, a string where a number goes ...) is `file`'s error."""
+    budget = _CallBudget(max(META_CALLS_FLOOR, META_CALLS_PER_TENSOR * len(file.shapes)))
+    try:
+        with torch.device("meta"), budget:
+            return build()
+    except _OverBudget:
+        raise file.refuse(f"its {what} spec describes far more layers than the file's {len(file.shapes)} tensors hold",
+                          "Refused before building it; the spec or the file is damaged.") from None
+    except WeightsFileError:
+        raise
+    except Exception as e:
+        raise file.refuse(f"its {what} spec does not describe layers this pack can build ({type(e).__name__}: "
+                          f"{_library_message(e)})") from None
