@@ -26,6 +26,11 @@ def tier_of(item) -> str:
 def pytest_collection_modifyitems(config, items):
     for item in items:
         item.add_marker(getattr(pytest.mark, tier_of(item)))
+    if "fuzz_long" not in (config.getoption("markexpr") or ""):   # long budgets run only when selected
+        long = [item for item in items if "fuzz_long" in item.keywords]
+        if long:
+            items[:] = [item for item in items if "fuzz_long" not in item.keywords]
+            config.hook.pytest_deselected(items=long)
 
 
 _outcomes: Counter = Counter()

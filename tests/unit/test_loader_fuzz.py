@@ -151,10 +151,8 @@ def test_mutated_files_load_or_fail_with_the_packs_error(tmp_path, one_thread, c
         print(f"\nloader fuzz: {DEFAULT_CASES} cases in {seconds:.1f} s")
 
 
-@pytest.mark.fuzz_long
-def test_mutated_files_long_run(tmp_path, one_thread, request, capsys):
-    if "fuzz_long" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip(f"the long fuzz budget ({LONG_CASES} cases) runs with -m fuzz_long")
+@pytest.mark.fuzz_long   # deselected unless -m selects fuzz_long (tests/conftest.py)
+def test_mutated_files_long_run(tmp_path, one_thread, capsys):
     seconds = fuzz(LONG_CASES, tmp_path)
     with capsys.disabled():
         print(f"\nloader fuzz (long): {LONG_CASES} cases in {seconds:.1f} s")
