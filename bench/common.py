@@ -6,6 +6,8 @@ import resource
 import statistics
 import time
 
+from devtools.process_memory import status_bytes
+
 
 # glibc raises its mmap threshold to the largest block freed so far, so after the first window or
 # tile the activations come from the heap, which it does not hand back: a loop over windows then
@@ -36,11 +38,7 @@ def peak_rss_gib() -> float:
 
 
 def status_gib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 2**20
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    return status_bytes("self", field) / 2**30
 
 
 def step_peak_gib(fn) -> float:

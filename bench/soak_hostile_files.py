@@ -23,12 +23,6 @@ from devtools.comfy_server import ComfyServer
 from tests.conftest import make_base_dir
 
 
-def adapter_prompt(name: str) -> dict:
-    return {"1": {"class_type": "VideoLDMLoadTemporalAdapter", "inputs": {"adapter_name": name}},
-            "2": {"class_type": "VideoLDMSaveTemporalAdapter",
-                  "inputs": {"temporal_adapter": ["1", 0], "filename_prefix": "soak/ok"}}}
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=300)
@@ -48,7 +42,7 @@ def main():
         with ComfyServer(base_dir=base) as server:
             pid = server.process.pid
             for _ in range(3):
-                assert server.run_prompt(adapter_prompt("small_ok.safetensors")).status == "success"
+                assert server.run_prompt(hf.adapter_prompt("small_ok.safetensors")).status == "success"
             idle = hf.rss_bytes(pid)
             print(f"after warm-up: {idle / 2**20:.0f} MiB")
             outcomes = Counter()
@@ -66,7 +60,7 @@ def main():
                     else:
                         mutated, _ = hf.mutate_weights(rng, weights)
                         hf.write_adapter(adapters / name, spec_json, mutated)
-                run = server.run_prompt(adapter_prompt(name), timeout=120)
+                run = server.run_prompt(hf.adapter_prompt(name), timeout=120)
                 outcomes[(name.split("_")[0], run.status)] += 1
                 if i % args.every == 0 or i == args.prompts:
                     now = hf.rss_bytes(pid)

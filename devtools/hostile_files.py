@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from devtools.process_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from videoldm_core.temporal_adapter import ADAPTER_METADATA_KEY, AdapterSpec, TemporalAdapter
 from videoldm_core.temporal_decoder import TEMPORAL_DECODER_METADATA_KEY, TemporalDecoder, TemporalDecoderSpec
 
@@ -203,33 +204,6 @@ def mutate_bytes(rng: random.Random, data: bytes) -> tuple[bytes, str]:
     return bytes(data), f"{action}"
 
 
-# --- memory as the kernel counts it (torch's allocations are invisible to tracemalloc) -----------
-
-
-def _status(pid: int | str, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/{pid}/status has no {field}")
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    """Resident memory of process `pid` now."""
-    return _status(pid, "VmRSS")
-
-
-def reset_peak_rss(pid: int | str = "self"):
-    """Starts a new peak: the kernel's high-water mark VmHWM falls back to the current RSS."""
-    with open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_rss_bytes(pid: int | str = "self") -> int:
-    """The highest resident memory of `pid` since its start or the last reset_peak_rss."""
-    return _status(pid, "VmHWM")
-
-
 def refusal_and_peak_growth(run, errors) -> tuple[BaseException, int]:
     """(the error among `errors` that `run()` raised, how far this process's peak RSS rose above
     its RSS before); AssertionError if `run()` returned."""
@@ -240,3 +214,11 @@ def refusal_and_peak_growth(run, errors) -> tuple[BaseException, int]:
     except errors as e:
         return e, peak_rss_bytes() - before
     raise AssertionError(f"{run} returned; expected one of {errors}")
+
+
+def adapter_prompt(name: str, filename_prefix: str = "temporal_adapters/hostile") -> dict:
+    """An API prompt that loads the adapter file `name` and saves it back (so it runs to the end)."""
+    return {"1": {"class_type": "VideoLDMLoadTemporalAdapter", "inputs": {"adapter_name": name}},
+            "2": {"class_type": "VideoLDMSaveTemporalAdapter",
+                  "inputs": {"temporal_adapter": ["1", 0], "filename_prefix": filename_prefix}}}
+

@@ -132,7 +132,7 @@ def test_save_node_refuses_a_prefix_outside_the_adapters_folder(node_classes, na
     root = folder_paths.get_folder_paths("temporal_adapters")[0]
     link = f"link_out_{uuid.uuid4().hex[:8]}"
     os.symlink(tmp_path, os.path.join(root, link))
-    for prefix in ("../../escaped", "/tmp/absolute", f"{link}/evil", f"{link}/deeper/evil"):
+    for prefix in ("../../escaped", str(tmp_path / "absolute"), f"{link}/evil", f"{link}/deeper/evil"):
         with pytest.raises(Exception, match="expected a filename_prefix inside models/temporal_adapters"):
             node_classes["VideoLDMSaveTemporalAdapter"].execute(temporal_adapter=loaded, filename_prefix=prefix)
     assert list(tmp_path.iterdir()) == []

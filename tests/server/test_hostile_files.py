@@ -30,12 +30,6 @@ def bomb_server(tmp_path_factory):
         yield running
 
 
-def adapter_prompt(name: str) -> dict:
-    return {"1": {"class_type": "VideoLDMLoadTemporalAdapter", "inputs": {"adapter_name": name}},
-            "2": {"class_type": "VideoLDMSaveTemporalAdapter",
-                  "inputs": {"temporal_adapter": ["1", 0], "filename_prefix": "temporal_adapters/hostile"}}}
-
-
 def decoder_prompt(name: str) -> dict:
     """The toy family's VAE (shipped with the pack) with the add-on `name`, decoding one frame."""
     return {"1": {"class_type": "VideoLDMLoadTemporalVAE",
@@ -48,15 +42,15 @@ def decoder_prompt(name: str) -> dict:
 
 def test_the_three_memory_bombs_are_refused_below_1_1x_idle_rss(bomb_server):
     pid = bomb_server.process.pid
-    for prompt in (adapter_prompt("small_ok.safetensors"), decoder_prompt("videoldm_toy_temporal_decoder.safetensors")):   # warm-up:
+    for prompt in (hf.adapter_prompt("small_ok.safetensors"), decoder_prompt("videoldm_toy_temporal_decoder.safetensors")):   # warm-up:
         run = bomb_server.run_prompt(prompt)   # the same nodes, meta builds and execution paths, on valid files
         assert run.status == "success", run.error_message() or bomb_server.log_tail()
     idle = hf.rss_bytes(pid)
     figures = {}
     for name, prompt, expected in (
-            ("channel_bomb.safetensors", adapter_prompt("channel_bomb.safetensors"),
+            ("channel_bomb.safetensors", hf.adapter_prompt("channel_bomb.safetensors"),
              "'channel_bomb.safetensors': the weights do not match the adapter spec"),
-            ("table_bomb.safetensors", adapter_prompt("table_bomb.safetensors"),
+            ("table_bomb.safetensors", hf.adapter_prompt("table_bomb.safetensors"),
              "'table_bomb.safetensors': slot 'input_blocks.1': max_len: expected an integer from 1 to 4096, found 30000000"),
             ("decoder_bomb.safetensors", decoder_prompt("decoder_bomb.safetensors"),
              "'decoder_bomb.safetensors': temporal decoder weights do not match its spec")):

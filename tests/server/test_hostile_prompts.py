@@ -5,12 +5,12 @@ beyond the memory limit, and what the errors tell the client about the server.""
 import json
 import os
 
-import psutil
 import pytest
 
 from devtools import paths
 from devtools.comfy_server import ServerError
 from devtools.paths import api_prompt
+from devtools.process_memory import rss_bytes
 
 NAN, INF = float("nan"), float("inf")
 
@@ -23,7 +23,7 @@ def refusal(server, prompt) -> str:
 
 
 def rss(server) -> int:
-    return psutil.Process(server.process.pid).memory_info().rss
+    return rss_bytes(server.process.pid)
 
 
 def shapes_prompt(frames, width=64, height=64, fps=15.0, scale=1) -> dict:
