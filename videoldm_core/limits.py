@@ -69,6 +69,12 @@ def check_output_size(node: str, implied: int, inputs: Mapping[str, object], wha
     return implied
 
 
+def is_finite_number(value) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite: what every number the pack
+    takes from a prompt, a spec or a run config must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def number_problem(name: str, value, low: float | None = None, high: float | None = None) -> str | None:
     """Why `value` cannot be the number input `name` (not a number, NaN, infinite, out of
     [low, high]), or None when it can."""

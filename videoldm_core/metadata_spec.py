@@ -4,8 +4,9 @@ and read them, and to check the sizes and numbers they state (`expect_int`, `exp
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict
+
+from .limits import is_finite_number
 
 
 class MetadataSpec:
@@ -57,5 +58,5 @@ def expect_int(where: str, value, error: type[Exception], minimum: int = 1, maxi
 
 def expect_number(where: str, value, error: type[Exception]):
     """A float from a spec: a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise error(f"{where}: expected a finite number, found {json.dumps(value)[:40]}.")

@@ -5,10 +5,10 @@ int too), `int` no bool, `X | None` also null, `list[X]` a JSON list of X."""
 
 from __future__ import annotations
 
-import math
 import types
 import typing
 
+from ..limits import is_finite_number
 from .modes import MODE_NAMES
 from .objective import TrainingError
 
@@ -55,7 +55,7 @@ def fits(value, kind) -> bool:
     if kind is type(None):
         return value is None
     if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return is_finite_number(value)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, kind)
