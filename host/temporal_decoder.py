@@ -10,6 +10,8 @@ space with every frame of a window in each tile.
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 
 import torch
 
@@ -25,6 +27,7 @@ from ..videoldm_core.temporal_decoder import (TemporalDecoder, TemporalDecoderFo
 from ..videoldm_core.weights_file import WeightsFile, build_on_meta
 from ..videoldm_core.state_dict import check_weights
 from ..videoldm_core.video_upscale import plan_tiles, smaller_tile
+from ..videoldm_core.video_file import VideoFileWriter
 from ..videoldm_core.windows import windows
 from .model_folders import BUNDLES, TEMPORAL_DECODERS, full_path
 from .temporal_adapter import TEMPORAL_ADAPTERS
@@ -133,14 +136,58 @@ def load_temporal_vae(vae_state_dict: dict, source: str, addon: tuple[TemporalDe
 def decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int = 0) -> torch.Tensor:
     """Frames (T, H, W, 3) from latents (T, C, h, w): windows of `window` frames overlapping by
     `overlap`, each decoded as one clip and cross-faded; optional spatial tiles of `tile_size`
-    latent pixels (overlapping by a quarter) holding every frame of the window.
+    latent pixels (overlapping by a quarter) holding every frame of the window."""
+    def collect(blocks) -> torch.Tensor:
+        out = None
+        for start, block in blocks:
+            if out is None:
+                out = block.new_empty(samples.shape[0], *block.shape[1:])
+            out[start:start + block.shape[0]] = block
+        return out.to(mm.intermediate_dtype())
 
-    Out of device memory, it decodes again with spatial tiles of half the size (down to 8 pixels),
-    with a log line: tiles are blended, so the frames change only within the blend's tolerance. The
-    temporal window is never shrunk: that would change which frames the temporal layers see."""
+    return _with_smaller_tiles(collect, vae, samples, window, overlap, tile_size)
+
+
+def decode_video_to_file(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int, fps: float, path
+                         ) -> int:
+    """The frames `decode_video` gives, written to an mp4 at `path` window after window as they are
+    finished, never held together: the streamed last stage of a long render. The file appears only
+    when complete (videoldm_core.video_file). Returns the number of frames written."""
+    def write(blocks) -> int:
+        blocks = iter(blocks)
+        _, block = next(blocks)                  # the first window's frames give the frame size
+        with VideoFileWriter(path, block.shape[2], block.shape[1], fps) as video:
+            video.write(block)
+            for _, block in blocks:
+                video.write(block)
+        return video.frames_written
+
+    return _with_smaller_tiles(write, vae, samples, window, overlap, tile_size)
+
+
+STREAMED_SUBFOLDER = "videoldm"   # in ComfyUI's temp folder, which ComfyUI empties at start
+
+
+def render_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int, fps: float
+                 ) -> tuple[str, str]:
+    """Temporal VAE Decode to Video: the decoded frames streamed into a new mp4 in ComfyUI's temp
+    folder. Returns (path, file name); the file is complete when this returns."""
+    folder = os.path.join(folder_paths.get_temp_directory(), STREAMED_SUBFOLDER)
+    os.makedirs(folder, exist_ok=True)
+    name = f"temporal_vae_decode_{uuid.uuid4().hex[:12]}.mp4"
+    path = os.path.join(folder, name)
+    decode_video_to_file(vae, samples, window, overlap, tile_size, fps, path)
+    return path, name
+
+
+def _with_smaller_tiles(consume, vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int):
+    """`consume(decoded_frames(...))`; out of device memory, all again with spatial tiles of half the
+    size (down to 8 pixels), with a log line: tiles are blended, so the frames change only within the
+    blend's tolerance. The temporal window is never shrunk: that would change which frames the
+    temporal layers see."""
     while True:
         try:
-            return _decode_video(vae, samples, window, overlap, tile_size)
+            return consume(decoded_frames(vae, samples, window, overlap, tile_size))
         except mm.OOM_EXCEPTION:
             smaller = smaller_tile(tile_size, *samples.shape[-2:])
             if smaller is None:
@@ -153,7 +200,9 @@ def decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_siz
             tile_size = smaller
 
 
-def _decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int) -> torch.Tensor:
+def decoded_frames(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int):
+    """Yields (start, frames) in order: the blended frames (n, H, W, 3) in [0, 1], float32 on the
+    VAE's output device, as each temporal window finishes them."""
     if samples.ndim != 4 or samples.shape[1] != vae.latent_channels:
         raise ValueError(f"Temporal VAE Decode: the latent has {samples.shape[1] if samples.ndim > 1 else '?'} channels "
                          f"(shape {tuple(samples.shape)}), the VAE decodes {vae.latent_channels}-channel latents of shape "
@@ -185,8 +234,8 @@ def _decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_si
         pbar.update(1)
         return vae.process_output(x.to(out_device, torch.float32)).movedim(1, -1)
 
-    frames_out = plan.blend(decode, scale=vae.upscale_ratio, channels_last=True, device=out_device)
-    return frames_out.to(mm.intermediate_dtype())
+    for start, block in plan.blend_in_order(decode, scale=vae.upscale_ratio, channels_last=True, device=out_device):
+        yield start, block[0]
 
 
 def vae_sources() -> list[str]:

@@ -8,7 +8,7 @@ from .interpolation import InterpolateKeyframes
 from .moving_shapes import MovingShapes
 from .rollout import ExtendVideo
 from .temporal_adapter import ApplyTemporalAdapter, LoadTemporalAdapter, SaveTemporalAdapter
-from .temporal_decoder import LoadTemporalVAE, TemporalVAEDecode
+from .temporal_decoder import LoadTemporalVAE, TemporalVAEDecode, TemporalVAEDecodeToVideo
 from .training import TrainTemporalAdapter
 from .video_upscale import VideoUpscale
 
@@ -19,6 +19,7 @@ NODES = [
     SaveTemporalAdapter,
     LoadTemporalVAE,
     TemporalVAEDecode,
+    TemporalVAEDecodeToVideo,
     VideoContextNode,
     ContextGuiderNode,
     ExtendVideo,

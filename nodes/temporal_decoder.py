@@ -3,13 +3,24 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
+from comfy_api.v0_0_2 import InputImpl, io, ui
 from typing_extensions import override
 
 from ..host.model_folders import TEMPORAL_DECODERS, filenames
 from ..host.temporal_adapter import TEMPORAL_ADAPTERS
-from ..host.temporal_decoder import NONE, decode_video, load_temporal_vae_files, vae_sources
-from .io_types import valid_numbers
+from ..host.temporal_decoder import (NONE, STREAMED_SUBFOLDER, decode_video, load_temporal_vae_files, render_video,
+                                     vae_sources)
+from .io_types import checked_numbers, valid_numbers
+
+
+def valid_windows(cls, window=None, overlap=None, **numbers) -> bool | str:
+    """The decode nodes' validation. ComfyUI skips its own min/max checks for the inputs a
+    validate_inputs names, so all are checked (None: linked); tile_size is 0 (no tiles) or a
+    multiple of 8."""
+    checked = valid_numbers(cls, ("tile_size",), window=window, overlap=overlap, **numbers)
+    if checked is True and window is not None and overlap is not None and not overlap < window:
+        return f"overlap must be less than the window ({window} frames), found {overlap}"
+    return checked
 
 
 class LoadTemporalVAE(io.ComfyNode):
@@ -79,13 +90,54 @@ class TemporalVAEDecode(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, window=None, overlap=None, tile_size=None):
-        # ComfyUI skips its own min/max checks for the inputs named here, so all are checked (None: linked)
-        checked = valid_numbers(cls, ("tile_size",), window=window, overlap=overlap, tile_size=tile_size)
-        if checked is True and window is not None and overlap is not None and not overlap < window:
-            return f"overlap must be less than the window ({window} frames), found {overlap}"
-        return checked   # tile_size: 0 (no tiles) or a multiple of 8
+        return valid_windows(cls, window=window, overlap=overlap, tile_size=tile_size)
 
     @classmethod
     @override
     def execute(cls, vae, samples, window, overlap, tile_size) -> io.NodeOutput:
         return io.NodeOutput(decode_video(vae, samples["samples"], window, overlap, tile_size))
+
+
+class TemporalVAEDecodeToVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VideoLDMTemporalVAEDecodeToVideo",
+            display_name="Temporal VAE Decode to Video",
+            category="Video LDM/vae",
+            description="Temporal VAE Decode streamed into a video file: each window's finished frames go to the "
+                        "H.264 encoder as they are decoded, so a minutes-long or high-resolution video never sits in "
+                        "memory as images. The frames are the ones Temporal VAE Decode gives; the file equals "
+                        "CreateVideo's (8-bit, no audio). Connect it to Save Video.",
+            search_aliases=["streamed decode", "long video", "decode to mp4"],
+            inputs=[
+                io.Vae.Input("vae", tooltip="A VAE; its temporal layers (from Load Temporal VAE) are used if present."),
+                io.Latent.Input("samples", tooltip="Video latents: the batch is the frames."),
+                io.Float.Input("fps", default=24.0, min=1.0, max=120.0, step=1.0,
+                               tooltip="Frames per second of the video file (as CreateVideo's fps)."),
+                io.Int.Input("window", default=17, min=1, max=4096,
+                             tooltip="Frames decoded together as one clip, as in Temporal VAE Decode. Memory holds "
+                                     "about one window of decoded frames, whatever the video's length."),
+                io.Int.Input("overlap", default=1, min=0, max=4095,
+                             tooltip="Frames shared by neighbouring windows and cross-faded; less than the window.",
+                             advanced=True),
+                io.Int.Input("tile_size", default=0, min=0, max=4096, step=8,
+                             tooltip="Spatial tiles in latent pixels (0: whole frames). Each tile holds all frames of "
+                                     "a window; tiles overlap by a quarter.", advanced=True),
+            ],
+            outputs=[io.Video.Output(display_name="VIDEO",
+                                     tooltip="The video, backed by the mp4 written to ComfyUI's temp folder; Save "
+                                             "Video copies it to the output folder without encoding again.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, fps=None, window=None, overlap=None, tile_size=None):
+        return valid_windows(cls, fps=fps, window=window, overlap=overlap, tile_size=tile_size)
+
+    @classmethod
+    @override
+    def execute(cls, vae, samples, fps, window, overlap, tile_size) -> io.NodeOutput:
+        checked_numbers(cls, fps=fps)   # a linked fps is known only now
+        path, name = render_video(vae, samples["samples"], window, overlap, tile_size, fps)
+        return io.NodeOutput(InputImpl.VideoFromFile(path),
+                             ui=ui.PreviewVideo([ui.SavedResult(name, STREAMED_SUBFOLDER, io.FolderType.temp)]))

@@ -84,17 +84,40 @@ class TilePlan:
         videos stacked in the batch (e.g. cond and uncond), `scale` times the region's height and
         width (a decoder's upsampling). The sum is kept on `device` (default: the predictions')."""
         out = None
-        t = self.shape[0]
-        for index, region in enumerate(self.regions):
-            part = predict(region)
-            part = part.reshape(groups, region.frames[1] - region.frames[0], *part.shape[1:])
+        for start, block in self.blend_in_order(predict, groups, scale, channels_last, device):
             if out is None:
-                channels = part.shape[-1] if channels_last else part.shape[2]
-                h, w = self.shape[1] * scale, self.shape[2] * scale
-                out = part.new_zeros(groups, t, *((h, w, channels) if channels_last else (channels, h, w)), device=device)
-            weight = self.weight(index, scale, channels_last).to(out)
-            out[(slice(None), *region.slices(scale, channels_last))] += part.to(out) * weight
-        return out.reshape(groups * t, *out.shape[2:])
+                out = block.new_empty(groups, self.shape[0], *block.shape[2:])
+            out[:, start:start + block.shape[1]] = block
+        return out.reshape(groups * self.shape[0], *out.shape[2:])
+
+    def blend_in_order(self, predict, groups: int = 1, scale: int = 1, channels_last: bool = False, device=None):
+        """`blend` frame by frame as the frames are finished: yields (start, block), block (groups, n,
+        ...) the blended frames [start, start + n), in order and covering every frame once. Only the
+        frames of the current chunk are held (what a streamed decode writes to a file as it goes).
+        Regions are taken in plan order and each element's weighted predictions are summed onto zero
+        in that order, so the frames equal `blend`'s bit for bit."""
+        pending, first = None, 0     # frames [first, first + len(pending)) still taking contributions
+        for index, region in enumerate(self.regions):
+            t0, t1 = region.frames
+            part = predict(region)
+            part = part.reshape(groups, t1 - t0, *part.shape[1:])
+            if pending is None:
+                pending = part.new_zeros(groups, 0, *self._frame_shape(part, scale, channels_last), device=device)
+            if t0 > first:                        # a new chunk: the frames before it are finished
+                yield first, pending[:, :t0 - first]
+                pending, first = pending[:, t0 - first:], t0
+            if t1 > first + pending.shape[1]:     # frames no region has touched yet start at zero
+                grown = pending.new_zeros(groups, t1 - first, *pending.shape[2:])
+                grown[:, :pending.shape[1]] = pending
+                pending = grown
+            weight = self.weight(index, scale, channels_last).to(pending)
+            frames, *space = region.slices(scale, channels_last)
+            pending[(slice(None), slice(t0 - first, t1 - first), *space)] += part.to(pending) * weight
+        yield first, pending
+
+    def _frame_shape(self, part: torch.Tensor, scale: int, channels_last: bool) -> tuple[int, ...]:
+        h, w = self.shape[1] * scale, self.shape[2] * scale
+        return (h, w, part.shape[-1]) if channels_last else (part.shape[2], h, w)
 
     def rows(self, region: Region, groups: int) -> torch.Tensor:
         """Batch rows of a region's frames when `groups` videos of T frames are stacked."""

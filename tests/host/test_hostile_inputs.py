@@ -120,6 +120,8 @@ NUMBER_CASES = [
     ("VideoLDMApplyTemporalAdapter", dict(strength=1.0), [("strength", NAN), ("strength", INF), ("strength", 2.5)]),
     ("VideoLDMTemporalVAEDecode", dict(window=16, overlap=4, tile_size=0), [("tile_size", 3), ("tile_size", 12),
                                                                           ("tile_size", NAN)]),
+    ("VideoLDMTemporalVAEDecodeToVideo", dict(fps=24.0, window=17, overlap=1, tile_size=0),
+     [("fps", NAN), ("fps", 0.5), ("fps", INF), ("tile_size", 12)]),
 ]
 
 

@@ -1,8 +1,13 @@
 """Temporal VAE decoding on ComfyUI's real VAE classes: equal to core VAE Decode for image VAEs,
-equal to ComfyUI's own SVD VideoDecoder for one window, seams and flicker when windowed."""
+equal to ComfyUI's own SVD VideoDecoder for one window, seams and flicker when windowed; streamed into
+a video file (Temporal VAE Decode to Video), the same frames, the file equal to core CreateVideo →
+Save Video's, complete or absent."""
 
 import os
+from fractions import Fraction
 
+import av
+import numpy as np
 import pytest
 import torch
 from devtools import tiny_bundles
@@ -273,3 +278,91 @@ def test_optional_temporal_attention_starts_as_identity_and_then_mixes_frames(pa
         changed[-1] += 1.0
         first = lambda latents: with_attention.decode(decoder, latents, FRAMES)[0]
         assert (first(changed) - first(z)).abs().max() > 1e-5
+
+
+STREAMED_FRAMES = 23
+
+
+def read_frames(path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.mark.parametrize("window, overlap, tile_size", [(5, 2, 0), (8, 1, 4), (30, 0, 0)])
+def test_streamed_blocks_are_the_in_memory_frames_bit_for_bit(vaes, window, overlap, tile_size):
+    temporal_vae, _, svd_vae = vaes
+    z = smooth_latents(STREAMED_FRAMES)
+    with torch.inference_mode():
+        whole = temporal_vae.decode_video(svd_vae, z, window, overlap, tile_size)
+        blocks = list(temporal_vae.decoded_frames(svd_vae, z, window, overlap, tile_size))
+    starts = [start for start, _ in blocks]
+    assert starts == sorted(starts) and starts[0] == 0
+    assert sum(block.shape[0] for _, block in blocks) == STREAMED_FRAMES
+    assert max(block.shape[0] for _, block in blocks) <= window   # no more than a window is held finished
+    assert torch.equal(torch.cat([block for _, block in blocks]), whole)
+    if window < STREAMED_FRAMES:
+        assert len(blocks) > 1
+
+
+def test_the_file_equals_core_create_video_and_save_video(vaes, tmp_path):
+    """Same frames into the same encoder settings: decoding both files gives identical pixels."""
+    from comfy_api.latest import InputImpl, Types
+
+    temporal_vae, _, svd_vae = vaes
+    z = smooth_latents(STREAMED_FRAMES)
+    with torch.inference_mode():
+        images = temporal_vae.decode_video(svd_vae, z, 6, 2)
+        written = temporal_vae.decode_video_to_file(svd_vae, z, 6, 2, 0, 12.5, tmp_path / "streamed.mp4")
+    core = InputImpl.VideoFromComponents(Types.VideoComponents(images=images, frame_rate=Fraction(12.5)))
+    core.save_to(str(tmp_path / "core.mp4"))
+    assert written == STREAMED_FRAMES
+    ours, theirs = read_frames(tmp_path / "streamed.mp4"), read_frames(tmp_path / "core.mp4")
+    assert ours.shape == (STREAMED_FRAMES, 64, 64, 3)
+    assert np.array_equal(ours, theirs)
+    with av.open(str(tmp_path / "streamed.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == Fraction(25, 2) and len(container.streams.audio) == 0
+    # and they are the decoded frames, within H.264's loss
+    assert np.abs(ours.astype(float) - (images.numpy() * 255)).mean() < 6
+
+
+def test_an_interrupted_render_leaves_no_file(vaes, tmp_path, monkeypatch):
+    import comfy.model_management as mm
+
+    temporal_vae, _, svd_vae = vaes
+    z = smooth_latents(STREAMED_FRAMES)
+    calls = []
+    real = mm.throw_exception_if_processing_interrupted
+
+    def interrupt_at_third_window():
+        calls.append(1)
+        if len(calls) == 3:
+            raise mm.InterruptProcessingException()
+        real()
+
+    monkeypatch.setattr(mm, "throw_exception_if_processing_interrupted", interrupt_at_third_window)
+    with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
+        temporal_vae.decode_video_to_file(svd_vae, z, 5, 1, 0, 8, tmp_path / "cut.mp4")
+    assert os.listdir(tmp_path) == []
+
+
+def test_odd_frame_sizes_are_refused_before_decoding(pack_module, tmp_path):
+    video_file = pack_module("videoldm_core.video_file")
+    with pytest.raises(video_file.VideoFileError, match="even width and height, the frames are 63x64"):
+        video_file.VideoFileWriter(tmp_path / "odd.mp4", 63, 64, 8)
+
+
+def test_node_returns_a_video_backed_by_its_file(node_classes, vaes):
+    _, _, svd_vae = vaes
+    node = node_classes["VideoLDMTemporalVAEDecodeToVideo"]
+    with torch.inference_mode():
+        out = node.execute(vae=svd_vae, samples={"samples": smooth_latents(STREAMED_FRAMES)}, fps=8.0, window=9, overlap=1,
+                           tile_size=0)
+    video = out.result[0]
+    assert video.get_frame_count() == STREAMED_FRAMES and video.get_frame_rate() == 8
+    assert video.get_dimensions() == (64, 64)
+    preview = out.ui.as_dict()["images"][0]
+    assert preview["type"] == "temp" and preview["subfolder"] == "videoldm"
+    assert os.path.basename(video.get_stream_source()) == preview["filename"]
+    assert "less than the window (8 frames), found 8" in node.validate_inputs(fps=8.0, window=8, overlap=8)
+    assert "fps" in node.validate_inputs(fps=float("nan"), window=8, overlap=1)
