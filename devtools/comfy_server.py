@@ -56,8 +56,10 @@ class PromptRun:
 
 
 class ComfyServer:
-    def __init__(self, base_dir: Path | None = None, extra_args: tuple[str, ...] = (), python: str | None = None):
+    def __init__(self, base_dir: Path | None = None, extra_args: tuple[str, ...] = (), python: str | None = None,
+                 env: dict[str, str] | None = None):
         self.base_dir = Path(base_dir or paths.base_dir())
+        self.env = dict(env or {})
         self.extra_args = tuple(extra_args)
         self.python = python or sys.executable
         self.port = free_port()
@@ -74,7 +76,7 @@ class ComfyServer:
     def start(self, timeout: float = 180.0) -> "ComfyServer":
         self.log_file = open(self.log_path, "w")
         self.process = subprocess.Popen(self.command(), cwd=paths.comfyui_dir(), stdout=self.log_file,
-                                        stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                        stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
