@@ -14,8 +14,10 @@ Stages, each one train.py run on the output of the ones before (the paper's orde
 Every spatial weight is frozen after its own stage. The results go to `--out` in fp16, with
 provenance.json (settings, seconds per stage, sizes).
 
-Usage: python -m devtools.toy_family [--out toy] [--work .scratch/toy-run] [--quick]
-(--quick: a few steps per stage on a few clips, to check the chain, not to make models.)
+Usage: python -m devtools.toy_family [--out toy] [--work .scratch/toy-run] [--shards] [--quick]
+(--quick: a few steps per stage on a few clips, to check the chain, not to make models; --shards:
+the predictor and x4-temporal stages stream their clips from WebDataset shards of the same folders,
+the path of data.shards, instead of encoding the folders once.)
 """
 
 from __future__ import annotations
@@ -141,6 +143,19 @@ def stage_config(name: str, checkpoint: Path, output: Path, data: dict, quick: b
             **extra}
 
 
+def as_shards(data: dict, work: Path, name: str) -> dict:
+    """`data` read as streamed WebDataset shards of its folder (written once, 2 clips a shard, the
+    way `train.py --make-shards` writes them) instead of the folder and its latent cache."""
+    from videoldm_core.training.shards import write_shards
+
+    target = work / "shards" / name
+    if not (target / "done").exists():
+        write_shards(data["folder"], str(target / "clips-%06d.tar"), clips_per_shard=2)
+        (target / "done").touch()
+    kept = {k: v for k, v in data.items() if k not in ("folder", "cache")}
+    return {**kept, "shards": sorted(str(p) for p in target.glob("clips-*.tar")), "workers": 1}
+
+
 def run_stage(name: str, config: dict, work: Path, log: dict) -> Path:
     output = Path(config["output"])
     done = output / "done.json"
@@ -189,6 +204,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(paths.REPO_ROOT / "toy"))
     parser.add_argument("--work", default=str(paths.REPO_ROOT / ".scratch" / "toy-run"))
     parser.add_argument("--quick", action="store_true", help="a few steps per stage, to check the chain")
+    parser.add_argument("--shards", action="store_true",
+                        help="predictor and x4-temporal stream their clips from shards of the same folders")
     args = parser.parse_args(argv)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -200,6 +217,10 @@ def main(argv=None) -> int:
     clips_x4 = {"folder": str(folders["clips_x4"]), "width": 4 * SIDE, "height": 4 * SIDE, "captions": True,
                 "cache": str(work / "cache_x4")}
     keyframes = {**clips, "folder": str(folders["keyframes"]), "cache": str(work / "cache_keyframes")}
+    streamed = ["predictor", "x4-temporal"] if args.shards else []
+
+    def temporal_data(name: str, data: dict) -> dict:
+        return as_shards(data, work, name) if name in streamed else data
 
     vae = run_stage("vae", stage_config("vae", base, work / "vae", {**clips, "frames": 2, "fps": None}, args.quick,
                                         mode="vae"), work, log)
@@ -211,7 +232,8 @@ def main(argv=None) -> int:
                                                   image={"patch": 16}), work, log)
     keyframe_model = image / "bundle.safetensors"
     predictor = run_stage("predictor", stage_config(
-        "predictor", keyframe_model, work / "predictor", {**keyframes, "frames": 8, "fps": None}, args.quick,
+        "predictor", keyframe_model, work / "predictor", temporal_data("predictor", {**keyframes, "frames": 8, "fps": None}),
+        args.quick,
         mode="prediction", adapter={"context_frames": [0, 1, 2], "context_width": 32}), work, log)
     interpolator = run_stage("interpolator", stage_config(
         "interpolator", keyframe_model, work / "interpolator", {**clips, "frames": 5, "fps": FPS / 4}, args.quick,
@@ -223,8 +245,9 @@ def main(argv=None) -> int:
         # with L1 alone); the flicker term does directly what the video discriminator is there for
         decoder={"adversarial_weight": 0.0, "temporal_weight": 5.0}), work, log)
     x4_temporal = run_stage("x4-temporal", stage_config(
-        "x4-temporal", x4_image / "bundle.safetensors", work / "x4-temporal", {**clips_x4, "frames": 8, "fps": FPS},
-        args.quick, mode="upscaler", adapter={"patch": 16}), work, log)
+        "x4-temporal", x4_image / "bundle.safetensors", work / "x4-temporal",
+        temporal_data("x4-temporal", {**clips_x4, "frames": 8, "fps": FPS}), args.quick, mode="upscaler",
+        adapter={"patch": 16}), work, log)
 
     out.mkdir(parents=True, exist_ok=True)
     results = {"base": keyframe_model, "x4": x4_image / "bundle.safetensors",
@@ -235,7 +258,8 @@ def main(argv=None) -> int:
         family_file(out, key).parent.mkdir(parents=True, exist_ok=True)
         to_half(source, family_file(out, key))
         sizes[NAMES[key]] = family_file(out, key).stat().st_size
-    provenance = {"command": "python -m devtools.toy_family" + (" --quick" if args.quick else ""), "seed": SEED,
+    provenance = {"command": "python -m devtools.toy_family" + (" --shards" if args.shards else "") +
+                             (" --quick" if args.quick else ""), "seed": SEED, "streamed": streamed,
                   "torch": torch.__version__, "threads": torch.get_num_threads(), "stages": log, "bytes": sizes,
                   "total_bytes": sum(sizes.values()),
                   # training time over all stages (a resumed run's stages keep the seconds of the run that made them)

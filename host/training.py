@@ -29,7 +29,7 @@ from ..videoldm_core.training.batches import StepBatches
 from ..videoldm_core.training.data import ClipSpec, VideoFolder
 from ..videoldm_core.training.diffusion_objective import DiffusionPhase, check_mode
 from ..videoldm_core.training.modes import mode_named
-from ..videoldm_core.training.latent_cache import build_latent_cache
+from ..videoldm_core.training.latent_cache import CachedClips, build_latent_cache
 from ..videoldm_core.training.loss_curve import loss_curve_image
 from ..videoldm_core.training.objective import TrainingError, frozen
 from ..videoldm_core.training.schedule import NoiseSchedule
@@ -177,19 +177,31 @@ def frame_clips(video: torch.Tensor, clip_frames: int, stride: int = 1) -> list[
     return [video[i:i + clip_frames] for i in range(0, video.shape[0] - clip_frames + 1, stride)]
 
 
+def low_res_frames(images: torch.Tensor) -> torch.Tensor:
+    """What the x4 upscaler is conditioned on: IMAGE frames (N, H, W, 3) in [0, 1], 4x area-downsampled,
+    as (N, 3, H/4, W/4) in [-1, 1]."""
+    h, w = images.shape[1:3]
+    if h % 4 or w % 4:
+        raise TrainingError(f"upscaler training needs frames whose size is a multiple of 4, found {w}x{h}.")
+    return torch.nn.functional.interpolate(images[..., :3].movedim(-1, 1), size=(h // 4, w // 4), mode="area") * 2 - 1
+
+
+def check_low_res_grid(latents: torch.Tensor, low: torch.Tensor):
+    if latents.shape[-2:] != low.shape[-2:]:
+        h, w = (4 * n for n in low.shape[-2:])
+        raise TrainingError(f"the VAE makes {tuple(latents.shape[-2:])} latents of {h}x{w} frames; the x4 upscaler's "
+                            f"VAE makes latents at a quarter of the size ({h // 4}x{w // 4}). Use the upscaler's VAE.")
+
+
 def training_items(model, vae, images: torch.Tensor, clip_frames: int, mode, stride: int = 1) -> list[dict]:
     """Training clips from one video of IMAGE frames: latents in the model's latent space, and for
     the x4 upscaler the 4x-downsampled frames ([-1, 1]) it is conditioned on."""
     upscaler = mode_named(mode).is_upscaler
     if upscaler:
-        h, w = images.shape[1:3]
-        if h % 4 or w % 4:
-            raise TrainingError(f"upscaler training needs frames whose size is a multiple of 4, found {w}x{h}.")
-        low = torch.nn.functional.interpolate(images[..., :3].movedim(-1, 1), size=(h // 4, w // 4), mode="area") * 2 - 1
+        low = low_res_frames(images)
     latents = model.model.process_latent_in(encode_video(vae, images))
-    if upscaler and latents.shape[-2:] != low.shape[-2:]:
-        raise TrainingError(f"the VAE makes {tuple(latents.shape[-2:])} latents of {h}x{w} frames; the x4 upscaler's "
-                            f"VAE makes latents at a quarter of the size ({h // 4}x{w // 4}). Use the upscaler's VAE.")
+    if upscaler:
+        check_low_res_grid(latents, low)
     clips = frame_clips(latents, clip_frames, stride)
     if not upscaler:
         return [{"latents": c} for c in clips]
@@ -205,27 +217,25 @@ def encoder_fingerprint(vae) -> str:
     return f"{type(vae.first_stage_model).__name__}-{digest.hexdigest()[:16]}"
 
 
-def folder_items(model, vae, dataset, mode, cache_dir, progress=None, encode_text=None) -> list[dict]:
-    """Training clips from a VideoFolder: latents encoded once into a shard cache (reused while files,
-    clip spec and VAE stay the same), scaled into the model's latent space. The x4 upscaler's
-    low-res frames come from the frames themselves, so that mode encodes in memory."""
+def folder_items(model, vae, dataset, mode, cache_dir, progress=None, encode_text=None, extra=None) -> CachedClips:
+    """Training clips from a VideoFolder: latents (and the x4 upscaler's low-res frames) encoded once
+    into a shard cache (reused while files, clip spec and VAE stay the same), read one clip at a time
+    when a step asks for it and scaled into the model's latent space. `extra`: entries every item gets."""
     to_images = lambda frames: (frames.movedim(1, -1) + 1) / 2   # (T,3,H,W) [-1,1] -> (T,H,W,3) [0,1]
-    if mode_named(mode).is_upscaler:
-        items = []
-        for i in range(len(dataset)):
-            items += training_items(model, vae, to_images(dataset[i]["frames"]), dataset.spec.frames, mode,
-                                    stride=dataset.spec.frames)
-            if progress is not None:
-                progress(i + 1, len(dataset))
-        return items
-    shards = build_latent_cache(dataset, lambda frames: encode_video(vae, to_images(frames)), cache_dir,
-                                encoder_fingerprint(vae), progress=progress, encode_text=encode_text)
-    items = []
-    for i in range(len(shards)):
-        item = shards[i]
-        items.append({"latents": model.model.process_latent_in(item["latents"].float()),
-                      **({"text": item["text"].float()} if item.get("text") is not None else {})})
-    return items
+    upscaler = mode_named(mode).is_upscaler
+
+    def encode(frames):
+        images = to_images(frames)
+        latents = encode_video(vae, images)
+        if not upscaler:
+            return latents
+        low = low_res_frames(images)
+        check_low_res_grid(latents, low)
+        return {"latents": latents, "low_res": low}
+
+    encoder = encoder_fingerprint(vae) + ("|low_res" if upscaler else "")
+    shards = build_latent_cache(dataset, encode, cache_dir, encoder, progress=progress, encode_text=encode_text)
+    return CachedClips(shards, model.model.process_latent_in, extra)
 
 
 def caption_encoder(clip):

@@ -7,26 +7,47 @@
      "adapter": {"init": null, "context_frames": [0, 1, 2], "context_width": 64, "regimes": [0, 1],
                  "patch": null},                  // patch: latent crop side for mode upscaler
      "data": {"folder": "clips", "frames": 8, "fps": 8, "width": 512, "height": 320,
-              "crop": "random", "on_bad": "stop", "captions": false, "cache": "runs/cache"},
+              "crop": "random", "on_bad": "stop", "captions": false, "cache": "runs/cache",
+              "cache_width": 576, "cache_height": 384, "flip": true},   // latent-space augmentation
      "train": {"steps": 1000, "lr": 1e-4, "batch_size": 1, "warmup": 100, "grad_clip": 1.0,
                "precision": "bf16", "ema_decay": 0.999, "gradient_checkpointing": true,
-               "checkpoint_every": 500, "seed": 0},
-     "monitor": {"tensorboard": false},           // TensorBoard scalars in output/tensorboard (training extra)
+               "checkpoint_every": 500, "seed": 0,
+               "sharding": "ddp"},                // under torchrun: "fsdp" splits weights, grads, AdamW and EMA
+                                                  // over the ranks (one phase; fp32/bf16); checkpoints are whole
+     "monitor": {"tensorboard": false,            // TensorBoard scalars in output/tensorboard (training extra)
+                 "validate_every": 0,             // steps; N > 0: a validation video every N steps (needs tensorboard)
+                 "validation": {"prompts": [""], "frames": null, "steps": 10, "cfg": 5.0, "seed": 0}},
      "decoder": {"init": null, "attention": false, "disc_start": 1000, "adversarial_weight": 0.1,
                  "disc_width": 64}}                // mode decoder; attention: temporal attention layers too;
                                                   // adversarial_weight 0: no discriminator;
                                                   // "temporal_weight": 0 (L1 of frame differences)
 
 data.captions: each clip's caption (captions.json or a sidecar .txt) is encoded once with the
-checkpoint's text encoder and cached with the latents. Mode "decoder" trains the VAE decoder's
-temporal layers and writes temporal_decoder.safetensors (an add-on for Load Temporal VAE). Mode
-"image" is the paper's first stage: it pretrains a bundle's own UNet on single frames (every frame
-of a clip is an independent sample; an x4 upscaler bundle learns from random patches with its
-low-res frames) and writes bundle.safetensors, the input bundle with the trained UNet, whose
-spatial weights every other mode then keeps frozen. Settings under "image": {"text_dropout": 0.1,
-"patch": null}. Mode "vae" comes before it: it trains a bundle's KL autoencoder on single frames
-(L1 + KL) and writes bundle.safetensors with the trained VAE and the latent scale factor measured
-on the data (vae_config.scale_factor). Settings under "vae": {"kl_weight": 1e-6, "patch": null}.
+checkpoint's text encoder and cached with the latents. data.cache_width/cache_height (default:
+width/height) encode the frames larger; each step then cuts every clip's own width x height window
+from its latents (whole latent pixels: margins in multiples of 8 px for SD VAEs) and, with
+data.flip, mirrors it half the time (on latents, an approximation of mirroring the pixels); the
+same for all frames of a clip, drawn from its per-step seed, so resume and DDP stay exact.
+
+Mode "decoder" trains the VAE decoder's temporal layers and writes temporal_decoder.safetensors (an
+add-on for Load Temporal VAE). Mode "image" is the paper's first stage: it pretrains a bundle's own
+UNet on single frames (every frame of a clip is an independent sample; an x4 upscaler bundle learns
+from random patches with its low-res frames) and writes bundle.safetensors, the input bundle with
+the trained UNet, whose spatial weights every other mode then keeps frozen. Settings under "image":
+{"text_dropout": 0.1, "patch": null}. Mode "vae" comes before it: it trains a bundle's KL
+autoencoder on single frames (L1 + KL) and writes bundle.safetensors with the trained VAE and the
+latent scale factor measured on the data (vae_config.scale_factor). Settings under "vae":
+{"kl_weight": 1e-6, "patch": null}.
+
+monitor.validate_every: every N steps rank 0 samples one short clip per validation prompt (default:
+the run's prompt) with the current adapter weights (EMA when kept), the seed, steps and cfg of
+monitor.validation (euler, the run's precision), decodes it with the frozen VAE and logs the clips
+side by side as an animated image to TensorBoard (validation/video); the other ranks wait. frames
+(default: the clips' length) is the video's length; prediction is given the first frames of the
+data's first clips (as many as the adapter's largest context count), interpolation takes their
+every 4th frame as keyframes and samples 4k - 3 frames, the upscaler upscales their low-res
+frames. Modes vae, image and decoder log no video (they say so). Training goes on exactly as
+without it.
 
 A run with checkpoints in `output` resumes from the latest one (set "resume": false to refuse).
 Every section is checked before anything loads (videoldm_core.training.run_config): an unknown key
@@ -37,10 +58,12 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch.utils.data import ConcatDataset
 
 import comfy.sd
 import comfy.utils
@@ -49,6 +72,7 @@ from ..videoldm_core.temporal_adapter import read_adapter_spec, save_adapter
 from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, read_bundle_spec, save_bundle
 from ..videoldm_core.temporal_decoder import TemporalDecoder, TemporalDecoderSpec, read_addon_file, spec_for_decoder
 from ..videoldm_core.training.batches import StepBatches
+from ..videoldm_core.training.crops import latent_augmentation
 from ..videoldm_core.training.decoder_objective import decoder_phases
 from ..videoldm_core.training.discriminator import PatchDiscriminator3D
 from ..videoldm_core.training.data import ClipSpec, VideoFolder
@@ -66,6 +90,7 @@ from .streamed_training import streamed_batches
 from .training import (UNetDenoiser, augmentation_schedule, caption_encoder, decoder_items, folder_items, noise_schedule,
                        pretrainable_unet, starting_adapter, trainable_base, trainable_decoder, trained_state)
 from .unet_layout import model_family
+from .validation import ValidationVideos, validation_note, validation_settings
 
 def load_checkpoint(path: str):
     """(MODEL, CLIP, VAE) from a Video LDM bundle or any checkpoint ComfyUI recognises."""
@@ -95,31 +120,58 @@ def encode_prompt(clip, text: str):
     return cond.float(), (None if pooled is None else pooled.float())
 
 
-def data_folder(data: dict, seed: int, fps: float | None) -> VideoFolder:
-    """The config's data folder as clips of its spec, read at `fps` (None: the source rate)."""
-    spec = ClipSpec(data.get("frames", 8), fps, data.get("height", 256), data.get("width", 256), data.get("crop", "center"))
+def training_size(data: dict) -> tuple[int, int]:
+    return data.get("height", 256), data.get("width", 256)
+
+
+def cached_size(data: dict) -> tuple[int, int]:
+    """The size frames are encoded into the latent cache at: data.cache_height/cache_width, by default
+    the training size (no crop augmentation)."""
+    height, width = training_size(data)
+    return data.get("cache_height", height), data.get("cache_width", width)
+
+
+def data_folder(data: dict, seed: int, fps: float | None, size: tuple[int, int] | None = None) -> VideoFolder:
+    """The config's data folder as clips of its spec, read at `fps` (None: the source rate), at `size`
+    (height, width; default the training size)."""
+    height, width = size or training_size(data)
+    spec = ClipSpec(data.get("frames", 8), fps, height, width, data.get("crop", "center"))
     return VideoFolder(data["folder"], spec, on_bad=data.get("on_bad", "stop"), seed=seed)
 
 
-def dataset_items(model, vae, data: dict, mode, seed: int, world, regimes, encode_text=None) -> list[dict]:
-    """Clips from the data folder, encoded once (rank 0 first, the other ranks then reuse its cache).
-    Interpolation with both regimes reads clips at fps (T→4T) and at 4·fps (4T→16T)."""
+def dataset_items(model, vae, data: dict, mode, seed: int, world, regimes, encode_text=None, extra=None):
+    """Clips from the data folder at the cached size, encoded once (rank 0 first, the other ranks then
+    reuse its cache) and read from it one clip at a time (a Dataset, not a list); `extra`: entries
+    every item gets. Interpolation with both regimes reads clips at fps (T→4T) and at 4·fps (4T→16T)."""
     mode = mode_named(mode)
     rates = [(0, data.get("fps"))]
     if mode.has_regimes and 1 in regimes:
         if not data.get("fps"):
             raise TrainingError("interpolation in both regimes needs data.fps (clips are read at fps and 4·fps).")
         rates = [(r, data["fps"] * (4 if r else 1)) for r in regimes]
-    items = []
+    parts = []
     for regime, fps in rates:
-        dataset = data_folder(data, seed, fps)
+        dataset = data_folder(data, seed, fps, cached_size(data))
         cache = Path(data.get("cache") or Path(data["folder"]) / ".videoldm_cache") / f"{mode}-{fps or 'source'}"
+        constant = {**(extra or {}), **({"regime": torch.tensor(regime)} if mode.has_regimes else {})}
         for rank_turn in (True, False):  # rank 0 builds the cache, then everyone reads it
             if world.is_main == rank_turn:
-                found = folder_items(model, vae, dataset, mode, cache, encode_text=encode_text)
+                found = folder_items(model, vae, dataset, mode, cache, encode_text=encode_text, extra=constant)
             barrier(world)
-        items += [{**item, "regime": torch.tensor(regime)} if mode.has_regimes else item for item in found]
-    return items
+        parts.append(found)
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def cached_batches(items, data: dict, batch_size: int, seed: int, world) -> StepBatches:
+    """Each step's batch of cached clips, with the latent-space crop (clips cached larger than the
+    training size) and data.flip drawn per clip and step; none when there is neither."""
+    latent = tuple(items[0]["latents"].shape[-2:])
+    augment = latent_augmentation(cached_size(data), training_size(data), latent, data.get("flip", False))
+    if augment is not None and world.is_main:
+        flip = ", flipped half the time" if augment.flip else ""
+        print(f"augmentation: each step cuts every clip's {augment.height}x{augment.width} window from its "
+              f"{latent[0]}x{latent[1]} cached latents{flip}", flush=True)
+    return StepBatches(items, batch_size, seed=seed, augment=augment)
 
 
 def read_run_config(path: str) -> dict:
@@ -156,8 +208,8 @@ def run_config(path: str) -> int:
         batches = streamed_batches(base, vae, config["data"], mode, train_config.seed, batch_size, regimes, captions,
                                    allow_pipe=True)   # the operator's own config
     else:
-        batches = StepBatches(dataset_items(base, vae, config["data"], mode, train_config.seed, world, regimes, captions),
-                              batch_size, seed=train_config.seed)
+        batches = cached_batches(dataset_items(base, vae, config["data"], mode, train_config.seed, world, regimes,
+                                               captions), config["data"], batch_size, train_config.seed, world)
     denoiser = UNetDenoiser(base, adapter, text, pooled, gradient_checkpointing=checkpointing).load()
     augment, max_level = augmentation_schedule(base)
     phase = DiffusionPhase(adapter, denoiser, noise_schedule(base, spec), mode, regimes=regimes,
@@ -167,27 +219,33 @@ def run_config(path: str) -> int:
         save_adapter(output / "adapter.safetensors", trained_state(adapter, trainer), spec)
         print(f"wrote {output / 'adapter.safetensors'}", flush=True)
 
+    validation = validation_settings(config)
+    if validation is not None:
+        validation = ValidationVideos(base, clip, vae, adapter, spec, mode, batches, validation, train_config.precision,
+                                      restore=denoiser.load, fps=config["data"].get("fps"))
     return train_and_write(config, world, train_config, batches, output, [phase], {"spec": spec, "mode": mode},
-                           denoiser.device, "adapter/loss", write)
+                           denoiser.device, "adapter/loss", write, validation)
 
 
 def train_and_write(config, world, train_config, batches, output: Path, phases, identity: dict, device,
-                    loss_key: str, write) -> int:
-    """What every mode shares: a Trainer over `batches` (StepBatches of items in memory, or
+                    loss_key: str, write, validate=None) -> int:
+    """What every mode shares: a Trainer over `batches` (StepBatches of cached or in-memory items, or
     StreamedBatches; its checkpoints keyed by `identity` and the global batch), resumed and fitted;
-    `write(trainer)` on rank 0; then every rank waits for it."""
+    `write(trainer)` on rank 0; then every rank waits for it. `validate`: the validation video (host/validation.py)."""
     identity = {k: json.loads(v.to_json()) if hasattr(v, "to_json") else str(v) for k, v in identity.items()}
     identity["global_batch"] = batches.batch_size * world.size
     trainer = Trainer(phases, train_config, batches, output_dir=output, identity=identity, device=device, world=world)
-    fit(trainer, config, train_config, world, output, loss_key)
-    if world.is_main:
-        write(trainer)
+    fit(trainer, config, train_config, world, output, loss_key, validate)
+    with trainer.gathered():   # train.sharding "fsdp": every rank helps gather the whole weights rank 0 writes
+        if world.is_main:
+            write(trainer)
     barrier(world)
     return 0
 
 
-def fit(trainer, config, train_config, world, output: Path, loss_key: str):
-    """Resume from the latest checkpoint in `output` (unless "resume": false), then train with progress lines."""
+def fit(trainer, config, train_config, world, output: Path, loss_key: str, validate=None):
+    """Resume from the latest checkpoint in `output` (unless "resume": false), then train with progress lines
+    and, every monitor.validate_every steps, `validate`'s video logged by rank 0 while the others wait."""
     resume = latest_checkpoint(output) if output.exists() else None
     if resume is not None:
         if config.get("resume", True) is False:
@@ -199,6 +257,9 @@ def fit(trainer, config, train_config, world, output: Path, loss_key: str):
 
     stream = trainer.sample_batch if hasattr(trainer.sample_batch, "skipped_total") else None
     board = TensorBoardLog(output / "tensorboard") if config.get("monitor", {}).get("tensorboard") and world.is_main else None
+    validate_every = config.get("monitor", {}).get("validate_every", 0) if validate is not None else 0
+    if config.get("monitor", {}).get("validate_every") and validate is None and world.is_main:
+        print(validation_note(config.get("mode", "temporal")), flush=True)
 
     def report(row):
         if board is not None:
@@ -208,6 +269,15 @@ def fit(trainer, config, train_config, world, output: Path, loss_key: str):
                 f", data wait {stream.wait_seconds:.1f} s in all, {stream.skipped_total} broken clip(s) skipped"
             print(f"step {row['step']}/{train_config.steps} loss {row[loss_key]:.5f} ({row['seconds']:.2f} s{streamed})",
                   flush=True)
+        if validate_every and row["step"] % validate_every == 0:
+            with trainer.gathered():   # FSDP: every rank helps gather the weights rank 0 samples with
+                if board is not None:
+                    started = time.perf_counter()
+                    videos = validate(trainer)
+                    board.video("validation/video", videos, row["step"], validate.video_fps)
+                    print(f"step {row['step']}: validation video, {videos.shape[0]} clip(s) of {videos.shape[1]} "
+                          f"frames ({time.perf_counter() - started:.1f} s)", flush=True)
+            barrier(world)
 
     try:
         trainer.run(on_step=report)
@@ -316,9 +386,8 @@ def run_image(config, world, train_config, batch_size: int, output: Path) -> int
     null_text, _ = encode_prompt(clip, "")
     captions = caption_encoder(clip) if config["data"].get("captions") else None
     data_mode = UPSCALER if upscaler else TEMPORAL   # how clips are encoded: with low-res frames or not
-    items = dataset_items(model, vae, config["data"], data_mode, train_config.seed, world, (0,), captions)
-    if not config["data"].get("captions"):
-        items = [{**item, "text": text[0]} for item in items]   # the prompt, dropped like a caption
+    prompt = None if config["data"].get("captions") else {"text": text[0]}   # the prompt, dropped like a caption
+    items = dataset_items(model, vae, config["data"], data_mode, train_config.seed, world, (0,), captions, prompt)
     denoiser = UNetDenoiser(model, None, text, pooled).load()
     augment, max_level = augmentation_schedule(model)
     unet = model.model.diffusion_model
@@ -329,8 +398,9 @@ def run_image(config, world, train_config, batch_size: int, output: Path) -> int
     def write(trainer):
         write_bundle(config, output, spec, "unet", trained_state(unet, trainer, phase="unet", attribute="unet"))
 
-    return train_and_write(config, world, train_config, StepBatches(items, batch_size, seed=train_config.seed), output,
-                           [phase], {"bundle": spec, "mode": "image"}, denoiser.device, "unet/loss", write)
+    batches = cached_batches(items, config["data"], batch_size, train_config.seed, world)
+    return train_and_write(config, world, train_config, batches, output, [phase], {"bundle": spec, "mode": "image"},
+                           denoiser.device, "unet/loss", write)
 
 
 PRETRAINING_RUNS = {"decoder": run_decoder, "image": run_image, "vae": run_vae}

@@ -17,6 +17,8 @@ TIERS = ("unit", "host", "server", "browser", "setup")
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `import videoldm_core`, `import devtools`
 
+LONG_MARKERS = ("fuzz_long", "multiprocess_long")   # deselected in the default run, not skipped
+
 
 def tier_of(item) -> str:
     parts = Path(str(item.fspath)).relative_to(REPO_ROOT / "tests").parts
@@ -26,11 +28,12 @@ def tier_of(item) -> str:
 def pytest_collection_modifyitems(config, items):
     for item in items:
         item.add_marker(getattr(pytest.mark, tier_of(item)))
-    if "fuzz_long" not in (config.getoption("markexpr") or ""):   # long budgets run only when selected
-        long = [item for item in items if "fuzz_long" in item.keywords]
-        if long:
-            items[:] = [item for item in items if "fuzz_long" not in item.keywords]
-            config.hook.pytest_deselected(items=long)
+    for marker in LONG_MARKERS:   # long budgets and runs only when selected
+        if marker not in (config.getoption("markexpr") or ""):
+            long = [item for item in items if marker in item.keywords]
+            if long:
+                items[:] = [item for item in items if marker not in item.keywords]
+                config.hook.pytest_deselected(items=long)
 
 
 _outcomes: Counter = Counter()

@@ -1,8 +1,27 @@
 """Fixtures of the host tier shared by several modules: a tiny SD1.x model with random-weight
-prediction and plain adapters applied (`ctx`), and two given latent frames (`given`)."""
+prediction and plain adapters applied (`ctx`), two given latent frames (`given`), and the demo
+bundle with a folder of clips for train.py (`setup`)."""
+
+import subprocess
+import sys
 
 import pytest
 import torch
+
+from devtools.paths import REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def setup(tmp_path_factory):
+    """The demo bundle (a tiny SD1.x) and a folder of synthetic moving-shapes mp4 clips, for the
+    modules that run train.py (made once: ~45 s)."""
+    from devtools.synthetic_data import write_dataset
+
+    root = tmp_path_factory.mktemp("cli")
+    subprocess.run([sys.executable, "-m", "devtools.make_demo_bundle", str(root / "base")], cwd=REPO_ROOT, check=True,
+                   capture_output=True)
+    write_dataset(root / "clips", 4, seed=0, frames=12, height=64, width=64, fps=30.0, as_="mp4")
+    return root
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The toy family's reproduce command (`python -m devtools.toy_family`) runs its whole chain of
-train.py stages (here with --quick: 2 steps each), and what it writes, like the committed family
-in toy/, loads through the pack's own loaders in ComfyUI: both bundles, the prediction,
-interpolation and x4 adapters, and the temporal-decoder add-on."""
+train.py stages (here with --quick: 2 steps each, and --shards: the predictor and x4-temporal
+stages stream their clips from WebDataset shards, so the data.shards path runs in the chain), and
+what it writes, like the committed family in toy/, loads through the pack's own loaders in
+ComfyUI: both bundles, the prediction, interpolation and x4 adapters, and the temporal-decoder add-on."""
 
 import json
 import subprocess
@@ -20,9 +21,11 @@ NAMES = tuple(KEYS.values())
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
-    run = subprocess.run([sys.executable, "-m", "devtools.toy_family", "--quick", "--work", str(root / "work"),
+    run = subprocess.run([sys.executable, "-m", "devtools.toy_family", "--quick", "--shards", "--work", str(root / "work"),
                           "--out", str(root / "out")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-4000:]
+    for stage in ("predictor", "x4-temporal"):   # streamed: clips decoded from shards, encoded per step
+        assert "0 broken clip(s) skipped" in (root / "work" / stage / "train.log").read_text(), stage
     return root / "out"
 
 
@@ -34,6 +37,7 @@ def test_the_chain_writes_every_model_in_fp16_within_25_mb(which, request):
     family = request.getfixturevalue("family") if which == "quick" else COMMITTED
     provenance = json.loads((family / "provenance.json").read_text())
     assert provenance["command"].endswith("--quick") == (which == "quick")
+    assert provenance.get("streamed", []) == (["predictor", "x4-temporal"] if which == "quick" else [])
     assert list(provenance["stages"]) == ["vae", "image", "x4-image", "predictor", "interpolator", "decoder", "x4-temporal"]
     assert sorted(provenance["bytes"]) == sorted(NAMES)
     total = sum(family_file(family, key).stat().st_size for key in KEYS)

@@ -21,3 +21,31 @@ def test_each_steps_scalars_are_written_and_read_back(tmp_path):
     assert set(events.Tags()["scalars"]) == {"train/lr", "adapter/loss", "adapter/grad_norm", "data/wait_share",
                                              "train/clips_per_s"}
     assert [(e.step, round(e.value, 6)) for e in events.Scalars("adapter/loss")] == [(1, 0.5), (2, 0.25)]
+
+
+def test_a_validation_video_is_an_animated_image_summary_at_its_step(tmp_path):
+    """What add_video writes (a GIF in an image summary), read back: the N clips side by side, T frames
+    at the given rate."""
+    import io
+
+    import torch
+    from PIL import Image, ImageSequence
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from videoldm_core.training.monitor import frame_ms
+
+    board = TensorBoardLog(tmp_path)
+    videos = torch.rand(2, 5, 16, 24, 3, generator=torch.Generator().manual_seed(0))
+    board.video("validation/video", videos, step=10, fps=8)
+    board.video("validation/video", videos.flip(1), step=20, fps=8)
+    board.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    written = events.Images("validation/video")
+    assert [(e.step, e.height, e.width) for e in written] == [(10, 16, 48), (20, 16, 48)]
+    gif = Image.open(io.BytesIO(written[0].encoded_image_string))
+    frames = [frame.convert("RGB") for frame in ImageSequence.Iterator(gif)]
+    assert len(frames) == 5 and gif.info["loop"] == 0 and gif.info["duration"] == frame_ms(8) == 120
+    first = torch.frombuffer(bytearray(frames[0].tobytes()), dtype=torch.uint8).reshape(16, 48, 3).float() / 255
+    side_by_side = torch.cat([videos[0, 0], videos[1, 0]], dim=1)
+    assert (first - side_by_side).abs().mean() < 0.05   # a 256-colour palette's rounding

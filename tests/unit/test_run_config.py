@@ -35,10 +35,16 @@ def test_the_train_section_knows_exactly_the_trainers_settings():
     assert set(SECTIONS["train"]) == {f.name for f in fields(TrainConfig)} - {"extra"} | {"batch_size", "gradient_checkpointing"}
 
 
+def nested(section: str, values: dict) -> dict:
+    """{"monitor.validation": values} as the run config holds it: {"monitor": {"validation": values}}."""
+    head, _, rest = section.partition(".")
+    return {head: nested(rest, values) if rest else values}
+
+
 @pytest.mark.parametrize("section", [s for s in SECTIONS if s])
 def test_an_unknown_key_in_any_section_is_named(section):
     with pytest.raises(TrainingError, match=rf"\['{section}\.colour'\]"):
-        check_run_config(config(**{section: {"colour": 1}}))
+        check_run_config(config(**nested(section, {"colour": 1})))
 
 
 def test_an_unknown_top_level_key_is_named():
@@ -82,3 +88,31 @@ def test_required_keys_and_known_modes():
         check_run_config(config(mode="video"))
     with pytest.raises(TrainingError, match="JSON object"):
         check_run_config(["not", "an", "object"])
+
+
+def test_the_cached_size_is_for_a_data_folders_latent_cache_only():
+    sized = {"cache_height": 384, "cache_width": 576, "flip": True}
+    assert check_run_config(config(data=sized))["data"]["cache_width"] == 576
+    with pytest.raises(TrainingError, match=r"'data.cache_width' must be an integer, found 576.5"):
+        check_run_config(config(data={"cache_width": 576.5}))
+    streamed = config(data=sized)
+    streamed["data"]["shards"] = streamed["data"].pop("folder")
+    with pytest.raises(TrainingError, match=r"\['data.cache_height', 'data.cache_width'\] size the latent cache.*"
+                                            r"streamed shards crop in pixel space"):
+        check_run_config(streamed)
+    with pytest.raises(TrainingError, match=r"mode 'decoder' reads frames, not a latent cache"):
+        check_run_config(config(mode="decoder", data={"cache_height": 384}))
+
+
+def test_the_validation_video_is_checked_and_needs_tensorboard():
+    video = {"validate_every": 50, "validation": {"prompts": ["a fox"], "frames": 8, "steps": 4, "cfg": 3, "seed": 1}}
+    assert check_run_config(config(monitor={"tensorboard": True, **video}))["monitor"]["validate_every"] == 50
+    with pytest.raises(TrainingError, match=r"'monitor.validate_every' logs a validation video to TensorBoard; set "
+                                            r"'monitor.tensorboard' to true"):
+        check_run_config(config(monitor=video))
+    with pytest.raises(TrainingError, match=r"'monitor.validation.prompts' must be a list of a string, found 'a fox'"):
+        check_run_config(config(monitor={"tensorboard": True, "validate_every": 5, "validation": {"prompts": "a fox"}}))
+    with pytest.raises(TrainingError, match=r"'monitor.validation.steps' must be at least 1, found 0"):
+        check_run_config(config(monitor={"tensorboard": True, "validate_every": 5, "validation": {"steps": 0}}))
+    with pytest.raises(TrainingError, match=r"'monitor.validate_every' must be 0 \(no validation video\)"):
+        check_run_config(config(monitor={"tensorboard": True, "validate_every": -1}))

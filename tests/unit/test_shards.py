@@ -178,3 +178,59 @@ def test_augmentation_is_one_draw_per_clip_and_changes_from_pass_to_pass(shards)
         assert found, "a draw that is not one window of the whole clip"
         placed.append(found[0])
     assert len(draws) == 8 and len(set(placed)) > 2 and {f for _, f in placed} == {False, True}
+
+
+TORCHRUN_READER = """
+import json, sys, torch
+from videoldm_core.training.distributed import gather_to_main, init_world
+from videoldm_core.training.data import ClipSpec
+from videoldm_core.training.shards import ShardClips, shard_urls
+from videoldm_core.training.streamed_batches import StreamedBatches
+
+world = init_world()   # torchrun's RANK / WORLD_SIZE / MASTER_ADDR: a real gloo process group
+clips = ShardClips(shard_urls(sys.argv[1]), ClipSpec(frames=4, fps=15.0, height=32, width=32), seed=5, shuffle=4)
+stream = StreamedBatches(clips, 1, encode=lambda items: {}, seed=5, workers=2)
+keys = [stream(step, world.rank, world.size)["keys"][0] for step in range(int(sys.argv[3]))]
+with open(f"{sys.argv[2]}/keys-{world.rank}.json", "w") as f:   # each rank's own log
+    json.dump({"rank": world.rank, "world": world.size, "keys": keys, "positions": stream.state_dict()["positions"]}, f)
+everyone = gather_to_main(keys, world)
+if world.is_main:
+    with open(f"{sys.argv[2]}/gathered.json", "w") as f:
+        json.dump(everyone, f)
+torch.distributed.destroy_process_group()
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_ranks_with_two_workers_each_read_disjoint_samples_covering_every_clip(shards, tmp_path):
+    """A real `torchrun --nproc_per_node 2` (c10d rendezvous on 127.0.0.1) of the streamed training
+    data: each rank's StreamedBatches with 2 DataLoader worker processes; over one pass (8 clips in
+    4 shards: 4 steps x 1 clip per rank) the keys the ranks log are disjoint and cover every clip."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from devtools.paths import REPO_ROOT
+
+    out, _ = shards
+    (tmp_path / "reader.py").write_text(TORCHRUN_READER)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                          "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}",
+                          str(tmp_path / "reader.py"), str(out / "clips-{000000..000003}.tar"), str(tmp_path), "4"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    logs = [json.loads((tmp_path / f"keys-{rank}.json").read_text()) for rank in (0, 1)]
+    assert [(log["rank"], log["world"]) for log in logs] == [(0, 2), (1, 2)]
+    assert all(sorted(log["positions"]) == ["0", "1"] for log in logs)   # both workers of each rank read
+    assert not set(logs[0]["keys"]) & set(logs[1]["keys"])
+    assert sorted(logs[0]["keys"] + logs[1]["keys"]) == [f"{i:09d}" for i in range(8)]
+    assert json.loads((tmp_path / "gathered.json").read_text()) == [log["keys"] for log in logs]

@@ -157,3 +157,82 @@ def test_bf16_autocast_trains():
     losses = [r["model/loss"] for r in t.history]
     assert losses[-1] < 0.5 * losses[0]
     assert t.phases[0].linear.weight.dtype == torch.float32   # master weights stay fp32
+
+
+FSDP_WORKER = """
+import importlib.util, sys, torch
+from videoldm_core.training.trainer import latest_checkpoint
+spec = importlib.util.spec_from_file_location("trainer_tests", sys.argv[1])
+tests = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tests)
+torch.set_num_threads(1)
+out = sys.argv[2]
+settings = dict(steps=8, batch=1, ema_decay=0.9, sharding="fsdp")
+
+def finish(t, name):
+    with t.gathered():   # every rank gathers, rank 0 reads whole tensors
+        if t.world.rank == 0:
+            torch.save({"raw": t.phase_state("model", ema=False), "ema": t.phase_state("model")}, f"{out}/{name}.pt")
+
+straight = tests.trainer(f"{out}/straight", **settings)
+assert type(straight.phases[0].linear.weight).__name__ == "DTensor"   # split over the ranks, not replicated
+straight.run()
+finish(straight, "straight")
+first = tests.trainer(f"{out}/resumed", checkpoint_every=3, **settings)
+for _ in range(5):
+    first.train_step()   # checkpoint at 3, then two steps the resumed run redoes
+resumed = tests.trainer(f"{out}/resumed", **settings)
+resumed.load_checkpoint(latest_checkpoint(f"{out}/resumed"))
+assert resumed.step == 3
+resumed.run()
+finish(resumed, "resumed")
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_fsdp_on_two_gloo_ranks_matches_one_process_and_resumes_exactly(tmp_path):
+    """train.sharding "fsdp": 2 processes x batch 1 with weights, gradients, AdamW moments and EMA
+    split over the ranks give one process's losses and weights at batch 2 (to float summation order:
+    losses 1e-6, weights atol 1e-6 as for DDP); a resumed FSDP run repeats the straight one exactly,
+    and its checkpoints hold whole tensors, so one process continues one of them like its own."""
+    import subprocess
+    import sys
+
+    from devtools.paths import REPO_ROOT
+
+    (tmp_path / "worker.py").write_text(FSDP_WORKER)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(tmp_path / "worker.py"), __file__, str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    single = trainer(tmp_path / "single", steps=8, batch=2, ema_decay=0.9)
+    single.run()
+    losses = {name: [float(r["model/loss"]) for r in read_log(tmp_path / name / "loss.csv")]
+              for name in ("single", "straight", "resumed")}
+    assert len(losses["single"]) == 8
+    assert losses["straight"] == pytest.approx(losses["single"], abs=1e-6)
+    assert losses["resumed"] == losses["straight"]   # bit for bit
+    straight, resumed = torch.load(tmp_path / "straight.pt"), torch.load(tmp_path / "resumed.pt")
+    expected = {"raw": single.phase_state("model", ema=False), "ema": single.phase_state("model")}
+    for kind in ("raw", "ema"):
+        for k, v in expected[kind].items():
+            torch.testing.assert_close(straight[kind][k], v, atol=1e-6, rtol=1e-5)
+            assert torch.equal(resumed[kind][k], straight[kind][k])
+    # an FSDP checkpoint is the same files as any other: one process at the same global batch goes on from it
+    continued = trainer(tmp_path / "resumed", steps=8, batch=2, ema_decay=0.9)
+    continued.load_checkpoint(tmp_path / "resumed" / "checkpoint-0000003")
+    continued.run()
+    for k, v in expected["raw"].items():
+        torch.testing.assert_close(continued.phase_state("model", ema=False)[k], v, atol=1e-6, rtol=1e-5)
+
+
+def test_fsdp_refuses_fp16_and_several_phases():
+    with pytest.raises(TrainingError, match="use bf16"):
+        TrainConfig(sharding="fsdp", precision="fp16")
+    with pytest.raises(TrainingError, match=r"sharding in \['ddp', 'fsdp'\]"):
+        TrainConfig(sharding="zero3")
+    from videoldm_core.training.distributed import World
+
+    with pytest.raises(TrainingError, match="sharding 'fsdp' trains one phase, found 2"):   # before any process group is needed
+        Trainer([Regression(), Regression()], TrainConfig(sharding="fsdp"), StepBatches(DATA, 1), world=World(0, 2))

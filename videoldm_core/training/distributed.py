@@ -1,5 +1,6 @@
-"""Scale-out on torchrun: one process per device, DistributedDataParallel for the gradients,
-rendezvous (single or multi node) by torchrun's environment variables."""
+"""Scale-out on torchrun: one process per device, rendezvous (single or multi node) by torchrun's
+environment variables; DistributedDataParallel for the gradients, or FSDP (torch's fully_shard)
+where weights, gradients, optimiser and EMA state are split over the ranks."""
 
 from __future__ import annotations
 
@@ -73,3 +74,38 @@ def scatter_from_main(values: list | None, world: World):
     dist.scatter_object_list(out, values if world.is_main else None, src=0)
     return out[0]
 
+
+
+# --- FSDP (train.sharding "fsdp") -------------------------------------------------------------------
+
+
+def shard_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`module` with every parameter split over the ranks (FSDP2's fully_shard, one unit): each rank
+    keeps 1/N of the weights, their gradients and so of the optimiser and EMA state; the whole
+    weights are gathered for the forward and backward of a step, the gradients reduce-scattered after it."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    return fully_shard(module, mesh=mesh)
+
+
+def is_sharded(tensor) -> bool:
+    if not dist.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+    return isinstance(tensor, DTensor)
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP shard (every rank must call this, in the same order); any other tensor as it is."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
+
+
+def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`full` (the whole tensor, held by every rank) split as `like` is: this rank's shard when `like`
+    is an FSDP shard (no communication), else `full` itself."""
+    if not is_sharded(like):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+    return distribute_tensor(full.detach().to(like.device), like.device_mesh, like.placements, src_data_rank=None)

@@ -1,11 +1,12 @@
 """Encode once, train many times: clip latents (and caption embeddings) in safetensors shards.
 
 The frozen autoencoder and text encoder see each clip once; training then reads `latents`
-(N, T, C, h, w) and `text` (N, L, D) from shard_00000.safetensors, ... A cache is trusted only
-through index.json, which carries a key over the files, the clip spec and the encoder identity,
-and is written last. Every file is written to a temporary name and renamed, so an interrupted
-build leaves only whole shards; each shard records its key and clip names, and a rebuild with
-the same key keeps the shards already finished. Which clips each step and rank read is
+(N, T, C, h, w), `text` (N, L, D) and whatever else the encoder gave per clip (the x4 upscaler's
+`low_res` frames) from shard_00000.safetensors, ..., one item at a time (`CachedClips`). A cache
+is trusted only through index.json, which carries a key over the files, the clip spec and the
+encoder identity, and is written last. Every file is written to a temporary name and renamed, so an
+interrupted build leaves only whole shards; each shard records its key and clip names, and a
+rebuild with the same key keeps the shards already finished. Which clips each step and rank read is
 batches.py's business.
 """
 
@@ -15,6 +16,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Sequence as SequenceABC
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -70,12 +72,14 @@ def _finished_shard(path: Path, key: str, names: list[str]) -> bool:
     return meta.get("key") == key and meta.get("names") == json.dumps(names)
 
 
-def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor], cache_dir, encoder_id: str, shard_size: int = 64,
-                       encode_text: Callable[[list[str]], Tensor] | None = None, progress=None) -> "LatentShards":
+def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor | dict[str, Tensor]], cache_dir, encoder_id: str,
+                       shard_size: int = 64, encode_text: Callable[[list[str]], Tensor] | None = None,
+                       progress=None) -> "LatentShards":
     """Encode every clip of `dataset` (a VideoFolder: items dict(frames, name, caption), with
     `entries`, `spec` and `settings`) into `cache_dir`, or reuse the cache there if its key matches.
-    `encode`: (T, 3, H, W) in [-1, 1] -> (T, C, h, w); `encode_text`: captions -> (N, L, D), missing
-    captions given as "". `progress(done, total)` (in clips) is called after each shard."""
+    `encode`: (T, 3, H, W) in [-1, 1] -> (T, C, h, w) latents, or a dict of per-clip tensors with
+    "latents" among them; `encode_text`: captions -> (N, L, D), missing captions given as "".
+    `progress(done, total)` (in clips) is called after each shard."""
     if shard_size < 1:
         raise TrainingError(f"expected shard_size >= 1, found {shard_size}.")
     cache_dir = Path(cache_dir)
@@ -113,18 +117,20 @@ def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor], cache_dir, e
 
 
 def _encode_shard(dataset, items: range, encode, encode_text) -> dict[str, Tensor]:
-    latents, captions = [], []
+    rows, captions = [], []
     with torch.no_grad():
         for i in items:
             item = dataset[i]
-            z = encode(item["frames"])
+            encoded = encode(item["frames"])
+            encoded = encoded if isinstance(encoded, dict) else {"latents": encoded}
+            z = encoded["latents"]
             frames = item["frames"].shape[0]
             if z.ndim != 4 or z.shape[0] != frames:
                 raise TrainingError(f"encode should map (T, 3, H, W) frames to (T, C, h, w) latents; for "
                                     f"'{item['name']}' it mapped {tuple(item['frames'].shape)} to {tuple(z.shape)}.")
-            latents.append(z.detach().cpu())
+            rows.append({k: v.detach().cpu() for k, v in encoded.items()})
             captions.append(item.get("caption") or "")
-        tensors = {"latents": torch.stack(latents).contiguous()}
+        tensors = {k: torch.stack([row[k] for row in rows]).contiguous() for k in rows[0]}
         if encode_text is not None:
             text = encode_text(captions).detach().cpu()
             if text.ndim != 3 or text.shape[0] != len(captions):
@@ -142,8 +148,8 @@ def _check_shapes(shapes: dict, tensors: dict[str, Tensor], first_name: str) -> 
 
 
 class LatentShards:
-    """The cached items, read lazily: item i is dict(latents (T, C, h, w), text (L, D) or None, name),
-    read from its shard's memory map (only that item's bytes), so memory stays flat in the dataset's
+    """The cached items, read lazily: item i is dict(latents (T, C, h, w), text (L, D) or None, name,
+    and any further cached tensor such as low_res), read from its shard's memory map (only that item's bytes), so memory stays flat in the dataset's
     size. At most `keep` shards are held open."""
 
     def __init__(self, cache_dir, keep: int = 2):
@@ -185,5 +191,26 @@ class LatentShards:
         s, j = divmod(i, self.index["shard_size"])
         shard = self._shard(s)
         row = lambda name: shard.get_slice(name)[j:j + 1][0]
+        others = {k: row(k) for k in shard.keys() if k not in ("latents", "text")}
         return {"latents": row("latents"), "text": row("text") if "text" in shard.keys() else None,
-                "name": self.names[i]}
+                "name": self.names[i], **others}
+
+
+class CachedClips(SequenceABC):
+    """Training items read from a latent cache when asked for, never all at once (no rank holds the
+    dataset): item i is the cache's row i in float32, its latents passed through `latent_in` (into
+    the model's latent space), its caption embedding as "text" when cached, other cached tensors
+    (low_res) as they are, plus the constant entries of `extra` (e.g. an interpolation regime)."""
+
+    def __init__(self, shards: LatentShards, latent_in: Callable[[Tensor], Tensor] = lambda z: z,
+                 extra: dict | None = None):
+        self.shards, self.latent_in, self.extra = shards, latent_in, dict(extra or {})
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.shards[i]
+        item = {"latents": self.latent_in(row["latents"].float())}
+        item.update({k: v.float() for k, v in row.items() if k not in ("latents", "name") and v is not None})
+        return {**item, **self.extra}

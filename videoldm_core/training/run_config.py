@@ -24,16 +24,21 @@ SECTIONS: dict[str, dict[str, object]] = {
                 "max_len": int, "heads": int, "middle_block": bool},
     "data": {"folder": str, "frames": int, "fps": float | None, "width": int, "height": int, "crop": str,
              "on_bad": str, "captions": bool, "cache": str | None,
+             # frames cached larger than width x height, cropped in latent space per step (training.crops)
+             "cache_height": int, "cache_width": int,
              # streamed WebDataset shards instead of a folder (videoldm_core.training.shards)
              "shards": str | list[str], "shuffle": int, "workers": int, "flip": bool, "start": str},
     "train": {"steps": int, "lr": float, "batch_size": int, "warmup": int, "weight_decay": float,
               "betas": list[float], "grad_clip": float | None, "precision": str, "ema_decay": float | None,
-              "gradient_checkpointing": bool, "checkpoint_every": int, "keep_checkpoints": int, "seed": int},
+              "gradient_checkpointing": bool, "checkpoint_every": int, "keep_checkpoints": int, "seed": int,
+              "sharding": str},
     "decoder": {"init": str | None, "attention": bool, "disc_start": int, "adversarial_weight": float,
                 "disc_width": int, "disc_layers": int, "temporal_weight": float},
     "vae": {"kl_weight": float, "patch": int | None},
     "image": {"text_dropout": float, "patch": int | None},
-    "monitor": {"tensorboard": bool},
+    "monitor": {"tensorboard": bool, "validate_every": int, "validation": dict},
+    # the validation video every `validate_every` steps (host/validation.py)
+    "monitor.validation": {"prompts": list[str], "frames": int | None, "steps": int, "cfg": float, "seed": int},
 }
 REQUIRED = {"": ("checkpoint", "output", "data")}
 
@@ -61,12 +66,34 @@ def fits(value, kind) -> bool:
     return isinstance(value, kind)
 
 
+def section_values(config: dict, section: str):
+    """A section's values: "" the top level, "monitor.validation" a section inside "monitor"; {} when absent."""
+    values = config
+    for name in filter(None, section.split(".")):
+        values = values.get(name, {}) if isinstance(values, dict) else {}
+    return values
+
+
+def check_monitor(monitor: dict):
+    every = monitor.get("validate_every", 0)
+    if every < 0:
+        raise TrainingError(f"run configuration: 'monitor.validate_every' must be 0 (no validation video) or a number "
+                            f"of steps, found {every}.")
+    if every and not monitor.get("tensorboard"):
+        raise TrainingError("run configuration: 'monitor.validate_every' logs a validation video to TensorBoard; set "
+                            "'monitor.tensorboard' to true (the training extra has tensorboard).")
+    for key, least in (("steps", 1), ("frames", 2)):
+        value = monitor.get("validation", {}).get(key)
+        if value is not None and value < least:
+            raise TrainingError(f"run configuration: 'monitor.validation.{key}' must be at least {least}, found {value}.")
+
+
 def check_run_config(config) -> dict:
     """`config` (a parsed JSON run configuration) if every section is well formed; else TrainingError."""
     if not isinstance(config, dict):
         raise TrainingError(f"the run configuration must be a JSON object, found {type(config).__name__}.")
     for section, known in SECTIONS.items():
-        values = config if section == "" else config.get(section, {})
+        values = section_values(config, section)
         prefix = f"{section}." if section else ""
         if not isinstance(values, dict):
             continue   # reported by the top-level check of `section`
@@ -82,6 +109,7 @@ def check_run_config(config) -> dict:
             if not fits(value, known[key]):
                 raise TrainingError(f"run configuration: '{prefix}{key}' must be {type_name(known[key])}, "
                                     f"found {value!r}.")
+    check_monitor(config.get("monitor", {}))
     data = config.get("data", {})
     if ("folder" in data) == ("shards" in data):
         raise TrainingError("run configuration: 'data' needs either 'folder' (a folder of clips) or 'shards' "
@@ -90,6 +118,11 @@ def check_run_config(config) -> dict:
     if mode not in MODE_NAMES + PRETRAINING_MODES:
         raise TrainingError(f"run configuration: 'mode' must be one of {list(MODE_NAMES + PRETRAINING_MODES)}, "
                             f"found {mode!r}.")
+    cached = sorted(k for k in ("cache_height", "cache_width") if k in data)
+    if cached and ("shards" in data or mode in ("vae", "decoder")):
+        reader = "streamed shards crop in pixel space (data.crop)" if "shards" in data else f"mode {mode!r} reads frames"
+        raise TrainingError(f"run configuration: {['data.' + k for k in cached]} size the latent cache of a data folder; "
+                            f"{reader}, not a latent cache. Remove them.")
     if mode in PRETRAINING_MODES and "shards" in data:
         raise TrainingError(f"run configuration: data.shards streams clips for the modes {list(MODE_NAMES)}; mode "
                             f"{mode!r} reads a data folder ('data.folder').")

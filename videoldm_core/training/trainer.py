@@ -1,11 +1,17 @@
 """The training loop: AdamW over the trainable phases only, linear warm-up, gradient clipping,
 mixed precision, EMA weights, checkpoints with exact resume, seeded determinism, a loss CSV, and
-DistributedDataParallel under torchrun.
+under torchrun DistributedDataParallel or FSDP (`sharding`).
 
 Exact resume: a step's batch and randomness are functions of (seed, step) alone (see batches.py),
 and a checkpoint holds the trainable weights, optimiser and grad-scaler state, EMA weights and the
 step, so continuing from step k reproduces the uninterrupted run's losses bit for bit on the same
 machine.
+
+Sharding "fsdp" (FSDP2's fully_shard over each phase) splits the trainable weights, their gradients,
+the AdamW moments and the EMA weights over the ranks: what the paper's all-trainable 1.5B
+interpolation model needs on 40 GB GPUs (bench/memory_plan.py). Checkpoints are the same files
+either way: the shards are gathered one tensor at a time and rank 0 writes whole tensors, so a run
+may resume with the other sharding or another number of ranks (streamed data aside).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import csv
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,10 +30,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..state_dict import check_weights
-from .distributed import World, barrier, gather_to_main, init_world, mean_over_ranks, scatter_from_main
+from .distributed import (World, barrier, full_tensor, gather_to_main, init_world, is_sharded, mean_over_ranks,
+                          scatter_from_main, shard_like, shard_module)
 from .objective import Phase, TrainingError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SHARDINGS = ("ddp", "fsdp")
 CHECKPOINT_METADATA_KEY = "videoldm_training"
 
 
@@ -43,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0         # steps; 0: only at the end
     keep_checkpoints: int = 2
+    sharding: str = "ddp"             # under torchrun: "ddp" (each rank holds everything) or "fsdp" (split over ranks)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -56,6 +66,11 @@ class TrainConfig:
             raise TrainingError(f"expected a precision in {list(PRECISIONS)}, found {self.precision!r}.")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise TrainingError(f"expected an EMA decay in (0, 1) or none, found {self.ema_decay}.")
+        if self.sharding not in SHARDINGS:
+            raise TrainingError(f"expected a sharding in {list(SHARDINGS)}, found {self.sharding!r}.")
+        if self.sharding == "fsdp" and self.precision == "fp16":
+            # the grad scaler would find infs in its own shard only, and ranks would disagree on skipping a step
+            raise TrainingError("sharding 'fsdp' trains in fp32 or bf16, found precision 'fp16'; use bf16.")
         self.betas = tuple(self.betas)
 
     def learning_rate(self, step: int) -> float:
@@ -80,6 +95,11 @@ class Trainer:
         for phase in self.phases:
             if not any(p.requires_grad for p in phase.parameters()):
                 raise TrainingError(f"phase '{phase.name}' has no trainable parameters.")
+        if self.sharded and len(self.phases) > 1:
+            raise TrainingError(f"sharding 'fsdp' trains one phase, found {len(self.phases)} "
+                                f"({', '.join(p.name for p in self.phases)}) whose forwards call each other's "
+                                "modules; use sharding 'ddp'.")
+        self._gathered: dict | None = None   # whole weights while inside gathered() (FSDP)
         self.modules = [self._wrap(phase) for phase in self.phases]
         self.optimizers = [torch.optim.AdamW([p for p in phase.parameters() if p.requires_grad], lr=config.lr,
                                              betas=config.betas, weight_decay=config.weight_decay)
@@ -88,9 +108,15 @@ class Trainer:
         self.ema = {k: v.detach().clone().float() for k, v in self.trainable_state().items()} if config.ema_decay else None
         self.history: list[dict] = []
 
+    @property
+    def sharded(self) -> bool:
+        return self.world.distributed and self.config.sharding == "fsdp"
+
     def _wrap(self, phase: nn.Module) -> nn.Module:
         if not self.world.distributed:
             return phase
+        if self.sharded:
+            return shard_module(phase, self.device)   # the phase itself: its parameters become this rank's shards
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
         # gradients live in the all-reduce buckets (no second copy): 4 bytes per trainable parameter less
         return nn.parallel.DistributedDataParallel(phase, device_ids=ids, find_unused_parameters=True,
@@ -102,16 +128,55 @@ class Trainer:
         return {f"{phase.name}.{n}": p for phase in self.phases for n, p in phase.named_parameters() if p.requires_grad}
 
     def ema_state(self) -> dict[str, torch.Tensor]:
-        """The weights to export: EMA weights when kept, else the current ones."""
+        """The weights to export: EMA weights when kept, else the current ones (FSDP: whole tensors
+        inside gathered(), on rank 0)."""
+        if self.sharded:
+            if self._gathered is None:
+                raise TrainingError("the weights are split over the ranks (sharding 'fsdp'): read them inside "
+                                    "trainer.gathered(), entered by every rank.")
+            return self._gathered["ema"]
+        return self._ema_state()
+
+    def _ema_state(self) -> dict[str, torch.Tensor]:
         if self.ema is None:
             return {k: v.detach() for k, v in self.trainable_state().items()}
         return {k: v.to(p.dtype) for (k, v), p in zip(self.ema.items(), self.trainable_state().values())}
 
     def phase_state(self, phase_name: str, ema: bool = True) -> dict[str, torch.Tensor]:
         """One phase's weights with the phase prefix removed (e.g. the adapter's own state dict)."""
-        state = self.ema_state() if ema else {k: v.detach() for k, v in self.trainable_state().items()}
+        if ema or not self.sharded:
+            state = self.ema_state() if ema else {k: v.detach() for k, v in self.trainable_state().items()}
+        else:
+            self.ema_state()   # raises outside gathered()
+            state = self._gathered["raw"]
         prefix = phase_name + "."
         return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+    @contextmanager
+    def gathered(self):
+        """Every rank enters this together; inside, rank 0's ema_state() and phase_state() are whole
+        tensors on the CPU (FSDP: gathered once, a tensor at a time). Unsharded: changes nothing."""
+        if not self.sharded:
+            yield self
+            return
+        raw = {k: v.detach() for k, v in self.trainable_state().items()}
+        self._gathered = {"ema": self._on_main(self._ema_state()), "raw": self._on_main(raw)}
+        try:
+            yield self
+        finally:
+            self._gathered = None
+
+    def _on_main(self, tensors: dict) -> dict | None:
+        """Whole CPU tensors of `tensors` on rank 0, None on the others; FSDP shards are gathered one
+        tensor at a time (every rank calls this), so a rank never holds more than one whole tensor extra."""
+        out = {}
+        for key, value in tensors.items():
+            if isinstance(value, torch.Tensor):
+                value = full_tensor(value.detach())
+                if self.world.is_main:
+                    value = value.contiguous().cpu()
+            out[key] = value
+        return out if self.world.is_main else None
 
     # --- the loop ----------------------------------------------------------------------------------
 
@@ -134,12 +199,17 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise TrainingError(f"step {step + 1}: phase '{phase.name}' loss is {loss.item()}; lower the learning "
                                     "rate or use bf16/fp32 precision.")
+            if self.sharded:
+                # FSDP reduce-scatters the gradients a rank has; a parameter this rank's clips did not reach
+                # (DDP's find_unused_parameters) gets a zero gradient, so every rank reduces the same tensors.
+                # Between the forward and the backward the phase holds its whole (gathered) parameters.
+                loss = loss + 0.0 * sum(p.sum() for p in phase.parameters() if p.requires_grad)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             params = [p for p in phase.parameters() if p.requires_grad]
             if self.scaler:
                 self.scaler.unscale_(optimizer)
             if config.grad_clip is not None:
-                row[f"{phase.name}/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+                row[f"{phase.name}/grad_norm"] = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, config.grad_clip)))
             if self.scaler:
                 self.scaler.step(optimizer)
             else:
@@ -199,21 +269,24 @@ class Trainer:
         return self.output_dir / f"checkpoint-{self.step if step is None else step:07d}"
 
     def save_checkpoint(self, directory: str | Path | None = None) -> Path:
-        """Rank 0 writes trainable.safetensors (+ ema.safetensors) and optimizer.pt; all ranks wait."""
+        """Rank 0 writes trainable.safetensors (+ ema.safetensors) and optimizer.pt, whole tensors under
+        FSDP too (gathered a tensor at a time); all ranks wait."""
         directory = Path(directory) if directory is not None else self.checkpoint_dir()
         stream = getattr(self.sample_batch, "state_dict", None)   # streamed data: each rank's position in it
         streams = gather_to_main({"ranks": self.world.size, **stream()}, self.world) if stream else None
+        weights = self._on_main(self.trainable_state())
+        ema = self._on_main(self.ema) if self.ema is not None else None
+        optimizers = [self._optimizer_on_main(o) for o in self.optimizers]
         if self.world.is_main:
             tmp = directory.with_name(directory.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             meta = {CHECKPOINT_METADATA_KEY: json.dumps({"identity": self.identity, "step": self.step,
                                                          "config": asdict(self.config)}, default=str)}
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.trainable_state().items()},
-                      str(tmp / "trainable.safetensors"), metadata=meta)
-            if self.ema is not None:
-                save_file({k: v.contiguous().cpu() for k, v in self.ema.items()}, str(tmp / "ema.safetensors"), metadata=meta)
-            torch.save({"step": self.step, "optimizers": [o.state_dict() for o in self.optimizers],
+            save_file(weights, str(tmp / "trainable.safetensors"), metadata=meta)
+            if ema is not None:
+                save_file(ema, str(tmp / "ema.safetensors"), metadata=meta)
+            torch.save({"step": self.step, "optimizers": optimizers,
                         "scaler": self.scaler.state_dict() if self.scaler else None}, tmp / "optimizer.pt")
             if streams is not None:
                 (tmp / "data.json").write_text(json.dumps(streams, indent=1))
@@ -222,6 +295,14 @@ class Trainer:
             self._prune_checkpoints()
         barrier(self.world)
         return directory
+
+    def _optimizer_on_main(self, optimizer) -> dict | None:
+        """optimizer.state_dict() with whole tensors (FSDP: its moments gathered), on rank 0."""
+        state = optimizer.state_dict()
+        if not self.sharded:
+            return state if self.world.is_main else None
+        moments = {index: self._on_main(values) for index, values in sorted(state["state"].items())}
+        return {**state, "state": moments} if self.world.is_main else None
 
     def _prune_checkpoints(self):
         if self.output_dir is None or self.config.keep_checkpoints < 1:
@@ -249,16 +330,17 @@ class Trainer:
         check_weights(own, state, f"checkpoint '{directory.name}' does not fit the trainable weights", TrainingError)
         with torch.no_grad():
             for k, p in own.items():
-                p.copy_(state[k])
-        saved = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
+                p.copy_(shard_like(state[k], p))
+        # mmap: the ranks of a node share one copy in the page cache instead of each reading it whole
+        saved = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True, mmap=True)
         for optimizer, optimizer_state in zip(self.optimizers, saved["optimizers"]):
-            optimizer.load_state_dict(optimizer_state)
+            optimizer.load_state_dict(self._sharded_optimizer_state(optimizer, optimizer_state))
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         if self.ema is not None:
             ema_file = directory / "ema.safetensors"
             ema = load_file(str(ema_file)) if ema_file.is_file() else {k: v.detach().float() for k, v in own.items()}
-            self.ema = {k: ema[k].float().clone() for k in own}
+            self.ema = {k: shard_like(ema[k].float(), p).clone() for k, p in own.items()}
         self.step = int(saved["step"])
         if hasattr(self.sample_batch, "load_state_dict"):
             self._restore_stream(directory)
@@ -266,6 +348,16 @@ class Trainer:
             _write_log(self.log_path, [r for r in read_log(self.log_path) if int(r["step"]) <= self.step])
         barrier(self.world)
 
+    def _sharded_optimizer_state(self, optimizer, state: dict) -> dict:
+        """A checkpoint's whole optimizer state cut to this rank's shards of the parameters (FSDP); as
+        it is otherwise. Its parameter indices follow the optimizer's parameter order."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if not any(is_sharded(p) for p in params):
+            return state
+        moments = {index: {k: shard_like(v, params[int(index)]) if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+                           for k, v in values.items()}
+                   for index, values in state["state"].items()}
+        return {**state, "state": moments}
 
     def _restore_stream(self, directory: Path):
         """Every rank's position in streamed data, from the checkpoint's data.json (written by rank 0)."""
