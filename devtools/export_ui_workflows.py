@@ -1,5 +1,5 @@
 """Writes the UI graph (`workflows/<name>.json`) of every API prompt `workflows/api/<name>.json`
-(and `workflows/recipes/<name>.json` of `workflows/recipes/api/<name>.json`),
+(and `workflows/recipes/<name>.json` of `workflows/recipes/api/<name>.json`, `workflows/long/...`),
 using the real frontend's own API-to-graph converter, so the twin opens in the graph editor, laid
 out in stage groups (devtools.graph_layout), and a fit-to-view screenshot of it as opened
 (`docs/graphs/<name>.png`, `docs/graphs/recipes/<name>.png`, shown by the README).
@@ -41,7 +41,7 @@ def public_file_names() -> Path:
 
 
 def main(names: list[str]) -> int:
-    api_files = sorted(paths.API_PROMPTS.glob("*.json")) + sorted(paths.RECIPE_PROMPTS.glob("*.json"))
+    api_files = [f for folder in (paths.API_PROMPTS, paths.RECIPE_PROMPTS, paths.LONG_PROMPTS) for f in sorted(folder.glob("*.json"))]
     if names:
         api_files = [f for f in api_files if f.stem in names]
     with ComfyServer(extra_args=("--extra-model-paths-config", str(public_file_names()))) as server:
@@ -51,11 +51,11 @@ def main(names: list[str]) -> int:
                 workflow = frontend.load_api_prompt(json.loads(api_file.read_text()))
                 workflow["extra"] = {k: v for k, v in workflow.get("extra", {}).items() if k != "ds"}
                 workflow = lay_out(workflow, api_file.stem)
-                recipe = api_file.parent == paths.RECIPE_PROMPTS
-                out = (paths.RECIPES if recipe else paths.WORKFLOWS) / f"{api_file.stem}.json"
+                ui_folder = api_file.parent.parent   # workflows/, workflows/recipes/ or workflows/long/
+                out = ui_folder / f"{api_file.stem}.json"
                 out.write_text(json.dumps(workflow, indent=1) + "\n")
                 frontend.load_workflow(workflow)
-                shots = SCREENSHOTS / "recipes" if recipe else SCREENSHOTS
+                shots = SCREENSHOTS / ui_folder.relative_to(paths.WORKFLOWS)
                 shots.mkdir(parents=True, exist_ok=True)
                 frontend.fit_view_screenshot(shots / f"{api_file.stem}.png")
                 print(out.relative_to(paths.REPO_ROOT))

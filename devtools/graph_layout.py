@@ -112,6 +112,21 @@ RECIPE_STAGES: dict[str, tuple[tuple[Stage, ...], int]] = {
     ), 5),
 }
 
+# Long renders (workflows/long/): toy-family graphs too long for the test runs, run by hand
+LONG_STAGES: dict[str, tuple[tuple[Stage, ...], int]] = {
+    "minute_toy": ((
+        Stage(MODELS, "The toy family the pack ships: keyframe model (64 px frames), prediction and interpolation "
+                      "adapters.", ("1", "6", "7", "9", "10"), (2, 3)),
+        PROMPT,
+        Stage("Keyframes", "116 keyframes at 1.875 fps: the first from the image model, 19 segments of 8 predicted "
+                           "from the last 2.", ("4", "5", "8"), (2, 1)),
+        Stage("Interpolation", "Twice: 116 -> 461 -> 1,841 frames, 1.875 -> 7.5 -> 30 fps.", ("11", "12"), (1, 1)),
+        Stage("Streamed decode", "Each window of 17 frames is decoded and written to the mp4 as it is finished; a "
+                                 "minute never sits in memory as images.", ("13", "14")),
+        Stage(SAVE, "Copy the mp4 to the output folder (no second encode).", ("15",)),
+    ), 3),
+}
+
 PAD, GAP, ROW_GAP, TITLE, NODE_TITLE = 30, 60, 80, 50, 30
 NOTE_HEIGHT = 60
 COLOURS = ("#3f789e", "#8A8", "#b58b2a", "#a1309b", "#88A", "#b06634", "#2f8f83")
@@ -120,7 +135,7 @@ COLOURS = ("#3f789e", "#8A8", "#b58b2a", "#a1309b", "#88A", "#b06634", "#2f8f83"
 def lay_out(workflow: dict, name: str) -> dict:
     """`workflow` (a UI graph from the frontend's converter, node ids = API ids) with its nodes
     placed in stage groups and one Note per group; every node must belong to exactly one stage."""
-    stages, per_row = {**STAGES, **RECIPE_STAGES}[name]
+    stages, per_row = {**STAGES, **RECIPE_STAGES, **LONG_STAGES}[name]
     nodes = {str(n["id"]): n for n in workflow["nodes"]}
     placed = [i for s in stages for i in s.nodes]
     if sorted(placed) != sorted(nodes):

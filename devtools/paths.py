@@ -50,6 +50,11 @@ API_PROMPTS = WORKFLOWS / "api"
 RECIPES = WORKFLOWS / "recipes"
 RECIPE_PROMPTS = RECIPES / "api"
 
+# Long renders: toy-family graphs that run for minutes (workflows/long/<name>.json, api/<name>.json);
+# opened by the browser tier, run by hand (their wall times are in the README), not by the test runs.
+LONG = WORKFLOWS / "long"
+LONG_PROMPTS = LONG / "api"
+
 
 def api_prompt(name: str) -> Path:
     return API_PROMPTS / f"{name}.json"

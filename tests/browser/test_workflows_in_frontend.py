@@ -1,13 +1,13 @@
-"""Every UI workflow in workflows/ (the templates) and workflows/recipes/ opens in the real frontend
+"""Every UI workflow in workflows/ (the templates), workflows/recipes/ and workflows/long/ opens in the real frontend
 with no missing node types and no console errors, and converts back to exactly its API twin."""
 
 import json
 
 import pytest
 
-from devtools.paths import RECIPES, WORKFLOWS
+from devtools.paths import LONG, RECIPES, WORKFLOWS
 
-UI_WORKFLOWS = sorted(WORKFLOWS.glob("*.json")) + sorted(RECIPES.glob("*.json"))
+UI_WORKFLOWS = sorted(WORKFLOWS.glob("*.json")) + sorted(RECIPES.glob("*.json")) + sorted(LONG.glob("*.json"))
 
 PACK_MARKERS = ("comfyui_videoldm", "VideoLDM")
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from devtools import tiny_bundles
+from devtools.frame_strip import read_frames
 
 FRAMES = 12
 
@@ -283,9 +284,8 @@ def test_optional_temporal_attention_starts_as_identity_and_then_mixes_frames(pa
 STREAMED_FRAMES = 23
 
 
-def read_frames(path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+def frames_of(path) -> np.ndarray:
+    return np.stack(read_frames(path)[0])
 
 
 @pytest.mark.parametrize("window, overlap, tile_size", [(5, 2, 0), (8, 1, 4), (30, 0, 0)])
@@ -316,7 +316,7 @@ def test_the_file_equals_core_create_video_and_save_video(vaes, tmp_path):
     core = InputImpl.VideoFromComponents(Types.VideoComponents(images=images, frame_rate=Fraction(12.5)))
     core.save_to(str(tmp_path / "core.mp4"))
     assert written == STREAMED_FRAMES
-    ours, theirs = read_frames(tmp_path / "streamed.mp4"), read_frames(tmp_path / "core.mp4")
+    ours, theirs = frames_of(tmp_path / "streamed.mp4"), frames_of(tmp_path / "core.mp4")
     assert ours.shape == (STREAMED_FRAMES, 64, 64, 3)
     assert np.array_equal(ours, theirs)
     with av.open(str(tmp_path / "streamed.mp4")) as container:
