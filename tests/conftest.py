@@ -17,7 +17,7 @@ TIERS = ("unit", "host", "server", "browser", "setup")
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `import videoldm_core`, `import devtools`
 
-LONG_MARKERS = ("fuzz_long", "multiprocess_long")   # deselected in the default run, not skipped
+LONG_MARKERS = ("fuzz_long", "train_long")   # deselected in the default run, not skipped
 
 
 def tier_of(item) -> str:

@@ -215,7 +215,7 @@ def test_a_streamed_run_resumes_from_its_checkpoints_stream_position(setup, tmp_
     assert [r[0] for r in loss_rows(tmp_path / "out")] == ["1", "2", "3"]
 
 
-@pytest.mark.multiprocess_long   # three 2-process launches, ~5 min; the unit tier's FSDP test runs by default
+@pytest.mark.train_long   # three 2-process launches, ~5 min; the unit tier's FSDP tests run by default
 def test_fsdp_on_two_gloo_processes_trains_like_ddp_and_resumes(setup, tmp_path):
     """train.sharding "fsdp" through torchrun on the real adapter, gradient checkpointing on, in mode
     prediction (0, 1 or 2 context frames drawn per clip, so one rank's clip may leave the context

@@ -58,6 +58,7 @@ def test_a_video_every_n_steps_beside_the_scalars_and_the_same_training_as_witho
     assert all(a[k].equal(b[k]) for k in a)
 
 
+@pytest.mark.train_long   # three train.py runs; by default the streamed test below samples mode prediction
 @pytest.mark.parametrize("mode, frames, sampled, rate", [("prediction", 4, 4, 15), ("interpolation", 5, 5, 60),
                                                          ("upscaler", 4, 4, 15)])
 def test_each_mode_samples_from_the_datas_first_clip(setup, tmp_path, mode, frames, sampled, rate):
