@@ -113,8 +113,8 @@ def main():
 
     if args.one:   # a single run in this fresh process: its seconds and peak RSS
         vae, temporal_vae = build()
-        run(args.one[0], 4, args, vae, temporal_vae, Path(tempfile.mkdtemp()) / "warm.mp4")   # warm-up
         with tempfile.TemporaryDirectory() as folder:
+            run(args.one[0], 4, args, vae, temporal_vae, Path(folder) / "warm.mp4")   # warm-up
             start = time.perf_counter()
             run(args.one[0], int(args.one[1]), args, vae, temporal_vae, Path(folder) / "out.mp4")
             seconds = time.perf_counter() - start

@@ -51,7 +51,7 @@ RECIPES = WORKFLOWS / "recipes"
 RECIPE_PROMPTS = RECIPES / "api"
 
 # Long renders: toy-family graphs that run for minutes (workflows/long/<name>.json, api/<name>.json);
-# opened by the browser tier, run by hand (their wall times are in the README), not by the test runs.
+# opened by the browser tier, run by hand (README: what they take), not by the test runs.
 LONG = WORKFLOWS / "long"
 LONG_PROMPTS = LONG / "api"
 

@@ -16,7 +16,7 @@
                                                   // over the ranks (one phase; fp32/bf16); checkpoints are whole
      "monitor": {"tensorboard": false,            // TensorBoard scalars in output/tensorboard (training extra)
                  "validate_every": 0,             // steps; N > 0: a validation video every N steps (needs tensorboard)
-                 "validation": {"prompts": [""], "frames": null, "steps": 10, "cfg": 5.0, "seed": 0}},
+                 "validation": {"frames": null, "steps": 10, "cfg": 5.0, "seed": 0}},
      "decoder": {"init": null, "attention": false, "disc_start": 1000, "adversarial_weight": 0.1,
                  "disc_width": 64}}                // mode decoder; attention: temporal attention layers too;
                                                   // adversarial_weight 0: no discriminator;

@@ -106,12 +106,13 @@ class ValidationVideos:
 
     @property
     def video_fps(self) -> float:
-        """Frames per second of the logged video: the clips' rate; interpolation makes 4 frames of every
-        keyframe, of clips read at 4 x data.fps in regime 4T-to-16T."""
-        if not self.mode.has_regimes:
-            return self.fps
-        regime = int(self._clips[0].get("regime", 0)) if self._clips else 0
-        return self.fps * 4 * (4 if regime else 1)
+        """Frames per second of the logged video: the clips' rate. Interpolation takes every 4th frame
+        of a clip as a keyframe and makes the clip's frames again, so its video too plays at the clips'
+        rate: data.fps, or 4 x data.fps for clips of regime 4T-to-16T."""
+        return self.fps * (4 if self.mode.has_regimes and self._regime() else 1)
+
+    def _regime(self) -> int:
+        return int(self._clips[0].get("regime", 0)) if self._clips else 0
 
     def sample(self, model, positive, negative, clip: dict) -> torch.Tensor:
         """One clip's latents (unscaled, as a LATENT holds them)."""
@@ -131,7 +132,7 @@ class ValidationVideos:
                                     f"{keyframes.shape[0]}. Use clips of at least 5 frames.")
             regime = [name for name, label in REGIMES.items() if label == int(clip.get("regime", 0))][0]
             out, _ = interpolate_keyframes(model, positive, negative, {"samples": keyframes}, regime, True, ADAPTERS_OWN,
-                                           keyframes.shape[0], fps=self.fps, **common)
+                                           keyframes.shape[0], fps=self.video_fps / 4, **common)   # keyframe rate
             return out["samples"]
         if self.mode.is_upscaler:   # the clip's low-res frames, 4x
             low = ((clip["low_res"][:frames].float() + 1) / 2).movedim(1, -1)

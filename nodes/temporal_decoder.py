@@ -117,7 +117,7 @@ class TemporalVAEDecodeToVideo(io.ComfyNode):
                                tooltip="Frames per second of the video file (as CreateVideo's fps)."),
                 io.Int.Input("window", default=17, min=1, max=4096,
                              tooltip="Frames decoded together as one clip, as in Temporal VAE Decode. Memory holds "
-                                     "about one window of decoded frames, whatever the video's length."),
+                                     "about two windows of decoded frames, whatever the video's length."),
                 io.Int.Input("overlap", default=1, min=0, max=4095,
                              tooltip="Frames shared by neighbouring windows and cross-faded; less than the window.",
                              advanced=True),

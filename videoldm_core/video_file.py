@@ -34,7 +34,7 @@ def frame_rate(fps: float) -> Fraction:
 
 
 def to_8bit(frames: torch.Tensor) -> torch.Tensor:
-    """(n, H, W, 3) floats in [0, 1] → uint8, exactly as core's writer converts an IMAGE."""
+    """Floats in [0, 1] → uint8, exactly as core's writer converts an IMAGE's frames."""
     return (frames * 255).clamp(0, 255).byte()
 
 
@@ -57,19 +57,25 @@ class VideoFileWriter:
 
         self._container = av.open(str(self.part), mode="w", format="mp4",
                                   options={"movflags": "use_metadata_tags+faststart"})
-        self._stream = self._container.add_stream("h264", rate=self.rate)
-        self._stream.width, self._stream.height, self._stream.pix_fmt = self.width, self.height, "yuv420p"
+        try:
+            self._stream = self._container.add_stream("h264", rate=self.rate)
+            self._stream.width, self._stream.height, self._stream.pix_fmt = self.width, self.height, "yuv420p"
+        except BaseException:
+            self._container.close()
+            self.part.unlink(missing_ok=True)
+            raise
         return self
 
     def write(self, frames: torch.Tensor):
-        """Encode a block of finished frames (n, H, W, 3), floats in [0, 1]."""
+        """Encode a block of finished frames (n, H, W, 3), floats in [0, 1], one at a time (no 8-bit or
+        float copy of the whole block)."""
         import av
 
         if frames.ndim != 4 or tuple(frames.shape[1:]) != (self.height, self.width, 3):
             raise VideoFileError(f"expected frames of shape (n, {self.height}, {self.width}, 3), "
                                  f"found {tuple(frames.shape)}.")
-        for frame in to_8bit(frames).cpu().numpy():
-            picture = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+        for frame in frames:
+            picture = av.VideoFrame.from_ndarray(to_8bit(frame).cpu().numpy(), format="rgb24").reformat(format="yuv420p")
             self._container.mux(self._stream.encode(picture))
             self.frames_written += 1
 
@@ -80,7 +86,9 @@ class VideoFileWriter:
             self._container.close()
         except BaseException:
             self.part.unlink(missing_ok=True)
-            raise
+            if kind is None:
+                raise
+            return False   # the error that ended the block is the one to report, not the writer's
         if kind is None:
             os.replace(self.part, self.path)
         else:

@@ -93,7 +93,8 @@ class TilePlan:
     def blend_in_order(self, predict, groups: int = 1, scale: int = 1, channels_last: bool = False, device=None):
         """`blend` frame by frame as the frames are finished: yields (start, block), block (groups, n,
         ...) the blended frames [start, start + n), in order and covering every frame once. Only the
-        frames of the current chunk are held (what a streamed decode writes to a file as it goes).
+        frames of the current chunk are held, with the block just yielded (what a streamed decode
+        writes to a file as it goes).
         Regions are taken in plan order and each element's weighted predictions are summed onto zero
         in that order, so the frames equal `blend`'s bit for bit."""
         pending, first = None, 0     # frames [first, first + len(pending)) still taking contributions
@@ -111,7 +112,7 @@ class TilePlan:
                 grown[:, :pending.shape[1]] = pending
                 pending = grown
             weight = self.weight(index, scale, channels_last).to(pending)
-            frames, *space = region.slices(scale, channels_last)
+            _, *space = region.slices(scale, channels_last)
             pending[(slice(None), slice(t0 - first, t1 - first), *space)] += part.to(pending) * weight
         yield first, pending
 

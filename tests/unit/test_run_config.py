@@ -116,3 +116,9 @@ def test_the_validation_video_is_checked_and_needs_tensorboard():
         check_run_config(config(monitor={"tensorboard": True, "validate_every": 5, "validation": {"steps": 0}}))
     with pytest.raises(TrainingError, match=r"'monitor.validate_every' must be 0 \(no validation video\)"):
         check_run_config(config(monitor={"tensorboard": True, "validate_every": -1}))
+    # interpolation keyframes are every 4th frame: fewer than 5 frames is refused before training, not at step N
+    with pytest.raises(TrainingError, match=r"'monitor.validation.frames' \(or 'data.frames'\) must be at least 5, found 4"):
+        check_run_config(config(monitor={"tensorboard": True, "validate_every": 5, "validation": {"frames": 4}}))
+    with pytest.raises(TrainingError, match=r"must be at least 5, found 4"):
+        check_run_config(config(monitor={"tensorboard": True, "validate_every": 5}, data={"frames": 4}))
+    assert check_run_config(config(mode="temporal", monitor={"tensorboard": True, "validate_every": 5}, data={"frames": 4}))

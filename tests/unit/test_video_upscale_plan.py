@@ -78,3 +78,37 @@ def test_the_out_of_memory_fallback_halves_what_was_really_used_down_to_the_grid
     assert smaller_tile(64, 32, 32) == 16         # a tile larger than the frame counts as the frame
     assert smaller_tile(24, 64, 64) == 8          # 12, down to the 8-pixel grid
     assert smaller_tile(8, 64, 64) is None        # nothing smaller to try
+
+
+def accumulated_blend(plan, predict, groups, scale, channels_last):
+    """The blend as it was before frames streamed: every region's weighted prediction added into one
+    whole zero tensor in plan order (the reference blend_in_order must equal bit for bit)."""
+    out = None
+    for index, region in enumerate(plan.regions):
+        part = predict(region)
+        part = part.reshape(groups, region.frames[1] - region.frames[0], *part.shape[1:])
+        if out is None:
+            h, w = plan.shape[1] * scale, plan.shape[2] * scale
+            tail = (h, w, part.shape[-1]) if channels_last else (part.shape[2], h, w)
+            out = part.new_zeros(groups, plan.shape[0], *tail)
+        out[(slice(None), *region.slices(scale, channels_last))] += part * plan.weight(index, scale, channels_last)
+    return out
+
+
+@pytest.mark.parametrize("groups, scale, channels_last", [(1, 1, False), (2, 1, False), (1, 8, True), (2, 4, True)])
+def test_blend_in_order_yields_the_accumulated_blend_bit_for_bit_in_contiguous_blocks(groups, scale, channels_last):
+    torch.manual_seed(0)
+    plan = plan_tiles(23, 12, 20, 8, 3, 6, 2)    # 5 chunks x 2 x 3 tiles
+    assert len({r.frames for r in plan.regions}) > 3 and len(plan.regions) > 12
+    noise = {region: torch.randn(groups * (region.frames[1] - region.frames[0]),
+                                 *((region.rows[1] - region.rows[0]) * scale, (region.cols[1] - region.cols[0]) * scale, 3)
+                                 if channels_last else (3, (region.rows[1] - region.rows[0]) * scale,
+                                                        (region.cols[1] - region.cols[0]) * scale))
+             for region in plan.regions}
+    reference = accumulated_blend(plan, noise.__getitem__, groups, scale, channels_last)
+    blocks = list(plan.blend_in_order(noise.__getitem__, groups, scale, channels_last))
+    starts = [start for start, _ in blocks]
+    assert starts[0] == 0 and all(b == a + blk.shape[1] for (a, blk), b in zip(blocks, starts[1:]))
+    assert sum(block.shape[1] for _, block in blocks) == 23 and len(blocks) > 1
+    assert torch.equal(torch.cat([block for _, block in blocks], dim=1), reference)
+    assert torch.equal(plan.blend(noise.__getitem__, groups, scale, channels_last), reference.reshape(groups * 23, *reference.shape[2:]))

@@ -75,7 +75,6 @@ def scatter_from_main(values: list | None, world: World):
     return out[0]
 
 
-
 # --- FSDP (train.sharding "fsdp") -------------------------------------------------------------------
 
 

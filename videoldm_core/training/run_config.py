@@ -74,7 +74,7 @@ def section_values(config: dict, section: str):
     return values
 
 
-def check_monitor(monitor: dict):
+def check_monitor(monitor: dict, mode: str | None = None, clip_frames: int | None = None):
     every = monitor.get("validate_every", 0)
     if every < 0:
         raise TrainingError(f"run configuration: 'monitor.validate_every' must be 0 (no validation video) or a number "
@@ -86,6 +86,12 @@ def check_monitor(monitor: dict):
         value = monitor.get("validation", {}).get(key)
         if value is not None and value < least:
             raise TrainingError(f"run configuration: 'monitor.validation.{key}' must be at least {least}, found {value}.")
+    frames = monitor.get("validation", {}).get("frames") or clip_frames
+    if every and mode == "interpolation" and frames is not None and frames < 5:
+        # checked before training: found at the first validation, on rank 0 alone, it would stall the others
+        raise TrainingError(f"run configuration: the interpolation validation video takes every 4th frame of a clip "
+                            f"as a keyframe and needs 2: 'monitor.validation.frames' (or 'data.frames') must be at "
+                            f"least 5, found {frames}.")
 
 
 def check_run_config(config) -> dict:
@@ -109,8 +115,8 @@ def check_run_config(config) -> dict:
             if not fits(value, known[key]):
                 raise TrainingError(f"run configuration: '{prefix}{key}' must be {type_name(known[key])}, "
                                     f"found {value!r}.")
-    check_monitor(config.get("monitor", {}))
     data = config.get("data", {})
+    check_monitor(config.get("monitor", {}), config.get("mode", "temporal"), data.get("frames"))
     if ("folder" in data) == ("shards" in data):
         raise TrainingError("run configuration: 'data' needs either 'folder' (a folder of clips) or 'shards' "
                             f"(WebDataset shards), found {'both' if 'folder' in data else 'neither'}.")

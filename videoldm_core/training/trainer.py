@@ -202,7 +202,9 @@ class Trainer:
             if self.sharded:
                 # FSDP reduce-scatters the gradients a rank has; a parameter this rank's clips did not reach
                 # (DDP's find_unused_parameters) gets a zero gradient, so every rank reduces the same tensors.
-                # Between the forward and the backward the phase holds its whole (gathered) parameters.
+                # Between the forward and the backward the phase holds its whole (gathered) parameters: FSDP2
+                # keeps the root module's parameters unsharded after its forward (reshard_after_forward is
+                # False for the root), so this sum reads them without another all-gather.
                 loss = loss + 0.0 * sum(p.sum() for p in phase.parameters() if p.requires_grad)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             params = [p for p in phase.parameters() if p.requires_grad]
