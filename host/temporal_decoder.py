@@ -137,15 +137,10 @@ def decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_siz
     """Frames (T, H, W, 3) from latents (T, C, h, w): windows of `window` frames overlapping by
     `overlap`, each decoded as one clip and cross-faded; optional spatial tiles of `tile_size`
     latent pixels (overlapping by a quarter) holding every frame of the window."""
-    def collect(blocks) -> torch.Tensor:
-        out = None
-        for start, block in blocks:
-            if out is None:
-                out = block.new_empty(samples.shape[0], *block.shape[1:])
-            out[start:start + block.shape[0]] = block
-        return out.to(mm.intermediate_dtype())
+    def whole(plan, decode, scale, device) -> torch.Tensor:
+        return plan.blend(decode, scale=scale, channels_last=True, device=device).to(mm.intermediate_dtype())
 
-    return _with_smaller_tiles(collect, vae, samples, window, overlap, tile_size)
+    return _with_smaller_tiles(whole, vae, samples, window, overlap, tile_size)
 
 
 def decode_video_to_file(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int, fps: float, path
@@ -153,12 +148,12 @@ def decode_video_to_file(vae, samples: torch.Tensor, window: int, overlap: int, 
     """The frames `decode_video` gives, written to an mp4 at `path` window after window as they are
     finished, never held together: the streamed last stage of a long render. The file appears only
     when complete (videoldm_core.video_file). Returns the number of frames written."""
-    def write(blocks) -> int:
-        blocks = iter(blocks)
-        _, block = next(blocks)                  # the first window's frames give the frame size
+    def write(plan, decode, scale, device) -> int:
+        blocks = (block[0] for _, block in plan.blend_in_order(decode, scale=scale, channels_last=True, device=device))
+        block = next(blocks)                     # the first window's frames give the frame size
         with VideoFileWriter(path, block.shape[2], block.shape[1], fps) as video:
             video.write(block)
-            for _, block in blocks:
+            for block in blocks:
                 video.write(block)
         return video.frames_written
 
@@ -181,13 +176,13 @@ def render_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_siz
 
 
 def _with_smaller_tiles(consume, vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int):
-    """`consume(decoded_frames(...))`; out of device memory, all again with spatial tiles of half the
+    """`consume(*window_decoder(...))`; out of device memory, all again with spatial tiles of half the
     size (down to 8 pixels), with a log line: tiles are blended, so the frames change only within the
     blend's tolerance. The temporal window is never shrunk: that would change which frames the
     temporal layers see."""
     while True:
         try:
-            return consume(decoded_frames(vae, samples, window, overlap, tile_size))
+            return consume(*window_decoder(vae, samples, window, overlap, tile_size))
         except mm.OOM_EXCEPTION:
             smaller = smaller_tile(tile_size, *samples.shape[-2:])
             if smaller is None:
@@ -203,6 +198,15 @@ def _with_smaller_tiles(consume, vae, samples: torch.Tensor, window: int, overla
 def decoded_frames(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int):
     """Yields (start, frames) in order: the blended frames (n, H, W, 3) in [0, 1], float32 on the
     VAE's output device, as each temporal window finishes them."""
+    plan, decode, scale, device = window_decoder(vae, samples, window, overlap, tile_size)
+    for start, block in plan.blend_in_order(decode, scale=scale, channels_last=True, device=device):
+        yield start, block[0]
+
+
+def window_decoder(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int):
+    """(plan, decode, scale, device): the tile plan over windows of frames, the function decoding one
+    region of it as one clip, the decoder's upsampling and the device the blend is kept on; the
+    VAE (and its temporal layers) loaded."""
     if samples.ndim != 4 or samples.shape[1] != vae.latent_channels:
         raise ValueError(f"Temporal VAE Decode: the latent has {samples.shape[1] if samples.ndim > 1 else '?'} channels "
                          f"(shape {tuple(samples.shape)}), the VAE decodes {vae.latent_channels}-channel latents of shape "
@@ -234,8 +238,7 @@ def decoded_frames(vae, samples: torch.Tensor, window: int, overlap: int, tile_s
         pbar.update(1)
         return vae.process_output(x.to(out_device, torch.float32)).movedim(1, -1)
 
-    for start, block in plan.blend_in_order(decode, scale=vae.upscale_ratio, channels_last=True, device=out_device):
-        yield start, block[0]
+    return plan, decode, vae.upscale_ratio, out_device
 
 
 def vae_sources() -> list[str]:

@@ -78,17 +78,22 @@ class TilePlan:
         return tuple(self.weight(i) for i in range(len(self.regions)))
 
     def blend(self, predict, groups: int = 1, scale: int = 1, channels_last: bool = False, device=None) -> torch.Tensor:
-        """Σ_r weight_r · predict(r) placed at r: the one blend engine of Video Upscale (every denoising
-        step) and Temporal VAE Decode (decoded frames). `predict(region)` returns (groups · t, C, h, w)
-        (or (groups · t, h, w, C) with `channels_last`): the region's frames for each of `groups`
-        videos stacked in the batch (e.g. cond and uncond), `scale` times the region's height and
-        width (a decoder's upsampling). The sum is kept on `device` (default: the predictions')."""
+        """Σ_r weight_r · predict(r) placed at r: the blend of Video Upscale (every denoising step) and
+        Temporal VAE Decode (decoded frames), accumulated in one whole tensor. `predict(region)`
+        returns (groups · t, C, h, w) (or (groups · t, h, w, C) with `channels_last`): the region's
+        frames for each of `groups` videos stacked in the batch (e.g. cond and uncond), `scale` times
+        the region's height and width (a decoder's upsampling). The sum is kept on `device` (default:
+        the predictions'). `blend_in_order` gives the same frames as they are finished."""
         out = None
-        for start, block in self.blend_in_order(predict, groups, scale, channels_last, device):
+        t = self.shape[0]
+        for index, region in enumerate(self.regions):
+            part = predict(region)
+            part = part.reshape(groups, region.frames[1] - region.frames[0], *part.shape[1:])
             if out is None:
-                out = block.new_empty(groups, self.shape[0], *block.shape[2:])
-            out[:, start:start + block.shape[1]] = block
-        return out.reshape(groups * self.shape[0], *out.shape[2:])
+                out = part.new_zeros(groups, t, *self._frame_shape(part, scale, channels_last), device=device)
+            weight = self.weight(index, scale, channels_last).to(out)
+            out[(slice(None), *region.slices(scale, channels_last))] += part.to(out) * weight
+        return out.reshape(groups * t, *out.shape[2:])
 
     def blend_in_order(self, predict, groups: int = 1, scale: int = 1, channels_last: bool = False, device=None):
         """`blend` frame by frame as the frames are finished: yields (start, block), block (groups, n,
@@ -96,7 +101,7 @@ class TilePlan:
         frames of the current chunk are held, with the block just yielded (what a streamed decode
         writes to a file as it goes).
         Regions are taken in plan order and each element's weighted predictions are summed onto zero
-        in that order, so the frames equal `blend`'s bit for bit."""
+        in that order, as `blend` sums them, so the frames equal `blend`'s bit for bit."""
         pending, first = None, 0     # frames [first, first + len(pending)) still taking contributions
         for index, region in enumerate(self.regions):
             t0, t1 = region.frames
