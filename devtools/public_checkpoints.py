@@ -55,20 +55,33 @@ def meta_shapes(build) -> dict[str, torch.Size]:
     return {name: tensor.shape for name, tensor in module.state_dict().items()}
 
 
+POOL = 2**24
+
+
 def random_weights(shapes: dict[str, torch.Size], seed: int, std: float = 0.02,
                    kept: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """fp16 normal noise of `std` per tensor; norm and scale weights around 1 so activations keep
-    their size; the tensors in `kept` (e.g. CLIP's position ids) as they are."""
+    their size; the tensors in `kept` (e.g. CLIP's position ids) as they are.
+
+    The noise is one pool of 2^24 normal draws, each tensor read from it at its own random offset
+    (wrapping around): drawing billions of fresh values took most of the two minutes these
+    checkpoints cost a cold cache (CI), and no test needs values beyond the pool's period (larger
+    than any single tensor here) to be independent."""
     generator = torch.Generator().manual_seed(seed)
+    pool = (torch.randn(POOL, generator=generator) * std).to(torch.float16)
     out = {}
     for name, shape in shapes.items():
         if kept and name in kept:
             out[name] = kept[name]
             continue
-        value = torch.randn(shape, generator=generator) * std
+        pieces, left, at = [], shape.numel(), int(torch.randint(POOL, (1,), generator=generator))
+        while left:
+            pieces.append(pool[at:at + left])
+            left, at = left - pieces[-1].numel(), 0
+        value = torch.cat(pieces).reshape(shape)   # a copy of its own size, never a view of the pool
         if name.endswith(".weight") and len(shape) == 1 and any(n in name for n in ("norm", "ln_", "layer_norm")):
-            value += 1.0
-        out[name] = value.to(torch.float16)
+            value = value + 1.0
+        out[name] = value
     return out
 
 

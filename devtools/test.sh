@@ -4,6 +4,6 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/devtools/setup.sh"
-set -a; . "${VIDEOLDM_CACHE:-$ROOT/.cache}/setup.env"; set +a
+set -a; . "${VIDEOLDM_CACHE:-$ROOT/.cache}/setup.env"; . "$ROOT/devtools/allocator.env"; set +a
 cd "$ROOT"
 exec "$VIDEOLDM_VENV/bin/python" -m pytest tests "$@"

@@ -43,7 +43,9 @@ def limited_server(tmp_path_factory, server_base_dir):
     (base / "models" / "vae").mkdir(parents=True)
     bundle = load_file(server_base_dir / "models" / "checkpoints" / DEMO_BUNDLE_NAME)
     save_file({k: v for k, v in bundle.items() if k.startswith("first_stage_model.")}, base / "models" / "vae" / VAE)
-    allocator = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(2**20)}   # see the module's docstring
+    # see the module's docstring; set whatever devtools/allocator.env set: glibc's default trim, no huge pages
+    allocator = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(2**20), "MALLOC_TRIM_THRESHOLD_": str(2**17),
+                 "THP_MEM_ALLOC_ENABLE": "0"}
     with ComfyServer(base_dir=base, env=allocator) as running:
         yield running
 
