@@ -149,7 +149,7 @@ def decode_video_to_file(vae, samples: torch.Tensor, window: int, overlap: int, 
     finished, never held together: the streamed last stage of a long render. The file appears only
     when complete (videoldm_core.video_file). Returns the number of frames written."""
     def write(plan, decode, scale, device) -> int:
-        blocks = (block[0] for _, block in plan.blend_in_order(decode, scale=scale, channels_last=True, device=device))
+        blocks = (block for _, block in _in_order(plan, decode, scale, device))
         block = next(blocks)                     # the first window's frames give the frame size
         with VideoFileWriter(path, block.shape[2], block.shape[1], fps) as video:
             video.write(block)
@@ -198,7 +198,11 @@ def _with_smaller_tiles(consume, vae, samples: torch.Tensor, window: int, overla
 def decoded_frames(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int):
     """Yields (start, frames) in order: the blended frames (n, H, W, 3) in [0, 1], float32 on the
     VAE's output device, as each temporal window finishes them."""
-    plan, decode, scale, device = window_decoder(vae, samples, window, overlap, tile_size)
+    return _in_order(*window_decoder(vae, samples, window, overlap, tile_size))
+
+
+def _in_order(plan, decode, scale, device):
+    """(start, frames) of one video as `plan.blend_in_order` finishes them."""
     for start, block in plan.blend_in_order(decode, scale=scale, channels_last=True, device=device):
         yield start, block[0]
 

@@ -11,8 +11,8 @@ a small headroom the long IMAGE exceeds 2.8 times. Two settings of glibc's alloc
 space follow live memory, so the limit is about what the render holds and not about how the heap
 happened to grow: one arena (the encoder's threads do not each reserve 64 MiB) and a fixed mmap
 threshold (blocks of 1 MiB and more are mapped and unmapped on free, instead of the heap keeping
-them after the threshold rises; without it a long render's peak address space crept up by the
-size of one decoder activation, 16 MiB, over a 24-frame warm-up). The warm-up is longer than the
+them after the threshold rises; without it a long render's peak address space crept 32 MiB, two
+decoder activations of 16 MiB, past a 24-frame warm-up's). The warm-up is longer than the
 encoder's lookahead, so the long render meets no buffer the warm-up did not.
 """
 
