@@ -12,12 +12,19 @@ a deliberately cheap decoder (a 1x1 convolution and a x8 nearest upsampling): a 
 (blending, 8-bit conversion, holding frames, encoding), which is what this measures. Both paths
 call the same decoder the same number of times.
 
+The latents are the stage's input and whole by design (ComfyUI holds a LATENT for the whole
+video): float32 by default, as ComfyUI's samplers give them, or `--latent-dtype float16` (issue 22:
+latents compact where exact enough; the decode casts each window to the VAE's dtype). At 1280x2048
+a float32 latent is 0.625 MiB a frame, so the table also gives each peak less its latents: what the
+path itself holds.
+
 Targets (issue 22): the streamed peak at 1,024 frames within 1.15x of its peak at 128; the
 streamed time per frame within 1.1x of the in-memory path's where both fit.
 
 Usage: .venv/bin/python -m bench.bench_streamed_decode [--height 320 --width 512]
        [--streamed 128 1024] [--in-memory 128 1024] [--window 17 --overlap 1]
-       .venv/bin/python -m bench.bench_streamed_decode --height 1280 --width 2048 --streamed 32 128 --in-memory 32 128
+       .venv/bin/python -m bench.bench_streamed_decode --height 1280 --width 2048 --streamed 128 1024 --in-memory 16 32
+       [--latent-dtype float16]
 """
 
 from __future__ import annotations
@@ -74,19 +81,20 @@ def build():
     return vae, temporal_vae
 
 
-def latents(frames: int, height: int, width: int) -> torch.Tensor:
-    """Smooth synthetic latents: a few low-frequency waves drifting over time."""
+def latents(frames: int, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Smooth synthetic latents: a few low-frequency waves drifting over time, in `dtype`."""
     t = torch.arange(frames, dtype=torch.float32)[:, None, None, None]
     y = torch.linspace(0, 1, height // SCALE)[None, None, :, None]
     x = torch.linspace(0, 1, width // SCALE)[None, None, None, :]
     c = torch.arange(4, dtype=torch.float32)[None, :, None, None]
-    return torch.sin(6.0 * x + 4.0 * y * (c + 1) + 0.05 * t) + torch.cos(5.0 * y - 3.0 * x + 0.03 * t * (c + 1))
+    return (torch.sin(6.0 * x + 4.0 * y * (c + 1) + 0.05 * t)
+            + torch.cos(5.0 * y - 3.0 * x + 0.03 * t * (c + 1))).to(dtype)
 
 
 def run(path: str, frames: int, args, vae, temporal_vae, out_file: Path):
     from comfy_api.latest import InputImpl, Types
 
-    z = latents(frames, args.height, args.width)
+    z = latents(frames, args.height, args.width, getattr(torch, args.latent_dtype))
     with torch.inference_mode():
         if path == "in memory":
             images = temporal_vae.decode_video(vae, z, args.window, args.overlap)
@@ -106,6 +114,7 @@ def main():
     parser.add_argument("--window", type=int, default=17)
     parser.add_argument("--overlap", type=int, default=1)
     parser.add_argument("--fps", type=float, default=24.0)
+    parser.add_argument("--latent-dtype", choices=("float32", "float16"), default="float32")
     parser.add_argument("--streamed", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--in-memory", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
@@ -127,7 +136,7 @@ def main():
         for frames in counts:
             command = [sys.executable, "-m", "bench.bench_streamed_decode", "--height", str(args.height), "--width",
                        str(args.width), "--window", str(args.window), "--overlap", str(args.overlap), "--fps",
-                       str(args.fps), "--one", path, str(frames)]
+                       str(args.fps), "--latent-dtype", args.latent_dtype, "--one", path, str(frames)]
             out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **PEAK_ENV})
             if out.returncode != 0:
                 raise RuntimeError(f"{path} at {frames} frames failed: {out.stderr[-2000:]}")
@@ -137,14 +146,17 @@ def main():
                   flush=True)
 
     frame_mb = args.height * args.width * 3 * 4 / 2**20
+    latent_gib = 4 * (args.height // SCALE) * (args.width // SCALE) * getattr(torch, args.latent_dtype).itemsize / 2**30
     rows = [(PATHS[path], frames, f"{r['seconds'] / frames * 1e3:.0f}", f"{r['peak']:.2f}",
-             f"{r['bytes'] / 2**20:.1f}") for (path, frames), r in results.items()]
-    print_table(f"latents → mp4 at {args.height}x{args.width} ({frame_mb:.1f} MB per float32 frame), window "
-                f"{args.window}, overlap {args.overlap}, fps {args.fps:g}; each run a fresh process",
-                rows, ("path", "frames", "ms/frame", "peak RSS GiB", "file MiB"))
+             f"{r['peak'] - frames * latent_gib:.2f}", f"{r['bytes'] / 2**20:.1f}") for (path, frames), r in results.items()]
+    print_table(f"{args.latent_dtype} latents ({latent_gib * 2**30 / 2**20:.3f} MiB a frame) → mp4 at {args.height}x"
+                f"{args.width} ({frame_mb:.1f} MB per float32 frame), window {args.window}, overlap {args.overlap}, "
+                f"fps {args.fps:g}; each run a fresh process",
+                rows, ("path", "frames", "ms/frame", "peak RSS GiB", "less latents GiB", "file MiB"))
     lo, hi = min(args.streamed), max(args.streamed)
     s_lo, s_hi = results[("streamed", lo)], results[("streamed", hi)]
-    print(f"\nstreamed peak at {hi} frames / at {lo}: {s_hi['peak'] / s_lo['peak']:.3f} (target <= 1.15)")
+    print(f"\nstreamed peak at {hi} frames / at {lo}: {s_hi['peak'] / s_lo['peak']:.3f} (target <= 1.15); less "
+          f"the latents: {(s_hi['peak'] - hi * latent_gib) / (s_lo['peak'] - lo * latent_gib):.3f}")
     m_lo, m_hi = min(args.in_memory), max(args.in_memory)
     growth = (results[("in memory", m_hi)]["peak"] - results[("in memory", m_lo)]["peak"]) * 1024 / (m_hi - m_lo)
     print(f"in-memory peak at {m_hi} frames / at {m_lo}: "

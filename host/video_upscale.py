@@ -1,11 +1,16 @@
 """Video upscaling: the SD x4 upscaler over video frames, tiled in space and chunked in time
 (Video LDM §3.1.1: the upsampler is applied convolutionally, on patches and portions of frames).
 
-Tiling happens inside every model call: a DIFFUSION_MODEL wrapper runs the UNet on each region
-(the same spatial tiles for every frame, overlapping chunks of frames) and blends the predictions
-with weights that sum to one, so every denoising step sees one consistent prediction. At that level
-x already holds the low-res frames (c_concat), so they are tiled with it; the temporal layers of an
-applied adapter see each chunk's frames together.
+Tiling happens inside every model evaluation: a CALC_COND_BATCH wrapper runs core's batched
+model call on each region (the same spatial tiles for every frame, overlapping chunks of frames)
+and blends the predictions with weights that sum to one, so every denoising step sees one
+consistent prediction; the temporal layers of an applied adapter see each chunk's frames together.
+
+The joint state stays compact: the sampler's latents are the only video-sized tensors per step.
+The low-res frames are noise-augmented once, as core's x4 model does it (the same noise, seed and
+schedule), and held in float16; core's conditioning carries them at level 0 (so core does not
+augment them again) and the wrapper gives the model the real level. Each region's call builds its
+per-cond sums, masks, batched input and concatenated frames for that region only.
 """
 
 from __future__ import annotations
@@ -29,42 +34,70 @@ TILING_KEY = "videoldm_tiling"
 GRID = 8  # the x4 UNet halves the latent three times
 
 
-def tiled_forward(plan: TilePlan, on_region=lambda: None):
-    """DIFFUSION_MODEL wrapper: the UNet per region of `plan` (planned once from the latent's shape),
-    predictions blended (one region: untouched)."""
+def tiled_forward(plan: TilePlan, noise_level: int, on_region=lambda: None):
+    """CALC_COND_BATCH wrapper: core's batched model call per region of `plan` (planned once from the
+    latent's shape), on the region of x and of every cond (the low-res frames are a view of the
+    compact frames until the model concatenates them), the predictions of each cond blended (one
+    region: untouched). All of core's per-call state (its per-cond sums, counts and masks, the
+    batched input and frames) is a region's, not the video's. y, the noise level of the low-res
+    frames, is `noise_level` (the conds carry the frames already augmented, at level 0)."""
 
-    def forward(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-        groups = len(transformer_options.get("cond_or_uncond", [0]))
-        shape = (x.shape[0] // groups, x.shape[-2], x.shape[-1])
+    def forward(executor, model, conds, x_in, timestep, model_options):
+        shape = (x_in.shape[0], x_in.shape[-2], x_in.shape[-1])
         if shape != plan.shape:
             raise TilingError(f"the tile plan was made for latents of {plan.shape} (frames, height, width), the "
                               f"model was called with {shape}.")
         if len(plan.regions) == 1:
             on_region()
-            return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
-        if control is not None:
-            raise TilingError("tiled upscaling cannot pass ControlNet hints per tile; remove the ControlNet or use "
-                              "one tile and one chunk covering the video.")
+            return executor(model, _regional(conds, plan.regions[0], plan.shape, noise_level), x_in, timestep,
+                            model_options)
+        refuse_regional_conds(conds)
 
         def predict(region):
             mm.throw_exception_if_processing_interrupted()
-            rows = plan.rows(region, groups).to(x.device)
-
-            def take(value):
-                if not torch.is_tensor(value) or value.ndim == 0 or value.shape[0] != x.shape[0]:
-                    return value
-                if value.ndim == 4 and value.shape[-2:] == x.shape[-2:]:   # a view first: copy the tile only
-                    value = value[..., slice(*region.rows), slice(*region.cols)]
-                return value[rows.to(value.device)]
-
-            out = executor(take(x), take(timesteps), take(context), take(y), None, dict(transformer_options),
-                           **{k: take(v) for k, v in kwargs.items()})
+            frames = slice(*region.frames)
+            outs = executor(model, _regional(conds, region, plan.shape, noise_level),
+                            x_in[frames, :, slice(*region.rows), slice(*region.cols)],
+                            timestep[frames] if timestep.ndim and timestep.shape[0] == x_in.shape[0] else timestep,
+                            model_options)
             on_region()
-            return out
+            return torch.cat(outs)
 
-        return plan.blend(predict, groups)
+        return list(plan.blend(predict, len(conds)).chunk(len(conds)))
 
     return forward
+
+
+def refuse_regional_conds(conds):
+    for group in conds:
+        for cond in group or ():
+            if "control" in cond:
+                raise TilingError("tiled upscaling cannot pass ControlNet hints per tile; remove the ControlNet or use "
+                                  "one tile and one chunk covering the video.")
+            if "area" in cond or "mask" in cond:
+                raise TilingError("tiled upscaling cannot place an area or mask conditioning on each tile; remove "
+                                  "the area or mask, or use one tile and one chunk covering the video.")
+
+
+def _regional(conds, region, shape, noise_level: int):
+    """Each cond with its model conds cut to `region`: tensors of the video's frames by frame and,
+    latent-sized ones (the low-res frames), in space too; y set to the frames' noise level."""
+    frames, (_, height, width) = slice(*region.frames), shape
+
+    def cut(name, value):
+        if name == "y":
+            return value._copy_with(torch.tensor([noise_level]))
+        cond = getattr(value, "cond", None)
+        if not torch.is_tensor(cond) or cond.ndim == 0 or cond.shape[0] != shape[0]:
+            return value
+        cond = cond[frames]
+        if cond.ndim == 4 and cond.shape[-2:] == (height, width):
+            cond = cond[..., slice(*region.rows), slice(*region.cols)]
+        return value._copy_with(cond)
+
+    return [None if group is None else
+            [{**c, "model_conds": {k: cut(k, v) for k, v in c.get("model_conds", {}).items()}} for c in group]
+            for group in conds]
 
 
 def check_upscaler(model):
@@ -82,12 +115,15 @@ def check_grid(height: int, width: int, tile: int):
 
 
 SAMPLER_COPIES = 6   # latent, noise, x, denoised, a multistep sampler's previous prediction, the model output
+FRAMES_DTYPE = torch.float16   # the held low-res frames: |error| <= 2^-11 of a value in [-1, 1] (2^-10 up to 2)
 
 
 def check_upscale_memory(frames: int, height: int, width: int) -> int:
-    """The whole video is one latent through the sampler: its copies and the low-res frames in
-    [-1, 1] (the concat), refused above the pack's limit before any is made."""
-    implied = SAMPLER_COPIES * tensor_bytes((frames, 4, height, width)) + tensor_bytes((frames, 3, height, width))
+    """The whole video is one latent through the sampler: its copies and the augmented low-res
+    frames (held once, and once more in core's conditioning), refused above the pack's limit before
+    any is made."""
+    implied = (SAMPLER_COPIES * tensor_bytes((frames, 4, height, width))
+               + 2 * tensor_bytes((frames, 3, height, width), FRAMES_DTYPE))
     return check_output_size("Video Upscale", implied, dict(frames=frames, width=width, height=height),
                              what=f"sampling a latent of {frames} frames of 4x{height}x{width}")
 
@@ -124,11 +160,21 @@ def upscale_video(model, positive, negative, images: torch.Tensor, noise_augment
             mm.soft_empty_cache()
 
 
+def augmented_frames(model, images: torch.Tensor, level: int, seed: int) -> torch.Tensor:
+    """The low-res frames in [-1, 1] with the x4 model's own noise augmentation at `level` (the
+    noise core's SD_X4Upscaler draws for a sampling seed `seed`), as FRAMES_DTYPE, (T, 3, H, W)."""
+    pixels = images[..., :3].movedim(-1, 1) * 2.0 - 1.0
+    if level > 0:
+        pixels, _ = model.model.noise_augmentor(pixels, noise_level=torch.tensor([level]), seed=seed - 10)
+    return pixels.to(FRAMES_DTYPE)
+
+
 def _sample(model, positive, negative, images, noise_augmentation, cfg, plan: TilePlan, sampler, sigmas,
             run_noise: RunNoise) -> torch.Tensor:
     frames, height, width = plan.shape
-    pixels = images[..., :3].movedim(-1, 1) * 2.0 - 1.0
-    conds = [[[t, {**o, "concat_image": pixels, "noise_augmentation": noise_augmentation}] for t, o in c]
+    level = round(model.model.noise_augmentor.max_noise_level * noise_augmentation)   # as core's SD_X4Upscaler
+    lowres = augmented_frames(model, images, level, run_noise.run_seed(0))
+    conds = [[[t, {**o, "concat_image": lowres, "noise_augmentation": 0.0}] for t, o in c]
              for c in (positive, negative)]
     pbar = comfy.utils.ProgressBar((len(sigmas) - 1) * len(plan.regions))  # one tile-step per region and step
     previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
@@ -139,8 +185,8 @@ def _sample(model, positive, negative, images, noise_augmentation, cfg, plan: Ti
             pbar.update_absolute(pbar.current, pbar.total, previewer.decode_latent_to_preview_image("JPEG", x0))
 
     tiled = model.clone()
-    tiled.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, TILING_KEY,
-                               tiled_forward(plan, lambda: pbar.update(1)))
+    tiled.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, TILING_KEY,
+                               tiled_forward(plan, level, lambda: pbar.update(1)))
     latent = torch.zeros(frames, 4, height, width)
     return comfy.sample.sample_custom(tiled, run_noise(0, latent), cfg, sampler, sigmas, conds[0], conds[1], latent,
                                       callback=preview, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,

@@ -18,10 +18,10 @@ def frames(t=4, size=16, seed=0):
     return (base + 0.05 * torch.randn(t, size, size, 3)).clamp(0, 1)
 
 
-def upscale(x4, images, tile=64, tile_overlap=16, chunk=8, chunk_overlap=2, model=None, cfg=2.0, steps=2):
+def upscale(x4, images, tile=64, tile_overlap=16, chunk=8, chunk_overlap=2, model=None, cfg=2.0, steps=2, seed=3):
     with torch.inference_mode():
         return x4["node"].execute(model=model or x4["model"], positive=x4["positive"], negative=x4["negative"],
-                                  images=images, noise_augmentation=0.1, seed=3, steps=steps, cfg=cfg,
+                                  images=images, noise_augmentation=0.1, seed=seed, steps=steps, cfg=cfg,
                                   sampler_name="euler", scheduler="normal", tile_size=tile, tile_overlap=tile_overlap,
                                   chunk_length=chunk, chunk_overlap=chunk_overlap).result[0]["samples"]
 
@@ -38,9 +38,22 @@ def untiled(x4, images, cfg=2.0, steps=2):
                                    conds[0], conds[1], latent, disable_pbar=True, seed=3)
 
 
-def test_one_tile_and_one_chunk_equal_untiled_sampling_exactly(x4):
+def test_one_tile_and_one_chunk_equal_untiled_sampling_exactly_with_frames_held_in_float32(x4, pack_module, monkeypatch):
+    monkeypatch.setattr(pack_module("host.video_upscale"), "FRAMES_DTYPE", torch.float32)
     images = frames()
     assert torch.equal(upscale(x4, images, tile=16, tile_overlap=4, chunk=4), untiled(x4, images))
+
+
+def test_frames_held_in_float16_change_the_result_only_by_their_rounding(x4, pack_module, monkeypatch):
+    """The default compact form: the augmented low-res frames in float16 (|rounding| <= 2^-10 of
+    the model input's 1 to 2); the sample moves far less than one noise level does."""
+    images = frames()
+    compact = upscale(x4, images, tile=16, tile_overlap=4, chunk=4)
+    exact = untiled(x4, images)
+    assert 0 < (compact - exact).abs().max() < 2e-3 * exact.abs().max()
+    monkeypatch.setattr(pack_module("host.video_upscale"), "FRAMES_DTYPE", torch.float32)
+    other_noise = upscale(x4, images, tile=16, tile_overlap=4, chunk=4, seed=4)
+    assert (other_noise - exact).abs().max() > 50 * (compact - exact).abs().max()
 
 
 def test_tiles_and_chunks_blend_without_visible_seams(x4):
@@ -59,6 +72,36 @@ def test_tiles_and_chunks_blend_without_visible_seams(x4):
     assert seam_error < 1.5 * interior_error + 1e-3
     frame_error = (tiled - reference).abs().mean(dim=(1, 2, 3))
     assert frame_error[[1, 2, 3, 4]].mean() < 1.5 * frame_error[[0, 5]].mean() + 1e-3  # chunk seams at 2..3
+
+
+def test_each_model_call_holds_only_its_regions_state_with_the_frames_in_float16(x4):
+    """The compact joint state: what reaches the model (through core's batched call) is a region of
+    x, cond and uncond batched, and that region's low-res frames, still float16 (the model casts
+    them) and augmented at the node's level (y)."""
+    import comfy.patcher_extension
+
+    seen = []
+
+    def spy(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+        seen.append((tuple(x.shape), tuple(c_concat.shape), c_concat.dtype, kwargs["y"].unique().tolist()))
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+    model = x4["model"].clone()
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_spy", spy)
+    upscale(x4, frames(t=4, size=16), tile=8, tile_overlap=4, chunk=2, chunk_overlap=0, steps=1, model=model)
+    assert len(seen) == 3 * 3 * 2
+    assert {s[0] for s in seen} == {(4, 4, 8, 8)}            # 2 frames x (cond, uncond) of an 8x8 tile
+    assert {s[1:3] for s in seen} == {((4, 3, 8, 8), torch.float16)}
+    assert {tuple(s[3]) for s in seen} == {(35,)}            # noise_augmentation 0.1 of the upscaler's 350
+
+
+def test_area_and_mask_conds_are_refused_when_tiled(x4):
+    area = [[t, {**o, "area": (1, 1, 0, 0)}] for t, o in x4["positive"]]
+    with pytest.raises(x4["error"], match="cannot place an area or mask conditioning on each tile"):
+        with torch.inference_mode():
+            x4["node"].execute(model=x4["model"], positive=area, negative=x4["negative"], images=frames(t=4, size=16),
+                               noise_augmentation=0.1, seed=3, steps=1, cfg=2.0, sampler_name="euler",
+                               scheduler="normal", tile_size=8, tile_overlap=4, chunk_length=2, chunk_overlap=0)
 
 
 def test_progress_counts_every_tile_step(x4, monkeypatch):
