@@ -161,12 +161,20 @@ def upscale_video(model, positive, negative, images: torch.Tensor, noise_augment
 
 
 def augmented_frames(model, images: torch.Tensor, level: int, seed: int) -> torch.Tensor:
-    """The low-res frames in [-1, 1] with the x4 model's own noise augmentation at `level` (the
-    noise core's SD_X4Upscaler draws for a sampling seed `seed`), as FRAMES_DTYPE, (T, 3, H, W)."""
-    pixels = images[..., :3].movedim(-1, 1) * 2.0 - 1.0
-    if level > 0:
-        pixels, _ = model.model.noise_augmentor(pixels, noise_level=torch.tensor([level]), seed=seed - 10)
-    return pixels.to(FRAMES_DTYPE)
+    """The low-res frames in [-1, 1] with the x4 model's own noise augmentation at `level` (its
+    schedule, and the noise core's SD_X4Upscaler draws for a sampling seed `seed`), as FRAMES_DTYPE,
+    (T, 3, H, W). Frame by frame: the noise is drawn one frame at a time from one generator (the
+    same numbers as core's draw for the whole video; tested), so no float32 copy of the video is made."""
+    frames = torch.empty(images.shape[0], 3, *images.shape[1:3], dtype=FRAMES_DTYPE)
+    generator = torch.manual_seed(seed - 10) if level > 0 else None   # core: seed - 10
+    level = torch.tensor([level])
+    for i, image in enumerate(images):
+        pixels = image[None, ..., :3].movedim(-1, 1).float() * 2.0 - 1.0
+        if generator is not None:
+            noise = torch.randn(pixels.shape, generator=generator)
+            pixels = model.model.noise_augmentor.q_sample(pixels, level, noise=noise)
+        frames[i] = pixels[0]
+    return frames
 
 
 def _sample(model, positive, negative, images, noise_augmentation, cfg, plan: TilePlan, sampler, sigmas,
@@ -187,7 +195,7 @@ def _sample(model, positive, negative, images, noise_augmentation, cfg, plan: Ti
     tiled = model.clone()
     tiled.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, TILING_KEY,
                                tiled_forward(plan, level, lambda: pbar.update(1)))
-    latent = torch.zeros(frames, 4, height, width)
+    latent = torch.zeros(1, 1, 1, 1).expand(frames, 4, height, width)   # empty: one stored zero (core reads it)
     return comfy.sample.sample_custom(tiled, run_noise(0, latent), cfg, sampler, sigmas, conds[0], conds[1], latent,
                                       callback=preview, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
                                       seed=run_noise.run_seed(0))
