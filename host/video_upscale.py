@@ -6,8 +6,8 @@ model call on each region (the same spatial tiles for every frame, overlapping c
 and blends the predictions with weights that sum to one, so every denoising step sees one
 consistent prediction; the temporal layers of an applied adapter see each chunk's frames together.
 
-The joint state stays compact: the sampler's latents are the only video-sized tensors per step.
-The low-res frames are noise-augmented once, as core's x4 model does it (the same noise, seed and
+The joint state stays compact: the sampler's float32 latents and the low-res frames in float16
+(ours and core's conditioning's) are the only video-sized tensors. The low-res frames are noise-augmented once, as core's x4 model does it (the same noise, seed and
 schedule), and held in float16; core's conditioning carries them at level 0 (so core does not
 augment them again) and the wrapper gives the model the real level. Each region's call builds its
 per-cond sums, masks, batched input and concatenated frames for that region only.
@@ -74,9 +74,9 @@ def refuse_regional_conds(conds):
             if "control" in cond:
                 raise TilingError("tiled upscaling cannot pass ControlNet hints per tile; remove the ControlNet or use "
                                   "one tile and one chunk covering the video.")
-            if "area" in cond or "mask" in cond:
-                raise TilingError("tiled upscaling cannot place an area or mask conditioning on each tile; remove "
-                                  "the area or mask, or use one tile and one chunk covering the video.")
+            if "area" in cond or "mask" in cond or "gligen" in cond:
+                raise TilingError("tiled upscaling cannot place an area, mask or GLIGEN conditioning on each tile; "
+                                  "remove it, or use one tile and one chunk covering the video.")
 
 
 def _regional(conds, region, shape, noise_level: int):
@@ -114,16 +114,16 @@ def check_grid(height: int, width: int, tile: int):
         raise TilingError(f"tile_size must be a multiple of {GRID}, found {tile}.")
 
 
-SAMPLER_COPIES = 6   # latent, noise, x, denoised, a multistep sampler's previous prediction, the model output
-FRAMES_DTYPE = torch.float16   # the held low-res frames: |error| <= 2^-11 of a value in [-1, 1] (2^-10 up to 2)
+SAMPLER_COPIES = 6   # noise, x, denoised, a multistep sampler's previous prediction, cond and uncond blended
+FRAMES_DTYPE = torch.float16   # the held low-res frames: each value rounded by at most 2^-11 of its magnitude
 
 
-def check_upscale_memory(frames: int, height: int, width: int) -> int:
+def check_upscale_memory(frames: int, height: int, width: int, cond_entries: int = 2) -> int:
     """The whole video is one latent through the sampler: its copies and the augmented low-res
-    frames (held once, and once more in core's conditioning), refused above the pack's limit before
-    any is made."""
+    frames (held once, and once more for each of the `cond_entries` entries of the positive and
+    negative conditioning, by core's conditioning), refused above the pack's limit before any is made."""
     implied = (SAMPLER_COPIES * tensor_bytes((frames, 4, height, width))
-               + 2 * tensor_bytes((frames, 3, height, width), FRAMES_DTYPE))
+               + (1 + cond_entries) * tensor_bytes((frames, 3, height, width), FRAMES_DTYPE))
     return check_output_size("Video Upscale", implied, dict(frames=frames, width=width, height=height),
                              what=f"sampling a latent of {frames} frames of 4x{height}x{width}")
 
@@ -141,7 +141,7 @@ def upscale_video(model, positive, negative, images: torch.Tensor, noise_augment
     check_upscaler(model)
     frames, height, width = images.shape[0], images.shape[1], images.shape[2]
     check_grid(height, width, tile_size)
-    check_upscale_memory(frames, height, width)
+    check_upscale_memory(frames, height, width, len(positive) + len(negative))
     while True:
         plan = plan_tiles(frames, height, width, tile_size, tile_overlap, chunk_length, chunk_overlap)   # x4 latent = input size
         try:
@@ -160,16 +160,18 @@ def upscale_video(model, positive, negative, images: torch.Tensor, noise_augment
             mm.soft_empty_cache()
 
 
-def augmented_frames(model, images: torch.Tensor, level: int, seed: int) -> torch.Tensor:
+def augmented_frames(model, images: torch.Tensor, noise_augmentation: float, level: int, seed: int) -> torch.Tensor:
     """The low-res frames in [-1, 1] with the x4 model's own noise augmentation at `level` (its
-    schedule, and the noise core's SD_X4Upscaler draws for a sampling seed `seed`), as FRAMES_DTYPE,
-    (T, 3, H, W). Frame by frame: the noise is drawn one frame at a time from one generator (the
-    same numbers as core's draw for the whole video; tested), so no float32 copy of the video is made."""
+    schedule, and the noise core's SD_X4Upscaler draws for a sampling seed `seed`, from the global
+    generator as core does), as FRAMES_DTYPE, (T, 3, H, W). Frame by frame, in float32 on the CPU:
+    the noise is drawn one frame at a time from one generator (the same numbers as core's draw for
+    the whole video when 3·H·W is a multiple of 16, as on the 8-pixel grid; tested), so no float32
+    copy of the video is made."""
     frames = torch.empty(images.shape[0], 3, *images.shape[1:3], dtype=FRAMES_DTYPE)
-    generator = torch.manual_seed(seed - 10) if level > 0 else None   # core: seed - 10
+    generator = torch.manual_seed(seed - 10) if noise_augmentation > 0 else None   # core: seed - 10, any level
     level = torch.tensor([level])
     for i, image in enumerate(images):
-        pixels = image[None, ..., :3].movedim(-1, 1).float() * 2.0 - 1.0
+        pixels = image[None, ..., :3].movedim(-1, 1).to("cpu", torch.float32) * 2.0 - 1.0
         if generator is not None:
             noise = torch.randn(pixels.shape, generator=generator)
             pixels = model.model.noise_augmentor.q_sample(pixels, level, noise=noise)
@@ -181,7 +183,9 @@ def _sample(model, positive, negative, images, noise_augmentation, cfg, plan: Ti
             run_noise: RunNoise) -> torch.Tensor:
     frames, height, width = plan.shape
     level = round(model.model.noise_augmentor.max_noise_level * noise_augmentation)   # as core's SD_X4Upscaler
-    lowres = augmented_frames(model, images, level, run_noise.run_seed(0))
+    latent = torch.zeros(1, 1, 1, 1).expand(frames, 4, height, width)   # empty: one stored zero (core reads it)
+    noise = run_noise(0, latent)   # before the augmentation's noise, as core draws them (global generator)
+    lowres = augmented_frames(model, images, noise_augmentation, level, run_noise.run_seed(0))
     conds = [[[t, {**o, "concat_image": lowres, "noise_augmentation": 0.0}] for t, o in c]
              for c in (positive, negative)]
     pbar = comfy.utils.ProgressBar((len(sigmas) - 1) * len(plan.regions))  # one tile-step per region and step
@@ -195,7 +199,6 @@ def _sample(model, positive, negative, images, noise_augmentation, cfg, plan: Ti
     tiled = model.clone()
     tiled.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, TILING_KEY,
                                tiled_forward(plan, level, lambda: pbar.update(1)))
-    latent = torch.zeros(1, 1, 1, 1).expand(frames, 4, height, width)   # empty: one stored zero (core reads it)
-    return comfy.sample.sample_custom(tiled, run_noise(0, latent), cfg, sampler, sigmas, conds[0], conds[1], latent,
+    return comfy.sample.sample_custom(tiled, noise, cfg, sampler, sigmas, conds[0], conds[1], latent,
                                       callback=preview, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
                                       seed=run_noise.run_seed(0))

@@ -18,19 +18,20 @@ def frames(t=4, size=16, seed=0):
     return (base + 0.05 * torch.randn(t, size, size, 3)).clamp(0, 1)
 
 
-def upscale(x4, images, tile=64, tile_overlap=16, chunk=8, chunk_overlap=2, model=None, cfg=2.0, steps=2, seed=3):
+def upscale(x4, images, tile=64, tile_overlap=16, chunk=8, chunk_overlap=2, model=None, cfg=2.0, steps=2, seed=3,
+            augmentation=0.1):
     with torch.inference_mode():
         return x4["node"].execute(model=model or x4["model"], positive=x4["positive"], negative=x4["negative"],
-                                  images=images, noise_augmentation=0.1, seed=seed, steps=steps, cfg=cfg,
+                                  images=images, noise_augmentation=augmentation, seed=seed, steps=steps, cfg=cfg,
                                   sampler_name="euler", scheduler="normal", tile_size=tile, tile_overlap=tile_overlap,
                                   chunk_length=chunk, chunk_overlap=chunk_overlap).result[0]["samples"]
 
 
-def untiled(x4, images, cfg=2.0, steps=2):
+def untiled(x4, images, cfg=2.0, steps=2, augmentation=0.1):
     import comfy.sample
 
     pixels = images.movedim(-1, 1) * 2.0 - 1.0
-    conds = [[[t, {**o, "concat_image": pixels, "noise_augmentation": 0.1}] for t, o in c]
+    conds = [[[t, {**o, "concat_image": pixels, "noise_augmentation": augmentation}] for t, o in c]
              for c in (x4["positive"], x4["negative"])]
     latent = torch.zeros(images.shape[0], 4, images.shape[1], images.shape[2])
     with torch.inference_mode():
@@ -38,10 +39,15 @@ def untiled(x4, images, cfg=2.0, steps=2):
                                    conds[0], conds[1], latent, disable_pbar=True, seed=3)
 
 
-def test_one_tile_and_one_chunk_equal_untiled_sampling_exactly_with_frames_held_in_float32(x4, pack_module, monkeypatch):
+@pytest.mark.parametrize("augmentation", [0.1, 0.001, 0.0])   # 0.001: level 0, which core still augments
+def test_one_tile_and_one_chunk_equal_untiled_sampling_exactly_with_frames_held_in_float32(x4, pack_module, monkeypatch,
+                                                                                          augmentation):
     monkeypatch.setattr(pack_module("host.video_upscale"), "FRAMES_DTYPE", torch.float32)
     images = frames()
-    assert torch.equal(upscale(x4, images, tile=16, tile_overlap=4, chunk=4), untiled(x4, images))
+    ours = upscale(x4, images, tile=16, tile_overlap=4, chunk=4, augmentation=augmentation)
+    after_ours = torch.rand(4)          # the global generator, left as core's sampling leaves it
+    assert torch.equal(ours, untiled(x4, images, augmentation=augmentation))
+    assert torch.equal(after_ours, torch.rand(4))
 
 
 def test_frames_held_in_float16_change_the_result_only_by_their_rounding(x4, pack_module, monkeypatch):
@@ -97,7 +103,7 @@ def test_each_model_call_holds_only_its_regions_state_with_the_frames_in_float16
 
 def test_area_and_mask_conds_are_refused_when_tiled(x4):
     area = [[t, {**o, "area": (1, 1, 0, 0)}] for t, o in x4["positive"]]
-    with pytest.raises(x4["error"], match="cannot place an area or mask conditioning on each tile"):
+    with pytest.raises(x4["error"], match="cannot place an area, mask or GLIGEN conditioning on each tile"):
         with torch.inference_mode():
             x4["node"].execute(model=x4["model"], positive=area, negative=x4["negative"], images=frames(t=4, size=16),
                                noise_augmentation=0.1, seed=3, steps=1, cfg=2.0, sampler_name="euler",
