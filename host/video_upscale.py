@@ -16,6 +16,8 @@ per-cond sums, masks, batched input and concatenated frames for that region only
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import comfy.model_base
 import comfy.model_management as mm
@@ -28,6 +30,7 @@ import torch
 from ..videoldm_core.limits import check_finite_latent, check_output_size, tensor_bytes
 from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles, smaller_tile
 from .guidance import RunNoise, sampler_and_sigmas
+from .temporal_decoder import decoded_frames
 
 log = logging.getLogger("videoldm")
 TILING_KEY = "videoldm_tiling"
@@ -128,24 +131,60 @@ def check_upscale_memory(frames: int, height: int, width: int, cond_entries: int
                              what=f"sampling a latent of {frames} frames of 4x{height}x{width}")
 
 
-def upscale_video(model, positive, negative, images: torch.Tensor, noise_augmentation: float, seed: int, steps: int,
-                  cfg: float, sampler_name: str, scheduler: str, tile_size: int, tile_overlap: int, chunk_length: int,
-                  chunk_overlap: int, sampler=None, sigmas=None, noise=None) -> dict:
-    """The x4 LATENT of IMAGE frames, sampled jointly with tiles and chunks blended at every step.
-    `sampler`, `sigmas`, `noise`: core SAMPLER / SIGMAS / NOISE values replacing the node's own.
+DECODE_WINDOW, DECODE_OVERLAP = 17, 1   # low-res latents are decoded as Temporal VAE Decode does by default
+
+
+@dataclass(frozen=True)
+class LowResFrames:
+    """The low-res frames' count and size, and `blocks()`: a fresh iterator of them in order as
+    blocks (n, H, W, 3) in [0, 1]."""
+    frames: int
+    height: int
+    width: int
+    blocks: Callable[[], Iterator[torch.Tensor]]
+
+
+def low_res_frames(images: torch.Tensor | None, low_res_latent: dict | None, vae) -> LowResFrames:
+    """From an IMAGE, or from a LATENT decoded window by window with `vae` (Temporal VAE Decode's
+    default windows), so that no float32 video of the low-res frames is ever whole in memory."""
+    if (images is None) == (low_res_latent is None):
+        raise TilingError("Video Upscale takes its low-res frames from exactly one source: connect images (an IMAGE) "
+                          f"or low_res_latent with its vae, found {'both' if images is not None else 'neither'}.")
+    if images is not None:
+        return LowResFrames(images.shape[0], images.shape[1], images.shape[2], lambda: iter(images.split(1)))
+    if vae is None:
+        raise TilingError("low_res_latent needs the vae that decodes it (the low-res model's VAE, e.g. from Load "
+                          "Temporal VAE or the checkpoint's VAE); none is connected.")
+    samples, scale = low_res_latent["samples"], getattr(vae, "upscale_ratio", None)
+    if not isinstance(scale, int) or samples.ndim != 4:
+        raise TilingError(f"low_res_latent: expected an image VAE's latent (frames, channels, height, width) and a VAE "
+                          f"that upsamples by a whole factor, found a latent of shape {tuple(samples.shape)} and a "
+                          f"VAE upsampling by {scale!r}.")
+    return LowResFrames(samples.shape[0], samples.shape[-2] * scale, samples.shape[-1] * scale,
+                        lambda: (block for _, block in decoded_frames(vae, samples, DECODE_WINDOW, DECODE_OVERLAP, 0)))
+
+
+def upscale_video(model, positive, negative, images: torch.Tensor | None, noise_augmentation: float, seed: int,
+                  steps: int, cfg: float, sampler_name: str, scheduler: str, tile_size: int, tile_overlap: int,
+                  chunk_length: int, chunk_overlap: int, sampler=None, sigmas=None, noise=None, low_res_latent=None,
+                  vae=None) -> dict:
+    """The x4 LATENT of low-res frames (an IMAGE, or a LATENT with its VAE), sampled jointly with
+    tiles and chunks blended at every step. `sampler`, `sigmas`, `noise`: core SAMPLER / SIGMAS /
+    NOISE values replacing the node's own.
 
     Out of device memory, it samples again from the start with spatial tiles of half the size (the
     overlap scaled with them, down to GRID pixels), with a log line: tiles are blended at every
     step, so the result changes only within the blend's tolerance. Chunks of frames are never
     shrunk: that would change which frames the temporal layers see together."""
     check_upscaler(model)
-    frames, height, width = images.shape[0], images.shape[1], images.shape[2]
+    low_res = low_res_frames(images, low_res_latent, vae)
+    frames, height, width = low_res.frames, low_res.height, low_res.width
     check_grid(height, width, tile_size)
     check_upscale_memory(frames, height, width, len(positive) + len(negative))
     while True:
         plan = plan_tiles(frames, height, width, tile_size, tile_overlap, chunk_length, chunk_overlap)   # x4 latent = input size
         try:
-            return {"samples": _sample(model, positive, negative, images, noise_augmentation, cfg, plan,
+            return {"samples": _sample(model, positive, negative, low_res, noise_augmentation, cfg, plan,
                                        *sampler_and_sigmas(model, sampler_name, scheduler, steps, sampler, sigmas),
                                        RunNoise(seed, noise, [frames], (4, height, width)))}
         except mm.OOM_EXCEPTION:
@@ -160,16 +199,17 @@ def upscale_video(model, positive, negative, images: torch.Tensor, noise_augment
             mm.soft_empty_cache()
 
 
-def augmented_frames(model, images: torch.Tensor, noise_augmentation: float, level: int, seed: int) -> torch.Tensor:
+def augmented_frames(model, low_res: LowResFrames, noise_augmentation: float, level: int, seed: int) -> torch.Tensor:
     """The low-res frames in [-1, 1] with the x4 model's own noise augmentation at `level` (its
     schedule, and the noise core's SD_X4Upscaler draws for a sampling seed `seed`, from the global
     generator as core does), as FRAMES_DTYPE, (T, 3, H, W). Frame by frame, in float32 on the CPU:
     the noise is drawn one frame at a time from one generator (the same numbers as core's draw for
     the whole video when 3·H·W is a multiple of 16, as on the 8-pixel grid; tested), so no float32
     copy of the video is made."""
-    frames = torch.empty(images.shape[0], 3, *images.shape[1:3], dtype=FRAMES_DTYPE)
+    frames = torch.empty(low_res.frames, 3, low_res.height, low_res.width, dtype=FRAMES_DTYPE)
     generator = torch.manual_seed(seed - 10) if noise_augmentation > 0 else None   # core: seed - 10, any level
     level = torch.tensor([level])
+    images = (image for block in low_res.blocks() for image in block)
     for i, image in enumerate(images):
         pixels = image[None, ..., :3].movedim(-1, 1).to("cpu", torch.float32) * 2.0 - 1.0
         if generator is not None:
@@ -179,13 +219,13 @@ def augmented_frames(model, images: torch.Tensor, noise_augmentation: float, lev
     return frames
 
 
-def _sample(model, positive, negative, images, noise_augmentation, cfg, plan: TilePlan, sampler, sigmas,
+def _sample(model, positive, negative, low_res: LowResFrames, noise_augmentation, cfg, plan: TilePlan, sampler, sigmas,
             run_noise: RunNoise) -> torch.Tensor:
     frames, height, width = plan.shape
     level = round(model.model.noise_augmentor.max_noise_level * noise_augmentation)   # as core's SD_X4Upscaler
     latent = torch.zeros(1, 1, 1, 1).expand(frames, 4, height, width)   # empty: one stored zero (core reads it)
     noise = run_noise(0, latent)   # before the augmentation's noise, as core draws them (global generator)
-    lowres = augmented_frames(model, images, noise_augmentation, level, run_noise.run_seed(0))
+    lowres = augmented_frames(model, low_res, noise_augmentation, level, run_noise.run_seed(0))
     conds = [[[t, {**o, "concat_image": lowres, "noise_augmentation": 0.0}] for t, o in c]
              for c in (positive, negative)]
     pbar = comfy.utils.ProgressBar((len(sigmas) - 1) * len(plan.regions))  # one tile-step per region and step

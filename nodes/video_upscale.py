@@ -22,12 +22,15 @@ class VideoUpscale(io.ComfyNode):
             display_name="Video Upscale",
             category="Video LDM/upscaling",
             description="Upscales video frames 4x with the SD x4 upscaler (with or without a temporal adapter), "
-                        "denoising in overlapping spatial tiles and temporal chunks blended at every step.",
+                        "denoising in overlapping spatial tiles and temporal chunks blended at every step. The low-res "
+                        "frames come from images, or from low_res_latent decoded with vae (compact for long videos).",
             inputs=[
                 io.Model.Input("model", tooltip="The SD x4 upscaler MODEL, optionally with a temporal adapter applied."),
                 io.Conditioning.Input("positive", tooltip="The prompt."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt."),
-                io.Image.Input("images", tooltip="Low-res frames (batch = frames); height and width multiples of 8."),
+                io.Image.Input("images", optional=True,
+                               tooltip="Low-res frames (batch = frames); height and width multiples of 8. Or leave it "
+                                       "unconnected and connect low_res_latent and vae."),
                 io.Float.Input("noise_augmentation", default=0.1, min=0.0, max=1.0, step=0.01,
                                tooltip="Noise on the low-res frames (level 0-350 of the upscaler), as core's "
                                        "SD_4XUpscale_Conditioning."),
@@ -41,6 +44,13 @@ class VideoUpscale(io.ComfyNode):
                              tooltip="Frames denoised together (the temporal layers see a chunk); the paper uses about 8."),
                 io.Int.Input("chunk_overlap", default=2, min=0, max=4095, tooltip="Overlap of neighbouring chunks.", advanced=True),
                 *custom_sampling_inputs(),
+                io.Latent.Input("low_res_latent", optional=True,
+                                tooltip="Instead of images: the low-res video's LATENT, decoded here window by window "
+                                        "(windows of 17 frames overlapping by 1, as Temporal VAE Decode's defaults) "
+                                        "into compact frames, so no float32 IMAGE of the whole video is made."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="The VAE that decodes low_res_latent (the low-res model's VAE, or a Temporal "
+                                     "VAE for its temporal decoder)."),
             ],
             outputs=[io.Latent.Output(tooltip="The x4 latent (decode with the x4 upscaler's VAE).")],
         )
@@ -51,9 +61,10 @@ class VideoUpscale(io.ComfyNode):
 
     @classmethod
     @override
-    def execute(cls, model, positive, negative, images, noise_augmentation, seed, steps, cfg, sampler_name, scheduler,
-                tile_size, tile_overlap, chunk_length, chunk_overlap, sampler=None, sigmas=None, noise=None) -> io.NodeOutput:
+    def execute(cls, model, positive, negative, noise_augmentation, seed, steps, cfg, sampler_name, scheduler,
+                tile_size, tile_overlap, chunk_length, chunk_overlap, images=None, sampler=None, sigmas=None, noise=None,
+                low_res_latent=None, vae=None) -> io.NodeOutput:
         checked_numbers(cls, noise_augmentation=noise_augmentation, cfg=cfg, tile_size=tile_size)   # the step: check_grid
         return io.NodeOutput(upscale_video(model, positive, negative, images, noise_augmentation, seed, steps, cfg,
                                            sampler_name, scheduler, tile_size, tile_overlap, chunk_length, chunk_overlap,
-                                           sampler, sigmas, noise))
+                                           sampler, sigmas, noise, low_res_latent, vae))

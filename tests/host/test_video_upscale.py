@@ -210,3 +210,36 @@ def test_core_sampler_sigmas_and_noise_reach_the_upscaler(x4):
         assert torch.equal(run(noise=Noise_RandomNoise(3)), own)   # the seed's own noise, through NOISE
         assert (run(noise=Noise_RandomNoise(4)) - own).abs().max() > 1e-3
         assert (run(sigmas=sigmas[1:]) - own).abs().max() > 1e-3   # starting from a lower noise level
+
+
+def test_a_low_res_latent_with_its_vae_gives_the_same_result_as_its_decoded_images(x4, tiny_sd1, pack_module):
+    """low_res_latent + vae: decoded window by window inside the node (Temporal VAE Decode's default
+    windows) into the compact frames, the same frames as Temporal VAE Decode → images."""
+    decoder = pack_module("host.temporal_decoder")
+    upscaler = pack_module("host.video_upscale")
+    vae = tiny_sd1[2]
+    torch.manual_seed(1)
+    latent = torch.randn(20, 4, 2, 2)        # 16 px frames, two decode windows (17, overlap 1)
+    with torch.inference_mode():
+        images = decoder.decode_video(vae, latent, upscaler.DECODE_WINDOW, upscaler.DECODE_OVERLAP)
+        from_images = upscale(x4, images, tile=8, tile_overlap=4, chunk=8, chunk_overlap=2, steps=1)
+        from_latent = x4["node"].execute(
+            model=x4["model"], positive=x4["positive"], negative=x4["negative"], low_res_latent={"samples": latent},
+            vae=vae, noise_augmentation=0.1, seed=3, steps=1, cfg=2.0, sampler_name="euler", scheduler="normal",
+            tile_size=8, tile_overlap=4, chunk_length=8, chunk_overlap=2).result[0]["samples"]
+    assert images.shape == (20, 16, 16, 3)
+    assert torch.equal(from_latent, from_images)
+
+
+@pytest.mark.parametrize("sources, message", [
+    (dict(), "exactly one source: .* found neither"),
+    (dict(images=True, low_res_latent=True), "exactly one source: .* found both"),
+    (dict(low_res_latent=True), "low_res_latent needs the vae that decodes it"),
+])
+def test_the_low_res_source_must_be_one_of_images_or_a_latent_with_its_vae(x4, sources, message):
+    given = {"images": frames(t=2, size=16), "low_res_latent": {"samples": torch.zeros(2, 4, 2, 2)}}
+    with pytest.raises(x4["error"], match=message):
+        x4["node"].execute(model=x4["model"], positive=x4["positive"], negative=x4["negative"],
+                           **{k: given[k] for k in sources}, noise_augmentation=0.1, seed=3, steps=1, cfg=2.0,
+                           sampler_name="euler", scheduler="normal", tile_size=8, tile_overlap=4, chunk_length=2,
+                           chunk_overlap=0)
