@@ -88,8 +88,8 @@ def child(method: str, side: int, args) -> dict:
 
     def work(side=side, frames=args.frames):
         images = torch.rand(frames, side, side, 3, generator=torch.Generator().manual_seed(1))
-        return upscale.execute(model, text, text, images, 0.1, 0, 1, 1.0, "euler", "normal", tile, overlap,
-                               frames, 0).result[0]["samples"]
+        return upscale.execute(model, text, text, 0.1, 0, 1, 1.0, "euler", "normal", tile, overlap, frames, 0,
+                               images=images).result[0]["samples"]
 
     with torch.inference_mode():
         work(min(side, args.tile), 1)  # warm-up: model load, first-call allocations

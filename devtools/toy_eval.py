@@ -124,8 +124,8 @@ def ablation_upscaler(family: Family, seed: int, count: int, steps: int, cfg: fl
     for i, (small, large) in enumerate(zip(low, high)):
         positive = family.prompt(small.caption)
         for key, model in (("baseline", family.x4_model), ("ours", family.x4_video_model)):
-            latent = upscale.execute(model, positive, negative, images_of(small.frames), 0.1, seed * 1000 + i, steps, cfg,
-                                     "euler", "normal", SIDE, 16, FRAMES, 2).result[0]["samples"]
+            latent = upscale.execute(model, positive, negative, 0.1, seed * 1000 + i, steps, cfg, "euler", "normal",
+                                     SIDE, 16, FRAMES, 2, images=images_of(small.frames)).result[0]["samples"]
             video = as_video(family.x4_vae.decode(latent))
             out[key].append(temporal_difference_error(video, large.frames))
     return out

@@ -201,6 +201,13 @@ def decoded_frames(vae, samples: torch.Tensor, window: int, overlap: int, tile_s
     return _in_order(*window_decoder(vae, samples, window, overlap, tile_size))
 
 
+def consume_decoded_frames(consume, vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int):
+    """`consume(blocks)` of `decoded_frames`' blocks (n, H, W, 3) in order; out of device memory, all
+    again with smaller spatial tiles, as the decode nodes do (`consume` must start afresh)."""
+    return _with_smaller_tiles(lambda *decoder: consume(block for _, block in _in_order(*decoder)), vae, samples,
+                               window, overlap, tile_size)
+
+
 def _in_order(plan, decode, scale, device):
     """(start, frames) of one video as `plan.blend_in_order` finishes them."""
     for start, block in plan.blend_in_order(decode, scale=scale, channels_last=True, device=device):

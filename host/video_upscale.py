@@ -30,7 +30,7 @@ import torch
 from ..videoldm_core.limits import check_finite_latent, check_output_size, tensor_bytes
 from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles, smaller_tile
 from .guidance import RunNoise, sampler_and_sigmas
-from .temporal_decoder import decoded_frames
+from .temporal_decoder import consume_decoded_frames
 
 log = logging.getLogger("videoldm")
 TILING_KEY = "videoldm_tiling"
@@ -136,12 +136,13 @@ DECODE_WINDOW, DECODE_OVERLAP = 17, 1   # low-res latents are decoded as Tempora
 
 @dataclass(frozen=True)
 class LowResFrames:
-    """The low-res frames' count and size, and `blocks()`: a fresh iterator of them in order as
-    blocks (n, H, W, 3) in [0, 1]."""
+    """The low-res frames' count and size, and `consume(fn)`: fn called with an iterator of them in
+    order as blocks (n, H, W, 3) in [0, 1] (called again from the start if decoding them runs out of
+    device memory and falls back to smaller tiles)."""
     frames: int
     height: int
     width: int
-    blocks: Callable[[], Iterator[torch.Tensor]]
+    consume: Callable[[Callable[[Iterator[torch.Tensor]], torch.Tensor]], torch.Tensor]
 
 
 def low_res_frames(images: torch.Tensor | None, low_res_latent: dict | None, vae) -> LowResFrames:
@@ -151,17 +152,18 @@ def low_res_frames(images: torch.Tensor | None, low_res_latent: dict | None, vae
         raise TilingError("Video Upscale takes its low-res frames from exactly one source: connect images (an IMAGE) "
                           f"or low_res_latent with its vae, found {'both' if images is not None else 'neither'}.")
     if images is not None:
-        return LowResFrames(images.shape[0], images.shape[1], images.shape[2], lambda: iter(images.split(1)))
+        return LowResFrames(images.shape[0], images.shape[1], images.shape[2], lambda fn: fn(iter(images.split(1))))
     if vae is None:
         raise TilingError("low_res_latent needs the vae that decodes it (the low-res model's VAE, e.g. from Load "
                           "Temporal VAE or the checkpoint's VAE); none is connected.")
     samples, scale = low_res_latent["samples"], getattr(vae, "upscale_ratio", None)
-    if not isinstance(scale, int) or samples.ndim != 4:
-        raise TilingError(f"low_res_latent: expected an image VAE's latent (frames, channels, height, width) and a VAE "
-                          f"that upsamples by a whole factor, found a latent of shape {tuple(samples.shape)} and a "
-                          f"VAE upsampling by {scale!r}.")
+    if not isinstance(scale, int) or samples.ndim != 4 or samples.shape[1] != vae.latent_channels:
+        raise TilingError(f"low_res_latent: expected an image VAE's latent (frames, {vae.latent_channels} channels, "
+                          f"height, width) and a VAE that upsamples by a whole factor, found a latent of shape "
+                          f"{tuple(samples.shape)} and a VAE upsampling by {scale!r}. Use the VAE of the model that "
+                          "made the latent.")
     return LowResFrames(samples.shape[0], samples.shape[-2] * scale, samples.shape[-1] * scale,
-                        lambda: (block for _, block in decoded_frames(vae, samples, DECODE_WINDOW, DECODE_OVERLAP, 0)))
+                        lambda fn: consume_decoded_frames(fn, vae, samples, DECODE_WINDOW, DECODE_OVERLAP, 0))
 
 
 def upscale_video(model, positive, negative, images: torch.Tensor | None, noise_augmentation: float, seed: int,
@@ -207,16 +209,19 @@ def augmented_frames(model, low_res: LowResFrames, noise_augmentation: float, le
     the whole video when 3·H·W is a multiple of 16, as on the 8-pixel grid; tested), so no float32
     copy of the video is made."""
     frames = torch.empty(low_res.frames, 3, low_res.height, low_res.width, dtype=FRAMES_DTYPE)
-    generator = torch.manual_seed(seed - 10) if noise_augmentation > 0 else None   # core: seed - 10, any level
     level = torch.tensor([level])
-    images = (image for block in low_res.blocks() for image in block)
-    for i, image in enumerate(images):
-        pixels = image[None, ..., :3].movedim(-1, 1).to("cpu", torch.float32) * 2.0 - 1.0
-        if generator is not None:
-            noise = torch.randn(pixels.shape, generator=generator)
-            pixels = model.model.noise_augmentor.q_sample(pixels, level, noise=noise)
-        frames[i] = pixels[0]
-    return frames
+
+    def augment(blocks: Iterator[torch.Tensor]) -> torch.Tensor:   # from the first frame, the generator seeded
+        generator = torch.manual_seed(seed - 10) if noise_augmentation > 0 else None   # core: seed - 10, any level
+        for i, image in enumerate(image for block in blocks for image in block):
+            pixels = image[None, ..., :3].movedim(-1, 1).to("cpu", torch.float32) * 2.0 - 1.0
+            if generator is not None:
+                noise = torch.randn(pixels.shape, generator=generator)
+                pixels = model.model.noise_augmentor.q_sample(pixels, level, noise=noise)
+            frames[i] = pixels[0]
+        return frames
+
+    return low_res.consume(augment)
 
 
 def _sample(model, positive, negative, low_res: LowResFrames, noise_augmentation, cfg, plan: TilePlan, sampler, sigmas,

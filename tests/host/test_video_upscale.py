@@ -235,11 +235,43 @@ def test_a_low_res_latent_with_its_vae_gives_the_same_result_as_its_decoded_imag
     (dict(), "exactly one source: .* found neither"),
     (dict(images=True, low_res_latent=True), "exactly one source: .* found both"),
     (dict(low_res_latent=True), "low_res_latent needs the vae that decodes it"),
+    (dict(low_res_latent=True, vae=True, channels=3), "expected an image VAE's latent \\(frames, 4 channels.*found a latent "
+                                                      "of shape \\(2, 3, 2, 2\\)"),
 ])
-def test_the_low_res_source_must_be_one_of_images_or_a_latent_with_its_vae(x4, sources, message):
-    given = {"images": frames(t=2, size=16), "low_res_latent": {"samples": torch.zeros(2, 4, 2, 2)}}
+def test_the_low_res_source_must_be_one_of_images_or_a_latent_with_its_vae(x4, tiny_sd1, sources, message):
+    given = {"images": frames(t=2, size=16), "low_res_latent": {"samples": torch.zeros(2, sources.pop("channels", 4), 2, 2)},
+             "vae": tiny_sd1[2]}
     with pytest.raises(x4["error"], match=message):
         x4["node"].execute(model=x4["model"], positive=x4["positive"], negative=x4["negative"],
                            **{k: given[k] for k in sources}, noise_augmentation=0.1, seed=3, steps=1, cfg=2.0,
                            sampler_name="euler", scheduler="normal", tile_size=8, tile_overlap=4, chunk_length=2,
                            chunk_overlap=0)
+
+
+def test_decoding_the_low_res_latent_out_of_memory_falls_back_to_smaller_decode_tiles(x4, tiny_sd1, caplog):
+    """The decode inside Video Upscale has the decode nodes' fallback (smaller spatial tiles, logged);
+    the sampling's tiles are untouched."""
+    import comfy.model_management as mm
+
+    vae = tiny_sd1[2]
+    widths = []
+
+    def out_of_memory_above_8(module, args):
+        widths.append(args[0].shape[-1])
+        if args[0].shape[-1] > 8:
+            raise mm.OOM_EXCEPTION("test: no memory to decode a 16-pixel-wide latent")
+
+    hook = vae.first_stage_model.decoder.register_forward_pre_hook(out_of_memory_above_8)
+    try:
+        with caplog.at_level("WARNING", logger="videoldm"), torch.inference_mode():
+            out = x4["node"].execute(
+                model=x4["model"], positive=x4["positive"], negative=x4["negative"],
+                low_res_latent={"samples": torch.randn(2, 4, 16, 16)}, vae=vae, noise_augmentation=0.1, seed=3,
+                steps=1, cfg=1.0, sampler_name="euler", scheduler="normal", tile_size=64, tile_overlap=16,
+                chunk_length=2, chunk_overlap=0).result[0]["samples"]
+    finally:
+        hook.remove()
+    assert out.shape == (2, 4, 128, 128) and torch.isfinite(out).all()
+    assert widths[0] == 16 and set(widths[1:]) == {8}
+    assert "Temporal VAE Decode ran out of memory with whole frames; decoding again with spatial tiles of 8" in caplog.text
+    assert "Video Upscale ran out of memory" not in caplog.text
