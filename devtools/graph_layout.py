@@ -29,10 +29,10 @@ STAGES: dict[str, tuple[tuple[Stage, ...], int]] = {   # name -> (stages, groups
         Stage("Keyframes", "The image model draws the first; Extend Video predicts the rest from the last 2.",
               ("4", "5", "8"), (2, 1)),
         Stage("Interpolation", "Three new frames between each pair, twice: 1.875 -> 7.5 -> 30 fps.", ("11", "12"), (1, 1)),
-        Stage("Temporal decode", "Frames from latents, the decoder's temporal layers smoothing over time.", ("13", "14")),
-        Stage("Upscale x4", "The x4 upscaler with temporal layers, prompted through its own text encoder.",
+        Stage("Temporal decode", "The decoder with temporal layers, smoothing frames over time.", ("13",)),
+        Stage("Upscale x4", "The x4 upscaler with temporal layers; it decodes the 64 px latents window by window.",
               ("15", "16", "17", "18", "19", "20"), (2, 1, 2, 1)),
-        Stage(SAVE, "Decode the 256 px latents and write the mp4 at 30 fps.", ("21", "22", "23")),
+        Stage(SAVE, "Decode the 256 px latents into the mp4 at 30 fps, window by window.", ("21", "23")),
     ), 4),
     "rollout": ((
         Stage(MODELS, "The toy keyframe model and its prediction adapter.", ("1", "9", "10")),
