@@ -10,28 +10,9 @@ import av
 import numpy as np
 import pytest
 import torch
-from devtools import tiny_bundles
 from devtools.frame_strip import read_frames
 
 FRAMES = 12
-
-
-@pytest.fixture(scope="module")
-def vae_parts(pack_module):
-    """(tiny SD-layout image VAE state dict, its ddconfig, a random temporal decoder state dict in
-    SVD's key layout built with ComfyUI's own temporal_ae.VideoDecoder)."""
-    from comfy.ldm.modules.temporal_ae import VideoDecoder
-
-    spec = tiny_bundles.tiny_sd1_spec()
-    bundle = tiny_bundles.random_bundle_state_dict(spec, seed=7)
-    image_sd = {k[len("first_stage_model."):]: v for k, v in bundle.items() if k.startswith("first_stage_model.")}
-    ddconfig = dict(spec.vae_config["ddconfig"])
-    video_decoder = VideoDecoder(video_kernel_size=[3, 1, 1], alpha=0.0, **ddconfig)
-    torch.manual_seed(8)
-    with torch.no_grad():
-        for name, p in video_decoder.named_parameters():
-            p.copy_(image_sd[f"decoder.{name}"] if f"decoder.{name}" in image_sd else torch.randn_like(p) * 0.05)
-    return image_sd, ddconfig, video_decoder
 
 
 def smooth_latents(frames=FRAMES, seed=0):
@@ -40,14 +21,6 @@ def smooth_latents(frames=FRAMES, seed=0):
     a, b = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     t = torch.linspace(0, 1, frames)[:, None, None, None]
     return (1 - t) * a + t * b
-
-
-@pytest.fixture(scope="module")
-def vaes(pack_module, vae_parts):
-    temporal_vae = pack_module("host.temporal_decoder")
-    image_sd, _, video_decoder = vae_parts
-    svd_sd = dict(image_sd, **{f"decoder.{k}": v for k, v in video_decoder.state_dict().items()})
-    return temporal_vae, temporal_vae.load_temporal_vae(image_sd, "image"), temporal_vae.load_temporal_vae(svd_sd, "svd")
 
 
 def test_image_vae_gives_core_vae_decode_images(vaes):

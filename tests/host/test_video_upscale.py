@@ -212,16 +212,21 @@ def test_core_sampler_sigmas_and_noise_reach_the_upscaler(x4):
         assert (run(sigmas=sigmas[1:]) - own).abs().max() > 1e-3   # starting from a lower noise level
 
 
-def test_a_low_res_latent_with_its_vae_gives_the_same_result_as_its_decoded_images(x4, tiny_sd1, pack_module):
+@pytest.mark.parametrize("kind", ["image", "temporal"])
+def test_a_low_res_latent_with_its_vae_gives_the_same_result_as_its_decoded_images(x4, vaes, pack_module, kind):
     """low_res_latent + vae: decoded window by window inside the node (Temporal VAE Decode's default
-    windows) into the compact frames, the same frames as Temporal VAE Decode → images."""
-    decoder = pack_module("host.temporal_decoder")
+    windows) into the compact frames, the same frames as Temporal VAE Decode → images, for an image
+    VAE and for one whose decoder has temporal layers (which the decode inside the node uses)."""
+    decoder, image_vae, temporal_vae = vaes
     upscaler = pack_module("host.video_upscale")
-    vae = tiny_sd1[2]
+    vae = temporal_vae if kind == "temporal" else image_vae
     torch.manual_seed(1)
     latent = torch.randn(20, 4, 2, 2)        # 16 px frames, two decode windows (17, overlap 1)
     with torch.inference_mode():
         images = decoder.decode_video(vae, latent, upscaler.DECODE_WINDOW, upscaler.DECODE_OVERLAP)
+        if kind == "temporal":                # the temporal layers change the frames the upscaler sees
+            plain = decoder.decode_video(image_vae, latent, upscaler.DECODE_WINDOW, upscaler.DECODE_OVERLAP)
+            assert (images - plain).abs().max() > 1e-3
         from_images = upscale(x4, images, tile=8, tile_overlap=4, chunk=8, chunk_overlap=2, steps=1)
         from_latent = x4["node"].execute(
             model=x4["model"], positive=x4["positive"], negative=x4["negative"], low_res_latent={"samples": latent},
