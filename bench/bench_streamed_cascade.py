@@ -12,8 +12,15 @@ Both lengths must be at least the decode window (default 8): a shorter video dec
 window, and the decoder's activations (~130 MiB a frame of window at 256 px) would pass for memory
 per output frame.
 
+With `--graph cascade` it runs the whole cascade template instead (keyframes → rollout →
+interpolation twice → x4 upscaling → decode → mp4) at two rollout lengths (`--segments`): "streamed"
+is the template as it ships (Video Upscale decodes its low-res latents itself, Temporal VAE Decode to
+Video), "in memory" the template as it was before issue 22 (Temporal VAE Decode → Video Upscale's
+`images`, Temporal VAE Decode → CreateVideo → Save Video). The temporal decoder add-on is left out
+here too.
+
 Usage: .venv/bin/python -m bench.bench_streamed_cascade [--frames 16 48] [--side 64] [--window 8]
-       [--paths in-memory streamed]
+       [--paths in-memory streamed] [--graph last-stages|cascade] [--segments 2 4]
 """
 
 from __future__ import annotations
@@ -42,15 +49,41 @@ def prompt(frames: int, side: int, streamed: bool, window: int) -> dict:
     return graph
 
 
-def measure(frames: int, side: int, streamed: bool, window: int) -> float:
-    """Peak RSS growth (bytes) of a fresh server running the prompt, after a warm-up of one window."""
+def cascade_prompt(segments: int, streamed: bool, window: int) -> dict:
+    """The cascade template with `segments` rollout segments; in memory: as it was before issue 22."""
+    graph = json.loads(api_prompt("cascade").read_text())
+    graph["8"]["inputs"]["segments"] = segments
+    graph["13"]["inputs"]["temporal_decoder"] = "none"
+    graph["21"]["inputs"]["window"] = window
+    graph["23"]["inputs"]["filename_prefix"] = f"bench/cascade_{'streamed' if streamed else 'in_memory'}_{segments}"
+    if not streamed:
+        decode = {k: v for k, v in graph["21"]["inputs"].items() if k != "fps"}
+        graph["14"] = {"class_type": "VideoLDMTemporalVAEDecode", "inputs": {**decode, "samples": ["12", 0], "window": 17}}
+        upscale = graph["20"]["inputs"]
+        del upscale["low_res_latent"], upscale["vae"]
+        upscale["images"] = ["14", 0]
+        graph["21"] = {"class_type": "VideoLDMTemporalVAEDecode", "inputs": decode}
+        graph["22"] = {"class_type": "CreateVideo", "inputs": {"images": ["21", 0], "fps": ["12", 1], "bit_depth": 8}}
+        graph["23"]["inputs"]["video"] = ["22", 0]
+    return graph
+
+
+def cascade_frames(segments: int) -> int:
+    from videoldm_core.rollout import rollout_length
+
+    rollout = json.loads(api_prompt("cascade").read_text())["8"]["inputs"]
+    return 16 * rollout_length(1, rollout["segment_length"], rollout["context_frames"], segments) - 15
+
+
+def measure(graph: dict, warm_up: dict) -> float:
+    """Peak RSS growth (bytes) of a fresh server running `graph`, after a warm-up prompt."""
     with ComfyServer(env=PEAK_ENV) as server:
         pid = server.process.pid
-        warm = server.run_prompt(prompt(window, side, streamed, window))
+        warm = server.run_prompt(warm_up, timeout=3600)
         assert warm.status == "success", warm.error_message() or server.log_tail()
         before = rss_bytes(pid)
         reset_peak_rss(pid)
-        run = server.run_prompt(prompt(frames, side, streamed, window), timeout=3600)
+        run = server.run_prompt(graph, timeout=3600)
         assert run.status == "success", run.error_message() or server.log_tail()
         return peak_rss_bytes(pid) - before
 
@@ -61,24 +94,38 @@ def main():
     parser.add_argument("--side", type=int, default=64, help="low-res frame side in pixels (output: 4x)")
     parser.add_argument("--window", type=int, default=8, help="decode window in frames (at most the shorter length)")
     parser.add_argument("--paths", nargs="+", choices=("in-memory", "streamed"), default=["in-memory", "streamed"])
+    parser.add_argument("--graph", choices=("last-stages", "cascade"), default="last-stages")
+    parser.add_argument("--segments", type=int, nargs=2, default=[2, 4], help="--graph cascade: rollout segments")
     args = parser.parse_args()
+    if args.graph == "cascade":
+        args.side = 64                       # the toy keyframes: 64 px, upscaled to 256
+        args.frames = [cascade_frames(n) for n in args.segments]
+        runs = {f: (lambda streamed, n=n: cascade_prompt(n, streamed, args.window),
+                    lambda streamed: cascade_prompt(1, streamed, args.window)) for f, n in zip(args.frames, args.segments)}
+    else:
+        runs = {f: (lambda streamed, f=f: prompt(f, args.side, streamed, args.window),
+                    lambda streamed: prompt(args.window, args.side, streamed, args.window)) for f in args.frames}
     if min(args.frames) < args.window:
         parser.error(f"both lengths must be at least the decode window ({args.window} frames)")
     growth = {}
     for streamed in [path == "streamed" for path in args.paths]:
         for frames in args.frames:
-            growth[(streamed, frames)] = measure(frames, args.side, streamed, args.window)
+            graph, warm_up = runs[frames]
+            growth[(streamed, frames)] = measure(graph(streamed), warm_up(streamed))
             print(f"{'streamed' if streamed else 'in memory'} at {frames} frames: peak growth "
                   f"{growth[(streamed, frames)] / 2**20:.1f} MiB", flush=True)
     lo, hi = args.frames
     out_frame_mb = (4 * args.side) ** 2 * 3 * 4 / 2**20
     measured = sorted({s for s, _ in growth})
     slopes = {s: (growth[(s, hi)] - growth[(s, lo)]) / (hi - lo) / 2**20 for s in measured}
-    rows = [("Temporal VAE Decode → CreateVideo → Save Video" if not s else "Temporal VAE Decode to Video",
+    names = (("Temporal VAE Decode → CreateVideo → Save Video", "Temporal VAE Decode to Video") if args.graph == "last-stages"
+             else ("the template as it was (IMAGEs between the stages)", "the template (latents into Video Upscale, streamed decode)"))
+    rows = [(names[s],
              f"{growth[(s, lo)] / 2**20:.1f}", f"{growth[(s, hi)] / 2**20:.1f}", f"{slopes[s]:.2f}") for s in measured]
-    print_table(f"Moving Shapes {args.side} px → Video Upscale x4 (toy, 6 steps) → decode (window {args.window}) → mp4 of {4 * args.side} px "
+    source = f"Moving Shapes {args.side} px" if args.graph == "last-stages" else f"the cascade template (segments {args.segments})"
+    print_table(f"{source} → Video Upscale x4 (toy, 6 steps) → decode (window {args.window}) → mp4 of {4 * args.side} px "
                 f"({out_frame_mb:.2f} MiB per float32 output frame); server peak RSS growth", rows,
-                ("last stage", f"{lo} frames MiB", f"{hi} frames MiB", "MiB per output frame"))
+                ("path", f"{lo} frames MiB", f"{hi} frames MiB", "MiB per output frame"))
     if len(slopes) == 2:
         print(f"\nin memory / streamed, MiB per output frame: {slopes[False] / slopes[True]:.2f}")
 
