@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 
 from devtools.comfy_server import ComfyServer
 from devtools.paths import api_prompt
@@ -97,21 +98,19 @@ def main():
     parser.add_argument("--graph", choices=("last-stages", "cascade"), default="last-stages")
     parser.add_argument("--segments", type=int, nargs=2, default=[2, 4], help="--graph cascade: rollout segments")
     args = parser.parse_args()
-    if args.graph == "cascade":
+    if args.graph == "cascade":              # a length is a number of rollout segments; warm-up: one
         args.side = 64                       # the toy keyframes: 64 px, upscaled to 256
-        args.frames = [cascade_frames(n) for n in args.segments]
-        runs = {f: (lambda streamed, n=n: cascade_prompt(n, streamed, args.window),
-                    lambda streamed: cascade_prompt(1, streamed, args.window)) for f, n in zip(args.frames, args.segments)}
-    else:
-        runs = {f: (lambda streamed, f=f: prompt(f, args.side, streamed, args.window),
-                    lambda streamed: prompt(args.window, args.side, streamed, args.window)) for f in args.frames}
+        lengths, warm_length, args.frames = args.segments, 1, [cascade_frames(n) for n in args.segments]
+        graph = partial(cascade_prompt, window=args.window)
+    else:                                    # a length is a number of frames; warm-up: one window
+        lengths, warm_length = args.frames, args.window
+        graph = partial(prompt, side=args.side, window=args.window)
     if min(args.frames) < args.window:
         parser.error(f"both lengths must be at least the decode window ({args.window} frames)")
     growth = {}
     for streamed in [path == "streamed" for path in args.paths]:
-        for frames in args.frames:
-            graph, warm_up = runs[frames]
-            growth[(streamed, frames)] = measure(graph(streamed), warm_up(streamed))
+        for frames, length in zip(args.frames, lengths):
+            growth[(streamed, frames)] = measure(graph(length, streamed=streamed), graph(warm_length, streamed=streamed))
             print(f"{'streamed' if streamed else 'in memory'} at {frames} frames: peak growth "
                   f"{growth[(streamed, frames)] / 2**20:.1f} MiB", flush=True)
     lo, hi = args.frames

@@ -148,8 +148,7 @@ def decode_video_to_file(vae, samples: torch.Tensor, window: int, overlap: int, 
     """The frames `decode_video` gives, written to an mp4 at `path` window after window as they are
     finished, never held together: the streamed last stage of a long render. The file appears only
     when complete (videoldm_core.video_file). Returns the number of frames written."""
-    def write(plan, decode, scale, device) -> int:
-        blocks = (block for _, block in _in_order(plan, decode, scale, device))
+    def write(blocks) -> int:
         block = next(blocks)                     # the first window's frames give the frame size
         with VideoFileWriter(path, block.shape[2], block.shape[1], fps) as video:
             video.write(block)
@@ -157,7 +156,7 @@ def decode_video_to_file(vae, samples: torch.Tensor, window: int, overlap: int, 
                 video.write(block)
         return video.frames_written
 
-    return _with_smaller_tiles(write, vae, samples, window, overlap, tile_size)
+    return consume_decoded_frames(write, vae, samples, window, overlap, tile_size)
 
 
 STREAMED_SUBFOLDER = "videoldm"   # in ComfyUI's temp folder, which ComfyUI empties at start
