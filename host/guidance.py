@@ -192,6 +192,22 @@ class RunNoise:
             return comfy.sample.prepare_noise(latent, self.run_seed(index))
         return self.stacked[self.starts[index]:self.starts[index] + latent.shape[0]].to(latent.dtype)
 
+    def on_device(self, index: int, latent: torch.Tensor, device) -> torch.Tensor:
+        """Run `index`'s noise, made on `device` one frame at a time so that the host never holds the
+        whole draw (on a GPU the sampler's state is device memory; the noise was the one whole
+        latent the host kept for all of sampling). The same numbers as `self(index, latent)`: core
+        draws the whole latent from the seeded global generator at once, and CPU randn fills
+        uniforms in order and transforms them in blocks of 16, so frame by frame from the same
+        generator draws the same numbers when a frame holds a multiple of 16 (tested); other
+        shapes, and a NOISE input's draw, are made whole and moved."""
+        if self.stacked is not None or math.prod(latent.shape[1:]) % 16:
+            return self(index, latent).to(device)
+        generator = torch.manual_seed(self.run_seed(index))   # as core's prepare_noise: the global generator
+        noise = torch.empty(latent.shape, dtype=latent.dtype, device=device)
+        for frame in noise:
+            frame.copy_(torch.randn(latent.shape[1:], generator=generator).to(latent.dtype))
+        return noise
+
 
 def context_guider(model, positive, negative, context: VideoContext, cfg: float, context_scale: float,
                    keep_given: bool, on_missing: str) -> ContextGuider:

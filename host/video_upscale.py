@@ -7,7 +7,10 @@ and blends the predictions with weights that sum to one, so every denoising step
 consistent prediction; the temporal layers of an applied adapter see each chunk's frames together.
 
 The joint state stays compact: the sampler's float32 latents and the low-res frames in float16
-(ours and core's conditioning's) are the only video-sized tensors. The low-res frames are noise-augmented once, as core's x4 model does it (the same noise, seed and
+(ours and core's conditioning's) are the only video-sized tensors. On a GPU the sampler's latents
+and core's conditioning are device memory, and the host holds the frames, then the output LATENT:
+the noise is made on the device frame by frame (core's numbers), and the frames are released before
+the sample is moved to the host. The low-res frames are noise-augmented once, as core's x4 model does it (the same noise, seed and
 schedule), and held in float16; core's conditioning carries them at level 0 (so core does not
 augment them again) and the wrapper gives the model the real level. Each region's call builds its
 per-cond sums, masks, batched input and concatenated frames for that region only.
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.patcher_extension
-import comfy.sample
+import comfy.samplers
 import comfy.utils
 import latent_preview
 import torch
@@ -229,7 +232,7 @@ def _sample(model, positive, negative, low_res: LowResFrames, noise_augmentation
     frames, height, width = plan.shape
     level = round(model.model.noise_augmentor.max_noise_level * noise_augmentation)   # as core's SD_X4Upscaler
     latent = torch.zeros(1, 1, 1, 1).expand(frames, 4, height, width)   # empty: one stored zero (core reads it)
-    noise = run_noise(0, latent)   # before the augmentation's noise, as core draws them (global generator)
+    noise = run_noise.on_device(0, latent, model.load_device)   # before the augmentation's noise, as core draws them
     lowres = augmented_frames(model, low_res, noise_augmentation, level, run_noise.run_seed(0))
     conds = [[[t, {**o, "concat_image": lowres, "noise_augmentation": 0.0}] for t, o in c]
              for c in (positive, negative)]
@@ -244,6 +247,8 @@ def _sample(model, positive, negative, low_res: LowResFrames, noise_augmentation
     tiled = model.clone()
     tiled.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, TILING_KEY,
                                tiled_forward(plan, level, lambda: pbar.update(1)))
-    return comfy.sample.sample_custom(tiled, noise, cfg, sampler, sigmas, conds[0], conds[1], latent,
-                                      callback=preview, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-                                      seed=run_noise.run_seed(0))
+    samples = comfy.samplers.sample(tiled, noise, conds[0], conds[1], cfg, tiled.load_device, sampler, sigmas,
+                                    model_options=tiled.model_options, latent_image=latent, callback=preview,
+                                    disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=run_noise.run_seed(0))
+    del noise, conds, lowres   # core's sample_custom from here: the frames go before the sample reaches the host
+    return samples.to(device=mm.intermediate_device(), dtype=mm.intermediate_dtype())

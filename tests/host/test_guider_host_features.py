@@ -130,3 +130,20 @@ def test_a_noise_input_is_one_draw_each_run_takes_its_frames_of(ctx):
     assert torch.equal(run_noise(0, torch.zeros(4, 4, 8, 8)), whole[:4])
     assert torch.equal(run_noise(1, torch.zeros(5, 4, 8, 8)), whole[4:])
     assert (run_noise.run_seed(0), run_noise.run_seed(1)) == (9, 10)
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 8, 8), (3, 4, 64, 40), (5, 3, 3, 3)])   # the last: 27 per frame, drawn whole
+def test_noise_made_on_the_device_frame_by_frame_is_cores_draw(ctx, shape):
+    """Video Upscale's noise, made frame by frame on the model's device, is core's prepare_noise
+    bit for bit, and leaves the global generator where core's draw leaves it."""
+    import comfy.sample
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
+
+    latent = torch.zeros(1, 1, 1, 1).expand(shape)
+    ours = ctx["guider"].RunNoise(7).on_device(1, latent, torch.device("cpu"))
+    after_ours = torch.rand(4)
+    assert torch.equal(ours, comfy.sample.prepare_noise(latent, 8))
+    assert torch.equal(after_ours, torch.rand(4))
+    given = ctx["guider"].RunNoise(0, Noise_RandomNoise(9), lengths=[shape[0]], shape=shape[1:])
+    assert torch.equal(given.on_device(0, latent, torch.device("cpu")),
+                       Noise_RandomNoise(9).generate_noise({"samples": torch.zeros(shape)}))

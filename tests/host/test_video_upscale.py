@@ -101,6 +101,45 @@ def test_each_model_call_holds_only_its_regions_state_with_the_frames_in_float16
     assert {tuple(s[3]) for s in seen} == {(35,)}            # noise_augmentation 0.1 of the upscaler's 350
 
 
+def test_the_sample_reaches_the_host_after_the_noise_and_frames_are_released(x4, pack_module, monkeypatch):
+    """On a GPU the host holds no whole-video noise (made on the model's device) and never the
+    low-res frames beside the output LATENT: both are released when the sample is moved to the host
+    (core's intermediate device), and the sample is the same."""
+    import weakref
+
+    import comfy.samplers
+
+    upscaler, guidance = pack_module("host.video_upscale"), pack_module("host.guidance")
+    held, seen = {}, {}
+    draw, augment, sample = guidance.RunNoise.on_device, upscaler.augmented_frames, comfy.samplers.sample
+
+    def on_device(self, *args):
+        noise = draw(self, *args)
+        held["noise"] = weakref.ref(noise)
+        return noise
+
+    def augmented(*args):
+        frames = augment(*args)
+        held["frames"] = weakref.ref(frames)
+        return frames
+
+    class Sample:   # core's sample, seeing what is alive when it is moved to the host
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+        def to(self, *args, **kwargs):
+            seen.update((name, ref() is None) for name, ref in held.items())
+            return self.tensor.to(*args, **kwargs)
+
+    images = frames(t=4, size=16)
+    expected = upscale(x4, images, tile=8, tile_overlap=4, chunk=2, chunk_overlap=0, steps=1)
+    monkeypatch.setattr(guidance.RunNoise, "on_device", on_device)
+    monkeypatch.setattr(upscaler, "augmented_frames", augmented)
+    monkeypatch.setattr(comfy.samplers, "sample", lambda *a, **kw: Sample(sample(*a, **kw)))
+    assert torch.equal(upscale(x4, images, tile=8, tile_overlap=4, chunk=2, chunk_overlap=0, steps=1), expected)
+    assert seen == {"noise": True, "frames": True}
+
+
 def test_area_and_mask_conds_are_refused_when_tiled(x4):
     area = [[t, {**o, "area": (1, 1, 0, 0)}] for t, o in x4["positive"]]
     with pytest.raises(x4["error"], match="cannot place an area, mask or GLIGEN conditioning on each tile"):
