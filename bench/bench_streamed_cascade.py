@@ -19,8 +19,11 @@ Video), "in memory" the template as it was before issue 22 (Temporal VAE Decode 
 `images`, Temporal VAE Decode → CreateVideo → Save Video). The temporal decoder add-on is left out
 here too.
 
+With `--device cuda` the server samples and decodes on the GPU (ComfyUI without `--cpu`): the
+sampler's state is then device memory, and the figure is what the host keeps per output frame.
+
 Usage: .venv/bin/python -m bench.bench_streamed_cascade [--frames 16 48] [--side 64] [--window 8]
-       [--paths in-memory streamed] [--graph last-stages|cascade] [--segments 2 4]
+       [--paths in-memory streamed] [--graph last-stages|cascade] [--segments 2 4] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -76,9 +79,9 @@ def cascade_frames(segments: int) -> int:
     return 16 * rollout_length(1, rollout["segment_length"], rollout["context_frames"], segments) - 15
 
 
-def measure(graph: dict, warm_up: dict) -> float:
-    """Peak RSS growth (bytes) of a fresh server running `graph`, after a warm-up prompt."""
-    with ComfyServer(env=PEAK_ENV) as server:
+def measure(graph: dict, warm_up: dict, device: str) -> float:
+    """Peak RSS growth (bytes) of a fresh server running `graph` on `device`, after a warm-up prompt."""
+    with ComfyServer(env=PEAK_ENV, cpu=device == "cpu") as server:
         pid = server.process.pid
         warm = server.run_prompt(warm_up, timeout=3600)
         assert warm.status == "success", warm.error_message() or server.log_tail()
@@ -97,6 +100,7 @@ def main():
     parser.add_argument("--paths", nargs="+", choices=("in-memory", "streamed"), default=["in-memory", "streamed"])
     parser.add_argument("--graph", choices=("last-stages", "cascade"), default="last-stages")
     parser.add_argument("--segments", type=int, nargs=2, default=[2, 4], help="--graph cascade: rollout segments")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the server samples and decodes")
     args = parser.parse_args()
     if args.graph == "cascade":              # a length is a number of rollout segments; warm-up: one
         args.side = 64                       # the toy keyframes: 64 px, upscaled to 256
@@ -110,7 +114,8 @@ def main():
     growth = {}
     for streamed in [path == "streamed" for path in args.paths]:
         for frames, length in zip(args.frames, lengths):
-            growth[(streamed, frames)] = measure(graph(length, streamed=streamed), graph(warm_length, streamed=streamed))
+            growth[(streamed, frames)] = measure(graph(length, streamed=streamed), graph(warm_length, streamed=streamed),
+                                               args.device)
             print(f"{'streamed' if streamed else 'in memory'} at {frames} frames: peak growth "
                   f"{growth[(streamed, frames)] / 2**20:.1f} MiB", flush=True)
     lo, hi = args.frames
@@ -123,7 +128,7 @@ def main():
              f"{growth[(s, lo)] / 2**20:.1f}", f"{growth[(s, hi)] / 2**20:.1f}", f"{slopes[s]:.2f}") for s in measured]
     source = f"Moving Shapes {args.side} px" if args.graph == "last-stages" else f"the cascade template (segments {args.segments})"
     print_table(f"{source} → Video Upscale x4 (toy, 6 steps) → decode (window {args.window}) → mp4 of {4 * args.side} px "
-                f"({out_frame_mb:.2f} MiB per float32 output frame); server peak RSS growth", rows,
+                f"({out_frame_mb:.2f} MiB per float32 output frame), on {args.device}; server peak RSS growth", rows,
                 ("path", f"{lo} frames MiB", f"{hi} frames MiB", "MiB per output frame"))
     if len(slopes) == 2:
         print(f"\nin memory / streamed, MiB per output frame: {slopes[False] / slopes[True]:.2f}")

@@ -1,7 +1,7 @@
 """A real ComfyUI server on a free loopback port: start, talk HTTP and websocket, stop by pid.
 
 Used by the demo (devtools/demo.py) and by the server and browser test tiers. The server runs
-with `--cpu`, a scratch `--base-directory` (models, custom_nodes with the pack linked in, input,
+with `--cpu` (unless given `cpu=False`: then on the GPU ComfyUI finds, for benchmarks), a scratch `--base-directory` (models, custom_nodes with the pack linked in, input,
 output) and an in-memory database, so it never writes into the ComfyUI tree.
 """
 
@@ -57,7 +57,8 @@ class PromptRun:
 
 class ComfyServer:
     def __init__(self, base_dir: Path | None = None, extra_args: tuple[str, ...] = (), python: str | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, cpu: bool = True):
+        self.cpu = cpu
         self.base_dir = Path(base_dir or paths.base_dir())
         self.env = dict(env or {})
         self.extra_args = tuple(extra_args)
@@ -69,7 +70,7 @@ class ComfyServer:
 
     # --- lifecycle --------------------------------------------------------------------------
     def command(self) -> list[str]:
-        return [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        return [self.python, "main.py", *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
                 "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",
                 "--disable-api-nodes", *self.extra_args]
 
