@@ -199,9 +199,13 @@ class RunNoise:
         draws the whole latent from the seeded global generator at once, and CPU randn fills
         uniforms in order and transforms them in blocks of 16, so frame by frame from the same
         generator draws the same numbers when a frame holds a multiple of 16 (tested); other
-        shapes, and a NOISE input's draw, are made whole and moved."""
+        shapes, and a NOISE input's draw, are made whole and moved (the draw dropped when it has
+        only this run, so the host does not keep it)."""
         if self.stacked is not None or math.prod(latent.shape[1:]) % 16:
-            return self(index, latent).to(device)
+            noise = self(index, latent).to(device)
+            if len(self.starts) == 1:
+                self.stacked = None
+            return noise
         generator = torch.manual_seed(self.run_seed(index))   # as core's prepare_noise: the global generator
         noise = torch.empty(latent.shape, dtype=latent.dtype, device=device)
         for frame in noise:

@@ -19,12 +19,12 @@ def frames(t=4, size=16, seed=0):
 
 
 def upscale(x4, images, tile=64, tile_overlap=16, chunk=8, chunk_overlap=2, model=None, cfg=2.0, steps=2, seed=3,
-            augmentation=0.1):
+            augmentation=0.1, **extra):
     with torch.inference_mode():
         return x4["node"].execute(model=model or x4["model"], positive=x4["positive"], negative=x4["negative"],
                                   images=images, noise_augmentation=augmentation, seed=seed, steps=steps, cfg=cfg,
                                   sampler_name="euler", scheduler="normal", tile_size=tile, tile_overlap=tile_overlap,
-                                  chunk_length=chunk, chunk_overlap=chunk_overlap).result[0]["samples"]
+                                  chunk_length=chunk, chunk_overlap=chunk_overlap, **extra).result[0]["samples"]
 
 
 def untiled(x4, images, cfg=2.0, steps=2, augmentation=0.1):
@@ -101,19 +101,23 @@ def test_each_model_call_holds_only_its_regions_state_with_the_frames_in_float16
     assert {tuple(s[3]) for s in seen} == {(35,)}            # noise_augmentation 0.1 of the upscaler's 350
 
 
-def test_the_sample_reaches_the_host_after_the_noise_and_frames_are_released(x4, pack_module, monkeypatch):
-    """On a GPU the host holds no whole-video noise (made on the model's device) and never the
-    low-res frames beside the output LATENT: both are released when the sample is moved to the host
-    (core's intermediate device), and the sample is the same."""
+@pytest.mark.parametrize("noise_input", [False, True])
+def test_the_sample_reaches_the_host_after_the_noise_and_frames_are_released(x4, pack_module, monkeypatch, noise_input):
+    """On a GPU the host holds no whole-video noise (made on the model's device; a NOISE input's
+    draw is not kept) and never the low-res frames beside the output LATENT: both are released when
+    the sample is moved to the host (core's intermediate device), and the sample is the same."""
     import weakref
 
     import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
     upscaler, guidance = pack_module("host.video_upscale"), pack_module("host.guidance")
     held, seen = {}, {}
     draw, augment, sample = guidance.RunNoise.on_device, upscaler.augmented_frames, comfy.samplers.sample
 
     def on_device(self, *args):
+        if self.stacked is not None:   # a NOISE input's whole draw
+            held["draw"] = weakref.ref(self.stacked)
         noise = draw(self, *args)
         held["noise"] = weakref.ref(noise)
         return noise
@@ -131,13 +135,14 @@ def test_the_sample_reaches_the_host_after_the_noise_and_frames_are_released(x4,
             seen.update((name, ref() is None) for name, ref in held.items())
             return self.tensor.to(*args, **kwargs)
 
-    images = frames(t=4, size=16)
-    expected = upscale(x4, images, tile=8, tile_overlap=4, chunk=2, chunk_overlap=0, steps=1)
+    images, kw = frames(t=4, size=16), dict(tile=8, tile_overlap=4, chunk=2, chunk_overlap=0, steps=1)
+    run = lambda: upscale(x4, images, **kw, **({"noise": Noise_RandomNoise(5)} if noise_input else {}))  # noqa: E731
+    expected = run()
     monkeypatch.setattr(guidance.RunNoise, "on_device", on_device)
     monkeypatch.setattr(upscaler, "augmented_frames", augmented)
     monkeypatch.setattr(comfy.samplers, "sample", lambda *a, **kw: Sample(sample(*a, **kw)))
-    assert torch.equal(upscale(x4, images, tile=8, tile_overlap=4, chunk=2, chunk_overlap=0, steps=1), expected)
-    assert seen == {"noise": True, "frames": True}
+    assert torch.equal(run(), expected)
+    assert seen == {"noise": True, "frames": True, **({"draw": True} if noise_input else {})}
 
 
 def test_area_and_mask_conds_are_refused_when_tiled(x4):
