@@ -10,9 +10,9 @@ The joint state stays compact: the sampler's float32 latents and the low-res fra
 (ours and core's conditioning's) are the only video-sized tensors. On a GPU the sampler's latents
 and core's conditioning are device memory, and the host holds the frames, then the output LATENT:
 the noise is made on the device frame by frame (core's numbers), and the frames are released before
-the sample is moved to the host. The low-res frames are noise-augmented once, as core's x4 model does it (the same noise, seed and
-schedule), and held in float16; core's conditioning carries them at level 0 (so core does not
-augment them again) and the wrapper gives the model the real level. Each region's call builds its
+the sample is moved to the host. The low-res frames are noise-augmented once, as core's x4 model
+does it (the same noise, seed and schedule), and held in float16; core's conditioning carries them
+at level 0 (so core does not augment them again) and the wrapper gives the model the real level. Each region's call builds its
 per-cond sums, masks, batched input and concatenated frames for that region only.
 """
 
