@@ -24,6 +24,7 @@ sampler's state is then device memory, and the figure is what the host keeps per
 
 Usage: .venv/bin/python -m bench.bench_streamed_cascade [--frames 16 48] [--side 64] [--window 8]
        [--paths in-memory streamed] [--graph last-stages|cascade] [--segments 2 4] [--device cpu|cuda]
+       [--server-args "--front-end-root DIR"]
 """
 
 from __future__ import annotations
@@ -79,9 +80,9 @@ def cascade_frames(segments: int) -> int:
     return 16 * rollout_length(1, rollout["segment_length"], rollout["context_frames"], segments) - 15
 
 
-def measure(graph: dict, warm_up: dict, device: str) -> float:
+def measure(graph: dict, warm_up: dict, device: str, server_args: tuple[str, ...] = ()) -> float:
     """Peak RSS growth (bytes) of a fresh server running `graph` on `device`, after a warm-up prompt."""
-    with ComfyServer(env=PEAK_ENV, cpu=device == "cpu") as server:
+    with ComfyServer(env=PEAK_ENV, cpu=device == "cpu", extra_args=server_args) as server:
         pid = server.process.pid
         warm = server.run_prompt(warm_up, timeout=3600)
         assert warm.status == "success", warm.error_message() or server.log_tail()
@@ -101,6 +102,8 @@ def main():
     parser.add_argument("--graph", choices=("last-stages", "cascade"), default="last-stages")
     parser.add_argument("--segments", type=int, nargs=2, default=[2, 4], help="--graph cascade: rollout segments")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the server samples and decodes")
+    parser.add_argument("--server-args", default="", help="more ComfyUI arguments, e.g. '--front-end-root DIR' where "
+                        "the frontend package is not installed (devtools/device_figures.sh)")
     args = parser.parse_args()
     if args.graph == "cascade":              # a length is a number of rollout segments; warm-up: one
         args.side = 64                       # the toy keyframes: 64 px, upscaled to 256
@@ -115,7 +118,7 @@ def main():
     for streamed in [path == "streamed" for path in args.paths]:
         for frames, length in zip(args.frames, lengths):
             growth[(streamed, frames)] = measure(graph(length, streamed=streamed), graph(warm_length, streamed=streamed),
-                                               args.device)
+                                               args.device, tuple(args.server_args.split()))
             print(f"{'streamed' if streamed else 'in memory'} at {frames} frames: peak growth "
                   f"{growth[(streamed, frames)] / 2**20:.1f} MiB", flush=True)
     lo, hi = args.frames

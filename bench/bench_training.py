@@ -1,6 +1,6 @@
 """Training cost: temporal-only training versus fine-tuning the whole UNet, and DDP scaling.
 
-1. One training step at the same batch (B clips x T frames at an L x L latent), each method in a
+1. One training step at the same batch (B clips x T frames at an H x W latent), each method in a
    fresh process so peaks do not mix:
    - temporal:       frozen UNet + a fresh Video LDM adapter, Trainer + DiffusionPhase (mode temporal);
    - temporal+ckpt:  the same with the pack's gradient checkpointing;
@@ -31,7 +31,7 @@ block structure at widths 32/64/64/64) with random weights; --unet sd15 uses the
 --precision bf16/fp16 autocasts the forward as the trainer does. The DDP part always uses the tiny
 demo bundle unless --ddp-checkpoint names another checkpoint.
 
-Usage: .venv/bin/python -m bench.bench_training [--steps 10] [--batch 2] [--frames 8] [--latent 16]
+Usage: .venv/bin/python -m bench.bench_training [--steps 10] [--batch 2] [--frames 8] [--latent 16 [W]]
            [--unet tiny|sd15] [--methods temporal temporal+ckpt full full+ckpt] [--skip-ddp]
 """
 
@@ -48,7 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import status_gib, print_table
+from .common import peak_gib, print_table, reset_peak
 from devtools import tiny_bundles
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,19 +57,6 @@ TARGET = 0.7
 
 
 # --- 1. temporal-only versus full fine-tune, one method per process ---------------------------------
-
-
-def _reset_cpu_peak() -> float:
-    """Freed heap handed back and the kernel's high-water mark reset (as common.step_peak_gib);
-    returns the resident memory now."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return status_gib("VmRSS")
 
 
 def build_base(pack_name: str, unet: str, device):
@@ -107,10 +94,10 @@ def child(args) -> dict:
 
     import torch
 
-    import train as train_entry  # the CLI's own host set-up: ComfyUI configured, the pack importable
+    from devtools.comfy_in_process import init_comfy
 
-    train_entry.init_host(train_entry.find_comfyui(os.environ.get("COMFYUI_DIR")), cpu=args.device == "cpu")
-    pack = train_entry.PACK_ALIAS
+    # the pack under its installed name, as devtools.tiny_bundles imports it (one copy of its modules)
+    pack = init_comfy(cpu=args.device == "cpu").__name__
     import comfy.model_management as mm
 
     host = importlib.import_module(f"{pack}.host.training")
@@ -155,17 +142,12 @@ def child(args) -> dict:
     else:
         phase = objective.DiffusionPhase(adapter, OnBatchDevice(denoiser), schedule, "temporal")
     generator = torch.Generator().manual_seed(0)
-    data = [{"latents": torch.randn(args.frames, 4, args.latent, args.latent, generator=generator)}
+    data = [{"latents": torch.randn(args.frames, 4, *args.latent, generator=generator)}
             for _ in range(2 * args.batch)]
     config = trainer_module.TrainConfig(steps=args.warmup + args.steps, lr=1e-4, precision=args.precision, seed=0)
 
     cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        before = _reset_cpu_peak()
+    before = reset_peak(cuda)
     trainer = trainer_module.Trainer([phase], config, batches.StepBatches(data, args.batch, seed=0), device=device)
     times = []
     for step in range(args.warmup + args.steps):
@@ -177,12 +159,8 @@ def child(args) -> dict:
             torch.cuda.synchronize()
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
-    if cuda:
-        peak_process = torch.cuda.max_memory_allocated() / 2**30
-        peak = peak_process - before / 2**30
-    else:
-        peak_process = status_gib("VmHWM")   # the high-water mark since the reset, weights included
-        peak = peak_process - before
+    peak_process = peak_gib(cuda)   # since the reset, the loaded model included
+    peak = peak_process - before
     return {"method": method, "seconds": statistics.median(times), "all_seconds": times, "peak_gib": peak,
             "process_peak_gib": peak_process, "loss": row["adapter/loss"], "threads": torch.get_num_threads(),
             "device": str(device),
@@ -193,7 +171,7 @@ def child(args) -> dict:
 def run_child(args, method: str, env: dict) -> dict | None:
     command = [sys.executable, "-m", "bench.bench_training", "--child", method, "--unet", args.unet, "--steps",
                str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch), "--frames", str(args.frames),
-               "--latent", str(args.latent), "--precision", args.precision, "--device", args.device]
+               "--latent", *map(str, args.latent), "--precision", args.precision, "--device", args.device]
     proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"{method}: failed ({proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
@@ -225,8 +203,8 @@ def compare_methods(args, env: dict):
     any_result = next((r for r in results.values() if r), None)
     where = (f"{any_result['device']}, {any_result['threads']} threads, {any_result['unet_params'] / 1e6:.1f}M UNet parameters"
              if any_result else "")
-    print_table(f"Training step, {args.unet} SD1.x UNet, batch {args.batch} x {args.frames} frames at {args.latent}x"
-                f"{args.latent} latent, {args.precision}, AdamW, median of {args.steps} steps after {args.warmup} "
+    print_table(f"Training step, {args.unet} SD1.x UNet, batch {args.batch} x {args.frames} frames at {args.latent[0]}x"
+                f"{args.latent[1]} latent, {args.precision}, AdamW, median of {args.steps} steps after {args.warmup} "
                 f"({where}); ratios vs full; target <= {TARGET}x in time and memory",
                 rows, ("method", "trainable", "s/step", "time ratio", "train GiB", "memory ratio", "process GiB",
                        "targets met"))
@@ -254,8 +232,8 @@ def make_inputs(workdir: Path, args, env: dict) -> tuple[Path, Path]:
     from devtools.synthetic_data import write_dataset
 
     clips = workdir / "clips"
-    write_dataset(clips, count=max(4, 4 * args.batch), seed=0, frames=args.frames, height=args.latent * 8,
-                  width=args.latent * 8, fps=8.0)
+    write_dataset(clips, count=max(4, 4 * args.batch), seed=0, frames=args.frames, height=args.latent[0] * 8,
+                  width=args.latent[1] * 8, fps=8.0)
     return checkpoint, clips
 
 
@@ -263,8 +241,8 @@ def run_cli(workdir: Path, name: str, processes: int, threads: int, checkpoint: 
             env: dict) -> dict | None:
     output = workdir / name
     config = {"checkpoint": str(checkpoint), "mode": "temporal", "output": str(output), "prompt": "",
-              "data": {"folder": str(clips), "frames": args.frames, "fps": None, "width": args.latent * 8,
-                       "height": args.latent * 8, "cache": str(workdir / "cache")},
+              "data": {"folder": str(clips), "frames": args.frames, "fps": None, "width": args.latent[1] * 8,
+                       "height": args.latent[0] * 8, "cache": str(workdir / "cache")},
               "train": {"steps": args.warmup + args.steps, "lr": 1e-4, "batch_size": args.batch, "seed": 0}}
     config_path = workdir / f"{name}.json"
     config_path.write_text(json.dumps(config, indent=1))
@@ -313,7 +291,7 @@ def ddp_scaling(args, env: dict):
         rows.append((name, processes, threads, processes * threads, f"{r['seconds']:.3f}", f"{r['clips_per_s']:.2f}",
                      *[f"{r['clips_per_s'] / results[ref]['clips_per_s']:.2f}x" for ref in references]))
     print_table(f"DDP throughput of train.py on CPU (gloo), {checkpoint.name}, per-rank batch {args.batch} x "
-                f"{args.frames} frames at {args.latent}x{args.latent} latent, median of {args.steps} steps after "
+                f"{args.frames} frames at {args.latent[0]}x{args.latent[1]} latent, median of {args.steps} steps after "
                 f"{args.warmup} (rank 0's loss.csv); {os.cpu_count()} cores here; OMP_NUM_THREADS = threads per process",
                 rows, ("config", "processes", "threads", "threads in all", "s/step", "clips/s",
                        *[f"vs {ref}" for ref in references]))
@@ -333,7 +311,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="steps run first and not measured")
     parser.add_argument("--batch", type=int, default=2, help="clips per step (per rank in the DDP part)")
     parser.add_argument("--frames", type=int, default=8, help="frames per clip")
-    parser.add_argument("--latent", type=int, default=16, help="latent height and width (pixels / 8)")
+    parser.add_argument("--latent", type=int, nargs="+", default=[16], metavar="H [W]",
+                        help="latent height and width (pixels / 8); one number for a square")
     parser.add_argument("--unet", choices=("tiny", "sd15"), default="tiny")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
@@ -347,6 +326,9 @@ def main(argv=None):
     parser.add_argument("--ddp-checkpoint", help="DDP part: a checkpoint or bundle instead of the tiny demo bundle")
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if len(args.latent) not in (1, 2):
+        parser.error(f"--latent takes H or H W, got {len(args.latent)} numbers")
+    args.latent = (args.latent * 2)[:2]
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))  # devtools, videoldm_core, train.py
     if args.device == "auto":

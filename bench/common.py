@@ -41,19 +41,40 @@ def status_gib(field: str) -> float:
     return status_bytes("self", field) / 2**30
 
 
-def step_peak_gib(fn) -> float:
-    """Extra resident memory at the peak of `fn()` (activations), on Linux: freed heap is handed
-    back first (malloc_trim) and the kernel's high-water mark reset (clear_refs 5)."""
+def reset_peak(cuda: bool = False) -> float:
+    """Starts a peak measurement and returns the GiB in use now. CUDA: the allocator's peak is reset
+    (allocated memory). CPU, on Linux: freed heap is handed back first (malloc_trim) and the
+    kernel's high-water mark reset (clear_refs 5) (resident memory)."""
     import ctypes
     import gc
 
     gc.collect()
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**30
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    before = status_gib("VmRSS")
+    return status_gib("VmRSS")
+
+
+def peak_gib(cuda: bool = False) -> float:
+    """The peak since `reset_peak`, everything included (weights too)."""
+    if cuda:
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**30
+    return status_gib("VmHWM")
+
+
+def step_peak_gib(fn) -> float:
+    """Extra resident memory at the peak of `fn()` (activations)."""
+    before = reset_peak()
     fn()
-    return status_gib("VmHWM") - before
+    return peak_gib() - before
 
 
 def print_table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]):
