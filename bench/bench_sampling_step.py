@@ -15,7 +15,9 @@ median of the intervals between the step callbacks of one run (each step synchro
 the first step, which also pays the sampler's set-up, is not among them) after a warm-up run that
 loads the model. Memory: on CUDA, torch.cuda.max_memory_allocated over the measured run, as
 the total (weights included) and above what was allocated before it (activations); on CPU, the
-resident high-water mark above the resident memory before the run.
+resident high-water mark above the resident memory before the run. In-process, ComfyUI's main.py
+does not run, so this is core's ModelPatcher path, not the DynamicVRAM one a ComfyUI server enables
+on an NVIDIA GPU (its weights are not counted by torch.cuda.max_memory_allocated).
 
 `--size tiny` (the tests' tiny SD1.x architecture) with `--device cpu` checks the bench itself on
 a machine without a GPU.
@@ -33,8 +35,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 ROWS = ("plain", "Video LDM", "AnimateDiff")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def build(row: str, size: str, cpu: bool):
@@ -122,6 +126,8 @@ def main():
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--child", choices=ROWS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: the first step, which pays the sampler's set-up, is not timed")
     if args.child:
         print(json.dumps(child(args)), flush=True)
         return
@@ -133,7 +139,7 @@ def main():
         command = [sys.executable, "-m", "bench.bench_sampling_step", "--child", row, "--device", args.device, "--size",
                    args.size, "--frames", str(args.frames), "--latent", *map(str, args.latent), "--steps", str(args.steps),
                    "--cfg", str(args.cfg)]
-        proc = subprocess.run(command, capture_output=True, text=True)
+        proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{row}: failed ({proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
             continue
@@ -146,7 +152,7 @@ def main():
     h, w = args.latent
     print_table(
         f"One sampling step, {args.size} ({first['dtype']} on {first['device']}), {args.frames} frames at "
-        f"{8 * h}x{8 * w} ({h}x{w} latent), cfg {args.cfg}, euler; median of {args.steps - 1} steps, each row in a fresh process",
+        f"{8 * h}x{8 * w} ({h}x{w} latent), cfg {args.cfg}, euler; median of {args.steps - 1} steps, each row in a fresh process, in-process ComfyUI (ModelPatcher, no DynamicVRAM)",
         [(row, f"{r['seconds_per_step']:.4f}", f"{r['seconds_per_step'] / base['seconds_per_step']:.2f}" if base else "-",
           f"{r['peak_gib']:.2f}", f"{r['activations_gib']:.2f}", str(r["finite"])) for row, r in results.items()],
         ("row", "s/step", "x plain", "peak GiB", "above weights GiB", "finite"))

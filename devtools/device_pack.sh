@@ -26,7 +26,7 @@ die() { printf '[device-pack] ERROR: %s\n' "$*" >&2; exit 1; }
 # client need beyond the packages of the device image (as its documentation listed them, 2026-11).
 MISSING=(torchsde trampoline alembic Mako SQLAlchemy simpleeval blake3 kornia kornia_rs spandrel
          pydantic pydantic-core annotated-types typing-inspection pydantic-settings python-dotenv
-         websocket-client webdataset braceexpand comfy-aimdo)
+         typing-extensions websocket-client webdataset braceexpand comfy-aimdo)
 
 pinned() {  # the version installed here
     "$VPY" -c "import sys; from importlib.metadata import version; print(f'{sys.argv[1]}=={version(sys.argv[1])}')" "$1" \
@@ -49,6 +49,7 @@ say "downloading ${#MISSING[@]} more wheels"
 for name in "${MISSING[@]}"; do req=$(pinned "$name"); download "$OUT/rest/wheels" "$req"; done
 say "comfy-kitchen without its compiled kernels"
 tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
 req=$(pinned comfy-kitchen); download "$tmp" "$req"
 "$VPY" - "$tmp"/comfy_kitchen-*.whl "$OUT/rest/kitchen" <<'EOF'
 import sys, zipfile
