@@ -29,7 +29,6 @@ Usage: .venv/bin/python -m bench.bench_sampling_step [--device cuda|cpu] [--size
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import subprocess
@@ -48,7 +47,7 @@ def build(row: str, size: str, cpu: bool):
 
     import torch
 
-    from devtools import tiny_bundles, unet_configs
+    from devtools import tiny_bundles
     from devtools.comfy_in_process import init_comfy
     from devtools.public_layouts import animatediff_layout_state_dict
 
@@ -56,10 +55,7 @@ def build(row: str, size: str, cpu: bool):
     bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
     patch = importlib.import_module(f"{pack.__name__}.host.temporal_adapter")
     importers = importlib.import_module(f"{pack.__name__}.videoldm_core.importers")
-    spec = tiny_bundles.tiny_sd1_spec()
-    if size == "sd15":   # the text encoder stays tiny: only its width has to match the UNet's context
-        spec = dataclasses.replace(spec, unet_config=dict(unet_configs.SD15),
-                                   text_encoder_config=dict(spec.text_encoder_config, hidden_size=unet_configs.SD15["context_dim"]))
+    spec = tiny_bundles.sd1_bench_spec(size)
     model, clip, _ = bundle_host.build_components(spec, tiny_bundles.random_bundle_state_dict(spec, seed=5), source="bench")
     torch.manual_seed(0)
     if row == "Video LDM":

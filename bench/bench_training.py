@@ -62,7 +62,6 @@ TARGET = 0.7
 def build_base(pack_name: str, unet: str, device):
     """(MODEL, text conditioning) for a random-weight SD1.x UNet in fp32: the pack's tiny bundle
     architecture or the full SD1.5 shape, through the same model config as a bundle."""
-    import dataclasses
     import importlib
 
     import torch
@@ -71,13 +70,7 @@ def build_base(pack_name: str, unet: str, device):
     import comfy.model_patcher
 
     bundle_host = importlib.import_module(f"{pack_name}.host.bundle")
-    spec = tiny_bundles.tiny_sd1_spec()
-    if unet == "sd15":
-        from devtools import unet_configs
-
-        sd15 = dict(unet_configs.SD15)   # the text encoder is never built; its width only has to match
-        spec = dataclasses.replace(spec, unet_config=sd15,
-                                   text_encoder_config=dict(spec.text_encoder_config, hidden_size=sd15["context_dim"]))
+    spec = tiny_bundles.sd1_bench_spec(unet)   # the text encoder is never built here
     model_config = bundle_host.bundle_model_config(spec)
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({}, device="cpu")

@@ -94,6 +94,22 @@ def tiny_sd1_spec(description: str = "random-weight tiny SD1.x bundle"):
     )
 
 
+def sd1_bench_spec(unet: str = "tiny"):
+    """The tiny SD1.x spec, or with `unet="sd15"` SD1.5's full UNet shape (~860M parameters) with
+    the tiny VAE and a tiny text encoder widened to SD1.5's context: benchmarks of the UNet, where
+    the text encoder's width is all that has to match."""
+    import dataclasses
+
+    from . import unet_configs
+
+    spec = tiny_sd1_spec()
+    if unet == "tiny":
+        return spec
+    sd15 = dict(unet_configs.SD15)
+    return dataclasses.replace(spec, unet_config=sd15,
+                               text_encoder_config=dict(spec.text_encoder_config, hidden_size=sd15["context_dim"]))
+
+
 def tiny_x4_spec(description: str = "random-weight tiny SD x4 upscaler bundle"):
     """ComfyUI's SD x4 upscaler architecture (latent + low-res image in, noise level as the class
     label) at a small width: 4 levels of one ResBlock with a linear transformer each (self-attention
