@@ -89,8 +89,11 @@ def _require_complete(component: str, module: torch.nn.Module, state_dict: dict,
                   BundleFormatError, ignore_missing)
 
 
-def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], source: str = "bundle"):
-    """(MODEL, CLIP, VAE) as ComfyUI objects, loaded strictly from `state_dict`."""
+def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], source: str = "bundle",
+                     disable_dynamic: bool = False):
+    """(MODEL, CLIP, VAE) as ComfyUI objects, loaded strictly from `state_dict`. `disable_dynamic`:
+    the MODEL in core's legacy ModelPatcher even where the server enables DynamicVRAM (as core's
+    loaders take it, for the reloads of ModelPatcher.clone)."""
     parts = split_components(state_dict, source)
     model_config = bundle_model_config(spec)
 
@@ -102,7 +105,8 @@ def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], sour
     manual_cast_dtype = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(unet_dtype, manual_cast_dtype, device=load_device)
     model = model_config.get_model(unet_sd, device=mm.unet_inital_load_device(parameters, unet_dtype))
-    patcher = comfy.model_patcher.CoreModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    patcher_class = comfy.model_patcher.ModelPatcher if disable_dynamic else comfy.model_patcher.CoreModelPatcher
+    patcher = patcher_class(model, load_device=load_device, offload_device=mm.unet_offload_device())
     _require_complete("UNet", model.diffusion_model, unet_sd, source)
     model.diffusion_model.load_state_dict(unet_sd, strict=True, assign=patcher.is_dynamic())
 
@@ -148,12 +152,17 @@ def check_bundle_file(spec: BundleSpec, file: WeightsFile):
                           ignore_missing=(".logit_scale", ".text_projection.weight") if part == "text_encoder" else ())
 
 
-def load_bundle(bundle_name: str):
+def load_bundle(bundle_name: str, disable_dynamic: bool = False):
     """(MODEL, CLIP, VAE) from a bundle in models/videoldm_bundles (or the toy family) or
     models/checkpoints. The spec is read from the header and checked against the file's shapes
-    (check_bundle_file) before any weights are read, and no weight may be NaN or infinite."""
+    (check_bundle_file) before any weights are read, and no weight may be NaN or infinite.
+
+    The MODEL can be loaded again from the file, as core's loaders allow (`cached_patcher_init`):
+    ModelPatcher.clone needs that for a fresh copy under DynamicVRAM (training, hooks, MultiGPU)."""
     from .model_folders import BUNDLES, full_path
 
     spec, file = open_bundle(full_path(bundle_name, BUNDLES, "checkpoints"), bundle_name)
     check_bundle_file(spec, file)
-    return build_components(spec, file.tensors(), source=file.source)
+    model, clip, vae = build_components(spec, file.tensors(), source=file.source, disable_dynamic=disable_dynamic)
+    model.cached_patcher_init = (load_bundle, (bundle_name,), 0)
+    return model, clip, vae

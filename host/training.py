@@ -3,8 +3,11 @@ adapter through the same patches that sample with it (host/temporal_adapter.py),
 `denoiser(x_t, t, num_videos, conditioning)` the core objectives call; and the Train Temporal
 Adapter node's small in-graph run (`train_temporal_adapter`).
 
-Nothing of the user's MODEL changes: the UNet is frozen on a deep-copied clone (as core's
-TrainLoraNode does), and the adapter is a fresh fp32 module outside any cast or offload.
+Nothing of the user's MODEL changes: the UNet is frozen on a copy of its own (`copied_model`, as
+core's TrainLoraNode does), and the adapter is a fresh fp32 module outside any cast or offload.
+Both run in core's legacy ModelPatcher even where the server enables DynamicVRAM: it loads the
+weights whole and keeps them in place from forward to backward, and the parameters the optimizer
+holds stay the ones the layers use.
 """
 
 from __future__ import annotations
@@ -73,8 +76,9 @@ def augmentation_schedule(model) -> tuple[NoiseSchedule | None, int]:
 def trainable_base(model):
     """MODEL's UNet ready to be a frozen part of a graph: ComfyUI loads it frozen already, but a loader
     node ran under inference mode, and inference tensors cannot be saved for backward, so such a
-    UNet is deep-copied outside it (as core's TrainLoraNode does). The user's MODEL is never changed."""
-    if any(p.is_inference() for p in model.model.diffusion_model.parameters()):
+    UNet is copied outside it (as core's TrainLoraNode does); so is one in DynamicVRAM's patcher,
+    which streams its weights. The user's MODEL is never changed."""
+    if model.is_dynamic() or any(p.is_inference() for p in model.model.diffusion_model.parameters()):
         model = copied_model(model)
     frozen(model.model.diffusion_model)
     return model
@@ -88,12 +92,29 @@ def pretrainable_unet(model):
     return model
 
 
+def held_by_dynamic_vram(model) -> bool:
+    """Whether DynamicVRAM's patcher has held MODEL's model: it then carries host buffers that are
+    freed when their owner goes, which a Python deep copy would free twice (a crash of the server)."""
+    return model.is_dynamic() or hasattr(model.model, "dynamic_pins")
+
+
 def copied_model(model):
-    """MODEL with a deep copy of its model made outside inference mode, in a fresh patcher state
-    (nothing backed up, nothing pinned). The model config is shared, not copied: its attribute
-    fallback breaks deepcopy."""
-    config = model.model.model_config
+    """MODEL with a copy of its model of its own, made outside inference mode, in core's legacy
+    ModelPatcher in a fresh state (nothing backed up, nothing pinned), its patches kept.
+
+    One that DynamicVRAM has held is loaded again by the loader that made it (ModelPatcher.clone
+    with force_deepcopy, as core's TrainLoraNode and MultiGPU copies do); any other is deep-copied,
+    its model config shared, not copied (the config's attribute fallback breaks deepcopy)."""
     with torch.inference_mode(False):
+        if held_by_dynamic_vram(model):
+            if model.cached_patcher_init is None:
+                raise TrainingError(
+                    f"training needs a copy of this MODEL ({type(model.model).__name__}) of its own; under DynamicVRAM "
+                    "ComfyUI makes one by loading it again, and the node that loaded it gives no way to "
+                    "(no cached_patcher_init). Load it with a core loader (Load Checkpoint, Load Diffusion Model) "
+                    "or Load Video LDM Bundle, or start ComfyUI with --disable-dynamic-vram.")
+            return model.clone(disable_dynamic=True, force_deepcopy=True)
+        config = model.model.model_config
         copied = copy.deepcopy(model.model, memo={id(config): config})
     return model.clone(model_override=(copied, ({}, {}, {}, set())))
 
@@ -119,7 +140,9 @@ class UNetDenoiser:
         if adapter is None:
             self.model = base
         else:
-            patcher = comfy.model_patcher.CoreModelPatcher(adapter, load_device=self.device, offload_device=self.device)
+            # Legacy patcher: DynamicVRAM's would replace small layers' parameters with frozen copies
+            # when it loads them, out of the optimizer's reach.
+            patcher = comfy.model_patcher.ModelPatcher(adapter, load_device=self.device, offload_device=self.device)
             self.model = apply_adapter(base, patcher, name)
         options = {k: v for k, v in self.model.model_options["transformer_options"].items()}
         options["wrappers"] = {}
