@@ -20,6 +20,7 @@ from torch import nn
 
 from .context import ContextError
 from .errors import VideoLDMError
+from .layer_factory import zero_
 from .positional import sinusoidal_embedding
 
 FACTOR = 4
@@ -118,11 +119,9 @@ class InterpolationEmbedding(nn.Module):
         super().__init__()
         self.regimes = regimes
         self.regime_embed = operations.Embedding(regimes, emb_channels)
-        nn.init.zeros_(self.regime_embed.weight)
+        zero_(self.regime_embed)
         self.level_embed = nn.Sequential(operations.Linear(emb_channels, emb_channels), nn.SiLU(),
-                                         operations.Linear(emb_channels, emb_channels))
-        nn.init.zeros_(self.level_embed[2].weight)
-        nn.init.zeros_(self.level_embed[2].bias)
+                                         zero_(operations.Linear(emb_channels, emb_channels)))
         self.emb_channels = emb_channels
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:

@@ -29,3 +29,11 @@ def placed(operations=nn, dtype: torch.dtype | None = None, device: torch.device
     if dtype is None and device is None:
         return operations
     return PlacedOperations(operations, dtype, device)
+
+
+def zero_(module: nn.Module) -> nn.Module:
+    """`module` with its weights zeroed, those it has: a host's layer may get its weights only when
+    a state dict loads (ComfyUI's Linear under DynamicVRAM), and then the file's are the ones used."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module

@@ -16,6 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from .errors import VideoLDMError
+from .layer_factory import zero_
 
 
 class FrameLimitError(VideoLDMError):
@@ -72,9 +73,7 @@ class RelativeSinusoidalBias(nn.Module):
     def __init__(self, heads: int, dim: int = 64, max_period: float = 10000.0, operations=nn):
         super().__init__()
         self.dim, self.max_period = dim, max_period
-        self.proj = operations.Linear(dim, heads)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        self.proj = zero_(operations.Linear(dim, heads))
 
     def forward(self, num_frames: int, device=None) -> torch.Tensor:
         idx = torch.arange(num_frames, device=device)

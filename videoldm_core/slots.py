@@ -22,8 +22,9 @@ from torch import nn
 from .alpha_blender import AlphaBlender
 from .attention import Attention, AttentionFn, FeedForward, sdpa_attention
 from .context import context_projection
+from .layer_factory import zero_
 from .positional import RelativeSinusoidalBias, check_frame_limit, distance_mask, sinusoidal_embedding
-from .temporal_layers import TemporalResBlock, TemporalTransformerBlock, zero_
+from .temporal_layers import TemporalResBlock, TemporalTransformerBlock
 
 
 def combine_masks(*masks):

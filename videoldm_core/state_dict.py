@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+from torch import nn
+
 
 def _shape(value) -> tuple[int, ...]:
     return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
@@ -37,3 +39,10 @@ def check_weights(expected: Mapping, found: Mapping, what: str, error: type[Exce
     problem = weight_mismatch(expected, found, ignore_missing)
     if problem:
         raise error(f"{what}: {problem}.")
+
+
+def has_deferred_weights(module: nn.Module) -> bool:
+    """Whether a layer of `module` has no weight yet. A host may build layers that get their weights
+    only when a state dict loads (ComfyUI's Linear under DynamicVRAM: weight None), and state_dict()
+    leaves those out, so it no longer tells what a file must hold."""
+    return any(isinstance(m, nn.Linear) and m.weight is None for m in module.modules())

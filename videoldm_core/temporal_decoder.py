@@ -27,11 +27,11 @@ from einops import rearrange
 from torch import nn
 
 from .alpha_blender import blend, merge_alpha, register_mix_factor
-from .layer_factory import placed
+from .layer_factory import placed, zero_
 from .positional import sinusoidal_embedding
-from .state_dict import check_weights
+from .state_dict import check_weights, has_deferred_weights
 from .temporal_adapter import MAX_KERNEL_T, MAX_WIDTH, set_submodule
-from .temporal_layers import TemporalResBlock, TemporalTransformerBlock, zero_
+from .temporal_layers import TemporalResBlock, TemporalTransformerBlock
 from .metadata_spec import MetadataSpec, expect_int
 from .weights_file import WeightsFile, WeightsFileError, build_on_meta
 
@@ -154,7 +154,8 @@ class TemporalDecoder(nn.Module):
 
     def load_weights(self, state_dict: dict, source: str = "temporal decoder", assign: bool = False):
         """Strict load; a mismatch is named before anything loads."""
-        check_weights(self.state_dict(), state_dict, f"{source}: temporal decoder weights do not match its spec",
+        layout = type(self)(self.spec, device="meta") if has_deferred_weights(self) else self   # the spec's, in torch.nn
+        check_weights(layout.state_dict(), state_dict, f"{source}: temporal decoder weights do not match its spec",
                       TemporalDecoderFormatError)
         self.load_state_dict(state_dict, strict=True, assign=assign)
         return self

@@ -14,12 +14,7 @@ import torch
 from torch import nn
 
 from .attention import Attention, AttentionFn, FeedForward, sdpa_attention
-
-
-def zero_(module: nn.Module) -> nn.Module:
-    for p in module.parameters():
-        nn.init.zeros_(p)
-    return module
+from .layer_factory import zero_
 
 
 class TemporalResBlock(nn.Module):

@@ -1,11 +1,14 @@
-"""Training from a MODEL that ComfyUI's DynamicVRAM has held, the default on NVIDIA GPUs.
+"""The pack in a ComfyUI with DynamicVRAM on, the default on NVIDIA GPUs, as far as a CPU shows it.
 
-That patcher gives the model host buffers of the real comfy-aimdo library (loaded here as main.py
-loads it; host buffers need no GPU), which are freed when their owner goes. A Python deep copy of
-such a model freed them twice and killed the process at exit (SIGSEGV, seen here before the fix);
-training now takes a fresh copy from the loader, as core does for its own copies. The child runs
-in its own process because the failure is a crash. Its patcher names a CUDA device, never used:
-the class hands any CPU device the legacy patcher instead.
+A server with DynamicVRAM sets `comfy.memory_management.aimdo_enabled` and loads the real
+comfy-aimdo library (main.py); each child here does both, in its own process, since some of the
+failures were crashes. Two things follow that the rest of the suite never sees:
+- ComfyUI's Linear is built without weights until a state dict loads one, so state_dict() no
+  longer lists what a file must hold (every loader of the pack refused its own files);
+- the dynamic patcher gives a model host buffers that are freed when their owner goes, which a
+  Python deep copy freed twice (training crashed the process: heap corruption).
+The patcher is built for a CUDA device that is never used: the class hands a CPU device the legacy
+patcher. What needs CUDA itself (streaming weights through the virtual VRAM buffer) is not run.
 """
 
 import os
@@ -14,16 +17,67 @@ import sys
 
 from devtools.paths import REPO_ROOT
 
-CHILD = """
+DYNAMIC_VRAM_HOST = """
 import gc, importlib, torch
 import comfy_aimdo.control
 assert comfy_aimdo.control.init(), "the comfy-aimdo library did not load"   # before comfy, as main.py does
 from devtools.comfy_in_process import init_comfy
 pack = init_comfy()
+import comfy.memory_management, comfy.ops
 from comfy.model_patcher import ModelPatcher, ModelPatcherDynamic
 host = lambda name: importlib.import_module(f"{pack.__name__}.host.{name}")
+core = lambda name: importlib.import_module(f"{pack.__name__}.videoldm_core.{name}")
 host("model_folders").register_model_folders()
-TrainingError = importlib.import_module(f"{pack.__name__}.videoldm_core.training.objective").TrainingError
+def dynamic_vram(on):   # what main.py sets when it enables DynamicVRAM
+    comfy.memory_management.aimdo_enabled = on
+"""
+
+LOADERS = DYNAMIC_VRAM_HOST + """
+import folder_paths
+
+def state(module):
+    return {k: v.float() for k, v in module.state_dict().items()}
+
+def loaded_everything(spec=None, weights=None):
+    with torch.inference_mode():   # as loader nodes run
+        model, clip, vae = host("bundle").load_bundle("videoldm_toy.safetensors")
+        out = {"unet": state(model.model.diffusion_model), "clip": state(clip.cond_stage_model),
+               "vae": state(vae.first_stage_model)}
+        for name in folder_paths.get_filename_list("temporal_adapters"):
+            out[name] = state(host("temporal_adapter").load_temporal_adapter(
+                folder_paths.get_full_path("temporal_adapters", name), name).patcher.model)
+        decoder = core("temporal_decoder")
+        if spec is None:   # random weights, made once
+            spec = decoder.spec_for_decoder(vae.first_stage_model.decoder, attention=True)
+            weights = decoder.TemporalDecoder(spec).state_dict()
+        out["temporal decoder"] = state(host("temporal_decoder").build_temporal_decoder(spec, weights, "test").model)
+    return out, spec, weights
+
+dynamic_vram(False)
+legacy, spec, weights = loaded_everything()
+dynamic_vram(True)
+assert comfy.ops.manual_cast.Linear(2, 2).weight is None, "ComfyUI's Linear no longer defers its weights: this checks nothing"
+dynamic, _, _ = loaded_everything(spec, weights)
+assert dynamic.keys() == legacy.keys()
+for part in legacy:
+    assert dynamic[part].keys() == legacy[part].keys(), part
+    for k, v in legacy[part].items():
+        assert torch.equal(dynamic[part][k], v), (part, k)
+print("loaded alike:", sorted(dynamic), flush=True)
+
+name = next(k for k in weights if k.endswith(".weight") and weights[k].ndim == 2)   # a Linear's
+bad = dict(weights, **{name: weights[name][:, :-1].clone()})
+try:
+    host("temporal_decoder").build_temporal_decoder(spec, bad, "'bad.safetensors'")
+except core("temporal_decoder").TemporalDecoderFormatError as e:
+    print("refused:", e, flush=True)
+else:
+    raise AssertionError("a misshapen Linear weight loaded")
+"""
+
+TRAINING = DYNAMIC_VRAM_HOST + """
+dynamic_vram(True)
+TrainingError = core("training.objective").TrainingError
 
 with torch.inference_mode():   # as a loader node runs
     loaded, _, _ = host("bundle").load_bundle("videoldm_toy.safetensors")
@@ -62,11 +116,26 @@ print("user's model freed", flush=True)
 """
 
 
-def test_training_copies_a_dynamic_vram_model_from_its_loader_and_leaves_it_intact():
+def run_child(script: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    run = subprocess.run([sys.executable, "-c", CHILD], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, (run.returncode, run.stdout[-2000:], run.stderr[-3000:])
-    assert "copy freed" in run.stdout and "user's model freed" in run.stdout
-    refusal = next(line for line in run.stdout.splitlines() if line.startswith("refused:"))
+    return run.stdout
+
+
+def test_every_loader_loads_the_same_weights_with_deferred_linear_weights():
+    """Bundle (UNet, CLIP, VAE), each toy adapter, a temporal decoder with attention: the same
+    weights as without DynamicVRAM, and a misshapen Linear weight (which ComfyUI's deferred Linear
+    would take without a look) still refused by name."""
+    out = run_child(LOADERS)
+    assert "loaded alike: ['clip', 'temporal decoder', 'unet', 'vae', 'videoldm_toy_interpolator.safetensors'" in out
+    refusal = next(line for line in out.splitlines() if line.startswith("refused:"))
+    assert "'bad.safetensors'" in refusal and "wrong shape" in refusal
+
+
+def test_training_copies_a_dynamic_vram_model_from_its_loader_and_leaves_it_intact():
+    stdout = run_child(TRAINING)
+    assert "copy freed" in stdout and "user's model freed" in stdout
+    refusal = next(line for line in stdout.splitlines() if line.startswith("refused:"))
     assert "BaseModel" in refusal and "--disable-dynamic-vram" in refusal and "Load Checkpoint" in refusal
