@@ -68,7 +68,20 @@ def sampling_for(model, schedule: BetaSchedule):
             raise ScheduleError(f"a discrete noise schedule needs an ε or v prediction model, found {type(current).__name__}.")
 
     class AdapterModelSampling(base, prediction):
+        """The schedule's tables are attributes, not buffers. DynamicVRAM's patcher backs every buffer
+        up by its path and writes it back into whatever object sits at that path at its next load
+        (ComfyUI issue 16490), so as buffers this schedule and the checkpoint's would swap between the
+        clone and the input MODEL. Core's schedule code moves the tables to the input's device."""
         original_timesteps = schedule.lcm_timesteps or ModelSamplingDiscreteDistilled.original_timesteps
+
+        def set_sigmas(self, sigmas):
+            for name, table in (("sigmas", sigmas.float()), ("log_sigmas", sigmas.log().float())):
+                self._buffers.pop(name, None)
+                object.__setattr__(self, name, table)
+
+        def register_buffer(self, name, tensor, persistent=True):
+            if name not in ("sigmas", "log_sigmas"):   # those two only come from a patcher's restore by path
+                super().register_buffer(name, tensor, persistent)
 
     sampling = AdapterModelSampling(settings, zsnr=getattr(current, "zsnr", False))
     sampling.videoldm_schedule = schedule

@@ -95,6 +95,29 @@ def test_auto_reproduces_the_sigmas_of_the_trained_schedule(variant, motion_modu
     assert kept.get_model_object("model_sampling") is model.get_model_object("model_sampling")
 
 
+@pytest.mark.parametrize("variant", ["v1", "animatelcm"])
+def test_neither_schedule_takes_the_others_through_a_restore_of_buffers_by_path(variant, motion_module, pack_module):
+    """DynamicVRAM's patcher (ModelPatcherDynamic.load, restore_loaded_backups) backs up every buffer
+    of the model by path and writes the backups into whatever object sits at that path at the next
+    load, the object patch or the checkpoint's own (ComfyUI issue 16490). The adapter's schedule is
+    never backed up, and writing the checkpoint's tables to its path leaves it as it was."""
+    import comfy.utils
+
+    model, adapter = motion_module(variant)
+    patched = pack_module("host.temporal_adapter").apply_adapter(model, adapter.patcher, adapter.name)
+    ours, own = patched.get_model_object("model_sampling"), model.get_model_object("model_sampling")
+    expected, expected_log, own_before = ours.sigmas.clone(), ours.log_sigmas.clone(), own.sigmas.clone()
+    assert not torch.equal(expected[:10], own_before[:10])
+    restoring = torch.nn.Module()   # the model as the restore sees it while the clone is loaded
+    restoring.model_sampling = ours
+    assert not [k for k, _ in restoring.named_buffers() if k.startswith("model_sampling.")]
+    comfy.utils.set_attr_buffer(restoring, "model_sampling.sigmas", own.sigmas)
+    comfy.utils.set_attr_buffer(restoring, "model_sampling.log_sigmas", own.log_sigmas)
+    assert torch.equal(ours.sigmas, expected) and torch.equal(ours.log_sigmas, expected_log)
+    assert torch.equal(own.sigmas, own_before)
+    torch.testing.assert_close(ours.sigmas.double(), diffusers_sigmas(*ORIGINAL_CONFIGS[variant]), rtol=2e-5, atol=0)
+
+
 def test_animatelcm_samples_as_a_consistency_model_on_its_100_original_timesteps(motion_module, pack_module):
     import comfy_extras.nodes_model_advanced as advanced
 
