@@ -103,15 +103,12 @@ def _require_complete(component: str, module: torch.nn.Module, state_dict: dict,
                   BundleFormatError, ignore_missing)
 
 
-def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], source: str = "bundle",
-                     disable_dynamic: bool = False):
-    """(MODEL, CLIP, VAE) as ComfyUI objects, loaded strictly from `state_dict`. `disable_dynamic`:
-    the MODEL in core's legacy ModelPatcher even where the server enables DynamicVRAM (as core's
-    loaders take it, for the reloads of ModelPatcher.clone)."""
-    parts = split_components(state_dict, source)
+def build_model(spec: BundleSpec, unet_part: dict[str, torch.Tensor], source: str = "bundle",
+                disable_dynamic: bool = False):
+    """The MODEL, loaded strictly from the bundle's UNet tensors (full keys). `disable_dynamic`: in
+    core's legacy ModelPatcher even where the server enables DynamicVRAM, as core's loaders take it."""
     model_config = bundle_model_config(spec)
-
-    unet_sd = comfy.utils.state_dict_prefix_replace(parts["unet"], {COMPONENT_PREFIXES["unet"]: ""}, filter_keys=True)
+    unet_sd = comfy.utils.state_dict_prefix_replace(unet_part, {COMPONENT_PREFIXES["unet"]: ""}, filter_keys=True)
     parameters = comfy.utils.calculate_parameters(unet_sd)
     load_device = mm.get_torch_device()
     unet_dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=list(model_config.supported_inference_dtypes),
@@ -123,6 +120,14 @@ def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], sour
     patcher = patcher_class(model, load_device=load_device, offload_device=mm.unet_offload_device())
     _require_complete("UNet", model.diffusion_model, unet_sd, source)
     model.diffusion_model.load_state_dict(unet_sd, strict=True, assign=patcher.is_dynamic())
+    return patcher
+
+
+def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], source: str = "bundle"):
+    """(MODEL, CLIP, VAE) as ComfyUI objects, loaded strictly from `state_dict`."""
+    parts = split_components(state_dict, source)
+    model_config = bundle_model_config(spec)
+    patcher = build_model(spec, parts["unet"], source)
 
     vae_sd = comfy.utils.state_dict_prefix_replace(parts["vae"], {COMPONENT_PREFIXES["vae"]: ""}, filter_keys=True)
     vae = comfy.sd.VAE(sd=vae_sd, config=_vae_config(spec))
@@ -166,17 +171,31 @@ def check_bundle_file(spec: BundleSpec, file: WeightsFile):
                           ignore_missing=(".logit_scale", ".text_projection.weight") if part == "text_encoder" else ())
 
 
-def load_bundle(bundle_name: str, disable_dynamic: bool = False):
+def _open_checked(bundle_name: str):
+    from .model_folders import BUNDLES, full_path
+
+    spec, file = open_bundle(full_path(bundle_name, BUNDLES, "checkpoints"), bundle_name)
+    check_bundle_file(spec, file)
+    return spec, file
+
+
+def load_bundle(bundle_name: str):
     """(MODEL, CLIP, VAE) from a bundle in models/videoldm_bundles (or the toy family) or
     models/checkpoints. The spec is read from the header and checked against the file's shapes
     (check_bundle_file) before any weights are read, and no weight may be NaN or infinite.
 
     The MODEL can be loaded again from the file, as core's loaders allow (`cached_patcher_init`):
     ModelPatcher.clone needs that for a fresh copy under DynamicVRAM (training, hooks, MultiGPU)."""
-    from .model_folders import BUNDLES, full_path
-
-    spec, file = open_bundle(full_path(bundle_name, BUNDLES, "checkpoints"), bundle_name)
-    check_bundle_file(spec, file)
-    model, clip, vae = build_components(spec, file.tensors(), source=file.source, disable_dynamic=disable_dynamic)
-    model.cached_patcher_init = (load_bundle, (bundle_name,), 0)
+    spec, file = _open_checked(bundle_name)
+    model, clip, vae = build_components(spec, file.tensors(), source=file.source)
+    model.cached_patcher_init = (reload_bundle_model, (bundle_name,))
     return model, clip, vae
+
+
+def reload_bundle_model(bundle_name: str, disable_dynamic: bool = False):
+    """The bundle's MODEL alone, read and checked as load_bundle reads it, from its UNet's tensors."""
+    spec, file = _open_checked(bundle_name)
+    unet_keys = [k for k in file.shapes if k.startswith(COMPONENT_PREFIXES["unet"])]
+    model = build_model(spec, file.tensors(unet_keys), source=file.source, disable_dynamic=disable_dynamic)
+    model.cached_patcher_init = (reload_bundle_model, (bundle_name,))
+    return model

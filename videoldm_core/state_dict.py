@@ -41,8 +41,11 @@ def check_weights(expected: Mapping, found: Mapping, what: str, error: type[Exce
         raise error(f"{what}: {problem}.")
 
 
-def has_deferred_weights(module: nn.Module) -> bool:
-    """Whether a layer of `module` has no weight yet. A host may build layers that get their weights
-    only when a state dict loads (ComfyUI's Linear under DynamicVRAM: weight None), and state_dict()
-    leaves those out, so it no longer tells what a file must hold."""
-    return any(isinstance(m, nn.Linear) and m.weight is None for m in module.modules())
+def spec_layout(module: nn.Module) -> Mapping:
+    """What a file must hold for `module` (key -> tensor), whatever layers the host built it with:
+    its state_dict(), or the state_dict() of its spec built in torch.nn on the meta device when some
+    layer has no weight yet. A host may build layers that get their weights only when a state dict
+    loads (ComfyUI's Linear under DynamicVRAM: weight None), and state_dict() leaves those out."""
+    if any(isinstance(m, nn.Linear) and m.weight is None for m in module.modules()):
+        return type(module)(module.spec, device="meta").state_dict()
+    return module.state_dict()
