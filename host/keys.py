@@ -8,4 +8,5 @@ CONTEXT_KEY = "videoldm_context"       # model cond and UNet kwarg with c_S; tra
 LABELS_KEY = "videoldm_interpolation"  # model cond with per-frame (regime, augmentation level) rows
 CHECKPOINT_KEY = "videoldm_gradient_checkpointing"  # transformer_options flag set by training
 SCHEDULE_KEY = "videoldm_noise_schedule"  # transformer_options: the ScheduleChoice of a patched model
+REPLACED_SAMPLING_KEY = "videoldm_replaced_model_sampling"  # transformer_options: the model_sampling patch the schedule replaced
 CLIP_NORMS_KEY = "videoldm_clip_norms"  # key of the DIFFUSION_MODEL wrapper that runs the output norm over the clip

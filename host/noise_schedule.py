@@ -15,7 +15,7 @@ import torch
 from comfy_extras.nodes_model_advanced import LCM, ModelSamplingDiscreteDistilled
 
 from ..videoldm_core.noise_schedule import NAMED_SCHEDULES, BetaSchedule, ScheduleError
-from .keys import SCHEDULE_KEY
+from .keys import REPLACED_SAMPLING_KEY, SCHEDULE_KEY
 
 AUTO, MODEL = "auto", "model"
 NOISE_SCHEDULE_CHOICES = (AUTO, MODEL, *NAMED_SCHEDULES)
@@ -120,7 +120,22 @@ def set_schedule(clone, decided: ScheduleChoice):
     options = clone.model_options["transformer_options"]
     options[SCHEDULE_KEY] = decided
     if decided.schedule is not None and model_schedule(clone) != decided.schedule:
+        options.setdefault(REPLACED_SAMPLING_KEY, clone.object_patches.get("model_sampling"))
         clone.add_object_patch("model_sampling", sampling_for(clone, decided.schedule))
+
+
+def unset_schedule(clone):
+    """On `clone` only: what `set_schedule` did undone, the sampling it replaced (the checkpoint's
+    own or a ModelSampling node's patch) back; a patch set after the adapters' stays."""
+    options = clone.model_options["transformer_options"]
+    options.pop(SCHEDULE_KEY, None)
+    replaced = options.pop(REPLACED_SAMPLING_KEY, None)
+    if getattr(clone.object_patches.get("model_sampling"), "videoldm_schedule", None) is None:
+        return
+    if replaced is None:
+        del clone.object_patches["model_sampling"]
+    else:
+        clone.object_patches["model_sampling"] = replaced
 
 
 def _describe(schedule: Optional[BetaSchedule]) -> str:

@@ -38,8 +38,8 @@ from ..videoldm_core.temporal_adapter import AdapterSpec, TemporalAdapter, resol
 from .confined_paths import file_inside
 from .context import route_context, slice_context_in_windows
 from .clip_norms import output_norm_over_clip
-from .keys import CLIP_NORMS_KEY, OPTIONS_KEY, WRAPPER_KEY
-from .noise_schedule import AUTO, choose_schedule, model_schedule, set_schedule
+from .keys import CLIP_NORMS_KEY, OPTIONS_KEY, SCHEDULE_KEY, WRAPPER_KEY
+from .noise_schedule import AUTO, choose_schedule, model_schedule, set_schedule, unset_schedule
 from .temporal_forward import AppliedAdapter, forward_with_temporal
 from .unet_layout import model_family, named_layers, spatial_layout
 
@@ -167,6 +167,29 @@ def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, atte
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, CLIP_NORMS_KEY, output_norm_over_clip)
     options[OPTIONS_KEY] = previous + [applied]
     m.set_additional_models("videoldm", [a.patcher for a in options[OPTIONS_KEY]])
+    return m
+
+
+def without_adapters(model):
+    """`model` as it was before any Apply Temporal Adapter: a clone without the adapters, their
+    patches and wrappers and the noise schedule they chose (`model` itself when none was applied).
+    Everything else on it stays (LoRA, other nodes' patches, a ModelSampling node's schedule)."""
+    options = model.model_options.get("transformer_options", {})
+    if OPTIONS_KEY not in options and SCHEDULE_KEY not in options:
+        return model
+    m = model.clone()
+    options = m.model_options["transformer_options"]
+    options.pop(OPTIONS_KEY, None)
+    patches = options.get("patches", {})
+    if "forward_timestep_embed_patch" in patches:
+        patches["forward_timestep_embed_patch"] = [p for p in patches["forward_timestep_embed_patch"]
+                                                   if p[1] is not forward_with_temporal]
+    for kind, key in ((comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY),
+                      (comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY),
+                      (comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, CLIP_NORMS_KEY)):
+        m.remove_wrappers_with_key(kind, key)
+    m.remove_additional_models("videoldm")
+    unset_schedule(m)
     return m
 
 

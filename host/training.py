@@ -40,7 +40,8 @@ from ..videoldm_core.training.trainer import Trainer, TrainConfig
 from .confined_paths import file_inside, training_folder, training_roots
 from .context import context_kwargs
 from .keys import CHECKPOINT_KEY
-from .temporal_adapter import TEMPORAL_ADAPTERS, LoadedAdapter, apply_adapter, build_adapter_patcher, fresh_adapter_for_model
+from .temporal_adapter import (TEMPORAL_ADAPTERS, LoadedAdapter, apply_adapter, build_adapter_patcher, fresh_adapter_for_model,
+                               without_adapters)
 from .unet_layout import model_family, spatial_layout
 
 
@@ -336,6 +337,7 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
     if (images is None) == (not folder):
         raise TrainingError("expected training frames from exactly one source: `images` or `folder`, found "
                             f"{'both' if images is not None else 'neither'}.")
+    model = without_adapters(model)   # adapters applied to MODEL play no part: neither layers nor schedule
     config = TrainConfig(steps=steps, lr=learning_rate, warmup=min(50, steps // 10), seed=seed)
     save_path = adapter_save_path(save_name) if save_name else None   # a bad name fails before training
     # ComfyUI runs nodes under inference mode; everything autograd sees is made outside it

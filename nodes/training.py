@@ -25,7 +25,8 @@ class TrainTemporalAdapter(io.ComfyNode):
                         "are not changed. Interrupting stops after the current step and keeps what was learned.",
             inputs=[
                 io.Model.Input("model", tooltip="The frozen image model (SD1.x, SD2.x, SDXL, or the SD x4 upscaler for "
-                                                "mode 'upscaler'). Any temporal adapter applied to it is ignored."),
+                                                "mode 'upscaler'). A temporal adapter applied to it is ignored, and so is "
+                                                "the noise schedule it chose; LoRA and other patches stay."),
                 io.Vae.Input("vae", tooltip="The model's VAE, to encode the training frames once."),
                 io.Conditioning.Input("positive", tooltip="The prompt describing the training clips (every clip "
                                                           "uses it); an empty prompt works."),

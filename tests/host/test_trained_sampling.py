@@ -149,6 +149,33 @@ def test_an_explicit_schedule_and_stacked_adapters(motion_module, pack_module, t
     torch.testing.assert_close(sigmas(picked), diffusers_sigmas(*ORIGINAL_CONFIGS["v1"]), rtol=2e-5, atol=0)
 
 
+def test_without_adapters_takes_off_the_adapters_and_their_schedule_and_nothing_else(motion_module, pack_module, tiny_sd1):
+    """What Train Temporal Adapter starts from: a user's ModelSamplingDiscrete (zsnr) and wrapper
+    applied before v1 are kept; v1's layers, wrappers, clip-wide norms and schedule are gone."""
+    import comfy.patcher_extension
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
+    patch = pack_module("host.temporal_adapter")
+    model, v1 = motion_module("v1")
+    users = ModelSamplingDiscrete().patch(model, "eps", True)[0]
+    calls = []
+    users.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "users",
+                               lambda executor, *args, **kwargs: calls.append(1) or executor(*args, **kwargs))
+    patched = patch.apply_adapter(users, v1.patcher, v1.name)
+    assert not torch.equal(sigmas(patched), sigmas(users)) and len(patched.get_all_wrappers("diffusion_model")) == 3
+    bare = patch.without_adapters(patched)
+    assert bare.get_model_object("model_sampling") is users.get_model_object("model_sampling")
+    assert not patch.applied_adapters(bare) and not bare.get_additional_models()
+    assert bare.get_all_wrappers("diffusion_model") == users.get_all_wrappers("diffusion_model")
+    assert not bare.get_all_wrappers("outer_sample")
+    assert not bare.model_options["transformer_options"]["patches"]["forward_timestep_embed_patch"]
+    assert torch.equal(sample(bare, tiny_sd1[1]), sample(users, tiny_sd1[1])) and calls
+    assert [a.name for a in patch.applied_adapters(patched)] == [v1.name], "the input MODEL changed"
+    assert patch.without_adapters(users) is users
+    # the adapter's schedule over the checkpoint's own: taken off, the object patch goes too
+    assert "model_sampling" not in patch.without_adapters(patch.apply_adapter(model, v1.patcher, v1.name)).object_patches
+
+
 def test_unknown_schedule_name_is_refused(motion_module, pack_module):
     model, v2 = motion_module("v2")
     with pytest.raises(ValueError, match=r"noise_schedule: expected one of \('auto', 'model', .*found 'cosine'"):

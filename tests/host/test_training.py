@@ -251,3 +251,30 @@ def test_interrupting_the_node_keeps_what_was_learned(tr, pack_module):
     saved = pack_module("host.temporal_adapter").load_temporal_adapter(path, "interrupted")
     fresh = tr["patch"].fresh_adapter_for_model(tr["model"])[1].state_dict()
     assert any(not torch.equal(v.float(), fresh[k]) for k, v in saved.patcher.model.state_dict().items() if "out_layers.3" in k)
+
+
+@pytest.mark.parametrize("schedule", ["model", "ANIMATEDIFF_SCHEDULE", "ANIMATELCM_SCHEDULE"])
+def test_temporal_adapters_applied_to_the_model_are_ignored_by_the_node(tr, pack_module, schedule):
+    """The `model` input's documented contract: an adapter applied to it (its layers, its wrappers
+    and the noise schedule it chose) plays no part; the run equals one on the bare MODEL."""
+    schedules = pack_module("videoldm_core.noise_schedule")
+    label = schedule if schedule == "model" else getattr(schedules, schedule).label
+    spec, module = tr["patch"].fresh_adapter_for_model(tr["model"])
+    torch.manual_seed(3)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.2)   # an adapter that changes the output a lot
+    patcher = tr["patch"].build_adapter_patcher(spec, module.state_dict(), source="applied")
+    applied = tr["patch"].apply_adapter(tr["model"], patcher, "applied", noise_schedule=label)
+    sampling_before = applied.get_model_object("model_sampling")
+    images = shapes_video(tr, frames=8)
+    runs = []
+    for model in (tr["model"], applied):
+        with torch.inference_mode():
+            adapter, curve = tr["node"].execute(**dict(node_args(tr, steps=3), model=model), images=images).result
+        runs.append((adapter.spec, adapter.patcher.model.state_dict(), curve))
+    (spec_bare, bare, curve_bare), (spec_applied, trained, curve_applied) = runs
+    assert spec_applied.noise_schedule == spec_bare.noise_schedule
+    assert torch.equal(curve_applied, curve_bare), "the applied adapter changed the losses"
+    assert all(torch.equal(v, bare[k]) for k, v in trained.items())
+    assert [a.name for a in tr["patch"].applied_adapters(applied)] == ["applied"], "the user's MODEL changed"
+    assert applied.get_model_object("model_sampling") is sampling_before
