@@ -23,7 +23,7 @@ import comfy_aimdo.control
 assert comfy_aimdo.control.init(), "the comfy-aimdo library did not load"   # before comfy, as main.py does
 from devtools.comfy_in_process import init_comfy
 pack = init_comfy()
-import comfy.memory_management, comfy.ops
+import comfy.memory_management, comfy.model_management as mm, comfy.ops
 from comfy.model_patcher import ModelPatcher, ModelPatcherDynamic
 host = lambda name: importlib.import_module(f"{pack.__name__}.host.{name}")
 core = lambda name: importlib.import_module(f"{pack.__name__}.videoldm_core.{name}")
@@ -96,7 +96,18 @@ copied = dict(base.model.diffusion_model.named_parameters())
 assert copied.keys() == weights.keys()
 for name, p in copied.items():
     assert not p.is_inference() and not p.requires_grad and torch.equal(p, weights[name]), name
-del base, copied
+# the trainable adapter runs in the legacy patcher too: a dynamic load would swap small layers'
+# parameters for frozen copies, out of the optimizer's reach (on a CPU core makes every patcher a
+# legacy one, so this child names the CUDA device it never loads to)
+spec, adapter = host("temporal_adapter").fresh_adapter_for_model(base)
+cpu_device, mm.get_torch_device = mm.get_torch_device, lambda: torch.device("cuda", 0)
+try:
+    denoiser = host("training").UNetDenoiser(base, adapter, torch.zeros(1, 77, 64))
+finally:
+    mm.get_torch_device = cpu_device
+patchers = denoiser.model.get_additional_models_with_key("videoldm")
+assert [type(p) for p in patchers] == [ModelPatcher] and patchers[0].model is adapter, patchers
+del base, copied, denoiser, patchers
 gc.collect()
 print("copy freed", flush=True)
 
