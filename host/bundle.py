@@ -26,7 +26,7 @@ from ..videoldm_core.bundle import (COMPONENT_PREFIXES, BundleFormatError, Bundl
                                     split_components)
 from ..videoldm_core.families import SD1, SD_X4_UPSCALER, family_named
 from ..videoldm_core.state_dict import check_weights
-from ..videoldm_core.weights_file import WeightsFile, build_on_meta
+from ..videoldm_core.weights_file import WeightsFile, build_on_meta, check_range
 
 _MODEL_TYPES = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}
 _FAMILY_CONFIGS = {SD1.name: comfy.supported_models.SD15, SD_X4_UPSCALER.name: comfy.supported_models.SD_X4Upscaler}
@@ -113,6 +113,7 @@ def build_model(spec: BundleSpec, unet_part: dict[str, torch.Tensor], source: st
     load_device = mm.get_torch_device()
     unet_dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=list(model_config.supported_inference_dtypes),
                                weight_dtype=comfy.utils.weight_dtype(unet_sd))
+    check_range(unet_sd, unet_dtype, source, BundleFormatError)
     manual_cast_dtype = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(unet_dtype, manual_cast_dtype, device=load_device)
     model = model_config.get_model(unet_sd, device=mm.unet_inital_load_device(parameters, unet_dtype))

@@ -34,7 +34,8 @@ from ..videoldm_core.importers import read_adapter_file
 from ..videoldm_core.interpolation import MAX_AUGMENTATION
 from ..videoldm_core.placement import animatediff_slots, videoldm_slots
 from ..videoldm_core.positional import check_frame_limit
-from ..videoldm_core.temporal_adapter import AdapterSpec, TemporalAdapter, resolve_slots, save_adapter
+from ..videoldm_core.temporal_adapter import AdapterFormatError, AdapterSpec, TemporalAdapter, resolve_slots, save_adapter
+from ..videoldm_core.weights_file import check_range
 from .confined_paths import file_inside
 from .context import route_context, slice_context_in_windows
 from .clip_norms import output_norm_over_clip
@@ -88,6 +89,7 @@ def build_adapter_patcher(spec, state_dict, source: str):
     compute in the dtype of whatever UNet they run in. Applying never changes the stored weights."""
     parameters = sum(v.numel() for v in state_dict.values())
     dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    check_range(state_dict, dtype, source, AdapterFormatError)
     device = mm.unet_inital_load_device(parameters, dtype)
     module = TemporalAdapter(spec, operations=comfy.ops.manual_cast, dtype=dtype, device=device)   # built where it runs
     patcher = comfy.model_patcher.CoreModelPatcher(module, load_device=mm.get_torch_device(),

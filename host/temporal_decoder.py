@@ -24,7 +24,7 @@ import folder_paths
 
 from ..videoldm_core.temporal_decoder import (TemporalDecoder, TemporalDecoderFormatError, TemporalDecoderSpec,
                                               check_temporal_decoder, read_addon_file, split_svd_vae)
-from ..videoldm_core.weights_file import WeightsFile, build_on_meta
+from ..videoldm_core.weights_file import WeightsFile, build_on_meta, check_range
 from ..videoldm_core.state_dict import check_weights
 from ..videoldm_core.video_upscale import plan_tiles, smaller_tile
 from ..videoldm_core.video_file import VideoFileWriter
@@ -74,9 +74,7 @@ def check_vae_file(file: WeightsFile):
     autoencoder on the meta device."""
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
-    shapes = file.shapes
-    if any(k.startswith("first_stage_model.") for k in shapes):
-        shapes = {k[len("first_stage_model."):]: v for k, v in shapes.items() if k.startswith("first_stage_model.")}
+    shapes = {k.removeprefix("first_stage_model."): file.shapes[k] for k in vae_keys(file.shapes)}
     if any(k.startswith("decoder.") and k.endswith(".mix_factor") for k in shapes):
         shapes, spec, temporal = split_svd_vae(shapes, file.source)
         check_temporal_decoder(spec, temporal, file)
@@ -85,6 +83,12 @@ def check_vae_file(file: WeightsFile):
     check_weights(image.state_dict(), shapes, f"{file.source}: the VAE weights do not match a KL autoencoder",
                   TemporalDecoderFormatError, ignore_missing=QUANT_CONVS)
     return image
+
+
+def vae_keys(shapes) -> list[str]:
+    """The keys of a file's VAE: a checkpoint's first stage, or every key of a bare VAE (only these
+    are checked, so only these are read)."""
+    return [k for k in shapes if k.startswith("first_stage_model.")] or list(shapes)
 
 
 def with_quant_convs(state_dict: dict) -> dict:
@@ -123,6 +127,7 @@ def load_temporal_vae(vae_state_dict: dict, source: str, addon: tuple[TemporalDe
     config = kl_vae_config(image_sd, source)
     image_sd = with_quant_convs(image_sd)
     vae = comfy.sd.VAE(sd=image_sd, config=config)
+    check_range(image_sd, vae.vae_dtype, source, TemporalDecoderFormatError)
     # ComfyUI assumes 8x when given a config; a KL VAE halves the size once per level after the first
     vae.downscale_ratio = vae.upscale_ratio = 2 ** (len(config["params"]["ddconfig"]["ch_mult"]) - 1)
     # ComfyUI only logs a mismatch; a VAE with random parts must not load
@@ -266,4 +271,4 @@ def load_temporal_vae_files(vae_name: str, temporal_decoder: str = NONE):
     if temporal_decoder != NONE:
         addon = read_addon_file(full_path(temporal_decoder, TEMPORAL_DECODERS, TEMPORAL_ADAPTERS), temporal_decoder,
                                 decoder=image.decoder, vae_source=file.source)
-    return load_temporal_vae(file.tensors(), file.source, addon)
+    return load_temporal_vae(file.tensors(vae_keys(file.shapes)), file.source, addon)

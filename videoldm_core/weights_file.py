@@ -5,7 +5,8 @@
    pickle (.ckpt/.pt/.pth/.bin) is read weights-only (code in it is refused), which costs its size
    on disk. The loaders check their spec against these shapes, and build the modules the spec
    describes on the meta device (`build_on_meta`) to compare them, before anything is allocated.
-2. `WeightsFile.tensors()` reads the tensors and refuses any that hold NaN or infinity.
+2. `WeightsFile.tensors()` reads the tensors and refuses any that hold NaN or infinity; the host
+   checks them against the range of the dtype it keeps them in (`check_range`) before it loads them.
 
 Every problem is raised as the loader's own error type (a `WeightsFileError`), naming the file as
 it is listed in its models folder, never by its path on the server.
@@ -116,7 +117,29 @@ class WeightsFile:
             loaded = next(iter(loaded.values()))   # one wrapping key, as ComfyUI's own reader accepts
         if not isinstance(loaded, dict):
             raise self.refuse(f"expected a dictionary of weights, found {type(loaded).__name__}")
-        return {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+        tensors = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+        self._check_pickle_sizes(tensors)
+        return tensors
+
+    def _check_pickle_sizes(self, tensors: dict):
+        """A pickle's tensor is a view of a storage: its shape may repeat a few stored bytes many
+        times (a stride of 0, overlapping strides), which every later copy or check pays in full.
+        Each tensor must fit in the bytes stored for it, and all of them together in twice the file
+        (tensors may share a storage, as tied weights do)."""
+        declared = 0
+        for key, value in tensors.items():
+            size = value.numel() * value.element_size()
+            stored = value.untyped_storage().nbytes() - value.storage_offset() * value.element_size()
+            if size > stored:
+                raise self.refuse(f"tensor '{key}' of shape {tuple(value.shape)} declares {size} bytes but the file "
+                                  f"stores {max(stored, 0)} for it (a view that repeats its data)",
+                                  "Refused before reading it; save the weights again from a trusted source.")
+            declared += size
+        on_disk = os.path.getsize(self.path)
+        if declared > 2 * on_disk + (1 << 20):
+            raise self.refuse(f"its tensors declare {declared} bytes, more than twice the {on_disk} bytes of the file "
+                              f"(views sharing a few stored tensors)",
+                              "Refused before reading them; save the weights again from a trusted source.")
 
     def tensors(self, keys=None) -> dict[str, torch.Tensor]:
         """The tensors (all, or `keys`), each checked to be finite."""
@@ -142,8 +165,12 @@ def _library_message(error: Exception) -> str:
 
 def check_finite(tensors: dict, source: str, error: type[Exception] = WeightsFileError):
     """Refuses the first floating-point tensor that holds NaN or infinity (sampling with it gives
-    black frames and no word)."""
+    black frames and no word), and complex tensors (a weight is real; a cast would keep the real
+    part of whatever they hold without a look)."""
     for key, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.is_complex():
+            raise error(f"{source}: tensor '{key}' is {str(value.dtype).removeprefix('torch.')}; expected real weights "
+                        f"(a floating-point or integer type). The file is damaged or not a weights file.")
         if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.device.type == "meta":
             continue
         flat = value.detach().reshape(-1)
@@ -156,6 +183,27 @@ def check_finite(tensors: dict, source: str, error: type[Exception] = WeightsFil
                 raise error(f"{source}: tensor '{key}' holds {bad} non-finite values (NaN or infinity) in its first "
                             f"{start + chunk.numel()} of {flat.numel()}. The file is damaged or was saved from a "
                             f"diverged run; use another copy.")
+
+
+def check_range(tensors: dict, dtype: torch.dtype, source: str, error: type[Exception] = WeightsFileError):
+    """Refuses the first floating-point tensor with values beyond what `dtype` holds (finite in the
+    file, infinity once cast to the dtype the host keeps the weights in, e.g. 1e5 in float16).
+    Only tensors of a wider type than `dtype` are read; the values are known to be finite."""
+    if not dtype.is_floating_point:
+        return
+    largest = torch.finfo(dtype).max
+    for key, value in tensors.items():
+        if (not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.device.type == "meta"
+                or torch.finfo(value.dtype).max <= largest):
+            continue
+        flat = value.detach().reshape(-1)
+        for start in range(0, flat.numel(), 1 << 24):
+            over = int((flat[start:start + (1 << 24)].abs() > largest).sum())
+            if over:
+                raise error(f"{source}: tensor '{key}' holds {over} values beyond the range of "
+                            f"{str(dtype).removeprefix('torch.')} (largest {largest:g}), the type the weights are "
+                            f"kept in on this device: they would become infinity. The file is damaged or was saved "
+                            f"from a diverged run; use another copy.")
 
 
 class _OverBudget(BaseException):

@@ -131,6 +131,29 @@ def test_a_valid_vae_loads_and_an_addon_for_other_widths_is_refused_before_decod
                        "or 'none'.")
 
 
+def test_load_temporal_vae_reads_only_a_checkpoints_first_stage(node_classes, folders, tiny_bundle_parts):
+    """A checkpoint's UNet and text encoder are not the VAE: they are neither checked nor read (a
+    NaN there does not stop the VAE), and a view repeating a few bytes there is still refused when
+    the pickle is opened, before anything is read."""
+    import folder_paths
+
+    _, state_dict = tiny_bundle_parts
+    checkpoints = folder_paths.get_folder_paths("checkpoints")[0]
+    os.makedirs(os.path.join(checkpoints, "hostile_tests"), exist_ok=True)
+    unet_key = next(k for k in state_dict if k.startswith("model.diffusion_model."))
+    nan_unet = {k: v.contiguous() for k, v in state_dict.items()}
+    nan_unet[unet_key] = torch.full_like(nan_unet[unet_key], float("nan"))
+    save_file(nan_unet, os.path.join(checkpoints, "hostile_tests", "nan_unet.safetensors"))
+    vae = node_classes["VideoLDMLoadTemporalVAE"].execute(vae_name="checkpoints/hostile_tests/nan_unet.safetensors",
+                                                          temporal_decoder="none").result[0]
+    assert all(torch.isfinite(v).all() for v in vae.first_stage_model.state_dict().values())
+    torch.save(dict(nan_unet, **{unet_key: torch.zeros(1).expand(1 << 40)}),
+               os.path.join(checkpoints, "hostile_tests", "views.ckpt"))
+    message = refused(lambda: node_classes["VideoLDMLoadTemporalVAE"].execute(
+        vae_name="checkpoints/hostile_tests/views.ckpt", temporal_decoder="none"))
+    assert message.startswith(f"'hostile_tests/views.ckpt': tensor '{unet_key}' of shape (1099511627776,) declares")
+
+
 def test_a_bundle_whose_vocabulary_contradicts_its_embedding_is_refused(node_classes, pack_module, folders, tiny_bundle_parts):
     spec, state_dict = tiny_bundle_parts
     data = json.loads(spec.to_json())

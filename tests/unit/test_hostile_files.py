@@ -136,6 +136,68 @@ def test_non_finite_weights_in_a_motion_module_checkpoint_are_refused(tmp_path):
         read_adapter_file(tmp_path / "mm.ckpt", "mm.ckpt")
 
 
+@pytest.mark.parametrize("channels", [1 << 22, 1 << 16])
+def test_a_motion_module_without_tables_declaring_huge_channels_costs_its_header(tmp_path, channels):
+    """AnimateLCM ships no positional tables, so the importer makes them: only once the file's
+    shapes have been checked (here proj_in holds 0 bytes for its declared rows)."""
+    prefix = "down_blocks.3.motion_modules.0.temporal_transformer."
+    weights = {prefix + "proj_in.weight": torch.zeros(channels, 0)}
+    for block in range(4):
+        weights[prefix + f"transformer_blocks.{block}.attention_blocks.0.to_q.weight"] = torch.zeros(0)
+    save_file(weights, str(tmp_path / "lcm_bomb.safetensors"))
+    message = refused_within(lambda: read_adapter_file(tmp_path / "lcm_bomb.safetensors", "lcm_bomb.safetensors"),
+                             AdapterFormatError, limit_bytes=8 * MIB)
+    assert message.startswith("'lcm_bomb.safetensors': ")
+    assert (f"channels: expected an integer from 1 to 65536, found {channels}" in message if channels > 1 << 16
+            else "the weights do not match the adapter spec" in message)
+
+
+def test_a_pickle_whose_views_repeat_a_few_stored_bytes_is_refused_before_reading(tmp_path):
+    """torch.save keeps a view as it is: 4 stored bytes can declare a tensor of 2**40 elements,
+    and many tensors can view one storage; both are refused on the pickle's own sizes."""
+    from devtools.public_layouts import animatediff_state_dict
+
+    state_dict = animatediff_state_dict((32, 32, 32, 32), pe_len=8)
+    key = "down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight"
+    expanded = dict(state_dict, **{key: torch.zeros(1).expand(1 << 20, 1 << 20)})
+    torch.save(expanded, tmp_path / "expanded.ckpt")
+    message = refused_within(lambda: read_adapter_file(tmp_path / "expanded.ckpt", "expanded.ckpt"), AdapterFormatError)
+    assert message.startswith(f"'expanded.ckpt': tensor '{key}' of shape (1048576, 1048576) declares 4398046511104 "
+                              "bytes but the file stores 4 for it")
+    shared = torch.zeros(1 << 20)
+    views = {f"extra.{i}": shared[:] for i in range(64)}   # 64 views of one 4 MiB storage
+    torch.save(dict(state_dict, **views), tmp_path / "views.ckpt")
+    with pytest.raises(AdapterFormatError, match=r"^'views.ckpt': its tensors declare \d+ bytes, more than twice the "):
+        read_adapter_file(tmp_path / "views.ckpt", "views.ckpt")
+    torch.save(dict(state_dict, tied=state_dict[key]), tmp_path / "tied.ckpt")   # tied weights share a storage
+    assert read_adapter_file(tmp_path / "tied.ckpt", "tied.ckpt")[0].placement == "animatediff"
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_complex_weights_are_refused_by_name(tmp_path, suffix):
+    from devtools.public_layouts import animatediff_state_dict
+
+    state_dict = animatediff_state_dict((32, 32, 32, 32), pe_len=8)
+    key = "down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight"
+    state_dict[key] = torch.full(state_dict[key].shape, complex(float("nan"), 0.0), dtype=torch.complex64)
+    path = tmp_path / f"complex{suffix}"
+    save_file(state_dict, str(path)) if suffix == ".safetensors" else torch.save(state_dict, path)
+    with pytest.raises(AdapterFormatError, match=rf"^'complex{suffix}': tensor '{key}' is complex64; expected real"):
+        read_adapter_file(path, path.name)
+
+
+def test_values_beyond_the_range_of_the_type_weights_are_kept_in_are_refused():
+    from videoldm_core.weights_file import check_range
+
+    weights = {"a": torch.ones(4), "b": torch.tensor([1.0, -1e5, 7e4]), "c": torch.tensor([1e300], dtype=torch.float64)}
+    with pytest.raises(AdapterFormatError, match=r"^'w': tensor 'b' holds 2 values beyond the range of float16 "
+                                                 r"\(largest 65504\)"):
+        check_range(weights, torch.float16, "'w'", AdapterFormatError)
+    with pytest.raises(AdapterFormatError, match=r"tensor 'c' holds 1 values beyond the range of float32"):
+        check_range(weights, torch.float32, "'w'", AdapterFormatError)
+    check_range({"a": weights["a"], "b": weights["b"]}, torch.bfloat16, "'w'", AdapterFormatError)
+
+
 def truncations(data: bytes):
     return {"empty": b"", "length only": data[:8], "half a header": data[:20], "header, no data": data[:-100],
             "one byte short": data[:-1]}

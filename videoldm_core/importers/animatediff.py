@@ -24,6 +24,7 @@ from ..temporal_adapter import AdapterFormatError, AdapterSpec
 from ..families import SD1, SDXL
 from ..noise_schedule import trained_with
 from ..positional import sinusoidal_embedding
+from ..weights_file import TensorShape
 
 ANIMATELCM_MAX_LEN = 64
 _ATTENTION = re.compile(r"^(transformer_blocks\.\d+\.attention_blocks\.\d+)\.")
@@ -103,8 +104,11 @@ def import_animatediff(state_dict: dict, source: str = "motion module") -> tuple
             native[f"{path}.temporal_transformer.{name}"] = value
         for attn in {m.group(1) for m in map(_ATTENTION.match, weights) if m}:
             pe_key = f"{path}.temporal_transformer.{attn}.pos_encoder.pe"
-            if pe_key not in native:  # AnimateLCM ships no positional tables: recompute them
-                native[pe_key] = sinusoidal_embedding(torch.arange(max_len), channels, interleaved=True)[None]
+            if pe_key not in native:  # AnimateLCM ships no positional tables: recompute them, from a header
+                # only their shape (the tables are made once the file's shapes have been checked)
+                native[pe_key] = (sinusoidal_embedding(torch.arange(max_len), channels, interleaved=True)[None]
+                                  if isinstance(weights["proj_in.weight"], torch.Tensor)
+                                  else TensorShape((1, max_len, channels), "F32"))
 
     spec = AdapterSpec(family=family, placement="animatediff", slots=slots, max_frames=max_len, source=source_name,
                        noise_schedule=recipe.noise_schedule and recipe.noise_schedule.to_dict(),
