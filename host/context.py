@@ -51,7 +51,7 @@ def video_context(length: int, positions: str, frames=None, images=None, vae=Non
 
 def with_context(conditioning, c_s: torch.Tensor, labels: torch.Tensor | None = None):
     """A copy of CONDITIONING whose entries carry c_S (and interpolation labels) as model conds."""
-    extra = {CONTEXT_KEY: comfy.conds.CONDRegular(c_s)}
+    extra = {CONTEXT_KEY: comfy.conds.CONDNoiseShape(c_s)}   # cropped to an area cond's area, as x is
     if labels is not None:
         extra[LABELS_KEY] = comfy.conds.CONDRegular(labels)
     out = []

@@ -188,3 +188,29 @@ def test_core_context_windows_slice_the_context_with_the_anchor_frame(ctx, given
     assert [1.0, 1.0, 0.0, 0.0] in seen          # the first window: its mask marks frames 0 and 1
     assert any(len(m) == 5 for m in seen)        # later windows carry the anchor frame too
     assert torch.equal(out[:2], given)
+
+
+def test_an_area_cond_gets_the_context_frames_of_its_area(ctx, given):
+    """ConditioningSetArea beside a full-frame prompt: core crops x to the area for that cond, and
+    c_S is cropped with it (before, the full-size c_S did not line up and sampling stopped)."""
+    import comfy.patcher_extension
+
+    context = video_context(ctx, given, [0, 1])
+    full = ctx["context"].context_input(ctx["predictor"].model.process_latent_in(context.latents), context.mask)
+    seen = []
+
+    def record(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        call = transformer_options.get("videoldm_context")   # after the pack's wrapper took c_S in
+        seen.append((tuple(x.shape), None if call is None else call.c_s.detach().clone()))
+        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+    model = ctx["predictor"].clone()
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_record", record)
+    area = [[t, {**o, "area": (4, 4, 2, 4), "strength": 1.0, "set_area_to_bounds": False}] for t, o in ctx["positive"]]
+    out = run(context_guider(ctx, model, context, positive=ctx["positive"] + area))
+    plain = run(context_guider(ctx, ctx["predictor"], context))
+    assert out.shape == plain.shape and (out - plain).abs().max() > 1e-4, "the area cond changed nothing"
+    cropped = [c_s for shape, c_s in seen if shape[-2:] == (4, 4) and c_s is not None]
+    assert cropped, "no model call saw the area with its context frames"
+    for c_s in cropped:
+        assert torch.equal(c_s[:FRAMES], full[:, :, 2:6, 4:8].to(c_s))
