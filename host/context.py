@@ -21,6 +21,7 @@ import comfy.patcher_extension
 
 from ..videoldm_core.context import ContextError, VideoContext, context_positions, place_frames
 from .keys import CHECKPOINT_KEY, CONTEXT_KEY, LABELS_KEY, OPTIONS_KEY, WRAPPER_KEY
+from .unet_layout import know_layer_paths
 
 if TYPE_CHECKING:
     from .temporal_forward import AppliedAdapter
@@ -132,7 +133,9 @@ def slice_context_in_windows(handler):
 
 def route_context(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
     """DIFFUSION_MODEL wrapper: c_S arrives as a UNet kwarg (a model cond, batched like x); the
-    temporal layers find it in this call's transformer_options."""
+    temporal layers find it in this call's transformer_options. The UNet that runs may be another
+    instance than the one the adapters were applied to; its layers are known by path from here."""
+    know_layer_paths(executor.class_obj)
     c_s, labels = kwargs.pop(CONTEXT_KEY, None), kwargs.pop(LABELS_KEY, None)
     if c_s is not None and (c_s.shape[0] != x.shape[0] or c_s.shape[-2:] != x.shape[-2:]):
         raise ContextError(f"context frames c_S of shape {tuple(c_s.shape)} do not line up with the latent batch "

@@ -42,7 +42,7 @@ from .clip_norms import output_norm_over_clip
 from .keys import CLIP_NORMS_KEY, OPTIONS_KEY, SCHEDULE_KEY, WRAPPER_KEY
 from .noise_schedule import AUTO, choose_schedule, model_schedule, set_schedule, unset_schedule
 from .temporal_forward import AppliedAdapter, forward_with_temporal
-from .unet_layout import model_family, named_layers, spatial_layout
+from .unet_layout import know_layer_paths, model_family, spatial_layout
 
 TEMPORAL_ADAPTERS = "temporal_adapters"   # the models folder key
 log = logging.getLogger("videoldm")
@@ -150,14 +150,13 @@ def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, atte
     decided = choose_schedule(model, noise_schedule, spec.beta_schedule, name)
     m = model.clone()
     set_schedule(m, decided)
-    layers = dict(named_layers(diffusion_model))
+    know_layer_paths(diffusion_model)
     applied = AppliedAdapter(name, adapter_patcher.clone(), strength, attention_distance)
-    for slot_path, layer_path in resolved.items():
-        layer = layers[layer_path]
+    for slot_path, path in resolved.items():
         if spec.slots[slot_path]["kind"] == "transformer":
-            applied.inside[id(layer)] = slot_path
+            applied.inside[path] = slot_path
         else:
-            applied.after.setdefault(id(layer), []).append(slot_path)
+            applied.after.setdefault(path, []).append(slot_path)
     options = m.model_options["transformer_options"]
     previous = options.get(OPTIONS_KEY, [])
     if not previous:

@@ -24,6 +24,7 @@ from ..videoldm_core.temporal_adapter import TemporalAdapter
 from .clip_norms import clip_norms_of, clip_wise, resblock_norms
 from .context import context_call as current_context_call
 from .keys import CHECKPOINT_KEY, OPTIONS_KEY
+from .unet_layout import layer_path
 
 
 def host_attention(q, k, v, heads, mask=None):
@@ -39,8 +40,8 @@ class AppliedAdapter:
     patcher: comfy.model_patcher.ModelPatcher
     strength: float
     attention_distance: int | None
-    inside: dict = field(default_factory=dict)   # id(spatial transformer) -> slot path (Video LDM attention)
-    after: dict = field(default_factory=dict)    # id(layer) -> [slot paths] run on the layer's output
+    inside: dict = field(default_factory=dict)   # spatial transformer's path -> slot path (Video LDM attention)
+    after: dict = field(default_factory=dict)    # layer's path -> [slot paths] run on the layer's output
 
     @property
     def adapter(self) -> TemporalAdapter:
@@ -137,7 +138,8 @@ def _forward_with_temporal(layer, x, emb, context, transformer_options, output_s
         adapters = []  # one frame: the image model (the wrapper warned before sampling)
 
     context_call = current_context_call(transformer_options) if adapters else None
-    mixers = [(a, a.inside[id(layer)]) for a in adapters if id(layer) in a.inside] if is_transformer else []
+    path = layer_path(layer) if adapters else None
+    mixers = [(a, a.inside[path]) for a in adapters if path in a.inside] if is_transformer else []
     if mixers:
         text = context[0] if isinstance(context, list) else context
         features = {id(a): context_call.features(a, x) if context_call is not None else None for a, _ in mixers}
@@ -158,7 +160,7 @@ def _forward_with_temporal(layer, x, emb, context, transformer_options, output_s
         transformer_options["transformer_index"] += 1  # the host skips this for patched layers
 
     for applied in adapters:
-        for path in applied.after.get(id(layer), ()):
-            x = applied.run_after(path, x, emb, num_frames, image_only_indicator, context_call)
+        for slot_path in applied.after.get(path, ()):
+            x = applied.run_after(slot_path, x, emb, num_frames, image_only_indicator, context_call)
     return x
 

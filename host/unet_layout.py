@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import comfy.supported_models as sm
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
@@ -36,6 +38,28 @@ def named_layers(diffusion_model):
     for block_path, block in blocks:
         for j, layer in enumerate(block):
             yield f"{block_path}.{j}", layer
+
+
+# layer -> its LDM path, for every UNet the pack has applied adapters to or run them in. Weak: a
+# UNet the host drops takes its entries with it.
+_LAYER_PATHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_KNOWN_UNETS: weakref.WeakSet = weakref.WeakSet()
+
+
+def know_layer_paths(diffusion_model):
+    """Remembers the path of each layer of `diffusion_model` (once per instance). The host runs an
+    adapted MODEL in other instances of its UNet too: one loaded again for a non-dynamic delegate
+    (DynamicVRAM with hooks), a MultiGPU copy, training's copy; slots are found there by path."""
+    if diffusion_model in _KNOWN_UNETS:
+        return
+    for path, layer in named_layers(diffusion_model):
+        _LAYER_PATHS[layer] = path
+    _KNOWN_UNETS.add(diffusion_model)
+
+
+def layer_path(layer) -> str | None:
+    """The LDM path of a layer of a UNet passed to `know_layer_paths`, else None."""
+    return _LAYER_PATHS.get(layer)
 
 
 def spatial_layout(diffusion_model) -> list[SpatialLayer]:

@@ -239,3 +239,27 @@ def test_fresh_adapter_from_a_model_starts_as_the_identity(tiny_sd1, tools, plac
     assert spec.family == "SD1.x" and all(p.requires_grad for p in adapter.parameters())
     patched = patch.apply_adapter(model, patch.build_adapter_patcher(spec, adapter.state_dict(), "fresh"), "fresh")
     assert torch.equal(sample(patched, tools, steps=1), sample(model, tools, steps=1))
+
+
+def test_the_adapter_runs_in_another_instance_of_the_unet_the_host_makes(tools, pack_module):
+    """Core loads an adapted MODEL's UNet again for a non-dynamic delegate (DynamicVRAM with hooked
+    conds), MultiGPU and TorchCompile copies: clone(force_deepcopy) through cached_patcher_init. The
+    adapter's slots are found there by layer path; before, they were keyed to the first instance and
+    the copy sampled as the image model without a word."""
+    from devtools import tiny_bundles
+
+    patch, make_adapter, _, _ = tools
+    spec = tiny_bundles.tiny_sd1_spec()
+
+    def load(disable_dynamic=False):
+        return pack_module("host.bundle").build_model(spec, tiny_bundles.random_bundle_state_dict(spec, seed=5),
+                                                      disable_dynamic=disable_dynamic)
+
+    model = load()
+    model.cached_patcher_init = (load, ())   # as core's loaders register it
+    applied = patch.apply_adapter(model, make_adapter(), "a")
+    image, video = sample(model, tools), sample(applied, tools)
+    assert (video - image).abs().max() > 1e-3
+    copy = applied.clone(force_deepcopy=True)
+    assert copy.model.diffusion_model is not applied.model.diffusion_model
+    assert torch.equal(sample(copy, tools), video)
