@@ -6,7 +6,7 @@ from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.context import video_context
-from .io_types import VideoContextType
+from .io_types import VideoContextType, checked_number_inputs
 
 
 class VideoContextNode(io.ComfyNode):
@@ -40,4 +40,5 @@ class VideoContextNode(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, length, positions, frames=None, images=None, vae=None, use_last=0) -> io.NodeOutput:
+        checked_number_inputs(cls, locals())
         return io.NodeOutput(*video_context(length, positions, frames, images, vae, use_last))

@@ -8,7 +8,8 @@ Number inputs are checked against the node's own schema (`valid_numbers`, `check
 finite, within min/max, on the declared step where asked. NaN passes ComfyUI's min/max checks
 (every comparison with NaN is false), and an input a V3 node names in `validate_inputs` skips them
 altogether, so a node that checks a number checks all of it here. A linked input is unknown at
-validation (None there); `checked_numbers` repeats the check when the node runs."""
+validation (None there), and ComfyUI checks no range of a linked value: every node's `execute`
+starts with `checked_number_inputs`, which checks all its number inputs when it runs."""
 
 from __future__ import annotations
 
@@ -85,3 +86,11 @@ def checked_numbers(cls, stepped: tuple[str, ...] = (), **values):
     problem = numbers_problem(cls, stepped, **values)
     if problem is not None:
         raise NumberInputError(f"{cls.define_schema().display_name}: {problem}")
+
+
+def checked_number_inputs(cls, arguments: dict):
+    """First thing in `execute`, with its `locals()`: every number input of node `cls`, finite and
+    in range. ComfyUI checks a widget's range at validation but not a linked value's (a primitive
+    node, another node's output, an API prompt's link)."""
+    bounds = _bounds(cls)
+    checked_numbers(cls, **{name: value for name, value in arguments.items() if name in bounds})

@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from ..host.moving_shapes import check_moving_shapes, render_moving_shapes
 from ..videoldm_core.errors import VideoLDMError
-from .io_types import checked_numbers, valid_numbers
+from .io_types import checked_number_inputs, valid_numbers
 
 
 class MovingShapes(io.ComfyNode):
@@ -52,5 +52,5 @@ class MovingShapes(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, seed, frames, width, height, fps, scale) -> io.NodeOutput:
-        checked_numbers(cls, frames=frames, width=width, height=height, fps=fps, scale=scale)
+        checked_number_inputs(cls, locals())
         return io.NodeOutput(*render_moving_shapes(seed, frames, width, height, fps, scale))

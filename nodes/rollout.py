@@ -6,7 +6,7 @@ from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.rollout import extend_video
-from .io_types import checked_numbers, custom_sampling_inputs, sampler_inputs, valid_numbers
+from .io_types import checked_number_inputs, custom_sampling_inputs, sampler_inputs, valid_numbers
 
 
 class ExtendVideo(io.ComfyNode):
@@ -46,6 +46,6 @@ class ExtendVideo(io.ComfyNode):
     @override
     def execute(cls, model, positive, negative, video, segments, segment_length, context_frames, seed, steps, cfg,
                 context_scale, sampler_name, scheduler, sampler=None, sigmas=None, noise=None) -> io.NodeOutput:
-        checked_numbers(cls, cfg=cfg, context_scale=context_scale)
+        checked_number_inputs(cls, locals())
         return io.NodeOutput(extend_video(model, positive, negative, video, segments, segment_length, context_frames,
                                           seed, steps, cfg, sampler_name, scheduler, context_scale, sampler, sigmas, noise))

@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from ..host.noise_schedule import AUTO, NOISE_SCHEDULE_CHOICES
 from ..host.temporal_adapter import TEMPORAL_ADAPTERS, apply_adapter, load_temporal_adapter, save_temporal_adapter
-from .io_types import TemporalAdapterType, checked_numbers, valid_numbers
+from .io_types import TemporalAdapterType, checked_number_inputs, valid_numbers
 
 
 class LoadTemporalAdapter(io.ComfyNode):
@@ -71,7 +71,7 @@ class ApplyTemporalAdapter(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, model, temporal_adapter, strength, attention_distance, noise_schedule=AUTO) -> io.NodeOutput:
-        checked_numbers(cls, strength=strength)   # a linked value, known only now
+        checked_number_inputs(cls, locals())
         patched = apply_adapter(model, temporal_adapter.patcher, temporal_adapter.name, strength=strength,
                                 attention_distance=attention_distance or None, noise_schedule=noise_schedule)
         return io.NodeOutput(patched)

@@ -10,7 +10,7 @@ from ..host.model_folders import TEMPORAL_DECODERS, filenames
 from ..host.temporal_adapter import TEMPORAL_ADAPTERS
 from ..host.temporal_decoder import (NONE, STREAMED_SUBFOLDER, decode_video, load_temporal_vae_files, render_video,
                                      vae_sources)
-from .io_types import checked_numbers, valid_numbers
+from .io_types import checked_number_inputs, valid_numbers
 
 
 def valid_windows(cls, window=None, overlap=None, **numbers) -> bool | str:
@@ -95,6 +95,7 @@ class TemporalVAEDecode(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, vae, samples, window, overlap, tile_size) -> io.NodeOutput:
+        checked_number_inputs(cls, locals())
         return io.NodeOutput(decode_video(vae, samples["samples"], window, overlap, tile_size))
 
 
@@ -137,7 +138,7 @@ class TemporalVAEDecodeToVideo(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, vae, samples, fps, window, overlap, tile_size) -> io.NodeOutput:
-        checked_numbers(cls, fps=fps)   # a linked fps is known only now
+        checked_number_inputs(cls, locals())
         path, name = render_video(vae, samples["samples"], window, overlap, tile_size, fps)
         return io.NodeOutput(InputImpl.VideoFromFile(path),
                              ui=ui.PreviewVideo([ui.SavedResult(name, STREAMED_SUBFOLDER, io.FolderType.temp)]))

@@ -10,7 +10,7 @@ from ..host.confined_paths import TRAINING_FOLDERS_VARIABLE, training_folder
 from ..host.training import train_temporal_adapter
 from ..videoldm_core.errors import VideoLDMError
 from ..videoldm_core.training.modes import MODE_NAMES, TEMPORAL
-from .io_types import TemporalAdapterType, checked_numbers, valid_numbers
+from .io_types import TemporalAdapterType, checked_number_inputs, valid_numbers
 
 
 class TrainTemporalAdapter(io.ComfyNode):
@@ -85,7 +85,7 @@ class TrainTemporalAdapter(io.ComfyNode):
     def execute(cls, model, vae, positive, mode, clip_frames, steps, learning_rate, batch_size, seed,
                 gradient_checkpointing, images=None, folder="", width=256, height=256, fps=0.0,
                 temporal_adapter=None, save_name="") -> io.NodeOutput:
-        checked_numbers(cls, learning_rate=learning_rate, fps=fps)
+        checked_number_inputs(cls, locals())
         return io.NodeOutput(*train_temporal_adapter(model, vae, positive, mode, clip_frames, steps, learning_rate,
                                                      batch_size, seed, gradient_checkpointing, images, folder, width,
                                                      height, fps, temporal_adapter, save_name))

@@ -220,3 +220,32 @@ def test_pack_errors_are_reported_without_the_install_path(pack, pack_module):
     assert pack.__name__ != "videoldm"   # the pack's modules really are named after where it is installed
     for error in errors:
         assert execution.full_type_name(error) == f"videoldm.{error.__name__}"
+
+
+def every_number_input(node_classes):
+    from comfy_api.v0_0_2 import io
+
+    for node_id, cls in sorted(node_classes.items()):
+        for spec in cls.define_schema().inputs:
+            if isinstance(spec, (io.Int.Input, io.Float.Input)):
+                yield node_id, spec
+
+
+def test_every_number_input_of_every_node_is_checked_when_the_node_runs(node_classes, pack_module):
+    """A linked value (a primitive node, another node's output) skips ComfyUI's range check: each
+    node refuses each of its number inputs below its minimum, above its maximum or NaN, by name,
+    first thing when it runs (every other input None here: nothing else is looked at before)."""
+    import inspect
+    import re
+
+    limits = pack_module("videoldm_core.limits")
+    cases = list(every_number_input(node_classes))
+    assert len(cases) >= 40, len(cases)
+    for node_id, spec in cases:
+        cls = node_classes[node_id]
+        others = {name: None for name in inspect.signature(cls.execute).parameters}
+        display = cls.define_schema().display_name
+        for bad in [v for v in (None if spec.min is None else spec.min - 1, None if spec.max is None else spec.max + 1,
+                                NAN) if v is not None]:
+            with pytest.raises(limits.NumberInputError, match=rf"^{re.escape(display)}: {spec.id} must be"):
+                cls.execute(**others | {spec.id: bad})
