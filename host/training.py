@@ -347,16 +347,17 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
                                                          weights=temporal_adapter.patcher.model.state_dict())
         spec, adapter = starting_adapter(model, mode, **given)
         check_mode(spec, mode)   # before anything is encoded
+        dataset = None if images is not None else VideoFolder(   # every clip probed before the UNet is copied
+            training_folder(folder), ClipSpec(clip_frames, fps or None, height, width), seed=seed,
+            roots=training_roots(), label=folder)
         base = trainable_base(model)
         schedule = noise_schedule(base, spec)
         augment, max_level = augmentation_schedule(base)
         text = positive[0][0].clone()
         pooled = positive[0][1].get("pooled_output")
-        if images is not None:
+        if dataset is None:
             items = training_items(base, vae, images.clone(), clip_frames, mode)
         else:
-            dataset = VideoFolder(training_folder(folder), ClipSpec(clip_frames, fps or None, height, width), seed=seed,
-                                  roots=training_roots(), label=folder)
             cache = os.path.join(folder_paths.get_temp_directory(), "videoldm_latents",
                                  hashlib.sha256(str(dataset.folder.resolve()).encode()).hexdigest()[:16])
             items = folder_items(base, vae, dataset, mode, cache)

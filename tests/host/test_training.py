@@ -2,6 +2,7 @@
 architectures (random spatial weights), synthetic moving-shapes clips, every mode."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -278,3 +279,15 @@ def test_temporal_adapters_applied_to_the_model_are_ignored_by_the_node(tr, pack
     assert all(torch.equal(v, bare[k]) for k, v in trained.items())
     assert [a.name for a in tr["patch"].applied_adapters(applied)] == ["applied"], "the user's MODEL changed"
     assert applied.get_model_object("model_sampling") is sampling_before
+
+
+def test_a_folder_with_a_bad_clip_is_refused_before_the_unet_is_copied(tr, monkeypatch):
+    import folder_paths
+
+    folder = os.path.join(folder_paths.get_input_directory(), "training_bad_clip")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "fake.mp4"), "w") as f:
+        f.write("not a video")
+    monkeypatch.setattr(tr["host"], "trainable_base", lambda model: pytest.fail("the UNet was copied first"))
+    with pytest.raises(tr["core"].TrainingError, match=r"'fake.mp4': unreadable"):
+        tr["node"].execute(**node_args(tr, steps=2), folder="training_bad_clip")

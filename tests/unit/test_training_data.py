@@ -193,6 +193,48 @@ def test_too_short_clip_error_states_needed_and_found_durations(tmp_path):
     assert len(VideoFolder(tmp_path, ClipSpec(frames=7, fps=7.5, height=16, width=16))) == 1  # 7 / 7.5 s fits in 1 s
 
 
+def test_a_clip_that_would_decode_past_the_memory_limit_is_refused_when_probed(tmp_path, monkeypatch):
+    """Known from the probe (a video's stated frame size, an image's header), before a clip is read."""
+    import videoldm_core.training.data as data
+
+    write_mp4(tmp_path / "big.mp4", moving_shapes_clip(0, 8, 64, 64).frames, 30.0)
+    monkeypatch.setenv("VIDEOLDM_MAX_OUTPUT_GIB", str(1 / 1024))   # 1 MiB
+    with pytest.raises(TrainingError, match=r"'big.mp4': reading a clip of 8 frames of 64x64 \(cropped to 16x16\) "
+                                            r"needs [\d.]+ MiB, above the Video LDM pack's limit of 1.0 MiB "
+                                            r"\(VIDEOLDM_MAX_OUTPUT_GIB\)"):
+        VideoFolder(tmp_path, ClipSpec(8, None, 16, 16))
+    monkeypatch.delenv("VIDEOLDM_MAX_OUTPUT_GIB")
+    assert len(VideoFolder(tmp_path, ClipSpec(8, None, 16, 16))) == 1
+    monkeypatch.setattr(data, "MAX_FRAME_PIXELS", 63 * 64)   # a frame size no training frame has
+    with pytest.raises(TrainingError, match=r"'big.mp4': unreadable \(TrainingError: its frames are 64x64, more than "
+                                            r"the 4032 pixels"):
+        VideoFolder(tmp_path, ClipSpec(8, None, 16, 16))
+
+
+def test_a_frame_larger_than_its_probe_is_refused_before_it_is_converted(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(folder / f"{i:05d}.png")
+    data = VideoFolder(tmp_path, ClipSpec(4, None, 16, 16))
+    Image.new("RGB", (64, 64)).save(folder / "00002.png")   # replaced after the probe
+    with pytest.raises(TrainingError, match=r"'clip' has a frame of 64x64, larger than the 16x16 it stated"):
+        data[0]
+
+
+def test_caption_files_that_cannot_be_read_are_named(tmp_path):
+    write_mp4(tmp_path / "a.mp4", moving_shapes_clip(0, 4, 16, 16).frames, 30.0)
+    (tmp_path / "captions.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(TrainingError, match=r"'.*captions.json' could not be read as JSON \(nested too deeply\)"):
+        discover(tmp_path)
+    (tmp_path / "captions.json").unlink()
+    (tmp_path / "a.txt").write_bytes(b"\xff\xfe caption")
+    with pytest.raises(TrainingError, match=r"caption file 'a.txt' could not be read as UTF-8 text"):
+        discover(tmp_path)
+
+
 # -- latent cache ---------------------------------------------------------------------------------
 
 def test_cache_is_reused_without_encoding_and_rebuilt_when_a_file_changes(mp4_folder, tmp_path):
@@ -283,3 +325,19 @@ def test_captions_are_encoded_and_shards_load_lazily(mp4_folder, tmp_path):
 
 
 # -- ranks and batches ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", [[1], {"shards": "x"}, {"key": "k", "count": 1, "shard_size": 1, "names": ["a"],
+                                                          "shards": ["../outside.safetensors"]}])
+def test_a_hostile_cache_index_is_no_cache(mp4_folder, tmp_path, index):
+    """The temp folder takes uploads: an index that is not what the cache writes (another type,
+    shard names that leave the folder) is no cache, and the build starts over."""
+    data = VideoFolder(mp4_folder, ClipSpec(frames=8, fps=15.0, height=48, width=64))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "index.json").write_text(json.dumps(index))
+    with pytest.raises(TrainingError, match="no latent cache"):
+        LatentShards(cache)
+    calls = []
+    shards = build_latent_cache(data, encode_stub(calls), cache, "stub")
+    assert len(shards) == len(data) and calls

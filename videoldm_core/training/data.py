@@ -21,11 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..confined_paths import within
+from ..limits import LIMIT_VARIABLE, describe_bytes, output_limit_bytes, tensor_bytes
 from .objective import TrainingError
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 CAPTIONS_FILE = "captions.json"
+MAX_FRAME_PIXELS = 8192 * 8192   # a larger source frame is not training data (8K UHD is 7680 x 4320)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class Entry:
 class Probe:
     num_frames: int
     fps: float
+    height: int = 0   # a frame's size as the file states it before anything is decoded (0: not stated)
+    width: int = 0
 
     @property
     def seconds(self) -> float:
@@ -90,8 +94,8 @@ def _captions(folder: Path, shown: str, allowed) -> dict[str, str]:
     shown = f"{shown}/{CAPTIONS_FILE}"
     try:
         captions = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        reason = getattr(e, "strerror", None) or e   # an OSError's own text repeats the path
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        reason = getattr(e, "strerror", None) or (e if not isinstance(e, RecursionError) else "nested too deeply")
         raise TrainingError(f"'{shown}' could not be read as JSON ({reason}); expected {{\"clip name\": \"caption\"}}. "
                             "Fix or remove the file.") from None
     if not isinstance(captions, dict) or not all(isinstance(v, str) for v in captions.values()):
@@ -106,7 +110,14 @@ def _caption_for(path: Path, captions: dict[str, str], allowed) -> str | None:
     if path.name in captions or stem in captions:
         return captions.get(path.name, captions.get(stem))
     sidecar = path.with_name(stem + ".txt")
-    return sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() and allowed(sidecar) else None
+    if not (sidecar.is_file() and allowed(sidecar)):
+        return None
+    try:
+        return sidecar.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise TrainingError(f"caption file '{sidecar.name}' could not be read as UTF-8 text ({reason}). Fix or "
+                            "remove it.") from None
 
 
 def discover(folder, roots=None, label: str | None = None) -> list[Entry]:
@@ -166,14 +177,20 @@ def probe(entry: Entry, source_fps: float) -> Probe:
     if entry.kind == "frames":
         from PIL import Image
 
+        sizes = set()
         for path in entry.images:
-            with Image.open(path):  # reads the header; raises on a file that is not an image
-                pass
-        return Probe(len(entry.images), float(source_fps))
+            with Image.open(path) as image:  # reads the header; raises on a file that is not an image
+                sizes.add(image.size)
+        width, height = max(sizes, key=lambda size: size[0] * size[1])
+        return Probe(len(entry.images), float(source_fps), height, width)
     container, stream = _open_video(entry.path)
     with container:
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else float(source_fps)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > MAX_FRAME_PIXELS:   # before the first frame is decoded
+            raise TrainingError(f"its frames are {width}x{height}, more than the {MAX_FRAME_PIXELS} pixels a "
+                                "training frame may have")
         if next(container.decode(stream), None) is None:  # a file that opens but cannot be decoded fails here
             raise TrainingError("it holds no frames")
         num_frames = stream.frames
@@ -182,7 +199,21 @@ def probe(entry: Entry, source_fps: float) -> Probe:
             num_frames = sum(1 for p in container.demux(stream) if p.size > 0)
     if num_frames <= 0:
         raise TrainingError("it holds no frames")
-    return Probe(num_frames, fps)
+    return Probe(num_frames, fps, height, width)
+
+
+def clip_memory_problem(spec: ClipSpec, source: Probe) -> str | None:
+    """Why reading one clip of `spec` from `source` would cost more than the pack's memory limit
+    (its frames decoded at the source's size, as 8-bit and as float32, and the resized clip), or
+    None. Known from the probe, before any frame of the clip is decoded."""
+    decoded = spec.frames * source.height * source.width * 3 * (1 + 4)
+    resized = 2 * tensor_bytes((spec.frames, 3, max(spec.height, source.height), max(spec.width, source.width)))
+    need, limit = decoded + resized, output_limit_bytes()
+    if need <= limit:
+        return None
+    return (f"reading a clip of {spec.frames} frames of {source.width}x{source.height} (cropped to "
+            f"{spec.width}x{spec.height}) needs {describe_bytes(need)}, above the Video LDM pack's limit of "
+            f"{describe_bytes(limit)} ({LIMIT_VARIABLE})")
 
 
 def _fmt(x: float) -> str:
@@ -214,6 +245,7 @@ def read_frames(entry: Entry, indices: list[int], source: Probe) -> Tensor:
         loaded = {}
         for i in sorted(set(indices)):
             with Image.open(entry.images[i]) as image:
+                _check_frame_size(entry, image.size, source)
                 loaded[i] = np.asarray(image.convert("RGB"))
         sizes = {a.shape for a in loaded.values()}
         if len(sizes) > 1:
@@ -239,6 +271,7 @@ def _decode(entry: Entry, indices: list[int], source: Probe) -> list[np.ndarray]
             counter += 1
             if index < wanted[pending]:
                 continue
+            _check_frame_size(entry, (frame.width, frame.height), source)
             last = frame.to_ndarray(format="rgb24")
             while pending < len(wanted) and wanted[pending] <= index:
                 got[wanted[pending]] = last
@@ -248,6 +281,15 @@ def _decode(entry: Entry, indices: list[int], source: Probe) -> list[np.ndarray]
     if last is None:
         raise TrainingError(f"'{entry.name}' decoded no frames at or after frame {wanted[0]}; the file may be truncated.")
     return [got.get(i, last) for i in indices]
+
+
+def _check_frame_size(entry: Entry, size: tuple[int, int], source: Probe):
+    """A frame larger than the probe said (a stream that changes size, an image replaced since) is
+    refused before it is converted: the memory check was made for the probe's size."""
+    width, height = size
+    if source.width and width * height > source.width * source.height:
+        raise TrainingError(f"'{entry.name}' has a frame of {width}x{height}, larger than the {source.width}x"
+                            f"{source.height} it stated when it was probed; re-encode it at one size.")
 
 
 def fit(video: Tensor, height: int, width: int, crop: str, rng: random.Random | None = None) -> Tensor:
@@ -292,6 +334,9 @@ class VideoFolder:
                 continue
             if frame_indices(spec, source) is None:
                 bad.append(f"'{entry.name}': {_too_short(spec, entry, source)}")
+                continue
+            if (problem := clip_memory_problem(spec, source)) is not None:
+                bad.append(f"'{entry.name}': {problem}")
                 continue
             self.entries.append(entry)
             self.probes.append(source)

@@ -56,10 +56,21 @@ def _write_atomically(path: Path, write: Callable[[Path], None]):
 
 
 def _read_index(cache_dir: Path) -> dict | None:
+    """The cache's index, or None when there is none usable: anything but what `build_latent_cache`
+    writes (its own shard names, counts that agree) is no cache, as the temp folder can be written
+    through ComfyUI's upload API."""
     try:
-        return json.loads((cache_dir / INDEX_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+        index = json.loads((cache_dir / INDEX_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
+    if not isinstance(index, dict):
+        return None
+    shards, names, count, size = (index.get(k) for k in ("shards", "names", "count", "shard_size"))
+    usable = (isinstance(shards, list) and shards == [_shard_name(s) for s in range(len(shards))]
+              and isinstance(index.get("key"), str) and isinstance(count, int) and isinstance(size, int) and size >= 1
+              and isinstance(names, list) and len(names) == count and all(isinstance(n, str) for n in names)
+              and len(shards) == -(-count // size))
+    return index if usable else None
 
 
 def _finished_shard(path: Path, key: str, names: list[str]) -> bool:

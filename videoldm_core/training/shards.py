@@ -22,7 +22,7 @@ from pathlib import Path
 
 from torch.utils.data import IterableDataset
 
-from .data import VIDEO_EXTENSIONS, ClipSpec, Entry, discover, fit, frame_indices, probe, read_frames
+from .data import VIDEO_EXTENSIONS, ClipSpec, Entry, clip_memory_problem, discover, fit, frame_indices, probe, read_frames
 from .objective import TrainingError
 
 VIDEO_KEYS = tuple(e.lstrip(".") for e in VIDEO_EXTENSIONS)
@@ -109,6 +109,9 @@ class ShardClips(IterableDataset):
             indices = frame_indices(self.spec, source, rng)
             if indices is None:
                 self.skip(f"sample {key!r}", f"too short: {source.num_frames} frames at {source.fps:g} fps")
+                return None
+            if (problem := clip_memory_problem(self.spec, source)) is not None:
+                self.skip(f"sample {key!r}", problem)
                 return None
             frames = fit(read_frames(entry, indices, source), self.spec.height, self.spec.width, self.spec.crop, rng)
             if self.flip and rng.random() < 0.5:
