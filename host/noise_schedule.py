@@ -5,6 +5,7 @@ Nothing is changed globally and the input MODEL keeps its own schedule.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -25,11 +26,13 @@ log = logging.getLogger("videoldm")
 @dataclass(frozen=True)
 class ScheduleChoice:
     """What the Apply nodes so far decided for a clone: the schedule (None: the MODEL's own), which
-    adapter asked for it and whether the user picked it."""
+    adapter asked for it, whether the user picked it, and the timesteps of an LCM sampling the
+    user set before the first adapter (kept on the adapters' betas)."""
 
     schedule: Optional[BetaSchedule]
     by: str
     picked: bool
+    users_lcm: Optional[int] = None
 
 
 def model_schedule(model) -> Optional[BetaSchedule]:
@@ -100,8 +103,13 @@ def choose_schedule(model, choice: str, trained: Optional[BetaSchedule], name: s
     if choice != AUTO:
         return ScheduleChoice(NAMED_SCHEDULES[choice], name, picked=True)
     wanted = trained if trained is not None else model_schedule(model)
+    users_lcm = earlier.users_lcm if earlier is not None else user_lcm_timesteps(model)
+    if wanted is not None and wanted.lcm_timesteps is None and users_lcm is not None:
+        log.info("Video LDM: adapter '%s' samples its schedule %s as LCM on %d timesteps, as a ModelSamplingDiscrete "
+                 "'lcm' before it asks.", name, _describe(wanted), users_lcm)
+        wanted = dataclasses.replace(wanted, lcm_timesteps=users_lcm)
     if earlier is None:
-        return ScheduleChoice(wanted, name, picked=False)
+        return ScheduleChoice(wanted, name, picked=False, users_lcm=users_lcm)
     if earlier.picked:
         if wanted != earlier.schedule:
             log.info("Video LDM: adapter '%s' was trained with %s; keeping %s, picked for '%s'.", name,
@@ -112,6 +120,17 @@ def choose_schedule(model, choice: str, trained: Optional[BetaSchedule], name: s
                             f"{_describe(earlier.schedule)}, '{name}' with {_describe(wanted)}. Pick one in "
                             f"noise_schedule on one of the Apply Temporal Adapter nodes.")
     return earlier
+
+
+def user_lcm_timesteps(model) -> Optional[int]:
+    """How many timesteps an LCM sampling that the user set before any adapter (core's
+    ModelSamplingDiscrete 'lcm', for an LCM LoRA) samples on, else None: auto keeps that mode on
+    the adapter's betas rather than dropping it."""
+    sampling = model.get_model_object("model_sampling")
+    if (isinstance(sampling, ModelSamplingDiscreteDistilled) and isinstance(sampling, LCM)
+            and getattr(sampling, "videoldm_schedule", None) is None):
+        return int(sampling.original_timesteps)
+    return None
 
 
 def set_schedule(clone, decided: ScheduleChoice):

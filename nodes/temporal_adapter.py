@@ -57,7 +57,8 @@ class ApplyTemporalAdapter(io.ComfyNode):
                 io.Combo.Input("noise_schedule", options=list(NOISE_SCHEDULE_CHOICES), default=AUTO, optional=True,
                                tooltip="The noise schedule of the patched copy. auto: the one the adapter was trained "
                                        "with (AnimateDiff SD1.5 modules: sqrt_linear; the SDXL beta module: linear to "
-                                       "0.020; AnimateLCM: LCM); model: keep MODEL's own; or a schedule by name "
+                                       "0.020; AnimateLCM: LCM; after a ModelSamplingDiscrete 'lcm', LCM on those betas); "
+                                       "model: keep MODEL's own; or a schedule by name "
                                        "(betas, beta_start-beta_end). Set on the copy only. Optional, so API prompts saved before it "
                                        "existed still run.", advanced=True),
             ],

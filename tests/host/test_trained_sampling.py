@@ -176,6 +176,25 @@ def test_without_adapters_takes_off_the_adapters_and_their_schedule_and_nothing_
     assert "model_sampling" not in patch.without_adapters(patch.apply_adapter(model, v1.patcher, v1.name)).object_patches
 
 
+def test_an_lcm_sampling_set_before_the_adapters_is_kept_on_their_betas(motion_module, pack_module):
+    """An LCM LoRA workflow: ModelSamplingDiscrete 'lcm' (50 original timesteps), then v1 and v3 on
+    auto: sampled as LCM on v1's betas (ADE's 'lcm >> sqrt_linear'), not plain sqrt_linear."""
+    import comfy_extras.nodes_model_advanced as advanced
+
+    patch = pack_module("host.temporal_adapter")
+    model, v1 = motion_module("v1")
+    _, v3 = motion_module("v3")
+    users = advanced.ModelSamplingDiscrete().patch(model, "lcm", False)[0]
+    patched = patch.apply_adapter(patch.apply_adapter(users, v1.patcher, v1.name), v3.patcher, v3.name)
+    sampling = patched.get_model_object("model_sampling")
+    assert isinstance(sampling, advanced.LCM)
+    torch.testing.assert_close(sigmas(patched), diffusers_sigmas("linear", 0.00085, 0.012, 50), rtol=2e-5, atol=0)
+    assert not torch.equal(sigmas(users), sigmas(patched))
+    plain = patch.apply_adapter(model, v1.patcher, v1.name)
+    assert not isinstance(plain.get_model_object("model_sampling"), advanced.LCM)
+    assert patch.without_adapters(patched).get_model_object("model_sampling") is users.get_model_object("model_sampling")
+
+
 def test_unknown_schedule_name_is_refused(motion_module, pack_module):
     model, v2 = motion_module("v2")
     with pytest.raises(ValueError, match=r"noise_schedule: expected one of \('auto', 'model', .*found 'cosine'"):
