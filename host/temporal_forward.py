@@ -21,7 +21,7 @@ from comfy.ldm.modules.attention import SpatialTransformer, SpatialVideoTransfor
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, VideoResBlock
 
 from ..videoldm_core.temporal_adapter import TemporalAdapter
-from .clip_norms import clip_norms_of, clip_wise, resblock_norms
+from .clip_norms import clip_norm_strength, clip_norms_of, clip_wise, resblock_norms
 from .context import context_call as current_context_call
 from .keys import CHECKPOINT_KEY, OPTIONS_KEY
 from .unet_layout import layer_path
@@ -152,7 +152,7 @@ def _forward_with_temporal(layer, x, emb, context, transformer_options, output_s
 
         x = _transformer_with_temporal(layer, x, context, transformer_options, mix)
     elif isinstance(layer, ResBlock) and not isinstance(layer, VideoResBlock) and "resblock" in clip_norms_of(adapters):
-        with clip_wise(resblock_norms(layer), groups=x.shape[0] // num_frames):
+        with clip_wise(resblock_norms(layer), x.shape[0] // num_frames, clip_norm_strength(adapters, "resblock")):
             x = layer(x, emb)
     else:
         x = _spatial(layer, x, emb, context, transformer_options, time_context, num_video_frames, image_only_indicator)

@@ -249,6 +249,18 @@ def test_model_schedule_and_per_frame_norms_sample_as_a_version_1_file_of_the_sa
     assert torch.equal(sample(today, tiny_sd1[1]), sample(as_before, tiny_sd1[1]))
 
 
+def test_strength_scales_the_clip_wide_norms_too(motion_module, pack_module, tiny_sd1):
+    """v1 runs the image model's norms over the clip: near strength 0 it samples near the image
+    model, as the strength tooltip promises, not with every norm over the clip at once."""
+    patch = pack_module("host.temporal_adapter")
+    model, v1 = motion_module("v1")
+    clip = tiny_sd1[1]
+    image = sample(model, clip)
+    change = {s: (sample(patch.apply_adapter(model, v1.patcher, v1.name, strength=s, noise_schedule="model"), clip)
+                  - image).abs().max().item() for s in (1e-3, 1.0)}
+    assert change[1.0] > 1e-2 and change[1e-3] < 0.01 * change[1.0], change
+
+
 # --- core Context Windows (Manual) at its defaults -------------------------------------------------
 
 def manual_windows(model, **overrides):
