@@ -139,11 +139,12 @@ def sample_with_context(model, positive, negative, context: VideoContext, sample
 
 def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int, sampler=None, sigmas=None):
     """The SAMPLER and SIGMAS inputs where connected, else the node's own sampler_name, scheduler and
-    steps, with the sigmas computed as core KSampler computes them."""
+    steps, with the sigmas computed as core KSampler computes them (for sampler_name; beside a
+    connected SAMPLER, which replaces sampler_name, as core's BasicScheduler computes them)."""
+    discard = sampler is None and sampler_name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
     if sampler is None:
         sampler = comfy.samplers.sampler_object(sampler_name)
     if sigmas is None:
-        discard = sampler_name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps + discard)
         if discard:
             sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])

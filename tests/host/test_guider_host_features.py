@@ -147,3 +147,18 @@ def test_noise_made_on_the_device_frame_by_frame_is_cores_draw(ctx, shape):
     given = ctx["guider"].RunNoise(0, Noise_RandomNoise(9), lengths=[shape[0]], shape=shape[1:])
     assert torch.equal(given.on_device(0, latent, torch.device("cpu")),
                        Noise_RandomNoise(9).generate_noise({"samples": torch.zeros(shape)}))
+
+
+def test_a_connected_sampler_replaces_sampler_name_in_the_sigmas_too(ctx):
+    """dpm_2 in the widget makes core KSampler drop the penultimate sigma; a connected SAMPLER
+    replaces sampler_name, so the sigmas are core BasicScheduler's for that scheduler and steps."""
+    import comfy.samplers
+
+    model = ctx["plain"]
+    own = ctx["guider"].sampler_and_sigmas(model, "dpm_2", "normal", 4)[1]
+    core = comfy.samplers.KSampler(model, 4, "cpu", "dpm_2", "normal").sigmas.cpu()
+    assert torch.equal(own, core) and len(own) == 5
+    euler = comfy.samplers.sampler_object("euler")
+    sampler, sigmas = ctx["guider"].sampler_and_sigmas(model, "dpm_2", "normal", 4, sampler=euler)
+    basic = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 4).cpu()
+    assert sampler is euler and torch.equal(sigmas, basic) and not torch.equal(sigmas, own)
