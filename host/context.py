@@ -5,11 +5,12 @@ Producers attach c_S (one row per frame, like x) and the per-frame (regime, leve
 conds (`with_context`) or pass them as UNet keyword arguments (`context_kwargs`, training). The
 DIFFUSION_MODEL wrapper `route_context` takes them out of the UNet call and puts a `ContextCall`
 into this call's transformer_options, where the temporal layers find it (`context_call`). Core
-context windows slice them like x (`slice_context_in_windows`).
+context windows slice them like x (`slicing_context_in_windows`, a copy of the handler per run).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,6 +19,7 @@ import comfy.conds
 import comfy.context_windows
 import comfy.model_management
 import comfy.patcher_extension
+import comfy.utils
 
 from ..videoldm_core.context import ContextError, VideoContext, context_positions, place_frames
 from .keys import CHECKPOINT_KEY, CONTEXT_KEY, LABELS_KEY, OPTIONS_KEY, WRAPPER_KEY
@@ -124,11 +126,16 @@ def slice_context_for_window(cond_key, cond_value, window, x_in, device, new_con
     return comfy.context_windows.slice_cond(cond_value, window, x_in, device, temporal_dim=0)
 
 
-def slice_context_in_windows(handler):
-    """Teach a core context-window handler to slice c_S; keyed, so it is added once."""
+def slicing_context_in_windows(handler):
+    """A copy of a core context-window handler that also slices c_S, for one sampling run: the
+    handler itself belongs to the Context Windows node's MODEL and is not changed."""
     resize = comfy.context_windows.IndexListCallbacks.RESIZE_COND_ITEM
-    if not comfy.patcher_extension.get_callbacks_with_key(resize, WRAPPER_KEY, handler.callbacks):
-        comfy.patcher_extension.add_callback_with_key(resize, WRAPPER_KEY, slice_context_for_window, handler.callbacks)
+    if comfy.patcher_extension.get_callbacks_with_key(resize, WRAPPER_KEY, handler.callbacks):
+        return handler
+    copied = copy.copy(handler)
+    copied.callbacks = comfy.utils.deepcopy_list_dict(handler.callbacks)
+    comfy.patcher_extension.add_callback_with_key(resize, WRAPPER_KEY, slice_context_for_window, copied.callbacks)
+    return copied
 
 
 def route_context(executor, x, timesteps, context, y, control, transformer_options, **kwargs):

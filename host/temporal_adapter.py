@@ -37,7 +37,7 @@ from ..videoldm_core.positional import check_frame_limit
 from ..videoldm_core.temporal_adapter import AdapterFormatError, AdapterSpec, TemporalAdapter, resolve_slots, save_adapter
 from ..videoldm_core.weights_file import check_range
 from .confined_paths import file_inside
-from .context import route_context, slice_context_in_windows
+from .context import route_context, slicing_context_in_windows
 from .clip_norms import output_norm_over_clip
 from .keys import CLIP_NORMS_KEY, OPTIONS_KEY, SCHEDULE_KEY, WRAPPER_KEY
 from .noise_schedule import AUTO, choose_schedule, model_schedule, set_schedule, unset_schedule
@@ -205,7 +205,7 @@ def check_frames_before_sampling(executor, noise, *args, **kwargs):
     if handler is not None:  # context windows: each window, plus the anchor frame of core's causal_window_fix
         anchor = int(bool(getattr(handler, "causal_window_fix", False)))
         frames = min(frames, handler.context_length + anchor)
-        slice_context_in_windows(handler)
+        guider.model_options["context_handler"] = slicing_context_in_windows(handler)   # this run's options
         if anchor:
             windows = (f" (in context windows of {handler.context_length} frames plus the anchor frame that core's "
                      "causal_window_fix prepends: shorten context_length or turn causal_window_fix off)")

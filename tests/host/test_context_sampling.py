@@ -188,6 +188,8 @@ def test_core_context_windows_slice_the_context_with_the_anchor_frame(ctx, given
     assert [1.0, 1.0, 0.0, 0.0] in seen          # the first window: its mask marks frames 0 and 1
     assert any(len(m) == 5 for m in seen)        # later windows carry the anchor frame too
     assert torch.equal(out[:2], given)
+    handler = windowed.model_options["context_handler"]   # the Context Windows node's: not changed
+    assert "videoldm_temporal_adapters" not in str(handler.callbacks)
 
 
 def test_an_area_cond_gets_the_context_frames_of_its_area(ctx, given):
