@@ -139,7 +139,9 @@ def set_schedule(clone, decided: ScheduleChoice):
     options = clone.model_options["transformer_options"]
     options[SCHEDULE_KEY] = decided
     if decided.schedule is not None and model_schedule(clone) != decided.schedule:
-        options.setdefault(REPLACED_SAMPLING_KEY, clone.object_patches.get("model_sampling"))
+        current = clone.object_patches.get("model_sampling")
+        if getattr(current, "videoldm_schedule", None) is None:   # the user's (or none), not an earlier adapter's
+            options[REPLACED_SAMPLING_KEY] = current
         clone.add_object_patch("model_sampling", sampling_for(clone, decided.schedule))
 
 

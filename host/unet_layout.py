@@ -49,7 +49,7 @@ _KNOWN_UNETS: weakref.WeakSet = weakref.WeakSet()
 def know_layer_paths(diffusion_model):
     """Remembers the path of each layer of `diffusion_model` (once per instance). The host runs an
     adapted MODEL in other instances of its UNet too: one loaded again for a non-dynamic delegate
-    (DynamicVRAM with hooks), a MultiGPU copy, training's copy; slots are found there by path."""
+    (DynamicVRAM with hooks), TorchCompile's under DynamicVRAM, training's; slots are found there by path."""
     if diffusion_model in _KNOWN_UNETS:
         return
     for path, layer in named_layers(diffusion_model):

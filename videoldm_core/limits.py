@@ -12,6 +12,7 @@ cannot change it). NaN and infinity pass every `<` and `>` comparison, so ranges
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from typing import Mapping, Sequence
 
@@ -78,7 +79,7 @@ def is_finite_number(value) -> bool:
 def number_problem(name: str, value, low: float | None = None, high: float | None = None) -> str | None:
     """Why `value` cannot be the number input `name` (not a number, NaN, infinite, out of
     [low, high]), or None when it can."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):   # numpy's scalars are Real too
         return f"{name} must be a number, found {value!r}."
     if not math.isfinite(value):
         return f"{name} must be a finite number, found {value!r}."

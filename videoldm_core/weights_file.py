@@ -128,6 +128,9 @@ class WeightsFile:
         (tensors may share a storage, as tied weights do)."""
         declared = 0
         for key, value in tensors.items():
+            if value.layout != torch.strided:
+                raise self.refuse(f"tensor '{key}' is {str(value.layout).removeprefix('torch.')}; expected dense "
+                                  "weights", "Save the weights again as dense tensors.")
             size = value.numel() * value.element_size()
             stored = value.untyped_storage().nbytes() - value.storage_offset() * value.element_size()
             if size > stored:
@@ -202,7 +205,7 @@ def check_range(tensors: dict, dtype: torch.dtype, source: str, error: type[Exce
             if over:
                 raise error(f"{source}: tensor '{key}' holds {over} values beyond the range of "
                             f"{str(dtype).removeprefix('torch.')} (largest {largest:g}), the type the weights are "
-                            f"kept in on this device: they would become infinity. The file is damaged or was saved "
+                            f"kept in on this device: they would not stay finite. The file is damaged or was saved "
                             f"from a diverged run; use another copy.")
 
 

@@ -243,7 +243,7 @@ def test_fresh_adapter_from_a_model_starts_as_the_identity(tiny_sd1, tools, plac
 
 def test_the_adapter_runs_in_another_instance_of_the_unet_the_host_makes(tools, pack_module):
     """Core loads an adapted MODEL's UNet again for a non-dynamic delegate (DynamicVRAM with hooked
-    conds), MultiGPU and TorchCompile copies: clone(force_deepcopy) through cached_patcher_init. The
+    conds), TorchCompile under DynamicVRAM: clone(force_deepcopy) through cached_patcher_init. The
     adapter's slots are found there by layer path; before, they were keyed to the first instance and
     the copy sampled as the image model without a word."""
     from devtools import tiny_bundles

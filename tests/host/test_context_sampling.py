@@ -157,10 +157,10 @@ def test_extend_video_segments_continue_from_the_last_frames(ctx, given):
 
 
 @pytest.mark.parametrize("segments, length, context_frames, message", [
-    (0, 4, 2, "at least 1 segment, found 0"), (2, 4, 4, "smaller than the segment length"),
+    (0, 4, 2, "Extend Video: segments must be at least 1, found 0"), (2, 4, 4, "smaller than the segment length"),
     (2, 4, 5, "smaller than the segment length")])
-def test_extend_video_bad_input(ctx, given, segments, length, context_frames, message):
-    with pytest.raises(ctx["context"].ContextError, match=message):
+def test_extend_video_bad_input(ctx, given, pack_module, segments, length, context_frames, message):
+    with pytest.raises(pack_module("videoldm_core.errors").VideoLDMError, match=message):
         extend(ctx, ctx["predictor"], given[:1], segments, length, context_frames)
 
 

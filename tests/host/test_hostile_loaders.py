@@ -202,3 +202,31 @@ def test_mutated_vae_files_load_or_fail_with_the_packs_error(node_classes, folde
         except Exception as e:
             findings.append(f"case {case} ({what}): raw {type(e).__name__}: {e}")
     assert not findings, "\n".join(findings)
+
+
+def test_weights_beyond_the_range_of_the_devices_float16_are_refused_by_every_loader(node_classes, pack_module, folders,
+                                                                                  image_vae, tiny_bundle_parts,
+                                                                                  monkeypatch):
+    """On a GPU the host keeps weights in float16: a float32 1e5 there becomes infinity. The CPU
+    keeps float32, so the host's choice is made float16 here for the three loaders."""
+    import comfy.model_management as mm
+
+    monkeypatch.setattr(mm, "unet_dtype", lambda *args, **kwargs: torch.float16)
+    monkeypatch.setattr(mm, "vae_dtype", lambda *args, **kwargs: torch.float16)
+    spec, weights = hf.small_adapter()
+    key = "input_blocks.1.1.time_stack.0.attn1.to_q.weight"
+    weights[key][0, 0] = 1e5
+    hf.write_adapter(os.path.join(folders["temporal_adapters"], "hostile_range.safetensors"), hf.spec_dict(spec), weights)
+    message = refused(lambda: node_classes["VideoLDMLoadTemporalAdapter"].execute(adapter_name="hostile_range.safetensors"))
+    assert message.startswith(f"'hostile_range.safetensors': tensor '{key}' holds 1 values beyond the range of float16")
+    vae = dict(image_vae, **{"decoder.conv_in.bias": image_vae["decoder.conv_in.bias"].clone().fill_(-7e4)})
+    name = write_vae(folders, "range.safetensors", state_dict=vae)
+    message = refused(lambda: node_classes["VideoLDMLoadTemporalVAE"].execute(vae_name=name, temporal_decoder="none"))
+    assert "'hostile_tests/range.safetensors': tensor 'decoder.conv_in.bias' holds" in message and "float16" in message
+    bundle_spec, state_dict = tiny_bundle_parts
+    unet_key = next(k for k in state_dict if k.startswith("model.diffusion_model.") and k.endswith(".bias"))
+    bundle = {k: v.contiguous() for k, v in state_dict.items()}
+    bundle[unet_key] = torch.full_like(bundle[unet_key], 1e6)
+    with pytest.raises(pack_module("videoldm_core.bundle").BundleFormatError,
+                       match=rf"^'range bundle': tensor '{unet_key.removeprefix('model.diffusion_model.')}' holds"):
+        pack_module("host.bundle").build_model(bundle_spec, bundle, source="'range bundle'")

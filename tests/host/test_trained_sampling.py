@@ -172,6 +172,10 @@ def test_without_adapters_takes_off_the_adapters_and_their_schedule_and_nothing_
     assert torch.equal(sample(bare, tiny_sd1[1]), sample(users, tiny_sd1[1])) and calls
     assert [a.name for a in patch.applied_adapters(patched)] == [v1.name], "the input MODEL changed"
     assert patch.without_adapters(users) is users
+    # a ModelSampling node between two adapters is what stays
+    between = ModelSamplingDiscrete().patch(patch.apply_adapter(model, v1.patcher, v1.name), "eps", True)[0]
+    stacked = patch.apply_adapter(between, v1.patcher, "again")
+    assert patch.without_adapters(stacked).get_model_object("model_sampling") is between.get_model_object("model_sampling")
     # the adapter's schedule over the checkpoint's own: taken off, the object patch goes too
     assert "model_sampling" not in patch.without_adapters(patch.apply_adapter(model, v1.patcher, v1.name)).object_patches
 

@@ -173,6 +173,15 @@ def test_a_pickle_whose_views_repeat_a_few_stored_bytes_is_refused_before_readin
     assert read_adapter_file(tmp_path / "tied.ckpt", "tied.ckpt")[0].placement == "animatediff"
 
 
+def test_a_sparse_tensor_in_a_pickle_is_refused_by_name(tmp_path):
+    from devtools.public_layouts import animatediff_state_dict
+
+    state_dict = dict(animatediff_state_dict((32, 32, 32, 32), pe_len=8), extra=torch.eye(3).to_sparse())
+    torch.save(state_dict, tmp_path / "sparse.ckpt")
+    with pytest.raises(AdapterFormatError, match=r"^'sparse.ckpt': tensor 'extra' is sparse_coo; expected dense weights"):
+        read_adapter_file(tmp_path / "sparse.ckpt", "sparse.ckpt")
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
 def test_complex_weights_are_refused_by_name(tmp_path, suffix):
     from devtools.public_layouts import animatediff_state_dict

@@ -5,6 +5,7 @@ would name the server's install path."""
 import importlib
 import inspect
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,7 +67,8 @@ def test_tensor_bytes_never_overflows():
 
 @pytest.mark.parametrize("value, problem", [
     (float("nan"), "finite"), (float("inf"), "finite"), (-float("inf"), "finite"), (-0.5, "at least 0"),
-    (101.0, "at most 100"), ("7", "a number"), (True, "a number"), (None, "a number")])
+    (101.0, "at most 100"), ("7", "a number"), (True, "a number"), (None, "a number"), (np.float32("nan"), "finite"),
+    (torch.tensor(3.0), "a number")])
 def test_numbers_that_are_not_finite_or_out_of_range_are_named(value, problem):
     found = limits.number_problem("cfg", value, 0.0, 100.0)
     assert found is not None and found.startswith("cfg must be") and problem in found
@@ -74,8 +76,8 @@ def test_numbers_that_are_not_finite_or_out_of_range_are_named(value, problem):
         limits.check_number("cfg", value, 0.0, 100.0)
 
 
-@pytest.mark.parametrize("value", [0.0, 7.5, 100.0, 3])
-def test_finite_numbers_in_range_pass(value):
+@pytest.mark.parametrize("value", [0.0, 7.5, 100.0, 3, np.int64(3), np.float32(7.5)])
+def test_finite_numbers_in_range_pass(value):   # numpy's scalars too: a linked value may be one
     assert limits.number_problem("cfg", value, 0.0, 100.0) is None
 
 

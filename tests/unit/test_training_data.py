@@ -198,9 +198,9 @@ def test_a_clip_that_would_decode_past_the_memory_limit_is_refused_when_probed(t
     import videoldm_core.training.data as data
 
     write_mp4(tmp_path / "big.mp4", moving_shapes_clip(0, 8, 64, 64).frames, 30.0)
-    monkeypatch.setenv("VIDEOLDM_MAX_OUTPUT_GIB", str(1 / 1024))   # 1 MiB
+    monkeypatch.setenv("VIDEOLDM_MAX_OUTPUT_GIB", str(0.4 / 1024))   # 0.4 MiB
     with pytest.raises(TrainingError, match=r"'big.mp4': reading a clip of 8 frames of 64x64 \(cropped to 16x16\) "
-                                            r"needs [\d.]+ MiB, above the Video LDM pack's limit of 1.0 MiB "
+                                            r"needs 0\.5 MiB, above the Video LDM pack's limit of 0\.4 MiB "
                                             r"\(VIDEOLDM_MAX_OUTPUT_GIB\)"):
         VideoFolder(tmp_path, ClipSpec(8, None, 16, 16))
     monkeypatch.delenv("VIDEOLDM_MAX_OUTPUT_GIB")
@@ -209,6 +209,20 @@ def test_a_clip_that_would_decode_past_the_memory_limit_is_refused_when_probed(t
     with pytest.raises(TrainingError, match=r"'big.mp4': unreadable \(TrainingError: its frames are 64x64, more than "
                                             r"the 4032 pixels"):
         VideoFolder(tmp_path, ClipSpec(8, None, 16, 16))
+
+
+def test_thin_frames_are_sized_as_they_are_resized(tmp_path):
+    """A 4096x1 frame covers a 256x256 clip only at 1048576x256: the memory check sizes the clip as
+    `fit` resizes it (48 GiB here), not by the larger of the two sizes per side."""
+    from PIL import Image
+
+    folder = tmp_path / "thin"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (4096, 1)).save(folder / f"{i:05d}.png")
+    with pytest.raises(TrainingError, match=r"'thin': reading a clip of 8 frames of 4096x1 \(cropped to 256x256\) "
+                                            r"needs 48\.\d+ GiB"):
+        VideoFolder(tmp_path, ClipSpec(8, None, 256, 256))
 
 
 def test_a_frame_larger_than_its_probe_is_refused_before_it_is_converted(tmp_path):

@@ -180,6 +180,7 @@ def probe(entry: Entry, source_fps: float) -> Probe:
         sizes = set()
         for path in entry.images:
             with Image.open(path) as image:  # reads the header; raises on a file that is not an image
+                _check_frame_pixels(*image.size, f"'{path.name}' is")
                 sizes.add(image.size)
         width, height = max(sizes, key=lambda size: size[0] * size[1])
         return Probe(len(entry.images), float(source_fps), height, width)
@@ -188,11 +189,13 @@ def probe(entry: Entry, source_fps: float) -> Probe:
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else float(source_fps)
         width, height = stream.codec_context.width, stream.codec_context.height
-        if width * height > MAX_FRAME_PIXELS:   # before the first frame is decoded
-            raise TrainingError(f"its frames are {width}x{height}, more than the {MAX_FRAME_PIXELS} pixels a "
-                                "training frame may have")
-        if next(container.decode(stream), None) is None:  # a file that opens but cannot be decoded fails here
+        _check_frame_pixels(width, height, "its frames are")   # before the first frame is decoded
+        first = next(container.decode(stream), None)   # a file that opens but cannot be decoded fails here
+        if first is None:
             raise TrainingError("it holds no frames")
+        if not (width and height):   # a stream that states no size: the first frame's
+            width, height = first.width, first.height
+            _check_frame_pixels(width, height, "its frames are")
         num_frames = stream.frames
         if num_frames <= 0:  # webm, mkv and gif often state no count: count packets, no decoding
             container.seek(0)
@@ -207,7 +210,7 @@ def clip_memory_problem(spec: ClipSpec, source: Probe) -> str | None:
     (its frames decoded at the source's size, as 8-bit and as float32, and the resized clip), or
     None. Known from the probe, before any frame of the clip is decoded."""
     decoded = spec.frames * source.height * source.width * 3 * (1 + 4)
-    resized = 2 * tensor_bytes((spec.frames, 3, max(spec.height, source.height), max(spec.width, source.width)))
+    resized = 2 * tensor_bytes((spec.frames, 3, *resized_size(source.height, source.width, spec.height, spec.width)))
     need, limit = decoded + resized, output_limit_bytes()
     if need <= limit:
         return None
@@ -283,6 +286,12 @@ def _decode(entry: Entry, indices: list[int], source: Probe) -> list[np.ndarray]
     return [got.get(i, last) for i in indices]
 
 
+def _check_frame_pixels(width: int, height: int, what: str):
+    if width * height > MAX_FRAME_PIXELS:
+        raise TrainingError(f"{what} {width}x{height}, more than the {MAX_FRAME_PIXELS} pixels a training frame may "
+                            "have")
+
+
 def _check_frame_size(entry: Entry, size: tuple[int, int], source: Probe):
     """A frame larger than the probe said (a stream that changes size, an image replaced since) is
     refused before it is converted: the memory check was made for the probe's size."""
@@ -292,14 +301,21 @@ def _check_frame_size(entry: Entry, size: tuple[int, int], source: Probe):
                             f"{source.height} it stated when it was probed; re-encode it at one size.")
 
 
+def resized_size(h: int, w: int, height: int, width: int) -> tuple[int, int]:
+    """The size `fit` resizes an h x w frame to: the smallest that covers height x width, aspect kept."""
+    if (h, w) == (height, width):
+        return h, w
+    scale = max(height / h, width / w)
+    return max(height, round(h * scale)), max(width, round(w * scale))
+
+
 def fit(video: Tensor, height: int, width: int, crop: str, rng: random.Random | None = None) -> Tensor:
     """(T, h, w, 3) uint8 -> (T, 3, height, width) float32 in [-1, 1]: resize so the frame covers
     (height, width), keeping its aspect, then crop the centre or a seeded random window."""
     x = video.permute(0, 3, 1, 2).float() / 127.5 - 1
     h, w = x.shape[-2:]
     if (h, w) != (height, width):
-        scale = max(height / h, width / w)
-        size = (max(height, round(h * scale)), max(width, round(w * scale)))
+        size = resized_size(h, w, height, width)
         if size != (h, w):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
     h, w = x.shape[-2:]
