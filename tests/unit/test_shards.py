@@ -70,6 +70,29 @@ def test_broken_samples_and_a_truncated_shard_are_skipped_and_counted(shards, tm
     assert items[-1]["skipped"] >= 3   # a, b, c (and the truncated shard's rest)
 
 
+def test_a_member_declaring_more_than_a_clip_may_have_is_skipped_unread(shards, tmp_path, caplog):
+    """A .tar.gz member's header can declare gigabytes that a few compressed bytes expand to; such a
+    member is skipped from its header (here with the limit lowered to 4 KiB), the rest read."""
+    import gzip
+    import logging
+
+    out, _ = shards
+    bomb = tmp_path / "bomb.tar.gz"
+    with gzip.open(bomb, "wb") as packed, tarfile.open(fileobj=packed, mode="w") as tar:
+        info = tarfile.TarInfo("000.mp4")
+        info.size = 64 * 1024
+        tar.addfile(info, io.BytesIO(bytes(info.size)))   # 64 KiB of zeros: about 100 bytes packed
+    assert bomb.stat().st_size < 1024
+    with caplog.at_level(logging.WARNING):
+        items = read([str(bomb), str(out / "clips-000000.tar")], max_member_bytes=4096 + 1024 * 1024)
+    assert len(items) == 2 and not any("'000.mp4'" in r.message and "declares" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        items = read([str(bomb)], max_member_bytes=4096)
+    assert items == [] and any("member '000.mp4'" in r.message and "declares 65536 bytes" in r.message
+                               for r in caplog.records)
+
+
 def test_two_ranks_and_two_workers_read_disjoint_samples_covering_every_clip(shards, monkeypatch):
     out, _ = shards
     urls = shard_urls(str(out / "clips-{000000..000003}.tar"))

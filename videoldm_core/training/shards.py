@@ -26,6 +26,7 @@ from .data import VIDEO_EXTENSIONS, ClipSpec, Entry, clip_memory_problem, discov
 from .objective import TrainingError
 
 VIDEO_KEYS = tuple(e.lstrip(".") for e in VIDEO_EXTENSIONS)
+MAX_MEMBER_BYTES = 1 << 30   # no training clip is larger; a .tar.gz can declare gigabytes in a few bytes
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,9 @@ class ShardClips(IterableDataset):
     its "position" (worker, pass, sample index in that pass)."""
 
     def __init__(self, urls: list[str], spec: ClipSpec, seed: int = 0, shuffle: int = 256, source_fps: float = 30.0,
-                 passes: int | None = None, flip: bool = False):
+                 passes: int | None = None, flip: bool = False, max_member_bytes: int = MAX_MEMBER_BYTES):
         self.urls, self.spec, self.seed, self.shuffle = list(urls), spec, seed, shuffle
+        self.max_member_bytes = max_member_bytes
         self.source_fps, self.passes, self.flip = source_fps, passes, flip
         self.skipped = 0
         self.start: dict[int, tuple[int, int]] = {}   # worker -> (pass, first sample to read): where a resumed run goes on
@@ -91,11 +93,35 @@ class ShardClips(IterableDataset):
         order = list(self.urls)
         random.Random(f"{self.seed}-shards-{pass_index}").shuffle(order)   # the same order on every rank
         shards = wds.split_by_worker(wds.split_by_node({"url": url} for url in order))
-        samples = wds.tarfile_to_samples(handler=self.skip_shard_error)(shards)
+        opened = wds.tariterators.url_opener(shards, handler=self.skip_shard_error)
+        samples = wds.tariterators.group_by_keys(self.members(opened), handler=self.skip_shard_error)
         if self.shuffle > 1:
             rng = random.Random(f"{self.seed}-buffer-{rank}-{worker}-{pass_index}")
             samples = wds.shuffle(self.shuffle, initial=min(self.shuffle, 64), rng=rng)(samples)
         return samples
+
+    def members(self, opened):
+        """The regular files of each opened shard, as webdataset's tar_file_expander gives them,
+        except that a member whose header declares more than `max_member_bytes` is skipped unread
+        (counted), where webdataset would read it whole."""
+        import tarfile
+
+        for source in opened:
+            url = source["url"]
+            try:
+                stream = tarfile.open(fileobj=source["stream"], mode="r|*")
+                for info in stream:
+                    if not info.isreg() or info.name.startswith("__"):
+                        continue
+                    if info.size > self.max_member_bytes:
+                        self.skip(f"member {info.name!r} of {url}", f"it declares {info.size} bytes, more than "
+                                                                   f"the {self.max_member_bytes} a clip may have")
+                        continue
+                    yield {"fname": info.name, "data": stream.extractfile(info).read(), "__url__": url}
+                    stream.members = []   # a stream of millions: keep no list of what was read
+            except Exception as e:
+                if not self.skip_shard_error(e):
+                    break
 
     def clip(self, sample: dict, rng: random.Random) -> dict | None:
         key = sample.get("__key__", "?")
