@@ -20,6 +20,7 @@ import comfy.model_patcher
 import comfy.ops
 import comfy.sd
 import comfy.utils
+from comfy.ldm.models.autoencoder import AutoencodingEngine
 import folder_paths
 
 from ..videoldm_core.temporal_decoder import (TemporalDecoder, TemporalDecoderFormatError, TemporalDecoderSpec,
@@ -226,17 +227,23 @@ def window_decoder(vae, samples: torch.Tensor, window: int, overlap: int, tile_s
         raise ValueError(f"Temporal VAE Decode: the latent has {samples.shape[1] if samples.ndim > 1 else '?'} channels "
                          f"(shape {tuple(samples.shape)}), the VAE decodes {vae.latent_channels}-channel latents of shape "
                          "(frames, channels, height, width). Use the VAE that matches the model that made the latent.")
+    first_stage = vae.first_stage_model
+    if (not isinstance(first_stage, AutoencodingEngine) or getattr(first_stage, "bn", None) is not None
+            or not hasattr(first_stage, "decoder")):
+        raise ValueError(f"Temporal VAE Decode: expected a VAE with a KL autoencoder's decoder (SD1.x, SD2.x, SDXL, SVD "
+                         f"...), found {type(first_stage).__name__}, which it cannot decode in windows of frames. "
+                         "Decode this latent with core's VAE Decode.")
     frames, _, height, width = samples.shape
     windows(frames, window, overlap)  # raises on window < 1 or overlap >= window, in the node's words
     tile = tile_size if tile_size > 0 else max(height, width)   # 0: whole frames
     plan = plan_tiles(frames, height, width, tile, tile // 4, window, overlap)
     temporal = getattr(vae, TEMPORAL_DECODER_ATTR, None)
-    first_stage = vae.first_stage_model
 
     first = plan.regions[0]
     tile_shape = (first.frames[1] - first.frames[0], samples.shape[1], first.rows[1] - first.rows[0],
                   first.cols[1] - first.cols[0])
-    memory = vae.memory_used_decode(tile_shape, vae.vae_dtype) * (2 if temporal is not None else 1)
+    # core's estimate is per frame (its VAE Decode splits the batch by it); a window decodes together
+    memory = vae.memory_used_decode(tile_shape, vae.vae_dtype) * tile_shape[0] * (2 if temporal is not None else 1)
     mm.load_models_gpu([vae.patcher] + ([temporal] if temporal is not None else []), memory_required=memory)
 
     out_device = vae.output_device

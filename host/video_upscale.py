@@ -236,17 +236,29 @@ def _sample(model, positive, negative, low_res: LowResFrames, noise_augmentation
     lowres = augmented_frames(model, low_res, noise_augmentation, level, run_noise.run_seed(0))
     conds = [[[t, {**o, "concat_image": lowres, "noise_augmentation": 0.0}] for t, o in c]
              for c in (positive, negative)]
-    pbar = comfy.utils.ProgressBar((len(sigmas) - 1) * len(plan.regions))  # one tile-step per region and step
+    regions = len(plan.regions)
+    pbar = comfy.utils.ProgressBar((len(sigmas) - 1) * regions)  # one tile-step per region and step
     previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+    done = {"steps": 0, "calls": 0}   # a sampler may call the model more than once a step (heun, dpm_2)
+
+    def region_done():
+        done["calls"] += 1
+        value = done["steps"] * regions + min(done["calls"], regions)
+        if value > pbar.current:
+            pbar.update_absolute(value)
 
     def preview(step, x0, x, total_steps):   # the step's prediction, as core KSampler previews it
         check_finite_latent((x0, x), "Video Upscale", f"at step {step + 1}")
+        done["steps"], done["calls"] = step + 1, 0
+        value = max(pbar.current, min((step + 1) * regions, pbar.total))
         if previewer is not None:
-            pbar.update_absolute(pbar.current, pbar.total, previewer.decode_latent_to_preview_image("JPEG", x0))
+            pbar.update_absolute(value, pbar.total, previewer.decode_latent_to_preview_image("JPEG", x0))
+        elif value > pbar.current:
+            pbar.update_absolute(value)
 
     tiled = model.clone()
     tiled.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, TILING_KEY,
-                               tiled_forward(plan, level, lambda: pbar.update(1)))
+                               tiled_forward(plan, level, region_done))
     samples = comfy.samplers.sample(tiled, noise, conds[0], conds[1], cfg, tiled.load_device, sampler, sigmas,
                                     model_options=tiled.model_options, latent_image=latent, callback=preview,
                                     disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=run_noise.run_seed(0))

@@ -148,6 +148,34 @@ def test_latent_with_the_wrong_channels_is_refused(vaes):
         temporal_vae.decode_video(image_vae, torch.zeros(4, 16, 8, 8), 4, 1)
 
 
+def test_a_vae_that_cannot_decode_in_windows_is_refused_by_kind(vaes):
+    """TAESD (core builds it from a taesd state dict) has no KL decoder to run on a window."""
+    import comfy.sd
+    from comfy.taesd.taesd import TAESD
+
+    temporal_vae = vaes[0]
+    taesd = comfy.sd.VAE(sd={f"taesd_decoder.{k}": v for k, v in TAESD().taesd_decoder.state_dict().items()})
+    assert type(taesd.first_stage_model).__name__ == "TAESD" and taesd.latent_channels == 4
+    with pytest.raises(ValueError, match=r"expected a VAE with a KL autoencoder's decoder .*found TAESD.*core's VAE Decode"):
+        temporal_vae.decode_video(taesd, smooth_latents(), 4, 1)
+
+
+def test_the_memory_asked_of_the_host_is_the_whole_windows(vaes, monkeypatch):
+    """Core's estimate is per frame; a window of 8 decodes 8 frames at once."""
+    import comfy.model_management as mm
+
+    temporal_vae, image_vae, svd_vae = vaes
+    asked = []
+    load = mm.load_models_gpu
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, memory_required=0, **kw: asked.append(memory_required)
+                        or load(models, memory_required=memory_required, **kw))
+    for vae in (image_vae, svd_vae):
+        for window in (1, 8):
+            temporal_vae.decode_video(vae, smooth_latents(), window, 0)
+    per_frame = image_vae.memory_used_decode((1, 4, 8, 8), image_vae.vae_dtype)
+    assert asked == [per_frame, 8 * per_frame, 2 * per_frame, 16 * per_frame]
+
+
 @pytest.mark.parametrize("window, overlap, message", [(0, 0, "window must be at least 1"), (4, 4, "overlap must be in 0..window-1")])
 def test_bad_window_settings_are_refused(vaes, window, overlap, message):
     temporal_vae, image_vae, _ = vaes

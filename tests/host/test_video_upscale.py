@@ -23,8 +23,8 @@ def upscale(x4, images, tile=64, tile_overlap=16, chunk=8, chunk_overlap=2, mode
     with torch.inference_mode():
         return x4["node"].execute(model=model or x4["model"], positive=x4["positive"], negative=x4["negative"],
                                   images=images, noise_augmentation=augmentation, seed=seed, steps=steps, cfg=cfg,
-                                  sampler_name="euler", scheduler="normal", tile_size=tile, tile_overlap=tile_overlap,
-                                  chunk_length=chunk, chunk_overlap=chunk_overlap, **extra).result[0]["samples"]
+                                  scheduler="normal", tile_size=tile, tile_overlap=tile_overlap, chunk_length=chunk,
+                                  chunk_overlap=chunk_overlap, **{"sampler_name": "euler", **extra}).result[0]["samples"]
 
 
 def untiled(x4, images, cfg=2.0, steps=2, augmentation=0.1):
@@ -170,6 +170,9 @@ def test_progress_counts_every_tile_step(x4, monkeypatch):
     upscale(x4, frames(t=4, size=16), tile=8, tile_overlap=4, chunk=2, chunk_overlap=0, steps=2)
     regions = 3 * 3 * 2
     assert reported == [(i, 2 * regions) for i in range(1, 2 * regions + 1)]
+    reported.clear()   # heun calls the model twice a step (3 calls in 2 steps): the bar rises to its total, not past
+    upscale(x4, frames(t=2, size=8), tile=8, tile_overlap=4, chunk=2, chunk_overlap=0, steps=2, sampler_name="heun")
+    assert reported == [(1, 2), (2, 2)]
 
 
 def test_out_of_memory_samples_again_with_smaller_tiles_and_says_so(x4, caplog):
