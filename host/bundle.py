@@ -25,7 +25,7 @@ import comfy.utils
 from ..videoldm_core.bundle import (COMPONENT_PREFIXES, BundleFormatError, BundleSpec, check_stated_sizes, open_bundle,
                                     split_components)
 from ..videoldm_core.families import SD1, SD_X4_UPSCALER, family_named
-from ..videoldm_core.state_dict import check_weights
+from ..videoldm_core.state_dict import check_weights, loadable_shapes
 from ..videoldm_core.weights_file import WeightsFile, build_on_meta, check_range
 
 _MODEL_TYPES = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}
@@ -81,20 +81,6 @@ def _clip_target(spec: BundleSpec):
 
 def _vae_config(spec: BundleSpec) -> dict:
     return {"params": {"ddconfig": dict(spec.vae_config["ddconfig"]), "embed_dim": spec.vae_config["embed_dim"]}}
-
-
-def loadable_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    """key -> shape of every weight `module` takes from a state dict. Under DynamicVRAM ComfyUI's
-    Linear has no weight until one loads, and state_dict() leaves it out: its weight is
-    (out_features, in_features), with a bias when the layer says it needs one."""
-    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    for name, layer in module.named_modules():
-        if isinstance(layer, torch.nn.Linear) and layer.weight is None:
-            prefix = f"{name}." if name else ""
-            shapes[prefix + "weight"] = (layer.out_features, layer.in_features)
-            if getattr(layer, "comfy_need_lazy_init_bias", False):
-                shapes[prefix + "bias"] = (layer.out_features,)
-    return shapes
 
 
 def _require_complete(component: str, module: torch.nn.Module, state_dict: dict, source: str, ignore_missing=()):

@@ -41,11 +41,16 @@ def check_weights(expected: Mapping, found: Mapping, what: str, error: type[Exce
         raise error(f"{what}: {problem}.")
 
 
-def spec_layout(module: nn.Module) -> Mapping:
-    """What a file must hold for `module` (key -> tensor), whatever layers the host built it with:
-    its state_dict(), or the state_dict() of its spec built in torch.nn on the meta device when some
-    layer has no weight yet. A host may build layers that get their weights only when a state dict
-    loads (ComfyUI's Linear under DynamicVRAM: weight None), and state_dict() leaves those out."""
-    if any(isinstance(m, nn.Linear) and m.weight is None for m in module.modules()):
-        return type(module)(module.spec, device="meta").state_dict()
-    return module.state_dict()
+def loadable_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """key -> shape of every weight `module` takes from a state dict, whatever layers the host built
+    it with. A host may build Linear layers that get their weights only when a state dict loads
+    (ComfyUI's under DynamicVRAM: weight and bias None, the bias flagged `comfy_need_lazy_init_bias`),
+    and state_dict() leaves those out: their weight is (out_features, in_features)."""
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.Linear) and layer.weight is None:
+            prefix = f"{name}." if name else ""
+            shapes[prefix + "weight"] = (layer.out_features, layer.in_features)
+            if getattr(layer, "comfy_need_lazy_init_bias", False):
+                shapes[prefix + "bias"] = (layer.out_features,)
+    return shapes

@@ -26,7 +26,7 @@ from .layer_factory import placed
 from .noise_schedule import BetaSchedule, ScheduleError, check_clip_norms, trained_with
 from .placement import SpatialLayer, blocks, motion_module_layer
 from .slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
-from .state_dict import check_weights, spec_layout
+from .state_dict import check_weights, loadable_shapes
 from .errors import VideoLDMError
 from .metadata_spec import MetadataSpec, expect_int, expect_number
 from .weights_file import WeightsFileError
@@ -235,7 +235,7 @@ class TemporalAdapter(nn.Module):
 
     def load_weights(self, state_dict: dict, source: str = "adapter", assign: bool = False):
         """Strict load with a message that lists some of what is missing, unexpected or misshapen."""
-        check_weights(spec_layout(self), state_dict, f"{source}: the weights do not match the adapter spec",
+        check_weights(loadable_shapes(self), state_dict, f"{source}: the weights do not match the adapter spec",
                       AdapterFormatError)
         self.load_state_dict(state_dict, strict=True, assign=assign)
         return self

@@ -29,7 +29,7 @@ from torch import nn
 from .alpha_blender import blend, merge_alpha, register_mix_factor
 from .layer_factory import placed, zero_
 from .positional import sinusoidal_embedding
-from .state_dict import check_weights, spec_layout
+from .state_dict import check_weights, loadable_shapes
 from .temporal_adapter import MAX_KERNEL_T, MAX_WIDTH, set_submodule
 from .temporal_layers import TemporalResBlock, TemporalTransformerBlock
 from .metadata_spec import MetadataSpec, expect_int
@@ -154,7 +154,7 @@ class TemporalDecoder(nn.Module):
 
     def load_weights(self, state_dict: dict, source: str = "temporal decoder", assign: bool = False):
         """Strict load; a mismatch is named before anything loads."""
-        check_weights(spec_layout(self), state_dict, f"{source}: temporal decoder weights do not match its spec",
+        check_weights(loadable_shapes(self), state_dict, f"{source}: temporal decoder weights do not match its spec",
                       TemporalDecoderFormatError)
         self.load_state_dict(state_dict, strict=True, assign=assign)
         return self
