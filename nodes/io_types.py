@@ -4,7 +4,7 @@ other, so no node module imports another node module.
 The IO ids (`TEMPORAL_ADAPTER`, `VIDEO_CONTEXT`) are what saved graphs store; they never change.
 The Python names end in `Type` so they never read as the core's `TemporalAdapter` module class.
 
-Number inputs are checked against the node's own schema (`valid_numbers`, `checked_numbers`):
+Number inputs are checked against the node's own schema (`valid_numbers`, `checked_number_inputs`):
 finite, within min/max, on the declared step where asked. NaN passes ComfyUI's min/max checks
 (every comparison with NaN is false), and an input a V3 node names in `validate_inputs` skips them
 altogether, so a node that checks a number checks all of it here. A linked input is unknown at
@@ -81,16 +81,11 @@ def valid_numbers(cls, stepped: tuple[str, ...] = (), **values) -> bool | str:
     return numbers_problem(cls, stepped, **values) or True
 
 
-def checked_numbers(cls, stepped: tuple[str, ...] = (), **values):
-    """At run time (linked inputs known): raises what `valid_numbers` would say."""
-    problem = numbers_problem(cls, stepped, **values)
-    if problem is not None:
-        raise NumberInputError(f"{cls.define_schema().display_name}: {problem}")
-
-
 def checked_number_inputs(cls, arguments: dict):
     """First thing in `execute`, with its `locals()`: every number input of node `cls`, finite and
-    in range. ComfyUI checks a widget's range at validation but not a linked value's (a primitive
-    node, another node's output, an API prompt's link)."""
+    in range (raises what `valid_numbers` would say). ComfyUI checks a widget's range at validation
+    but not a linked value's (a primitive node, another node's output, an API prompt's link)."""
     bounds = _bounds(cls)
-    checked_numbers(cls, **{name: value for name, value in arguments.items() if name in bounds})
+    problem = numbers_problem(cls, **{name: value for name, value in arguments.items() if name in bounds})
+    if problem is not None:
+        raise NumberInputError(f"{cls.define_schema().display_name}: {problem}")
