@@ -71,6 +71,7 @@ def test_the_training_extra_is_imported_only_by_the_shard_reader_and_the_log_and
 
 
 def test_pyproject_has_what_the_comfy_registry_requires():
+    from packaging.requirements import Requirement
     from packaging.specifiers import SpecifierSet
     from packaging.version import Version
 
@@ -79,6 +80,10 @@ def test_pyproject_has_what_the_comfy_registry_requires():
     assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]*(?:[-_.][A-Za-z0-9]+)*", meta["name"]) and len(meta["name"]) < 100
     assert re.fullmatch(r"\d+\.\d+\.\d+", meta["version"])
     assert meta["license"] == {"file": "LICENSE"} and (REPO_ROOT / "LICENSE").is_file()
+    assert "License :: OSI Approved :: GNU General Public License v3 or later (GPLv3+)" in meta["classifiers"]
+    for extra, requirements in meta["optional-dependencies"].items():   # a key misplaced under this table reads as an extra
+        for requirement in requirements:
+            Requirement(requirement)   # raises on anything that is not a PEP 508 requirement
     assert meta["urls"]["Repository"].startswith("https://")
     assert comfy["PublisherId"] and comfy["DisplayName"]
     assert requirement_names(meta["dependencies"]) == requirement_names((REPO_ROOT / "requirements.txt").read_text().splitlines())
