@@ -90,8 +90,9 @@ class SaveTemporalAdapter(io.ComfyNode):
                         "formats are converted.",
             inputs=[
                 TemporalAdapterType.Input("temporal_adapter", tooltip="The adapter to save."),
-                io.String.Input("filename_prefix", default="temporal_adapters/adapter",
-                                tooltip="Path under the output folder; a counter and .safetensors are appended."),
+                io.String.Input("filename_prefix", default="my_adapter",
+                                tooltip="Name (subfolders allowed) under models/temporal_adapters, where Load Temporal "
+                                        "Adapter lists it; a counter and .safetensors are appended."),
             ],
             outputs=[],
             is_output_node=True,

@@ -52,6 +52,14 @@ def test_save_node_writes_where_the_load_node_lists_and_loads_back_identically(n
     assert all(torch.equal(again.patcher.model.state_dict()[k], v) for k, v in loaded.patcher.model.state_dict().items())
 
 
+def test_the_default_prefix_saves_at_the_top_of_the_adapters_folder(node_classes, native_adapter_file, adapters_dir):
+    save = node_classes["VideoLDMSaveTemporalAdapter"]
+    [_, prefix] = save.define_schema().inputs
+    shown = str(save.execute(temporal_adapter=load(node_classes, native_adapter_file[0]), filename_prefix=prefix.default).ui.as_dict())
+    [name] = [n for n in os.listdir(adapters_dir) if n.startswith(prefix.default)]   # not in a nested folder
+    assert name in shown and load(node_classes, name).spec.placement == "animatediff"
+
+
 def test_apply_node_patches_a_clone_and_applies_strength(node_classes, native_adapter_file, tiny_sd1):
     loaded = load(node_classes, native_adapter_file[0])
     model = tiny_sd1[0]
