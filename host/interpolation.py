@@ -31,6 +31,14 @@ def check_interpolation_model(model, regime: int):
 ADAPTERS_OWN = -1.0   # the augmentation input's "the adapter's own"
 
 
+def augmentation_problem(augmentation: float | None) -> str | None:
+    """What is wrong with the augmentation input (-1 or a level in [0, 1]; the widget's range also
+    admits the values between), or None."""
+    if augmentation is None or augmentation == ADAPTERS_OWN or 0.0 <= augmentation <= 1.0:
+        return None
+    return f"augmentation: expected -1 (the adapter's own level) or a level in [0, 1], found {augmentation}."
+
+
 def own_augmentation(model) -> float:
     """The middle of the conditioning-augmentation levels the applied interpolation adapter was
     trained with (the level it saw most typically); 0 for an adapter without the level embedding."""
@@ -44,6 +52,8 @@ def interpolate_keyframes(model, positive, negative, keyframes: dict, regime: st
                           noise=None) -> tuple[dict, float]:
     """(LATENT of 4T − 3 frames, 4·fps). `sampler`, `sigmas`, `noise`: core SAMPLER / SIGMAS / NOISE
     values replacing the node's own."""
+    if (problem := augmentation_problem(augmentation)) is not None:
+        raise InterpolationError(problem)
     frames = check_keyframes(keyframes["samples"])
     label = regime_label(regime)
     check_interpolation_model(model, label)

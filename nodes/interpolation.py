@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
-from ..host.interpolation import ADAPTERS_OWN, interpolate_keyframes
+from ..host.interpolation import ADAPTERS_OWN, augmentation_problem, interpolate_keyframes
 from ..videoldm_core.interpolation import REGIMES, check_regime_name
 from .io_types import checked_number_inputs, custom_sampling_inputs, sampler_inputs, valid_numbers
 
@@ -52,7 +52,9 @@ class InterpolateKeyframes(io.ComfyNode):
         the numbers are checked whole (finite, in range), since naming them here skips ComfyUI's check."""
         regime_ok = check_regime_name(regime)
         numbers_ok = valid_numbers(cls, augmentation=augmentation, cfg=cfg, fps=fps)
-        return numbers_ok if regime_ok is True else regime_ok
+        if regime_ok is not True or numbers_ok is not True:
+            return numbers_ok if regime_ok is True else regime_ok
+        return augmentation_problem(augmentation) or True
 
     @classmethod
     @override

@@ -110,6 +110,17 @@ def test_regime_names_are_plain_ascii_and_the_earlier_names_still_validate(node_
     assert node.validate_inputs(regime="8x") == "regime '8x' not in list ['T-to-4T', '4T-to-16T']"
 
 
+def test_augmentation_between_the_sentinel_and_zero_is_refused_before_the_graph_runs(interp, node_classes):
+    node = node_classes["VideoLDMInterpolateKeyframes"]
+    for level in (-1.0, 0.0, 0.3, 1.0, None):   # None: a linked value, checked when the node runs
+        assert node.validate_inputs(regime="T-to-4T", augmentation=level) is True
+    for level in (-0.99, -0.5, -0.01):   # inside the widget's range, which starts at the sentinel
+        assert "expected -1 (the adapter's own level) or a level in [0, 1], found" in \
+            node.validate_inputs(regime="T-to-4T", augmentation=level)
+        with pytest.raises(interp["error"], match="augmentation: expected -1"):   # linked: before any sampling
+            interpolate(interp, interp["with_labels"], keyframes(2), augmentation=level)
+
+
 def test_core_sigmas_and_noise_reach_interpolation(interp):
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
