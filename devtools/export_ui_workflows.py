@@ -29,7 +29,7 @@ def public_file_names() -> Path:
 
     root = paths.scratch_dir() / "public_file_names"
     names = {"checkpoints": [public.SD15_CHECKPOINT, public.SDXL_CHECKPOINT, public.SVD_CHECKPOINT, public.X4_CHECKPOINT],
-             "animatediff_models": list(public.MOTION_MODULES)}
+             "animatediff_models": list(public.MOTION_MODULES), "loras": [public.ANIMATELCM_LORA]}
     for folder, files in names.items():
         (root / folder).mkdir(parents=True, exist_ok=True)
         for name in files:

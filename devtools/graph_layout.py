@@ -76,7 +76,8 @@ RECIPE_STAGES: dict[str, tuple[tuple[Stage, ...], int]] = {
         Stage(SAVE, "Write the mp4.", ("10", "11")),
     ), 5),
     "animatelcm_sd15": ((
-        Stage(MODELS, "Your SD1.5 checkpoint and AnimateLCM_sd15_t2v.ckpt (auto: its LCM schedule).", ("1", "2", "3")),
+        Stage(MODELS, "Your SD1.5 checkpoint, AnimateLCM's spatial LoRA at 0.8 (AnimateLCM_sd15_t2v_lora) and its "
+                      "motion module AnimateLCM_sd15_t2v.ckpt (auto: its LCM schedule).", ("1", "8", "2", "3")),
         PROMPT_AND_NEGATIVE,
         Stage("Sample", "The lcm sampler, 4-8 steps, cfg 1-2.", ("6", "7")),
         Stage(SAVE, "Decode and write the mp4.", ("9", "10", "11")),

@@ -14,6 +14,11 @@ real files, so a recipe that runs on these runs the same graph on the real ones 
 - `sd_xl_base_1.0.safetensors`: SDXL base at full size (UNet, CLIP ViT-L and OpenCLIP ViT-bigG text
   encoders under `conditioner.embedders.{0,1}.`, its VAE), keys through ComfyUI's own SDXL
   converters;
+- `AnimateLCM_sd15_t2v_lora.safetensors`: the spatial LoRA AnimateLCM's text-to-video model is
+  used with, in the kohya layout AnimateLCM's own loader reads (`lora_unet_<diffusers name with
+  underscores>.lora_down.weight` / `.lora_up.weight` / `.alpha`), rank 64 and alpha 8 as LCM-LoRA
+  trains them, on the layers LCM-LoRA trains (attention projections, feed-forward, the
+  transformers' proj_in/out, the resnets' convolutions and time projections, the resamplers);
 - `v3_sd15_mm.ckpt`, `mm_sd_v15_v2.ckpt`, `AnimateLCM_sd15_t2v.ckpt` at SD1.5's widths and
   `mm_sdxl_v10_beta.ckpt` at SDXL's: motion modules, pickled state dicts as they are published
   (devtools.public_layouts).
@@ -34,6 +39,10 @@ SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 SVD_CHECKPOINT = "svd_xt.safetensors"
 X4_CHECKPOINT = "x4-upscaler-ema.safetensors"
+ANIMATELCM_LORA = "AnimateLCM_sd15_t2v_lora.safetensors"
+LORA_RANK, LORA_ALPHA = 64, 8.0
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
+                "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv")
 X4_UNET = dict(SD15, in_channels=7, model_channels=256, channel_mult=[1, 2, 2, 4], num_res_blocks=[2, 2, 2, 2],
                transformer_depth=[0, 0, 1, 1, 1, 1, 1, 1], transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
                context_dim=1024, use_linear_in_transformer=True, disable_self_attentions=[True, True, True, False],
@@ -100,6 +109,27 @@ def sd15_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return random_weights(shapes, seed)
 
 
+def animatelcm_lora_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A LoRA over SD1.5's UNet in the kohya layout (see the module's docstring); layer names through
+    ComfyUI's diffusers-to-original map, shapes from its UNet on the meta device."""
+    import comfy.ops
+    import comfy.utils
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    unet = meta_shapes(lambda: UNetModel(**SD15, operations=comfy.ops.disable_weight_init))
+    shapes, alphas = {}, {}
+    for diffusers, original in sorted(comfy.utils.unet_to_diffusers(dict(SD15)).items()):
+        layer = diffusers.removesuffix(".weight")
+        if layer == diffusers or original not in unet or not layer.endswith(LORA_TARGETS):
+            continue
+        out, inner, *kernel = unet[original]
+        name = "lora_unet_" + layer.replace(".", "_")
+        shapes[f"{name}.lora_down.weight"] = torch.Size((LORA_RANK, inner, *kernel))
+        shapes[f"{name}.lora_up.weight"] = torch.Size((out, LORA_RANK, *[1] * len(kernel)))
+        alphas[f"{name}.alpha"] = torch.tensor(LORA_ALPHA, dtype=torch.float16)
+    return {**random_weights(shapes, seed, std=0.001), **alphas}
+
+
 def x4_upscaler_shapes() -> dict[str, torch.Size]:
     """Shapes from ComfyUI's modules on the meta device, keys through ComfyUI's own converters to
     the checkpoint layout (`cond_stage_model.model.*` for the OpenCLIP text encoder)."""
@@ -155,7 +185,8 @@ def svd_first_stage_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def write_public_files(models: Path, seed: int = 0) -> list[Path]:
-    """The files above in `models/checkpoints` and `models/animatediff_models` (files already there are kept)."""
+    """The files above in `models/checkpoints`, `models/loras` and `models/animatediff_models` (files
+    already there are kept)."""
     from safetensors.torch import save_file
 
     from .public_layouts import VARIANTS, animatediff_state_dict
@@ -173,6 +204,7 @@ def write_public_files(models: Path, seed: int = 0) -> list[Path]:
     write(models / "checkpoints" / SD15_CHECKPOINT, lambda: sd15_state_dict(seed), lambda sd, p: save_file(sd, str(p)))
     write(models / "checkpoints" / SVD_CHECKPOINT, lambda: svd_first_stage_state_dict(seed), lambda sd, p: save_file(sd, str(p)))
     write(models / "checkpoints" / SDXL_CHECKPOINT, lambda: sdxl_state_dict(seed), lambda sd, p: save_file(sd, str(p)))
+    write(models / "loras" / ANIMATELCM_LORA, lambda: animatelcm_lora_state_dict(seed), lambda sd, p: save_file(sd, str(p)))
     write(models / "checkpoints" / X4_CHECKPOINT, lambda: random_weights(x4_upscaler_shapes(), seed), lambda sd, p: save_file(sd, str(p)))
     for name, (variant, widths) in MOTION_MODULES.items():
         options = dict(VARIANTS[variant], widths=widths)

@@ -47,11 +47,18 @@ def test_sd15_with_animatediff_and_svds_temporal_decoder(recipe_server, motion_m
     assert fps == prompt["10"]["inputs"]["fps"]
 
 
-def test_animatelcm_at_few_steps(recipe_server):
+def test_animatelcm_at_few_steps_with_its_spatial_lora(recipe_server):
+    """AnimateLCM's text-to-video model is its motion module with its spatial LoRA at 0.8 (as its
+    authors run it): every key of the LoRA file, in its public layout, patches the SD1.5 UNet."""
     prompt = small(json.loads(recipe_prompt("animatelcm_sd15").read_text()))
     assert prompt["7"]["inputs"]["sampler_name"] == "lcm"
+    lora = prompt["8"]["inputs"]
+    assert (prompt["8"]["class_type"], lora["lora_name"], lora["strength_model"]) == \
+        ("LoraLoaderModelOnly", "AnimateLCM_sd15_t2v_lora.safetensors", 0.8)
+    assert prompt["3"]["inputs"]["model"] == ["8", 0] and lora["model"] == ["1", 0]   # LoRA, then the motion module
     frames, _ = run_video(recipe_server, prompt)
     assert len(frames) == 16
+    assert "lora key not loaded" not in recipe_server.log_text()
 
 
 def test_a_long_video_with_core_context_windows(recipe_server):
