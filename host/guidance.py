@@ -73,25 +73,30 @@ class ContextGuider(comfy.samplers.CFGGuider):
                               "positive_no_context": with_context(positive, torch.zeros_like(c_s), self.labels)})
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
-        """Core's sampling_function with one more branch: the conds [positive, negative, positive
-        without context] go through the host's cond batching (`sampler_calc_cond_batch_function` when
-        set); the context-dropped branch is folded into the conditional prediction, g = f(p) + s·(f(p, c_S)
-        − f(p)), before anything else sees it; then pre-CFG hooks, `sampler_cfg_function` and post-CFG
-        hooks run on (g, uncond) through core's `cfg_function`, as for any CFG. At cfg 1 the negative
-        branch is skipped unless the model options disable that optimisation (CFG++ samplers do)."""
+        """Core's sampling_function with one more branch: the context-dropped positive, folded into the
+        conditional prediction, g = f(p) + s·(f(p, c_S) − f(p)), before anything else sees it; then
+        pre-CFG hooks, `sampler_cfg_function` and post-CFG hooks run on (g, uncond) through core's
+        `cfg_function`, as for any CFG. Core's cond batching takes the three conds in one call; a
+        host hook (`sampler_calc_cond_batch_function`, e.g. Skip Layer Guidance) keeps core's contract,
+        [cond, uncond]: it gets [positive, negative], then [positive without context, None]. At cfg 1
+        the negative branch is skipped unless the model options disable that optimisation (CFG++
+        samplers do)."""
         if self.context is None:
             return super().predict_noise(x, timestep, model_options, seed)
         positive = self.conds.get("positive")
         skip_negative = math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False)
         negative = None if skip_negative else self.conds.get("negative")
-        run_dropped = self.context_scale != 1.0
-        conds = [positive, negative] + ([self.conds["positive_no_context"]] if run_dropped else [])
-        if "sampler_calc_cond_batch_function" in model_options:
-            out = model_options["sampler_calc_cond_batch_function"](
-                {"conds": conds, "input": x, "sigma": timestep, "model": self.inner_model, "model_options": model_options})
+        dropped = self.conds["positive_no_context"] if self.context_scale != 1.0 else None
+        hook = model_options.get("sampler_calc_cond_batch_function")
+        if hook is None:
+            out = comfy.samplers.calc_cond_batch(self.inner_model, [positive, negative] + ([dropped] if dropped else []),
+                                                 x, timestep, model_options)
         else:
-            out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
-        out = [with_context_guidance(out[0], self.context_scale, out[2] if run_dropped else None), out[1]]
+            def hooked(conds):
+                return hook({"conds": conds, "input": x, "sigma": timestep, "model": self.inner_model,
+                             "model_options": model_options})
+            out = list(hooked([positive, negative])) + (hooked([dropped, None])[:1] if dropped else [])
+        out = [with_context_guidance(out[0], self.context_scale, out[2] if dropped else None), out[1]]
         for fn in model_options.get("sampler_pre_cfg_function", []):
             out = fn({"conds": [positive, negative], "conds_out": out, "cond_scale": self.cfg, "timestep": timestep,
                       "input": x, "sigma": timestep, "model": self.inner_model, "model_options": model_options})

@@ -69,9 +69,15 @@ def test_rescale_cfg_and_a_pre_cfg_hook_act_as_in_core_sampling(ctx, given, cont
     got = guided_prediction(context_guider(ctx, recording, context, cfg=cfg, scale=context_scale))
 
     call = record[0]
-    cond, uncond, *dropped = call["out"]
-    assert len(call["conds"]) == (3 if context_scale != 1.0 else 2)
-    g = dropped[0] + (cond - dropped[0]) * context_scale if dropped else cond
+    cond, uncond = call["out"]
+    assert len(call["conds"]) == 2   # core's contract for the hook: [cond, uncond]
+    if context_scale != 1.0:   # the context-dropped positive: a second call, as [cond, None]
+        assert record[1]["conds"][1] is None and record[1]["conds"][0] is not call["conds"][0]
+        dropped = record[1]["out"][0]
+        g = dropped + (cond - dropped) * context_scale
+    else:
+        assert len(record) == 1
+        g = cond
     oracle_options = dict(call["model_options"], sampler_calc_cond_batch_function=lambda args: [g, uncond])
     expected = comfy.samplers.sampling_function(call["model"], call["input"], call["sigma"], call["conds"][1], call["conds"][0],
                                                 cfg, model_options=oracle_options)
@@ -79,6 +85,20 @@ def test_rescale_cfg_and_a_pre_cfg_hook_act_as_in_core_sampling(ctx, given, cont
     assert torch.equal(got[2:], expected[2:].to(got))
     plain = guided_prediction(context_guider(ctx, ctx["predictor"], context, cfg=cfg, scale=context_scale))
     assert (got[2:] - plain[2:]).abs().max() > 1e-4, "the hooks changed nothing"
+
+
+def test_core_skip_layer_guidance_hook_runs_with_context_guidance(ctx, given):
+    """Core's Skip Layer Guidance hook unpacks conds as (cond, uncond): the guider keeps that contract
+    when it adds the context-dropped branch, and the result is what the guider gives without the hook
+    (on a UNet SLG replaces no DiT block, so its hook runs core's plain cond batching)."""
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiTSimple
+
+    context = video_context(ctx, given, [0, 1])
+    hooked = SkipLayerGuidanceDiTSimple.execute(ctx["predictor"], 0.0, 1.0, "7", "7").result[0]
+    got = guided_prediction(context_guider(ctx, hooked, context, cfg=4.0, scale=1.5))
+    plain = guided_prediction(context_guider(ctx, ctx["predictor"], context, cfg=4.0, scale=1.5))
+    # the hook runs cond and uncond in separate forwards, the guider alone batches them: float32 rounding
+    torch.testing.assert_close(got, plain, atol=2e-5 * plain.abs().max().item(), rtol=0)
 
 
 def test_a_cfg_pp_sampler_at_cfg_1_gets_the_negative_branch(ctx, given):
@@ -96,7 +116,9 @@ def test_a_cfg_pp_sampler_at_cfg_1_gets_the_negative_branch(ctx, given):
         out = guider.sample(comfy.sample.prepare_noise(latent, 3), latent, comfy.samplers.sampler_object("euler_cfg_pp"),
                             sigmas, disable_pbar=True, seed=3)
     assert torch.isfinite(out).all()
-    assert all(r["conds"][1] is not None for r in record), "CFG++ needs the unconditional prediction"
+    main, dropped = record[0::2], record[1::2]   # a hook gets [positive, negative], then [no context, None]
+    assert len(main) == len(dropped) and all(r["conds"][1] is None for r in dropped)
+    assert all(r["conds"][1] is not None for r in main), "CFG++ needs the unconditional prediction"
     record.clear()
     guided_prediction(context_guider(ctx, recording, context, cfg=1.0, scale=1.5))
     assert record[0]["conds"][1] is None, "plain samplers keep the cfg-1 optimisation"
