@@ -176,11 +176,25 @@ class SamplingProgress:
         return on_step
 
 
+SEEDS = 2**64   # a seed widget's range, and what torch's generators take
+
+
+def independent_seed(seed: int) -> int:
+    """A seed for a second random stream beside the one `seed` starts (SplitMix64's mix of it): a
+    generator seeded with `seed` itself would repeat that stream's numbers."""
+    z = (seed + 0x9E3779B97F4A7C15) % SEEDS
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % SEEDS
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % SEEDS
+    return z ^ (z >> 31)
+
+
 class RunNoise:
     """The initial noise and sampler seed of each run of a node that samples several in turn
-    (rollout segments, interpolation windows): run i draws `prepare_noise(latent, seed + i)`; with a
-    NOISE input, one draw covers all runs stacked along frames (`lengths` frames each) and run i
-    takes its slice, with the NOISE's seed + i for the sampler."""
+    (rollout segments, interpolation windows): run i draws `prepare_noise(latent, seed + i)` (modulo
+    2^64, so the widget's largest seed works); with a NOISE input, one draw covers all runs stacked
+    along frames (`lengths` frames each) and run i takes its slice, with the NOISE's seed + i for the
+    sampler. `augmentation_seed(i)`: run i's other randomness (the keyframes' conditioning
+    augmentation), independent of its noise and following a NOISE input's seed too."""
 
     def __init__(self, seed: int, noise=None, lengths=(), shape=()):
         self.seed, self.source = seed, noise
@@ -191,7 +205,10 @@ class RunNoise:
             self.stacked = noise.generate_noise({"samples": torch.zeros(sum(lengths), *shape)}).cpu()
 
     def run_seed(self, index: int) -> int:
-        return self.seed + index
+        return (self.seed + index) % SEEDS
+
+    def augmentation_seed(self, index: int) -> int:
+        return independent_seed(self.run_seed(index))
 
     def __call__(self, index: int, latent: torch.Tensor) -> torch.Tensor:
         if self.stacked is None:

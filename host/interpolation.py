@@ -78,7 +78,7 @@ def interpolate_keyframes(model, positive, negative, keyframes: dict, regime: st
         positions = keyframe_positions(window.count)
         context = VideoContext(place_frames(frames[window.first:window.first + window.count], positions, length),
                                tuple(positions))
-        generator = torch.Generator().manual_seed(seed + i)
+        generator = torch.Generator().manual_seed(run_noise.augmentation_seed(i))   # not the noise's numbers
         dense = sample_with_context(model, positive, negative, context, sampler, sigmas, cfg,
                                     run_noise(i, context.latents), run_noise.run_seed(i), progress.of_run(i),
                                     labels=interpolation_labels(length, label, augmentation),

@@ -156,6 +156,13 @@ def test_extend_video_segments_continue_from_the_last_frames(ctx, given):
     torch.testing.assert_close(two, again, atol=1e-5, rtol=1e-5)
 
 
+def test_the_largest_seed_rolls_out_past_the_first_segment(ctx, given):
+    """The seed widget reaches 2^64 − 1; segment i samples with seed + i modulo 2^64."""
+    top = extend(ctx, ctx["predictor"], given[:1], segments=2, length=4, seed=2**64 - 1)
+    again = extend(ctx, ctx["predictor"], top[:4], segments=1, length=4, seed=0)
+    torch.testing.assert_close(top, again, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("segments, length, context_frames, message", [
     (0, 4, 2, "Extend Video: segments must be at least 1, found 0"), (2, 4, 4, "smaller than the segment length"),
     (2, 4, 5, "smaller than the segment length")])

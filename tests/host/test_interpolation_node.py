@@ -74,6 +74,42 @@ def test_the_augmentation_level_reaches_the_model(interp):
     torch.testing.assert_close(b[::4], k, atol=1e-6, rtol=1e-6)  # augmentation is on what the model sees only
 
 
+def test_the_augmentation_noise_is_independent_of_the_sampler_noise(interp, pack_module, monkeypatch):
+    """Training draws the keyframes' augmentation noise apart from the diffusion noise; sampling must
+    too (seeded alike, the two were the same numbers: the model saw x − c_S = (σ − level)·ε)."""
+    host = pack_module("host.interpolation")
+    real, seen = host.sample_with_context, []
+
+    def spy(model, positive, negative, context, sampler, sigmas, cfg, noise, *args, **kw):
+        ones = torch.ones_like(context.latents)
+        seen.append((noise.flatten(), ((kw["augment"](ones) - ones) / 0.125).flatten()))
+        return real(model, positive, negative, context, sampler, sigmas, cfg, noise, *args, **kw)
+
+    monkeypatch.setattr(host, "sample_with_context", spy)
+    interpolate(interp, interp["with_labels"], keyframes(3), augmentation=0.125, seed=7, window=2)
+    assert len(seen) == 2
+    for noise, eps in seen:
+        assert abs(torch.corrcoef(torch.stack([noise, eps]))[0, 1]) < 0.1
+
+
+def test_the_largest_seed_and_a_noise_input_reach_every_window(interp):
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
+
+    k = keyframes(3)
+    top, _ = interpolate(interp, interp["with_labels"], k, augmentation=0.3, seed=2**64 - 1, window=2)   # window 1: seed 0
+    assert top.shape[0] == 9 and torch.isfinite(top).all()
+
+    def with_noise(seed):
+        with torch.inference_mode():
+            return interp["node"].execute(model=interp["with_labels"], positive=interp["positive"],
+                                          negative=interp["negative"], keyframes={"samples": k}, regime="T-to-4T",
+                                          keep_keyframes=True, augmentation=0.3, window_keyframes=2, seed=seed, steps=1,
+                                          cfg=2.0, sampler_name="euler", scheduler="normal", fps=2.0,
+                                          noise=Noise_RandomNoise(9)).result[0]["samples"]
+
+    assert torch.equal(with_noise(1), with_noise(2))   # the NOISE's seed replaces the node's, augmentation included
+
+
 def test_an_adapter_without_the_label_refuses_the_second_regime(interp):
     dense, _ = interpolate(interp, interp["without_labels"], keyframes(2))
     assert dense.shape[0] == 5
