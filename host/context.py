@@ -21,7 +21,8 @@ import comfy.model_management
 import comfy.patcher_extension
 import comfy.utils
 
-from ..videoldm_core.context import ContextError, VideoContext, context_positions, place_frames
+from ..videoldm_core.context import ContextError, VideoContext, checked_video_latent, context_positions, place_frames
+from ..videoldm_core.limits import check_finite_input
 from .keys import CHECKPOINT_KEY, CONTEXT_KEY, LABELS_KEY, OPTIONS_KEY, WRAPPER_KEY
 from .unet_layout import know_layer_paths
 
@@ -29,24 +30,28 @@ if TYPE_CHECKING:
     from .temporal_forward import AppliedAdapter
 
 
-def given_latents(frames, images, vae) -> torch.Tensor:
-    """The given frames as latents: a LATENT, or IMAGE frames encoded with the VAE."""
+def given_latents(frames, images, vae, use_last: int = 0) -> torch.Tensor:
+    """The given frames as latents: a LATENT, or IMAGE frames encoded with the VAE; with `use_last`,
+    only the last that many (only those are encoded)."""
     if frames is not None and images is not None:
         raise ContextError("expected the given frames as a LATENT or as IMAGE frames with a VAE, found both.")
     if frames is not None:
-        return frames["samples"]
+        samples = frames["samples"]
+        if getattr(samples, "is_nested", False) or samples.ndim != 4:
+            checked_video_latent(samples, "Video Context", "frames")   # refuses it, naming the input
+        return checked_video_latent(samples[-use_last:] if use_last else samples, "Video Context", "frames")
     if images is None:
         raise ContextError("expected the given frames: connect a LATENT (frames) or IMAGE frames and a VAE.")
     if vae is None:
         raise ContextError("IMAGE frames need a VAE to become latents; connect the VAE of the model's family.")
+    images = images[-use_last:] if use_last else images
+    check_finite_input(images, "Video Context", "images")
     return vae.encode(images[:, :, :, :3])
 
 
 def video_context(length: int, positions: str, frames=None, images=None, vae=None, use_last: int = 0):
     """(VideoContext, LATENT): the given frames placed in a video of `length` frames at `positions`."""
-    given = given_latents(frames, images, vae)
-    if use_last:
-        given = given[-use_last:]
+    given = given_latents(frames, images, vae, use_last)
     where = context_positions(positions, given.shape[0], length)
     latents = place_frames(given.to(comfy.model_management.intermediate_device(), torch.float32), where, length)
     return VideoContext(latents, tuple(where)), {"samples": latents.clone()}

@@ -22,12 +22,17 @@ import torch
 
 from ..videoldm_core.context import ContextError, VideoContext, context_input
 from ..videoldm_core.guidance import with_context_guidance
-from ..videoldm_core.limits import check_finite_latent
+from ..videoldm_core.limits import check_finite_latent, is_finite_number
 from .context import with_context
 from .temporal_adapter import applied_adapters
 
 log = logging.getLogger("videoldm")
 ON_MISSING = ("error", "ignore")
+
+
+def latent_channels(model) -> int:
+    """The channels of the latents `model`'s family samples."""
+    return model.get_model_object("latent_format").latent_channels
 
 
 def check_context_encoder(model, num_given: int, on_missing: str) -> bool:
@@ -153,6 +158,10 @@ def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int, sam
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps + discard)
         if discard:
             sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    elif sigmas.ndim != 1 or len(sigmas) < 2 or not all(is_finite_number(float(s)) for s in sigmas):
+        # fewer than two: no step at all, the new frames would come back as the empty latent or raw noise
+        raise ContextError(f"the SIGMAS input: expected a schedule of at least 2 finite sigmas (a start and an end), "
+                           f"found {sigmas.tolist()}.")
     return sampler, sigmas.cpu()
 
 
@@ -202,7 +211,8 @@ class RunNoise:
         self.stacked = None
         if noise is not None:
             self.seed = getattr(noise, "seed", seed)
-            self.stacked = noise.generate_noise({"samples": torch.zeros(sum(lengths), *shape)}).cpu()
+            shaped = torch.zeros(1).expand(sum(lengths), *shape)   # the draw's shape; one stored zero, not a second video
+            self.stacked = noise.generate_noise({"samples": shaped}).cpu()
 
     def run_seed(self, index: int) -> int:
         return (self.seed + index) % SEEDS

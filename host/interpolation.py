@@ -6,12 +6,12 @@ from __future__ import annotations
 import comfy.model_management as mm
 import torch
 
-from ..videoldm_core.context import VideoContext, place_frames
+from ..videoldm_core.context import VideoContext, checked_video_latent, place_frames
 from ..videoldm_core.interpolation import (FACTOR, REGIMES, InterpolationError, augment_keyframes,
                                            check_augmentation_level, check_keyframes, dense_length, interpolation_labels,
                                            keyframe_positions, keyframe_windows, regime_label)
 from ..videoldm_core.limits import check_output_size, tensor_bytes
-from .guidance import RunNoise, SamplingProgress, sample_with_context, sampler_and_sigmas
+from .guidance import RunNoise, SamplingProgress, latent_channels, sample_with_context, sampler_and_sigmas
 from .temporal_adapter import applied_adapters
 
 
@@ -54,7 +54,8 @@ def interpolate_keyframes(model, positive, negative, keyframes: dict, regime: st
     values replacing the node's own."""
     if (problem := augmentation_problem(augmentation)) is not None:
         raise InterpolationError(problem)
-    frames = check_keyframes(keyframes["samples"])
+    frames = checked_video_latent(check_keyframes(keyframes["samples"]), "Interpolate Keyframes", "keyframes",
+                                  latent_channels(model))
     label = regime_label(regime)
     check_interpolation_model(model, label)
     if augmentation == ADAPTERS_OWN:

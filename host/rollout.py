@@ -6,10 +6,11 @@ from __future__ import annotations
 import comfy.model_management as mm
 import torch
 
-from ..videoldm_core.context import VideoContext, place_frames
+from ..videoldm_core.context import VideoContext, checked_video_latent, place_frames
 from ..videoldm_core.limits import check_output_size, tensor_bytes
 from ..videoldm_core.rollout import plan_rollout
-from .guidance import RunNoise, SamplingProgress, check_context_encoder, sample_with_context, sampler_and_sigmas
+from .guidance import (RunNoise, SamplingProgress, check_context_encoder, latent_channels, sample_with_context,
+                       sampler_and_sigmas)
 
 
 def extend_video(model, positive, negative, video: dict, segments: int, segment_length: int, context_frames: int,
@@ -17,7 +18,8 @@ def extend_video(model, positive, negative, video: dict, segments: int, segment_
                  sampler=None, sigmas=None, noise=None) -> dict:
     """The LATENT `video` followed by `segments` new segments, each conditioned on the last frames.
     `sampler`, `sigmas`, `noise`: core SAMPLER / SIGMAS / NOISE values replacing the node's own."""
-    frames = video["samples"].to(mm.intermediate_device(), torch.float32)
+    frames = checked_video_latent(video["samples"], "Extend Video", "video", latent_channels(model))
+    frames = frames.to(mm.intermediate_device(), torch.float32)
     plan = plan_rollout(frames.shape[0], segment_length, context_frames, segments)
     total = frames.shape[0] + sum(s.new_frames for s in plan)
     # the output, and with a NOISE input its one draw for every segment, are checked before either exists

@@ -23,6 +23,7 @@ import comfy.utils
 from comfy.ldm.models.autoencoder import AutoencodingEngine
 import folder_paths
 
+from ..videoldm_core.limits import check_finite_input
 from ..videoldm_core.temporal_decoder import (TemporalDecoder, TemporalDecoderFormatError, TemporalDecoderSpec,
                                               check_temporal_decoder, read_addon_file, split_svd_vae)
 from ..videoldm_core.weights_file import WeightsFile, build_on_meta, check_range
@@ -227,6 +228,7 @@ def window_decoder(vae, samples: torch.Tensor, window: int, overlap: int, tile_s
         raise ValueError(f"Temporal VAE Decode: the latent has {samples.shape[1] if samples.ndim > 1 else '?'} channels "
                          f"(shape {tuple(samples.shape)}), the VAE decodes {vae.latent_channels}-channel latents of shape "
                          "(frames, channels, height, width). Use the VAE that matches the model that made the latent.")
+    check_finite_input(samples, "Temporal VAE Decode", "samples")
     first_stage = vae.first_stage_model
     if (not isinstance(first_stage, AutoencodingEngine) or getattr(first_stage, "bn", None) is not None
             or not hasattr(first_stage, "decoder")):

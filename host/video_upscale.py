@@ -30,7 +30,7 @@ import comfy.utils
 import latent_preview
 import torch
 
-from ..videoldm_core.limits import check_finite_latent, check_output_size, tensor_bytes
+from ..videoldm_core.limits import check_finite_input, check_finite_latent, check_output_size, tensor_bytes
 from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles, smaller_tile
 from .guidance import RunNoise, sampler_and_sigmas
 from .temporal_decoder import consume_decoded_frames
@@ -155,6 +155,7 @@ def low_res_frames(images: torch.Tensor | None, low_res_latent: dict | None, vae
         raise TilingError("Video Upscale takes its low-res frames from exactly one source: connect images (an IMAGE) "
                           f"or low_res_latent with its vae, found {'both' if images is not None else 'neither'}.")
     if images is not None:
+        check_finite_input(images, "Video Upscale", "images")
         return LowResFrames(images.shape[0], images.shape[1], images.shape[2], lambda fn: fn(iter(images.split(1))))
     if vae is None:
         raise TilingError("low_res_latent needs the vae that decodes it (the low-res model's VAE, e.g. from Load "
@@ -165,6 +166,7 @@ def low_res_frames(images: torch.Tensor | None, low_res_latent: dict | None, vae
                           f"height, width) and a VAE that upsamples by a whole factor, found a latent of shape "
                           f"{tuple(samples.shape)} and a VAE upsampling by {scale!r}. Use the VAE of the model that "
                           "made the latent.")
+    check_finite_input(samples, "Video Upscale", "low_res_latent")
     return LowResFrames(samples.shape[0], samples.shape[-2] * scale, samples.shape[-1] * scale,
                         lambda fn: consume_decoded_frames(fn, vae, samples, DECODE_WINDOW, DECODE_OVERLAP, 0))
 

@@ -19,10 +19,29 @@ import torch
 from torch import nn
 
 from .errors import VideoLDMError
+from .limits import check_finite_input
 
 
 class ContextError(VideoLDMError):
     """Context frames that do not fit the video or the model."""
+
+
+def checked_video_latent(latents: torch.Tensor, node: str, name: str, channels: int | None = None) -> torch.Tensor:
+    """A LATENT input's samples as one video, (frames, channels, height, width), with `channels`
+    (the model family's latent channels) when given and finite values; refused before any sampling,
+    naming the node and the input."""
+    if getattr(latents, "is_nested", False):
+        raise ContextError(f"{node}: {name}: expected latents of one size, found a nested latent of shapes "
+                           f"{[tuple(t.shape) for t in latents.unbind()]}; resize the frames to one size first.")
+    if latents.ndim != 4:
+        raise ContextError(f"{node}: {name}: expected image latents (frames, channels, height, width), found shape "
+                           f"{tuple(latents.shape)}; encode the frames with an image VAE (a video model's 5-D latent "
+                           "is not this layout).")
+    if channels is not None and latents.shape[1] != channels:
+        raise ContextError(f"{node}: {name}: the model's latents have {channels} channels, found {latents.shape[1]} "
+                           f"(shape {tuple(latents.shape)}); encode the frames with the VAE of the model's family.")
+    check_finite_input(latents, node, name)
+    return latents
 
 
 def context_positions(spec: str, num_given: int, num_frames: int) -> list[int]:

@@ -97,6 +97,16 @@ def check_number(name: str, value, low: float | None = None, high: float | None 
     return value
 
 
+def check_finite_input(values: torch.Tensor, node: str, name: str):
+    """Refuses an input tensor (a LATENT's samples, IMAGE frames) holding NaN or infinity, naming the
+    node and the input, before any work: a sampler or decoder would carry it into every frame."""
+    if bool(torch.isfinite(values).all()):
+        return
+    bad = int((~torch.isfinite(values)).sum())
+    raise NonFiniteError(f"{node}: {name} holds {bad} NaN or infinite values (of {values.numel()}); the stage that "
+                         "made it went wrong. Check it (its model, VAE and settings) and run again.")
+
+
 def check_finite_latent(latents, node: str, where: str):
     """Stops a run whose latent (a tensor, or several: a sampler step's prediction x0 and x) holds
     NaN or infinity; a broken model, adapter or schedule would otherwise finish with black frames

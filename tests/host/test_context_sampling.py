@@ -130,6 +130,23 @@ def test_video_context_node_places_latents_and_images(ctx, given):
         node.execute(length=2, positions="start", frames={"samples": given})
 
 
+def test_video_context_encodes_only_the_frames_it_uses_and_refuses_non_finite_ones(ctx, given, monkeypatch):
+    node, vae = ctx["nodes"].context.VideoContextNode, ctx["vae"]
+    encoded, encode = [], vae.encode
+    monkeypatch.setattr(vae, "encode", lambda pixels: (encoded.append(pixels.shape[0]), encode(pixels))[1])
+    node.execute(length=8, positions="start", images=torch.rand(40, 64, 64, 3), vae=vae, use_last=2)
+    assert encoded == [2]
+    bad = given.clone()
+    bad[1, 0, 0, 0] = float("inf")
+    with pytest.raises(Exception, match="Video Context: frames holds 1 NaN"):
+        node.execute(length=8, positions="start", frames={"samples": bad})
+    images = torch.rand(3, 64, 64, 3)
+    images[0, 0, 0, 0] = float("nan")
+    with pytest.raises(Exception, match="Video Context: images holds 1 NaN"):
+        node.execute(length=8, positions="start", images=images, vae=vae)
+    assert encoded == [2]   # refused before the VAE
+
+
 def extend(ctx, model, video, segments, length=4, context_frames=2, **kw):
     node = ctx["nodes"].rollout.ExtendVideo
     args = dict(seed=1, steps=1, cfg=1.0, context_scale=1.0, sampler_name="euler", scheduler="normal") | kw
@@ -169,6 +186,21 @@ def test_the_largest_seed_rolls_out_past_the_first_segment(ctx, given):
 def test_extend_video_bad_input(ctx, given, pack_module, segments, length, context_frames, message):
     with pytest.raises(pack_module("videoldm_core.errors").VideoLDMError, match=message):
         extend(ctx, ctx["predictor"], given[:1], segments, length, context_frames)
+
+
+def test_extend_video_refuses_a_video_it_cannot_continue_before_sampling(ctx, given, pack_module, monkeypatch):
+    monkeypatch.setattr(pack_module("host.rollout"), "sample_with_context", lambda *a, **k: pytest.fail("sampled"))
+    error = pack_module("videoldm_core.errors").VideoLDMError
+    bad = given[:2].clone()
+    bad[0, 0, 0, 0] = float("nan")
+    for video, message in ((bad, r"Extend Video: video holds 1 NaN or infinite values"),
+                           (given[:2, None], r"Extend Video: video: expected image latents \(frames, channels, height, width\)"),
+                           (given[:2].repeat(1, 4, 1, 1), "Extend Video: video: the model's latents have 4 channels, found 16")):
+        with pytest.raises(error, match=message):
+            extend(ctx, ctx["predictor"], video, 2)
+    for sigmas in ([], [14.6], [14.6, float("nan")]):
+        with pytest.raises(error, match="the SIGMAS input: expected a schedule of at least 2 finite sigmas"):
+            extend(ctx, ctx["predictor"], given[:2], 2, sigmas=torch.tensor(sigmas))
 
 
 def test_extend_video_needs_a_context_encoder(ctx, given):

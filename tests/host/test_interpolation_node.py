@@ -110,6 +110,17 @@ def test_the_largest_seed_and_a_noise_input_reach_every_window(interp):
     assert torch.equal(with_noise(1), with_noise(2))   # the NOISE's seed replaces the node's, augmentation included
 
 
+def test_keyframes_it_cannot_interpolate_are_refused_before_sampling(interp, pack_module, monkeypatch):
+    monkeypatch.setattr(pack_module("host.interpolation"), "sample_with_context", lambda *a, **k: pytest.fail("sampled"))
+    error = pack_module("videoldm_core.errors").VideoLDMError
+    bad = keyframes(3)
+    bad[2, 1, 0, 0] = float("nan")
+    with pytest.raises(error, match="Interpolate Keyframes: keyframes holds 1 NaN or infinite values"):
+        interpolate(interp, interp["with_labels"], bad)
+    with pytest.raises(error, match="Interpolate Keyframes: keyframes: the model's latents have 4 channels, found 16"):
+        interpolate(interp, interp["with_labels"], keyframes(3).repeat(1, 4, 1, 1))
+
+
 def test_an_adapter_without_the_label_refuses_the_second_regime(interp):
     dense, _ = interpolate(interp, interp["without_labels"], keyframes(2))
     assert dense.shape[0] == 5

@@ -148,6 +148,14 @@ def test_latent_with_the_wrong_channels_is_refused(vaes):
         temporal_vae.decode_video(image_vae, torch.zeros(4, 16, 8, 8), 4, 1)
 
 
+def test_a_non_finite_latent_is_refused_before_decoding(vaes):
+    temporal_vae, image_vae, _ = vaes
+    z = torch.zeros(4, 4, 8, 8)
+    z[2, 0, 1, 1] = float("inf")
+    with pytest.raises(Exception, match="Temporal VAE Decode: samples holds 1 NaN or infinite values"):
+        temporal_vae.decode_video(image_vae, z, 4, 1)
+
+
 def test_a_vae_that_cannot_decode_in_windows_is_refused_by_kind(vaes):
     """TAESD (core builds it from a taesd state dict) has no KL decoder to run on a window."""
     import comfy.sd

@@ -216,6 +216,13 @@ def test_bad_tiling_is_refused_before_sampling(x4, kw, message):
         upscale(x4, frames(), **kw)
 
 
+def test_non_finite_low_res_frames_are_refused_naming_the_input(x4):
+    bad = frames()
+    bad[1, 2, 3, 0] = float("nan")
+    with pytest.raises(Exception, match="Video Upscale: images holds 1 NaN or infinite values"):
+        upscale(x4, bad)
+
+
 def test_frames_off_the_latent_grid_are_refused_with_their_size(x4):
     with pytest.raises(x4["error"], match="multiples of 8 pixels, found 20x12"):
         upscale(x4, torch.rand(2, 12, 20, 3))
