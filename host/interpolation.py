@@ -26,6 +26,11 @@ def check_interpolation_model(model, regime: int):
     if regime != 0 and not any(a.adapter.spec.has_interpolation_embedding for a in readers):
         raise InterpolationError(f"the regime {list(REGIMES)[regime]!r} needs an adapter with the regime label embedding; "
                                  f"{names} have none, so only {list(REGIMES)[0]!r} can be used.")
+    for a in readers:   # before loading anything: the embedding would refuse the label at the first model call
+        labels = a.adapter.spec.interpolation["regimes"] if a.adapter.spec.has_interpolation_embedding else None
+        if labels is not None and regime >= labels:
+            raise InterpolationError(f"adapter '{a.name}' was trained with {labels} regime label(s) "
+                                     f"{list(REGIMES)[:labels]}, not {list(REGIMES)[regime]!r}.")
 
 
 ADAPTERS_OWN = -1.0   # the augmentation input's "the adapter's own"

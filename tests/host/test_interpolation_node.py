@@ -1,6 +1,8 @@
 """Interpolate Keyframes in a real ComfyUI on a tiny SD1.x model with random-weight interpolation
 adapters (made-up numbers, real paths)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -10,8 +12,11 @@ def interp(pack_module, tiny_sd1):
     patch = pack_module("host.temporal_adapter")
     model, clip, _ = tiny_sd1
 
-    def applied(name, seed=0, **options):
+    def applied(name, seed=0, regimes=2, **options):
         spec, module = patch.fresh_adapter_for_model(model, context_width=16, **options)
+        if regimes != 2:   # an adapter trained with fewer regime labels than the trainer's default
+            spec = dataclasses.replace(spec, interpolation={**spec.interpolation, "regimes": regimes})
+            module = pack_module("videoldm_core.temporal_adapter").TemporalAdapter(spec)
         torch.manual_seed(seed)
         for p in module.parameters():
             torch.nn.init.normal_(p, std=0.05)
@@ -19,6 +24,7 @@ def interp(pack_module, tiny_sd1):
 
     return dict(
         with_labels=applied("interpolator", context_frames=(0, 1, 2), interpolation=True),
+        one_regime=applied("one-regime", context_frames=(0, 1, 2), interpolation=True, regimes=1),
         without_labels=applied("masks-only", context_frames=(0, 1, 2)),
         plain=applied("plain"),
         positive=clip.encode_from_tokens_scheduled(clip.tokenize("a red square moving left")),
@@ -119,6 +125,13 @@ def test_keyframes_it_cannot_interpolate_are_refused_before_sampling(interp, pac
         interpolate(interp, interp["with_labels"], bad)
     with pytest.raises(error, match="Interpolate Keyframes: keyframes: the model's latents have 4 channels, found 16"):
         interpolate(interp, interp["with_labels"], keyframes(3).repeat(1, 4, 1, 1))
+
+
+def test_an_adapter_trained_with_one_regime_refuses_the_second_before_sampling(interp):
+    dense, _ = interpolate(interp, interp["one_regime"], keyframes(2))
+    assert dense.shape[0] == 5
+    with pytest.raises(interp["error"], match="'one-regime' was trained with 1 regime label\\(s\\) \\['T-to-4T'\\], not '4T-to-16T'"):
+        interpolate(interp, interp["one_regime"], keyframes(2), regime="4T-to-16T")
 
 
 def test_an_adapter_without_the_label_refuses_the_second_regime(interp):
