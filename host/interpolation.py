@@ -3,6 +3,8 @@ node's sampling loop, in windows of keyframes that share one keyframe."""
 
 from __future__ import annotations
 
+import logging
+
 import comfy.model_management as mm
 import torch
 
@@ -13,6 +15,8 @@ from ..videoldm_core.interpolation import (FACTOR, REGIMES, InterpolationError, 
 from ..videoldm_core.limits import check_output_size, tensor_bytes
 from .guidance import RunNoise, SamplingProgress, latent_channels, sample_with_context, sampler_and_sigmas
 from .temporal_adapter import applied_adapters
+
+log = logging.getLogger("videoldm")
 
 
 def check_interpolation_model(model, regime: int):
@@ -66,6 +70,11 @@ def interpolate_keyframes(model, positive, negative, keyframes: dict, regime: st
     if augmentation == ADAPTERS_OWN:
         augmentation = own_augmentation(model)
     check_augmentation_level(augmentation)
+    for a in applied_adapters(model):
+        low, high = a.adapter.spec.augmentation_range if a.adapter.spec.has_interpolation_embedding else (0.0, 0.0)
+        if a.adapter.spec.has_context_encoder and not low <= augmentation <= high:
+            log.warning("Video LDM: adapter '%s' was trained with augmentation levels in [%g, %g], given %g.", a.name,
+                        low, high, augmentation)
     frames = frames.to(mm.intermediate_device(), torch.float32)
     windows = keyframe_windows(frames.shape[0], window_keyframes)
     total = dense_length(frames.shape[0])

@@ -28,7 +28,8 @@ def extend_video(model, positive, negative, video: dict, segments: int, segment_
     check_output_size("Extend Video", implied, dict(video_frames=frames.shape[0], segments=segments,
                                                     segment_length=segment_length, context_frames=context_frames),
                       what=f"a latent of {total} frames of {tuple(frames.shape[1:])}")
-    check_context_encoder(model, plan[-1].context_frames, "error")
+    for given in sorted({segment.context_frames for segment in plan}):   # the first segment may see fewer
+        check_context_encoder(model, given, "error")
     sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps, sampler, sigmas)
     run_noise = RunNoise(seed, noise, [segment_length] * len(plan), frames.shape[1:])
     progress = SamplingProgress(model, len(plan), len(sigmas) - 1, node="Extend Video", run="segment")

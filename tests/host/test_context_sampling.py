@@ -203,6 +203,18 @@ def test_extend_video_refuses_a_video_it_cannot_continue_before_sampling(ctx, gi
             extend(ctx, ctx["predictor"], given[:2], 2, sigmas=torch.tensor(sigmas))
 
 
+def test_extend_video_warns_for_each_context_count_the_adapter_was_not_trained_with(ctx, given, caplog, tiny_sd1):
+    """From one frame the first segment sees 1 context frame, the later ones 2: an adapter trained
+    with 2 only is warned about for the first."""
+    spec, module = ctx["patch"].fresh_adapter_for_model(tiny_sd1[0], context_frames=(2,), context_width=16)
+    only_two = ctx["patch"].apply_adapter(tiny_sd1[0], ctx["patch"].build_adapter_patcher(
+        spec, module.state_dict(), source="test"), "only-two")
+    with caplog.at_level("WARNING", logger="videoldm"):
+        extend(ctx, only_two, given[:1], segments=2)
+    assert "adapter 'only-two' was trained with [2] context frames, given 1." in caplog.text
+    assert "given 2." not in caplog.text
+
+
 def test_extend_video_needs_a_context_encoder(ctx, given):
     with pytest.raises(ctx["context"].ContextError, match="no applied temporal adapter has a context encoder"):
         extend(ctx, ctx["plain"], given[:1], 2)

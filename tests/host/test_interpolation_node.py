@@ -80,6 +80,14 @@ def test_the_augmentation_level_reaches_the_model(interp):
     torch.testing.assert_close(b[::4], k, atol=1e-6, rtol=1e-6)  # augmentation is on what the model sees only
 
 
+def test_an_augmentation_level_outside_the_trained_range_is_warned_about(interp, caplog):
+    with caplog.at_level("WARNING", logger="videoldm"):
+        interpolate(interp, interp["with_labels"], keyframes(2), augmentation=0.2)
+        assert "trained with augmentation levels" not in caplog.text
+        interpolate(interp, interp["with_labels"], keyframes(2), augmentation=0.5)
+    assert "adapter 'interpolator' was trained with augmentation levels in [0, 0.25], given 0.5." in caplog.text
+
+
 def test_the_augmentation_noise_is_independent_of_the_sampler_noise(interp, pack_module, monkeypatch):
     """Training draws the keyframes' augmentation noise apart from the diffusion noise; sampling must
     too (seeded alike, the two were the same numbers: the model saw x − c_S = (σ − level)·ε)."""
