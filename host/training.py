@@ -13,7 +13,9 @@ holds stay the ones the layers use.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
+import logging
 import os
 import time
 
@@ -36,13 +38,15 @@ from ..videoldm_core.training.latent_cache import CachedClips, build_latent_cach
 from ..videoldm_core.training.loss_curve import loss_curve_image
 from ..videoldm_core.training.objective import TrainingError, frozen
 from ..videoldm_core.training.schedule import NoiseSchedule
-from ..videoldm_core.training.trainer import Trainer, TrainConfig
+from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig
 from .confined_paths import file_inside, training_folder, training_roots
 from .context import context_kwargs
 from .keys import CHECKPOINT_KEY
 from .temporal_adapter import (TEMPORAL_ADAPTERS, LoadedAdapter, apply_adapter, build_adapter_patcher, fresh_adapter_for_model,
                                without_adapters)
 from .unet_layout import model_family, spatial_layout
+
+log = logging.getLogger("videoldm")
 
 
 def noise_schedule(model, spec=None) -> NoiseSchedule:
@@ -129,13 +133,31 @@ def outside_inference(module):
         return copy.deepcopy(module)
 
 
+def training_precision(requested: str, base, quiet: bool = False) -> str:
+    """The precision a run over MODEL's frozen UNet computes in (a name of PRECISIONS): `requested`,
+    unless that is fp32 over 16-bit weights (ComfyUI's default for SD UNets on most GPUs), which
+    cannot compute in fp32 without a full-precision copy of the UNet: then the weights' own, so that
+    the trainer's autocast and its grad scaler (fp16) match what the UNet computes in."""
+    weights = base.model.get_dtype()
+    if requested != "fp32" or weights == torch.float32:
+        return requested
+    resolved = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(weights)
+    if resolved is None:
+        raise TrainingError(f"the UNet's weights are {weights}, which training cannot compute in; load the model in "
+                            "fp32, bf16 or fp16 (e.g. without --fp8_e4m3fn-unet).")
+    if not quiet:
+        log.warning("Video LDM: the UNet's weights are %s, so training computes in %s (precision fp32 needs an fp32 "
+                    "UNet, e.g. ComfyUI started with --fp32-unet).", weights, resolved)
+    return resolved
+
+
 class UNetDenoiser:
     """f_θ,φ(x_t; c, t): the frozen UNet with the trainable adapter applied, called directly (no
     sampler), with c_S, interpolation labels, the x4 upscaler's concat and noise level routed
     exactly as in sampling."""
 
     def __init__(self, base, adapter, text: torch.Tensor, pooled: torch.Tensor | None = None,
-                 gradient_checkpointing: bool = False, name: str = "training"):
+                 gradient_checkpointing: bool = False, name: str = "training", precision: str = "fp32"):
         self.base, self.adapter = base, adapter   # adapter None: the UNet alone (image pretraining)
         self.device = mm.get_torch_device()
         if adapter is None:
@@ -152,7 +174,8 @@ class UNetDenoiser:
         self.transformer_options = options
         self.text, self.pooled = text, pooled
         self.is_upscaler = model_family(base).concat_image
-        self.dtype = base.model.get_dtype()
+        # the run's precision; autocast casts the frozen weights to it
+        self.dtype = PRECISIONS[training_precision(precision, base, quiet=True)] or torch.float32
 
     def load(self):
         """The UNet on the compute device (the adapter follows as an additional model)."""
@@ -262,8 +285,16 @@ def folder_items(model, vae, dataset, mode, cache_dir, progress=None, encode_tex
     return CachedClips(shards, model.model.process_latent_in, extra)
 
 
-def caption_encoder(clip):
-    """Captions → (N, L, D) cross-attention context with the checkpoint's own text encoder ("" for none)."""
+def caption_encoder(clip, base):
+    """Captions → (N, L, D) cross-attention context with the checkpoint's own text encoder ("" for none).
+    Refused for a UNet that also takes a pooled text vector (SDXL's ADM input): per-clip captions
+    would reach its cross-attention while its pooled input kept the run prompt's, a conditioning
+    that sampling never gives."""
+    if getattr(base.model, "adm_channels", 0) and not model_family(base).concat_image:
+        raise TrainingError(f"data.captions: {type(base.model).__name__} also conditions on the pooled text vector, "
+                            "which the pack does not cache per caption; train with one 'prompt' for every clip, or "
+                            "on an SD1.x/SD2.x model.")
+
     def encode(captions: list[str]) -> torch.Tensor:
         with torch.no_grad():
             return torch.cat([clip.encode_from_tokens(clip.tokenize(c or "")).float().cpu() for c in captions])
@@ -323,9 +354,15 @@ def starting_adapter(model, mode, spec=None, weights: dict | None = None, source
 
 
 def adapter_save_path(save_name: str) -> str:
-    """Where `save_name` is saved: inside models/temporal_adapters by its real path."""
-    name = save_name if save_name.endswith(".safetensors") else save_name + ".safetensors"
-    return file_inside(folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0], name, f"models/{TEMPORAL_ADAPTERS}")
+    """Where `save_name` is saved: inside models/temporal_adapters by its real path. A name already
+    taken (a downloaded motion module, an earlier run) is kept: the new file gets a counter,
+    <save_name>_00001_.safetensors, as core's save nodes number theirs."""
+    root, stem = folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0], save_name.removesuffix(".safetensors")
+    path, counter = file_inside(root, stem + ".safetensors", f"models/{TEMPORAL_ADAPTERS}"), 0
+    while os.path.lexists(path):
+        counter += 1
+        path = file_inside(root, f"{stem}_{counter:05}_.safetensors", f"models/{TEMPORAL_ADAPTERS}")
+    return path
 
 
 def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, steps: int, learning_rate: float,
@@ -351,6 +388,7 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
             training_folder(folder), ClipSpec(clip_frames, fps or None, height, width), seed=seed,
             roots=training_roots(), label=folder)
         base = trainable_base(model)
+        config = dataclasses.replace(config, precision=training_precision(config.precision, base))
         schedule = noise_schedule(base, spec)
         augment, max_level = augmentation_schedule(base)
         text = positive[0][0].clone()
@@ -362,7 +400,7 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
                                  hashlib.sha256(str(dataset.folder.resolve()).encode()).hexdigest()[:16])
             items = folder_items(base, vae, dataset, mode, cache)
         denoiser = UNetDenoiser(base, adapter, text, None if pooled is None else pooled.clone(),
-                                gradient_checkpointing=gradient_checkpointing).load()
+                                gradient_checkpointing=gradient_checkpointing, precision=config.precision).load()
         phase = DiffusionPhase(adapter, denoiser, schedule, mode, augment_schedule=augment, max_noise_level=max_level)
         trainer = Trainer([phase], config, StepBatches(items, batch_size, seed=seed), device=denoiser.device)
         pbar = comfy.utils.ProgressBar(steps)
@@ -373,8 +411,11 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
     adapter.zero_grad(set_to_none=True)
     del trainer, phase, denoiser, base, items
     if save_path or not finished:
-        # the weights returned below (EMA when kept), not the live module's
-        save_adapter(save_path or adapter_save_path(f"interrupted_{time.strftime('%Y%m%d-%H%M%S')}"), trained, spec)
+        # the weights returned below (EMA when kept), not the live module's; the name chosen now, as
+        # another run may have taken the one checked before training
+        saved = adapter_save_path(save_name or f"interrupted_{time.strftime('%Y%m%d-%H%M%S')}")
+        save_adapter(saved, trained, spec)
+        log.info("Video LDM: Train Temporal Adapter saved %s", os.path.basename(saved))
     mm.throw_exception_if_processing_interrupted()
     name = f"trained ({mode}, {step} steps)"
     result = LoadedAdapter(name, spec, build_adapter_patcher(spec, trained, source=name))

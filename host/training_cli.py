@@ -57,12 +57,12 @@ or a value of the wrong type stops the run with the key named.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import ConcatDataset
 
 import comfy.sd
@@ -84,20 +84,25 @@ from ..videoldm_core.training.distributed import barrier, init_world
 from ..videoldm_core.training.monitor import TensorBoardLog
 from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.run_config import check_run_config
-from ..videoldm_core.training.trainer import Trainer, TrainConfig, latest_checkpoint
+from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig, latest_checkpoint
+from ..videoldm_core.weights_file import save_safetensors
 from .bundle import build_components
 from .streamed_training import streamed_batches
 from .training import (UNetDenoiser, augmentation_schedule, caption_encoder, decoder_items, folder_items, noise_schedule,
-                       pretrainable_unet, starting_adapter, trainable_base, trainable_decoder, trained_state)
+                       pretrainable_unet, starting_adapter, trainable_base, trainable_decoder, trained_state,
+                       training_precision)
 from .unet_layout import model_family
 from .validation import ValidationVideos, validation_note, validation_settings
 
-def load_checkpoint(path: str):
-    """(MODEL, CLIP, VAE) from a Video LDM bundle or any checkpoint ComfyUI recognises."""
+def load_checkpoint(path: str, precision: str | None = None):
+    """(MODEL, CLIP, VAE) from a Video LDM bundle or any checkpoint ComfyUI recognises; with a run's
+    `precision`, a checkpoint's UNet held in that dtype (fp32 for fp32), not the device's default."""
     try:
         spec = read_bundle_spec(path)
     except BundleFormatError:
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
+        options = {"dtype": PRECISIONS[precision] or torch.float32} if precision else {}
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
+                                                                    model_options=options)
         return model, clip, vae
     return build_components(spec, comfy.utils.load_torch_file(path, safe_load=True), source=f"'{Path(path).name}'")
 
@@ -197,20 +202,22 @@ def run_config(path: str) -> int:
     output = Path(config["output"])
     if mode in PRETRAINING_RUNS:   # the modes that train something other than temporal layers of a UNet
         return PRETRAINING_RUNS[mode](config, world, train_config, batch_size, output)
-    model, clip, vae = load_checkpoint(config["checkpoint"])
+    model, clip, vae = load_checkpoint(config["checkpoint"], train_config.precision)
     torch.manual_seed(train_config.seed)   # a fresh adapter's initial weights, the same on every rank and run
     spec, adapter = starting_adapter_from_config(model, settings, mode)
     check_mode(spec, mode, regimes)   # before any data is read
     base = trainable_base(model)
+    train_config = dataclasses.replace(train_config, precision=training_precision(train_config.precision, base))
     text, pooled = encode_prompt(clip, config.get("prompt", ""))
-    captions = caption_encoder(clip) if config["data"].get("captions") else None
+    captions = caption_encoder(clip, base) if config["data"].get("captions") else None
     if "shards" in config["data"]:
         batches = streamed_batches(base, vae, config["data"], mode, train_config.seed, batch_size, regimes, captions,
                                    allow_pipe=True)   # the operator's own config
     else:
         batches = cached_batches(dataset_items(base, vae, config["data"], mode, train_config.seed, world, regimes,
                                                captions), config["data"], batch_size, train_config.seed, world)
-    denoiser = UNetDenoiser(base, adapter, text, pooled, gradient_checkpointing=checkpointing).load()
+    denoiser = UNetDenoiser(base, adapter, text, pooled, gradient_checkpointing=checkpointing,
+                            precision=train_config.precision).load()
     augment, max_level = augmentation_schedule(base)
     phase = DiffusionPhase(adapter, denoiser, noise_schedule(base, spec), mode, regimes=regimes,
                            augment_schedule=augment, max_noise_level=max_level, patch=settings.get("patch"))
@@ -318,8 +325,8 @@ def run_decoder(config, world, train_config, batch_size: int, output: Path) -> i
 
     def write(trainer):
         state = trained_state(temporal, trainer, phase="decoder", attribute="temporal_decoder")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(output / "temporal_decoder.safetensors"),
-                  metadata={TemporalDecoderSpec.METADATA_KEY: spec.to_json()})
+        save_safetensors(output / "temporal_decoder.safetensors", {k: v.contiguous() for k, v in state.items()},
+                         {TemporalDecoderSpec.METADATA_KEY: spec.to_json()})
         print(f"wrote {output / 'temporal_decoder.safetensors'}", flush=True)
 
     return train_and_write(config, world, train_config, StepBatches(items, batch_size, seed=train_config.seed), output,
@@ -384,11 +391,11 @@ def run_image(config, world, train_config, batch_size: int, output: Path) -> int
     model = pretrainable_unet(model)
     text, pooled = encode_prompt(clip, config.get("prompt", ""))
     null_text, _ = encode_prompt(clip, "")
-    captions = caption_encoder(clip) if config["data"].get("captions") else None
+    captions = caption_encoder(clip, model) if config["data"].get("captions") else None
     data_mode = UPSCALER if upscaler else TEMPORAL   # how clips are encoded: with low-res frames or not
     prompt = None if config["data"].get("captions") else {"text": text[0]}   # the prompt, dropped like a caption
     items = dataset_items(model, vae, config["data"], data_mode, train_config.seed, world, (0,), captions, prompt)
-    denoiser = UNetDenoiser(model, None, text, pooled).load()
+    denoiser = UNetDenoiser(model, None, text, pooled, precision=train_config.precision).load()   # an fp32 copy
     augment, max_level = augmentation_schedule(model)
     unet = model.model.diffusion_model
     phase = ImagePhase(unet, denoiser, noise_schedule(model), null_text=null_text[0],

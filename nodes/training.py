@@ -62,7 +62,8 @@ class TrainTemporalAdapter(io.ComfyNode):
                                               "Without it, a fresh adapter for the mode is created."),
                 io.String.Input("save_name", default="", optional=True,
                                 tooltip="If set, save the result as models/temporal_adapters/<save_name>.safetensors "
-                                        "(Load Temporal Adapter lists it). Empty: not saved."),
+                                        "(Load Temporal Adapter lists it); if that file exists it is kept and the "
+                                        "result gets a counter (<save_name>_00001_). Empty: not saved."),
             ],
             outputs=[TemporalAdapterType.Output(display_name="TEMPORAL_ADAPTER", tooltip="The trained temporal layers."),
                      io.Image.Output(display_name="loss_curve", tooltip="The training loss per step.")],

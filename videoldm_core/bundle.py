@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from .families import BUNDLE_FAMILY_NAMES, family_named
 from .metadata_spec import MetadataSpec, expect_int, expect_number
-from .weights_file import WeightsFile, WeightsFileError
+from .weights_file import WeightsFile, WeightsFileError, save_safetensors
 
 BUNDLE_METADATA_KEY = "videoldm_bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -218,4 +217,4 @@ def split_components(state_dict: dict[str, torch.Tensor], source: str = "bundle"
 def save_bundle(path: str | Path, spec: BundleSpec, state_dict: dict[str, torch.Tensor]) -> None:
     split_components(state_dict, source=f"'{Path(path).name}'")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    save_file(tensors, str(path), metadata={BUNDLE_METADATA_KEY: spec.to_json()})
+    save_safetensors(path, tensors, {BUNDLE_METADATA_KEY: spec.to_json()})

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from .context import ContextEncoder
@@ -29,7 +28,7 @@ from .slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
 from .state_dict import check_weights, loadable_shapes
 from .errors import VideoLDMError
 from .metadata_spec import MetadataSpec, expect_int, expect_number
-from .weights_file import WeightsFileError
+from .weights_file import WeightsFileError, save_safetensors
 
 ADAPTER_METADATA_KEY = "videoldm_adapter"
 ADAPTER_FORMAT_VERSION = 2
@@ -246,7 +245,7 @@ def save_adapter(path: str | Path, adapter: TemporalAdapter | dict, spec: Option
     spec = spec or adapter.spec
     weights = adapter.state_dict() if isinstance(adapter, nn.Module) else adapter
     tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
-    save_file(tensors, str(path), metadata={ADAPTER_METADATA_KEY: spec.to_json()})
+    save_safetensors(path, tensors, {ADAPTER_METADATA_KEY: spec.to_json()})
 
 
 def read_adapter_spec(path: str | Path) -> Optional[AdapterSpec]:

@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.overrides import TorchFunctionMode
 
 from .errors import VideoLDMError
@@ -245,3 +246,21 @@ def build_on_meta(build: Callable[[], torch.nn.Module], file: WeightsFile, what:
     except Exception as e:
         raise file.refuse(f"its {what} spec does not describe layers this pack can build ({type(e).__name__}: "
                           f"{_library_message(e)})") from None
+
+
+def write_atomically(path, write: Callable[[str], None]):
+    """`write(tmp)` to a hidden file beside `path`, then renamed onto it: a reader, or a file already
+    at `path`, never sees a half-written file (a crash leaves the old file or none)."""
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_safetensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
+    """A safetensors file written atomically (write_atomically)."""
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))

@@ -118,6 +118,36 @@ def test_the_upscaler_mode_trains_on_patches_of_the_x4_model(tr, tiny_x4):
     assert run["trainer"].history[0]["adapter/noise_level"] <= 350
 
 
+def test_the_runs_precision_is_what_the_unet_and_adapter_compute_in(tr):
+    """train.precision decides the forward's dtype (autocast over the frozen weights); fp32 over a
+    16-bit UNet (ComfyUI's GPU default) computes in the weights' dtype, so that the trainer's grad
+    scaler is on for fp16."""
+    from types import SimpleNamespace
+
+    host = tr["host"]
+    base = host.trainable_base(tr["model"])
+    spec, adapter = tr["patch"].fresh_adapter_for_model(base)
+    seen = []
+    linear = next(m for m in adapter.modules() if isinstance(m, torch.nn.Linear))
+    hook = linear.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    try:
+        for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            denoiser = host.UNetDenoiser(base, adapter, tr["text"], precision=precision).load()
+            with torch.no_grad(), torch.inference_mode(False):
+                denoiser(torch.randn(4, 4, 8, 8), torch.full((4,), 500.0), 1, {})
+            assert seen and set(seen) == {dtype}, precision
+            seen.clear()
+    finally:
+        hook.remove()
+    weights = lambda dtype: SimpleNamespace(model=SimpleNamespace(get_dtype=lambda: dtype))
+    assert host.training_precision("fp32", weights(torch.float32)) == "fp32"
+    assert host.training_precision("fp32", weights(torch.float16)) == "fp16"
+    assert host.training_precision("fp32", weights(torch.bfloat16)) == "bf16"
+    assert host.training_precision("bf16", weights(torch.float16)) == "bf16"
+    with pytest.raises(tr["core"].TrainingError, match="which training cannot compute in"):
+        host.training_precision("fp32", weights(torch.float8_e4m3fn))
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tr):
     grads = []
     for checkpointing in (False, True):
@@ -188,6 +218,40 @@ def test_the_node_trains_saves_and_the_file_loads_with_load_temporal_adapter(tr,
         torch.testing.assert_close(loaded.patcher.model.state_dict()[k].float(), v.float())
     patched = tr["patch"].apply_adapter(tr["model"], loaded.patcher, "tiny")
     assert tr["patch"].applied_adapters(patched)
+
+
+def test_the_node_never_replaces_a_file_of_the_same_name(tr):
+    import hashlib
+
+    import folder_paths
+
+    root = folder_paths.get_folder_paths("temporal_adapters")[0]
+    os.makedirs(os.path.join(root, "test_kept"), exist_ok=True)
+    theirs = os.path.join(root, "test_kept", "someones_module.safetensors")
+    with open(theirs, "wb") as f:
+        f.write(b"a motion module the user downloaded")
+    digest = hashlib.sha256(open(theirs, "rb").read()).hexdigest()
+    images = shapes_video(tr, frames=10)
+    for _ in range(2):
+        with torch.inference_mode():
+            tr["node"].execute(**node_args(tr, steps=1), images=images, save_name="test_kept/someones_module")
+    assert hashlib.sha256(open(theirs, "rb").read()).hexdigest() == digest
+    assert sorted(os.listdir(os.path.join(root, "test_kept"))) == [
+        "someones_module.safetensors", "someones_module_00001_.safetensors", "someones_module_00002_.safetensors"]
+
+
+def test_captions_are_refused_for_a_unet_with_a_pooled_text_input(tr, tiny_sd1):
+    """SDXL conditions on the pooled text too; the caches hold per-caption cross-attention only."""
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    from devtools import unet_configs
+
+    model_config = sm.SDXL(unet_configs.tiny(unet_configs.SDXL))
+    model_config.set_inference_dtype(torch.float32, None)
+    sdxl = comfy.model_patcher.ModelPatcher(model_config.get_model({}, device="meta"), "cpu", "cpu")
+    with pytest.raises(tr["core"].TrainingError, match="data.captions: SDXL also conditions on the pooled text vector"):
+        tr["host"].caption_encoder(tiny_sd1[1], sdxl)
+    assert tr["host"].caption_encoder(tiny_sd1[1], tr["model"])(["a square"]).ndim == 3   # SD1.x: captions as before
 
 
 def test_the_node_needs_exactly_one_source_and_an_existing_folder(tr):

@@ -13,7 +13,7 @@ from videoldm_core.training.trainer import TrainConfig
 def config(**sections):
     base = {"checkpoint": "sd15.safetensors", "mode": "interpolation", "output": "runs/x", "prompt": "", "resume": True,
             "adapter": {"init": None, "context_frames": [0, 1, 2], "context_width": 64, "regimes": [0, 1], "patch": None},
-            "data": {"folder": "clips", "frames": 8, "fps": 7.5, "width": 512, "height": 320, "crop": "random",
+            "data": {"folder": "clips", "frames": 9, "fps": 7.5, "width": 512, "height": 320, "crop": "random",
                      "on_bad": "skip", "captions": False, "cache": None},
             "train": {"steps": 10, "lr": 1e-4, "batch_size": 2, "warmup": 1, "grad_clip": None, "precision": "bf16",
                       "ema_decay": 0.999, "gradient_checkpointing": True, "checkpoint_every": 5, "seed": 0,
@@ -122,3 +122,22 @@ def test_the_validation_video_is_checked_and_needs_tensorboard():
     with pytest.raises(TrainingError, match=r"must be at least 5, found 4"):
         check_run_config(config(monitor={"tensorboard": True, "validate_every": 5}, data={"frames": 4}))
     assert check_run_config(config(mode="temporal", monitor={"tensorboard": True, "validate_every": 5}, data={"frames": 4}))
+
+
+@pytest.mark.parametrize("sections, message", [
+    (dict(train={"batch_size": 0}), "'train.batch_size' must be at least 1, found 0"),
+    (dict(data={"width": 0}), "'data.width' must be at least 8, found 0"),
+    (dict(mode="temporal", data={"frames": 1}), "clips of at least 2 frames: 'data.frames' must be at least 2, found 1"),
+    (dict(data={"frames": 8}), "'data.frames' must be 5, 9, 13, ..., found 8; use 5 or 9"),
+    (dict(data={"frames": 4}), "'data.frames' must be 5, 9, 13, ..., found 4; use 5 or 9"),
+    (dict(data={}), "found 8; use 5 or 9"),   # the readers' default length is no interpolation clip
+    (dict(mode="prediction", data={"frames": 3}, adapter={"context_frames": [0, 1, 3]}),
+     "prediction from up to 3 context frames .* 'data.frames' must be at least 4, found 3"),
+])
+def test_values_the_trainer_cannot_use_are_refused_before_anything_loads(sections, message):
+    cfg = config(**sections)
+    if sections.get("data") == {}:
+        del cfg["data"]["frames"]
+    with pytest.raises(TrainingError, match=message):
+        check_run_config(cfg)
+

@@ -70,6 +70,19 @@ def test_broken_samples_and_a_truncated_shard_are_skipped_and_counted(shards, tm
     assert items[-1]["skipped"] >= 3   # a, b, c (and the truncated shard's rest)
 
 
+@pytest.mark.parametrize("problem", ["missing", "too short"])
+def test_shards_that_give_no_clip_stop_the_stream_instead_of_reading_them_forever(shards, problem):
+    out, _ = shards
+    urls = [str(out / f"typo-{i:06d}.tar") for i in range(2)] if problem == "missing" else \
+        [str(out / "clips-000000.tar"), str(out / "clips-000001.tar")]
+    spec = SPEC if problem == "missing" else ClipSpec(frames=40, fps=15.0, height=32, width=32)   # 12 frames at 30 fps
+    stream = iter(ShardClips(urls, spec, passes=3, shuffle=0))   # training reads endless passes: it stops after the first
+    reason = "No such file" if problem == "missing" else "too short"
+    with pytest.raises(TrainingError, match=f"a whole pass over the 2 shard\\(s\\) gave this reader .* no clip it could "
+                                            f"use; [0-9]+ sample\\(s\\) or shard\\(s\\) skipped, the last: .*{reason}"):
+        next(stream)
+
+
 def test_a_member_declaring_more_than_a_clip_may_have_is_skipped_unread(shards, tmp_path, caplog):
     """A .tar.gz member's header can declare gigabytes that a few compressed bytes expand to; such a
     member is skipped from its header (here with the limit lowered to 4 KiB), the rest read."""
@@ -87,10 +100,9 @@ def test_a_member_declaring_more_than_a_clip_may_have_is_skipped_unread(shards, 
         items = read([str(bomb), str(out / "clips-000000.tar")], max_member_bytes=4096 + 1024 * 1024)
     assert len(items) == 2 and not any("'000.mp4'" in r.message and "declares" in r.message for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        items = read([str(bomb)], max_member_bytes=4096)
-    assert items == [] and any("member '000.mp4'" in r.message and "declares 65536 bytes" in r.message
-                               for r in caplog.records)
+    with caplog.at_level(logging.WARNING), pytest.raises(TrainingError, match="no clip it could use; 1 sample"):
+        read([str(bomb)], max_member_bytes=4096)   # its one member skipped: a pass of nothing stops the stream
+    assert any("member '000.mp4'" in r.message and "declares 65536 bytes" in r.message for r in caplog.records)
 
 
 def test_two_ranks_and_two_workers_read_disjoint_samples_covering_every_clip(shards, monkeypatch):

@@ -49,6 +49,44 @@ def test_bad_settings_are_refused_with_what_was_expected():
         TrainConfig(precision="fp8")
     with pytest.raises(TrainingError, match="EMA decay"):
         TrainConfig(ema_decay=1.5)
+    for clip in (-1.0, 0.0, float("nan")):   # negative: gradient ascent; 0: no step
+        with pytest.raises(TrainingError, match=f"gradient clipping norm > 0, or none for no clipping, found {clip}"):
+            TrainConfig(grad_clip=clip)
+    with pytest.raises(TrainingError, match="weight decay ≥ 0, found -1"):
+        TrainConfig(weight_decay=-1)
+    for betas in ([0.9], (0.9, 1.0), ("a", 0.9)):
+        with pytest.raises(TrainingError, match="betas as two numbers in \\[0, 1\\)"):
+            TrainConfig(betas=betas)
+    with pytest.raises(TrainingError, match="keep_checkpoints ≥ 0"):
+        TrainConfig(keep_checkpoints=-1)
+
+
+class InfiniteGradient(torch.autograd.Function):
+    """Adds 0 to the loss; its gradient for the weight is infinite (a layer that overflows backwards only)."""
+
+    @staticmethod
+    def forward(ctx, weight):
+        return weight.sum() * 0.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full((1, 4), float("inf"))
+
+
+class Exploding(Regression):
+    def forward(self, batch, generator):
+        loss, logs = super().forward(batch, generator)
+        return loss + InfiniteGradient.apply(self.linear.weight), logs
+
+
+def test_a_non_finite_gradient_stops_the_run_before_the_step_is_applied(tmp_path):
+    t = Trainer([Exploding()], TrainConfig(steps=4, lr=0.05, seed=3, checkpoint_every=1), StepBatches(DATA, 2, seed=3),
+                output_dir=tmp_path, identity={"what": "regression"})
+    before = {k: v.clone() for k, v in t.phases[0].state_dict().items()}
+    with pytest.raises(TrainingError, match="step 1: phase 'model' gradient norm is (inf|nan) .* the step was not applied"):
+        t.run()
+    assert all(torch.equal(before[k], v) for k, v in t.phases[0].state_dict().items())
+    assert latest_checkpoint(tmp_path) is None   # nothing non-finite was saved
 
 
 def test_the_loss_falls_and_gradients_are_clipped():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import OrderedDict
 from collections.abc import Sequence as SequenceABC
 from dataclasses import asdict
@@ -23,9 +22,9 @@ from typing import Callable, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
+from ..weights_file import save_safetensors, write_atomically
 from .objective import TrainingError
 
 CACHE_VERSION = 1
@@ -44,15 +43,6 @@ def cache_key(entries: Sequence, spec, encoder_id: str, captions: bool = False, 
 
 def _shard_name(s: int) -> str:
     return f"shard_{s:05d}.safetensors"
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_index(cache_dir: Path) -> dict | None:
@@ -115,7 +105,7 @@ def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor | dict[str, Te
             tensors = _encode_shard(dataset, items, encode, encode_text)
             shapes = _check_shapes(shapes, tensors, names[first])
             meta = {"key": key, "names": json.dumps(names[first:items.stop])}
-            _write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+            save_safetensors(path, tensors, meta)
         if progress is not None:
             progress(items.stop, count)
     for old in cache_dir.glob("shard_*.safetensors"):
@@ -123,7 +113,7 @@ def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor | dict[str, Te
             old.unlink()
     index = {"version": CACHE_VERSION, "key": key, "encoder": encoder_id, "count": count, "shard_size": shard_size,
              "names": names, "shapes": shapes, "shards": shards}
-    _write_atomically(cache_dir / INDEX_FILE, lambda tmp: tmp.write_text(json.dumps(index, indent=1)))
+    write_atomically(cache_dir / INDEX_FILE, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
     return LatentShards(cache_dir)
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import types
 import typing
 
+from ..interpolation import FACTOR
 from ..limits import is_finite_number
-from .modes import MODE_NAMES
+from .modes import MODE_NAMES, mode_named
 from .objective import TrainingError
 
 PRETRAINING_MODES = ("vae", "image", "decoder")
@@ -132,4 +133,36 @@ def check_run_config(config) -> dict:
     if mode in PRETRAINING_MODES and "shards" in data:
         raise TrainingError(f"run configuration: data.shards streams clips for the modes {list(MODE_NAMES)}; mode "
                             f"{mode!r} reads a data folder ('data.folder').")
+    check_ranges(config, mode)
     return config
+
+
+DEFAULT_FRAMES = 8   # data.frames when absent (the clip length the readers cut)
+
+
+def check_ranges(config: dict, mode: str):
+    """The values whose range the trainer would find wrong only after the model is loaded and the data
+    encoded (a batch of 0, clips a mode cannot learn from)."""
+    train, data = config.get("train", {}), config.get("data", {})
+    for section, key, least in (("train", "batch_size", 1), ("data", "width", 8), ("data", "height", 8),
+                                ("data", "workers", 0), ("data", "shuffle", 0)):
+        value = config.get(section, {}).get(key)
+        if value is not None and value < least:
+            raise TrainingError(f"run configuration: '{section}.{key}' must be at least {least}, found {value}.")
+    if mode not in MODE_NAMES:
+        return
+    frames = data.get("frames", DEFAULT_FRAMES)
+    if frames < 2:
+        raise TrainingError(f"run configuration: temporal layers learn from clips of at least 2 frames: 'data.frames' "
+                            f"must be at least 2, found {frames}.")
+    if mode_named(mode).has_regimes and (frames < 5 or (frames - 1) % FACTOR):
+        low = max(5, frames - (frames - 1) % FACTOR)
+        raise TrainingError(f"run configuration: interpolation clips hold 4K − 3 frames (K ≥ 2 keyframes at 0, 4, 8, "
+                            f"...): 'data.frames' must be 5, 9, 13, ..., found {frames}; use {low} or {low + FACTOR}.")
+    adapter = config.get("adapter", {})
+    if mode_named(mode).needs_context_encoder and not mode_named(mode).has_regimes and not adapter.get("init"):
+        given = adapter.get("context_frames") or mode_named(mode).default_context_frames
+        if frames <= max(given):
+            raise TrainingError(f"run configuration: prediction from up to {max(given)} context frames "
+                                f"('adapter.context_frames' {list(given)}) needs clips longer than that: 'data.frames' "
+                                f"must be at least {max(given) + 1}, found {frames}.")

@@ -70,11 +70,12 @@ class ShardClips(IterableDataset):
         self.urls, self.spec, self.seed, self.shuffle = list(urls), spec, seed, shuffle
         self.max_member_bytes = max_member_bytes
         self.source_fps, self.passes, self.flip = source_fps, passes, flip
-        self.skipped = 0
+        self.skipped, self.last_skipped = 0, None
         self.start: dict[int, tuple[int, int]] = {}   # worker -> (pass, first sample to read): where a resumed run goes on
 
     def skip(self, what: str, reason) -> None:
         self.skipped += 1
+        self.last_skipped = f"{what}: {reason}"
         log.warning("skipped %s: %s", what, reason)
 
     def skip_shard_error(self, error: Exception) -> bool:
@@ -153,12 +154,20 @@ class ShardClips(IterableDataset):
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
         pass_index, first = self.start.get(worker, (0, 0))
         while self.passes is None or pass_index < self.passes:
+            clips, skipped = 0, self.skipped
             for index, sample in enumerate(self.samples(pass_index)):
                 if index < first:
                     continue   # read before the resume point: passed over undecoded
                 item = self.clip(sample, random.Random(f"{self.seed}-clip-{rank}-{worker}-{pass_index}-{index}"))
                 if item is not None:
+                    clips += 1
                     yield {**item, "position": (worker, pass_index, index)}
+            if clips == 0 and first == 0:   # a whole pass of nothing: every later pass would read the same nothing
+                raise TrainingError(
+                    f"data.shards: a whole pass over the {len(self.urls)} shard(s) gave this reader (rank {rank}, "
+                    f"worker {worker}) no clip it could use; {self.skipped - skipped} sample(s) or shard(s) skipped, "
+                    f"the last: {self.last_skipped or 'none (its shards hold no samples)'}. Check the "
+                    f"shard paths and that the clips hold {self.spec.frames} frames at the fps asked for.")
             pass_index, first = pass_index + 1, 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import time
 from contextlib import contextmanager
@@ -68,6 +69,16 @@ class TrainConfig:
             raise TrainingError(f"expected an EMA decay in (0, 1) or none, found {self.ema_decay}.")
         if self.sharding not in SHARDINGS:
             raise TrainingError(f"expected a sharding in {list(SHARDINGS)}, found {self.sharding!r}.")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            # negative: clip_grad_norm_ would turn every step into gradient ascent; 0: no step at all
+            raise TrainingError(f"expected a gradient clipping norm > 0, or none for no clipping, found {self.grad_clip}.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise TrainingError(f"expected a weight decay ≥ 0, found {self.weight_decay}.")
+        betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise TrainingError(f"expected betas as two numbers in [0, 1) (AdamW's moment decays), found {self.betas!r}.")
+        if self.keep_checkpoints < 0:
+            raise TrainingError(f"expected keep_checkpoints ≥ 0 (0 keeps them all), found {self.keep_checkpoints}.")
         if self.sharding == "fsdp" and self.precision == "fp16":
             # the grad scaler would find infs in its own shard only, and ranks would disagree on skipping a step
             raise TrainingError("sharding 'fsdp' trains in fp32 or bf16, found precision 'fp16'; use bf16.")
@@ -210,8 +221,15 @@ class Trainer:
             params = [p for p in phase.parameters() if p.requires_grad]
             if self.scaler:
                 self.scaler.unscale_(optimizer)
+            # the whole gradient's norm (clipped to grad_clip when set); identical on every rank, since DDP
+            # reduces the gradients and FSDP's norm is the full tensor's, so all ranks stop together
+            norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, config.grad_clip or math.inf)))
+            if not math.isfinite(norm) and not self.scaler:   # fp16's scaler skips such a step itself
+                raise TrainingError(f"step {step + 1}: phase '{phase.name}' gradient norm is {norm} (the loss was "
+                                    f"{loss.item()}); the step was not applied. Lower the learning rate or use "
+                                    "bf16/fp32 precision.")
             if config.grad_clip is not None:
-                row[f"{phase.name}/grad_norm"] = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, config.grad_clip)))
+                row[f"{phase.name}/grad_norm"] = norm
             if self.scaler:
                 self.scaler.step(optimizer)
             else:
