@@ -37,7 +37,7 @@ class TrainTemporalAdapter(io.ComfyNode):
                 io.Int.Input("clip_frames", default=8, min=2, max=256,
                              tooltip="T: frames per training clip (interpolation needs 4K−3, e.g. 9 or 13)."),
                 io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimiser steps."),
-                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-5,
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-5, round=1e-7,
                                tooltip="AdamW learning rate (the paper uses 1e-4), reached after a short warm-up."),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Clips per step.", advanced=True),
                 io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1,

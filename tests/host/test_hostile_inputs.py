@@ -231,6 +231,17 @@ def every_number_input(node_classes):
                 yield node_id, spec
 
 
+def test_every_float_widget_can_hold_its_minimum(node_classes):
+    """The frontend rounds a float widget to its `round` (else its `step`): a minimum finer than that
+    (a learning rate of 5e-6 under a step of 1e-5) could not be typed in."""
+    from comfy_api.v0_0_2 import io
+
+    for node_id, spec in every_number_input(node_classes):
+        if isinstance(spec, io.Float.Input) and spec.min and spec.min > 0:
+            precision = spec.round or spec.step
+            assert precision <= spec.min, f"{node_id}.{spec.id}: min {spec.min} under the widget's precision {precision}"
+
+
 def test_every_number_input_of_every_node_is_checked_when_the_node_runs(node_classes, pack_module):
     """A linked value (a primitive node, another node's output) skips ComfyUI's range check: each
     node refuses each of its number inputs below its minimum, above its maximum or NaN, by name,
