@@ -65,6 +65,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
+import comfy.model_management
 import comfy.sd
 import comfy.utils
 
@@ -190,7 +191,8 @@ def read_run_config(path: str) -> dict:
 
 def run_config(path: str) -> int:
     config = read_run_config(path)   # before anything loads
-    world = init_world()   # before models load: each rank picks its own GPU
+    # before models load: each rank picks its own GPU; a run started with --cpu stays on gloo
+    world = init_world(gpus=comfy.model_management.cpu_state == comfy.model_management.CPUState.GPU)
     mode = config.get("mode", "temporal")
     train = dict(config.get("train", {}))
     batch_size = train.pop("batch_size", 1)

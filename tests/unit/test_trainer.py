@@ -1,6 +1,7 @@
 """The training loop's own guarantees, on a small pure-torch phase: warm-up, clipping, EMA,
 rank-split batches, CSV log, checkpoints and resume, DistributedDataParallel on gloo."""
 
+import datetime
 import os
 
 import pytest
@@ -278,3 +279,27 @@ def test_fsdp_refuses_fp16_and_several_phases():
 
     with pytest.raises(TrainingError, match="sharding 'fsdp' trains one phase, found 2"):   # before any process group is needed
         Trainer([Regression(), Regression()], TrainConfig(sharding="fsdp"), StepBatches(DATA, 1), world=World(0, 2))
+
+
+@pytest.mark.parametrize("gpus, backend", [(True, "nccl"), (False, "gloo")])
+def test_the_process_group_follows_the_device_the_run_uses(monkeypatch, gpus, backend):
+    """On a machine with GPUs, a run told to stay on the CPU (train.py --cpu) joins on gloo (nccl
+    cannot carry CPU tensors); every rank waits for rank 0's latent cache longer than torch's default."""
+    import torch.distributed as dist
+
+    from videoldm_core.training import distributed
+
+    joined = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: joined.setdefault("device", index))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: joined.update(backend=backend, timeout=timeout))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    world = distributed.init_world(gpus=gpus)
+    assert (world.rank, world.size, world.local_rank) == (1, 2, 1)
+    assert joined["backend"] == backend and joined.get("device") == (1 if gpus else None)
+    assert joined["timeout"] == distributed.COLLECTIVE_TIMEOUT > datetime.timedelta(minutes=10)

@@ -4,6 +4,7 @@ where weights, gradients, optimiser and EMA state are split over the ranks."""
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -26,19 +27,24 @@ class World:
         return self.size > 1
 
 
-def init_world() -> World:
+# how long a rank waits at a collective: rank 0 alone encodes a data folder's latent cache and renders
+# the validation video while the others wait at a barrier (torch's default is 10 minutes for nccl)
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
+
+
+def init_world(gpus: bool = True) -> World:
     """The process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), or a single process.
-    gloo on CPU, nccl when every rank has a GPU."""
+    gloo on CPU (also for a run told to stay on the CPU, `gpus` False), nccl when every rank has a GPU."""
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     size = int(os.environ.get("WORLD_SIZE", 1))
     if size <= 1:
         return World()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > local_rank else "gloo"
+    backend = "nccl" if gpus and torch.cuda.is_available() and torch.cuda.device_count() > local_rank else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend)
+    dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
