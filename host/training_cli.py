@@ -373,8 +373,7 @@ def run_vae(config, world, train_config, batch_size: int, output: Path) -> int:
     def write(trainer):
         trained = trained_state(autoencoder, trainer, phase="autoencoder", attribute="autoencoder")
         autoencoder.load_state_dict(trained)
-        frames = torch.cat([item["frames"] for item in items]).to(device)
-        scale = latent_scale(autoencoder, frames)
+        scale = latent_scale(autoencoder, (item["frames"].to(device) for item in items))   # clip by clip
         measured = dataclasses.replace(spec, vae_config={**spec.vae_config, "scale_factor": round(scale, 5)})
         write_bundle(config, output, measured, "vae", trained)
         print(f"latent scale factor {scale:.5f}", flush=True)

@@ -66,6 +66,8 @@ def test_latent_scale_brings_latents_to_unit_variance():
     scale = latent_scale(ae, images, chunk=5)
     mean, _ = posterior(ae, images)
     assert (mean * scale).std().item() == pytest.approx(1.0, rel=1e-4)
+    clip_by_clip = latent_scale(ae, iter([images[:4], images[4:9], images[9:]]), chunk=3)   # never one tensor
+    assert clip_by_clip == pytest.approx(scale, rel=1e-9)
 
 
 def test_bad_input_is_refused():

@@ -12,6 +12,8 @@ Batch: frames (B, T, 3, H, W) in [-1, 1] (every frame an independent image), sam
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -62,9 +64,20 @@ class AutoencoderPhase(Phase):
         return loss, {"loss": loss.item(), "rec": rec.item(), "kl": kl.item()}
 
 @torch.no_grad()
-def latent_scale(autoencoder, images: torch.Tensor, chunk: int = 16) -> float:
-    """1 / std of the posterior means over `images` (N, 3, H, W): the latent format's scale factor."""
-    if images.ndim != 4 or images.shape[0] < 2:
-        raise TrainingError(f"expected at least 2 images (N, 3, H, W) to measure the latent scale, found {tuple(images.shape)}.")
-    means = torch.cat([posterior(autoencoder, images[i:i + chunk])[0].float() for i in range(0, images.shape[0], chunk)])
-    return float(1.0 / means.std())
+def latent_scale(autoencoder, images, chunk: int = 16) -> float:
+    """1 / std of the posterior means over `images`, (N, 3, H, W) or an iterable of such blocks (one
+    frame folder's clip after another: no video of all frames is ever whole, on the host or the
+    device): the latent format's scale factor. The std is taken from running float64 sums."""
+    blocks = images.split(chunk) if torch.is_tensor(images) else images
+    seen, count, total, squares = 0, 0, 0.0, 0.0
+    for block in blocks:
+        if block.ndim != 4:
+            raise TrainingError(f"expected images (N, 3, H, W) to measure the latent scale, found {tuple(block.shape)}.")
+        for piece in block.split(chunk):
+            means = posterior(autoencoder, piece)[0].double()
+            seen, count = seen + piece.shape[0], count + means.numel()
+            total, squares = total + means.sum().item(), squares + (means ** 2).sum().item()
+    if seen < 2:
+        raise TrainingError(f"expected at least 2 images (N, 3, H, W) to measure the latent scale, found {seen}.")
+    variance = (squares - total * total / count) / (count - 1)   # unbiased, as torch.std
+    return float(1.0 / math.sqrt(variance))
