@@ -40,6 +40,23 @@ def test_native_file_round_trips_exactly(tmp_path):
     assert all(torch.equal(again.state_dict()[k], v) for k, v in adapter.state_dict().items())
 
 
+def test_a_save_cut_short_leaves_the_file_there_before_untouched(tmp_path, monkeypatch):
+    import videoldm_core.weights_file as weights_file
+
+    spec = AdapterSpec("SD1.x", "videoldm", videoldm_slots(LAYOUT), description="test")
+    save_adapter(tmp_path / "a.safetensors", randomized(TemporalAdapter(spec)))
+    before = (tmp_path / "a.safetensors").read_bytes()
+
+    def half_write(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half an adapter")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(weights_file, "save_file", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_adapter(tmp_path / "a.safetensors", TemporalAdapter(spec))
+    assert (tmp_path / "a.safetensors").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
 def _read(path):
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:

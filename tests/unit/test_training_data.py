@@ -304,14 +304,14 @@ def test_interrupted_build_leaves_only_whole_shards_and_resumes(mp4_folder, tmp_
 
 
 def test_a_write_cut_short_leaves_no_shard_behind(mp4_folder, tmp_path, monkeypatch):
-    import videoldm_core.training.latent_cache as latent_cache
+    import videoldm_core.weights_file as weights_file   # the pack's one atomic writer of safetensors files
 
     def half_write(tensors, path, metadata=None):
         with open(path, "wb") as f:
             f.write(b"half a shard")
         raise OSError("disk full")
 
-    monkeypatch.setattr(latent_cache, "save_file", half_write)
+    monkeypatch.setattr(weights_file, "save_file", half_write)
     data = VideoFolder(mp4_folder, ClipSpec(frames=2, fps=None, height=48, width=64))
     with pytest.raises(OSError, match="disk full"):
         build_latent_cache(data, encode_stub([]), tmp_path, "stub-vae", shard_size=1)
