@@ -61,6 +61,11 @@ def load_temporal_adapter(path: str, name: str) -> LoadedAdapter:
     """The adapter file `name` (as listed in its models folder), checked before anything is built
     (videoldm_core.importers.read_adapter_file)."""
     spec, native = read_adapter_file(path, name)
+    if spec.source == "svd":
+        log.warning("Video LDM: '%s' holds SVD's temporal layers. On an SD2.x UNet they run in the paper's layout, "
+                    "not as SVD trained them (there they read SVD's own embedding of the EDM noise level, fps and "
+                    "motion labels, and a CLIP image token): use them to start training (train.py adapter.init), "
+                    "not as a ready video model.", name)
     return LoadedAdapter(name, spec, build_adapter_patcher(spec, native, source=f"'{name}'"))
 
 

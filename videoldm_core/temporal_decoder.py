@@ -99,8 +99,11 @@ class DecoderTemporalBlock(nn.Module):
 
 
 class DecoderTemporalAttention(nn.Module):
-    """Self-attention over frames at each position after a decoder attention block (sgm VideoBlock's
-    role): x + frame embedding → temporal transformer block → α·temporal + (1−α)·spatial."""
+    """Self-attention over frames at each position after a decoder attention block, the pack's own
+    design (not the layout of sgm's VideoBlock / core's AttnVideoBlock, which mixes inside the
+    attention block, before proj_out, with α on the spatial branch; no public file ships those
+    layers, SVD decodes with its 3D-conv blocks only): x + frame embedding → temporal transformer
+    block → α·temporal + (1−α)·spatial."""
 
     def __init__(self, channels: int, merge_strategy: str = "learned", alpha: float = 0.0, operations=nn):
         super().__init__()

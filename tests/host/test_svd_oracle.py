@@ -58,3 +58,21 @@ def test_imported_svd_temporal_layers_match_the_native_svd_unet(pack_module):
         image_only = model.model.diffusion_model(x, t, context=context, transformer_options={})
     assert (got - expected).abs().max() < TOLERANCE
     assert (image_only - expected).abs().max() > 1000 * TOLERANCE, "the temporal layers made no difference"
+
+
+def test_loading_svds_temporal_layers_says_they_are_not_run_as_trained(pack_module, tmp_path, caplog):
+    """SVD trained them reading its own noise-level embedding, labels and image token; on SD2.x they
+    read SD2.x's: Load Temporal Adapter says so, and loads them as the start for training they are."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from safetensors.torch import save_file
+
+    base = unet_configs.tiny(unet_configs.SD21, width=64, context_dim=32, head_width=64)
+    with torch.device("meta"):
+        shapes = UNetModel(**video_config(base), operations=comfy.ops.disable_weight_init).state_dict()
+    save_file({f"model.diffusion_model.{k}": torch.zeros(v.shape) for k, v in shapes.items()
+               if any(t in k for t in (".time_stack.", ".time_mixer.", ".time_pos_embed."))}, str(tmp_path / "svd.safetensors"))
+    with caplog.at_level("WARNING", logger="videoldm"):
+        loaded = pack_module("host.temporal_adapter").load_temporal_adapter(str(tmp_path / "svd.safetensors"), "svd.safetensors")
+    assert loaded.spec.source == "svd"
+    assert "'svd.safetensors' holds SVD's temporal layers" in caplog.text and "not as SVD trained them" in caplog.text
