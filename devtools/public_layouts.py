@@ -51,5 +51,5 @@ VARIANTS = {
     "v3": dict(widths=SD15_WIDTHS),
     "sdxl": dict(widths=SDXL_WIDTHS),
     "animatelcm": dict(widths=SD15_WIDTHS, mid=True, with_pe=False),
-    "hotshotxl": dict(widths=SDXL_WIDTHS, pe_len=8, hotshot=True),
+    "hotshotxl": dict(widths=SDXL_WIDTHS, pe_len=24, hotshot=True),   # Hotshot-XL PositionalEncoding max_length=24
 }

@@ -121,7 +121,7 @@ def test_lavie_vsr_is_named_and_explained():
     ("v3", "SD1.x", 32, 20),
     ("sdxl", "SDXL", 32, 15),
     ("animatelcm", "SD1.x", 64, 21),
-    ("hotshotxl", "SDXL", 8, 15),
+    ("hotshotxl", "SDXL", 24, 15),
 ])
 def test_animatediff_variants_are_detected_and_load_strictly(variant, family, max_len, slots):
     version = variant
