@@ -42,7 +42,8 @@ def check_context_encoder(model, num_given: int, on_missing: str) -> bool:
     readers = [a for a in adapters if a.adapter.spec.has_context_encoder]
     if not readers:
         if on_missing == "ignore":
-            log.warning("Video LDM: no applied temporal adapter has a context encoder; the context frames are ignored.")
+            log.warning("Video LDM: no applied temporal adapter has a context encoder; the context frames are ignored: "
+                        "neither read nor kept (keep_given_frames has no effect), the video is sampled as without them.")
             return False
         names = ", ".join(f"'{a.name}'" for a in adapters) or "none"
         raise ContextError(f"context frames were given but no applied temporal adapter has a context encoder "

@@ -94,14 +94,16 @@ def test_given_frames_come_out_unchanged_when_kept(ctx, given):
     assert (out[[1, 2, 4, 5]]).abs().max() > 0.1
 
 
-def test_an_adapter_without_a_context_encoder_refuses_a_context(ctx, given):
+def test_an_adapter_without_a_context_encoder_refuses_a_context(ctx, given, caplog):
     context = video_context(ctx, given, [0, 1])
     node = ctx["nodes"].guidance.ContextGuiderNode
     with pytest.raises(ctx["context"].ContextError, match="no applied temporal adapter has a context encoder.*'plain'"):
         node.execute(model=ctx["plain"], positive=ctx["positive"], negative=ctx["negative"], context=context, cfg=3.0,
                      context_scale=1.0, keep_given_frames=True, if_no_context_encoder="error")
-    ignoring = node.execute(model=ctx["plain"], positive=ctx["positive"], negative=ctx["negative"], context=context,
-                            cfg=3.0, context_scale=1.0, keep_given_frames=True, if_no_context_encoder="ignore").result[0]
+    with caplog.at_level("WARNING", logger="videoldm"):
+        ignoring = node.execute(model=ctx["plain"], positive=ctx["positive"], negative=ctx["negative"], context=context,
+                                cfg=3.0, context_scale=1.0, keep_given_frames=True, if_no_context_encoder="ignore").result[0]
+    assert "neither read nor kept (keep_given_frames has no effect)" in caplog.text
     assert torch.equal(run(ignoring), run(cfg_guider(ctx["plain"], ctx["positive"], ctx["negative"], 3.0)))
 
 
