@@ -90,15 +90,17 @@ def _require_complete(component: str, module: torch.nn.Module, state_dict: dict,
 
 
 def build_model(spec: BundleSpec, unet_part: dict[str, torch.Tensor], source: str = "bundle",
-                disable_dynamic: bool = False):
+                disable_dynamic: bool = False, dtype: torch.dtype | None = None):
     """The MODEL, loaded strictly from the bundle's UNet tensors (full keys). `disable_dynamic`: in
-    core's legacy ModelPatcher even where the server enables DynamicVRAM, as core's loaders take it."""
+    core's legacy ModelPatcher even where the server enables DynamicVRAM, as core's loaders take it.
+    `dtype`: the UNet's weights in it (a training run's precision), not the device's default."""
     model_config = bundle_model_config(spec)
     unet_sd = comfy.utils.state_dict_prefix_replace(unet_part, {COMPONENT_PREFIXES["unet"]: ""}, filter_keys=True)
     parameters = comfy.utils.calculate_parameters(unet_sd)
     load_device = mm.get_torch_device()
-    unet_dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=list(model_config.supported_inference_dtypes),
-                               weight_dtype=comfy.utils.weight_dtype(unet_sd))
+    unet_dtype = dtype or mm.unet_dtype(model_params=parameters,
+                                        supported_dtypes=list(model_config.supported_inference_dtypes),
+                                        weight_dtype=comfy.utils.weight_dtype(unet_sd))
     check_range(unet_sd, unet_dtype, source, BundleFormatError)
     manual_cast_dtype = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(unet_dtype, manual_cast_dtype, device=load_device)
@@ -110,11 +112,13 @@ def build_model(spec: BundleSpec, unet_part: dict[str, torch.Tensor], source: st
     return patcher
 
 
-def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], source: str = "bundle"):
-    """(MODEL, CLIP, VAE) as ComfyUI objects, loaded strictly from `state_dict`."""
+def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], source: str = "bundle",
+                     unet_dtype: torch.dtype | None = None):
+    """(MODEL, CLIP, VAE) as ComfyUI objects, loaded strictly from `state_dict`; the UNet's weights in
+    `unet_dtype` when given."""
     parts = split_components(state_dict, source)
     model_config = bundle_model_config(spec)
-    patcher = build_model(spec, parts["unet"], source)
+    patcher = build_model(spec, parts["unet"], source, dtype=unet_dtype)
 
     vae_sd = comfy.utils.state_dict_prefix_replace(parts["vae"], {COMPONENT_PREFIXES["vae"]: ""}, filter_keys=True)
     vae = comfy.sd.VAE(sd=vae_sd, config=_vae_config(spec))

@@ -34,8 +34,9 @@ from ..videoldm_core.importers import read_adapter_file
 from ..videoldm_core.interpolation import MAX_AUGMENTATION
 from ..videoldm_core.placement import animatediff_slots, videoldm_slots
 from ..videoldm_core.positional import check_frame_limit
-from ..videoldm_core.temporal_adapter import AdapterFormatError, AdapterSpec, TemporalAdapter, resolve_slots, save_adapter
-from ..videoldm_core.weights_file import check_range
+from ..videoldm_core.temporal_adapter import (ADAPTER_METADATA_KEY, AdapterFormatError, AdapterSpec, TemporalAdapter,
+                                              resolve_slots, save_adapter)
+from ..videoldm_core.weights_file import WeightsFile, check_range
 from .confined_paths import file_inside
 from .context import route_context, slicing_context_in_windows
 from .clip_norms import output_norm_over_clip
@@ -61,7 +62,8 @@ def load_temporal_adapter(path: str, name: str) -> LoadedAdapter:
     """The adapter file `name` (as listed in its models folder), checked before anything is built
     (videoldm_core.importers.read_adapter_file)."""
     spec, native = read_adapter_file(path, name)
-    if spec.source == "svd":
+    if spec.source == "svd" and ADAPTER_METADATA_KEY not in WeightsFile(path, name, AdapterFormatError).metadata:
+        # SVD's own layers, imported from its checkpoint (not an adapter trained from them and saved)
         log.warning("Video LDM: '%s' holds SVD's temporal layers. On an SD2.x UNet they run in the paper's layout, "
                     "not as SVD trained them (there they read SVD's own embedding of the EDM noise level, fps and "
                     "motion labels, and a CLIP image token): use them to start training (train.py adapter.init), "

@@ -94,6 +94,7 @@ def pretrainable_unet(model):
     outside inference mode, requiring grad. The user's MODEL is never changed."""
     model = copied_model(model)
     model.model.diffusion_model.float().requires_grad_(True)
+    model.model.diffusion_model.dtype, model.model.manual_cast_dtype = torch.float32, None   # what get_dtype() says
     return model
 
 
@@ -147,7 +148,7 @@ def training_precision(requested: str, base, quiet: bool = False) -> str:
                             "fp32, bf16 or fp16 (e.g. without --fp8_e4m3fn-unet).")
     if not quiet:
         log.warning("Video LDM: the UNet's weights are %s, so training computes in %s (precision fp32 needs an fp32 "
-                    "UNet, e.g. ComfyUI started with --fp32-unet).", weights, resolved)
+                    "UNet: ComfyUI started with --fp32-unet).", weights, resolved)
     return resolved
 
 

@@ -98,14 +98,15 @@ from .validation import ValidationVideos, validation_note, validation_settings
 def load_checkpoint(path: str, precision: str | None = None):
     """(MODEL, CLIP, VAE) from a Video LDM bundle or any checkpoint ComfyUI recognises; with a run's
     `precision`, a checkpoint's UNet held in that dtype (fp32 for fp32), not the device's default."""
+    dtype = (PRECISIONS[precision] or torch.float32) if precision else None
     try:
         spec = read_bundle_spec(path)
     except BundleFormatError:
-        options = {"dtype": PRECISIONS[precision] or torch.float32} if precision else {}
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
-                                                                    model_options=options)
+                                                                    model_options={"dtype": dtype} if dtype else {})
         return model, clip, vae
-    return build_components(spec, comfy.utils.load_torch_file(path, safe_load=True), source=f"'{Path(path).name}'")
+    return build_components(spec, comfy.utils.load_torch_file(path, safe_load=True), source=f"'{Path(path).name}'",
+                            unet_dtype=dtype)
 
 
 def starting_adapter_from_config(model, settings: dict, mode: str):

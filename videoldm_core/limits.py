@@ -100,9 +100,10 @@ def check_number(name: str, value, low: float | None = None, high: float | None 
 def check_finite_input(values: torch.Tensor, node: str, name: str):
     """Refuses an input tensor (a LATENT's samples, IMAGE frames) holding NaN or infinity, naming the
     node and the input, before any work: a sampler or decoder would carry it into every frame."""
-    if bool(torch.isfinite(values).all()):
+    blocks = values.split(1) if values.ndim else (values,)   # frame by frame: no mask the size of the video
+    if all(bool(torch.isfinite(block).all()) for block in blocks):
         return
-    bad = int((~torch.isfinite(values)).sum())
+    bad = sum(int((~torch.isfinite(block)).sum()) for block in blocks)
     raise NonFiniteError(f"{node}: {name} holds {bad} NaN or infinite values (of {values.numel()}); the stage that "
                          "made it went wrong. Check it (its model, VAE and settings) and run again.")
 

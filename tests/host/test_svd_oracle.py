@@ -76,3 +76,9 @@ def test_loading_svds_temporal_layers_says_they_are_not_run_as_trained(pack_modu
         loaded = pack_module("host.temporal_adapter").load_temporal_adapter(str(tmp_path / "svd.safetensors"), "svd.safetensors")
     assert loaded.spec.source == "svd"
     assert "'svd.safetensors' holds SVD's temporal layers" in caplog.text and "not as SVD trained them" in caplog.text
+    caplog.clear()   # saved in the pack's format (e.g. after training from them): no longer SVD's own layers
+    pack_module("videoldm_core.temporal_adapter").save_adapter(tmp_path / "trained.safetensors", loaded.patcher.model,
+                                                               loaded.spec)
+    with caplog.at_level("WARNING", logger="videoldm"):
+        pack_module("host.temporal_adapter").load_temporal_adapter(str(tmp_path / "trained.safetensors"), "trained.safetensors")
+    assert "SVD's temporal layers" not in caplog.text

@@ -148,6 +148,18 @@ def test_the_runs_precision_is_what_the_unet_and_adapter_compute_in(tr):
         host.training_precision("fp32", weights(torch.float8_e4m3fn))
 
 
+def test_the_cli_loads_a_bundles_unet_in_the_runs_precision_and_pretraining_copies_are_fp32(tr, pack_module):
+    from devtools import tiny_bundles
+
+    host, spec = tr["host"], tiny_bundles.tiny_sd1_spec()
+    bf16 = pack_module("host.bundle").build_components(spec, tiny_bundles.random_bundle_state_dict(spec, seed=5),
+                                                       unet_dtype=torch.bfloat16)[0]
+    assert bf16.model.get_dtype() == torch.bfloat16 and host.training_precision("fp32", bf16, quiet=True) == "bf16"
+    copy = host.pretrainable_unet(bf16)   # image pretraining trains the whole UNet in fp32
+    assert copy.model.get_dtype() == torch.float32 and host.training_precision("fp32", copy) == "fp32"
+    assert bf16.model.get_dtype() == torch.bfloat16   # the loaded MODEL is not changed
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tr):
     grads = []
     for checkpointing in (False, True):

@@ -82,3 +82,8 @@ def test_bad_input_is_refused():
                                              torch.Generator())
     with pytest.raises(TrainingError, match="at least 2 images"):
         latent_scale(TinyKL(), torch.zeros(1, 3, 16, 16))
+    collapsed = TinyKL()
+    with torch.no_grad():
+        collapsed.quant_conv.weight.zero_(), collapsed.quant_conv.bias.zero_()   # the same latent for every image
+    with pytest.raises(TrainingError, match="latents do not vary over 4 images .* it has collapsed"):
+        latent_scale(collapsed, torch.rand(4, 3, 16, 16))

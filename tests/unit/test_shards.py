@@ -78,9 +78,20 @@ def test_shards_that_give_no_clip_stop_the_stream_instead_of_reading_them_foreve
     spec = SPEC if problem == "missing" else ClipSpec(frames=40, fps=15.0, height=32, width=32)   # 12 frames at 30 fps
     stream = iter(ShardClips(urls, spec, passes=3, shuffle=0))   # training reads endless passes: it stops after the first
     reason = "No such file" if problem == "missing" else "too short"
-    with pytest.raises(TrainingError, match=f"a whole pass over the 2 shard\\(s\\) gave this reader .* no clip it could "
-                                            f"use; [0-9]+ sample\\(s\\) or shard\\(s\\) skipped, the last: .*{reason}"):
+    with pytest.raises(TrainingError, match=f"every one of the 2 shard\\(s\\) was read by this reader .* without a clip "
+                                            f"it could use; [0-9]+ sample\\(s\\) or shard\\(s\\) skipped, the last: .*{reason}"):
         next(stream)
+
+
+def test_one_bad_shard_among_good_ones_is_skipped_pass_after_pass(shards, monkeypatch):
+    """Two readers, one shard each per pass: a pass in which a reader draws the bad shard gives it
+    nothing, and is no reason to stop; the reader goes on to the good shard in later passes."""
+    out, _ = shards
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    urls = [str(out / "typo-000000.tar"), str(out / "clips-000000.tar")]
+    items = list(ShardClips(urls, SPEC, passes=6, shuffle=0))
+    assert len(items) >= 2 and items[-1]["skipped"] >= 1
 
 
 def test_a_member_declaring_more_than_a_clip_may_have_is_skipped_unread(shards, tmp_path, caplog):
@@ -100,7 +111,7 @@ def test_a_member_declaring_more_than_a_clip_may_have_is_skipped_unread(shards, 
         items = read([str(bomb), str(out / "clips-000000.tar")], max_member_bytes=4096 + 1024 * 1024)
     assert len(items) == 2 and not any("'000.mp4'" in r.message and "declares" in r.message for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING), pytest.raises(TrainingError, match="no clip it could use; 1 sample"):
+    with caplog.at_level(logging.WARNING), pytest.raises(TrainingError, match="without a clip it could use; 1 sample"):
         read([str(bomb)], max_member_bytes=4096)   # its one member skipped: a pass of nothing stops the stream
     assert any("member '000.mp4'" in r.message and "declares 65536 bytes" in r.message for r in caplog.records)
 

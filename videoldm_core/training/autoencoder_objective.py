@@ -74,10 +74,13 @@ def latent_scale(autoencoder, images, chunk: int = 16) -> float:
         if block.ndim != 4:
             raise TrainingError(f"expected images (N, 3, H, W) to measure the latent scale, found {tuple(block.shape)}.")
         for piece in block.split(chunk):
-            means = posterior(autoencoder, piece)[0].double()
+            means = posterior(autoencoder, piece)[0].detach().cpu().double()   # float64 on the host (MPS has none)
             seen, count = seen + piece.shape[0], count + means.numel()
             total, squares = total + means.sum().item(), squares + (means ** 2).sum().item()
     if seen < 2:
         raise TrainingError(f"expected at least 2 images (N, 3, H, W) to measure the latent scale, found {seen}.")
     variance = (squares - total * total / count) / (count - 1)   # unbiased, as torch.std
+    if not variance > 0:
+        raise TrainingError(f"the autoencoder's latents do not vary over {seen} images (variance {variance:g}): it has "
+                            "collapsed; no latent scale can be measured. Train it with a lower learning rate.")
     return float(1.0 / math.sqrt(variance))

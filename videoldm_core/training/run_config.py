@@ -143,7 +143,7 @@ DEFAULT_FRAMES = 8   # data.frames when absent (the clip length the readers cut)
 def check_ranges(config: dict, mode: str):
     """The values whose range the trainer would find wrong only after the model is loaded and the data
     encoded (a batch of 0, clips a mode cannot learn from)."""
-    train, data = config.get("train", {}), config.get("data", {})
+    data = config.get("data", {})
     for section, key, least in (("train", "batch_size", 1), ("data", "width", 8), ("data", "height", 8),
                                 ("data", "workers", 0), ("data", "shuffle", 0)):
         value = config.get(section, {}).get(key)

@@ -70,7 +70,7 @@ class ShardClips(IterableDataset):
         self.urls, self.spec, self.seed, self.shuffle = list(urls), spec, seed, shuffle
         self.max_member_bytes = max_member_bytes
         self.source_fps, self.passes, self.flip = source_fps, passes, flip
-        self.skipped, self.last_skipped = 0, None
+        self.skipped, self.last_skipped, self.pass_urls = 0, None, []
         self.start: dict[int, tuple[int, int]] = {}   # worker -> (pass, first sample to read): where a resumed run goes on
 
     def skip(self, what: str, reason) -> None:
@@ -93,8 +93,9 @@ class ShardClips(IterableDataset):
                                 "reader needs at least one shard; write more, smaller shards or use fewer workers.")
         order = list(self.urls)
         random.Random(f"{self.seed}-shards-{pass_index}").shuffle(order)   # the same order on every rank
-        shards = wds.split_by_worker(wds.split_by_node({"url": url} for url in order))
-        opened = wds.tariterators.url_opener(shards, handler=self.skip_shard_error)
+        shards = list(wds.split_by_worker(wds.split_by_node({"url": url} for url in order)))
+        self.pass_urls = [shard["url"] for shard in shards]   # this reader's shards in this pass
+        opened = wds.tariterators.url_opener(iter(shards), handler=self.skip_shard_error)
         samples = wds.tariterators.group_by_keys(self.members(opened), handler=self.skip_shard_error)
         if self.shuffle > 1:
             rng = random.Random(f"{self.seed}-buffer-{rank}-{worker}-{pass_index}")
@@ -153,21 +154,27 @@ class ShardClips(IterableDataset):
 
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
         pass_index, first = self.start.get(worker, (0, 0))
+        fruitless, skipped = set(), self.skipped   # shards this reader read since its last clip, in whole passes
         while self.passes is None or pass_index < self.passes:
-            clips, skipped = 0, self.skipped
+            clips = 0
             for index, sample in enumerate(self.samples(pass_index)):
                 if index < first:
                     continue   # read before the resume point: passed over undecoded
                 item = self.clip(sample, random.Random(f"{self.seed}-clip-{rank}-{worker}-{pass_index}-{index}"))
                 if item is not None:
                     clips += 1
+                    fruitless, skipped = set(), self.skipped
                     yield {**item, "position": (worker, pass_index, index)}
-            if clips == 0 and first == 0:   # a whole pass of nothing: every later pass would read the same nothing
-                raise TrainingError(
-                    f"data.shards: a whole pass over the {len(self.urls)} shard(s) gave this reader (rank {rank}, "
-                    f"worker {worker}) no clip it could use; {self.skipped - skipped} sample(s) or shard(s) skipped, "
-                    f"the last: {self.last_skipped or 'none (its shards hold no samples)'}. Check the "
-                    f"shard paths and that the clips hold {self.spec.frames} frames at the fps asked for.")
+            if clips == 0 and first == 0:
+                fruitless.update(self.pass_urls)
+                # every shard read without a clip (each pass deals this reader other shards): every later
+                # pass would read the same nothing, forever; one bad shard among good ones is skipped
+                if fruitless >= set(self.urls):
+                    raise TrainingError(
+                        f"data.shards: every one of the {len(self.urls)} shard(s) was read by this reader (rank {rank}, "
+                        f"worker {worker}) without a clip it could use; {self.skipped - skipped} sample(s) or shard(s) "
+                        f"skipped, the last: {self.last_skipped or 'none (the shards hold no samples)'}. Check the "
+                        f"shard paths and that the clips hold {self.spec.frames} frames at the fps asked for.")
             pass_index, first = pass_index + 1, 0
 
 
