@@ -36,10 +36,8 @@ def given_latents(frames, images, vae, use_last: int = 0) -> torch.Tensor:
     if frames is not None and images is not None:
         raise ContextError("expected the given frames as a LATENT or as IMAGE frames with a VAE, found both.")
     if frames is not None:
-        samples = frames["samples"]
-        if getattr(samples, "is_nested", False) or samples.ndim != 4:
-            checked_video_latent(samples, "Video Context", "frames")   # refuses it, naming the input
-        return checked_video_latent(samples[-use_last:] if use_last else samples, "Video Context", "frames")
+        samples = checked_video_latent(frames["samples"], "Video Context", "frames")
+        return samples[-use_last:] if use_last else samples
     if images is None:
         raise ContextError("expected the given frames: connect a LATENT (frames) or IMAGE frames and a VAE.")
     if vae is None:

@@ -356,14 +356,14 @@ def starting_adapter(model, mode, spec=None, weights: dict | None = None, source
 
 def adapter_save_path(save_name: str) -> str:
     """Where `save_name` is saved: inside models/temporal_adapters by its real path. A name already
-    taken (a downloaded motion module, an earlier run) is kept: the new file gets a counter,
-    <save_name>_00001_.safetensors, as core's save nodes number theirs."""
+    taken (a downloaded motion module, an earlier run) is kept: the new file gets core's counter,
+    <save_name>_00001_.safetensors, as Save Temporal Adapter's files do."""
     root, stem = folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0], save_name.removesuffix(".safetensors")
-    path, counter = file_inside(root, stem + ".safetensors", f"models/{TEMPORAL_ADAPTERS}"), 0
-    while os.path.lexists(path):
-        counter += 1
-        path = file_inside(root, f"{stem}_{counter:05}_.safetensors", f"models/{TEMPORAL_ADAPTERS}")
-    return path
+    path = file_inside(root, stem + ".safetensors", f"models/{TEMPORAL_ADAPTERS}")
+    if not os.path.lexists(path):
+        return path
+    _, name, counter, subfolder, _ = folder_paths.get_save_image_path(stem, root)
+    return file_inside(root, os.path.join(subfolder, f"{name}_{counter:05}_.safetensors"), f"models/{TEMPORAL_ADAPTERS}")
 
 
 def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, steps: int, learning_rate: float,
