@@ -4,7 +4,7 @@ of a fresh base directory, `pip install -r requirements.txt`, no model step); pr
 Keyframes by prediction rollout at 1.875 fps → interpolation twice (7.5, 30 fps) → temporal decode
 → x4 temporal upscaling → temporal decode → mp4.
 
-Usage: devtools/demo.sh [--workflow workflows/api/cascade.json] [--strip frames.png]
+Usage: devtools/demo.sh [--workflow workflows/api/cascade.json] [--strip frames.png] [--timeout SECONDS]
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workflow", default=str(paths.api_prompt("cascade")))
     parser.add_argument("--strip", help="also write a strip of the video's frames (PNG) here")
+    parser.add_argument("--timeout", type=float, default=1800.0,
+                        help="seconds the prompt may run (default 1800; the minute render takes ~2,000 on 2 cores)")
     args = parser.parse_args(argv)
 
     prompt = json.loads(open(args.workflow).read())
@@ -55,7 +57,7 @@ def main(argv=None) -> int:
             return 1
         print(f"[demo] ComfyUI at {server.url}; running {args.workflow}", file=sys.stderr)
         start = time.monotonic()
-        run = server.run_prompt(prompt, timeout=1800.0, on_message=ProgressPrinter(prompt))
+        run = server.run_prompt(prompt, timeout=args.timeout, on_message=ProgressPrinter(prompt))
         if run.status != "success":
             print(f"[demo] the prompt failed: {run.error_message() or run.status}\n{server.log_tail()}", file=sys.stderr)
             return 1

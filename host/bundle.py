@@ -95,13 +95,14 @@ def build_model(spec: BundleSpec, unet_part: dict[str, torch.Tensor], source: st
     core's legacy ModelPatcher even where the server enables DynamicVRAM, as core's loaders take it.
     `dtype`: the UNet's weights in it (a training run's precision), not the device's default."""
     model_config = bundle_model_config(spec)
-    unet_sd = comfy.utils.state_dict_prefix_replace(unet_part, {COMPONENT_PREFIXES["unet"]: ""}, filter_keys=True)
+    # core's prefix replace pops the keys it moves: it is given a copy, so the part keeps the file's keys
+    unet_sd = comfy.utils.state_dict_prefix_replace(dict(unet_part), {COMPONENT_PREFIXES["unet"]: ""}, filter_keys=True)
     parameters = comfy.utils.calculate_parameters(unet_sd)
     load_device = mm.get_torch_device()
     unet_dtype = dtype or mm.unet_dtype(model_params=parameters,
                                         supported_dtypes=list(model_config.supported_inference_dtypes),
                                         weight_dtype=comfy.utils.weight_dtype(unet_sd))
-    check_range(unet_sd, unet_dtype, source, BundleFormatError)
+    check_range(unet_part, unet_dtype, source, BundleFormatError)   # named by the file's keys
     manual_cast_dtype = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(unet_dtype, manual_cast_dtype, device=load_device)
     model = model_config.get_model(unet_sd, device=mm.unet_inital_load_device(parameters, unet_dtype))
@@ -120,10 +121,11 @@ def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], sour
     model_config = bundle_model_config(spec)
     patcher = build_model(spec, parts["unet"], source, dtype=unet_dtype)
 
-    vae_sd = comfy.utils.state_dict_prefix_replace(parts["vae"], {COMPONENT_PREFIXES["vae"]: ""}, filter_keys=True)
+    vae_sd = comfy.utils.state_dict_prefix_replace(dict(parts["vae"]), {COMPONENT_PREFIXES["vae"]: ""}, filter_keys=True)
     vae = comfy.sd.VAE(sd=vae_sd, config=_vae_config(spec))
     vae.downscale_ratio = vae.upscale_ratio = spec.vae_scale_factor  # ComfyUI assumes 8 when given a config
     _require_complete("VAE", vae.first_stage_model, vae_sd, source)
+    check_range(parts["vae"], vae.vae_dtype, source, BundleFormatError)
 
     clip_sd = model_config.process_clip_state_dict(dict(parts["text_encoder"]))
     clip = comfy.sd.CLIP(_clip_target(spec), tokenizer_data=clip_sd,
@@ -131,7 +133,15 @@ def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], sour
     # SD checkpoints never store these two; the host leaves them at their defaults as well.
     _require_complete("text encoder", clip.cond_stage_model, clip_sd, source,
                       ignore_missing=(".logit_scale", ".text_projection.weight"))
+    # ComfyUI keeps the text encoder in float16 even on CPU: a weight of 1e6 would turn every cond infinite
+    check_range(parts["text_encoder"], narrowest_dtype(clip.cond_stage_model), source, BundleFormatError)
     return patcher, clip, vae
+
+
+def narrowest_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of smallest range among a module's parameters (CLIP's weights in float16
+    beside its float32 logit scale): what every weight must fit."""
+    return min({p.dtype for p in module.parameters() if p.is_floating_point()}, key=lambda d: torch.finfo(d).max)
 
 
 def check_bundle_file(spec: BundleSpec, file: WeightsFile):
@@ -165,15 +175,30 @@ def check_bundle_file(spec: BundleSpec, file: WeightsFile):
 def _open_checked(bundle_name: str):
     from .model_folders import BUNDLES, full_path
 
-    spec, file = open_bundle(full_path(bundle_name, BUNDLES, "checkpoints"), bundle_name)
+    return open_checked_bundle(full_path(bundle_name, BUNDLES, "checkpoints"), bundle_name)
+
+
+def open_checked_bundle(path, name: str | None = None):
+    """(spec, file) of the bundle at `path`: the spec read from the header and checked against the
+    file's shapes (check_bundle_file) before any weights are read."""
+    spec, file = open_bundle(path, name)
     check_bundle_file(spec, file)
     return spec, file
+
+
+def load_bundle_file(path, name: str | None = None, unet_dtype: torch.dtype | None = None):
+    """(MODEL, CLIP, VAE) from the bundle at `path` (the training CLI's way in), checked as
+    load_bundle checks: shapes before any weights are read, then no NaN, infinity or value beyond
+    the dtype each component is kept in."""
+    spec, file = open_checked_bundle(path, name)
+    return build_components(spec, file.tensors(), source=file.source, unet_dtype=unet_dtype)
 
 
 def load_bundle(bundle_name: str):
     """(MODEL, CLIP, VAE) from a bundle in models/videoldm_bundles (or the toy family) or
     models/checkpoints. The spec is read from the header and checked against the file's shapes
-    (check_bundle_file) before any weights are read, and no weight may be NaN or infinite.
+    (check_bundle_file) before any weights are read, and no weight may be NaN, infinite or beyond
+    the range of the dtype its component is kept in.
 
     The MODEL can be loaded again from the file, as core's loaders allow (`cached_patcher_init`):
     ModelPatcher.clone needs that for a fresh copy under DynamicVRAM (training, hooks, MultiGPU)."""

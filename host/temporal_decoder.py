@@ -29,7 +29,7 @@ from ..videoldm_core.temporal_decoder import (TemporalDecoder, TemporalDecoderFo
 from ..videoldm_core.weights_file import WeightsFile, build_on_meta, check_range
 from ..videoldm_core.state_dict import check_weights
 from ..videoldm_core.video_upscale import plan_tiles, smaller_tile
-from ..videoldm_core.video_file import VideoFileWriter
+from ..videoldm_core.video_file import VideoFileWriter, check_frame_size
 from ..videoldm_core.windows import windows
 from .model_folders import BUNDLES, TEMPORAL_DECODERS, full_path
 from .temporal_adapter import TEMPORAL_ADAPTERS
@@ -155,10 +155,12 @@ def decode_video_to_file(vae, samples: torch.Tensor, window: int, overlap: int, 
     """The frames `decode_video` gives, written to an mp4 at `path` window after window as they are
     finished, never held together: the streamed last stage of a long render. The file appears only
     when complete (videoldm_core.video_file). Returns the number of frames written."""
+    check_decodable(vae, samples)
+    height, width = (side * vae.upscale_ratio for side in samples.shape[-2:])
+    check_frame_size(width, height)              # before anything is decoded
+
     def write(blocks) -> int:
-        block = next(blocks)                     # the first window's frames give the frame size
-        with VideoFileWriter(path, block.shape[2], block.shape[1], fps) as video:
-            video.write(block)
+        with VideoFileWriter(path, width, height, fps) as video:
             for block in blocks:
                 video.write(block)
         return video.frames_written
@@ -167,6 +169,13 @@ def decode_video_to_file(vae, samples: torch.Tensor, window: int, overlap: int, 
 
 
 STREAMED_SUBFOLDER = "videoldm"   # in ComfyUI's temp folder, which ComfyUI empties at start
+_RENDERED: list[str] = []          # every file render_video returned in this server's life
+
+
+def lost_renders() -> tuple[str, ...]:
+    """The files render_video returned that are gone (the temp folder emptied by hand, or by a second
+    ComfyUI starting on the same folders): a cached VIDEO backed by one would fail in Save Video."""
+    return tuple(path for path in _RENDERED if not os.path.exists(path))
 
 
 def render_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int, fps: float
@@ -178,6 +187,7 @@ def render_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_siz
     name = f"temporal_vae_decode_{uuid.uuid4().hex[:12]}.mp4"
     path = os.path.join(folder, name)
     decode_video_to_file(vae, samples, window, overlap, tile_size, fps, path)
+    _RENDERED.append(path)
     return path, name
 
 
@@ -189,7 +199,8 @@ def _with_smaller_tiles(consume, vae, samples: torch.Tensor, window: int, overla
     while True:
         try:
             return consume(*window_decoder(vae, samples, window, overlap, tile_size))
-        except mm.OOM_EXCEPTION:
+        except Exception as e:   # core's test of out of memory (its VAE Decode's): CUDA's error and the accelerator's
+            mm.raise_non_oom(e)
             smaller = smaller_tile(tile_size, *samples.shape[-2:])
             if smaller is None:
                 raise
@@ -220,21 +231,34 @@ def _in_order(plan, decode, scale, device):
         yield start, block[0]
 
 
-def window_decoder(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int):
-    """(plan, decode, scale, device): the tile plan over windows of frames, the function decoding one
-    region of it as one clip, the decoder's upsampling and the device the blend is kept on; the
-    VAE (and its temporal layers) loaded."""
-    if samples.ndim != 4 or samples.shape[1] != vae.latent_channels:
-        raise ValueError(f"Temporal VAE Decode: the latent has {samples.shape[1] if samples.ndim > 1 else '?'} channels "
-                         f"(shape {tuple(samples.shape)}), the VAE decodes {vae.latent_channels}-channel latents of shape "
-                         "(frames, channels, height, width). Use the VAE that matches the model that made the latent.")
-    check_finite_input(samples, "Temporal VAE Decode", "samples")
+def check_decodable(vae, samples: torch.Tensor):
+    """Refuses, before the VAE loads, latents it cannot decode as a video: another layout, another
+    channel count, an empty side or non-finite values; and a VAE of another kind."""
     first_stage = vae.first_stage_model
     if (not isinstance(first_stage, AutoencodingEngine) or getattr(first_stage, "bn", None) is not None
             or not hasattr(first_stage, "decoder")):
         raise ValueError(f"Temporal VAE Decode: expected a VAE with a KL autoencoder's decoder (SD1.x, SD2.x, SDXL, SVD "
                          f"...), found {type(first_stage).__name__}, which it cannot decode in windows of frames. "
                          "Decode this latent with core's VAE Decode.")
+    if samples.ndim != 4:
+        raise ValueError(f"Temporal VAE Decode: samples: expected image latents (frames, channels, height, width), found "
+                         f"shape {tuple(samples.shape)}; a video model's 5-D latent decodes with its own VAE Decode.")
+    if samples.shape[1] != vae.latent_channels:
+        raise ValueError(f"Temporal VAE Decode: the latent has {samples.shape[1]} channels (shape {tuple(samples.shape)}), "
+                         f"the VAE decodes {vae.latent_channels}-channel latents. Use the VAE that matches the model "
+                         "that made the latent.")
+    if 0 in samples.shape:
+        raise ValueError(f"Temporal VAE Decode: samples: expected at least one frame of at least 1x1 latent pixels, "
+                         f"found shape {tuple(samples.shape)}.")
+    check_finite_input(samples, "Temporal VAE Decode", "samples")
+
+
+def window_decoder(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int):
+    """(plan, decode, scale, device): the tile plan over windows of frames, the function decoding one
+    region of it as one clip, the decoder's upsampling and the device the blend is kept on; the
+    VAE (and its temporal layers) loaded."""
+    check_decodable(vae, samples)
+    first_stage = vae.first_stage_model
     frames, _, height, width = samples.shape
     windows(frames, window, overlap)  # raises on window < 1 or overlap >= window, in the node's words
     tile = tile_size if tile_size > 0 else max(height, width)   # 0: whole frames

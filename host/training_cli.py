@@ -69,8 +69,8 @@ import comfy.model_management
 import comfy.sd
 import comfy.utils
 
-from ..videoldm_core.temporal_adapter import read_adapter_spec, save_adapter
-from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, read_bundle_spec, save_bundle
+from ..videoldm_core.temporal_adapter import AdapterFormatError, read_adapter_spec, save_adapter
+from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, holds_bundle, read_bundle_spec, save_bundle
 from ..videoldm_core.temporal_decoder import TemporalDecoder, TemporalDecoderSpec, read_addon_file, spec_for_decoder
 from ..videoldm_core.training.batches import StepBatches
 from ..videoldm_core.training.crops import latent_augmentation
@@ -86,8 +86,8 @@ from ..videoldm_core.training.monitor import TensorBoardLog
 from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.run_config import check_run_config
 from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig, latest_checkpoint
-from ..videoldm_core.weights_file import save_safetensors
-from .bundle import build_components
+from ..videoldm_core.weights_file import WeightsFile, save_safetensors
+from .bundle import load_bundle_file
 from .streamed_training import streamed_batches
 from .training import (UNetDenoiser, augmentation_schedule, caption_encoder, decoder_items, folder_items, noise_schedule,
                        pretrainable_unet, starting_adapter, trainable_base, trainable_decoder, trained_state,
@@ -99,14 +99,11 @@ def load_checkpoint(path: str, precision: str | None = None):
     """(MODEL, CLIP, VAE) from a Video LDM bundle or any checkpoint ComfyUI recognises; with a run's
     `precision`, a checkpoint's UNet held in that dtype (fp32 for fp32), not the device's default."""
     dtype = (PRECISIONS[precision] or torch.float32) if precision else None
-    try:
-        spec = read_bundle_spec(path)
-    except BundleFormatError:
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
-                                                                    model_options={"dtype": dtype} if dtype else {})
-        return model, clip, vae
-    return build_components(spec, comfy.utils.load_torch_file(path, safe_load=True), source=f"'{Path(path).name}'",
-                            unet_dtype=dtype)
+    if holds_bundle(path):   # checked as the loader node checks it: shapes first, then finite and in range
+        return load_bundle_file(path, Path(path).name, unet_dtype=dtype)
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
+                                                                model_options={"dtype": dtype} if dtype else {})
+    return model, clip, vae
 
 
 def starting_adapter_from_config(model, settings: dict, mode: str):
@@ -116,7 +113,8 @@ def starting_adapter_from_config(model, settings: dict, mode: str):
         spec = read_adapter_spec(init)
         if spec is None:
             raise TrainingError(f"'{init}': expected a native Video LDM adapter (with its spec in the metadata).")
-        return starting_adapter(model, mode, spec, comfy.utils.load_torch_file(init, safe_load=True), source=f"'{init}'")
+        weights = WeightsFile(init, Path(init).name, AdapterFormatError).tensors()   # each checked to be finite
+        return starting_adapter(model, mode, spec, weights, source=f"'{init}'")
     options = {k: v for k, v in settings.items() if k not in ("init", "patch")}
     return starting_adapter(model, mode, **options)
 

@@ -194,7 +194,8 @@ def upscale_video(model, positive, negative, images: torch.Tensor | None, noise_
             return {"samples": _sample(model, positive, negative, low_res, noise_augmentation, cfg, plan,
                                        *sampler_and_sigmas(model, sampler_name, scheduler, steps, sampler, sigmas),
                                        RunNoise(seed, noise, [frames], (4, height, width)))}
-        except mm.OOM_EXCEPTION:
+        except Exception as e:   # core's test of out of memory (its VAE Decode's): CUDA's error and the accelerator's
+            mm.raise_non_oom(e)
             smaller = smaller_tile(tile_size, height, width)
             if smaller is None:
                 raise

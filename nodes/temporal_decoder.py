@@ -8,8 +8,8 @@ from typing_extensions import override
 
 from ..host.model_folders import TEMPORAL_DECODERS, filenames
 from ..host.temporal_adapter import TEMPORAL_ADAPTERS
-from ..host.temporal_decoder import (NONE, STREAMED_SUBFOLDER, decode_video, load_temporal_vae_files, render_video,
-                                     vae_sources)
+from ..host.temporal_decoder import (NONE, STREAMED_SUBFOLDER, decode_video, load_temporal_vae_files, lost_renders,
+                                     render_video, vae_sources)
 from .io_types import checked_number_inputs, valid_numbers
 
 
@@ -118,7 +118,7 @@ class TemporalVAEDecodeToVideo(io.ComfyNode):
                                tooltip="Frames per second of the video file (as CreateVideo's fps)."),
                 io.Int.Input("window", default=17, min=1, max=4096,
                              tooltip="Frames decoded together as one clip, as in Temporal VAE Decode. Memory holds "
-                                     "about two windows of decoded frames, whatever the video's length."),
+                                     "about four windows of decoded frames, whatever the video's length."),
                 io.Int.Input("overlap", default=1, min=0, max=4095,
                              tooltip="Frames shared by neighbouring windows and cross-faded; less than the window.",
                              advanced=True),
@@ -134,6 +134,13 @@ class TemporalVAEDecodeToVideo(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, fps=None, window=None, overlap=None, tile_size=None):
         return valid_windows(cls, fps=fps, window=window, overlap=overlap, tile_size=tile_size)
+
+    @classmethod
+    @override
+    def fingerprint_inputs(cls, **kwargs):
+        """Changes when a video this node returned has lost its file, so that ComfyUI renders again
+        instead of handing Save Video a cached VIDEO whose file is gone."""
+        return lost_renders()
 
     @classmethod
     @override

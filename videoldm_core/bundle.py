@@ -46,6 +46,20 @@ _DDCONFIG_SIZES = ("ch", "z_channels", "num_res_blocks", "in_channels", "out_ch"
 MAX_WIDTH = 1 << 16
 MAX_CONFIG_INT = 1 << 20       # token ids and vocabularies (CLIP's: 49,408) included
 MAX_LIST = 64                  # levels, blocks, depths per block
+LATENT_CHANNELS = 4            # the latent format of both bundle families (SD1.x and the x4 upscaler)
+SCALE_FACTOR_RANGE = (1e-4, 1e4)   # a latent scale factor that keeps float32 latents finite both ways
+# unet_config keys a spec may state: the spatial architecture of the SD families, as arguments of
+# ComfyUI's UNetModel. The others are the host's to choose (device, dtype, operations, attention
+# precision) or build what neither family has (class labels, SVD's temporal blocks, a codebook head).
+UNET_CONFIG_KEYS = frozenset((
+    "image_size", "in_channels", "out_channels", "model_channels", "channel_mult", "num_res_blocks", "dropout",
+    "conv_resample", "use_checkpoint", "num_heads", "num_head_channels", "num_heads_upsample",
+    "use_scale_shift_norm", "resblock_updown", "use_new_attention_order", "use_spatial_transformer",
+    "transformer_depth", "transformer_depth_middle", "transformer_depth_output", "context_dim", "legacy",
+    "disable_self_attentions", "num_attention_blocks", "disable_middle_self_attn", "use_linear_in_transformer",
+    "adm_in_channels", "use_temporal_resblock", "use_temporal_attention"))
+# keys stated only to say a part is absent (as ComfyUI's detected configs do): each must be unset
+_UNET_ABSENT = {"adm_in_channels": None, "use_temporal_resblock": False, "use_temporal_attention": False}
 
 
 class BundleFormatError(WeightsFileError):
@@ -77,6 +91,8 @@ class BundleSpec(MetadataSpec):
         _require_keys("unet_config", self.unet_config, _REQUIRED_UNET_KEYS)
         _require_keys("vae_config", self.vae_config, _REQUIRED_VAE_KEYS)
         _require_keys("text_encoder_config", self.text_encoder_config, _REQUIRED_TEXT_KEYS)
+        self._check_unet_keys()
+        _require_keys("vae_config.ddconfig", self.vae_config["ddconfig"], ("z_channels", "ch_mult"))
         self._check_numbers()
         _expect(self.unet_config["context_dim"] == self.text_encoder_config["hidden_size"],
                 "unet_config.context_dim equal to text_encoder_config.hidden_size",
@@ -85,8 +101,24 @@ class BundleSpec(MetadataSpec):
         _expect(self.unet_config["in_channels"] == self.latent_channels + image_channels,
                 f"unet_config.in_channels = {self.latent_channels} latent channels"
                 + (" + 3 low-res image channels" if image_channels else ""), str(self.unet_config["in_channels"]))
+        _expect(self.latent_channels == LATENT_CHANNELS,
+                f"vae_config.ddconfig.z_channels = {LATENT_CHANNELS} (the latent format of the {self.family} family)",
+                str(self.latent_channels))
         scale = self.vae_config.get("scale_factor", 1.0)
-        _expect(isinstance(scale, (int, float)) and scale > 0, "vae_config.scale_factor a positive number", repr(scale))
+        low, high = SCALE_FACTOR_RANGE
+        _expect(isinstance(scale, (int, float)) and not isinstance(scale, bool) and low <= scale <= high,
+                f"vae_config.scale_factor a number from {low:g} to {high:g} (SD's is 0.18215)", repr(scale))
+
+    def _check_unet_keys(self):
+        """Only architecture keys (UNET_CONFIG_KEYS), and those that say a part is absent unset: a
+        'device' or 'dtype' would overrule the host, a class label would build a model no sampler
+        feeds, each failing later with a raw error that does not name the file."""
+        unknown = sorted(set(self.unet_config) - UNET_CONFIG_KEYS)
+        _expect(not unknown, "unet_config keys from the SD families' UNet architecture", f"{unknown}")
+        for key, unset in _UNET_ABSENT.items():
+            value = self.unet_config.get(key, unset)
+            _expect(value is unset,
+                    f"unet_config.{key} = {unset!r} (no {self.family} UNet has one)", repr(value))
 
     def _check_numbers(self):
         """Sizes are positive integers of sane size, lists short, and every number in the configs
@@ -188,6 +220,15 @@ def check_stated_sizes(spec: BundleSpec, shapes: dict, source: str):
             raise BundleFormatError(f"{source}: the spec states {what} = {expected}, but the file's {key} "
                                     f"{'is missing' if found is None else f'has the shape {found}'}. The spec contradicts "
                                     f"its weights; the file is damaged or was edited.")
+
+
+def holds_bundle(path: str | Path) -> bool:
+    """Whether the file at `path` says it is a bundle (a safetensors header with the spec under
+    BUNDLE_METADATA_KEY), whatever that spec is: a bundle with a broken spec is still a bundle, to
+    be refused as one, not loaded as a checkpoint of a guessed kind."""
+    path = Path(path)
+    return (path.suffix in (".safetensors", ".sft")
+            and BUNDLE_METADATA_KEY in WeightsFile(path, path.name, BundleFormatError).metadata)
 
 
 def read_bundle_spec(path: str | Path) -> BundleSpec:

@@ -38,14 +38,25 @@ def to_8bit(frames: torch.Tensor) -> torch.Tensor:
     return (frames * 255).clamp(0, 255).byte()
 
 
+MAX_SIDE = 16384   # libx264 refuses wider or taller frames (with an opaque avcodec_open2 error)
+
+
+def check_frame_size(width: int, height: int):
+    """Refuses a frame size H.264 cannot take; callers check before decoding anything."""
+    if width % 2 or height % 2:
+        raise VideoFileError(f"H.264 (yuv420p) needs an even width and height, the frames are {width}x{height}.")
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+        raise VideoFileError(f"H.264 (libx264) takes frames of 2 to {MAX_SIDE} pixels a side, the frames are "
+                             f"{width}x{height}.")
+
+
 class VideoFileWriter:
     """`with VideoFileWriter(path, width, height, fps) as video: video.write(frames)` writes an mp4 at
     `path`, frame blocks (n, H, W, 3) in [0, 1] in order; the file appears at `path` only when the
     block ends without an error."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float):
-        if width % 2 or height % 2:
-            raise VideoFileError(f"H.264 (yuv420p) needs an even width and height, the frames are {width}x{height}.")
+        check_frame_size(width, height)
         self.path = Path(path)
         self.part = self.path.with_name(self.path.name + PART_SUFFIX)
         self.width, self.height, self.rate = width, height, frame_rate(fps)
@@ -81,9 +92,11 @@ class VideoFileWriter:
 
     def __exit__(self, kind, error, traceback):
         try:
-            if kind is None:
-                self._container.mux(self._stream.encode(None))   # flush the encoder's lookahead
-            self._container.close()
+            try:
+                if kind is None:
+                    self._container.mux(self._stream.encode(None))   # flush the encoder's lookahead
+            finally:
+                self._container.close()   # even when the flush fails (a full disk): no file left open
         except BaseException:
             self.part.unlink(missing_ok=True)
             if kind is None:

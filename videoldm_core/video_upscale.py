@@ -98,8 +98,8 @@ class TilePlan:
     def blend_in_order(self, predict, groups: int = 1, scale: int = 1, channels_last: bool = False, device=None):
         """`blend` frame by frame as the frames are finished: yields (start, block), block (groups, n,
         ...) the blended frames [start, start + n), in order and covering every frame once. Only the
-        frames of the current chunk are held, with the block just yielded (what a streamed decode
-        writes to a file as it goes).
+        frames of the current chunk are held, with the block just yielded and the prediction being
+        added (about four chunks in all: what a streamed decode holds while it writes a file).
         Regions are taken in plan order and each element's weighted predictions are summed onto zero
         in that order, as `blend` sums them, so the frames equal `blend`'s bit for bit."""
         pending, first = None, 0     # frames [first, first + len(pending)) still taking contributions

@@ -190,19 +190,23 @@ def check_finite(tensors: dict, source: str, error: type[Exception] = WeightsFil
 
 
 def check_range(tensors: dict, dtype: torch.dtype, source: str, error: type[Exception] = WeightsFileError):
-    """Refuses the first floating-point tensor with values beyond what `dtype` holds (finite in the
-    file, infinity once cast to the dtype the host keeps the weights in, e.g. 1e5 in float16).
-    Only tensors of a wider type than `dtype` are read; the values are known to be finite."""
+    """Refuses the first tensor with values beyond what `dtype` holds (finite in the file, infinity
+    once cast to the dtype the host keeps the weights in: 1e5 in float16, as a float or as an integer
+    that a weight slot takes). Only tensors of a wider type than `dtype` are read; floating values
+    are known to be finite (check_finite)."""
     if not dtype.is_floating_point:
         return
     largest = torch.finfo(dtype).max
     for key, value in tensors.items():
-        if (not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.device.type == "meta"
-                or torch.finfo(value.dtype).max <= largest):
+        if not isinstance(value, torch.Tensor) or value.dtype == torch.bool or value.device.type == "meta":
+            continue
+        widest = torch.finfo(value.dtype).max if value.is_floating_point() else torch.iinfo(value.dtype).max
+        if widest <= largest:
             continue
         flat = value.detach().reshape(-1)
         for start in range(0, flat.numel(), 1 << 24):
-            over = int((flat[start:start + (1 << 24)].abs() > largest).sum())
+            chunk = flat[start:start + (1 << 24)]
+            over = int(((chunk > largest) | (chunk < -largest)).sum())
             if over:
                 raise error(f"{source}: tensor '{key}' holds {over} values beyond the range of "
                             f"{str(dtype).removeprefix('torch.')} (largest {largest:g}), the type the weights are "

@@ -122,3 +122,67 @@ def test_an_x4_upscaler_bundle_loads_with_its_4x_vae_and_stated_scale(node_class
         ours = temporal_vae.decode_video(ours_vae, z, 8, 2)
     assert core.shape == ours.shape == (3, 32, 32, 3)
     assert (core - ours).abs().max() < 1e-4
+
+
+def _damaged_bundle(pack_module, tiny_bundle, name, key, value):
+    bundle = pack_module("videoldm_core.bundle")
+    state_dict = load_file(tiny_bundle)
+    state_dict[key] = state_dict[key].clone()
+    state_dict[key].view(-1)[0] = value
+    path = os.path.join(os.path.dirname(tiny_bundle), name)
+    bundle.save_bundle(path, bundle.read_bundle_spec(tiny_bundle), state_dict)
+    return path
+
+
+def test_text_encoder_and_vae_weights_beyond_their_float16_are_refused(node_classes, pack_module, tiny_bundle,
+                                                                      monkeypatch):
+    """ComfyUI keeps the text encoder in float16 even on CPU: a weight of 1e6, finite in the file,
+    made every cond infinite without a word (only the UNet's range was checked). The VAE likewise
+    where the host keeps it in float16 (made so here: the CPU keeps it in float32)."""
+    key = "cond_stage_model.transformer.text_model.final_layer_norm.weight"
+    _damaged_bundle(pack_module, tiny_bundle, "clip_beyond_fp16.safetensors", key, 1e6)
+    _, clip, _ = load(node_classes, os.path.basename(tiny_bundle))
+    assert clip.cond_stage_model.clip_l.transformer.text_model.final_layer_norm.weight.dtype == torch.float16
+    with pytest.raises(pack_module("videoldm_core.bundle").BundleFormatError,
+                       match=rf"^'clip_beyond_fp16.safetensors': tensor '{key}' "
+                             r"holds 1 values beyond the range of float16"):
+        load(node_classes, "clip_beyond_fp16.safetensors")
+    import comfy.model_management as mm
+
+    key = "first_stage_model.decoder.conv_in.bias"
+    _damaged_bundle(pack_module, tiny_bundle, "vae_beyond_fp16.safetensors", key, -7e4)
+    load(node_classes, "vae_beyond_fp16.safetensors")   # float32 on this CPU: it fits
+    monkeypatch.setattr(mm, "vae_dtype", lambda *args, **kwargs: torch.float16)
+    with pytest.raises(pack_module("videoldm_core.bundle").BundleFormatError,
+                       match=rf"^'vae_beyond_fp16.safetensors': tensor '{key}' holds 1 values beyond the range of float16"):
+        load(node_classes, "vae_beyond_fp16.safetensors")
+
+
+def test_the_training_cli_checks_a_bundle_as_the_loader_node_does(pack_module, tiny_bundle):
+    """train.py read bundles with the header spec only: a NaN weight loaded into the UNet, and a
+    spec contradicting its weights was found only when building."""
+    cli = pack_module("host.training_cli")
+    bundle = pack_module("videoldm_core.bundle")
+    nan = _damaged_bundle(pack_module, tiny_bundle, "nan_for_cli.safetensors", "model.diffusion_model.out.2.weight",
+                          float("nan"))
+    with pytest.raises(bundle.BundleFormatError, match=r"^'nan_for_cli.safetensors': tensor "
+                                                       r"'model.diffusion_model.out.2.weight' holds 1 non-finite values"):
+        cli.load_checkpoint(nan)
+    state_dict = load_file(tiny_bundle)
+    del state_dict["model.diffusion_model.middle_block.1.proj_out.weight"]
+    incomplete = os.path.join(os.path.dirname(tiny_bundle), "incomplete_for_cli.safetensors")
+    bundle.save_bundle(incomplete, bundle.read_bundle_spec(tiny_bundle), state_dict)
+    with pytest.raises(bundle.BundleFormatError, match=r"UNet weights do not match .*1 missing"):
+        cli.load_checkpoint(incomplete)
+    model, _, _ = cli.load_checkpoint(tiny_bundle, "fp32")
+    assert model.model.diffusion_model.out[2].weight.dtype == torch.float32
+
+
+def test_unet_weights_beyond_the_float16_they_are_kept_in_are_refused_by_their_file_key(pack_module, tiny_bundle):
+    """As a float or as an integer tensor: an int32 100000 in a weight slot became float16 infinity."""
+    bundle, host = pack_module("videoldm_core.bundle"), pack_module("host.bundle")
+    spec, state_dict = bundle.read_bundle_spec(tiny_bundle), load_file(tiny_bundle)
+    key = "model.diffusion_model.out.2.bias"
+    for value in (torch.full_like(state_dict[key], 1e5), torch.full(state_dict[key].shape, 100000, dtype=torch.int32)):
+        with pytest.raises(bundle.BundleFormatError, match=rf"^'b': tensor '{key}' holds 4 values beyond the range of float16"):
+            host.build_components(spec, {**state_dict, key: value}, source="'b'", unet_dtype=torch.float16)

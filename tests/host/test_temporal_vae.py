@@ -66,26 +66,29 @@ def flicker(frames):
 class OutOfMemoryAbove(torch.nn.Module):
     """A decoder that runs out of device memory on latents wider than `limit` pixels."""
 
-    def __init__(self, decoder, limit: int):
+    def __init__(self, decoder, limit: int, error=None):
         super().__init__()
-        self.decoder, self.limit, self.widths = decoder, limit, []
+        self.decoder, self.limit, self.widths, self.error = decoder, limit, [], error
 
     def forward(self, z, **kwargs):
         import comfy.model_management as mm
 
         self.widths.append(z.shape[-1])
         if z.shape[-1] > self.limit:
-            raise mm.OOM_EXCEPTION(f"test: no memory for {z.shape[-1]} pixels")
+            raise (self.error or mm.OOM_EXCEPTION)(f"test: no memory for {z.shape[-1]} pixels")
         return self.decoder(z, **kwargs)
 
 
-def test_out_of_memory_falls_back_to_smaller_tiles_and_says_so(vaes, vae_parts, caplog):
+# CUDA's out-of-memory error, and the accelerator error that core's is_oom also counts (core's VAE
+# Decode falls back to tiles on both; the pack caught only the first)
+@pytest.mark.parametrize("error", [None, lambda text: torch.AcceleratorError(f"CUDA error: out of memory ({text})")])
+def test_out_of_memory_falls_back_to_smaller_tiles_and_says_so(vaes, vae_parts, caplog, error):
     temporal_vae = vaes[0]
     vae = temporal_vae.load_temporal_vae(vae_parts[0], "oom")
     z = torch.randn(3, 4, 32, 32)
     with torch.inference_mode():
         expected = temporal_vae.decode_video(vae, z, window=3, overlap=0, tile_size=8)
-        vae.first_stage_model.decoder = OutOfMemoryAbove(vae.first_stage_model.decoder, limit=8)
+        vae.first_stage_model.decoder = OutOfMemoryAbove(vae.first_stage_model.decoder, limit=8, error=error)
         with caplog.at_level("WARNING", logger="videoldm"):
             frames = temporal_vae.decode_video(vae, z, window=3, overlap=0)
     assert vae.first_stage_model.decoder.widths[:3] == [32, 16, 8]   # whole frames, then 16, then 8
@@ -94,8 +97,13 @@ def test_out_of_memory_falls_back_to_smaller_tiles_and_says_so(vaes, vae_parts, 
     assert "temporal window of 3 frames is kept" in caplog.text
     vae.first_stage_model.decoder.limit = 4   # below the smallest tile: the error reaches the user
     import comfy.model_management as mm
-    with torch.inference_mode(), pytest.raises(mm.OOM_EXCEPTION):
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="no memory for 8 pixels"):
         temporal_vae.decode_video(vae, z, window=3, overlap=0)
+    vae.first_stage_model.decoder.error = lambda text: RuntimeError(f"not memory: {text}")   # any other error: no retry
+    vae.first_stage_model.decoder.widths.clear()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="not memory"):
+        temporal_vae.decode_video(vae, z, window=3, overlap=0)
+    assert vae.first_stage_model.decoder.widths == [32]
 
 
 def test_windowed_seams_are_small_and_flicker_less_than_core_batches(vaes):
@@ -336,29 +344,67 @@ def test_the_file_equals_core_create_video_and_save_video(vaes, tmp_path):
 
 
 def test_an_interrupted_render_leaves_no_file(vaes, tmp_path, monkeypatch):
+    """Cancel once the encoder has written frames to the .part (not before the writer exists: core
+    checks for a cancel inside the decoder too): the part is removed, no file is left."""
     import comfy.model_management as mm
 
     temporal_vae, _, svd_vae = vaes
-    z = smooth_latents(STREAMED_FRAMES)
-    calls = []
+    z = smooth_latents(120)
+    part = tmp_path / "cut.mp4.part"
+    seen = []
     real = mm.throw_exception_if_processing_interrupted
 
-    def interrupt_at_third_window():
-        calls.append(1)
-        if len(calls) == 3:
+    def interrupt_once_the_part_has_frames():
+        if part.exists() and part.stat().st_size > 0:
+            seen.append(part.stat().st_size)
             raise mm.InterruptProcessingException()
         real()
 
-    monkeypatch.setattr(mm, "throw_exception_if_processing_interrupted", interrupt_at_third_window)
+    monkeypatch.setattr(mm, "throw_exception_if_processing_interrupted", interrupt_once_the_part_has_frames)
     with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
         temporal_vae.decode_video_to_file(svd_vae, z, 5, 1, 0, 8, tmp_path / "cut.mp4")
+    assert seen and seen[0] > 0   # the writer had written encoded frames when the cancel came
     assert os.listdir(tmp_path) == []
 
 
-def test_odd_frame_sizes_are_refused_before_decoding(pack_module, tmp_path):
+def test_a_failed_flush_closes_the_file_and_removes_it(pack_module, tmp_path, monkeypatch):
+    """A flush that fails (a full disk) used to skip closing the container: the deleted .part stayed
+    open for the server's life."""
+    video_file = pack_module("videoldm_core.video_file")
+    closed = []
+    with pytest.raises(OSError, match="No space left"):
+        with video_file.VideoFileWriter(tmp_path / "full.mp4", 64, 64, 8) as video:
+            video.write(torch.rand(3, 64, 64, 3))
+            container = video._container
+            real_close = container.close
+            monkeypatch.setattr(video, "_container", type("Full", (), {
+                "mux": lambda self, packets: (_ for _ in ()).throw(OSError(28, "No space left on device")),
+                "close": lambda self: (closed.append(True), real_close())[1]})())
+    assert closed == [True] and os.listdir(tmp_path) == []
+
+
+def test_frame_sizes_h264_cannot_take_are_refused_before_decoding(pack_module, vaes, tmp_path, monkeypatch):
+    """Odd sides, and sides over libx264's 16384 (an opaque avcodec_open2 error before), refused by
+    the writer and, before any window is decoded or the VAE loaded, by the streamed decode."""
+    import comfy.model_management as mm
+
     video_file = pack_module("videoldm_core.video_file")
     with pytest.raises(video_file.VideoFileError, match="even width and height, the frames are 63x64"):
         video_file.VideoFileWriter(tmp_path / "odd.mp4", 63, 64, 8)
+    with pytest.raises(video_file.VideoFileError, match="2 to 16384 pixels a side, the frames are 16392x16"):
+        video_file.VideoFileWriter(tmp_path / "wide.mp4", 16392, 16, 8)
+    temporal_vae, _, svd_vae = vaes
+    monkeypatch.setattr(mm, "load_models_gpu", lambda *a, **k: pytest.fail("the VAE was loaded"))
+    with pytest.raises(video_file.VideoFileError, match="the frames are 16392x16"):
+        temporal_vae.decode_video_to_file(svd_vae, torch.zeros(4, 4, 2, 2049), 5, 1, 0, 8, tmp_path / "w.mp4")
+    for shape, message in (((0, 4, 8, 8), r"at least one frame .* found shape \(0, 4, 8, 8\)"),
+                           ((3, 4, 0, 8), r"found shape \(3, 4, 0, 8\)"),
+                           ((1, 4, 5, 8, 8), r"expected image latents \(frames, channels, height, width\), found shape")):
+        with pytest.raises(ValueError, match=message):
+            temporal_vae.decode_video_to_file(svd_vae, torch.zeros(shape), 5, 1, 0, 8, tmp_path / "e.mp4")
+        with pytest.raises(ValueError, match=message):
+            temporal_vae.decode_video(svd_vae, torch.zeros(shape), 5, 1)
+    assert os.listdir(tmp_path) == []
 
 
 def test_node_returns_a_video_backed_by_its_file(node_classes, vaes):

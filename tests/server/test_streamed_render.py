@@ -89,3 +89,28 @@ def test_a_render_larger_than_the_servers_memory_limit_streams_to_the_file(limit
     print(f"address-space limit: the server's peak after warm-up + {HEADROOM / 2**20:.0f} MiB; the streamed render's "
           f"IMAGE would be {image_bytes / 2**20:.0f} MiB ({FRAMES} frames of {SIDE}x{SIDE}); the streamed render "
           f"raised the peak by {streamed_growth / 2**20:.1f} MiB")
+
+
+def test_a_cached_video_whose_file_is_gone_is_rendered_again(limited_server):
+    """The VIDEO is backed by its file in temp/; ComfyUI caches the node's output. Once the file is
+    gone (temp emptied by hand, or by a second ComfyUI on the same folders), Save Video under a new
+    prefix failed with FileNotFoundError on the cached VIDEO; now the node renders again."""
+    def rendered_file(run):
+        """The decode's preview of the file it wrote, None where the node was not run (cached)."""
+        previews = [m["data"]["output"]["images"] for m in run.messages
+                    if m.get("type") == "executed" and m["data"].get("node") == "3"]
+        return limited_server.base_dir / "temp" / previews[0][0]["subfolder"] / previews[0][0]["filename"] if previews else None
+
+    first = limited_server.run_prompt(render(16, True, "cache/first"))
+    assert first.status == "success", first.error_message() or limited_server.log_tail()
+    path = rendered_file(first)
+    assert path.is_file()
+    cached = limited_server.run_prompt(render(16, True, "cache/cached"))
+    assert cached.status == "success" and rendered_file(cached) is None   # the decode was cached
+    path.unlink()
+    again = limited_server.run_prompt(render(16, True, "cache/again"))
+    assert again.status == "success", again.error_message() or limited_server.log_tail()
+    assert rendered_file(again) not in (None, path) and rendered_file(again).is_file()
+    (video,) = limited_server.output_files(again)
+    frames, fps = read_frames(video)
+    assert len(frames) == 16 and fps == 24

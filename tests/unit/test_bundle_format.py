@@ -1,6 +1,7 @@
 """The bundle file format (videoldm_core.bundle): round trip and clear errors."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -85,12 +86,54 @@ def test_unet_input_channels_must_fit_the_family():
         small_spec(unet_config=unet)
 
 
-def test_scale_factor_is_optional_and_positive():
+@pytest.mark.parametrize("scale", [-1, 0, 1e-300, 1e300, True])
+def test_scale_factor_is_optional_and_keeps_latents_finite(scale):
+    """1e-300 or 1e300 pass as positive numbers but make every latent infinite one way or the other;
+    JSON true is no number."""
     assert small_spec().latent_scale_factor is None
     vae = dict(small_spec().vae_config, scale_factor=0.5)
     assert small_spec(vae_config=vae).latent_scale_factor == 0.5
-    with pytest.raises(BundleFormatError, match=r"scale_factor a positive number, found -1"):
-        small_spec(vae_config=dict(vae, scale_factor=-1))
+    with pytest.raises(BundleFormatError, match=r"scale_factor a number from 0.0001 to 10000 .*found " + re.escape(repr(scale))):
+        small_spec(vae_config=dict(vae, scale_factor=scale))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"device": "cpu"}, r"unet_config keys from the SD families' UNet architecture, found \['device'\]"),
+    ({"dtype": "float16", "operations": 1}, r"found \['dtype', 'operations'\]"),
+    ({"num_classes": 1000}, r"found \['num_classes'\]"),
+    ({"adm_in_channels": 2816}, r"unet_config.adm_in_channels = None \(no SD1.x UNet has one\), found 2816"),
+    ({"use_temporal_attention": True}, r"unet_config.use_temporal_attention = False .*found True"),
+])
+def test_unet_config_states_architecture_only(change, message):
+    """A 'device' key used to reach UNetModel and build the meta-device check on the CPU; a class
+    label built a model that failed at the first step with an assertion naming no file."""
+    with pytest.raises(BundleFormatError, match=message):
+        small_spec(unet_config=dict(small_spec().unet_config, **change))
+    assert small_spec(unet_config=dict(small_spec().unet_config, adm_in_channels=None, use_temporal_attention=False))
+
+
+def test_latent_channels_are_the_family_latent_formats():
+    """8 latent channels passed the spec, but ComfyUI's VAE and latent format stayed at 4: tiled
+    encoding and sampling failed with shape errors that named no file."""
+    vae = {"embed_dim": 8, "ddconfig": {"z_channels": 8, "ch_mult": [1, 2, 2, 2]}}
+    unet = dict(small_spec().unet_config, in_channels=8, out_channels=8)
+    with pytest.raises(BundleFormatError, match=r"z_channels = 4 \(the latent format of the SD1.x family\), found 8"):
+        small_spec(vae_config=vae, unet_config=unet)
+    with pytest.raises(BundleFormatError, match=r"vae_config.ddconfig to define \['z_channels', 'ch_mult'\], found missing \['z_channels'\]"):
+        small_spec(vae_config={"embed_dim": 4, "ddconfig": {"ch_mult": [1, 2]}})
+
+
+def test_a_file_is_a_bundle_by_its_metadata_key(tmp_path):
+    """The training CLI loads a bundle as a bundle even when its spec is broken (refused as one),
+    and anything else as a checkpoint."""
+    from videoldm_core.bundle import holds_bundle
+
+    save_bundle(tmp_path / "b.safetensors", small_spec(), small_state_dict())
+    save_file(small_state_dict(), str(tmp_path / "plain.safetensors"), {BUNDLE_METADATA_KEY: "{broken"})
+    save_file(small_state_dict(), str(tmp_path / "other.safetensors"))
+    (tmp_path / "model.ckpt").write_bytes(b"\x80\x04pickle")
+    assert holds_bundle(tmp_path / "b.safetensors") and holds_bundle(tmp_path / "plain.safetensors")
+    assert not holds_bundle(tmp_path / "other.safetensors") and not holds_bundle(tmp_path / "model.ckpt")
 
 
 def test_context_dim_must_match_text_encoder_width():

@@ -207,6 +207,20 @@ def test_values_beyond_the_range_of_the_type_weights_are_kept_in_are_refused():
     check_range({"a": weights["a"], "b": weights["b"]}, torch.bfloat16, "'w'", AdapterFormatError)
 
 
+def test_integer_tensors_beyond_the_weight_type_are_refused_too():
+    """An int32 100000 in a weight slot became float16 infinity when loaded (only float tensors were
+    read); small integers (CLIP's position ids) and flags pass."""
+    from videoldm_core.weights_file import check_range
+
+    fine = {"position_ids": torch.arange(77)[None], "flags": torch.tensor([True, False]),
+            "small": torch.tensor([-65000, 100], dtype=torch.int32)}
+    check_range(fine, torch.float16, "'w'", AdapterFormatError)
+    for dtype in (torch.int32, torch.int64):
+        with pytest.raises(AdapterFormatError, match=r"tensor 'bias' holds 2 values beyond the range of float16"):
+            check_range({"bias": torch.tensor([100000, -100000, 3], dtype=dtype)}, torch.float16, "'w'", AdapterFormatError)
+    check_range({"bias": torch.tensor([100000], dtype=torch.int64)}, torch.float32, "'w'", AdapterFormatError)
+
+
 def truncations(data: bytes):
     return {"empty": b"", "length only": data[:8], "half a header": data[:20], "header, no data": data[:-100],
             "one byte short": data[:-1]}
