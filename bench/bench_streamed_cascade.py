@@ -6,7 +6,8 @@ decode in memory (Temporal VAE Decode → CreateVideo → Save Video, as the tem
 Each run is a fresh server; the figure is the server's peak RSS while the prompt runs minus its RSS
 before (a warm-up prompt has loaded the models), at two lengths; the slope between them is the
 memory each output frame costs. Peak RSS is the kernel's high-water mark (VmHWM, reset before the
-prompt). The decode uses the toy VAE without its temporal add-on (the toy add-on's 3-D convolutions
+prompt), or where a sandboxed kernel (gVisor) keeps none, resident memory polled every 5 ms (the
+latents and frames this measures are held for seconds; each run says which). The decode uses the toy VAE without its temporal add-on (the toy add-on's 3-D convolutions
 take seconds per 256 px frame on CPU; decoder activations are per window either way, not per frame).
 Both lengths must be at least the decode window (default 8): a shorter video decodes in a shorter
 window, and the decoder's activations (~130 MiB a frame of window at 256 px) would pass for memory
@@ -35,7 +36,7 @@ from functools import partial
 
 from devtools.comfy_server import ComfyServer
 from devtools.paths import api_prompt
-from devtools.process_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from devtools.process_memory import PeakRSS, rss_bytes
 
 from .common import PEAK_ENV, print_table
 
@@ -87,10 +88,11 @@ def measure(graph: dict, warm_up: dict, device: str, server_args: tuple[str, ...
         warm = server.run_prompt(warm_up, timeout=3600)
         assert warm.status == "success", warm.error_message() or server.log_tail()
         before = rss_bytes(pid)
-        reset_peak_rss(pid)
-        run = server.run_prompt(graph, timeout=3600)
+        with PeakRSS(pid) as peak:
+            run = server.run_prompt(graph, timeout=3600)
         assert run.status == "success", run.error_message() or server.log_tail()
-        return peak_rss_bytes(pid) - before
+        print(f"  peak RSS read from {peak.method}", flush=True)
+        return peak.bytes - before
 
 
 def main():

@@ -27,8 +27,10 @@ threads that find their core taken can make a step 50-100x slower (seen here: 35
 
 Model: by default the pack's tiny SD1.x architecture (devtools.tiny_bundles.tiny_sd1_spec: SD1.5's
 block structure at widths 32/64/64/64) with random weights; --unet sd15 uses the full SD1.5 shape
-(devtools/unet_configs.SD15, ~860M parameters: for a machine with time or a GPU). fp32 weights;
---precision bf16/fp16 autocasts the forward as the trainer does. The DDP part always uses the tiny
+(devtools/unet_configs.SD15, ~860M parameters: for a machine with time or a GPU). --precision
+bf16/fp16: the forward computes in it as the trainer's (UNetDenoiser's precision) and the frozen UNet
+is held in it as train.py loads it; the "full" methods keep fp32 weights (they train them). Each
+run prints what the UNet computed in. The DDP part always uses the tiny
 demo bundle unless --ddp-checkpoint names another checkpoint.
 
 Usage: .venv/bin/python -m bench.bench_training [--steps 10] [--batch 2] [--frames 8] [--latent 16 [W]]
@@ -59,9 +61,10 @@ TARGET = 0.7
 # --- 1. temporal-only versus full fine-tune, one method per process ---------------------------------
 
 
-def build_base(pack_name: str, unet: str, device):
-    """(MODEL, text conditioning) for a random-weight SD1.x UNet in fp32: the pack's tiny bundle
-    architecture or the full SD1.5 shape, through the same model config as a bundle."""
+def build_base(pack_name: str, unet: str, device, dtype=None):
+    """(MODEL, text conditioning) for a random-weight SD1.x UNet with weights in `dtype` (fp32 by
+    default): the pack's tiny bundle architecture or the full SD1.5 shape, through the same model
+    config as a bundle."""
     import importlib
 
     import torch
@@ -72,7 +75,7 @@ def build_base(pack_name: str, unet: str, device):
     bundle_host = importlib.import_module(f"{pack_name}.host.bundle")
     spec = tiny_bundles.sd1_bench_spec(unet)   # the text encoder is never built here
     model_config = bundle_host.bundle_model_config(spec)
-    model_config.set_inference_dtype(torch.float32, None)
+    model_config.set_inference_dtype(dtype or torch.float32, None)
     model = model_config.get_model({}, device="cpu")
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -118,7 +121,10 @@ def child(args) -> dict:
 
     method, device = args.child, mm.get_torch_device()
     full, checkpointing = method.startswith("full"), method.endswith("+ckpt")
-    model, text = build_base(pack, args.unet, device)
+    # the frozen UNet in the run's precision, as train.py loads it (fp32 where the UNet itself trains)
+    precisions = importlib.import_module(f"{pack}.host.training").PRECISIONS
+    frozen_dtype = torch.float32 if full else (precisions[args.precision] or torch.float32)
+    model, text = build_base(pack, args.unet, device, frozen_dtype)
     base = host.trainable_base(model)                  # frozen (a copy if it held inference tensors)
     unet = base.model.diffusion_model
     if full:
@@ -128,7 +134,8 @@ def child(args) -> dict:
     with torch.no_grad():                              # off the zero-output start, as mid-training
         for p in adapter.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    denoiser = host.UNetDenoiser(base, adapter, text, gradient_checkpointing=checkpointing).load()
+    denoiser = host.UNetDenoiser(base, adapter, text, gradient_checkpointing=checkpointing,
+                                 precision=args.precision).load()
     schedule = host.noise_schedule(base)
     if full:
         phase = FullPhase(unet, adapter, OnBatchDevice(denoiser), schedule, "temporal")
@@ -156,7 +163,8 @@ def child(args) -> dict:
     peak = peak_process - before
     return {"method": method, "seconds": statistics.median(times), "all_seconds": times, "peak_gib": peak,
             "process_peak_gib": peak_process, "loss": row["adapter/loss"], "threads": torch.get_num_threads(),
-            "device": str(device),
+            "device": str(device), "computes_in": str(denoiser.dtype).removeprefix("torch."),
+            "frozen_weights": str(frozen_dtype).removeprefix("torch."),
             "trainable": sum(p.numel() for p in phase.parameters() if p.requires_grad),
             "unet_params": sum(p.numel() for p in unet.parameters())}
 
@@ -196,11 +204,14 @@ def compare_methods(args, env: dict):
     any_result = next((r for r in results.values() if r), None)
     where = (f"{any_result['device']}, {any_result['threads']} threads, {any_result['unet_params'] / 1e6:.1f}M UNet parameters"
              if any_result else "")
+    computed = sorted({f"{r['method']}: computes in {r['computes_in']}, frozen weights {r['frozen_weights']}"
+                       for r in results.values() if r})
     print_table(f"Training step, {args.unet} SD1.x UNet, batch {args.batch} x {args.frames} frames at {args.latent[0]}x"
                 f"{args.latent[1]} latent, {args.precision}, AdamW, median of {args.steps} steps after {args.warmup} "
                 f"({where}); ratios vs full; target <= {TARGET}x in time and memory",
                 rows, ("method", "trainable", "s/step", "time ratio", "train GiB", "memory ratio", "process GiB",
                        "targets met"))
+    print("; ".join(computed))
     print("train GiB: peak above the loaded model (optimiser state + gradients + activations); "
           "process GiB: the process's absolute peak over the same steps.")
     a, b = results.get("temporal+ckpt"), results.get("full+ckpt")

@@ -61,10 +61,10 @@ export PYTHONUNBUFFERED=1
 "$PY" -c "import av, websocket, torchsde, alembic, sqlalchemy, pydantic_settings, kornia, spandrel, blake3, simpleeval, \
 comfy_aimdo, comfy_kitchen, webdataset" 2>&1 | tee -a "$LOGS/device.log" \
     || die "a package is missing (above): run devtools/device_pack.sh again here and carry .device/rest"
-# The cascade benchmark reads a server's peak resident memory from the kernel (VmHWM, reset through
-# clear_refs); a sandboxed kernel (gVisor) has neither, and then those steps would only spend time.
-PEAK_RSS=1
-[ -e /proc/self/clear_refs ] && grep -q '^VmHWM' /proc/self/status || { PEAK_RSS=0; say "no VmHWM/clear_refs on $(uname -r): the cascade steps are skipped"; }
+# The cascade benchmark reads a server's peak resident memory from the kernel's high-water mark
+# (VmHWM, reset through clear_refs), or polls resident memory where a sandboxed kernel (gVisor) keeps
+# no mark (devtools/process_memory.PeakRSS); each run's log says which.
+[ -e /proc/self/clear_refs ] && grep -q '^VmHWM' /proc/self/status || say "no VmHWM/clear_refs on $(uname -r): peak RSS is polled"
 mkdir -p "$DEV/frontend"   # the benchmarks' servers are talked to through the API only: no frontend is carried
 SERVER_ARGS=("--server-args=--front-end-root $DEV/frontend")
 
@@ -99,6 +99,6 @@ fi
 step sampling_step 90 "$PY" -m bench.bench_sampling_step "${SAMPLING[@]}"
 step training_step 120 "$PY" -m bench.bench_training "${TRAINING[@]}" --methods temporal+ckpt temporal full+ckpt --skip-ddp
 step memory_plan 10 "$PY" -m bench.memory_plan "${PLAN[@]}"
-[ "$PEAK_RSS" = 1 ] && step cascade_last_stages 120 "$PY" -m bench.bench_streamed_cascade "${CASCADE[@]}" "${SERVER_ARGS[@]}"
-[ "$PEAK_RSS" = 1 ] && step cascade_template 150 "$PY" -m bench.bench_streamed_cascade --graph cascade "${TEMPLATE[@]}" "${SERVER_ARGS[@]}"
+step cascade_last_stages 120 "$PY" -m bench.bench_streamed_cascade "${CASCADE[@]}" "${SERVER_ARGS[@]}"
+step cascade_template 150 "$PY" -m bench.bench_streamed_cascade --graph cascade "${TEMPLATE[@]}" "${SERVER_ARGS[@]}"
 say "done; logs in $LOGS"

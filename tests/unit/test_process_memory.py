@@ -1,0 +1,26 @@
+"""devtools.process_memory.PeakRSS, which the cascade benchmark reads a server's peak with: the
+kernel's high-water mark, or resident memory polled where a sandboxed kernel keeps no mark."""
+
+import os
+import time
+
+import pytest
+import torch
+
+from devtools.process_memory import PeakRSS, rss_bytes, statm_rss_bytes
+
+
+@pytest.mark.parametrize("polled", [False, True])
+def test_the_peak_of_a_block_sees_memory_it_held_and_freed(polled):
+    held = 256 * 2**20
+    meter = PeakRSS(os.getpid())
+    if polled:   # as on gVisor
+        meter.method = "VmRSS polled every 5 ms"
+    before = rss_bytes()
+    with meter:
+        block = torch.ones(held // 4)    # touched, so resident
+        time.sleep(0.1)
+        del block
+    assert meter.bytes - before > 0.9 * held
+    assert rss_bytes() - before < 0.5 * held       # freed: only the peak remembers it
+    assert abs(statm_rss_bytes() - rss_bytes()) < 16 * 2**20
