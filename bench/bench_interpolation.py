@@ -85,11 +85,12 @@ def main(argv=None):
             continue
         results[n] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(results[n], flush=True)
-    base = results.get(64) or next(iter(results.values()))
+    base_keyframes = 64 if 64 in results else next(iter(results))
+    base = results[base_keyframes]
     rows = [(n, r["frames"], f"{r['per_frame'] * 1000:.1f}", f"{r['per_frame'] / base['per_frame']:.3f}x",
              f"{r['peak_gib']:.3f}", f"{r['peak_gib'] / base['peak_gib']:.2f}x") for n, r in results.items()]
     print_table(f"Interpolate Keyframes (tiny SD1.x, {args.latent}x{args.latent} latent, windows of {args.window}, 1 step, "
-                "cfg 1, CPU); ratios vs 64 keyframes", rows,
+                f"cfg 1, CPU); ratios vs {base_keyframes} keyframes", rows,
                 ("keyframes", "out frames", "ms/frame", "time ratio", "peak GiB", "peak ratio"))
 
 

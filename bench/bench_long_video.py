@@ -126,8 +126,9 @@ def main(argv=None):
             results[method, frames] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(method, frames, results[method, frames], flush=True)
     rows = []
+    base_frames = args.frames[1] if len(args.frames) > 1 else args.frames[0]
     for method in args.methods:
-        base = results.get((method, args.frames[1] if len(args.frames) > 1 else args.frames[0]))
+        base = results.get((method, base_frames))
         for frames in args.frames:
             r = results.get((method, frames))
             if r is None:
@@ -135,7 +136,7 @@ def main(argv=None):
                 continue
             rows.append((method, r["frames"], f"{r['per_frame'] * 1000:.1f}", f"{r['per_frame'] / base['per_frame']:.3f}x" if base else "",
                          f"{r['peak_gib']:.3f}", f"{r['peak_gib'] / base['peak_gib']:.2f}x" if base else ""))
-    print_table(f"Long videos (tiny SD1.x, {LATENT}x{LATENT} latent, 1 step, cfg 1, CPU); ratios vs the 128-frame run",
+    print_table(f"Long videos (tiny SD1.x, {LATENT}x{LATENT} latent, 1 step, cfg 1, CPU); ratios vs the {base_frames}-frame run",
                 rows, ("method", "frames", "ms/frame", "time ratio", "peak GiB", "peak ratio"))
 
 
