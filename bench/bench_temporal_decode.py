@@ -22,7 +22,7 @@ import torch
 
 from devtools.comfy_in_process import init_comfy
 
-from .common import PEAK_ENV, print_table, step_peak_gib
+from .common import PEAK_ENV, default_allocator_env, print_table, step_peak_gib
 
 SD_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
@@ -104,7 +104,7 @@ def main():
             out = subprocess.run([sys.executable, "-m", "bench.bench_temporal_decode", "--latent", str(args.latent),
                                   "--window", str(args.window), "--overlap", str(args.overlap), "--peak-of", path, str(frames)],
                                  capture_output=True, text=True,
-                                 env={**os.environ, **({} if args.default_allocator else PEAK_ENV)})
+                                 env=default_allocator_env() if args.default_allocator else {**os.environ, **PEAK_ENV})
             if out.returncode != 0:
                 raise RuntimeError(f"peak of {path} at {frames} frames failed: {out.stderr[-1500:]}")
             peaks[(path, frames)] = json.loads(out.stdout.strip().splitlines()[-1])

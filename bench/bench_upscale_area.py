@@ -4,7 +4,10 @@ per output pixel and the sampling's activation peak, each point in a fresh proce
 Model: ComfyUI's own SD x4 upscaler architecture (SD_X4Upscaler, 7 input channels, noise level as
 class label; the pack's tiny x4 bundle spec) at a chosen width with random weights; 1 Euler step, cfg 1, fp32 on CPU. "untiled" is
 Video Upscale with one tile covering the frame, which the tests show equals core's untiled sampling
-exactly; "tiled" uses tiles of --tile latent pixels overlapping by --overlap.
+exactly when given the same float32 frames (Video Upscale holds its low-res frames in float16, so
+here it is the pack's untiled path, a little lighter than core's); "tiled" uses tiles of --tile
+latent pixels overlapping by --overlap. Times run with glibc's default allocator (no MALLOC_*
+settings), peaks with a fixed mmap threshold (bench/common.py).
 
 The input sides are o + k (t - o) for k = 1, 2, 4 (t tile, o overlap), so the tiles fit each frame
 exactly and the re-denoised share of the overlaps is nearly the same at every size.
@@ -34,7 +37,7 @@ import torch
 
 from devtools.comfy_in_process import init_comfy
 
-from .common import PEAK_ENV, print_table, status_gib, step_peak_gib
+from .common import PEAK_ENV, default_allocator_env, print_table, status_gib, step_peak_gib
 from devtools import tiny_bundles
 
 
@@ -60,14 +63,18 @@ def build(width: int, full: bool = False):
     return model, upscale, clip.encode_from_tokens_scheduled(clip.tokenize("a sharp video"))
 
 
-def measured_calls(model, calls: list):
+def measured_calls(model, calls: list, highest: list):
     """A clone of MODEL whose diffusion-model calls record their own peak above the memory held when
-    they start (the sampler's latent-sized state is held then; the tiles' activations are not)."""
+    they start (the sampler's latent-sized state is held then; the tiles' activations are not). Each
+    call resets the kernel's high-water mark, so the mark reached before the reset is kept in
+    `highest` (one number, the running maximum in GiB): the whole run's peak is the larger of it and
+    the mark at the end."""
     import ctypes
 
     import comfy.patcher_extension
 
     def wrapper(executor, *args, **kwargs):
+        highest[0] = max(highest[0], status_gib("VmHWM"))
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -94,11 +101,12 @@ def child(method: str, side: int, args) -> dict:
     with torch.inference_mode():
         work(min(side, args.tile), 1)  # warm-up: model load, first-call allocations
         if args.measure == "peak":
-            calls = []
-            model = measured_calls(model, calls)
-            peak = step_peak_gib(work)
-            # the high-water mark since step_peak_gib reset it: the process at its peak, weights included
-            return {"peak_gib": peak, "model_call_gib": max(calls), "total_gib": status_gib("VmHWM")}
+            calls, highest = [], [0.0]
+            model = measured_calls(model, calls, highest)
+            before = status_gib("VmRSS")
+            step_peak_gib(work)   # resets the mark first; the calls reset it again
+            total = max(highest[0], status_gib("VmHWM"))   # the process at its peak, weights included
+            return {"peak_gib": total - before, "model_call_gib": max(calls), "total_gib": total}
         start = time.perf_counter()
         work()
         seconds = time.perf_counter() - start
@@ -128,12 +136,12 @@ def main(argv=None):
         for side in sides:
             result = {}
             # time with the default allocator; peak with a fixed mmap threshold (bench/common.py)
-            for measure, env in (("time", {}), ("peak", PEAK_ENV)):
+            for measure, env in (("time", default_allocator_env()), ("peak", {**os.environ, **PEAK_ENV})):
                 proc = subprocess.run([sys.executable, "-m", "bench.bench_upscale_area", "--tile", str(args.tile),
                                        "--overlap", str(args.overlap), "--frames", str(args.frames), "--width", str(args.width),
                                        *(["--full"] if args.full else []),
                                        "--measure", measure, "--child", method, str(side)], capture_output=True, text=True,
-                                      env={**os.environ, **env})
+                                      env=env)
                 if proc.returncode != 0:
                     print(f"{method} {side} {measure}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
                     break

@@ -18,6 +18,14 @@ from devtools.process_memory import status_bytes
 PEAK_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
+def default_allocator_env() -> dict[str, str]:
+    """This environment without glibc's MALLOC_* settings (devtools/allocator.env sets some): what a
+    "default allocator" run must start children with."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+
 def interleaved_medians(fns: dict, repeats: int = 5) -> dict[str, float]:
     """Median seconds of each callable, run in turn (a, b, a, b, ...) after one warm-up each, so
     caches and machine load affect every contender alike."""
