@@ -88,6 +88,8 @@ class BundleSpec(MetadataSpec):
         _expect(isinstance(self.version, int) and 1 <= self.version <= BUNDLE_FORMAT_VERSION,
                 f"format version 1..{BUNDLE_FORMAT_VERSION} (a newer pack may read newer files)",
                 repr(self.version))
+        _expect(isinstance(self.description, str), "description to be text", type(self.description).__name__)
+        _expect(isinstance(self.extra, dict), "extra to be an object", type(self.extra).__name__)
         _require_keys("unet_config", self.unet_config, _REQUIRED_UNET_KEYS)
         _require_keys("vae_config", self.vae_config, _REQUIRED_VAE_KEYS)
         _require_keys("text_encoder_config", self.text_encoder_config, _REQUIRED_TEXT_KEYS)

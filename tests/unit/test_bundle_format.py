@@ -71,6 +71,8 @@ def test_corrupt_safetensors_header_is_a_clear_error(tmp_path):
     ({"prediction": "x0"}, r"prediction one of \('eps', 'v'\), found 'x0'"),
     ({"version": 99}, r"format version 1..1 .*found 99"),
     ({"unet_config": {"in_channels": 4}}, r"unet_config to define .* missing \['out_channels'"),
+    ({"description": ["a", "list"]}, r"description to be text, found list"),
+    ({"extra": "text"}, r"extra to be an object, found str"),
 ])
 def test_invalid_spec_fields_say_what_was_expected(change, message):
     with pytest.raises(BundleFormatError, match=message):
