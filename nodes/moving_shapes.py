@@ -33,8 +33,10 @@ class MovingShapes(io.ComfyNode):
             ],
             outputs=[io.Image.Output(display_name="IMAGE", tooltip="The frames (batch = frames)."),
                      io.Float.Output(display_name="fps", tooltip="The frame rate, for Create Video."),
-                     io.String.Output(display_name="caption", tooltip="Each shape with its colour and the direction it starts in, e.g. 'red square moving left' "
-                                            "(shapes bounce off the edges, so most turn within a clip).")],
+                     io.String.Output(display_name="caption",
+                                      tooltip="Each shape with its colour and the direction it starts in, e.g. 'red "
+                                              "square moving left' (shapes bounce off the edges, so most turn "
+                                              "within a clip).")],
         )
 
     @classmethod
