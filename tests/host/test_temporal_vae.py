@@ -96,7 +96,6 @@ def test_out_of_memory_falls_back_to_smaller_tiles_and_says_so(vaes, vae_parts, 
     assert "ran out of memory with whole frames; decoding again with spatial tiles of 16" in caplog.text
     assert "temporal window of 3 frames is kept" in caplog.text
     vae.first_stage_model.decoder.limit = 4   # below the smallest tile: the error reaches the user
-    import comfy.model_management as mm
     with torch.inference_mode(), pytest.raises(RuntimeError, match="no memory for 8 pixels"):
         temporal_vae.decode_video(vae, z, window=3, overlap=0)
     vae.first_stage_model.decoder.error = lambda text: RuntimeError(f"not memory: {text}")   # any other error: no retry
