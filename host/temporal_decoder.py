@@ -147,6 +147,7 @@ def decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_siz
     def whole(plan, decode, scale, device) -> torch.Tensor:
         return plan.blend(decode, scale=scale, channels_last=True, device=device).to(mm.intermediate_dtype())
 
+    check_decodable(vae, samples)
     return _with_smaller_tiles(whole, vae, samples, window, overlap, tile_size)
 
 
@@ -165,7 +166,7 @@ def decode_video_to_file(vae, samples: torch.Tensor, window: int, overlap: int, 
                 video.write(block)
         return video.frames_written
 
-    return consume_decoded_frames(write, vae, samples, window, overlap, tile_size)
+    return _with_smaller_tiles(_blocks_to(write), vae, samples, window, overlap, tile_size)
 
 
 STREAMED_SUBFOLDER = "videoldm"   # in ComfyUI's temp folder, which ComfyUI empties at start
@@ -215,14 +216,20 @@ def _with_smaller_tiles(consume, vae, samples: torch.Tensor, window: int, overla
 def decoded_frames(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int):
     """Yields (start, frames) in order: the blended frames (n, H, W, 3) in [0, 1], float32 on the
     VAE's output device, as each temporal window finishes them."""
+    check_decodable(vae, samples)
     return _in_order(*window_decoder(vae, samples, window, overlap, tile_size))
 
 
 def consume_decoded_frames(consume, vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int):
     """`consume(blocks)` of `decoded_frames`' blocks (n, H, W, 3) in order; out of device memory, all
     again with smaller spatial tiles, as the decode nodes do (`consume` must start afresh)."""
-    return _with_smaller_tiles(lambda *decoder: consume(block for _, block in _in_order(*decoder)), vae, samples,
-                               window, overlap, tile_size)
+    check_decodable(vae, samples)
+    return _with_smaller_tiles(_blocks_to(consume), vae, samples, window, overlap, tile_size)
+
+
+def _blocks_to(consume):
+    """What `_with_smaller_tiles` calls with a decoder: `consume` of its blocks of frames, in order."""
+    return lambda *decoder: consume(block for _, block in _in_order(*decoder))
 
 
 def _in_order(plan, decode, scale, device):
@@ -256,8 +263,8 @@ def check_decodable(vae, samples: torch.Tensor):
 def window_decoder(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int):
     """(plan, decode, scale, device): the tile plan over windows of frames, the function decoding one
     region of it as one clip, the decoder's upsampling and the device the blend is kept on; the
-    VAE (and its temporal layers) loaded."""
-    check_decodable(vae, samples)
+    VAE (and its temporal layers) loaded. The callers have checked the latents (`check_decodable`):
+    once per decode, not again for each retry with smaller tiles."""
     first_stage = vae.first_stage_model
     frames, _, height, width = samples.shape
     windows(frames, window, overlap)  # raises on window < 1 or overlap >= window, in the node's words

@@ -105,6 +105,22 @@ def test_out_of_memory_falls_back_to_smaller_tiles_and_says_so(vaes, vae_parts, 
     assert vae.first_stage_model.decoder.widths == [32]
 
 
+
+def test_the_latents_are_scanned_once_per_decode_not_again_per_retry(vaes, vae_parts, tmp_path, monkeypatch):
+    """The finiteness scan reads the whole video's latents: once per decode, before the VAE loads,
+    not again in each retry with smaller tiles (nor twice on the way into the file)."""
+    temporal_vae = vaes[0]
+    vae = temporal_vae.load_temporal_vae(vae_parts[0], "oom")
+    vae.first_stage_model.decoder = OutOfMemoryAbove(vae.first_stage_model.decoder, limit=8)
+    scans = []
+    real = temporal_vae.check_finite_input
+    monkeypatch.setattr(temporal_vae, "check_finite_input", lambda *args: (scans.append(args[1:]), real(*args)))
+    with torch.inference_mode():
+        temporal_vae.decode_video(vae, torch.randn(3, 4, 32, 32), window=3, overlap=0)
+        temporal_vae.decode_video_to_file(vae, torch.randn(3, 4, 32, 32), 3, 0, 0, 8, tmp_path / "once.mp4")
+    assert vae.first_stage_model.decoder.widths[:3] == [32, 16, 8]   # each decode retried twice
+    assert scans == [("Temporal VAE Decode", "samples")] * 2
+
 def test_windowed_seams_are_small_and_flicker_less_than_core_batches(vaes):
     """Reference: all frames as one clip. Core VAE Decode, when it splits the batch, decodes each
     batch as a separate clip (emulated here with its own decode per batch of 4)."""
