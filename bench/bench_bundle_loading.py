@@ -6,7 +6,9 @@ that both give the same UNet output.
 
 "ours" is the Load Video LDM Bundle node's whole path (host.bundle.load_bundle_file: the header, the
 spec against the file's shapes on the meta device, every weight checked finite and in range, then
-the build); each arm's peak is measured alone, the other's objects freed.
+the build). Each arm's peak is measured in a fresh process: measured one after the other in one
+process, the second arm reuses heap the first freed (allocator.env keeps up to 4 GiB of it), so its
+resident memory grows less and the figures compare the order, not the loaders.
 
 Usage: .venv/bin/python -m bench.bench_bundle_loading   (~2 GB scratch file, a few minutes on 2 cores)
 """
@@ -19,6 +21,8 @@ import gc
 import importlib
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -48,13 +52,45 @@ def sd15_spec(bundle_host, spec_module):
         text_encoder_config={k: v for k, v in clip.items() if not k.startswith("_")})
 
 
+def loaders(path):
+    """{"ours": ..., "core": ...}: each loads the bundle at `path` and returns (MODEL, CLIP, VAE)."""
+    pack = init_comfy()
+    bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
+    import comfy.sd
+
+    return {"ours": lambda: bundle_host.load_bundle_file(path),   # the node's path: header, shapes, finite, build
+            "core": lambda: comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)[:3]}
+
+
+def child_peak(arm: str, path: str):
+    """In a fresh process: one load by `arm`; prints the resident memory it added at its peak (GiB)
+    and how that was read."""
+    load = loaders(path)[arm]
+    gc.collect()
+    before = rss_bytes()
+    with PeakRSS(os.getpid()) as peak:
+        loaded = load()
+    print(json.dumps({"peak_gib": (peak.bytes - before) / 2**30, "method": peak.method}))
+    del loaded
+
+
+def fresh_process_peak(arm: str, path) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_bundle_loading", "--child", arm, str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{arm}: the peak run failed\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args()   # no options: --help describes the run (core detects full SD shapes only)
+    parser.add_argument("--child", nargs=2, metavar=("ARM", "FILE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()   # no options of its own: --help describes the run (core detects full SD shapes only)
+    if args.child:
+        return child_peak(*args.child)
     pack = init_comfy()
     bundle_host = importlib.import_module(f"{pack.__name__}.host.bundle")
     bundle = importlib.import_module(f"{pack.__name__}.videoldm_core.bundle")
-    import comfy.sd
 
     spec = sd15_spec(bundle_host, bundle)
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,28 +100,22 @@ def main():
         del state_dict
         parameters = sum(torch.Size(shape.shape).numel() for shape in bundle.open_bundle(path)[1].shapes.values())
 
-        def ours():   # the node's path: header, shapes on the meta device, finite weights, then the build
-            return bundle_host.load_bundle_file(path)
-
-        def core():
-            return comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)[:3]
-
-        medians = interleaved_medians({"ours": ours, "core": core})
+        peaks = {arm: fresh_process_peak(arm, path) for arm in ("core", "ours")}
+        arms = loaders(path)
+        medians = interleaved_medians(arms)
         t_ours, t_core = medians["ours"], medians["core"]
         x, t = torch.randn(2, 4, 32, 32), torch.tensor([500.0, 500.0])
         context = torch.randn(2, 77, spec.unet_config["context_dim"])
-        outputs, peaks = {}, {}
-        for name, load in (("core", core), ("ours", ours)):   # one arm's objects alive at a time
-            gc.collect()
-            before = rss_bytes()
-            with PeakRSS(os.getpid()) as peak:
-                model = load()[0]
-            peaks[name] = (peak.bytes - before) / 2**30
+        outputs = {}
+        for name, load in arms.items():   # one arm's objects alive at a time
+            model = load()[0]
             with torch.inference_mode():
                 outputs[name] = model.model.diffusion_model(x, t, context=context)
             del model
+        method = peaks["ours"]["method"]
+        peaks = {arm: peak["peak_gib"] for arm, peak in peaks.items()}
         print_table(f"Loading a {parameters / 1e9:.2f}B-parameter SD1.5-shaped bundle (fp16 on disk), median of 5, "
-                    f"interleaved; peak: resident memory above the process before that one load ({peak.method})", [
+                    f"interleaved; peak: resident memory one load adds, each in a fresh process ({method})", [
             ("core Load Checkpoint", f"{t_core:.2f}", "1.00", f"{peaks['core']:.2f}"),
             ("Load Video LDM Bundle", f"{t_ours:.2f}", f"{t_ours / t_core:.2f}", f"{peaks['ours']:.2f}"),
         ], ("path", "seconds", "ratio vs core", "peak GiB"))

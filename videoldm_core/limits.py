@@ -97,13 +97,41 @@ def check_number(name: str, value, low: float | None = None, high: float | None 
     return value
 
 
+_AMINMAX_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8, torch.uint8, torch.int16,
+                   torch.int32, torch.int64)
+
+
+def value_bounds(values: torch.Tensor) -> tuple[float, float]:
+    """The least and greatest value of a non-empty real tensor, read in one pass with no temporary
+    the size of the tensor; both NaN when it holds a NaN, and an infinity shows as one of them. Types
+    the reduction does not take (float8, wide unsigned integers) are read as float64."""
+    low, high = torch.aminmax(values if values.dtype in _AMINMAX_DTYPES else values.double())
+    return float(low), float(high)
+
+
+def all_finite(values: torch.Tensor) -> bool:
+    """True when a tensor holds no NaN or infinity (integers always), from its bounds: no mask the
+    size of the video or of the joint latents."""
+    if not values.is_floating_point() or values.numel() == 0:
+        return True
+    return all(math.isfinite(bound) for bound in value_bounds(values))
+
+
+def count_non_finite(values: torch.Tensor) -> int:
+    """How many NaN or infinite values a tensor holds, counted block by block along its first
+    dimension (frame by frame: no mask the size of the video); what a refusal says once
+    `all_finite` has found one."""
+    blocks = values.split(1) if values.ndim > 1 else (values,)
+    return sum(int((~torch.isfinite(block if block.dtype in _AMINMAX_DTYPES else block.float())).sum())
+               for block in blocks)
+
+
 def check_finite_input(values: torch.Tensor, node: str, name: str):
     """Refuses an input tensor (a LATENT's samples, IMAGE frames) holding NaN or infinity, naming the
     node and the input, before any work: a sampler or decoder would carry it into every frame."""
-    blocks = values.split(1) if values.ndim else (values,)   # frame by frame: no mask the size of the video
-    if all(bool(torch.isfinite(block).all()) for block in blocks):
+    if all_finite(values):
         return
-    bad = sum(int((~torch.isfinite(block)).sum()) for block in blocks)
+    bad = count_non_finite(values)
     raise NonFiniteError(f"{node}: {name} holds {bad} NaN or infinite values (of {values.numel()}); the stage that "
                          "made it went wrong. Check it (its model, VAE and settings) and run again.")
 
@@ -113,9 +141,9 @@ def check_finite_latent(latents, node: str, where: str):
     NaN or infinity; a broken model, adapter or schedule would otherwise finish with black frames
     and no word."""
     for x in (latents,) if torch.is_tensor(latents) else latents:
-        if x is None or bool(torch.isfinite(x).all()):
+        if x is None or all_finite(x):
             continue
-        bad = int((~torch.isfinite(x)).sum())
+        bad = count_non_finite(x)
         raise NonFiniteError(
             f"{node}: the latent turned non-finite {where} ({bad} of {x.numel()} values are NaN or infinite). "
             "Usually the model, an applied temporal adapter's weights or the sampler settings are broken; check "

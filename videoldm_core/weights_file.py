@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from torch.overrides import TorchFunctionMode
 
 from .errors import VideoLDMError
+from .limits import all_finite, count_non_finite, value_bounds
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 MAX_HEADER_BYTES = 100_000_000   # the safetensors library's own limit
@@ -177,15 +178,13 @@ def check_finite(tensors: dict, source: str, error: type[Exception] = WeightsFil
                         f"(a floating-point or integer type). The file is damaged or not a weights file.")
         if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.device.type == "meta":
             continue
-        flat = value.detach().reshape(-1)
-        for start in range(0, flat.numel(), 1 << 24):   # a bounded temporary per chunk
-            chunk = flat[start:start + (1 << 24)]
-            if chunk.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-                chunk = chunk.float()
-            bad = int((~torch.isfinite(chunk)).sum())
+        for start, chunk in _chunks(value):
+            if all_finite(chunk):   # the common case costs one read of the chunk; a bad one is counted
+                continue
+            bad = count_non_finite(chunk)
             if bad:
                 raise error(f"{source}: tensor '{key}' holds {bad} non-finite values (NaN or infinity) in its first "
-                            f"{start + chunk.numel()} of {flat.numel()}. The file is damaged or was saved from a "
+                            f"{start + chunk.numel()} of {value.numel()}. The file is damaged or was saved from a "
                             f"diverged run; use another copy.")
 
 
@@ -203,15 +202,26 @@ def check_range(tensors: dict, dtype: torch.dtype, source: str, error: type[Exce
         widest = torch.finfo(value.dtype).max if value.is_floating_point() else torch.iinfo(value.dtype).max
         if widest <= largest:
             continue
-        flat = value.detach().reshape(-1)
-        for start in range(0, flat.numel(), 1 << 24):
-            chunk = flat[start:start + (1 << 24)]
+        for start, chunk in _chunks(value):
+            low, high = value_bounds(chunk)
+            if -largest <= low and high <= largest:
+                continue
             over = int(((chunk > largest) | (chunk < -largest)).sum())
             if over:
                 raise error(f"{source}: tensor '{key}' holds {over} values beyond the range of "
                             f"{str(dtype).removeprefix('torch.')} (largest {largest:g}), the type the weights are "
                             f"kept in on this device: they would not stay finite. The file is damaged or was saved "
                             f"from a diverged run; use another copy.")
+
+
+def _chunks(value: torch.Tensor):
+    """(start, chunk) over a tensor's values flattened, in chunks of 16M: a bad chunk's count (or
+    range test, for which float8 chunks are read as float32) is a bounded temporary."""
+    flat = value.detach().reshape(-1)
+    for start in range(0, flat.numel(), 1 << 24):
+        chunk = flat[start:start + (1 << 24)]
+        narrow = chunk.is_floating_point() and chunk.dtype.itemsize == 1
+        yield start, chunk.float() if narrow else chunk
 
 
 class _OverBudget(BaseException):

@@ -221,6 +221,23 @@ def test_integer_tensors_beyond_the_weight_type_are_refused_too():
     check_range({"bias": torch.tensor([100000], dtype=torch.int64)}, torch.float32, "'w'", AdapterFormatError)
 
 
+def test_a_bad_value_past_the_first_chunk_is_found_and_counted():
+    """Weights are read chunk by chunk (16M values) from their bounds: a value past the first chunk,
+    or only its sign beyond the range, is still found, counted from the chunk that holds it."""
+    from videoldm_core.weights_file import check_finite, check_range
+
+    big = torch.zeros((1 << 24) + 10, dtype=torch.float16)
+    check_finite({"w": big}, "'w'", AdapterFormatError)
+    big[(1 << 24) + 3] = float("-inf")
+    with pytest.raises(AdapterFormatError, match=r"tensor 'w' holds 1 non-finite values \(NaN or infinity\) in its first "
+                                                 rf"{(1 << 24) + 10} of {(1 << 24) + 10}"):
+        check_finite({"w": big}, "'w'", AdapterFormatError)
+    wide = torch.zeros((1 << 24) + 10, dtype=torch.float32)
+    wide[-1] = -7e4
+    with pytest.raises(AdapterFormatError, match=r"tensor 'w' holds 1 values beyond the range of float16"):
+        check_range({"w": wide}, torch.float16, "'w'", AdapterFormatError)
+
+
 def truncations(data: bytes):
     return {"empty": b"", "length only": data[:8], "half a header": data[:20], "header, no data": data[:-100],
             "one byte short": data[:-1]}

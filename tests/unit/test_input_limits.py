@@ -179,3 +179,22 @@ def test_an_error_raised_in_a_data_loader_worker_reaches_the_training_process():
 
     with pytest.raises(TrainingError, match="refused in a worker"):
         list(DataLoader(Refusing(), batch_size=None, num_workers=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float8_e4m3fn,
+                                   torch.float8_e5m2])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", [0, 4097, -1])   # first, inside a vector block, last
+def test_the_finiteness_scan_sees_every_non_finite_value_in_every_float_type(dtype, bad, where):
+    x = torch.linspace(-3, 3, 10_000).to(dtype)
+    assert limits.all_finite(x)
+    x[where] = bad   # float8_e4m3fn has no infinity: it stores NaN
+    assert not limits.all_finite(x)
+    with pytest.raises(limits.NonFiniteError, match="samples holds 1 NaN or infinite values"):
+        limits.check_finite_input(x.reshape(100, 100), "Video Upscale", "samples")
+
+
+def test_value_bounds_reads_integers_and_wide_unsigned_types():
+    assert limits.value_bounds(torch.tensor([3, -70_000, 9], dtype=torch.int64)) == (-70_000.0, 9.0)
+    assert limits.value_bounds(torch.tensor([70_000, 1], dtype=torch.uint32)) == (1.0, 70_000.0)
+    assert limits.all_finite(torch.tensor([1, 2], dtype=torch.int32)) and limits.all_finite(torch.zeros(0))
