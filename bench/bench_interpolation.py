@@ -24,7 +24,7 @@ import torch
 
 from devtools.comfy_in_process import init_comfy
 
-from .common import print_table, step_peak_gib
+from .common import pack_allocator_env, print_table, step_peak_gib
 from devtools import tiny_bundles
 
 
@@ -79,7 +79,8 @@ def main(argv=None):
     results = {}
     for n in args.keyframes:
         proc = subprocess.run([sys.executable, "-m", "bench.bench_interpolation", "--child", str(n), "--latent",
-                               str(args.latent), "--window", str(args.window), "--repeats", str(args.repeats)], capture_output=True, text=True)
+                               str(args.latent), "--window", str(args.window), "--repeats", str(args.repeats)],
+                              capture_output=True, text=True, env=pack_allocator_env())
         if proc.returncode != 0:
             print(f"{n} keyframes failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue

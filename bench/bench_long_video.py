@@ -29,7 +29,7 @@ import torch
 
 from devtools.comfy_in_process import init_comfy
 
-from .common import print_table, step_peak_gib
+from .common import pack_allocator_env, print_table, step_peak_gib
 from devtools import tiny_bundles
 
 SEGMENT, CONTEXT, WINDOW, WINDOW_OVERLAP, DISTANCE, LATENT = 16, 2, 16, 4, 8, 16
@@ -118,7 +118,7 @@ def main(argv=None):
         for frames in args.frames:
             proc = subprocess.run([sys.executable, "-m", "bench.bench_long_video", "--latent", str(LATENT), "--child",
                                    method, str(frames)],
-                                  capture_output=True, text=True)
+                                  capture_output=True, text=True, env=pack_allocator_env())
             if proc.returncode != 0:
                 results[method, frames] = None
                 print(f"{method} {frames}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)

@@ -26,6 +26,17 @@ def default_allocator_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
 
 
+def pack_allocator_env() -> dict[str, str]:
+    """This environment with devtools/allocator.env's settings, whether or not the shell sourced it:
+    what the documented figures of benchmarks that run each length in a child were measured with."""
+    import os
+    from pathlib import Path
+
+    settings = Path(__file__).resolve().parent.parent / "devtools" / "allocator.env"
+    pairs = (line.split("=", 1) for line in settings.read_text().splitlines() if line and not line.startswith("#"))
+    return {**os.environ, **{name.strip(): value.strip() for name, value in pairs}}
+
+
 def interleaved_medians(fns: dict, repeats: int = 5) -> dict[str, float]:
     """Median seconds of each callable, run in turn (a, b, a, b, ...) after one warm-up each, so
     caches and machine load affect every contender alike."""
