@@ -53,22 +53,54 @@ def model_schedule(model) -> Optional[BetaSchedule]:
     return candidate if sigmas.shape == sampling.sigmas.shape and torch.equal(sigmas, sampling.sigmas.cpu()) else None
 
 
+# core's parameterisations; a sampling object computes with the most derived one it inherits
+# (EDM is a V_PREDICTION, X0 an EPS: neither may be taken for its base)
+_PREDICTIONS = tuple(getattr(comfy.model_sampling, name) for name in (
+    "EPS", "V_PREDICTION", "V_PREDICTION_DDPM", "EDM", "CONST", "X0", "IMG_TO_IMG", "IMG_TO_IMG_FLOW", "COSMOS_RFLOW")
+    if hasattr(comfy.model_sampling, name))
+
+
+def prediction_of(sampling) -> Optional[type]:
+    """The parameterisation a model_sampling object computes with: the most derived of core's
+    prediction classes among its bases (an LCM sampling's is EPS)."""
+    return next((c for c in type(sampling).__mro__ if c in _PREDICTIONS), None)
+
+
+def discrete_problem(sampling) -> Optional[str]:
+    """Why a discrete DDPM schedule cannot replace this model's sampling, or None when it can: the
+    UNet must read discrete timesteps (ModelSamplingDiscrete, not its EDM variant) and predict ε or v.
+    A continuous-EDM model (Playground v2.5, CosXL) reads a function of σ and predicts in EDM's own
+    terms; given timesteps 0-999 it denoises to noise."""
+    prediction = prediction_of(sampling)
+    if (not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete)
+            or isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteEDM)):
+        kind = next((c for c in type(sampling).__mro__ if c.__module__ == comfy.model_sampling.__name__
+                     and c not in _PREDICTIONS), type(sampling))
+        return (f"the model samples with {kind.__name__}"
+                f"{f' ({prediction.__name__})' if prediction else ''}, a noise parameterisation its UNet was trained on "
+                "in place of discrete timesteps")
+    if prediction not in (comfy.model_sampling.EPS, comfy.model_sampling.V_PREDICTION):
+        return f"the model predicts {prediction.__name__ if prediction else type(sampling).__name__}, not ε or v"
+    return None
+
+
 def sampling_for(model, schedule: BetaSchedule):
     """A model_sampling object with `schedule`'s sigmas and the model's parameterisation (ε or v);
     an LCM schedule samples as core's ModelSamplingDiscrete 'lcm' does, on its original timesteps."""
     current = model.get_model_object("model_sampling")
     settings = SimpleNamespace(sampling_settings=dict(beta_schedule=schedule.betas, linear_start=schedule.beta_start,
                                                        linear_end=schedule.beta_end, timesteps=schedule.timesteps))
+    problem = discrete_problem(current)
+    if problem is not None:
+        raise ScheduleError(f"the discrete noise schedule {schedule.label!r} cannot sample this model: {problem}. "
+                            f"Use noise_schedule 'model' (or 'auto', which keeps such a model's own sampling).")
     if schedule.lcm_timesteps is not None:
-        if not isinstance(current, comfy.model_sampling.EPS) or isinstance(current, comfy.model_sampling.V_PREDICTION):
+        if prediction_of(current) is not comfy.model_sampling.EPS:
             raise ScheduleError(f"the LCM schedule {schedule.label!r} needs an ε-prediction model, found "
                                 f"{type(current).__name__}.")
         base, prediction = ModelSamplingDiscreteDistilled, LCM
     else:
-        base = comfy.model_sampling.ModelSamplingDiscrete
-        prediction = next((c for c in (comfy.model_sampling.V_PREDICTION, comfy.model_sampling.EPS) if isinstance(current, c)), None)
-        if prediction is None:
-            raise ScheduleError(f"a discrete noise schedule needs an ε or v prediction model, found {type(current).__name__}.")
+        base, prediction = comfy.model_sampling.ModelSamplingDiscrete, prediction_of(current)
 
     class AdapterModelSampling(base, prediction):
         """The schedule's tables are attributes, not buffers. DynamicVRAM's patcher backs every buffer
@@ -102,6 +134,12 @@ def choose_schedule(model, choice: str, trained: Optional[BetaSchedule], name: s
         return ScheduleChoice(model_schedule(model), name, picked=True)
     if choice != AUTO:
         return ScheduleChoice(NAMED_SCHEDULES[choice], name, picked=True)
+    problem = discrete_problem(model.get_model_object("model_sampling")) if trained is not None else None
+    if problem is not None:   # the UNet was trained on its own sampling; a discrete table would break it
+        if earlier is None:
+            log.warning("Video LDM: adapter '%s' was trained with %s, but %s; auto keeps the model's own sampling.",
+                        name, _describe(trained), problem)
+        return earlier or ScheduleChoice(None, name, picked=True)
     wanted = trained if trained is not None else model_schedule(model)
     users_lcm = earlier.users_lcm if earlier is not None else user_lcm_timesteps(model)
     if wanted is not None and wanted.lcm_timesteps is None and users_lcm is not None:

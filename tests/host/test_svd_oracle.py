@@ -70,11 +70,20 @@ def test_loading_svds_temporal_layers_says_they_are_not_run_as_trained(pack_modu
     base = unet_configs.tiny(unet_configs.SD21, width=64, context_dim=32, head_width=64)
     with torch.device("meta"):
         shapes = UNetModel(**video_config(base), operations=comfy.ops.disable_weight_init).state_dict()
-    save_file({f"model.diffusion_model.{k}": torch.zeros(v.shape) for k, v in shapes.items()
-               if any(t in k for t in (".time_stack.", ".time_mixer.", ".time_pos_embed."))}, str(tmp_path / "svd.safetensors"))
+    # a whole SVD checkpoint: the UNet, spatial layers too, beside a first stage with temporal layers
+    # of its own (which once sent the file to "this is a temporal VAE decoder") and the conditioner
+    whole = {f"model.diffusion_model.{k}": torch.zeros(v.shape) for k, v in shapes.items()}
+    whole.update({k: torch.zeros(1) for k in ("first_stage_model.decoder.conv_out.time_mix_conv.weight",
+                                               "first_stage_model.decoder.up.0.block.0.time_stack.in_layers.0.weight",
+                                               "first_stage_model.decoder.mid.block_1.mix_factor",
+                                               "conditioner.embedders.0.open_clip.model.logit_scale")})
+    save_file(whole, str(tmp_path / "svd.safetensors"))
     with caplog.at_level("WARNING", logger="videoldm"):
         loaded = pack_module("host.temporal_adapter").load_temporal_adapter(str(tmp_path / "svd.safetensors"), "svd.safetensors")
     assert loaded.spec.source == "svd"
+    assert {k: v.shape for k, v in loaded.patcher.model.state_dict().items()} == {
+        k.removeprefix("model.diffusion_model."): v.shape for k, v in whole.items()
+        if any(t in k for t in (".time_stack.", ".time_mixer.", ".time_pos_embed.")) and k.startswith("model.")}
     assert "'svd.safetensors' holds SVD's temporal layers" in caplog.text and "not as SVD trained them" in caplog.text
     caplog.clear()   # saved in the pack's format (e.g. after training from them): no longer SVD's own layers
     pack_module("videoldm_core.temporal_adapter").save_adapter(tmp_path / "trained.safetensors", loaded.patcher.model,

@@ -199,6 +199,49 @@ def test_an_lcm_sampling_set_before_the_adapters_is_kept_on_their_betas(motion_m
     assert patch.without_adapters(patched).get_model_object("model_sampling") is users.get_model_object("model_sampling")
 
 
+@pytest.mark.parametrize("node, sampling, settings", [
+    ("ModelSamplingContinuousEDM", "edm_playground_v2.5", (120.0, 0.002)),   # Playground v2.5
+    ("ModelSamplingContinuousEDM", "v_prediction", (120.0, 0.002)),          # CosXL: v on EDM's σ, not V
+    ("ModelSamplingDiscrete", "x0", (False,)),                               # discrete, but X0 is no ε
+])
+def test_auto_keeps_a_sampling_its_unet_was_trained_on_that_a_discrete_table_would_break(
+        node, sampling, settings, motion_module, pack_module, caplog):
+    """The SDXL beta module on an SDXL that samples in EDM's terms or predicts x0: auto once put a
+    discrete table on it (the UNet read timesteps 0-999 in place of its EDM noise input, and EDM's
+    prediction was taken for its base class, v). Auto keeps the model's sampling and says why; the
+    module's schedule picked by name is refused, naming the problem."""
+    import comfy_extras.nodes_model_advanced as advanced
+
+    patch = pack_module("host.temporal_adapter")
+    model, sdxl = motion_module("sdxl")
+    users = getattr(advanced, node)().patch(model, sampling, *settings)[0]
+    x, sigma = torch.randn(1, 4, 8, 8), torch.tensor([1.0])
+    with caplog.at_level("WARNING", logger="videoldm"):
+        patched = patch.apply_adapter(users, sdxl.patcher, sdxl.name)
+    assert patched.get_model_object("model_sampling") is users.get_model_object("model_sampling")
+    ours, theirs = (m.get_model_object("model_sampling") for m in (patched, users))
+    assert torch.equal(ours.timestep(sigma), theirs.timestep(sigma))
+    assert "auto keeps the model's own sampling" in caplog.text and "sdxl" in caplog.text.lower()
+    stacked = patch.apply_adapter(patched, sdxl.patcher, sdxl.name)   # a second adapter agrees, no error
+    assert stacked.get_model_object("model_sampling") is theirs
+    with pytest.raises(ValueError, match=r"cannot sample this model: the model (samples with ModelSampling|predicts X0)"):
+        patch.apply_adapter(users, sdxl.patcher, sdxl.name, noise_schedule=sdxl.spec.beta_schedule.label)
+    assert torch.equal(ours.calculate_denoised(sigma, x, x), theirs.calculate_denoised(sigma, x, x))
+
+
+def test_a_v_prediction_sdxl_on_discrete_timesteps_still_gets_the_modules_schedule(motion_module, pack_module):
+    """v prediction on discrete timesteps (SD2.x-v, an SDXL v fine-tune) is what a discrete table takes."""
+    import comfy.model_sampling
+    import comfy_extras.nodes_model_advanced as advanced
+
+    patch = pack_module("host.temporal_adapter")
+    model, sdxl = motion_module("sdxl")
+    users = advanced.ModelSamplingDiscrete().patch(model, "v_prediction", False)[0]
+    sampling = patch.apply_adapter(users, sdxl.patcher, sdxl.name).get_model_object("model_sampling")
+    assert isinstance(sampling, comfy.model_sampling.V_PREDICTION)
+    torch.testing.assert_close(sampling.sigmas.double(), diffusers_sigmas(*ORIGINAL_CONFIGS["sdxl"]), rtol=2e-5, atol=0)
+
+
 def test_unknown_schedule_name_is_refused(motion_module, pack_module):
     model, v2 = motion_module("v2")
     with pytest.raises(ValueError, match=r"noise_schedule: expected one of \('auto', 'model', .*found 'cosine'"):

@@ -172,12 +172,22 @@ def test_a_temporal_vae_decoder_given_as_an_adapter_points_to_load_temporal_vae(
 
 # --- SVD ----------------------------------------------------------------------------------------
 
-def test_svd_unet_file_in_its_exact_public_layout_imports_its_656m_temporal_parameters():
+def reference_state_dict(*names: str) -> dict:
+    """Meta tensors in the public layouts `names` (files in tests/data/keys)."""
     shapes = {}
-    for line in (REFERENCE_KEYS / "svd_unet_keys.txt").read_text().splitlines():
-        key, shape = line.split("\t")
-        shapes[key] = torch.Size(json.loads(shape))
-    state_dict = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    for name in names:
+        for line in (REFERENCE_KEYS / name).read_text().splitlines():
+            key, shape = line.split("\t")
+            shapes[key] = torch.Size(json.loads(shape))
+    return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+
+
+@pytest.mark.parametrize("layouts", [("svd_unet_keys.txt",), ("svd_unet_keys.txt", "svd_vae_decoder_keys.txt")],
+                         ids=["UNet", "UNet and first stage"])
+def test_svd_unet_file_in_its_exact_public_layout_imports_its_656m_temporal_parameters(layouts):
+    """The UNet alone, and a whole SVD checkpoint, whose first stage has temporal layers of its own
+    (they stay on disk; they once made the file read as a temporal VAE decoder)."""
+    state_dict = reference_state_dict(*layouts)
     spec, native = import_adapter(state_dict, {}, "svd.safetensors")
     assert (spec.family, spec.placement, spec.source) == ("SD2.x", "videoldm", "svd")
     kinds = [c["kind"] for c in spec.slots.values()]

@@ -24,6 +24,8 @@ def import_adapter(state_dict: dict, metadata: dict | None = None, source: str =
     metadata = metadata or {}
     if ADAPTER_METADATA_KEY in metadata:
         return AdapterSpec.from_json(metadata[ADAPTER_METADATA_KEY], source=source), dict(state_dict)
+    if looks_like_svd(state_dict):   # before the decoder's test: a whole SVD file holds both
+        return _imported(import_svd, state_dict, source, "an SVD UNet's temporal layers")
     if TEMPORAL_DECODER_METADATA_KEY in metadata or any(".time_mix_conv." in k or ".time_mix_block." in k
                                                         or (k.startswith(("decoder.", "first_stage_model.decoder."))
                                                             and ".time_stack." in k) for k in state_dict):
@@ -31,8 +33,6 @@ def import_adapter(state_dict: dict, metadata: dict | None = None, source: str =
                                  f"SVD's), not temporal layers for a UNet. Load it with Load Temporal VAE (an add-on "
                                  f"goes in models/temporal_decoders, an SVD VAE in models/vae) and decode with "
                                  f"Temporal VAE Decode.")
-    if looks_like_svd(state_dict):
-        return _imported(import_svd, state_dict, source, "an SVD UNet's temporal layers")
     if looks_like_animatediff(state_dict):
         return _imported(import_animatediff, state_dict, source, "an AnimateDiff motion module")
     if any(".attn_temp." in k or ".attn_temporal." in k for k in state_dict):

@@ -18,7 +18,9 @@ SVD_HEAD_WIDTH = 64
 
 
 def looks_like_svd(state_dict) -> bool:
-    return any(".time_stack." in k or ".time_mixer." in k for k in state_dict)
+    """Temporal layers of a UNet's blocks: a whole SVD checkpoint's first stage has `time_stack`
+    layers too, which this importer leaves on disk."""
+    return any(_TEMPORAL.match(k) for k in state_dict)
 
 
 def import_svd(state_dict: dict, source: str = "SVD UNet") -> tuple[AdapterSpec, dict]:
