@@ -405,7 +405,13 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
         phase = DiffusionPhase(adapter, denoiser, schedule, mode, augment_schedule=augment, max_noise_level=max_level)
         trainer = Trainer([phase], config, StepBatches(items, batch_size, seed=seed), device=denoiser.device)
         pbar = comfy.utils.ProgressBar(steps)
-        finished = trainer.run(should_stop=mm.processing_interrupted, on_step=lambda row: pbar.update(1))
+        interrupted = None
+        try:
+            finished = trainer.run(should_stop=mm.processing_interrupted, on_step=lambda row: pbar.update(1))
+        except mm.InterruptProcessingException as e:
+            # a Cancel almost always lands inside a step: core's layers and the server's progress hook
+            # raise it there. That step never reached the optimiser; the steps before it are kept.
+            finished, interrupted = False, e
     trained = trained_state(adapter, trainer)
     history, step = trainer.history, trainer.step
     # the optimiser's state, the gradients and the UNet copy go before the result is built beside `trained`
@@ -417,6 +423,8 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
         saved = adapter_save_path(save_name or f"interrupted_{time.strftime('%Y%m%d-%H%M%S')}")
         save_adapter(saved, trained, spec)
         log.info("Video LDM: Train Temporal Adapter saved %s", os.path.basename(saved))
+    if interrupted is not None:
+        raise interrupted
     mm.throw_exception_if_processing_interrupted()
     name = f"trained ({mode}, {step} steps)"
     result = LoadedAdapter(name, spec, build_adapter_patcher(spec, trained, source=name))

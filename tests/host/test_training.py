@@ -302,8 +302,11 @@ def test_the_real_vae_decoders_temporal_layers_learn_with_the_patch_discriminato
     assert all(torch.equal(v, frozen_before[k]) for k, v in decoder.state_dict().items())
 
 
-def test_interrupting_the_node_keeps_what_was_learned(tr, pack_module):
-    """Cancel after the second step: the adapter learned so far is saved, then the prompt stops."""
+@pytest.mark.parametrize("where", ["between steps", "inside a step"])
+def test_interrupting_the_node_keeps_what_was_learned(tr, pack_module, where):
+    """Cancel after the second step: the adapter learned so far is saved, then the prompt stops. On a
+    server the Cancel lands inside a step: the progress hook (main.py's) and core's layers raise it
+    there, out of the trainer, which once lost the whole run."""
     import comfy.model_management as mm
     import comfy.utils
     import folder_paths
@@ -311,20 +314,30 @@ def test_interrupting_the_node_keeps_what_was_learned(tr, pack_module):
     steps_seen = []
 
     def hook(value, total, preview, node_id=None):
+        mm.throw_exception_if_processing_interrupted()   # as the server's progress hook does
         steps_seen.append(value)
-        if value == 2:
+        if value == 2 and where == "between steps":
             mm.interrupt_current_processing(True)
 
+    def cancel_in_the_third_forward(module, args):
+        if len(steps_seen) == 2:
+            mm.interrupt_current_processing(True)
+            mm.throw_exception_if_processing_interrupted()   # as comfy.ops' run_every_op does
+
     comfy.utils.set_progress_bar_global_hook(hook)
+    hooked = tr["model"].model.diffusion_model.register_forward_pre_hook(cancel_in_the_third_forward) \
+        if where == "inside a step" else None
+    name = f"test_trained/interrupted_{where.replace(' ', '_')}"
     try:
         with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
-            tr["node"].execute(**node_args(tr, steps=50), images=shapes_video(tr, frames=8),
-                               save_name="test_trained/interrupted")
+            tr["node"].execute(**node_args(tr, steps=50), images=shapes_video(tr, frames=8), save_name=name)
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
         mm.interrupt_current_processing(False)
+        if hooked is not None:
+            hooked.remove()
     assert max(steps_seen) == 2, "training went on after the interrupt"
-    path = folder_paths.get_full_path_or_raise("temporal_adapters", "test_trained/interrupted.safetensors")
+    path = folder_paths.get_full_path_or_raise("temporal_adapters", f"{name}.safetensors")
     saved = pack_module("host.temporal_adapter").load_temporal_adapter(path, "interrupted")
     fresh = tr["patch"].fresh_adapter_for_model(tr["model"])[1].state_dict()
     assert any(not torch.equal(v.float(), fresh[k]) for k, v in saved.patcher.model.state_dict().items() if "out_layers.3" in k)
