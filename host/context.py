@@ -22,7 +22,7 @@ import comfy.patcher_extension
 import comfy.utils
 
 from ..videoldm_core.context import ContextError, VideoContext, checked_video_latent, context_positions, place_frames
-from ..videoldm_core.limits import check_finite_input
+from ..videoldm_core.limits import check_finite_input, check_output_size, tensor_bytes
 from .keys import CHECKPOINT_KEY, CONTEXT_KEY, LABELS_KEY, OPTIONS_KEY, WRAPPER_KEY
 from .unet_layout import know_layer_paths
 
@@ -30,27 +30,42 @@ if TYPE_CHECKING:
     from .temporal_forward import AppliedAdapter
 
 
-def given_latents(frames, images, vae, use_last: int = 0) -> torch.Tensor:
+def given_latents(frames, images, vae, use_last: int = 0, check=None) -> torch.Tensor:
     """The given frames as latents: a LATENT, or IMAGE frames encoded with the VAE; with `use_last`,
-    only the last that many (only those are encoded)."""
+    only the last that many (only those are encoded). `check(count)` runs before any is encoded."""
     if frames is not None and images is not None:
         raise ContextError("expected the given frames as a LATENT or as IMAGE frames with a VAE, found both.")
     if frames is not None:
         samples = checked_video_latent(frames["samples"], "Video Context", "frames")
-        return samples[-use_last:] if use_last else samples
+        samples = samples[-use_last:] if use_last else samples
+        if check is not None:
+            check(samples.shape[0])
+        return samples
     if images is None:
         raise ContextError("expected the given frames: connect a LATENT (frames) or IMAGE frames and a VAE.")
     if vae is None:
         raise ContextError("IMAGE frames need a VAE to become latents; connect the VAE of the model's family.")
     images = images[-use_last:] if use_last else images
+    if check is not None:
+        check(images.shape[0])
     check_finite_input(images, "Video Context", "images")
-    return vae.encode(images[:, :, :, :3])
+    latents = vae.encode(images[:, :, :, :3])
+    # an fp16 VAE can overflow (SDXL's, known for it): c_S would carry it into every frame
+    check_finite_input(latents, "Video Context", "images (as the VAE encoded them)")
+    return latents
 
 
 def video_context(length: int, positions: str, frames=None, images=None, vae=None, use_last: int = 0):
-    """(VideoContext, LATENT): the given frames placed in a video of `length` frames at `positions`."""
-    given = given_latents(frames, images, vae, use_last)
-    where = context_positions(positions, given.shape[0], length)
+    """(VideoContext, LATENT): the given frames placed in a video of `length` frames at `positions`.
+    The positions are checked against the number of given frames before any is encoded, and the two
+    latents of `length` frames (the context's and the output's) against the pack's memory limit
+    before either is made."""
+    where = []
+    given = given_latents(frames, images, vae, use_last,
+                          check=lambda count: where.extend(context_positions(positions, count, length)))
+    frame_shape = tuple(given.shape[1:])
+    check_output_size("Video Context", 2 * tensor_bytes((length, *frame_shape)), dict(length=length),
+                      what=f"two latents of {length} frames of {frame_shape} (the context's and the output's)")
     latents = place_frames(given.to(comfy.model_management.intermediate_device(), torch.float32), where, length)
     return VideoContext(latents, tuple(where)), {"samples": latents.clone()}
 

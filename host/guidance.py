@@ -93,16 +93,17 @@ class ContextGuider(comfy.samplers.CFGGuider):
         skip_negative = math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False)
         negative = None if skip_negative else self.conds.get("negative")
         dropped = self.conds["positive_no_context"] if self.context_scale != 1.0 else None
+        guided = dropped is not None   # an empty positive (a list of no conds) is guided too, as core batches it
         hook = model_options.get("sampler_calc_cond_batch_function")
         if hook is None:
-            out = comfy.samplers.calc_cond_batch(self.inner_model, [positive, negative] + ([dropped] if dropped else []),
+            out = comfy.samplers.calc_cond_batch(self.inner_model, [positive, negative] + ([dropped] if guided else []),
                                                  x, timestep, model_options)
         else:
             def hooked(conds):
                 return hook({"conds": conds, "input": x, "sigma": timestep, "model": self.inner_model,
                              "model_options": model_options})
-            out = list(hooked([positive, negative])) + (hooked([dropped, None])[:1] if dropped else [])
-        out = [with_context_guidance(out[0], self.context_scale, out[2] if dropped else None), out[1]]
+            out = list(hooked([positive, negative])) + (hooked([dropped, None])[:1] if guided else [])
+        out = [with_context_guidance(out[0], self.context_scale, out[2] if guided else None), out[1]]
         for fn in model_options.get("sampler_pre_cfg_function", []):
             out = fn({"conds": [positive, negative], "conds_out": out, "cond_scale": self.cfg, "timestep": timestep,
                       "input": x, "sigma": timestep, "model": self.inner_model, "model_options": model_options})
@@ -168,7 +169,7 @@ def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int, sam
 
 class SamplingProgress:
     """One progress bar over all runs of a node (runs × steps) with latent previews, as core KSampler
-    sends them (the user's preview method; the first frame of the run's x0). A latent that turns
+    sends them (the user's preview method; x0's first frame being made, see `of_run`). A latent that turns
     non-finite stops the node at that step, naming it (`node`) and the run (`run`: "segment", "window")."""
 
     def __init__(self, model, runs: int, steps: int, node: str = "Video LDM", run: str = "run"):
@@ -177,11 +178,13 @@ class SamplingProgress:
         self.pbar = comfy.utils.ProgressBar(self.total)
         self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
 
-    def of_run(self, run: int):
-        """The sampler callback of run `run`."""
+    def of_run(self, run: int, preview_frame: int = 0):
+        """The sampler callback of run `run`, previewing its frame `preview_frame` (a frame being
+        made: a given frame, kept out of the denoising, would show the same picture at every step)."""
         def on_step(step, x0, x, total_steps):
             check_finite_latent((x0, x), self.node, f"at step {step + 1} of {self.run_name} {run + 1}")
-            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0) if self.previewer else None
+            preview = (self.previewer.decode_latent_to_preview_image("JPEG", x0[preview_frame:preview_frame + 1])
+                       if self.previewer else None)
             self.pbar.update_absolute(run * self.steps + step + 1, self.total, preview)
         return on_step
 

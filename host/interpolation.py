@@ -95,7 +95,8 @@ def interpolate_keyframes(model, positive, negative, keyframes: dict, regime: st
                                tuple(positions))
         generator = torch.Generator().manual_seed(run_noise.augmentation_seed(i))   # not the noise's numbers
         dense = sample_with_context(model, positive, negative, context, sampler, sigmas, cfg,
-                                    run_noise(i, context.latents), run_noise.run_seed(i), progress.of_run(i),
+                                    run_noise(i, context.latents), run_noise.run_seed(i),
+                                    progress.of_run(i, context.first_new_frame),
                                     labels=interpolation_labels(length, label, augmentation),
                                     augment=lambda z, g=generator: augment_keyframes(z, augmentation, g),
                                     keep=keep_keyframes).to(out)

@@ -116,6 +116,11 @@ class VideoContext:
         return self.latents.shape[0]
 
     @property
+    def first_new_frame(self) -> int:
+        """The first frame the sampler makes (not given): what a preview of the run shows."""
+        return next((i for i in range(self.num_frames) if i not in self.positions), 0)
+
+    @property
     def mask(self) -> torch.Tensor:
         return context_mask(self.num_frames, self.positions)
 

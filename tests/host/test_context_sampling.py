@@ -77,6 +77,21 @@ def test_context_guidance_is_the_papers_formula(ctx, given):
     torch.testing.assert_close(guided, dropped + 2.5 * (cond - dropped), atol=2e-3, rtol=1e-3)
 
 
+def test_an_empty_positive_samples_with_context_guidance_as_core_samples_it(ctx, given):
+    """Core's CFGGuider samples an empty positive CONDITIONING (a list of no conds); with context
+    guidance its two empty branches agree, so any scale gives scale 1's result (it once failed on
+    the empty list taken for "no dropped branch")."""
+    context = video_context(ctx, given, [0, 1])
+
+    def guider(scale):
+        g = ctx["guider"].ContextGuider(ctx["predictor"], context, scale, True)
+        g.set_conds([], ctx["negative"])
+        g.set_cfg(3.0)
+        return g
+
+    assert torch.equal(run(guider(1.5), steps=1), run(guider(1.0), steps=1))
+
+
 def test_all_branches_run_in_one_batched_forward(ctx, given):
     applied = ctx["patch"].applied_adapters(ctx["predictor"])[0]
     rows = []
@@ -147,6 +162,23 @@ def test_video_context_encodes_only_the_frames_it_uses_and_refuses_non_finite_on
     with pytest.raises(Exception, match="Video Context: images holds 1 NaN"):
         node.execute(length=8, positions="start", images=images, vae=vae)
     assert encoded == [2]   # refused before the VAE
+    with pytest.raises(ctx["context"].ContextError, match="S < T"):   # 50 images for 4 frames: none encoded
+        node.execute(length=4, positions="start", images=torch.rand(50, 64, 64, 3), vae=vae)
+    assert encoded == [2]
+    # an fp16 VAE that overflows: refused, not carried into c_S
+    monkeypatch.setattr(vae, "encode", lambda pixels: torch.full((pixels.shape[0], 4, 8, 8), float("nan")))
+    with pytest.raises(Exception, match=r"Video Context: images \(as the VAE encoded them\) holds 512 NaN"):
+        node.execute(length=8, positions="start", images=torch.rand(2, 64, 64, 3), vae=vae)
+
+
+def test_video_context_checks_its_two_latents_against_the_memory_limit_before_making_them(ctx, given, monkeypatch):
+    monkeypatch.setenv("VIDEOLDM_MAX_OUTPUT_GIB", "0.001")   # about 1 MiB, read per call
+    node = ctx["nodes"].context.VideoContextNode
+    frame = given[0].numel() * 4
+    length = int(0.001 * 2**30) // (2 * frame) + 1   # two latents of `length` frames just above the limit
+    with pytest.raises(Exception, match=rf"Video Context: length={length} imply .* for two latents of {length} frames"):
+        node.execute(length=length, positions="start", frames={"samples": given[:1]})
+    node.execute(length=length - 1, positions="start", frames={"samples": given[:1]})
 
 
 def extend(ctx, model, video, segments, length=4, context_frames=2, **kw):
@@ -180,6 +212,51 @@ def test_the_largest_seed_rolls_out_past_the_first_segment(ctx, given):
     top = extend(ctx, ctx["predictor"], given[:1], segments=2, length=4, seed=2**64 - 1)
     again = extend(ctx, ctx["predictor"], top[:4], segments=1, length=4, seed=0)
     torch.testing.assert_close(top, again, atol=1e-5, rtol=1e-5)
+
+
+def test_each_segment_is_the_context_guider_on_the_last_frames_with_seed_plus_its_index(ctx, given, pack_module):
+    """An oracle for the rollout's frame bookkeeping: segment k is one Context Guider run on the video's
+    last S frames placed at 0..S-1, noise prepare_noise(seed + k), and the output is the input video
+    followed by each segment's new frames (a segment shifted by one frame fails this)."""
+    import comfy.sample
+    import comfy.samplers
+
+    guidance, context_module = pack_module("host.guidance"), pack_module("videoldm_core.context")
+    model, length, s, seed = ctx["predictor"], 4, 2, 5
+    out = extend(ctx, model, given[:3], segments=2, length=length, context_frames=s, seed=seed)
+    video = given[:3].clone()
+    sampler, sigmas = guidance.sampler_and_sigmas(model, "euler", "normal", 1)
+    for k in range(2):
+        context = context_module.VideoContext(context_module.place_frames(video[-s:], range(s), length), tuple(range(s)))
+        with torch.inference_mode():
+            segment = guidance.sample_with_context(model, ctx["positive"], ctx["negative"], context, sampler, sigmas,
+                                                   1.0, comfy.sample.prepare_noise(context.latents, seed + k), seed + k,
+                                                   lambda *a: None)
+        assert torch.equal(segment[:s], video[-s:])
+        video = torch.cat([video, segment[s:]])
+    assert out.shape == video.shape
+    torch.testing.assert_close(out, video, atol=1e-5, rtol=1e-5)
+
+
+def test_previews_show_a_frame_being_made_not_a_given_one(ctx, given, monkeypatch):
+    """Each step's preview is x0's first frame that is not given: frame 0 of a segment is a context
+    frame, kept out of the denoising, and would show the same picture at every step."""
+    import latent_preview
+
+    previewed = []
+
+    class Recording:
+        def decode_latent_to_preview_image(self, format, x0):
+            previewed.append(x0.clone())
+            return None
+
+    monkeypatch.setattr(latent_preview, "get_previewer", lambda device, latent_format: Recording())
+    out = extend(ctx, ctx["predictor"], given[:2], segments=2, length=4, context_frames=2, steps=2)
+    assert len(previewed) == 4 and all(p.shape[0] == 1 for p in previewed)
+    assert not torch.equal(previewed[0], previewed[1])          # the frame changes from step to step
+    for i, p in enumerate(previewed):                            # and is never its segment's given frame
+        context = out[:2] if i < 2 else out[2:4]
+        assert all(not torch.equal(p[0], frame) for frame in context)
 
 
 @pytest.mark.parametrize("segments, length, context_frames, message", [
