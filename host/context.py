@@ -11,6 +11,7 @@ context windows slice them like x (`slicing_context_in_windows`, a copy of the h
 from __future__ import annotations
 
 import copy
+import functools
 from typing import TYPE_CHECKING
 
 import torch
@@ -136,12 +137,15 @@ class ContextCall:
         return by_size[size]
 
 
-def slice_context_for_window(cond_key, cond_value, window, x_in, device, new_cond_item):
+def slice_context_for_window(cond_key, cond_value, window, x_in, device, new_cond_item, retain_index_list=()):
     """IndexListCallbacks.RESIZE_COND_ITEM: each context window gets its own frames of c_S
-    (with the anchor frame core may prepend), like x."""
+    (with the anchor frame core may prepend), like x; the frames of the handler's
+    `cond_retain_index_list` are the video's own at those positions of every window, as core gives
+    every other cond (a start frame given at 0 then guides each window)."""
     if cond_key not in (CONTEXT_KEY, LABELS_KEY):
         return None
-    return comfy.context_windows.slice_cond(cond_value, window, x_in, device, temporal_dim=0)
+    return comfy.context_windows.slice_cond(cond_value, window, x_in, device, temporal_dim=0,
+                                            retain_index_list=list(retain_index_list))
 
 
 def slicing_context_in_windows(handler):
@@ -152,7 +156,9 @@ def slicing_context_in_windows(handler):
         return handler
     copied = copy.copy(handler)
     copied.callbacks = comfy.utils.deepcopy_list_dict(handler.callbacks)
-    comfy.patcher_extension.add_callback_with_key(resize, WRAPPER_KEY, slice_context_for_window, copied.callbacks)
+    retained = tuple(getattr(handler, "cond_retain_index_list", ()))
+    comfy.patcher_extension.add_callback_with_key(
+        resize, WRAPPER_KEY, functools.partial(slice_context_for_window, retain_index_list=retained), copied.callbacks)
     return copied
 
 

@@ -322,6 +322,29 @@ def test_core_context_windows_slice_the_context_with_the_anchor_frame(ctx, given
     assert "videoldm_temporal_adapters" not in str(handler.callbacks)
 
 
+def test_core_context_windows_retain_the_given_start_frame_in_every_window_when_asked(ctx, given):
+    """cond_retain_index_list '0' (core's tooltip: the start image at sub-position 0 of every window)
+    applies to c_S as to every other cond: each window's encoder sees frame 0 given."""
+    from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
+    def masks_seen(retain):
+        windowed = ContextWindowsManualNode.execute(
+            ctx["predictor"], context_length=4, context_overlap=1, context_schedule="standard_static", context_stride=1,
+            closed_loop=False, fuse_method="pyramid", dim=0, freenoise=False, cond_retain_index_list=retain,
+            causal_window_fix=False).result[0]
+        seen = []
+        encoder = ctx["patch"].applied_adapters(windowed)[0].adapter.context_encoder
+        handle = encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0][:, -1, 0, 0].tolist()))
+        try:
+            run(context_guider(ctx, windowed, video_context(ctx, given, [0, 1], frames=10), cfg=1.0), frames=10, steps=1)
+        finally:
+            handle.remove()
+        return seen
+
+    assert masks_seen("") == [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    assert masks_seen("0") == [[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
+
+
 def test_an_area_cond_gets_the_context_frames_of_its_area(ctx, given):
     """ConditioningSetArea beside a full-frame prompt: core crops x to the area for that cond, and
     c_S is cropped with it (before, the full-size c_S did not line up and sampling stopped)."""
