@@ -164,6 +164,13 @@ def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int, sam
         # fewer than two: no step at all, the new frames would come back as the empty latent or raw noise
         raise ContextError(f"the SIGMAS input: expected a schedule of at least 2 finite sigmas (a start and an end), "
                            f"found {sigmas.tolist()}.")
+    else:
+        largest = float(model.get_model_object("model_sampling").sigma_max)
+        if float(sigmas[0]) < 0.99 * largest:
+            log.warning("Video LDM: the SIGMAS input starts at sigma %.4g, below the model's largest noise level %.4g. "
+                        "The frames this node makes have no source to start from: they start from an empty latent "
+                        "with less noise than they need (img2img of nothing at denoise < 1), which washes them out. "
+                        "Connect a schedule over all the model's steps (denoise 1).", float(sigmas[0]), largest)
     return sampler, sigmas.cpu()
 
 

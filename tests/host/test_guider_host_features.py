@@ -124,7 +124,7 @@ def test_a_cfg_pp_sampler_at_cfg_1_gets_the_negative_branch(ctx, given):
     assert record[0]["conds"][1] is None, "plain samplers keep the cfg-1 optimisation"
 
 
-def test_extend_video_takes_core_sampler_sigmas_and_noise(ctx, given):
+def test_extend_video_takes_core_sampler_sigmas_and_noise(ctx, given, caplog):
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
@@ -135,10 +135,14 @@ def test_extend_video_takes_core_sampler_sigmas_and_noise(ctx, given):
               scheduler="normal")
     own = extend(**kw).result[0]["samples"]
     sigmas = comfy.samplers.calculate_sigmas(ctx["predictor"].get_model_object("model_sampling"), "normal", 3).cpu()
-    same = extend(**kw, sampler=comfy.samplers.sampler_object("euler"), sigmas=sigmas).result[0]["samples"]
+    with caplog.at_level("WARNING", logger="videoldm"):
+        same = extend(**kw, sampler=comfy.samplers.sampler_object("euler"), sigmas=sigmas).result[0]["samples"]
     assert torch.equal(own, same)
-    other = extend(**kw, sigmas=sigmas[1:]).result[0]["samples"]
+    assert "below the model's largest noise level" not in caplog.text
+    with caplog.at_level("WARNING", logger="videoldm"):   # a truncated schedule (denoise < 1): said, not refused
+        other = extend(**kw, sigmas=sigmas[1:]).result[0]["samples"]
     assert (other - own).abs().max() > 1e-3
+    assert f"starts at sigma {float(sigmas[1]):.4g}, below the model's largest noise level" in caplog.text
     noise_a = extend(**kw, noise=Noise_RandomNoise(5)).result[0]["samples"]
     noise_b = extend(**kw, noise=Noise_RandomNoise(6)).result[0]["samples"]
     assert (noise_a - noise_b).abs().max() > 1e-3 and torch.equal(noise_a, extend(**kw, noise=Noise_RandomNoise(5)).result[0]["samples"])
