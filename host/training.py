@@ -286,6 +286,9 @@ def folder_items(model, vae, dataset, mode, cache_dir, progress=None, encode_tex
     return CachedClips(shards, model.model.process_latent_in, extra)
 
 
+CLIP_CONTEXT_LENGTH = 77   # one chunk of CLIP tokens (start, 75, end): SD1.x, SD2.x and SDXL alike
+
+
 def caption_encoder(clip, base):
     """Captions → (N, L, D) cross-attention context with the checkpoint's own text encoder ("" for none).
     Refused for a UNet that also takes a pooled text vector (SDXL's ADM input): per-clip captions
@@ -296,9 +299,17 @@ def caption_encoder(clip, base):
                             "which the pack does not cache per caption; train with one 'prompt' for every clip, or "
                             "on an SD1.x/SD2.x model.")
 
+    def encode_one(caption: str) -> torch.Tensor:
+        context = clip.encode_from_tokens(clip.tokenize(caption or "")).float().cpu()
+        if context.shape[1] > CLIP_CONTEXT_LENGTH:   # ComfyUI encodes a long text as several chunks
+            log.info("Video LDM: a caption longer than CLIP's %d tokens is cut to its first %d, as SD training "
+                     "truncates captions: %.60s...", CLIP_CONTEXT_LENGTH, CLIP_CONTEXT_LENGTH, caption)
+            context = context[:, :CLIP_CONTEXT_LENGTH]
+        return context
+
     def encode(captions: list[str]) -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat([clip.encode_from_tokens(clip.tokenize(c or "")).float().cpu() for c in captions])
+            return torch.cat([encode_one(c) for c in captions])
     return encode
 
 
@@ -402,7 +413,10 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
             items = folder_items(base, vae, dataset, mode, cache)
         denoiser = UNetDenoiser(base, adapter, text, None if pooled is None else pooled.clone(),
                                 gradient_checkpointing=gradient_checkpointing, precision=config.precision).load()
-        phase = DiffusionPhase(adapter, denoiser, schedule, mode, augment_schedule=augment, max_noise_level=max_level)
+        # the clips come at one frame rate, the keyframes' x4: the T-to-4T regime (4T-to-16T needs clips at
+        # 4x the rate, which the CLI reads with data.fps); drawn at random, the label would mean nothing
+        phase = DiffusionPhase(adapter, denoiser, schedule, mode, augment_schedule=augment, max_noise_level=max_level,
+                               regimes=(0,))
         trainer = Trainer([phase], config, StepBatches(items, batch_size, seed=seed), device=denoiser.device)
         pbar = comfy.utils.ProgressBar(steps)
         interrupted = None

@@ -204,6 +204,16 @@ def test_a_mode_the_adapter_cannot_learn_is_refused_before_training(tr):
         tr["objective"].check_mode(spec, "upscaler")
 
 
+def test_keyframes_are_augmented_only_for_an_adapter_told_the_level(tr):
+    """Interpolation in regime 0 alone needs no label embedding; without one the adapter cannot be told
+    the augmentation level and its spec records none, so its keyframes are not augmented either."""
+    plain = tr["patch"].fresh_adapter_for_model(tr["model"], context_frames=(0, 1, 2))[1]
+    told = tr["patch"].fresh_adapter_for_model(tr["model"], context_frames=(0, 1, 2), interpolation=True)[1]
+    assert plain.spec.augmentation_range == (0.0, 0.0)
+    assert tr["objective"].DiffusionPhase(plain, None, None, "interpolation", regimes=(0,)).max_augmentation == 0.0
+    assert tr["objective"].DiffusionPhase(told, None, None, "interpolation", regimes=(0,)).max_augmentation > 0.0
+
+
 def test_a_base_model_that_cannot_be_frozen_is_refused(tr):
     layer = torch.nn.Linear(2, 2)
     layer.weight = torch.nn.Parameter(torch.ones(2, 2))
@@ -264,6 +274,32 @@ def test_captions_are_refused_for_a_unet_with_a_pooled_text_input(tr, tiny_sd1):
     with pytest.raises(tr["core"].TrainingError, match="data.captions: SDXL also conditions on the pooled text vector"):
         tr["host"].caption_encoder(tiny_sd1[1], sdxl)
     assert tr["host"].caption_encoder(tiny_sd1[1], tr["model"])(["a square"]).ndim == 3   # SD1.x: captions as before
+
+
+def test_the_node_trains_interpolation_in_the_regime_of_its_clips(tr, pack_module, monkeypatch):
+    """The node's clips come at one rate (T-to-4T): every label the embedding sees says regime 0 (they
+    were drawn at random, so the label the sampler gives later meant nothing)."""
+    InterpolationEmbedding = pack_module("videoldm_core.interpolation").InterpolationEmbedding
+    seen, forward = [], InterpolationEmbedding.forward
+    monkeypatch.setattr(InterpolationEmbedding, "forward",
+                        lambda self, labels: (seen.extend(labels[:, 0].tolist()), forward(self, labels))[1])
+    args = node_args(tr, steps=3) | dict(mode="interpolation", clip_frames=9, batch_size=2)
+    with torch.inference_mode():
+        adapter = tr["node"].execute(**args, images=shapes_video(tr, frames=20)).result[0]
+    assert adapter.spec.has_interpolation_embedding and len(seen) >= 3 * 2 * 9
+    assert set(seen) == {0.0}
+
+
+def test_a_caption_longer_than_clips_77_tokens_is_cut_to_them_as_sd_training_cuts(tr, tiny_sd1, caplog):
+    """ComfyUI encodes a long text as several 77-token chunks; a batch of captions once failed to stack
+    (and a streamed run died at the step that met one). Each caption is its first chunk."""
+    encode = tr["host"].caption_encoder(tiny_sd1[1], tr["model"])
+    long = "a red square moving left across a grey field, " * 12
+    with caplog.at_level("INFO", logger="videoldm"):
+        both = encode(["a red square", long])
+    assert both.shape[:2] == (2, 77) and "a caption longer than CLIP's 77 tokens is cut" in caplog.text
+    whole = tiny_sd1[1].encode_from_tokens(tiny_sd1[1].tokenize(long)).float()
+    assert whole.shape[1] > 77 and torch.equal(both[1:], whole[:, :77].cpu())
 
 
 def test_the_node_needs_exactly_one_source_and_an_existing_folder(tr):

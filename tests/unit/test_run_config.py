@@ -133,6 +133,16 @@ def test_the_validation_video_is_checked_and_needs_tensorboard():
     (dict(data={}), "found 8; use 5 or 9"),   # the readers' default length is no interpolation clip
     (dict(mode="prediction", data={"frames": 3}, adapter={"context_frames": [0, 1, 3]}),
      "prediction from up to 3 context frames .* 'data.frames' must be at least 4, found 3"),
+    # found at the first step (an embedding index out of range), silently (regime 2 trained as 0), or after
+    # the model had loaded (a seed the generators cannot take, an unknown placement, empty crops)
+    (dict(adapter={"regimes": [0, 2]}), r"'adapter.regimes' .* found \[0, 2\]"),
+    (dict(adapter={"regimes": []}), r"'adapter.regimes' .* found \[\]"),
+    (dict(adapter={"regimes": [2]}), r"'adapter.regimes' .* found \[2\]"),
+    (dict(adapter={"regimes": [1, 1]}), r"'adapter.regimes' lists .* each once"),
+    (dict(train={"seed": 2**62}), rf"'train.seed' must be between 0 and {2**31 - 1}, found {2**62}"),
+    (dict(train={"seed": -1}), "'train.seed' must be between 0"),
+    (dict(adapter={"placement": "lavie"}), r"'adapter.placement' must be one of \['videoldm', 'animatediff'\]"),
+    (dict(adapter={"patch": -4}), "'adapter.patch' must be at least 1, found -4"),
 ])
 def test_values_the_trainer_cannot_use_are_refused_before_anything_loads(sections, message):
     cfg = config(**sections)

@@ -4,6 +4,8 @@ rank-split batches, CSV log, checkpoints and resume, DistributedDataParallel on 
 import datetime
 import os
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -136,6 +138,27 @@ def test_resume_reproduces_the_uninterrupted_run_and_rewrites_the_log(tmp_path):
         [r["model/loss"] for r in read_log(tmp_path / "b" / "loss.csv")] == [r["model/loss"] for r in read_log(tmp_path / "a" / "loss.csv")]
     assert torch.equal(resumed.phases[0].linear.weight, straight.phases[0].linear.weight)
     assert torch.equal(resumed.ema_state()["model.linear.weight"], straight.ema_state()["model.linear.weight"])
+
+
+def test_resuming_a_finished_run_leaves_its_checkpoint_in_place(tmp_path, monkeypatch):
+    """A finished run started again resumes at its last step and trains nothing: its checkpoint is not
+    deleted and written again (a crash in between once left none, and the next run began at step 0)."""
+    import shutil
+
+    done = trainer(tmp_path, steps=4, keep_checkpoints=1)
+    done.run()
+    last = latest_checkpoint(tmp_path)
+    again = trainer(tmp_path, steps=4, keep_checkpoints=1)
+    again.load_checkpoint(last)
+    removed = []
+    monkeypatch.setattr(shutil, "rmtree", lambda path, *a, **k: removed.append(Path(path).name))
+    assert again.run() and again.step == 4
+    assert removed == [] and latest_checkpoint(tmp_path) == last
+    longer = trainer(tmp_path, steps=5, keep_checkpoints=1)   # one more step: a new checkpoint, as before
+    longer.load_checkpoint(last)
+    monkeypatch.undo()
+    longer.run()
+    assert latest_checkpoint(tmp_path).name == "checkpoint-0000005"
 
 
 def test_a_checkpoint_of_another_setup_is_refused(tmp_path):

@@ -69,6 +69,10 @@ class DiffusionPhase(Phase):
         self.adapter = adapter                 # registered: the only trained parameters
         self.denoiser, self.schedule, self.mode = Held(denoiser), schedule, mode
         self.context_frames, self.regimes = context_frames, tuple(regimes)
+        # keyframes are augmented only for an adapter told the level: one without the embedding records
+        # no augmentation range (Interpolate Keyframes then gives it clean keyframes)
+        if not adapter.spec.has_interpolation_embedding:
+            max_augmentation = 0.0
         self.max_augmentation, self.patch = max_augmentation, patch
         self.augment_schedule, self.max_noise_level = augment_schedule, max_noise_level
 

@@ -10,6 +10,7 @@ import typing
 
 from ..interpolation import FACTOR
 from ..limits import is_finite_number
+from ..temporal_adapter import PLACEMENTS
 from .modes import MODE_NAMES, mode_named
 from .objective import TrainingError
 
@@ -138,6 +139,9 @@ def check_run_config(config) -> dict:
 
 
 DEFAULT_FRAMES = 8   # data.frames when absent (the clip length the readers cut)
+# the Train Temporal Adapter node's seed range: the trainer derives its generators' seeds from it
+# (seed x 1,000,003 + ...), which must stay within the 64 bits a generator takes
+MAX_SEED = 2**31 - 1
 
 
 def check_ranges(config: dict, mode: str):
@@ -145,10 +149,23 @@ def check_ranges(config: dict, mode: str):
     encoded (a batch of 0, clips a mode cannot learn from)."""
     data = config.get("data", {})
     for section, key, least in (("train", "batch_size", 1), ("data", "width", 8), ("data", "height", 8),
-                                ("data", "workers", 0), ("data", "shuffle", 0)):
+                                ("data", "workers", 0), ("data", "shuffle", 0), ("adapter", "patch", 1),
+                                ("vae", "patch", 1), ("image", "patch", 1)):
         value = config.get(section, {}).get(key)
         if value is not None and value < least:
             raise TrainingError(f"run configuration: '{section}.{key}' must be at least {least}, found {value}.")
+    seed = config.get("train", {}).get("seed", 0)
+    if not 0 <= seed <= MAX_SEED:
+        raise TrainingError(f"run configuration: 'train.seed' must be between 0 and {MAX_SEED}, found {seed}.")
+    adapter = config.get("adapter", {})
+    if adapter.get("placement", PLACEMENTS[0]) not in PLACEMENTS:
+        raise TrainingError(f"run configuration: 'adapter.placement' must be one of {list(PLACEMENTS)}, "
+                            f"found {adapter['placement']!r}.")
+    regimes = adapter.get("regimes", [0, 1])
+    if not regimes or not set(regimes) <= {0, 1} or len(set(regimes)) != len(regimes):
+        raise TrainingError(f"run configuration: 'adapter.regimes' lists the interpolation regimes to train, each "
+                            f"once: 0 (T-to-4T, clips at data.fps) and/or 1 (4T-to-16T, at 4x data.fps), found "
+                            f"{regimes}.")
     if mode not in MODE_NAMES:
         return
     frames = data.get("frames", DEFAULT_FRAMES)
@@ -159,7 +176,6 @@ def check_ranges(config: dict, mode: str):
         low = max(5, frames - (frames - 1) % FACTOR)
         raise TrainingError(f"run configuration: interpolation clips hold 4K − 3 frames (K ≥ 2 keyframes at 0, 4, 8, "
                             f"...): 'data.frames' must be 5, 9, 13, ..., found {frames}; use {low} or {low + FACTOR}.")
-    adapter = config.get("adapter", {})
     if mode_named(mode).needs_context_encoder and not mode_named(mode).has_regimes and not adapter.get("init"):
         given = adapter.get("context_frames") or mode_named(mode).default_context_frames
         if frames <= max(given):

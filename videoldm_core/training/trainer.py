@@ -103,6 +103,7 @@ class Trainer:
         self.world = world or init_world()
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.step = 0
+        self._checkpointed_step = None   # the step of the checkpoint in output_dir this state is
         for phase in self.phases:
             if not any(p.requires_grad for p in phase.parameters()):
                 raise TrainingError(f"phase '{phase.name}' has no trainable parameters.")
@@ -262,7 +263,8 @@ class Trainer:
             if on_step is not None:
                 on_step(row)
         if self.output_dir is not None:
-            self.save_checkpoint()
+            if self._checkpointed_step != self.step:   # a finished run resumed: its checkpoint is this state
+                self.save_checkpoint()
         return finished
 
     # --- files -----------------------------------------------------------------------------------
@@ -314,6 +316,8 @@ class Trainer:
             tmp.rename(directory)
             self._prune_checkpoints()
         barrier(self.world)
+        if directory == self.checkpoint_dir():
+            self._checkpointed_step = self.step
         return directory
 
     def _optimizer_on_main(self, optimizer) -> dict | None:
@@ -362,6 +366,7 @@ class Trainer:
             ema = load_file(str(ema_file)) if ema_file.is_file() else {k: v.detach().float() for k, v in own.items()}
             self.ema = {k: shard_like(ema[k].float(), p).clone() for k, p in own.items()}
         self.step = int(saved["step"])
+        self._checkpointed_step = self.step
         if hasattr(self.sample_batch, "load_state_dict"):
             self._restore_stream(directory)
         if self.log_path is not None and self.log_path.exists() and self.world.is_main:
