@@ -35,7 +35,12 @@ class MetadataSpec:
             raise error(f"{source}: '{cls.METADATA_KEY}' metadata is not a JSON text this pack can read.") from None
         if not isinstance(data, dict):
             raise error(f"{source}: expected a JSON object in '{cls.METADATA_KEY}', found {type(data).__name__}.")
-        data = cls.migrate(data)
+        try:
+            data = cls.migrate(data)
+        except error as e:
+            raise error(f"{source}: {e}") from None
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError) as e:   # an older spec of the wrong shape
+            raise error(f"{source}: malformed '{cls.METADATA_KEY}' spec ({type(e).__name__}: {e}).") from None
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise error(f"{source}: unknown fields {unknown} in '{cls.METADATA_KEY}'; expected only "

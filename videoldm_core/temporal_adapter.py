@@ -10,12 +10,12 @@ under `videoldm_adapter` in the metadata.
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from safetensors import safe_open
 from torch import nn
 
 from .context import ContextEncoder
@@ -28,7 +28,7 @@ from .slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
 from .state_dict import check_weights, loadable_shapes
 from .errors import VideoLDMError
 from .metadata_spec import MetadataSpec, expect_int, expect_number
-from .weights_file import WeightsFileError, save_safetensors
+from .weights_file import WeightsFile, WeightsFileError, save_safetensors
 
 ADAPTER_METADATA_KEY = "videoldm_adapter"
 ADAPTER_FORMAT_VERSION = 2
@@ -86,9 +86,16 @@ class AdapterSpec(MetadataSpec):
         if data.get("version", 1) != 1:
             return data
         data = {k: v for k, v in data.items() if k not in ("extra", "trained_frames")}
-        recipe = trained_with(data.get("source", "native"))
+        source = data.get("source", "native")
+        if not isinstance(source, str):
+            raise AdapterFormatError(f"source: expected a string, found {json.dumps(source)[:40]}.")
+        recipe = trained_with(source)
         data.setdefault("noise_schedule", recipe.noise_schedule.to_dict() if recipe.noise_schedule else None)
         data.setdefault("clip_norms", list(recipe.clip_norms))
+        if isinstance(data.get("slots"), dict):   # version 1 had no motion-module norm: the source's own
+            data["slots"] = {path: {"group_norm": recipe.motion_norm, **slot}
+                             if isinstance(slot, dict) and slot.get("kind") == "motion_module" else slot
+                             for path, slot in data["slots"].items()}
         if isinstance(data.get("interpolation"), dict):
             data["interpolation"] = {"augmentation": [0.0, MAX_AUGMENTATION], **data["interpolation"]}
         return {**data, "version": 2}
@@ -115,6 +122,11 @@ class AdapterSpec(MetadataSpec):
             check_slot_arguments(path, config)
         if self.max_frames is not None:
             expect_int("max_frames", self.max_frames, AdapterFormatError, maximum=MAX_TABLE_LENGTH)
+            tables = {path: config["max_len"] for path, config in self.slots.items() if "max_len" in config}
+            shortest = min(tables.items(), key=lambda item: item[1], default=None)
+            if shortest is not None and shortest[1] < self.max_frames:
+                raise AdapterFormatError(f"max_frames: {self.max_frames} frames stated, but slot {shortest[0]!r} holds "
+                                         f"positions for {shortest[1]}; expected at most {shortest[1]}.")
         for name, value in (("source", self.source), ("description", self.description)):
             if not isinstance(value, str):
                 raise AdapterFormatError(f"{name}: expected text, found {type(value).__name__}.")
@@ -204,6 +216,12 @@ def check_slot_arguments(path: str, config: dict):
         elif annotation in ("str", "bool") and type(value).__name__ != annotation:
             raise AdapterFormatError(f"{where}: expected {'text' if annotation == 'str' else 'true or false'}, "
                                      f"found {type(value).__name__}.")
+    # values each of which is in range but that the layer cannot run with (found at sampling otherwise)
+    if config.get("max_period", 10000.0) <= 1:   # its logarithm scales the sinusoidal frequencies
+        raise AdapterFormatError(f"slot {path!r}: max_period: expected a number above 1, found {config['max_period']}.")
+    if "heads" in config and "dim_head" not in config and config["channels"] % config["heads"]:
+        raise AdapterFormatError(f"slot {path!r}: heads: expected a divisor of its {config['channels']} channels "
+                                 f"(each head takes channels / heads of them), found {config['heads']}.")
 
 
 def set_submodule(root: nn.Module, path: str, module: nn.Module):
@@ -249,11 +267,10 @@ def save_adapter(path: str | Path, adapter: TemporalAdapter | dict, spec: Option
 
 
 def read_adapter_spec(path: str | Path) -> Optional[AdapterSpec]:
-    """The spec of a native adapter file, None for a safetensors file without one."""
+    """The spec of a native adapter file, None for a weights file without one; a file that is not
+    one is refused by name (`WeightsFile`)."""
     path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    text = metadata.get(ADAPTER_METADATA_KEY)
+    text = WeightsFile(path, path.name, AdapterFormatError).metadata.get(ADAPTER_METADATA_KEY)
     return None if text is None else AdapterSpec.from_json(text, source=f"'{path.name}'")
 
 

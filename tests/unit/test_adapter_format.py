@@ -231,10 +231,12 @@ def test_a_version_1_interpolation_spec_gets_the_trainers_augmentation_range_of_
     assert spec.augmentation_range == (0.0, 0.25)
 
 
-def test_a_version_1_save_of_an_imported_v1_motion_module_gets_v1s_recipe():
+@pytest.mark.parametrize("variant", ["v1", "sdxl"])
+def test_a_version_1_save_of_an_imported_motion_module_gets_its_recipe(variant):
     """Save Temporal Adapter of version 1 wrote imported modules with their source; the migration
-    gives them what the importer gives the original file today."""
-    original, _ = import_adapter(animatediff_state_dict(**VARIANTS["v1"]), {}, "mm_sd_v14.ckpt")
+    gives them what the importer gives the original file today: schedule, clip-wide norms and the
+    motion modules' own norm (clip-wide for the SDXL beta module; it once fell to per frame)."""
+    original, _ = import_adapter(animatediff_state_dict(**VARIANTS[variant]), {}, "mm.ckpt")
     old = json.loads(original.to_json())
     for key in ("noise_schedule", "clip_norms"):
         old.pop(key)
@@ -242,13 +244,66 @@ def test_a_version_1_save_of_an_imported_v1_motion_module_gets_v1s_recipe():
     old["slots"] = {path: {k: v for k, v in config.items() if k != "group_norm"} for path, config in old["slots"].items()}
     migrated, _ = import_adapter({}, {ADAPTER_METADATA_KEY: json.dumps(old)}, "saved.safetensors")
     assert (migrated.noise_schedule, migrated.clip_norms) == (original.noise_schedule, original.clip_norms)
-    assert migrated.clip_norms == ["resblock", "output"]
+    assert migrated.slots == original.slots
+    assert {c["group_norm"] for c in migrated.slots.values()} == {"frame" if variant == "v1" else "video"}
+    assert migrated.clip_norms == (["resblock", "output"] if variant == "v1" else [])
+
+
+def spec_with_slot(slot: dict, **fields) -> dict:
+    return {ADAPTER_METADATA_KEY: json.dumps({"family": "SD1.x", "placement": "animatediff", "version": 2,
+                                              "slots": {"input_blocks.1": slot}, **fields})}
+
+
+MOTION = {"kind": "motion_module", "channels": 32, "heads": 8, "max_len": 24}
+
+
+@pytest.mark.parametrize("metadata, message", [
+    # loaded fine once, then failed at sampling: a math domain error, a reshape of 0 elements, a stop at step 1
+    (spec_with_slot({"kind": "transformer", "channels": 32, "heads": 4, "dim_head": 8, "depth": 1, "max_period": 0}),
+     r"max_period: expected a number above 1, found 0"),
+    (spec_with_slot(dict(MOTION, heads=64)), r"heads: expected a divisor of its 32 channels .* found 64"),
+    (spec_with_slot(dict(MOTION, heads=3)), r"heads: expected a divisor of its 32 channels .* found 3"),
+    (spec_with_slot(MOTION, max_frames=32), r"max_frames: 32 frames stated, but slot 'input_blocks.1' holds positions "
+                                            r"for 24"),
+    # a version-1 spec of the wrong shape: the pack's error naming the file, not a raw TypeError
+    ({ADAPTER_METADATA_KEY: json.dumps({"version": 1, "source": ["x"], "family": "SD1.x", "placement": "videoldm",
+                                        "slots": {}})}, r"^'bad.safetensors': source: expected a string"),
+])
+def test_slot_values_that_cannot_run_together_are_refused_when_read(metadata, message):
+    with pytest.raises(AdapterFormatError, match=message):
+        import_adapter({}, metadata, "'bad.safetensors'")
+
+
+def test_an_init_file_that_is_not_safetensors_is_refused_by_name(tmp_path):
+    (tmp_path / "init.ckpt").write_bytes(b"not a pickle at all" * 10)
+    with pytest.raises(AdapterFormatError, match=r"'init.ckpt'"):
+        read_adapter_spec(tmp_path / "init.ckpt")
+
+
+def test_motion_module_indices_outside_the_layout_and_companion_parts_are_refused():
+    """down_blocks.0.motion_modules.3 once landed on down_blocks.1.motion_modules.0's slot and replaced
+    its weights; PIA's conv_in and AnimateLCM-I2V's image encoder were dropped without a word."""
+    state_dict = animatediff_state_dict(**VARIANTS["v2"])
+    moved = {k.replace("down_blocks.0.motion_modules.1.", "down_blocks.0.motion_modules.3."): v
+             for k, v in state_dict.items()}
+    with pytest.raises(AdapterFormatError, match=r"'down_blocks.0.motion_modules.3.* outside AnimateDiff's layout "
+                                                 r"\(expected down_blocks.<level>.motion_modules.<0..1>\)"):
+        import_animatediff(moved, "'odd.ckpt'")
+    middle = {k.replace("mid_block.motion_modules.0.", "mid_block.motion_modules.1."): v for k, v in state_dict.items()}
+    with pytest.raises(AdapterFormatError, match=r"outside AnimateDiff's layout \(expected mid_block.motion_modules"):
+        import_animatediff(middle, "'odd.ckpt'")
+    for extra, name in (({"conv_in.weight": torch.zeros(320, 9, 3, 3)}, "PIA's"),
+                        ({"img_encoder.proj.weight": torch.zeros(4, 4)}, "AnimateLCM-I2V's")):
+        with pytest.raises(AdapterFormatError, match=rf"this file holds {name} .* the pack does not run"):
+            import_adapter({**state_dict, **extra}, {}, "'pia.ckpt'")
 
 
 @pytest.mark.parametrize("fields, message", [
     (dict(noise_schedule={"betas": "cosine", "beta_start": 0.1, "beta_end": 0.2}), r"expected betas one of"),
     (dict(noise_schedule={"betas": "linear", "beta_start": 0.1}), r"noise_schedule: incomplete"),
     (dict(clip_norms=["attention"]), r"clip_norms: expected a list drawn from \('resblock', 'output'\)"),
+    # each value in range, together unusable: infinite noise levels (auto would sample with them)
+    (dict(noise_schedule={"betas": "sqrt_linear", "beta_start": 0.5, "beta_end": 0.9}), r"infinite noise levels"),
 ])
 def test_bad_schedule_or_clip_norms_are_explained(fields, message):
     spec = {"family": "SD1.x", "placement": "videoldm", "slots": videoldm_slots(LAYOUT), "version": 2, **fields}

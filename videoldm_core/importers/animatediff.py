@@ -27,6 +27,10 @@ from ..positional import sinusoidal_embedding
 from ..weights_file import TensorShape
 
 ANIMATELCM_MAX_LEN = 64
+MODULES_PER_BLOCK = {"down_blocks": 2, "up_blocks": 3, "mid_block": 1}
+# parts a derivative trains with its motion modules, which the modules need at sampling
+COMPANIONS = {"conv_in.": "PIA's image-conditioned input convolution (9 channels)",
+              "img_encoder.": "AnimateLCM-I2V's image encoder"}
 _ATTENTION = re.compile(r"^(transformer_blocks\.\d+\.attention_blocks\.\d+)\.")
 _MODULE = re.compile(r"^(down_blocks|up_blocks|mid_block)\.(?:(\d+)\.)?motion_modules\.(\d+)\.temporal_transformer\.(.+)$")
 
@@ -56,6 +60,12 @@ def import_animatediff(state_dict: dict, source: str = "motion module") -> tuple
             ignored.append(key)
             continue
         kind, level, index, rest = m.group(1), m.group(2), int(m.group(3)), m.group(4)
+        # two ResBlocks per level down (so two modules), three up, one module in the middle: another
+        # index would land on a neighbour's slot and replace its weights
+        if index >= MODULES_PER_BLOCK[kind] or (kind == "mid_block") != (level is None):
+            raise AdapterFormatError(f"{source}: motion module key {key[:80]!r} is outside AnimateDiff's layout "
+                                     f"(expected {kind}{'' if kind == 'mid_block' else '.<level>'}.motion_modules.<0.."
+                                     f"{MODULES_PER_BLOCK[kind] - 1}>).")
         if kind == "down_blocks":
             path = f"input_blocks.{1 + 3 * int(level) + index}"
         elif kind == "up_blocks":
@@ -69,6 +79,12 @@ def import_animatediff(state_dict: dict, source: str = "motion module") -> tuple
     stray = [k for k in ignored if "temporal" in k or "motion" in k]
     if stray:
         raise AdapterFormatError(f"{source}: motion-module keys in an unknown layout, e.g. {stray[:3]}.")
+    for prefix, what in COMPANIONS.items():
+        found = [k for k in ignored if k.startswith(prefix)]
+        if found:
+            raise AdapterFormatError(f"{source}: beside its motion modules this file holds {what} ({found[0]!r}, "
+                                     f"{len(found)} keys), which the pack does not run; loaded without it, the "
+                                     f"modules would not run as they were trained. Use a plain motion module.")
 
     down_levels = {int(k.split(".")[1]) for k in state_dict if k.startswith("down_blocks.")}
     top = max(down_levels)
