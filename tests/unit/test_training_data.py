@@ -355,3 +355,35 @@ def test_a_hostile_cache_index_is_no_cache(mp4_folder, tmp_path, index):
     calls = []
     shards = build_latent_cache(data, encode_stub(calls), cache, "stub")
     assert len(shards) == len(data) and calls
+
+
+@pytest.mark.parametrize("forged", ["other tensors", "other shapes", "non-finite"])
+def test_a_shard_replaced_after_the_build_is_checked_by_what_it_holds(mp4_folder, tmp_path, forged):
+    """The temp folder takes uploads and /view reads the index back, so a shard can be replaced under
+    its own name and key: one that holds other tensors (an interpolation regime out of range) or other
+    shapes is no cache (the clips are encoded again), one with NaN is refused when read, naming the clip."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from videoldm_core.training.latent_cache import CachedClips
+
+    data = VideoFolder(mp4_folder, ClipSpec(frames=8, fps=15.0, height=48, width=64))
+    calls, cache = [], tmp_path / "cache"
+    build_latent_cache(data, encode_stub(calls), cache, "stub", shard_size=1)
+    shard = cache / "shard_00000.safetensors"
+    with safe_open(str(shard), framework="pt") as f:
+        meta, latents = f.metadata(), f.get_tensor("latents")
+    tensors = {"other tensors": {"latents": latents, "regime": torch.tensor([7])},
+               "other shapes": {"latents": torch.full((1, 5, 4, 6, 8), 1e4)},
+               "non-finite": {"latents": torch.full_like(latents, float("nan"))}}[forged]
+    save_file(tensors, str(shard), metadata=meta)
+    calls.clear()
+    shards = build_latent_cache(data, encode_stub(calls), cache, "stub", shard_size=1)
+    clips = CachedClips(shards)
+    if forged == "non-finite":
+        assert calls == []   # its header is what the build writes
+        with pytest.raises(TrainingError, match=r"clip 'clip_0000.mp4' holds NaN or infinity in its cached latents"):
+            clips[0]
+    else:
+        assert len(calls) == 2   # no cache: every clip encoded again
+        assert set(clips[0]) == {"latents"} and torch.equal(clips[0]["latents"], latents[0].float())

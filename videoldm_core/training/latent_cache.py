@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
+from ..limits import all_finite
 from ..weights_file import save_safetensors, write_atomically
 from .objective import TrainingError
 
@@ -63,14 +64,25 @@ def _read_index(cache_dir: Path) -> dict | None:
     return index if usable else None
 
 
-def _finished_shard(path: Path, key: str, names: list[str]) -> bool:
-    """A shard left by an earlier (maybe interrupted) build with this key and these clips."""
+CACHED_TENSORS = ("latents", "low_res", "text")   # what build_latent_cache writes per clip
+
+
+def _finished_shard(path: Path, key: str, names: list[str], shapes: dict | None = None) -> bool:
+    """A shard left by an earlier (maybe interrupted) build with this key and these clips, holding
+    only the tensors a build writes, one row per clip (of `shapes` per row, when given): the temp
+    folder takes uploads, and the index's key can be read back through ComfyUI's /view, so a shard
+    is checked by what it holds, not by the name it states."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            held = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+            dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
     except Exception:
         return False
-    return meta.get("key") == key and meta.get("names") == json.dumps(names)
+    return (meta.get("key") == key and meta.get("names") == json.dumps(names) and "latents" in held
+            and set(held) <= set(CACHED_TENSORS) and dtypes <= {"F16", "BF16", "F32"}
+            and all(shape[:1] == [len(names)] for shape in held.values())
+            and (shapes is None or all(shape[1:] == shapes.get(k) for k, shape in held.items())))
 
 
 def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor | dict[str, Tensor]], cache_dir, encoder_id: str,
@@ -87,8 +99,13 @@ def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor | dict[str, Te
     key = cache_key(dataset.entries, dataset.spec, encoder_id, captions=encode_text is not None,
                     **getattr(dataset, "settings", {}))
     index = _read_index(cache_dir)
-    if index and index.get("key") == key and all((cache_dir / n).is_file() for n in index["shards"]):
-        return LatentShards(cache_dir)
+    if index and index.get("key") == key:
+        if isinstance(index.get("shapes"), dict) and all(
+                _finished_shard(cache_dir / n, key, index["names"][s * index["shard_size"]:(s + 1) * index["shard_size"]],
+                                index["shapes"]) for s, n in enumerate(index["shards"])):
+            return LatentShards(cache_dir)
+        for old in cache_dir.glob("shard_*.safetensors"):   # a finished cache changed since: none of it is kept
+            old.unlink()
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / INDEX_FILE).unlink(missing_ok=True)  # from here on, nothing in the folder is trusted
     count = len(dataset)
@@ -98,7 +115,7 @@ def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor | dict[str, Te
         items = range(first, min(first + shard_size, count))
         path = cache_dir / _shard_name(s)
         shards.append(path.name)
-        if _finished_shard(path, key, names[first:items.stop]):
+        if _finished_shard(path, key, names[first:items.stop], shapes or None):
             with safe_open(str(path), framework="pt") as f:
                 shapes = {k: list(f.get_slice(k).get_shape()[1:]) for k in f.keys()}
         else:
@@ -212,6 +229,11 @@ class CachedClips(SequenceABC):
 
     def __getitem__(self, i: int) -> dict:
         row = self.shards[i]
+        for name, value in row.items():   # a shard replaced after it was checked holds NaN no longer silently
+            if isinstance(value, Tensor) and not all_finite(value):
+                raise TrainingError(f"latent cache '{self.shards.cache_dir.name}': clip '{row['name']}' holds NaN or "
+                                    f"infinity in its cached {name}; delete the cache folder to encode the clips "
+                                    "again.")
         item = {"latents": self.latent_in(row["latents"].float())}
         item.update({k: v.float() for k, v in row.items() if k not in ("latents", "name") and v is not None})
         return {**item, **self.extra}
