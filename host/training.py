@@ -257,11 +257,12 @@ def training_items(model, vae, images: torch.Tensor, clip_frames: int, mode, str
 
 
 def encoder_fingerprint(vae) -> str:
-    """An identity for a VAE's encoder (for latent cache keys): its class and a hash of its weights."""
+    """An identity for a VAE's encoder (for latent cache keys): its class and a hash of all its weights
+    (two encoders that differ past a tensor's first values make other latents)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(vae.first_stage_model.encoder.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes()[:4096])
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return f"{type(vae.first_stage_model).__name__}-{digest.hexdigest()[:16]}"
 
 

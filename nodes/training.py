@@ -33,7 +33,9 @@ class TrainTemporalAdapter(io.ComfyNode):
                 io.Combo.Input("mode", options=list(MODE_NAMES), default=TEMPORAL.name,
                                tooltip="temporal: the base video model. prediction: with 0/1/2 context frames (for "
                                        "Extend Video). interpolation: keyframes every 4th frame given (for Interpolate "
-                                       "Keyframes). upscaler: the SD x4 upscaler's temporal layers on patches."),
+                                       "Keyframes, regime T-to-4T: the clips' own rate; 4T-to-16T needs clips at 4x the "
+                                       "rate, which train.py reads with data.fps). upscaler: the SD x4 upscaler's "
+                                       "temporal layers on patches."),
                 io.Int.Input("clip_frames", default=8, min=2, max=256,
                              tooltip="T: frames per training clip (interpolation needs 4K−3, e.g. 9 or 13)."),
                 io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimiser steps."),

@@ -204,6 +204,23 @@ def test_a_mode_the_adapter_cannot_learn_is_refused_before_training(tr):
         tr["objective"].check_mode(spec, "upscaler")
 
 
+def test_the_latent_cache_key_sees_every_weight_of_the_encoder(tr):
+    """Two encoders that differ only past a tensor's first values made the same key (only 4096 bytes of
+    each were hashed), so a cache of the other encoder's latents was reused."""
+    encoder = tr["vae"].first_stage_model.encoder
+    name, weight = max(encoder.state_dict().items(), key=lambda item: item[1].numel())
+    before = tr["host"].encoder_fingerprint(tr["vae"])
+    last = weight.view(-1)[-1].item()
+    with torch.inference_mode(False), torch.no_grad():
+        try:
+            weight.view(-1)[-1] = last + 1.0
+            changed = tr["host"].encoder_fingerprint(tr["vae"])
+        finally:
+            weight.view(-1)[-1] = last
+    assert weight.numel() * 4 > 4096 and changed != before
+    assert tr["host"].encoder_fingerprint(tr["vae"]) == before
+
+
 def test_keyframes_are_augmented_only_for_an_adapter_told_the_level(tr):
     """Interpolation in regime 0 alone needs no label embedding; without one the adapter cannot be told
     the augmentation level and its spec records none, so its keyframes are not augmented either."""
