@@ -333,8 +333,11 @@ def decoder_items(vae, dataset, progress=None) -> list[dict]:
 
 
 def trainable_decoder(vae):
-    """The VAE's image decoder, frozen, copied out of inference mode when a loader node made it."""
-    return frozen(outside_inference(vae.first_stage_model.decoder).float())
+    """A frozen float32 copy of the VAE's image decoder, made outside inference mode: the VAE itself
+    keeps its decoder as it was (dtype, mode, requires_grad)."""
+    with torch.inference_mode(False):
+        decoder = copy.deepcopy(vae.first_stage_model.decoder)
+    return frozen(decoder.float())
 
 
 def trained_state(module, trainer, phase: str = "adapter", attribute: str = "adapter") -> dict[str, torch.Tensor]:

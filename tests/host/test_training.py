@@ -333,7 +333,11 @@ def test_the_real_vae_decoders_temporal_layers_learn_with_the_patch_discriminato
     core = pack_module("videoldm_core.temporal_decoder")
     objective = pack_module("videoldm_core.training.decoder_objective")
     disc = pack_module("videoldm_core.training.discriminator")
+    own = tr["vae"].first_stage_model.decoder
+    own_state = ({p.dtype for p in own.parameters()}, {p.requires_grad for p in own.parameters()}, own.training)
     decoder = tr["host"].trainable_decoder(tr["vae"])
+    assert decoder is not own and (   # the user's VAE keeps its decoder as it was
+        {p.dtype for p in own.parameters()}, {p.requires_grad for p in own.parameters()}, own.training) == own_state
     frozen_before = {k: v.clone() for k, v in decoder.state_dict().items()}
     spec = core.spec_for_decoder(decoder)
     torch.manual_seed(0)
