@@ -125,15 +125,6 @@ def copied_model(model):
     return model.clone(model_override=(copied, ({}, {}, {}, set())))
 
 
-def outside_inference(module):
-    """`module`, or a deep copy made outside inference mode when it holds inference tensors, which
-    autograd cannot save for backward."""
-    if not any(p.is_inference() for p in module.parameters()):
-        return module
-    with torch.inference_mode(False):
-        return copy.deepcopy(module)
-
-
 def training_precision(requested: str, base, quiet: bool = False) -> str:
     """The precision a run over MODEL's frozen UNet computes in (a name of PRECISIONS): `requested`,
     unless that is fp32 over 16-bit weights (ComfyUI's default for SD UNets on most GPUs), which
