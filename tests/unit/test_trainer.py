@@ -161,6 +161,17 @@ def test_resuming_a_finished_run_leaves_its_checkpoint_in_place(tmp_path, monkey
     assert latest_checkpoint(tmp_path).name == "checkpoint-0000005"
 
 
+def test_a_resumed_run_takes_its_own_betas_and_weight_decay(tmp_path):
+    """The optimiser's moments come from the checkpoint; its settings from this run's config (a
+    checkpoint's betas and weight decay once overrode the config without a word)."""
+    trainer(tmp_path, steps=2).run()
+    resumed = trainer(tmp_path, steps=4, betas=(0.5, 0.9), weight_decay=0.2)
+    resumed.load_checkpoint(latest_checkpoint(tmp_path))
+    group = resumed.optimizers[0].param_groups[0]
+    assert (tuple(group["betas"]), group["weight_decay"]) == ((0.5, 0.9), 0.2)
+    assert resumed.optimizers[0].state   # the moments were restored
+
+
 def test_a_checkpoint_of_another_setup_is_refused(tmp_path):
     t = trainer(tmp_path, steps=2)
     t.run()

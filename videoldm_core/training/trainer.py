@@ -359,6 +359,8 @@ class Trainer:
         saved = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True, mmap=True)
         for optimizer, optimizer_state in zip(self.optimizers, saved["optimizers"]):
             optimizer.load_state_dict(self._sharded_optimizer_state(optimizer, optimizer_state))
+            for group in optimizer.param_groups:   # this run's settings, as its learning rate is (the moments stay)
+                group["betas"], group["weight_decay"] = self.config.betas, self.config.weight_decay
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         if self.ema is not None:
