@@ -49,7 +49,8 @@ def custom_sampling_inputs(per: str | None = None) -> list:
     each = f" for every {per}" if per else ""
     return [
         io.Sampler.Input("sampler", optional=True, tooltip=f"A core SAMPLER{each}; replaces sampler_name."),
-        io.Sigmas.Input("sigmas", optional=True, tooltip=f"Core SIGMAS{each}; replace scheduler and steps."),
+        io.Sigmas.Input("sigmas", optional=True, tooltip=f"Core SIGMAS{each}; replace scheduler and steps. A full "
+                        "schedule (denoise 1): the frames made here have no source to start from."),
         io.Noise.Input("noise", optional=True,
                        tooltip="Core NOISE; replaces seed." + (f" One draw covers every {per}, stacked along frames; "
                                                                f"{per} i takes its frames." if per else "")),
