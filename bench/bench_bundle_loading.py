@@ -32,7 +32,7 @@ from devtools.comfy_in_process import init_comfy
 
 from devtools.process_memory import PeakRSS, rss_bytes
 
-from .common import interleaved_medians, print_table
+from .common import interleaved_medians, pack_allocator_env, print_table
 from devtools import tiny_bundles
 
 
@@ -76,7 +76,7 @@ def child_peak(arm: str, path: str):
 
 def fresh_process_peak(arm: str, path) -> dict:
     proc = subprocess.run([sys.executable, "-m", "bench.bench_bundle_loading", "--child", arm, str(path)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=pack_allocator_env())
     if proc.returncode != 0:
         raise SystemExit(f"{arm}: the peak run failed\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

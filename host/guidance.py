@@ -13,6 +13,7 @@ import logging
 import math
 
 import comfy.model_management
+import comfy.model_sampling
 import comfy.sample
 import comfy.sampler_helpers
 import comfy.samplers
@@ -165,8 +166,12 @@ def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int, sam
         raise ContextError(f"the SIGMAS input: expected a schedule of at least 2 finite sigmas (a start and an end), "
                            f"found {sigmas.tolist()}.")
     else:
-        largest = float(model.get_model_object("model_sampling").sigma_max)
-        if float(sigmas[0]) < 0.99 * largest:
+        sampling = model.get_model_object("model_sampling")
+        largest = float(sampling.sigma_max)
+        # core's ddim_uniform starts a full schedule below sigma_max (at a timestep of its stride)
+        ddim_start = float(comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", len(sigmas) - 1)[0]) \
+            if isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) else largest
+        if float(sigmas[0]) < 0.99 * largest and not math.isclose(float(sigmas[0]), ddim_start, rel_tol=1e-4):
             log.warning("Video LDM: the SIGMAS input starts at sigma %.4g, below the model's largest noise level %.4g. "
                         "The frames this node makes have no source to start from: they start from an empty latent "
                         "with less noise than they need (img2img of nothing at denoise < 1), which washes them out. "

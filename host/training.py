@@ -418,8 +418,8 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
         try:
             finished = trainer.run(should_stop=mm.processing_interrupted, on_step=lambda row: pbar.update(1))
         except mm.InterruptProcessingException as e:
-            # a Cancel almost always lands inside a step: core's layers and the server's progress hook
-            # raise it there. That step never reached the optimiser; the steps before it are kept.
+            # a Cancel almost always lands inside a step: core's layers raise it in a forward (that step
+            # never reaches the optimiser), the server's progress hook after a step (which is kept)
             finished, interrupted = False, e
     trained = trained_state(adapter, trainer)
     history, step = trainer.history, trainer.step

@@ -55,8 +55,8 @@ class BetaSchedule:
                                                or not 1 <= self.lcm_timesteps <= self.timesteps):
             raise ScheduleError(f"noise_schedule: expected lcm_timesteps an integer in [1, {self.timesteps}] or null, "
                                 f"found {self.lcm_timesteps!r}.")
-        sigmas = self.sigmas()
-        if not bool(torch.isfinite(sigmas).all()):   # betas that reach 1 leave no signal: infinite noise levels
+        sigmas = self.sigmas().float()   # as the sampling keeps them
+        if not bool(torch.isfinite(sigmas).all()):   # betas near 1 leave no signal: infinite noise levels
             raise ScheduleError(f"noise_schedule: {self.betas} {self.beta_start}-{self.beta_end} over {self.timesteps} "
                                 f"timesteps gives {int((~torch.isfinite(sigmas)).sum())} infinite noise levels; "
                                 "expected a schedule whose signal never vanishes.")

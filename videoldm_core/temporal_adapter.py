@@ -122,7 +122,8 @@ class AdapterSpec(MetadataSpec):
             check_slot_arguments(path, config)
         if self.max_frames is not None:
             expect_int("max_frames", self.max_frames, AdapterFormatError, maximum=MAX_TABLE_LENGTH)
-            tables = {path: config["max_len"] for path, config in self.slots.items() if "max_len" in config}
+            tables = {path: config.get("max_len", _default(config["kind"], "max_len")) for path, config in self.slots.items()
+                      if _default(config["kind"], "max_len", None) is not None}
             shortest = min(tables.items(), key=lambda item: item[1], default=None)
             if shortest is not None and shortest[1] < self.max_frames:
                 raise AdapterFormatError(f"max_frames: {self.max_frames} frames stated, but slot {shortest[0]!r} holds "
@@ -188,6 +189,12 @@ class AdapterSpec(MetadataSpec):
         return self.interpolation is not None
 
 
+def _default(kind: str, name: str, missing=inspect.Parameter.empty):
+    """The default of a slot class's argument `name`, or `missing` when it takes no such argument."""
+    parameter = inspect.signature(SLOT_CLASSES[kind]).parameters.get(name)
+    return missing if parameter is None else parameter.default
+
+
 def check_slot_arguments(path: str, config: dict):
     """Each field of a slot config against the slot class's signature: known names only, every
     required one present, sizes positive integers within bounds, numbers finite, text text (a
@@ -219,9 +226,9 @@ def check_slot_arguments(path: str, config: dict):
     # values each of which is in range but that the layer cannot run with (found at sampling otherwise)
     if config.get("max_period", 10000.0) <= 1:   # its logarithm scales the sinusoidal frequencies
         raise AdapterFormatError(f"slot {path!r}: max_period: expected a number above 1, found {config['max_period']}.")
-    if "heads" in config and "dim_head" not in config and config["channels"] % config["heads"]:
-        raise AdapterFormatError(f"slot {path!r}: heads: expected a divisor of its {config['channels']} channels "
-                                 f"(each head takes channels / heads of them), found {config['heads']}.")
+    if "heads" in config and "dim_head" not in config and config["heads"] > config["channels"]:
+        raise AdapterFormatError(f"slot {path!r}: heads: expected at most its {config['channels']} channels (each head "
+                                 f"takes channels // heads of them), found {config['heads']}.")
 
 
 def set_submodule(root: nn.Module, path: str, module: nn.Module):

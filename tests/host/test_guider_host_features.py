@@ -143,6 +143,12 @@ def test_extend_video_takes_core_sampler_sigmas_and_noise(ctx, given, caplog):
         other = extend(**kw, sigmas=sigmas[1:]).result[0]["samples"]
     assert (other - own).abs().max() > 1e-3
     assert f"starts at sigma {float(sigmas[1]):.4g}, below the model's largest noise level" in caplog.text
+    caplog.clear()   # core's ddim_uniform starts a full schedule below sigma_max: no warning for it
+    ddim = comfy.samplers.calculate_sigmas(ctx["predictor"].get_model_object("model_sampling"), "ddim_uniform", 3).cpu()
+    assert float(ddim[0]) < 0.99 * float(sigmas[0])
+    with caplog.at_level("WARNING", logger="videoldm"):
+        extend(**kw, sigmas=ddim)
+    assert "below the model's largest noise level" not in caplog.text
     noise_a = extend(**kw, noise=Noise_RandomNoise(5)).result[0]["samples"]
     noise_b = extend(**kw, noise=Noise_RandomNoise(6)).result[0]["samples"]
     assert (noise_a - noise_b).abs().max() > 1e-3 and torch.equal(noise_a, extend(**kw, noise=Noise_RandomNoise(5)).result[0]["samples"])

@@ -82,7 +82,8 @@ def _finished_shard(path: Path, key: str, names: list[str], shapes: dict | None 
     return (meta.get("key") == key and meta.get("names") == json.dumps(names) and "latents" in held
             and set(held) <= set(CACHED_TENSORS) and dtypes <= {"F16", "BF16", "F32"}
             and all(shape[:1] == [len(names)] for shape in held.values())
-            and (shapes is None or all(shape[1:] == shapes.get(k) for k, shape in held.items())))
+            and (shapes is None or (set(held) == set(shapes)
+                                    and all(shape[1:] == shapes[k] for k, shape in held.items()))))
 
 
 def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor | dict[str, Tensor]], cache_dir, encoder_id: str,

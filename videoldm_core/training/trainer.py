@@ -316,9 +316,13 @@ class Trainer:
             tmp.rename(directory)
             self._prune_checkpoints()
         barrier(self.world)
-        if directory == self.checkpoint_dir():
+        if self._own_checkpoint(directory):
             self._checkpointed_step = self.step
         return directory
+
+    def _own_checkpoint(self, directory) -> bool:
+        """Whether `directory` is this run's checkpoint of its current step, in its output folder."""
+        return self.output_dir is not None and Path(directory).resolve() == self.checkpoint_dir().resolve()
 
     def _optimizer_on_main(self, optimizer) -> dict | None:
         """optimizer.state_dict() with whole tensors (FSDP: its moments gathered), on rank 0."""
@@ -368,7 +372,8 @@ class Trainer:
             ema = load_file(str(ema_file)) if ema_file.is_file() else {k: v.detach().float() for k, v in own.items()}
             self.ema = {k: shard_like(ema[k].float(), p).clone() for k, p in own.items()}
         self.step = int(saved["step"])
-        self._checkpointed_step = self.step
+        if self._own_checkpoint(directory):   # this state is on disk in this run's own folder
+            self._checkpointed_step = self.step
         if hasattr(self.sample_batch, "load_state_dict"):
             self._restore_stream(directory)
         if self.log_path is not None and self.log_path.exists() and self.world.is_main:
