@@ -165,18 +165,25 @@ def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int, sam
         # fewer than two: no step at all, the new frames would come back as the empty latent or raw noise
         raise ContextError(f"the SIGMAS input: expected a schedule of at least 2 finite sigmas (a start and an end), "
                            f"found {sigmas.tolist()}.")
-    else:
-        sampling = model.get_model_object("model_sampling")
-        largest = float(sampling.sigma_max)
-        # core's ddim_uniform starts a full schedule below sigma_max (at a timestep of its stride)
-        ddim_start = float(comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", len(sigmas) - 1)[0]) \
-            if isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) else largest
-        if float(sigmas[0]) < 0.99 * largest and not math.isclose(float(sigmas[0]), ddim_start, rel_tol=1e-4):
-            log.warning("Video LDM: the SIGMAS input starts at sigma %.4g, below the model's largest noise level %.4g. "
-                        "The frames this node makes have no source to start from: they start from an empty latent "
-                        "with less noise than they need (img2img of nothing at denoise < 1), which washes them out. "
-                        "Connect a schedule over all the model's steps (denoise 1).", float(sigmas[0]), largest)
+    elif starts_below_full_noise(model.get_model_object("model_sampling"), sigmas):
+        log.warning("Video LDM: the SIGMAS input starts at sigma %.4g, below the model's largest noise level %.4g. "
+                    "The frames this node makes have no source to start from: they start from an empty latent with "
+                    "less noise than they need (img2img of nothing at denoise < 1), which washes them out. Connect a "
+                    "schedule over all the model's steps (denoise 1).", float(sigmas[0]),
+                    float(model.get_model_object("model_sampling").sigma_max))
     return sampler, sigmas.cpu()
+
+
+def starts_below_full_noise(sampling, sigmas) -> bool:
+    """Whether a schedule starts below the model's largest noise level, as one of denoise < 1 does;
+    core's full ddim_uniform schedule starts lower too (at a timestep of its stride) and is not one."""
+    start = float(sigmas[0])
+    if start >= 0.99 * float(sampling.sigma_max):
+        return False
+    if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
+        return True
+    ddim_start = float(comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", len(sigmas) - 1)[0])
+    return not math.isclose(start, ddim_start, rel_tol=1e-4)
 
 
 class SamplingProgress:

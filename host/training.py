@@ -29,6 +29,7 @@ import comfy.patcher_extension
 import comfy.utils
 import folder_paths
 
+from ..videoldm_core.interpolation import REGIMES
 from ..videoldm_core.temporal_adapter import TemporalAdapter, resolve_slots, save_adapter
 from ..videoldm_core.training.batches import StepBatches
 from ..videoldm_core.training.data import ClipSpec, VideoFolder
@@ -411,7 +412,7 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
         # the clips come at one frame rate, the keyframes' x4: the T-to-4T regime (4T-to-16T needs clips at
         # 4x the rate, which the CLI reads with data.fps); drawn at random, the label would mean nothing
         phase = DiffusionPhase(adapter, denoiser, schedule, mode, augment_schedule=augment, max_noise_level=max_level,
-                               regimes=(0,))
+                               regimes=(REGIMES["T-to-4T"],))
         trainer = Trainer([phase], config, StepBatches(items, batch_size, seed=seed), device=denoiser.device)
         pbar = comfy.utils.ProgressBar(steps)
         interrupted = None

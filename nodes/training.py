@@ -10,6 +10,7 @@ from ..host.confined_paths import TRAINING_FOLDERS_VARIABLE, training_folder
 from ..host.training import train_temporal_adapter
 from ..videoldm_core.errors import VideoLDMError
 from ..videoldm_core.training.modes import MODE_NAMES, TEMPORAL
+from ..videoldm_core.training.run_config import MAX_SEED
 from .io_types import TemporalAdapterType, checked_number_inputs, valid_numbers
 
 
@@ -42,7 +43,7 @@ class TrainTemporalAdapter(io.ComfyNode):
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-5, round=1e-7,
                                tooltip="AdamW learning rate (the paper uses 1e-4), reached after a short warm-up."),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Clips per step.", advanced=True),
-                io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1,
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED,
                              tooltip="Seeds clip order, noise and masks: the same seed repeats the run exactly."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute activations in the backward pass: less memory, about a third slower.", advanced=True),

@@ -67,23 +67,24 @@ def _read_index(cache_dir: Path) -> dict | None:
 CACHED_TENSORS = ("latents", "low_res", "text")   # what build_latent_cache writes per clip
 
 
-def _finished_shard(path: Path, key: str, names: list[str], shapes: dict | None = None) -> bool:
-    """A shard left by an earlier (maybe interrupted) build with this key and these clips, holding
-    only the tensors a build writes, one row per clip (of `shapes` per row, when given): the temp
-    folder takes uploads, and the index's key can be read back through ComfyUI's /view, so a shard
-    is checked by what it holds, not by the name it states."""
+def _finished_shard(path: Path, key: str, names: list[str], shapes: dict | None = None) -> dict | None:
+    """The per-clip shapes of a shard left by an earlier (maybe interrupted) build with this key and
+    these clips, else None. It must hold only the tensors a build writes, in a float type, one row
+    per clip (of `shapes` per row, when given): the temp folder takes uploads, and the index's key
+    can be read back through ComfyUI's /view, so a shard is checked by what it holds, not by the
+    name it states."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            held = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-            dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+            held = {k: (list(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
     except Exception:
-        return False
-    return (meta.get("key") == key and meta.get("names") == json.dumps(names) and "latents" in held
-            and set(held) <= set(CACHED_TENSORS) and dtypes <= {"F16", "BF16", "F32"}
-            and all(shape[:1] == [len(names)] for shape in held.values())
-            and (shapes is None or (set(held) == set(shapes)
-                                    and all(shape[1:] == shapes[k] for k, shape in held.items()))))
+        return None
+    rows = {k: shape[1:] for k, (shape, _) in held.items()}
+    sound = (meta.get("key") == key and meta.get("names") == json.dumps(names) and "latents" in held
+             and set(held) <= set(CACHED_TENSORS) and all(dtype in ("F16", "BF16", "F32") for _, dtype in held.values())
+             and all(shape[:1] == [len(names)] for shape, _ in held.values())
+             and (shapes is None or rows == shapes))
+    return rows if sound else None
 
 
 def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor | dict[str, Tensor]], cache_dir, encoder_id: str,
@@ -103,7 +104,7 @@ def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor | dict[str, Te
     if index and index.get("key") == key:
         if isinstance(index.get("shapes"), dict) and all(
                 _finished_shard(cache_dir / n, key, index["names"][s * index["shard_size"]:(s + 1) * index["shard_size"]],
-                                index["shapes"]) for s, n in enumerate(index["shards"])):
+                                index["shapes"]) is not None for s, n in enumerate(index["shards"])):
             return LatentShards(cache_dir)
         for old in cache_dir.glob("shard_*.safetensors"):   # a finished cache changed since: none of it is kept
             old.unlink()
@@ -116,9 +117,9 @@ def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor | dict[str, Te
         items = range(first, min(first + shard_size, count))
         path = cache_dir / _shard_name(s)
         shards.append(path.name)
-        if _finished_shard(path, key, names[first:items.stop], shapes or None):
-            with safe_open(str(path), framework="pt") as f:
-                shapes = {k: list(f.get_slice(k).get_shape()[1:]) for k in f.keys()}
+        finished = _finished_shard(path, key, names[first:items.stop], shapes or None)
+        if finished is not None:
+            shapes = finished
         else:
             tensors = _encode_shard(dataset, items, encode, encode_text)
             shapes = _check_shapes(shapes, tensors, names[first])

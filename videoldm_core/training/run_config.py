@@ -8,7 +8,7 @@ from __future__ import annotations
 import types
 import typing
 
-from ..interpolation import FACTOR
+from ..interpolation import FACTOR, REGIMES
 from ..limits import is_finite_number
 from ..temporal_adapter import PLACEMENTS
 from .modes import MODE_NAMES, mode_named
@@ -139,8 +139,8 @@ def check_run_config(config) -> dict:
 
 
 DEFAULT_FRAMES = 8   # data.frames when absent (the clip length the readers cut)
-# the Train Temporal Adapter node's seed range: the trainer derives its generators' seeds from it
-# (seed x 1,000,003 + ...), which must stay within the 64 bits a generator takes
+# a training seed's range (the CLI's and Train Temporal Adapter's): the trainer derives its generators'
+# seeds from it (seed x 1,000,003 + ...), which must stay within the 64 bits a generator takes
 MAX_SEED = 2**31 - 1
 
 
@@ -162,7 +162,7 @@ def check_ranges(config: dict, mode: str):
         raise TrainingError(f"run configuration: 'adapter.placement' must be one of {list(PLACEMENTS)}, "
                             f"found {adapter['placement']!r}.")
     regimes = adapter.get("regimes", [0, 1])
-    if not regimes or not set(regimes) <= {0, 1} or len(set(regimes)) != len(regimes):
+    if not regimes or not set(regimes) <= set(REGIMES.values()) or len(set(regimes)) != len(regimes):
         raise TrainingError(f"run configuration: 'adapter.regimes' lists the interpolation regimes to train, each "
                             f"once: 0 (T-to-4T, clips at data.fps) and/or 1 (4T-to-16T, at 4x data.fps), found "
                             f"{regimes}.")
