@@ -156,6 +156,40 @@ def test_windows_join_at_the_shared_keyframe(interp):
     torch.testing.assert_close(dense[::4], k, atol=1e-6, rtol=1e-6)
 
 
+def test_each_window_is_the_context_guider_on_its_keyframes_at_every_fourth_frame(interp, pack_module):
+    """An oracle for the windows' bookkeeping: window i is one Context Guider run on its keyframes placed
+    at 0, 4, 8, ... of 4·count − 3 frames, with noise prepare_noise(seed + i), the regime label and level
+    on every frame, and augmentation noise from independent_seed(seed + i); the output is window 0
+    followed by each later window without the keyframe it shares (a window shifted by one keyframe, a
+    swapped seed or a dropped label fails this)."""
+    import comfy.sample
+
+    guidance, core = pack_module("host.guidance"), pack_module("videoldm_core.context")
+    labels = pack_module("videoldm_core.interpolation")
+    model, k, seed, level = interp["with_labels"], keyframes(4, seed=3), 11, 0.2
+    out, _ = interpolate(interp, model, k, regime="4T-to-16T", window=3, augmentation=level, seed=seed)
+    sampler, sigmas = guidance.sampler_and_sigmas(model, "euler", "normal", 1)
+    pieces = []
+    for i, (first, count) in enumerate([(0, 3), (2, 2)]):
+        length = 4 * count - 3
+        context = core.VideoContext(core.place_frames(k[first:first + count], range(0, length, 4), length),
+                                    tuple(range(0, length, 4)))
+        generator = torch.Generator().manual_seed(guidance.independent_seed(seed + i))
+        with torch.inference_mode():
+            window = guidance.sample_with_context(
+                model, interp["positive"], interp["negative"], context, sampler, sigmas, 2.0,
+                comfy.sample.prepare_noise(context.latents, seed + i), seed + i, lambda *a: None,
+                labels=labels.interpolation_labels(length, 1, level),
+                augment=lambda z, g=generator: labels.augment_keyframes(z, level, g))
+        assert torch.equal(window[::4], k[first:first + count])
+        pieces.append(window if i == 0 else window[1:])
+    expected = torch.cat(pieces)
+    assert out.shape == expected.shape == (13, 4, 8, 8)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    plain, _ = interpolate(interp, model, k, regime="T-to-4T", window=3, augmentation=level, seed=seed)
+    assert (plain - out).abs().max() > 1e-3   # the label the oracle passes makes a difference
+
+
 def test_bad_input_is_refused_before_sampling(interp):
     with pytest.raises(interp["error"], match="at least 2 keyframes"):
         interpolate(interp, interp["with_labels"], keyframes(1))
