@@ -34,8 +34,8 @@ from ..videoldm_core.importers import read_adapter_file
 from ..videoldm_core.interpolation import MAX_AUGMENTATION
 from ..videoldm_core.placement import animatediff_slots, videoldm_slots
 from ..videoldm_core.positional import check_frame_limit
-from ..videoldm_core.temporal_adapter import (ADAPTER_METADATA_KEY, AdapterFormatError, AdapterSpec, TemporalAdapter,
-                                              resolve_slots, save_adapter)
+from ..videoldm_core.temporal_adapter import (ADAPTER_METADATA_KEY, AdapterCompatibilityError, AdapterFormatError, AdapterSpec,
+                                              TemporalAdapter, resolve_slots, save_adapter)
 from ..videoldm_core.weights_file import WeightsFile, check_range
 from .confined_paths import file_inside
 from .context import route_context, slicing_context_in_windows
@@ -124,7 +124,7 @@ def fresh_adapter_for_model(model, placement: str = "videoldm", context_frames=(
     encoder = None
     if context_frames:
         if placement != "videoldm":
-            raise ValueError(f"a context encoder needs the 'videoldm' placement, found {placement!r}.")
+            raise AdapterCompatibilityError(f"a context encoder needs the 'videoldm' placement, found {placement!r}.")
         options["context_channels"] = context_width
         encoder = dict(in_channels=model.model.latent_format.latent_channels + 1, width=context_width,
                        levels=unet_levels(diffusion_model))

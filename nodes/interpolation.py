@@ -27,7 +27,7 @@ class InterpolateKeyframes(io.ComfyNode):
                 io.Latent.Input("keyframes", tooltip="T >= 2 keyframes (batch = frames), all of one size."),
                 io.Combo.Input("regime", options=list(REGIMES), default="T-to-4T",
                                tooltip="Which step of the cascade: T-to-4T (first pass, e.g. 1.875 to 7.5 fps) or 4T-to-16T "
-                                       "(second pass, 7.5 to 30 fps). Needs an adapter with the regime label."),
+                                       "(second pass, 7.5 to 30 fps). 4T-to-16T needs an adapter with the regime label."),
                 io.Boolean.Input("keep_keyframes", default=True,
                                  tooltip="Return the keyframes unchanged at positions 0, 4, 8, ...", advanced=True),
                 io.Float.Input("augmentation", default=ADAPTERS_OWN, min=ADAPTERS_OWN, max=1.0, step=0.01,

@@ -46,7 +46,7 @@ class TrainTemporalAdapter(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=MAX_SEED,
                              tooltip="Seeds clip order, noise and masks: the same seed repeats the run exactly."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
-                                 tooltip="Recompute activations in the backward pass: less memory, about a third slower.", advanced=True),
+                                 tooltip="Recompute activations in the backward pass: less memory, more time per step (1.7x in the pack's small benchmark, bench_training).", advanced=True),
                 io.Image.Input("images", optional=True,
                                tooltip="One video's frames to train on (every window of clip_frames frames is a clip)."),
                 io.String.Input("folder", default="", optional=True,

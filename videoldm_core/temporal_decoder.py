@@ -27,6 +27,7 @@ from einops import rearrange
 from torch import nn
 
 from .alpha_blender import blend, merge_alpha, register_mix_factor
+from .errors import VideoLDMError
 from .layer_factory import placed, zero_
 from .positional import sinusoidal_embedding
 from .state_dict import check_weights, loadable_shapes
@@ -44,6 +45,10 @@ ATTENTION_PATH = re.compile(r"^(?:mid\.attn_1|up\.\d{1,2}\.attn\.\d{1,2})$")
 
 class TemporalDecoderFormatError(WeightsFileError):
     """A file or state dict is not a temporal decoder this pack can read."""
+
+
+class DecodeInputError(VideoLDMError):
+    """Latents, or a VAE, that the temporal decode cannot decode as a video."""
 
 
 @dataclass(frozen=True)

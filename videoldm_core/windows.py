@@ -13,13 +13,19 @@ import math
 
 import torch
 
+from .errors import VideoLDMError
+
+
+class WindowError(VideoLDMError):
+    """Window settings that cannot cover a length."""
+
 
 def windows(length: int, window: int, overlap: int) -> list[tuple[int, int]]:
     """[start, end) ranges of `window` items covering 0..length, neighbours sharing >= `overlap`."""
     if window < 1:
-        raise ValueError(f"window must be at least 1, found {window}")
+        raise WindowError(f"window must be at least 1, found {window}")
     if not 0 <= overlap < window:
-        raise ValueError(f"overlap must be in 0..window-1 ({window - 1}), found {overlap}")
+        raise WindowError(f"overlap must be in 0..window-1 ({window - 1}), found {overlap}")
     if length <= window:
         return [(0, length)]
     count = math.ceil((length - overlap) / (window - overlap))  # fewest windows that keep the overlap

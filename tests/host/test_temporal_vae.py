@@ -167,8 +167,9 @@ def test_addon_file_turns_an_image_vae_temporal(pack_module, vae_parts, node_cla
 
 def test_latent_with_the_wrong_channels_is_refused(vaes):
     temporal_vae, image_vae, _ = vaes
-    with pytest.raises(ValueError, match="the latent has 16 channels .* the VAE decodes 4-channel latents"):
+    with pytest.raises(ValueError, match="the latent has 16 channels .* the VAE decodes 4-channel latents") as refused:
         temporal_vae.decode_video(image_vae, torch.zeros(4, 16, 8, 8), 4, 1)
+    assert type(refused.value).__module__ == "videoldm"   # reported as the pack's error (videoldm.DecodeInputError)
 
 
 def test_a_non_finite_latent_is_refused_before_decoding(vaes):
@@ -187,8 +188,9 @@ def test_a_vae_that_cannot_decode_in_windows_is_refused_by_kind(vaes):
     temporal_vae = vaes[0]
     taesd = comfy.sd.VAE(sd={f"taesd_decoder.{k}": v for k, v in TAESD().taesd_decoder.state_dict().items()})
     assert type(taesd.first_stage_model).__name__ == "TAESD" and taesd.latent_channels == 4
-    with pytest.raises(ValueError, match=r"expected a VAE with a KL autoencoder's decoder .*found TAESD.*core's VAE Decode"):
+    with pytest.raises(ValueError, match=r"expected a VAE with a KL autoencoder's decoder .*found TAESD.*core's VAE Decode") as refused:
         temporal_vae.decode_video(taesd, smooth_latents(), 4, 1)
+    assert type(refused.value).__name__ == "DecodeInputError" and type(refused.value).__module__ == "videoldm"
 
 
 def test_the_memory_asked_of_the_host_is_the_whole_windows(vaes, monkeypatch):

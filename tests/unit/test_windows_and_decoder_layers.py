@@ -22,8 +22,9 @@ def test_windows_cover_everything_with_full_windows(length, window, overlap):
                                                       (4, 4, r"overlap must be in 0..window-1 \(3\), found 4"),
                                                       (4, -1, "found -1")])
 def test_bad_window_settings_say_what_is_allowed(window, overlap, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as refused:
         windows(10, window, overlap)
+    assert type(refused.value).__module__ == "videoldm"   # the pack's error, as the server reports it
 
 
 def test_blend_weights_are_positive_smooth_and_one_where_alone():
