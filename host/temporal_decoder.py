@@ -23,7 +23,7 @@ import comfy.utils
 from comfy.ldm.models.autoencoder import AutoencodingEngine
 import folder_paths
 
-from ..videoldm_core.limits import check_finite_input
+from ..videoldm_core.limits import check_finite_input, check_output_size, tensor_bytes
 from ..videoldm_core.temporal_decoder import (DecodeInputError, TemporalDecoder, TemporalDecoderFormatError, TemporalDecoderSpec,
                                               check_temporal_decoder, read_addon_file, split_svd_vae)
 from ..videoldm_core.weights_file import WeightsFile, build_on_meta, check_range
@@ -148,7 +148,20 @@ def decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_siz
         return plan.blend(decode, scale=scale, channels_last=True, device=device).to(mm.intermediate_dtype())
 
     check_decodable(vae, samples)
+    check_image_size(vae, samples)
     return _with_smaller_tiles(whole, vae, samples, window, overlap, tile_size)
+
+
+def check_image_size(vae, samples: torch.Tensor):
+    """The IMAGE the decode returns is the whole video in host memory (float32 while windows are
+    blended, then core's intermediate dtype): refused above the pack's limit before the VAE loads."""
+    frames, (height, width) = samples.shape[0], (side * vae.upscale_ratio for side in samples.shape[-2:])
+    shape = (frames, height, width, 3)
+    implied = tensor_bytes(shape) + (tensor_bytes(shape, mm.intermediate_dtype())
+                                     if mm.intermediate_dtype() != torch.float32 else 0)
+    check_output_size("Temporal VAE Decode", implied, dict(frames=frames, height=height, width=width),
+                      what=f"an IMAGE of {frames} frames of {width}x{height} (Temporal VAE Decode to Video writes them "
+                           "to a file without holding them)")
 
 
 def decode_video_to_file(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int, fps: float, path
@@ -214,8 +227,9 @@ def _with_smaller_tiles(consume, vae, samples: torch.Tensor, window: int, overla
 
 
 def decoded_frames(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int):
-    """Yields (start, frames) in order: the blended frames (n, H, W, 3) in [0, 1], float32 on the
-    VAE's output device, as each temporal window finishes them."""
+    """Yields (start, frames) in order: the blended frames (n, H, W, 3) in [0, 1], in core's
+    intermediate dtype (as decode_video's IMAGE) on the VAE's output device, as each temporal window
+    finishes them."""
     check_decodable(vae, samples)
     return _in_order(*window_decoder(vae, samples, window, overlap, tile_size))
 
@@ -233,9 +247,11 @@ def _blocks_to(consume):
 
 
 def _in_order(plan, decode, scale, device):
-    """(start, frames) of one video as `plan.blend_in_order` finishes them."""
+    """(start, frames) of one video as `plan.blend_in_order` finishes them, blended in float32 and
+    then rounded to core's intermediate dtype as the whole IMAGE is (float16 under
+    --fp16-intermediates): a file written from them holds the bytes core's writer makes of the IMAGE."""
     for start, block in plan.blend_in_order(decode, scale=scale, channels_last=True, device=device):
-        yield start, block[0]
+        yield start, block[0].to(mm.intermediate_dtype())
 
 
 def check_decodable(vae, samples: torch.Tensor):

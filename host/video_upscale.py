@@ -31,7 +31,7 @@ import latent_preview
 import torch
 
 from ..videoldm_core.limits import check_finite_input, check_finite_latent, check_output_size, tensor_bytes
-from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles, smaller_tile
+from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles, smaller_overlap, smaller_tile, used_tile
 from .guidance import RunNoise, sampler_and_sigmas
 from .temporal_decoder import consume_decoded_frames
 
@@ -155,15 +155,18 @@ def low_res_frames(images: torch.Tensor | None, low_res_latent: dict | None, vae
         raise TilingError("Video Upscale takes its low-res frames from exactly one source: connect images (an IMAGE) "
                           f"or low_res_latent with its vae, found {'both' if images is not None else 'neither'}.")
     if images is not None:
+        if images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape:
+            raise TilingError(f"images: expected an IMAGE of at least one RGB frame of at least 1x1 pixels (frames, "
+                              f"height, width, 3), found shape {tuple(images.shape)}.")
         check_finite_input(images, "Video Upscale", "images")
         return LowResFrames(images.shape[0], images.shape[1], images.shape[2], lambda fn: fn(iter(images.split(1))))
     if vae is None:
         raise TilingError("low_res_latent needs the vae that decodes it (the low-res model's VAE, e.g. from Load "
                           "Temporal VAE or the checkpoint's VAE); none is connected.")
     samples, scale = low_res_latent["samples"], getattr(vae, "upscale_ratio", None)
-    if not isinstance(scale, int) or samples.ndim != 4 or samples.shape[1] != vae.latent_channels:
+    if not isinstance(scale, int) or samples.ndim != 4 or samples.shape[1] != vae.latent_channels or 0 in samples.shape:
         raise TilingError(f"low_res_latent: expected an image VAE's latent (frames, {vae.latent_channels} channels, "
-                          f"height, width) and a VAE that upsamples by a whole factor, found a latent of shape "
+                          f"height, width; none of them 0) and a VAE that upsamples by a whole factor, found a latent of shape "
                           f"{tuple(samples.shape)} and a VAE upsampling by {scale!r}. Use the VAE of the model that "
                           "made the latent.")
     check_finite_input(samples, "Video Upscale", "low_res_latent")
@@ -201,8 +204,8 @@ def upscale_video(model, positive, negative, images: torch.Tensor | None, noise_
                 raise
             log.warning("Video LDM: Video Upscale ran out of memory with tiles of %d; sampling again with tiles of %d "
                         "(blended at every step, so the result changes only within the blend's tolerance; chunks of "
-                        "%d frames are kept).", tile_size, smaller, chunk_length)
-            tile_overlap = tile_overlap * smaller // tile_size
+                        "%d frames are kept).", used_tile(tile_size, height, width), smaller, chunk_length)
+            tile_overlap = smaller_overlap(tile_overlap, tile_size, smaller, height, width)
             tile_size = smaller
             mm.soft_empty_cache()
 

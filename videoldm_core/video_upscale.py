@@ -26,12 +26,26 @@ class TilingError(VideoLDMError):
 MIN_TILE = 8   # latent pixels: the smallest spatial tile an out-of-memory fallback tries (the SD grid)
 
 
+def used_tile(tile: int, height: int, width: int) -> int:
+    """The spatial tile `tile` really is on frames of height x width (0, or a tile past the frame:
+    the frame's longer side)."""
+    return min(tile, max(height, width)) if tile > 0 else max(height, width)
+
+
 def smaller_tile(tile: int, height: int, width: int) -> int | None:
     """The spatial tile to try after running out of memory with `tile` (0: whole frames): half of
     what was really used (never more than the frame), on the 8-pixel grid; None below MIN_TILE."""
-    used = min(tile, max(height, width)) if tile > 0 else max(height, width)
-    half = used // 2 // MIN_TILE * MIN_TILE
+    half = used_tile(tile, height, width) // 2 // MIN_TILE * MIN_TILE
     return half if half >= MIN_TILE else None
+
+
+def smaller_overlap(overlap: int, tile: int, smaller: int, height: int, width: int) -> int:
+    """The tile overlap for tiles shrunk from `tile` to `smaller`: in proportion to the tile really
+    used, at least one pixel where there was an overlap (tiles that share none are seams), below
+    the new tile."""
+    if overlap <= 0:
+        return 0
+    return min(max(1, overlap * smaller // used_tile(tile, height, width)), smaller - 1)
 
 
 def check_split(name: str, size: int, overlap: int):

@@ -180,6 +180,22 @@ def test_a_non_finite_latent_is_refused_before_decoding(vaes):
         temporal_vae.decode_video(image_vae, z, 4, 1)
 
 
+def test_an_image_above_the_memory_limit_is_refused_before_decoding(vaes, vae_parts, monkeypatch):
+    """The IMAGE is the whole video in host memory (the streamed node is the way past it)."""
+    temporal_vae = vaes[0]
+    vae = temporal_vae.load_temporal_vae(vae_parts[0], "limit")
+    vae.first_stage_model.decoder = OutOfMemoryAbove(vae.first_stage_model.decoder, limit=1 << 20)   # records calls
+    monkeypatch.setenv("VIDEOLDM_MAX_OUTPUT_GIB", "0.001")   # about 1 MiB
+    z = torch.zeros(8, 4, 32, 32)   # 8 frames of 256x256x3 float32: 6 MiB
+    with torch.inference_mode(), pytest.raises(ValueError, match=r"Temporal VAE Decode: frames=8, height=256, width=256 "
+                                               r"imply 6\.0 MiB for an IMAGE of 8 frames of 256x256 .*Decode to Video"):
+        temporal_vae.decode_video(vae, z, 4, 1)
+    assert vae.first_stage_model.decoder.widths == []
+    monkeypatch.setenv("VIDEOLDM_MAX_OUTPUT_GIB", "0.01")
+    with torch.inference_mode():
+        assert temporal_vae.decode_video(vae, z[:2], 2, 0).shape == (2, 256, 256, 3)
+
+
 def test_a_vae_that_cannot_decode_in_windows_is_refused_by_kind(vaes):
     """TAESD (core builds it from a taesd state dict) has no KL decoder to run on a window."""
     import comfy.sd
@@ -338,15 +354,23 @@ def test_streamed_blocks_are_the_in_memory_frames_bit_for_bit(vaes, window, over
         assert len(blocks) > 1
 
 
-def test_the_file_equals_core_create_video_and_save_video(vaes, tmp_path):
-    """Same frames into the same encoder settings: decoding both files gives identical pixels."""
+@pytest.mark.parametrize("fp16_intermediates", [False, True])
+def test_the_file_equals_core_create_video_and_save_video(vaes, tmp_path, monkeypatch, fp16_intermediates):
+    """Same frames into the same encoder settings: decoding both files gives identical pixels (with
+    --fp16-intermediates the IMAGE is float16, and so are the streamed blocks: 8 bits made from
+    float32 differ by a level in about 4% of the bytes)."""
+    import comfy.cli_args
     from comfy_api.latest import InputImpl, Types
 
+    monkeypatch.setattr(comfy.cli_args.args, "fp16_intermediates", fp16_intermediates)
     temporal_vae, _, svd_vae = vaes
     z = smooth_latents(STREAMED_FRAMES)
     with torch.inference_mode():
         images = temporal_vae.decode_video(svd_vae, z, 6, 2)
         written = temporal_vae.decode_video_to_file(svd_vae, z, 6, 2, 0, 12.5, tmp_path / "streamed.mp4")
+        blocks = torch.cat([block for _, block in temporal_vae.decoded_frames(svd_vae, z, 6, 2, 0)])
+    assert images.dtype == blocks.dtype == (torch.float16 if fp16_intermediates else torch.float32)
+    assert torch.equal(blocks, images)
     core = InputImpl.VideoFromComponents(Types.VideoComponents(images=images, frame_rate=Fraction(12.5)))
     core.save_to(str(tmp_path / "core.mp4"))
     assert written == STREAMED_FRAMES

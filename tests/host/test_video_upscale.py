@@ -1,5 +1,7 @@
 """Video Upscale on ComfyUI's own SD x4 upscaler architecture at small width (random weights)."""
 
+import re
+
 import pytest
 import torch
 
@@ -175,7 +177,8 @@ def test_progress_counts_every_tile_step(x4, monkeypatch):
     assert reported == [(1, 2), (2, 2)]
 
 
-def test_out_of_memory_samples_again_with_smaller_tiles_and_says_so(x4, caplog):
+@pytest.mark.parametrize("tile", [32, 4096])   # 4096: a tile past the frame, i.e. whole frames of 32
+def test_out_of_memory_samples_again_with_smaller_tiles_and_says_so(x4, caplog, tile):
     import comfy.model_management as mm
 
     images = frames(t=2, size=32)
@@ -191,7 +194,7 @@ def test_out_of_memory_samples_again_with_smaller_tiles_and_says_so(x4, caplog):
     hook = x4["model"].model.diffusion_model.input_blocks[0][0].register_forward_pre_hook(out_of_memory_above_16)
     try:
         with caplog.at_level("WARNING", logger="videoldm"):
-            got = upscale(x4, images, tile=32, tile_overlap=16, chunk=2, chunk_overlap=0, steps=1)
+            got = upscale(x4, images, tile=tile, tile_overlap=16, chunk=2, chunk_overlap=0, steps=1)
     finally:
         hook.remove()
     assert widths[0] == 32 and set(widths[1:]) == {16}
@@ -305,6 +308,18 @@ def test_the_low_res_source_must_be_one_of_images_or_a_latent_with_its_vae(x4, t
                            **{k: given[k] for k in sources}, noise_augmentation=0.1, seed=3, steps=1, cfg=2.0,
                            sampler_name="euler", scheduler="normal", tile_size=8, tile_overlap=4, chunk_length=2,
                            chunk_overlap=0)
+
+
+@pytest.mark.parametrize("source, shape", [("images", (2, 0, 0, 3)), ("images", (0, 16, 16, 3)), ("images", (2, 16, 16, 4)),
+                                           ("low_res_latent", (0, 4, 2, 2)), ("low_res_latent", (2, 4, 0, 2))])
+def test_empty_or_non_rgb_low_res_frames_are_refused_before_sampling(x4, tiny_sd1, pack_module, monkeypatch, source, shape):
+    monkeypatch.setattr(pack_module("host.video_upscale"), "_sample", lambda *a, **k: pytest.fail("sampled"))
+    given = {"images": torch.zeros(shape)} if source == "images" else {"low_res_latent": {"samples": torch.zeros(shape)},
+                                                                         "vae": tiny_sd1[2]}
+    with pytest.raises(x4["error"], match=f"{source}: expected .*found (a latent of )?shape {re.escape(str(shape))}"):
+        x4["node"].execute(model=x4["model"], positive=x4["positive"], negative=x4["negative"], **given,
+                           noise_augmentation=0.1, seed=3, steps=1, cfg=2.0, sampler_name="euler", scheduler="normal",
+                           tile_size=8, tile_overlap=4, chunk_length=2, chunk_overlap=0)
 
 
 def test_decoding_the_low_res_latent_out_of_memory_falls_back_to_smaller_decode_tiles(x4, tiny_sd1, caplog):

@@ -80,6 +80,17 @@ def test_the_out_of_memory_fallback_halves_what_was_really_used_down_to_the_grid
     assert smaller_tile(8, 64, 64) is None        # nothing smaller to try
 
 
+def test_the_fallbacks_overlap_follows_the_tile_really_used_and_stays_an_overlap():
+    from videoldm_core.video_upscale import smaller_overlap
+
+    assert smaller_overlap(16, 32, 16, 32, 32) == 8       # halved with the tile
+    assert smaller_overlap(16, 4096, 16, 32, 32) == 8     # a tile past the frame counts as the frame (was 0: seams)
+    assert smaller_overlap(16, 0, 16, 32, 32) == 8        # whole frames alike
+    assert smaller_overlap(1, 64, 8, 64, 64) == 1         # at least one pixel where there was an overlap
+    assert smaller_overlap(60, 4096, 8, 64, 64) == 7      # below the new tile
+    assert smaller_overlap(0, 64, 32, 64, 64) == 0        # none asked, none made
+
+
 def accumulated_blend(plan, predict, groups, scale, channels_last):
     """The blend as it was before frames streamed: every region's weighted prediction added into one
     whole zero tensor in plan order (the reference blend_in_order must equal bit for bit)."""
