@@ -24,8 +24,8 @@ from comfy.ldm.models.autoencoder import AutoencodingEngine
 import folder_paths
 
 from ..videoldm_core.limits import check_finite_input, check_output_size, tensor_bytes
-from ..videoldm_core.temporal_decoder import (DecodeInputError, TemporalDecoder, TemporalDecoderFormatError, TemporalDecoderSpec,
-                                              check_temporal_decoder, read_addon_file, split_svd_vae)
+from ..videoldm_core.temporal_decoder import (DecodeInputError, TemporalDecoder, TemporalDecoderFormatError,
+                                              TemporalDecoderSpec, check_temporal_decoder, read_addon_file, split_svd_vae)
 from ..videoldm_core.weights_file import WeightsFile, build_on_meta, check_range
 from ..videoldm_core.state_dict import check_weights
 from ..videoldm_core.video_upscale import plan_tiles, smaller_tile
@@ -260,19 +260,20 @@ def check_decodable(vae, samples: torch.Tensor):
     first_stage = vae.first_stage_model
     if (not isinstance(first_stage, AutoencodingEngine) or getattr(first_stage, "bn", None) is not None
             or not hasattr(first_stage, "decoder")):
-        raise DecodeInputError(f"Temporal VAE Decode: expected a VAE with a KL autoencoder's decoder (SD1.x, SD2.x, SDXL, SVD "
-                         f"...), found {type(first_stage).__name__}, which it cannot decode in windows of frames. "
-                         "Decode this latent with core's VAE Decode.")
+        raise DecodeInputError(f"Temporal VAE Decode: expected a VAE with a KL autoencoder's decoder (SD1.x, SD2.x, "
+                               f"SDXL, SVD ...), found {type(first_stage).__name__}, which it cannot decode in windows "
+                               "of frames. Decode this latent with core's VAE Decode.")
     if samples.ndim != 4:
-        raise DecodeInputError(f"Temporal VAE Decode: samples: expected image latents (frames, channels, height, width), found "
-                         f"shape {tuple(samples.shape)}; a video model's 5-D latent decodes with its own VAE Decode.")
+        raise DecodeInputError(f"Temporal VAE Decode: samples: expected image latents (frames, channels, height, "
+                               f"width), found shape {tuple(samples.shape)}; a video model's 5-D latent decodes with "
+                               "its own VAE Decode.")
     if samples.shape[1] != vae.latent_channels:
-        raise DecodeInputError(f"Temporal VAE Decode: the latent has {samples.shape[1]} channels (shape {tuple(samples.shape)}), "
-                         f"the VAE decodes {vae.latent_channels}-channel latents. Use the VAE that matches the model "
-                         "that made the latent.")
+        raise DecodeInputError(f"Temporal VAE Decode: the latent has {samples.shape[1]} channels (shape "
+                               f"{tuple(samples.shape)}), the VAE decodes {vae.latent_channels}-channel latents. Use "
+                               "the VAE that matches the model that made the latent.")
     if 0 in samples.shape:
-        raise DecodeInputError(f"Temporal VAE Decode: samples: expected at least one frame of at least 1x1 latent pixels, "
-                         f"found shape {tuple(samples.shape)}.")
+        raise DecodeInputError(f"Temporal VAE Decode: samples: expected at least one frame of at least 1x1 latent "
+                               f"pixels, found shape {tuple(samples.shape)}.")
     check_finite_input(samples, "Temporal VAE Decode", "samples")
 
 

@@ -166,9 +166,9 @@ def low_res_frames(images: torch.Tensor | None, low_res_latent: dict | None, vae
     samples, scale = low_res_latent["samples"], getattr(vae, "upscale_ratio", None)
     if not isinstance(scale, int) or samples.ndim != 4 or samples.shape[1] != vae.latent_channels or 0 in samples.shape:
         raise TilingError(f"low_res_latent: expected an image VAE's latent (frames, {vae.latent_channels} channels, "
-                          f"height, width; none of them 0) and a VAE that upsamples by a whole factor, found a latent of shape "
-                          f"{tuple(samples.shape)} and a VAE upsampling by {scale!r}. Use the VAE of the model that "
-                          "made the latent.")
+                          f"height, width; none of them 0) and a VAE that upsamples by a whole factor, found a "
+                          f"latent of shape {tuple(samples.shape)} and a VAE upsampling by {scale!r}. Use the VAE of "
+                          "the model that made the latent.")
     check_finite_input(samples, "Video Upscale", "low_res_latent")
     return LowResFrames(samples.shape[0], samples.shape[-2] * scale, samples.shape[-1] * scale,
                         lambda fn: consume_decoded_frames(fn, vae, samples, DECODE_WINDOW, DECODE_OVERLAP, 0))
