@@ -62,6 +62,24 @@ def test_original_model_untouched_after_patched_clone_sampled(tiny_sd1, tools):
     assert "patches" not in model.model_options["transformer_options"]
 
 
+def test_an_fp8_unet_samples_with_the_adapter_in_its_compute_dtype(pack_module, tools):
+    """A UNet stored in float8 (core's weight_dtype fp8_e4m3fn, --fp8_e4m3fn-unet) computes in its
+    manual-cast dtype; the adapter's layers compute in it too, their own weights not rounded to 8
+    bits: the same as the float32 UNet holding the fp8-rounded weights."""
+    patch, make_adapter, *_ = tools
+    bundle_host, spec = pack_module("host.bundle"), tiny_bundles.tiny_sd1_spec()
+    weights = tiny_bundles.random_bundle_state_dict(spec, seed=5)
+    fp8 = bundle_host.build_components(spec, weights, source="fp8", unet_dtype=torch.float8_e4m3fn)[0]
+    assert fp8.model.get_dtype() == torch.float8_e4m3fn and fp8.model.manual_cast_dtype == torch.float32
+    rounded = {k: v.to(torch.float8_e4m3fn).to(v.dtype) if k.startswith("model.diffusion_model.") else v
+               for k, v in weights.items()}
+    reference = bundle_host.build_components(spec, rounded, source="rounded", unet_dtype=torch.float32)[0]
+    adapter = make_adapter()
+    video = sample(patch.apply_adapter(fp8, adapter, "x"), tools)
+    torch.testing.assert_close(video, sample(patch.apply_adapter(reference, adapter, "x"), tools), atol=1e-4, rtol=1e-4)
+    assert (video - sample(fp8, tools)).abs().max() > 1e-3   # the temporal layers ran
+
+
 def test_strength_zero_is_the_image_model_bit_for_bit(tiny_sd1, tools):
     patch, make_adapter, *_ = tools
     model = tiny_sd1[0]
