@@ -90,12 +90,19 @@ def save_temporal_adapter(adapter: LoadedAdapter, filename_prefix: str) -> str:
     return os.path.join(subfolder, filename)
 
 
+ADAPTER_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def build_adapter_patcher(spec, state_dict, source: str):
     """The adapter as a module of comfy.ops layers in its own ModelPatcher (lowvram, dtype casting).
-    Weights are stored in the dtype the host picks for UNets on this device; manual_cast layers
-    compute in the dtype of whatever UNet they run in. Applying never changes the stored weights."""
+    Weights are stored in the dtype the host picks for UNets on this device (where that is a float8
+    type, --fp8_e4m3fn-unet and the like, the dtype an fp8 UNet computes in: the adapter's own
+    layers cannot run in 8 bits); manual_cast layers compute in the dtype of whatever UNet they run
+    in. Applying never changes the stored weights."""
     parameters = sum(v.numel() for v in state_dict.values())
-    dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=list(ADAPTER_DTYPES))
+    if dtype not in ADAPTER_DTYPES and dtype != torch.float64:
+        dtype = mm.unet_manual_cast(dtype, mm.get_torch_device(), list(ADAPTER_DTYPES)) or torch.float32
     check_range(state_dict, dtype, source, AdapterFormatError)
     device = mm.unet_inital_load_device(parameters, dtype)
     module = TemporalAdapter(spec, operations=comfy.ops.manual_cast, dtype=dtype, device=device)   # built where it runs

@@ -155,9 +155,9 @@ def low_res_frames(images: torch.Tensor | None, low_res_latent: dict | None, vae
         raise TilingError("Video Upscale takes its low-res frames from exactly one source: connect images (an IMAGE) "
                           f"or low_res_latent with its vae, found {'both' if images is not None else 'neither'}.")
     if images is not None:
-        if images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape:
+        if images.ndim != 4 or images.shape[-1] < 3 or 0 in images.shape:   # RGBA: alpha dropped, as core's encodes do
             raise TilingError(f"images: expected an IMAGE of at least one RGB frame of at least 1x1 pixels (frames, "
-                              f"height, width, 3), found shape {tuple(images.shape)}.")
+                              f"height, width, 3 channels or more), found shape {tuple(images.shape)}.")
         check_finite_input(images, "Video Upscale", "images")
         return LowResFrames(images.shape[0], images.shape[1], images.shape[2], lambda fn: fn(iter(images.split(1))))
     if vae is None:

@@ -2,7 +2,7 @@
 latents that are not finite.
 
 A node that allocates its whole output (a synthetic video, an extended or interpolated latent, an
-upscaled latent) first works out the bytes its inputs imply and compares them with
+upscaled latent, a decoded IMAGE) first works out the bytes its inputs imply and compares them with
 `output_limit_bytes()`: by default 16 GiB, which fits a workstation beside the model; the server's
 operator sets another limit with the environment variable VIDEOLDM_MAX_OUTPUT_GIB (an API client
 cannot change it). NaN and infinity pass every `<` and `>` comparison, so ranges are checked with

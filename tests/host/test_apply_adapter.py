@@ -80,6 +80,23 @@ def test_an_fp8_unet_samples_with_the_adapter_in_its_compute_dtype(pack_module, 
     assert (video - sample(fp8, tools)).abs().max() > 1e-3   # the temporal layers ran
 
 
+def test_with_the_fp8_unet_flag_the_adapter_is_kept_in_the_unets_compute_dtype(pack_module, tools, monkeypatch):
+    """--fp8_e4m3fn-unet makes core's unet_dtype answer float8 whatever the model: an adapter built
+    then is kept in the dtype an fp8 UNet computes in (float32 on this CPU), not in 8 bits (its
+    sigmoid and norms have no float8 kernels), and samples as the adapter built without the flag."""
+    import comfy.cli_args
+
+    patch, make_adapter, *_ = tools
+    bundle_host, spec = pack_module("host.bundle"), tiny_bundles.tiny_sd1_spec()
+    fp8 = bundle_host.build_components(spec, tiny_bundles.random_bundle_state_dict(spec, seed=5), source="fp8",
+                                       unet_dtype=torch.float8_e4m3fn)[0]
+    plain = make_adapter()
+    monkeypatch.setattr(comfy.cli_args.args, "fp8_e4m3fn_unet", True)
+    flagged = make_adapter()
+    assert {p.dtype for p in flagged.model.parameters()} == {torch.float32}
+    assert torch.equal(sample(patch.apply_adapter(fp8, flagged, "x"), tools), sample(patch.apply_adapter(fp8, plain, "x"), tools))
+
+
 def test_strength_zero_is_the_image_model_bit_for_bit(tiny_sd1, tools):
     patch, make_adapter, *_ = tools
     model = tiny_sd1[0]

@@ -187,10 +187,15 @@ def test_an_image_above_the_memory_limit_is_refused_before_decoding(vaes, vae_pa
     vae.first_stage_model.decoder = OutOfMemoryAbove(vae.first_stage_model.decoder, limit=1 << 20)   # records calls
     monkeypatch.setenv("VIDEOLDM_MAX_OUTPUT_GIB", "0.001")   # about 1 MiB
     z = torch.zeros(8, 4, 32, 32)   # 8 frames of 256x256x3 float32: 6 MiB
+    import comfy.model_management as mm
+
+    load = mm.load_models_gpu
+    monkeypatch.setattr(mm, "load_models_gpu", lambda *a, **k: pytest.fail("the VAE was loaded"))
     with torch.inference_mode(), pytest.raises(ValueError, match=r"Temporal VAE Decode: frames=8, height=256, width=256 "
                                                r"imply 6\.0 MiB for an IMAGE of 8 frames of 256x256 .*Decode to Video"):
         temporal_vae.decode_video(vae, z, 4, 1)
     assert vae.first_stage_model.decoder.widths == []
+    monkeypatch.setattr(mm, "load_models_gpu", load)
     monkeypatch.setenv("VIDEOLDM_MAX_OUTPUT_GIB", "0.01")
     with torch.inference_mode():
         assert temporal_vae.decode_video(vae, z[:2], 2, 0).shape == (2, 256, 256, 3)

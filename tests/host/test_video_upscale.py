@@ -310,7 +310,7 @@ def test_the_low_res_source_must_be_one_of_images_or_a_latent_with_its_vae(x4, t
                            chunk_overlap=0)
 
 
-@pytest.mark.parametrize("source, shape", [("images", (2, 0, 0, 3)), ("images", (0, 16, 16, 3)), ("images", (2, 16, 16, 4)),
+@pytest.mark.parametrize("source, shape", [("images", (2, 0, 0, 3)), ("images", (0, 16, 16, 3)), ("images", (2, 16, 16, 1)),
                                            ("low_res_latent", (0, 4, 2, 2)), ("low_res_latent", (2, 4, 0, 2))])
 def test_empty_or_non_rgb_low_res_frames_are_refused_before_sampling(x4, tiny_sd1, pack_module, monkeypatch, source, shape):
     monkeypatch.setattr(pack_module("host.video_upscale"), "_sample", lambda *a, **k: pytest.fail("sampled"))
@@ -320,6 +320,13 @@ def test_empty_or_non_rgb_low_res_frames_are_refused_before_sampling(x4, tiny_sd
         x4["node"].execute(model=x4["model"], positive=x4["positive"], negative=x4["negative"], **given,
                            noise_augmentation=0.1, seed=3, steps=1, cfg=2.0, sampler_name="euler", scheduler="normal",
                            tile_size=8, tile_overlap=4, chunk_length=2, chunk_overlap=0)
+
+
+def test_rgba_frames_upscale_as_their_rgb(x4):
+    """Alpha is dropped, as core's VAE encodes drop it (JoinImageWithAlpha makes 4-channel IMAGEs)."""
+    rgb = frames(t=2)
+    rgba = torch.cat([rgb, torch.rand(2, 16, 16, 1)], dim=-1)
+    assert torch.equal(upscale(x4, rgba, steps=1), upscale(x4, rgb, steps=1))
 
 
 def test_decoding_the_low_res_latent_out_of_memory_falls_back_to_smaller_decode_tiles(x4, tiny_sd1, caplog):

@@ -87,7 +87,7 @@ def test_the_fallbacks_overlap_follows_the_tile_really_used_and_stays_an_overlap
     assert smaller_overlap(16, 4096, 16, 32, 32) == 8     # a tile past the frame counts as the frame (was 0: seams)
     assert smaller_overlap(16, 0, 16, 32, 32) == 8        # whole frames alike
     assert smaller_overlap(1, 64, 8, 64, 64) == 1         # at least one pixel where there was an overlap
-    assert smaller_overlap(60, 4096, 8, 64, 64) == 7      # below the new tile
+    assert smaller_overlap(100, 4096, 8, 64, 64) == 7     # below the new tile (100 * 8 // 64 = 12)
     assert smaller_overlap(0, 64, 32, 64, 64) == 0        # none asked, none made
 
 
