@@ -28,7 +28,7 @@ from ..videoldm_core.temporal_decoder import (DecodeInputError, TemporalDecoder,
                                               TemporalDecoderSpec, check_temporal_decoder, read_addon_file, split_svd_vae)
 from ..videoldm_core.weights_file import WeightsFile, build_on_meta, check_range
 from ..videoldm_core.state_dict import check_weights
-from ..videoldm_core.video_upscale import plan_tiles, smaller_tile
+from ..videoldm_core.video_upscale import plan_tiles, smaller_tile, used_tile
 from ..videoldm_core.video_file import VideoFileWriter, check_frame_size
 from ..videoldm_core.windows import windows
 from .model_folders import BUNDLES, TEMPORAL_DECODERS, full_path
@@ -221,7 +221,8 @@ def _with_smaller_tiles(consume, vae, samples: torch.Tensor, window: int, overla
             log.warning("Video LDM: Temporal VAE Decode ran out of memory with %s; decoding again with spatial tiles "
                         "of %d latent pixels (blended, so the frames change only within the blend's tolerance; the "
                         "temporal window of %d frames is kept).",
-                        f"tiles of {tile_size}" if tile_size else "whole frames", smaller, window)
+                        "whole frames" if used_tile(tile_size, *samples.shape[-2:]) == max(samples.shape[-2:])
+                        else f"tiles of {tile_size}", smaller, window)
             mm.soft_empty_cache()
             tile_size = smaller
 

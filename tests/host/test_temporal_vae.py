@@ -82,7 +82,8 @@ class OutOfMemoryAbove(torch.nn.Module):
 # CUDA's out-of-memory error, and the accelerator error that core's is_oom also counts (core's VAE
 # Decode falls back to tiles on both; the pack caught only the first)
 @pytest.mark.parametrize("error", [None, lambda text: torch.AcceleratorError(f"CUDA error: out of memory ({text})")])
-def test_out_of_memory_falls_back_to_smaller_tiles_and_says_so(vaes, vae_parts, caplog, error):
+@pytest.mark.parametrize("tile", [0, 4096])   # 4096: a tile past the frame is whole frames, and the log says so
+def test_out_of_memory_falls_back_to_smaller_tiles_and_says_so(vaes, vae_parts, caplog, error, tile):
     temporal_vae = vaes[0]
     vae = temporal_vae.load_temporal_vae(vae_parts[0], "oom")
     z = torch.randn(3, 4, 32, 32)
@@ -90,7 +91,7 @@ def test_out_of_memory_falls_back_to_smaller_tiles_and_says_so(vaes, vae_parts, 
         expected = temporal_vae.decode_video(vae, z, window=3, overlap=0, tile_size=8)
         vae.first_stage_model.decoder = OutOfMemoryAbove(vae.first_stage_model.decoder, limit=8, error=error)
         with caplog.at_level("WARNING", logger="videoldm"):
-            frames = temporal_vae.decode_video(vae, z, window=3, overlap=0)
+            frames = temporal_vae.decode_video(vae, z, window=3, overlap=0, tile_size=tile)
     assert vae.first_stage_model.decoder.widths[:3] == [32, 16, 8]   # whole frames, then 16, then 8
     assert torch.equal(frames, expected)
     assert "ran out of memory with whole frames; decoding again with spatial tiles of 16" in caplog.text
