@@ -28,7 +28,7 @@ from ..videoldm_core.temporal_decoder import (DecodeInputError, TemporalDecoder,
                                               TemporalDecoderSpec, check_temporal_decoder, read_addon_file, split_svd_vae)
 from ..videoldm_core.weights_file import WeightsFile, build_on_meta, check_range
 from ..videoldm_core.state_dict import check_weights
-from ..videoldm_core.video_upscale import plan_tiles, smaller_tile, used_tile
+from ..videoldm_core.video_upscale import plan_tiles, smaller_tile
 from ..videoldm_core.video_file import VideoFileWriter, check_frame_size
 from ..videoldm_core.windows import windows
 from .model_folders import BUNDLES, TEMPORAL_DECODERS, full_path
@@ -152,10 +152,15 @@ def decode_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_siz
     return _with_smaller_tiles(whole, vae, samples, window, overlap, tile_size)
 
 
+def decoded_size(vae, samples: torch.Tensor) -> tuple[int, int]:
+    """(height, width) of the frames `vae` decodes from `samples`."""
+    return samples.shape[-2] * vae.upscale_ratio, samples.shape[-1] * vae.upscale_ratio
+
+
 def check_image_size(vae, samples: torch.Tensor):
     """The IMAGE the decode returns is the whole video in host memory (float32 while windows are
     blended, then core's intermediate dtype): refused above the pack's limit before the VAE loads."""
-    frames, (height, width) = samples.shape[0], (side * vae.upscale_ratio for side in samples.shape[-2:])
+    frames, (height, width) = samples.shape[0], decoded_size(vae, samples)
     shape = (frames, height, width, 3)
     implied = tensor_bytes(shape) + (tensor_bytes(shape, mm.intermediate_dtype())
                                      if mm.intermediate_dtype() != torch.float32 else 0)
@@ -170,7 +175,7 @@ def decode_video_to_file(vae, samples: torch.Tensor, window: int, overlap: int, 
     finished, never held together: the streamed last stage of a long render. The file appears only
     when complete (videoldm_core.video_file). Returns the number of frames written."""
     check_decodable(vae, samples)
-    height, width = (side * vae.upscale_ratio for side in samples.shape[-2:])
+    height, width = decoded_size(vae, samples)
     check_frame_size(width, height)              # before anything is decoded
 
     def write(blocks) -> int:
@@ -221,8 +226,8 @@ def _with_smaller_tiles(consume, vae, samples: torch.Tensor, window: int, overla
             log.warning("Video LDM: Temporal VAE Decode ran out of memory with %s; decoding again with spatial tiles "
                         "of %d latent pixels (blended, so the frames change only within the blend's tolerance; the "
                         "temporal window of %d frames is kept).",
-                        "whole frames" if used_tile(tile_size, *samples.shape[-2:]) == max(samples.shape[-2:])
-                        else f"tiles of {tile_size}", smaller, window)
+                        f"tiles of {tile_size}" if 0 < tile_size < max(samples.shape[-2:]) else "whole frames",
+                        smaller, window)
             mm.soft_empty_cache()
             tile_size = smaller
 
