@@ -24,7 +24,8 @@ TRAINING_FOLDERS_VARIABLE = "VIDEOLDM_TRAINING_FOLDERS"
 def operator_training_folders() -> list[str]:
     """The absolute folders listed in VIDEOLDM_TRAINING_FOLDERS (relative entries are ignored)."""
     listed = os.environ.get(TRAINING_FOLDERS_VARIABLE, "")
-    return [real(p) for p in listed.split(os.pathsep) if p.strip() and os.path.isabs(p.strip())]
+    folders = (p.strip() for p in listed.split(os.pathsep))
+    return [real(p) for p in folders if p and os.path.isabs(p)]
 
 
 def training_roots() -> list[str]:

@@ -141,7 +141,8 @@ def fresh_adapter_for_model(model, placement: str = "videoldm", context_frames=(
         emb = {layer.emb_channels for layer in layout if layer.kind == "resblock"}
         labels = dict(emb_channels=emb.pop(), regimes=2, augmentation=[0.0, MAX_AUGMENTATION])
     schedule = model_schedule(model)   # what the trainer samples noise levels from
-    spec = AdapterSpec(model_family(model).name, placement, slots, max_frames=options.get("max_len") if placement == "animatediff" else None,
+    tables = [slot["max_len"] for slot in slots.values() if slot["kind"] == "motion_module"]
+    spec = AdapterSpec(model_family(model).name, placement, slots, max_frames=min(tables, default=None),
                        context_encoder=encoder, context_frames=sorted(context_frames), interpolation=labels,
                        noise_schedule=schedule and schedule.to_dict())
     return spec, TemporalAdapter(spec)   # output layers start at zero

@@ -183,7 +183,7 @@ def read_run_config(path: str) -> dict:
     """The JSON run configuration at `path`, every section checked (videoldm_core.training.run_config)."""
     try:
         config = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
+    except ValueError as e:   # JSONDecodeError, or an integer of more digits than Python converts
         raise TrainingError(f"'{path}' is not valid JSON: {e}.") from None
     return check_run_config(config)
 

@@ -12,10 +12,17 @@ def real(path) -> str:
 
 
 def within(path, roots: Iterable) -> bool:
-    """Whether `path` really lies in one of `roots` (or is one of them)."""
-    target = real(path)
+    """Whether `path` really lies in one of `roots` (or is one of them). A path no folder can hold (a
+    NUL byte) lies in none, nor does one on another drive (Windows)."""
+    try:
+        target = real(path)
+    except ValueError:   # embedded null byte
+        return False
     for root in roots:
-        root = real(root)
-        if os.path.commonpath([target, root]) == root:
-            return True
+        try:
+            root = real(root)
+            if os.path.commonpath([target, root]) == root:
+                return True
+        except ValueError:   # another drive: not inside
+            continue
     return False

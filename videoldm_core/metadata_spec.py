@@ -29,7 +29,7 @@ class MetadataSpec:
         error = cls.FORMAT_ERROR
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
+        except ValueError as e:   # JSONDecodeError, or an integer of more digits than Python converts
             raise error(f"{source}: '{cls.METADATA_KEY}' metadata is not valid JSON ({e}).") from None
         except (RecursionError, TypeError):   # nested beyond Python's limit, or not text
             raise error(f"{source}: '{cls.METADATA_KEY}' metadata is not a JSON text this pack can read.") from None

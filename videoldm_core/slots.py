@@ -83,6 +83,7 @@ class TransformerSlot(ContextInput):
         super().__init__()
         inner_dim = heads * dim_head
         self.positional, self.max_period, self.channels = positional, max_period, channels
+        self.reads_text = context_dim is not None   # else attn2 attends over the frames (sgm's temporal SA)
         self.time_stack = nn.ModuleList(
             TemporalTransformerBlock(inner_dim, heads, dim_head, context_dim, ff_in=ff_in,
                                      cross_attention=cross_attention, operations=operations)
@@ -118,7 +119,7 @@ class TransformerSlot(ContextInput):
         block = self.time_stack[depth_index]
         # Video LDM's temporal layers read the first frame's text; one row per video, shared by its
         # s positions (projected once, not once per position)
-        time_context = context[::num_frames] if context is not None and block.attn2 is not None else None
+        time_context = context[::num_frames] if context is not None and self.reads_text else None
         x_mix = rearrange(x_mix, "(b t) s c -> (b s) t c", t=num_frames)
         x_mix = block(x_mix, context=time_context, mask=self.frame_bias(num_frames, attention_distance, x.device),
                       attention=attention, context_repeat=s)

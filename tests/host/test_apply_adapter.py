@@ -265,13 +265,16 @@ def test_core_controlnet_with_per_frame_hints_works_with_an_adapter(tiny_sd1, to
     assert (controlled - free).abs().max() > 1e-3, "the ControlNet hints had no effect"
 
 
-@pytest.mark.parametrize("placement, options", [("videoldm", {}), ("videoldm", {"positional": "relative"}),
-                                                ("animatediff", {"max_len": 16})])
-def test_fresh_adapter_from_a_model_starts_as_the_identity(tiny_sd1, tools, placement, options):
+@pytest.mark.parametrize("placement, options, max_frames", [
+    ("videoldm", {}, None), ("videoldm", {"positional": "relative"}, None),
+    ("videoldm", {"text_context": False}, None),   # attn2 attends over frames: the text never reaches it
+    ("animatediff", {"max_len": 16}, 16), ("animatediff", {}, 32)])
+def test_fresh_adapter_from_a_model_starts_as_the_identity(tiny_sd1, tools, placement, options, max_frames):
     patch = tools[0]
     model = tiny_sd1[0]
     spec, adapter = patch.fresh_adapter_for_model(model, placement, **options)
     assert spec.family == "SD1.x" and all(p.requires_grad for p in adapter.parameters())
+    assert spec.max_frames == max_frames   # a positional table's length is checked before sampling
     patched = patch.apply_adapter(model, patch.build_adapter_patcher(spec, adapter.state_dict(), "fresh"), "fresh")
     assert torch.equal(sample(patched, tools, steps=1), sample(model, tools, steps=1))
 

@@ -238,10 +238,56 @@ def test_a_frame_larger_than_its_probe_is_refused_before_it_is_converted(tmp_pat
         data[0]
 
 
+def test_a_frame_folder_of_mixed_sizes_is_refused_when_probed(tmp_path):
+    """Before the model is copied or any clip encoded, not when the clip is first read."""
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, side in enumerate((32, 16, 32)):
+        Image.new("RGB", (side, side)).save(folder / f"{i:05d}.png")
+    with pytest.raises(TrainingError, match=r"'mixed': unreadable \(TrainingError: its images differ in size "
+                                            r"\(16x16, 32x32\); expected one size per clip\)"):
+        VideoFolder(tmp_path, ClipSpec(3, None, 16, 16))
+
+
+FIT_PEAK = """
+import sys, torch
+from devtools.process_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from videoldm_core.training.data import fit
+video = torch.randint(0, 256, (6, 1024, 1024, 3), dtype=torch.uint8)
+fit(video[:1, :64, :64], 16, 16, "centre")   # the first call's one-off allocations
+before = rss_bytes()
+reset_peak_rss()
+fit(video, 16, 16, "centre")
+print(peak_rss_bytes() - before)
+"""
+
+
+def test_fit_holds_the_8bit_clip_and_one_float_copy():
+    """What `clip_memory_problem` counts for the source frames (1 + 4 bytes a value): the float
+    conversion is done in place, not through a second float32 clip. Measured in a fresh process
+    (a heap that has held larger tensors hides new ones from the resident size)."""
+    import subprocess
+    import sys
+
+    from devtools.process_memory import kernel_keeps_peaks
+
+    assert kernel_keeps_peaks(), "this kernel keeps no peak resident size; the measurement needs it"
+    run = subprocess.run([sys.executable, "-c", FIT_PEAK], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    float_clip = 6 * 1024 * 1024 * 3 * 4
+    assert 0.8 * float_clip < int(run.stdout) < 1.4 * float_clip
+
+
 def test_caption_files_that_cannot_be_read_are_named(tmp_path):
     write_mp4(tmp_path / "a.mp4", moving_shapes_clip(0, 4, 16, 16).frames, 30.0)
     (tmp_path / "captions.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(TrainingError, match=r"'.*captions.json' could not be read as JSON \(nested too deeply\)"):
+        discover(tmp_path)
+    (tmp_path / "captions.json").write_text('{"a": ' + "9" * 5000 + "}")   # past Python's int digits: a ValueError
+    with pytest.raises(TrainingError, match=r"'.*captions.json' could not be read as JSON \(Exceeds the limit"):
         discover(tmp_path)
     (tmp_path / "captions.json").unlink()
     (tmp_path / "a.txt").write_bytes(b"\xff\xfe caption")

@@ -94,7 +94,7 @@ def _captions(folder: Path, shown: str, allowed) -> dict[str, str]:
     shown = f"{shown}/{CAPTIONS_FILE}"
     try:
         captions = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         reason = getattr(e, "strerror", None) or (e if not isinstance(e, RecursionError) else "nested too deeply")
         raise TrainingError(f"'{shown}' could not be read as JSON ({reason}); expected {{\"clip name\": \"caption\"}}. "
                             "Fix or remove the file.") from None
@@ -182,7 +182,10 @@ def probe(entry: Entry, source_fps: float) -> Probe:
             with Image.open(path) as image:  # reads the header; raises on a file that is not an image
                 _check_frame_pixels(*image.size, f"'{path.name}' is")
                 sizes.add(image.size)
-        width, height = max(sizes, key=lambda size: size[0] * size[1])
+        if len(sizes) > 1:   # refused before anything is encoded, not when the clip is first read
+            raise TrainingError(f"its images differ in size ({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}); "
+                                "expected one size per clip")
+        (width, height), = sizes
         return Probe(len(entry.images), float(source_fps), height, width)
     container, stream = _open_video(entry.path)
     with container:
@@ -312,7 +315,7 @@ def resized_size(h: int, w: int, height: int, width: int) -> tuple[int, int]:
 def fit(video: Tensor, height: int, width: int, crop: str, rng: random.Random | None = None) -> Tensor:
     """(T, h, w, 3) uint8 -> (T, 3, height, width) float32 in [-1, 1]: resize so the frame covers
     (height, width), keeping its aspect, then crop the centre or a seeded random window."""
-    x = video.permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = video.permute(0, 3, 1, 2).float().div_(127.5).sub_(1)   # in place: the 8-bit clip and one float copy
     h, w = x.shape[-2:]
     if (h, w) != (height, width):
         size = resized_size(h, w, height, width)

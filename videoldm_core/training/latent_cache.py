@@ -52,7 +52,7 @@ def _read_index(cache_dir: Path) -> dict | None:
     through ComfyUI's upload API."""
     try:
         index = json.loads((cache_dir / INDEX_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(index, dict):
         return None
