@@ -48,7 +48,7 @@ def test_training_folders_outside_the_input_folder_are_refused_without_a_listing
     name, outside = clips
     messages = {folder: refused_folder_message(pack_module, folder)
                 for folder in ("/etc", "/", "../", f"../{os.path.basename(input_dir)}/../..", name + "_out",
-                               outside, f"{name}/../../", "", "no_such_folder")}
+                               outside, f"{name}/../../", "", "no_such_folder", f"{name}\x00/etc")}
     etc_names = [n for n in os.listdir("/etc") if len(n) >= 6]
     for folder, message in messages.items():
         assert "expected a folder of videos or frame folders inside ComfyUI's input folder" in message, folder
@@ -64,7 +64,7 @@ def test_training_folders_inside_the_input_folder_or_listed_by_the_operator_are_
     name, outside = clips
     assert paths.training_folder(name) == os.path.realpath(os.path.join(input_dir, name))
     assert paths.training_folder(os.path.join(input_dir, name)) == os.path.realpath(os.path.join(input_dir, name))
-    monkeypatch.setenv(paths.TRAINING_FOLDERS_VARIABLE, os.pathsep.join(["relative/ignored", outside]))
+    monkeypatch.setenv(paths.TRAINING_FOLDERS_VARIABLE, os.pathsep.join(["relative/ignored", " " + outside + " "]))
     assert paths.training_folder(outside) == os.path.realpath(outside)
     assert paths.training_folder(name + "_out") == os.path.realpath(outside)   # the link leads to an allowed folder
     assert paths.TRAINING_FOLDERS_VARIABLE in refused_folder_message(pack_module, "/etc")

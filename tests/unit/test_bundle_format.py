@@ -149,6 +149,10 @@ def test_metadata_errors_name_the_file(tmp_path):
     save_file(small_state_dict(), str(path), metadata={BUNDLE_METADATA_KEY: "{oops"})
     with pytest.raises(BundleFormatError, match="'odd.safetensors': 'videoldm_bundle' metadata is not valid JSON"):
         read_bundle_spec(path)
+    save_file(small_state_dict(), str(path), metadata={BUNDLE_METADATA_KEY: '{"version": ' + "1" * 5000 + "}"})
+    with pytest.raises(BundleFormatError, match="'odd.safetensors': 'videoldm_bundle' metadata is not valid JSON "
+                                                r"\(Exceeds the limit"):   # an int past Python's digits: ValueError
+        read_bundle_spec(path)
     data = json.loads(small_spec().to_json()) | {"surprise": 1}
     save_file(small_state_dict(), str(path), metadata={BUNDLE_METADATA_KEY: json.dumps(data)})
     with pytest.raises(BundleFormatError, match=r"unknown fields \['surprise'\] in 'videoldm_bundle'"):

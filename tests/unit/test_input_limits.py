@@ -123,6 +123,19 @@ def test_within_follows_dots_and_links(tmp_path):
     assert within(root / "clips", [root]) and within(root, [root])
     assert not within(root / ".." / "secret", [root]) and not within(root / "out", [root])
     assert not within(tmp_path / "input2", [root])   # a prefix of the name is not inside
+    assert not within(f"{root}/clips\x00/etc", [root])   # no folder holds a NUL byte (realpath raised)
+
+
+def test_a_path_on_another_drive_is_outside(monkeypatch):
+    """On Windows, commonpath raises for paths on two drives; that is outside, not an error."""
+    import ntpath
+
+    from videoldm_core import confined_paths
+
+    monkeypatch.setattr(confined_paths, "real", lambda path: ntpath.normpath(str(path)))
+    monkeypatch.setattr(confined_paths.os.path, "commonpath", ntpath.commonpath)
+    assert not within("D:\\clips", ["C:\\ComfyUI\\input"])
+    assert within("D:\\clips\\a", ["C:\\ComfyUI\\input", "D:\\clips"])   # the next root is still tried
 
 
 def test_a_confined_folder_ignores_links_out_unopened_and_names_itself_by_its_label(tmp_path):

@@ -297,7 +297,7 @@ def test_caption_files_that_cannot_be_read_are_named(tmp_path):
 
 # -- latent cache ---------------------------------------------------------------------------------
 
-def test_cache_is_reused_without_encoding_and_rebuilt_when_a_file_changes(mp4_folder, tmp_path):
+def test_cache_is_reused_encoding_one_clip_and_rebuilt_when_a_file_changes(mp4_folder, tmp_path):
     spec = ClipSpec(frames=8, fps=15.0, height=48, width=64)
     calls = []
     shards = build_latent_cache(VideoFolder(mp4_folder, spec), encode_stub(calls), tmp_path / "cache", "stub-vae",
@@ -311,10 +311,10 @@ def test_cache_is_reused_without_encoding_and_rebuilt_when_a_file_changes(mp4_fo
 
     again = build_latent_cache(VideoFolder(mp4_folder, spec), encode_stub(calls), tmp_path / "cache", "stub-vae",
                                shard_size=1)
-    assert len(calls) == 2 and again.key == shards.key
+    assert len(calls) == 3 and again.key == shards.key   # the first clip only: its shapes are the encoder's
 
     build_latent_cache(VideoFolder(mp4_folder, spec), encode_stub(calls), tmp_path / "cache", "other-vae", shard_size=1)
-    assert len(calls) == 4  # another encoder identity: rebuilt
+    assert len(calls) == 5  # another encoder identity: rebuilt
 
     data = VideoFolder(mp4_folder, spec)
     key = cache_key(data.entries, spec, "stub-vae", **data.settings)
@@ -403,6 +403,32 @@ def test_a_hostile_cache_index_is_no_cache(mp4_folder, tmp_path, index):
     assert len(shards) == len(data) and calls
 
 
+@pytest.mark.parametrize("forged", ["more clips", "larger latents"])
+def test_a_forged_index_with_matching_shards_is_no_cache(mp4_folder, tmp_path, forged):
+    """The key can be read back through /view and the temp folder takes uploads: an index and shards
+    forged together agree with each other, so the index is checked against the dataset (its clips by
+    name) and the encoder (the shapes of the first clip, encoded again), not against itself."""
+    from safetensors.torch import save_file
+
+    data = VideoFolder(mp4_folder, ClipSpec(frames=4, fps=None, height=48, width=64))
+    cache = tmp_path / "cache"
+    build_latent_cache(data, encode_stub([]), cache, "stub", shard_size=1)
+    index = json.loads((cache / "index.json").read_text())
+    names, rows = (index["names"] + ["extra.mp4"], 1) if forged == "more clips" else (index["names"], 1)
+    shape = [4, 4, 6, 8] if forged == "more clips" else [4, 4, 64, 64]
+    index.update(names=names, count=len(names), shards=[f"shard_{s:05d}.safetensors" for s in range(len(names))],
+                 shapes={"latents": shape})
+    for s, name in enumerate(names):
+        save_file({"latents": torch.zeros(rows, *shape)}, str(cache / index["shards"][s]),
+                  metadata={"key": index["key"], "names": json.dumps([name])})
+    (cache / "index.json").write_text(json.dumps(index))
+    calls = []
+    shards = build_latent_cache(data, encode_stub(calls), cache, "stub", shard_size=1)
+    assert len(shards) == len(data) and shards[0]["latents"].shape == (4, 4, 6, 8)
+    # other clips are refused by name at once; the same clips cost the shape check's clip as well
+    assert len(calls) == len(data) + (forged == "larger latents")
+
+
 @pytest.mark.parametrize("forged", ["other tensors", "other shapes", "non-finite"])
 def test_a_shard_replaced_after_the_build_is_checked_by_what_it_holds(mp4_folder, tmp_path, forged):
     """The temp folder takes uploads and /view reads the index back, so a shard can be replaced under
@@ -427,9 +453,9 @@ def test_a_shard_replaced_after_the_build_is_checked_by_what_it_holds(mp4_folder
     shards = build_latent_cache(data, encode_stub(calls), cache, "stub", shard_size=1)
     clips = CachedClips(shards)
     if forged == "non-finite":
-        assert calls == []   # its header is what the build writes
+        assert len(calls) == 1   # its header is what the build writes: only the shape check's clip
         with pytest.raises(TrainingError, match=r"clip 'clip_0000.mp4' holds NaN or infinity in its cached latents"):
             clips[0]
     else:
-        assert len(calls) == 2   # no cache: every clip encoded again
+        assert len(calls) == 3   # no cache: the shape check's clip, then every clip encoded again
         assert set(clips[0]) == {"latents"} and torch.equal(clips[0]["latents"], latents[0].float())

@@ -100,18 +100,18 @@ def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor | dict[str, Te
     cache_dir = Path(cache_dir)
     key = cache_key(dataset.entries, dataset.spec, encoder_id, captions=encode_text is not None,
                     **getattr(dataset, "settings", {}))
+    count = len(dataset)
+    names = [e.name for e in dataset.entries]
     index = _read_index(cache_dir)
     if index and index.get("key") == key:
-        if isinstance(index.get("shapes"), dict) and all(
-                _finished_shard(cache_dir / n, key, index["names"][s * index["shard_size"]:(s + 1) * index["shard_size"]],
+        if index["names"] == names and index.get("shapes") == _encoded_shapes(dataset, encode, encode_text) and all(
+                _finished_shard(cache_dir / n, key, names[s * index["shard_size"]:(s + 1) * index["shard_size"]],
                                 index["shapes"]) is not None for s, n in enumerate(index["shards"])):
             return LatentShards(cache_dir)
         for old in cache_dir.glob("shard_*.safetensors"):   # a finished cache changed since: none of it is kept
             old.unlink()
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / INDEX_FILE).unlink(missing_ok=True)  # from here on, nothing in the folder is trusted
-    count = len(dataset)
-    names = [e.name for e in dataset.entries]
     shards, shapes = [], {}
     for s, first in enumerate(range(0, count, shard_size)):
         items = range(first, min(first + shard_size, count))
@@ -157,6 +157,15 @@ def _encode_shard(dataset, items: range, encode, encode_text) -> dict[str, Tenso
                 raise TrainingError(f"encode_text should map {len(captions)} captions to (N, L, D), found {tuple(text.shape)}.")
             tensors["text"] = text.contiguous()
     return tensors
+
+
+def _encoded_shapes(dataset, encode, encode_text) -> dict | None:
+    """The per-clip shapes the encoder makes, from the first clip: what a reused cache must hold. The
+    index and shards state their own shapes and the key can be read back, so only the encoder can
+    say how large a clip's latents are (forged ones could be any size, past the node's bounds)."""
+    if len(dataset) == 0:
+        return None
+    return {k: list(v.shape[1:]) for k, v in _encode_shard(dataset, range(1), encode, encode_text).items()}
 
 
 def _check_shapes(shapes: dict, tensors: dict[str, Tensor], first_name: str) -> dict:
