@@ -23,7 +23,8 @@ import comfy.utils
 from comfy.ldm.models.autoencoder import AutoencodingEngine
 import folder_paths
 
-from ..videoldm_core.limits import check_finite_input, check_output_size, tensor_bytes
+from ..videoldm_core.limits import (NonFiniteError, all_finite, check_finite_input, check_output_size,
+                                    count_non_finite, tensor_bytes)
 from ..videoldm_core.temporal_decoder import (DecodeInputError, TemporalDecoder, TemporalDecoderFormatError,
                                               TemporalDecoderSpec, check_temporal_decoder, read_addon_file, split_svd_vae)
 from ..videoldm_core.weights_file import WeightsFile, build_on_meta, check_range
@@ -313,10 +314,22 @@ def window_decoder(vae, samples: torch.Tensor, window: int, overlap: int, tile_s
         if getattr(first_stage, "post_quant_conv", None) is not None:
             z = first_stage.post_quant_conv(z)
         x = temporal.model.decode(first_stage.decoder, z, t1 - t0) if temporal is not None else first_stage.decoder(z)
+        check_decoded(x, region)
         pbar.update(1)
         return vae.process_output(x.to(out_device, torch.float32)).movedim(1, -1)
 
     return plan, decode, vae.upscale_ratio, out_device
+
+
+def check_decoded(x: torch.Tensor, region):
+    """Stops a decode whose VAE made NaN or infinity (a float16 VAE overflowing): clamped to [0, 1]
+    they would be written as black or white pixels without a word."""
+    if all_finite(x):
+        return
+    t0, t1 = region.frames
+    raise NonFiniteError(f"Temporal VAE Decode: the VAE decoded {count_non_finite(x)} NaN or infinite values (of "
+                         f"{x.numel()}) in frames {t0} to {t1 - 1}; a VAE overflowing in float16 is the usual cause. "
+                         "Start ComfyUI with --bf16-vae or --fp32-vae, or check the VAE and the latent.")
 
 
 def vae_sources() -> list[str]:

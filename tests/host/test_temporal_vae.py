@@ -181,6 +181,32 @@ def test_a_non_finite_latent_is_refused_before_decoding(vaes):
         temporal_vae.decode_video(image_vae, z, 4, 1)
 
 
+@pytest.mark.parametrize("to_file", [False, True])
+def test_a_vae_that_decodes_nan_stops_the_decode_naming_the_frames(vaes, tmp_path, to_file):
+    """A float16 VAE that overflows makes NaN, which [0, 1] clamping would write as black pixels."""
+    temporal_vae, image_vae, _ = vaes
+    calls = []
+
+    def overflow_in_the_second_window(module, inputs, output):
+        calls.append(output.shape[0])
+        if len(calls) == 2:
+            output = output.clone()
+            output[1, 0, 2, 2] = float("nan")
+        return output
+
+    hook = image_vae.first_stage_model.decoder.register_forward_hook(overflow_in_the_second_window)
+    try:
+        with torch.inference_mode(), pytest.raises(Exception, match=r"Temporal VAE Decode: the VAE decoded 1 NaN or "
+                                                                   r"infinite values \(of \d+\) in frames 2 to 5"):
+            if to_file:
+                temporal_vae.decode_video_to_file(image_vae, smooth_latents(), 4, 1, 0, 8, tmp_path / "nan.mp4")
+            else:
+                temporal_vae.decode_video(image_vae, smooth_latents(), 4, 1)
+    finally:
+        hook.remove()
+    assert len(calls) == 2 and os.listdir(tmp_path) == []   # stopped at the window, no file left
+
+
 def test_an_image_above_the_memory_limit_is_refused_before_decoding(vaes, vae_parts, monkeypatch):
     """The IMAGE is the whole video in host memory (the streamed node is the way past it)."""
     temporal_vae = vaes[0]
