@@ -11,6 +11,7 @@ adapter was trained that way (host/clip_norms.py).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -27,9 +28,12 @@ from .keys import CHECKPOINT_KEY, OPTIONS_KEY
 from .unet_layout import layer_path
 
 
-def host_attention(q, k, v, heads, mask=None):
-    """The user's configured attention backend (xformers, SDPA, sage, ...) for temporal layers."""
-    return optimized_attention(q, k, v, heads, mask=mask)
+def host_attention(q, k, v, heads, mask=None, attn_precision=None, transformer_options=None):
+    """The user's configured attention backend (xformers, SDPA, sage, ...) for temporal layers, called
+    as core's spatial attention is: at the precision the model's attention keeps (SD2.x upcasts to
+    float32) and through an attention override another node set in `transformer_options`."""
+    return optimized_attention(q, k, v, heads, mask=mask, attn_precision=attn_precision,
+                               transformer_options=transformer_options)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class AppliedAdapter:
     attention_distance: int | None
     inside: dict = field(default_factory=dict)   # spatial transformer's path -> slot path (Video LDM attention)
     after: dict = field(default_factory=dict)    # layer's path -> [slot paths] run on the layer's output
+    attn_precision: torch.dtype | None = None    # the model's own attention precision (core's unet_config)
 
     @property
     def adapter(self) -> TemporalAdapter:
@@ -51,20 +56,26 @@ class AppliedAdapter:
         """strength s: x + s (temporal(x) - x); s = 1 uses the layer output as is."""
         return after if self.strength == 1.0 else before + self.strength * (after - before)
 
-    def run_after(self, path, x, emb, num_frames, image_only_indicator, context_call=None):
+    def attention(self, transformer_options):
+        return functools.partial(host_attention, attn_precision=self.attn_precision,
+                                 transformer_options=transformer_options)
+
+    def run_after(self, path, x, emb, num_frames, image_only_indicator, context_call=None, transformer_options=None):
         slot = self.adapter.slot(path)
         if self.adapter.spec.slots[path]["kind"] == "resblock":
             features = context_call.features(self, x) if context_call is not None else None
             emb = context_call.temporal_emb(self, emb) if context_call is not None else emb
             out = slot(x, emb, num_frames, image_only_indicator, context_features=features)
         else:
-            out = slot(x, num_frames, attention_distance=self.attention_distance, attention=host_attention)
+            out = slot(x, num_frames, attention_distance=self.attention_distance,
+                       attention=self.attention(transformer_options))
         return self.lerp(x, out)
 
-    def mix_tokens(self, path, tokens, depth_index, num_frames, context, image_only_indicator, features=None):
+    def mix_tokens(self, path, tokens, depth_index, num_frames, context, image_only_indicator, features=None,
+                   transformer_options=None):
         out = self.adapter.slot(path)(tokens, depth_index, num_frames, context=context,
                                       image_only_indicator=image_only_indicator, attention_distance=self.attention_distance,
-                                      attention=host_attention, context_features=features)
+                                      attention=self.attention(transformer_options), context_features=features)
         return self.lerp(tokens, out)
 
 
@@ -147,7 +158,7 @@ def _forward_with_temporal(layer, x, emb, context, transformer_options, output_s
         def mix(tokens, depth_index):
             for applied, path in mixers:
                 tokens = applied.mix_tokens(path, tokens, depth_index, num_frames, text, image_only_indicator,
-                                            features[id(applied)])
+                                            features[id(applied)], transformer_options)
             return tokens
 
         x = _transformer_with_temporal(layer, x, context, transformer_options, mix)
@@ -161,6 +172,6 @@ def _forward_with_temporal(layer, x, emb, context, transformer_options, output_s
 
     for applied in adapters:
         for slot_path in applied.after.get(path, ()):
-            x = applied.run_after(slot_path, x, emb, num_frames, image_only_indicator, context_call)
+            x = applied.run_after(slot_path, x, emb, num_frames, image_only_indicator, context_call, transformer_options)
     return x
 

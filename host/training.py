@@ -29,16 +29,18 @@ import comfy.patcher_extension
 import comfy.utils
 import folder_paths
 
+from ..videoldm_core.errors import VideoLDMError
 from ..videoldm_core.interpolation import REGIMES
 from ..videoldm_core.temporal_adapter import TemporalAdapter, resolve_slots, save_adapter
 from ..videoldm_core.training.batches import StepBatches
-from ..videoldm_core.training.data import ClipSpec, VideoFolder
+from ..videoldm_core.training.data import ClipSpec, VideoFolder, discover
 from ..videoldm_core.training.diffusion_objective import DiffusionPhase, check_mode
 from ..videoldm_core.training.modes import mode_named
 from ..videoldm_core.training.latent_cache import CachedClips, build_latent_cache
 from ..videoldm_core.training.loss_curve import loss_curve_image
 from ..videoldm_core.training.objective import TrainingError, frozen
 from ..videoldm_core.training.schedule import NoiseSchedule
+from ..videoldm_core.training.run_config import clip_frames_problem
 from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig
 from .confined_paths import file_inside, training_folder, training_roots
 from .context import context_kwargs
@@ -373,6 +375,17 @@ def adapter_save_path(save_name: str) -> str:
     return file_inside(root, os.path.join(subfolder, f"{name}_{counter:05}_.safetensors"), f"models/{TEMPORAL_ADAPTERS}")
 
 
+def folder_fingerprint(folder: str) -> str:
+    """What decides the clips Train Temporal Adapter reads from `folder`, without opening a clip: each
+    entry's name, size, newest modification and caption (as the latent cache's key). A folder it
+    would refuse fingerprints as its refusal (the run fails with it)."""
+    try:
+        entries = discover(training_folder(folder), training_roots(), folder)
+    except (VideoLDMError, OSError) as e:
+        return f"refused: {e}"
+    return hashlib.sha256(repr([(e.name, e.kind, e.size, e.mtime_ns, e.caption) for e in entries]).encode()).hexdigest()
+
+
 def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, steps: int, learning_rate: float,
                            batch_size: int, seed: int, gradient_checkpointing: bool, images=None, folder: str = "",
                            width: int = 256, height: int = 256, fps: float = 0.0, temporal_adapter=None,
@@ -392,6 +405,9 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
                                                          weights=temporal_adapter.patcher.model.state_dict())
         spec, adapter = starting_adapter(model, mode, **given)
         check_mode(spec, mode)   # before anything is encoded
+        problem = clip_frames_problem(mode, clip_frames, spec.context_frames, "clip_frames")
+        if problem:
+            raise TrainingError(f"Train Temporal Adapter: {problem}.")
         dataset = None if images is not None else VideoFolder(   # every clip probed before the UNet is copied
             training_folder(folder), ClipSpec(clip_frames, fps or None, height, width), seed=seed,
             roots=training_roots(), label=folder)

@@ -38,7 +38,7 @@ class ContextGuiderNode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, cfg, context_scale) -> bool | str:
+    def validate_inputs(cls, cfg=None, context_scale=None) -> bool | str:
         return valid_numbers(cls, cfg=cfg, context_scale=context_scale)
 
     @classmethod

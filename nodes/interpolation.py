@@ -47,10 +47,11 @@ class InterpolateKeyframes(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, regime, augmentation=None, cfg=None, fps=None) -> bool | str:
-        """Saved graphs and API prompts from before the names were plain ASCII ("T→4T") still run;
-        the numbers are checked whole (finite, in range), since naming them here skips ComfyUI's check."""
-        regime_ok = check_regime_name(regime)
+    def validate_inputs(cls, regime=None, augmentation=None, cfg=None, fps=None) -> bool | str:
+        """Saved graphs and API prompts from before the names were plain ASCII ("T→4T") still run (a
+        linked regime, None here, is checked when it runs); the numbers are checked whole (finite, in
+        range), since naming them here skips ComfyUI's check."""
+        regime_ok = True if regime is None else check_regime_name(regime)
         numbers_ok = valid_numbers(cls, augmentation=augmentation, cfg=cfg, fps=fps)
         if regime_ok is not True or numbers_ok is not True:
             return numbers_ok if regime_ok is True else regime_ok

@@ -40,7 +40,7 @@ class MovingShapes(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, frames, width, height, fps, scale) -> bool | str:
+    def validate_inputs(cls, frames=None, width=None, height=None, fps=None, scale=None) -> bool | str:
         """A render beyond the pack's memory limit is refused before the prompt is queued."""
         numbers = dict(frames=frames, width=width, height=height, fps=fps, scale=scale)
         problem = valid_numbers(cls, **numbers)

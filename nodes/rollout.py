@@ -39,8 +39,15 @@ class ExtendVideo(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, cfg, context_scale) -> bool | str:
-        return valid_numbers(cls, cfg=cfg, context_scale=context_scale)
+    def validate_inputs(cls, cfg=None, context_scale=None, segment_length=None, context_frames=None) -> bool | str:
+        """Numbers finite and in range; the segment overlap below the segment (None: linked, checked when
+        it runs), before the nodes upstream sample anything."""
+        checked = valid_numbers(cls, cfg=cfg, context_scale=context_scale, segment_length=segment_length,
+                                context_frames=context_frames)
+        if checked is True and None not in (segment_length, context_frames) and context_frames >= segment_length:
+            return (f"context_frames ({context_frames}) must be smaller than segment_length ({segment_length}), or "
+                    "no new frames would be generated.")
+        return checked
 
     @classmethod
     @override

@@ -47,10 +47,11 @@ class LoadTemporalVAE(io.ComfyNode):
 
     @classmethod
     @override
-    def validate_inputs(cls, temporal_decoder) -> bool | str:
+    def validate_inputs(cls, temporal_decoder=None) -> bool | str:
         """Add-ons saved in models/temporal_adapters by earlier versions of the pack still load from saved
-        graphs, without that folder's adapters being listed here."""
-        if temporal_decoder == NONE or temporal_decoder in filenames(TEMPORAL_DECODERS, TEMPORAL_ADAPTERS):
+        graphs, without that folder's adapters being listed here. A linked name (None here) is looked up
+        when it runs."""
+        if temporal_decoder is None or temporal_decoder == NONE or temporal_decoder in filenames(TEMPORAL_DECODERS, TEMPORAL_ADAPTERS):
             return True
         return (f"temporal_decoder: expected 'none' or a file in models/{TEMPORAL_DECODERS}, "
                 f"found no file {temporal_decoder!r}.")

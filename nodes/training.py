@@ -7,10 +7,10 @@ from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.confined_paths import TRAINING_FOLDERS_VARIABLE, training_folder
-from ..host.training import train_temporal_adapter
+from ..host.training import folder_fingerprint, train_temporal_adapter
 from ..videoldm_core.errors import VideoLDMError
 from ..videoldm_core.training.modes import MODE_NAMES, TEMPORAL
-from ..videoldm_core.training.run_config import MAX_SEED
+from ..videoldm_core.training.run_config import MAX_SEED, clip_frames_problem
 from .io_types import TemporalAdapterType, checked_number_inputs, valid_numbers
 
 
@@ -43,8 +43,9 @@ class TrainTemporalAdapter(io.ComfyNode):
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-5, round=1e-7,
                                tooltip="AdamW learning rate (the paper uses 1e-4), reached after a short warm-up."),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Clips per step.", advanced=True),
-                io.Int.Input("seed", default=0, min=0, max=MAX_SEED,
-                             tooltip="Seeds clip order, noise and masks: the same seed repeats the run exactly."),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=io.ControlAfterGenerate.fixed,
+                             tooltip="Seeds clip order, noise and masks: the same seed repeats the run exactly (kept "
+                                     "after each run: queueing again for a change downstream does not train again)."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute activations in the backward pass: less memory, more time per step (1.7x in the pack's small benchmark, bench_training).", advanced=True),
                 io.Image.Input("images", optional=True,
@@ -73,16 +74,34 @@ class TrainTemporalAdapter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, learning_rate, fps=0.0, folder="") -> bool | str:
-        """Numbers finite and in range; a folder only inside the input folder (or the operator's)."""
-        problem = valid_numbers(cls, learning_rate=learning_rate, fps=fps)
-        if problem is not True or not folder:
+    def validate_inputs(cls, learning_rate=None, fps=0.0, folder="", mode=None, clip_frames=None) -> bool | str:
+        """Numbers finite and in range; clips the mode can learn from (the context frames of a prediction
+        adapter are checked when it runs: a linked adapter is not known here); a folder only inside the
+        input folder (or the operator's)."""
+        problem = valid_numbers(cls, learning_rate=learning_rate, fps=fps, clip_frames=clip_frames)
+        if problem is not True:
             return problem
+        if mode is not None and mode not in MODE_NAMES:   # named here, so core does not check its options
+            return f"mode: expected one of {list(MODE_NAMES)}, found {mode!r}."
+        if mode is not None and clip_frames is not None:
+            problem = clip_frames_problem(mode, clip_frames, None, "clip_frames")
+            if problem:
+                return f"Train Temporal Adapter: {problem}."
+        if not folder:
+            return True
         try:
             training_folder(folder)
         except VideoLDMError as e:
             return str(e)
         return True
+
+    @classmethod
+    @override
+    def fingerprint_inputs(cls, folder="", **kwargs):
+        """A folder's clips as they are now (names, sizes, modification times, captions): clips added,
+        replaced or re-captioned since the last run train again, instead of ComfyUI handing back the
+        adapter it cached for the same inputs."""
+        return folder_fingerprint(folder) if folder else ""
 
     @classmethod
     @override

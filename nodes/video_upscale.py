@@ -7,6 +7,7 @@ from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.video_upscale import upscale_video
+from ..videoldm_core.video_upscale import TilingError, check_split
 from .io_types import checked_number_inputs, custom_sampling_inputs, sampler_inputs, valid_numbers
 
 
@@ -56,8 +57,21 @@ class VideoUpscale(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, noise_augmentation, cfg, tile_size) -> bool | str:
-        return valid_numbers(cls, TILE_STEP, noise_augmentation=noise_augmentation, cfg=cfg, tile_size=tile_size)
+    def validate_inputs(cls, noise_augmentation=None, cfg=None, tile_size=None, tile_overlap=None, chunk_length=None,
+                        chunk_overlap=None) -> bool | str:
+        """Numbers finite and in range; each overlap below its tile or chunk (None: linked, checked when it
+        runs), before the nodes upstream sample anything."""
+        checked = valid_numbers(cls, TILE_STEP, noise_augmentation=noise_augmentation, cfg=cfg, tile_size=tile_size,
+                                tile_overlap=tile_overlap, chunk_length=chunk_length, chunk_overlap=chunk_overlap)
+        if checked is not True:
+            return checked
+        for name, size, overlap in (("tile", tile_size, tile_overlap), ("chunk", chunk_length, chunk_overlap)):
+            if None not in (size, overlap):
+                try:
+                    check_split(name, size, overlap)
+                except TilingError as e:
+                    return str(e)
+        return True
 
     @classmethod
     @override

@@ -62,6 +62,33 @@ def test_original_model_untouched_after_patched_clone_sampled(tiny_sd1, tools):
     assert "patches" not in model.model_options["transformer_options"]
 
 
+@pytest.mark.parametrize("kind", ["videoldm", "animatediff"])
+def test_temporal_attention_is_called_as_cores_spatial_attention(tiny_sd1, tools, kind):
+    """Through an attention override another node set on the model (transformer_options, as core's
+    spatial layers honour it) and at the model's own attention precision (SD2.x keeps float32)."""
+    patch, make_adapter, *_ = tools
+    model = tiny_sd1[0].clone()
+    calls = []
+
+    def override(func, q, k, v, heads, *args, **kwargs):
+        calls.append((q.shape[1], kwargs.get("attn_precision")))
+        return func(q, k, v, heads, *args, **kwargs)
+
+    model.model_options["transformer_options"]["optimized_attention_override"] = override
+    plain = sample(patch.apply_adapter(tiny_sd1[0], make_adapter(kind), "a"), tools, frames=5)
+    patched = patch.apply_adapter(model, make_adapter(kind), "a")
+    assert torch.equal(sample(patched, tools, frames=5), plain)   # the override passes every call on unchanged
+    temporal = [precision for tokens, precision in calls if tokens == 5]   # over the frames: no spatial level has 5
+    assert temporal and all(p is None for p in temporal)   # SD1.x's attention keeps the compute dtype
+    model.model.model_config.unet_config["attn_precision"] = torch.float32   # as core's SD2.x config
+    try:
+        calls.clear()
+        sample(patch.apply_adapter(model, make_adapter(kind), "a"), tools, frames=5)
+    finally:
+        del model.model.model_config.unet_config["attn_precision"]
+    assert {precision for tokens, precision in calls if tokens == 5} == {torch.float32}
+
+
 def test_an_fp8_unet_samples_with_the_adapter_in_its_compute_dtype(pack_module, tools):
     """A UNet stored in float8 (core's weight_dtype fp8_e4m3fn, --fp8_e4m3fn-unet) computes in its
     manual-cast dtype; the adapter's layers compute in it too, their own weights not rounded to 8

@@ -210,6 +210,14 @@ def test_regime_names_are_plain_ascii_and_the_earlier_names_still_validate(node_
     assert regime.options == ["T-to-4T", "4T-to-16T"] and all(o.isascii() for o in regime.options)
     assert node.validate_inputs(regime="T-to-4T") is True and node.validate_inputs(regime="4T→16T") is True
     assert node.validate_inputs(regime="8x") == "regime '8x' not in list ['T-to-4T', '4T-to-16T']"
+    # linked (a switch or a primitive's output feeding the combo): None at validation, checked when it runs
+    assert node.validate_inputs(regime=None) is True
+
+
+def test_a_linked_temporal_decoder_name_is_looked_up_when_it_runs(node_classes):
+    node = node_classes["VideoLDMLoadTemporalVAE"]
+    assert node.validate_inputs(None) is True and node.validate_inputs("none") is True
+    assert "found no file 'missing.safetensors'" in node.validate_inputs("missing.safetensors")
 
 
 def test_augmentation_between_the_sentinel_and_zero_is_refused_before_the_graph_runs(interp, node_classes):

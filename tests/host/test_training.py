@@ -3,6 +3,7 @@ architectures (random spatial weights), synthetic moving-shapes clips, every mod
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -437,3 +438,45 @@ def test_a_folder_with_a_bad_clip_is_refused_before_the_unet_is_copied(tr, monke
     monkeypatch.setattr(tr["host"], "trainable_base", lambda model: pytest.fail("the UNet was copied first"))
     with pytest.raises(tr["core"].TrainingError, match=r"'fake.mp4': unreadable"):
         tr["node"].execute(**node_args(tr, steps=2), folder="training_bad_clip")
+
+
+@pytest.mark.parametrize("mode, frames, expected", [
+    ("interpolation", 8, "clip_frames must be 5, 9, 13, ..., found 8; use 5 or 9"),
+    ("prediction", 2, "prediction from up to 2 context frames needs clips longer than that: clip_frames must be at "
+                      "least 3, found 2")])
+def test_clips_the_mode_cannot_learn_from_are_refused_before_anything_is_encoded(tr, monkeypatch, mode, frames,
+                                                                                 expected):
+    """A step found them only after every frame was encoded and the UNet copied; validation knows the
+    mode's own needs, the node the context frames of the adapter it continues (a linked input)."""
+    node = tr["node"]
+    if mode == "interpolation":
+        assert expected in node.validate_inputs(learning_rate=1e-3, mode=mode, clip_frames=frames)
+    else:   # the context frames depend on the adapter: known when the node runs
+        assert node.validate_inputs(learning_rate=1e-3, mode=mode, clip_frames=frames) is True
+    assert node.validate_inputs(learning_rate=1e-3, mode=mode, clip_frames=9) is True
+    assert node.validate_inputs(learning_rate=1e-3, mode=mode, clip_frames=None) is True   # linked
+    monkeypatch.setattr(tr["host"], "trainable_base", lambda model: pytest.fail("the UNet was copied first"))
+    monkeypatch.setattr(tr["host"], "training_items", lambda *a, **k: pytest.fail("frames were encoded first"))
+    with pytest.raises(tr["core"].TrainingError, match=re.escape(expected)):
+        node.execute(**node_args(tr, steps=2) | dict(mode=mode, clip_frames=frames), images=shapes_video(tr, 12))
+
+
+def test_a_folder_whose_clips_changed_trains_again(tr):
+    """ComfyUI reuses a node's output for the same inputs: the folder's clips are part of them."""
+    import folder_paths
+    from devtools.synthetic_data import write_mp4
+
+    folder = os.path.join(folder_paths.get_input_directory(), "training_fingerprint")
+    os.makedirs(folder, exist_ok=True)
+    clip = tr["synthetic"].moving_shapes_clip(0, 4, 16, 16).frames
+    write_mp4(os.path.join(folder, "a.mp4"), clip, 8.0)
+    fingerprint = tr["node"].fingerprint_inputs
+    first = fingerprint(folder="training_fingerprint")
+    assert fingerprint(folder="training_fingerprint") == first   # nothing changed: ComfyUI keeps its result
+    write_mp4(os.path.join(folder, "b.mp4"), clip, 8.0)
+    second = fingerprint(folder="training_fingerprint")
+    assert second != first
+    with open(os.path.join(folder, "b.txt"), "w") as f:
+        f.write("a square")   # a caption of its own
+    assert fingerprint(folder="training_fingerprint") != second
+    assert fingerprint(folder="/etc").startswith("refused: ") and fingerprint(folder="") == ""

@@ -54,6 +54,33 @@ def test_non_finite_numbers_are_refused_at_validation(server, workflow, node, na
     assert f"{name} must be" in message and "custom_validation_failed" in message
 
 
+@pytest.mark.parametrize("workflow, node, inputs, expected", [
+    ("rollout", "12", dict(context_frames=4), "context_frames (4) must be smaller than segment_length (4)"),
+    ("upscale", "5", dict(tile_overlap=64), "tile overlap must be smaller than the tile (64)"),
+    ("upscale", "5", dict(chunk_overlap=8, chunk_length=8), "chunk overlap must be smaller than the chunk (8)"),
+    ("train", "5", dict(mode="interpolation", clip_frames=8), "clip_frames must be 5, 9, 13, ..., found 8"),
+    ("train", "5", dict(mode="8x"), "mode: expected one of"),
+    ("train", "5", dict(clip_frames=1), "clip_frames must be")])
+def test_inputs_that_cannot_go_together_are_refused_at_validation(server, workflow, node, inputs, expected):
+    """Before the nodes upstream sample or encode anything (the cascade's upscale comes after
+    keyframes, rollout and two interpolation passes; training after every frame is encoded)."""
+    prompt = json.loads(api_prompt(workflow).read_text())
+    prompt[node]["inputs"].update(inputs)
+    message = refusal(server, prompt)
+    assert expected in message and "custom_validation_failed" in message
+
+
+@pytest.mark.parametrize("workflow, node, name", [("rollout", "12", "cfg"), ("upscale", "5", "tile_size"),
+                                                  ("train", "5", "learning_rate"), ("interpolation", "12", "regime")])
+def test_a_missing_input_a_node_validates_is_named_as_missing(server, workflow, node, name):
+    """Core's own answer for a missing input, not a TypeError from the node's validate_inputs."""
+    prompt = json.loads(api_prompt(workflow).read_text())
+    del prompt[node]["inputs"][name]
+    message = refusal(server, prompt)
+    assert "required_input_missing" in message and name in message and "TypeError" not in message
+    assert "positional argument" not in message
+
+
 def test_moving_shapes_beyond_the_limit_is_refused_before_it_allocates(server):
     before = rss(server)
     message = refusal(server, shapes_prompt(4096, 2048, 2048))

@@ -168,17 +168,26 @@ def check_ranges(config: dict, mode: str):
                             f"{regimes}.")
     if mode not in MODE_NAMES:
         return
-    frames = data.get("frames", DEFAULT_FRAMES)
+    given = None if adapter.get("init") else adapter.get("context_frames") or mode_named(mode).default_context_frames
+    problem = clip_frames_problem(mode, data.get("frames", DEFAULT_FRAMES), given, "'data.frames'",
+                                  "'adapter.context_frames'")
+    if problem:
+        raise TrainingError(f"run configuration: {problem}.")
+
+
+def clip_frames_problem(mode: str, frames: int, context_frames, name: str, context_name: str = "") -> str | None:
+    """Why `mode` cannot learn from clips of `frames` frames (the input called `name`), or None: a
+    step would find it only after the model is loaded and every clip encoded. `context_frames`: the
+    context frame counts a prediction adapter is trained with (None: not known yet)."""
     if frames < 2:
-        raise TrainingError(f"run configuration: temporal layers learn from clips of at least 2 frames: 'data.frames' "
-                            f"must be at least 2, found {frames}.")
+        return f"temporal layers learn from clips of at least 2 frames: {name} must be at least 2, found {frames}"
     if mode_named(mode).has_regimes and (frames < 5 or (frames - 1) % FACTOR):
         low = max(5, frames - (frames - 1) % FACTOR)
-        raise TrainingError(f"run configuration: interpolation clips hold 4K − 3 frames (K ≥ 2 keyframes at 0, 4, 8, "
-                            f"...): 'data.frames' must be 5, 9, 13, ..., found {frames}; use {low} or {low + FACTOR}.")
-    if mode_named(mode).needs_context_encoder and not mode_named(mode).has_regimes and not adapter.get("init"):
-        given = adapter.get("context_frames") or mode_named(mode).default_context_frames
-        if frames <= max(given):
-            raise TrainingError(f"run configuration: prediction from up to {max(given)} context frames "
-                                f"('adapter.context_frames' {list(given)}) needs clips longer than that: 'data.frames' "
-                                f"must be at least {max(given) + 1}, found {frames}.")
+        return (f"interpolation clips hold 4K − 3 frames (K ≥ 2 keyframes at 0, 4, 8, ...): {name} must be 5, 9, "
+                f"13, ..., found {frames}; use {low} or {low + FACTOR}")
+    if mode_named(mode).needs_context_encoder and not mode_named(mode).has_regimes and context_frames:
+        if frames <= max(context_frames):
+            stated = f" ({context_name} {list(context_frames)})" if context_name else ""
+            return (f"prediction from up to {max(context_frames)} context frames{stated} needs clips longer than "
+                    f"that: {name} must be at least {max(context_frames) + 1}, found {frames}")
+    return None
