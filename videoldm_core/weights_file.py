@@ -3,7 +3,7 @@
 1. `WeightsFile(path, name, error)` reads what the file says about itself: tensor names, shapes
    and dtypes, and the safetensors metadata (the specs). A safetensors file costs its header; a
    pickle (.ckpt/.pt/.pth/.bin) is read weights-only (code in it is refused), which costs its size
-   on disk. The loaders check their spec against these shapes, and build the modules the spec
+   on disk plus the objects its record builds, which is capped (`MAX_PICKLE_RECORD_BYTES`). The loaders check their spec against these shapes, and build the modules the spec
    describes on the meta device (`build_on_meta`) to compare them, before anything is allocated.
 2. `WeightsFile.tensors()` reads the tensors and refuses any that hold NaN or infinity; the host
    checks them against the range of the dtype it keeps them in (`check_range`) before it loads them.
@@ -30,6 +30,11 @@ from .limits import all_finite, count_non_finite, value_bounds
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 MAX_HEADER_BYTES = 100_000_000   # the safetensors library's own limit
+# a pickle's record of its objects (torch's data.pkl: names, shapes, storage references), read before
+# torch.load builds them, at up to about 20x its size in memory (a small record can name one tensor
+# millions of times). Real checkpoints' records are well under 1 MiB (an SD checkpoint with EMA: ~2,000
+# tensors, ~300 KiB), so this bounds the cost without refusing a real file.
+MAX_PICKLE_RECORD_BYTES = 8 * 2**20
 # what a meta build may call per tensor the file holds (parameters, their initialisation, and the
 # few tables made in __init__), plus a floor for small files: measured need is under 6
 META_CALLS_PER_TENSOR, META_CALLS_FLOOR = 50, 20_000
@@ -105,6 +110,7 @@ class WeightsFile:
             mmap = zipfile.is_zipfile(self.path)   # torch's zip format maps the tensors from disk
         except OSError as e:
             raise self.refuse(f"cannot be read ({e.strerror or type(e).__name__})") from None
+        self._check_pickle_record(mmap)
         try:
             loaded = torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError:   # torch's weights-only reader met code, an object or damage
@@ -122,6 +128,24 @@ class WeightsFile:
         tensors = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
         self._check_pickle_sizes(tensors)
         return tensors
+
+    def _check_pickle_record(self, is_zip: bool):
+        """The record torch.load unpickles, measured before it builds anything: in torch's zip format
+        the size its data.pkl states; in the legacy format (a few pickles in a row, then the data)
+        its opcodes are walked, stopping at the cap."""
+        try:
+            if is_zip:
+                with zipfile.ZipFile(self.path) as archive:
+                    record = max((i.file_size for i in archive.infolist() if i.filename.endswith("data.pkl")),
+                                 default=0)
+            else:
+                record = _legacy_record_bytes(self.path, MAX_PICKLE_RECORD_BYTES)
+        except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+            return   # damaged: torch.load says so, in the usual words
+        if record > MAX_PICKLE_RECORD_BYTES:
+            raise self.refuse(f"its pickle record is {record} bytes, more than the {MAX_PICKLE_RECORD_BYTES} a weights "
+                              "file's names and shapes take (a small file can make torch.load build millions of "
+                              "objects)", "Refused before loading it; convert it to .safetensors from a trusted source.")
 
     def _check_pickle_sizes(self, tensors: dict):
         """A pickle's tensor is a view of a storage: its shape may repeat a few stored bytes many
@@ -160,6 +184,22 @@ class WeightsFile:
                                   "The file is corrupt or changed while loading.") from None
         check_finite(out, self.source, self.error)
         return out
+
+
+LEGACY_PICKLES = 5   # torch's legacy format: magic number, protocol, system info, the object, storage keys
+
+
+def _legacy_record_bytes(path: str, cap: int) -> int:
+    """The bytes of the pickles a legacy-format torch file starts with, walked opcode by opcode (no
+    object is built); stops as soon as they pass `cap` (returning more than `cap`)."""
+    import pickletools
+
+    with open(path, "rb") as f:
+        for _ in range(LEGACY_PICKLES):
+            for _, _, position in pickletools.genops(f):
+                if position > cap:
+                    return position
+        return f.tell()
 
 
 def _library_message(error: Exception) -> str:

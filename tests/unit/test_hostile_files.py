@@ -319,3 +319,24 @@ def test_a_bundle_spec_contradicting_its_embedding_is_refused_at_its_header(tmp_
     with pytest.raises(BundleFormatError, match=r"^'b.safetensors': the spec states vocab_size x hidden_size = \(60000, 64\), "
                                                 r"but the file's .*token_embedding.weight has the shape \(49408, 64\)"):
         check_stated_sizes(bundle, file.shapes, file.source)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_pickle_whose_record_names_one_tensor_a_million_times_is_refused_before_loading(tmp_path, legacy):
+    """A few MiB of pickle can make torch.load build millions of tensor objects (about 20x the
+    record's size): the record is measured first (torch's data.pkl, or the legacy format's pickles
+    walked opcode by opcode) and refused above its cap, before anything is built."""
+    from devtools.public_layouts import animatediff_state_dict
+    from videoldm_core import weights_file
+
+    shared = torch.zeros(1)
+    bomb = {f"k{i}": shared for i in range(700_000)}
+    torch.save(bomb, tmp_path / "names.ckpt", _use_new_zipfile_serialization=not legacy)
+    assert (tmp_path / "names.ckpt").stat().st_size < 16 * MIB
+    message = refused_within(lambda: read_adapter_file(tmp_path / "names.ckpt", "names.ckpt"), AdapterFormatError,
+                             limit_bytes=32 * MIB)
+    assert message.startswith("'names.ckpt': its pickle record is ")
+    assert f"more than the {weights_file.MAX_PICKLE_RECORD_BYTES} a weights file's names and shapes take" in message
+    state_dict = animatediff_state_dict((32, 32, 32, 32), pe_len=8)   # a real module's record is far below the cap
+    torch.save(state_dict, tmp_path / "real.ckpt", _use_new_zipfile_serialization=not legacy)
+    assert read_adapter_file(tmp_path / "real.ckpt", "real.ckpt")[0].placement == "animatediff"
