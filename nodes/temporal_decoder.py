@@ -115,8 +115,10 @@ class TemporalVAEDecodeToVideo(io.ComfyNode):
             inputs=[
                 io.Vae.Input("vae", tooltip="A VAE; its temporal layers (from Load Temporal VAE) are used if present."),
                 io.Latent.Input("samples", tooltip="Video latents: the batch is the frames."),
-                io.Float.Input("fps", default=24.0, min=1.0, max=120.0, step=1.0,
-                               tooltip="Frames per second of the video file (as CreateVideo's fps)."),
+                io.Float.Input("fps", default=24.0, min=0.01, max=4000.0, step=0.001, round=0.001,
+                               tooltip="Frames per second of the video file, to 1/1000 as CreateVideo's writer "
+                                       "stores it; any rate Moving Shapes or Interpolate Keyframes gives (e.g. 7.5 "
+                                       "from 1.875 fps keyframes, or 480 from 30 fps interpolated twice)."),
                 io.Int.Input("window", default=17, min=1, max=4096,
                              tooltip="Frames decoded together as one clip, as in Temporal VAE Decode. Memory holds "
                                      "about four windows of decoded frames, whatever the video's length."),

@@ -494,3 +494,5 @@ def test_node_returns_a_video_backed_by_its_file(node_classes, vaes):
     assert os.path.basename(video.get_stream_source()) == preview["filename"]
     assert "less than the window (8 frames), found 8" in node.validate_inputs(fps=8.0, window=8, overlap=8)
     assert "fps" in node.validate_inputs(fps=float("nan"), window=8, overlap=1)
+    for fps in (7.5, 29.97, 480.0):   # the rates interpolation gives (1.875 x 4; 30 fps interpolated twice)
+        assert node.validate_inputs(fps=fps, window=8, overlap=1) is True
