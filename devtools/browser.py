@@ -171,6 +171,13 @@ class Frontend:
             "  if (el && el.innerText.trim().length > 0) return el.innerText; }"
             "return null;", node_type, timeout_ms)
 
+    def new_node_widgets(self, node_type: str) -> list[list]:
+        """[name, value] of each widget of a `node_type` node just placed on an empty canvas, as a user
+        adding it from the node library gets it (a seed's control_after_generate widget included)."""
+        return self._async(
+            "window.app.graph.clear(); const node = window.LiteGraph.createNode(args[0]); window.app.graph.add(node);"
+            "return (node.widgets || []).map(w => [w.name, w.value]);", node_type)
+
     def graph_to_prompt(self) -> dict:
         """The API prompt the frontend would queue for the graph now loaded."""
         return self._async("const p = await window.app.graphToPrompt(); return JSON.parse(JSON.stringify(p.output));")

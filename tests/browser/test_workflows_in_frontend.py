@@ -69,3 +69,15 @@ def test_missing_node_check_sees_an_unknown_node_type(frontend):
     loaded = frontend.load_workflow(data)
     assert [n["type"] for n in loaded if not n["registered"]] == ["VideoLDMNodeThatDoesNotExist"]
     frontend.read_console()  # the frontend may log the missing node; not an error of the next test
+
+
+def test_a_new_train_node_keeps_its_seed_and_a_sampling_node_draws_a_new_one(frontend):
+    """Train Temporal Adapter's seed control starts at 'fixed': queueing again for a change downstream
+    would otherwise train again (and save another file); the sampling nodes keep core's 'randomize'."""
+    def control(node_type):
+        widgets = frontend.new_node_widgets(node_type)
+        names = [name for name, _ in widgets]
+        return widgets[names.index("seed") + 1][1]
+
+    assert control("VideoLDMTrainTemporalAdapter") == "fixed"
+    assert control("VideoLDMExtendVideo") == "randomize"
