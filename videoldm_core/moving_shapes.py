@@ -183,17 +183,11 @@ def moving_shapes_clip(seed: int, frames: int, height: int, width: int, fps: flo
             on_frame(i)
     scaled = [ShapeTrack(tr.kind, (tr.centre * scale).float(), tr.angle.float(), tr.colour.float(), tr.size * scale)
               for tr in tracks]
-    return SyntheticClip(video, scaled, _caption(shapes, tracks))
+    return SyntheticClip(video, scaled, _caption(shapes))
 
 
-def _caption(shapes, tracks) -> str:
-    """Each shape with the direction it starts in: as frames 0 to 1 show it (a shape drawn near a
-    wall bounces within the first step, against its drawn velocity), its velocity for one frame."""
-    parts = []
-    for shape, track in zip(shapes, tracks):
-        step = (track.centre[1] - track.centre[0]).tolist() if len(track.centre) > 1 else [0.0, 0.0]
-        parts.append(f"{shape.colour_name} {shape.kind} moving {_direction(*(step if any(step) else shape.velocity))}")
-    return " and ".join(parts)
+def _caption(shapes) -> str:
+    return " and ".join(f"{s.colour_name} {s.kind} moving {_direction(*s.velocity)}" for s in shapes)
 
 
 def _direction(vx: float, vy: float) -> str:

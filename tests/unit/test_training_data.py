@@ -46,22 +46,6 @@ def test_same_seed_gives_the_same_clip_and_another_seed_another():
     assert -1 <= a.frames.min() and a.frames.max() <= 1 and a.frames.std() > 0.1
 
 
-def test_the_caption_names_the_direction_the_first_frames_show():
-    """Seed 4 at 64x64, 15 fps draws an orange square heading down and right from next to the
-    bottom wall: it bounces within the first step, so the frames show it moving up and right."""
-    from videoldm_core.moving_shapes import _direction
-
-    checked = 0
-    for seed in range(200):
-        clip = moving_shapes_clip(seed, 2, 64, 64, fps=15.0)
-        for track, part in zip(clip.tracks, clip.caption.split(" and ")):
-            dx, dy = (track.centre[1] - track.centre[0]).tolist()
-            assert part.endswith(f"moving {_direction(dx, dy)}"), (seed, part, dx, dy)
-            checked += 1
-    assert checked > 200
-    assert "orange square moving towards the top right" in moving_shapes_clip(4, 2, 64, 64, fps=15.0).caption
-
-
 def test_caption_names_each_shape_and_tracks_stay_inside_the_frame():
     clip = moving_shapes_clip(11, 60, 40, 56, fps=10.0)
     assert 1 <= len(clip.tracks) <= 3 and clip.caption.count(" moving ") == len(clip.tracks)
