@@ -115,7 +115,7 @@ class TemporalVAEDecodeToVideo(io.ComfyNode):
             inputs=[
                 io.Vae.Input("vae", tooltip="A VAE; its temporal layers (from Load Temporal VAE) are used if present."),
                 io.Latent.Input("samples", tooltip="Video latents: the batch is the frames."),
-                io.Float.Input("fps", default=24.0, min=0.01, max=4000.0, step=0.001, round=0.001,
+                io.Float.Input("fps", default=24.0, min=0.001, max=4000.0, step=0.001, round=0.001,
                                tooltip="Frames per second of the video file, to 1/1000 as CreateVideo's writer "
                                        "stores it; any rate Moving Shapes or Interpolate Keyframes gives (e.g. 7.5 "
                                        "from 1.875 fps keyframes, or 480 from 30 fps interpolated twice)."),

@@ -133,19 +133,27 @@ class WeightsFile:
         """The record torch.load unpickles, measured before it builds anything: in torch's zip format
         the size its data.pkl states; in the legacy format (a few pickles in a row, then the data)
         its opcodes are walked, stopping at the cap."""
+        advice = "Refused before loading it; convert it to .safetensors from a trusted source."
         try:
             if is_zip:
-                with zipfile.ZipFile(self.path) as archive:
-                    record = max((i.file_size for i in archive.infolist() if i.filename.endswith("data.pkl")),
-                                 default=0)
+                with open(self.path, "rb") as f:
+                    end = zipfile._EndRecData(f)   # the end record alone: each entry is an object once read
+                directory = end[zipfile._ECD_SIZE] if end else 0
+                if directory <= MAX_PICKLE_RECORD_BYTES:
+                    with zipfile.ZipFile(self.path) as archive:
+                        record = max((i.file_size for i in archive.infolist() if i.filename.endswith("data.pkl")),
+                                     default=0)
             else:
-                record = _legacy_record_bytes(self.path, MAX_PICKLE_RECORD_BYTES)
-        except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+                directory, record = 0, _legacy_record_bytes(self.path, MAX_PICKLE_RECORD_BYTES)
+        except (OSError, zipfile.BadZipFile, ValueError, EOFError, struct.error):
             return   # damaged: torch.load says so, in the usual words
+        if directory > MAX_PICKLE_RECORD_BYTES:
+            raise self.refuse(f"its zip directory is {directory} bytes, more than the {MAX_PICKLE_RECORD_BYTES} a "
+                              "weights file's entries take (each entry becomes an object when it is read)", advice)
         if record > MAX_PICKLE_RECORD_BYTES:
-            raise self.refuse(f"its pickle record is {record} bytes, more than the {MAX_PICKLE_RECORD_BYTES} a weights "
+            raise self.refuse(f"its pickle record is larger than the {MAX_PICKLE_RECORD_BYTES} bytes a weights "
                               "file's names and shapes take (a small file can make torch.load build millions of "
-                              "objects)", "Refused before loading it; convert it to .safetensors from a trusted source.")
+                              "objects)", advice)
 
     def _check_pickle_sizes(self, tensors: dict):
         """A pickle's tensor is a view of a storage: its shape may repeat a few stored bytes many
@@ -189,16 +197,45 @@ class WeightsFile:
 LEGACY_PICKLES = 5   # torch's legacy format: magic number, protocol, system info, the object, storage keys
 
 
+class _PastCap(Exception):
+    pass
+
+
+class _CappedReader:
+    """A file that refuses to read past `cap` bytes: an opcode stating a 2**50-byte argument ends the
+    walk instead of asking for the memory."""
+
+    def __init__(self, f, cap: int):
+        self.f, self.cap = f, cap
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or self.f.tell() + n > self.cap:
+            raise _PastCap
+        return self.f.read(n)
+
+    def readline(self) -> bytes:
+        line = self.f.readline(self.cap + 1 - self.f.tell())
+        if self.f.tell() > self.cap:
+            raise _PastCap
+        return line
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
 def _legacy_record_bytes(path: str, cap: int) -> int:
     """The bytes of the pickles a legacy-format torch file starts with, walked opcode by opcode (no
-    object is built); stops as soon as they pass `cap` (returning more than `cap`)."""
+    object is built; about 1 s per MiB at worst); more than `cap` as soon as they pass it."""
     import pickletools
 
     with open(path, "rb") as f:
-        for _ in range(LEGACY_PICKLES):
-            for _, _, position in pickletools.genops(f):
-                if position > cap:
-                    return position
+        reader = _CappedReader(f, cap)
+        try:
+            for _ in range(LEGACY_PICKLES):
+                for _ in pickletools.genops(reader):
+                    pass
+        except _PastCap:
+            return cap + 1
         return f.tell()
 
 
