@@ -6,7 +6,8 @@ from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.context import video_context
-from .io_types import VideoContextType, checked_number_inputs
+from ..videoldm_core.context import ContextError, context_positions
+from .io_types import VideoContextType, checked_number_inputs, valid_numbers
 
 
 class VideoContextNode(io.ComfyNode):
@@ -36,6 +37,22 @@ class VideoContextNode(io.ComfyNode):
                 io.Latent.Output(display_name="latent", tooltip="T frames with the given ones in place, for the sampler."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, length=None, positions=None, use_last=None) -> bool | str:
+        """Numbers finite and in range; positions that fit `length` (an index list is checked whole, 'start'
+        and 'end' with use_last frames), before the nodes upstream make the frames. None: linked."""
+        checked = valid_numbers(cls, length=length, use_last=use_last)
+        if checked is not True or None in (length, positions):
+            return checked
+        named = positions.strip().lower() in ("start", "end")
+        count = (use_last or 0) if named else len([p for p in positions.replace(" ", "").split(",") if p])
+        if count:
+            try:
+                context_positions(positions, count, length)
+            except ContextError as e:
+                return f"Video Context: {e}"
+        return True
 
     @classmethod
     @override

@@ -147,6 +147,24 @@ def test_video_context_node_places_latents_and_images(ctx, given):
         node.execute(length=2, positions="start", frames={"samples": given})
 
 
+@pytest.mark.parametrize("inputs, message", [
+    (dict(length=8, positions="0, 9"), "context positions must lie in 0..7, found [9]"),
+    (dict(length=8, positions="0, -9"), "context positions must lie in 0..7"),
+    (dict(length=8, positions="1, 1"), "context positions must be distinct"),
+    (dict(length=8, positions="first"), "expected positions 'start', 'end' or comma-separated frame indices"),
+    (dict(length=4, positions="end", use_last=4), "S < T"),
+    (dict(length=8, positions="start", use_last=-1), "use_last must be at least 0"),
+    (dict(length=1, positions="start"), "length must be at least 2")])
+def test_video_context_refuses_positions_that_cannot_fit_at_validation(ctx, inputs, message):
+    """Before the nodes upstream make the frames; what depends on how many frames come is checked when it runs."""
+    node = ctx["nodes"].context.VideoContextNode
+    answer = node.validate_inputs(**inputs)
+    assert isinstance(answer, str) and message in answer
+    for fine in (dict(length=8, positions="0, -1"), dict(length=8, positions="start"), dict(length=8, positions="end",
+                 use_last=2), dict(length=None, positions="0, 99"), dict(length=8, positions=None)):   # None: linked
+        assert node.validate_inputs(**fine) is True, fine
+
+
 def test_video_context_encodes_only_the_frames_it_uses_and_refuses_non_finite_ones(ctx, given, monkeypatch):
     node, vae = ctx["nodes"].context.VideoContextNode, ctx["vae"]
     encoded, encode = [], vae.encode
