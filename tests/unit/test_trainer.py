@@ -113,6 +113,18 @@ def test_ema_weights_trail_the_raw_weights():
     assert (ema - start).norm() < (raw - start).norm()
 
 
+def test_the_ema_decay_warms_up_as_sgms_lit_ema():
+    """decay_n = min(decay, (1 + n) / (10 + n)) after n updates: with 0.999 from the first step, the
+    EMA of a 1,000-step run would still hold 37% of the initial weights."""
+    config = TrainConfig(ema_decay=0.999)
+    assert [config.ema_decay_at(s) for s in (0, 1, 89)] == pytest.approx([2 / 11, 3 / 12, 91 / 100])
+    assert config.ema_decay_at(10_000) == 0.999
+    kept = 1.0
+    for step in range(1000):
+        kept *= config.ema_decay_at(step)   # the weight the initial value still has in the average
+    assert kept < 1e-3 < 0.999 ** 1000 / 100
+
+
 def test_a_split_global_batch_holds_the_same_clips_and_seeds():
     one = StepBatches(DATA, 4, seed=1)
     two = StepBatches(DATA, 2, seed=1)
@@ -226,6 +238,47 @@ def test_two_gloo_ranks_match_one_process_at_the_same_global_batch(tmp_path):
     ddp = torch.load(tmp_path / "ddp.pt")
     for k, v in single.phases[0].state_dict().items():
         torch.testing.assert_close(ddp[k], v, atol=1e-6, rtol=1e-5)
+
+
+NAN_WORKER = """
+import importlib.util, sys, torch
+spec = importlib.util.spec_from_file_location("trainer_tests", sys.argv[1])
+tests = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tests)
+torch.set_num_threads(1)
+
+class NanOnRankOne(tests.Regression):
+    def forward(self, batch, generator):
+        loss, logs = super().forward(batch, generator)
+        if torch.distributed.get_rank() == 1 and batch["step"] == 1:
+            loss = loss * float("nan")
+        return loss, logs
+
+t = tests.Trainer([NanOnRankOne()], tests.TrainConfig(steps=5, lr=0.05, seed=3), tests.StepBatches(tests.DATA, 1, seed=3),
+                  identity={"what": "regression"})
+try:
+    t.run()
+except tests.TrainingError as e:
+    print(f"rank {torch.distributed.get_rank()} stopped: {e}", flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_loss_that_is_not_finite_on_one_rank_stops_every_rank_together(tmp_path):
+    """A rank stopping alone leaves the others waiting in the backward's all-reduce (on several nodes
+    until the collective timeout, 2 h): every rank learns of the non-finite loss and stops at once."""
+    import subprocess
+    import sys
+
+    from devtools.paths import REPO_ROOT
+
+    (tmp_path / "worker.py").write_text(NAN_WORKER)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(tmp_path / "worker.py"), __file__], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "rank 1 stopped: step 2: phase 'model' loss is nan" in run.stdout, run.stdout + run.stderr[-2000:]
+    assert "rank 0 stopped: step 2: phase 'model' loss is not finite on another rank" in run.stdout, run.stdout
 
 
 def test_bf16_autocast_trains():

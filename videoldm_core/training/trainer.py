@@ -49,7 +49,7 @@ class TrainConfig:
     betas: tuple = (0.9, 0.999)
     grad_clip: float | None = 1.0     # max global gradient norm per phase; None: no clipping
     precision: str = "fp32"           # autocast dtype for the forward: fp32 (off), bf16, fp16 (with a grad scaler)
-    ema_decay: float | None = None    # e.g. 0.999: keep EMA weights, exported instead of the raw ones
+    ema_decay: float | None = None    # e.g. 0.999: keep EMA weights, exported instead of the raw ones (warmed up)
     seed: int = 0
     checkpoint_every: int = 0         # steps; 0: only at the end
     keep_checkpoints: int = 2
@@ -83,6 +83,13 @@ class TrainConfig:
             # the grad scaler would find infs in its own shard only, and ranks would disagree on skipping a step
             raise TrainingError("sharding 'fsdp' trains in fp32 or bf16, found precision 'fp16'; use bf16.")
         self.betas = tuple(self.betas)
+
+    def ema_decay_at(self, step: int) -> float:
+        """The EMA decay of the update after `step` (0-based), warmed up as sgm's LitEma does: at most
+        (1 + n) / (10 + n) after n updates, so a short run's EMA follows its weights instead of staying
+        at the initial ones (0.999 alone keeps 37% of them after 1,000 steps)."""
+        n = step + 1
+        return min(self.ema_decay, (1 + n) / (10 + n))
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up over the first `warmup` steps, then constant (step counts from 0)."""
@@ -208,9 +215,13 @@ class Trainer:
             dtype = PRECISIONS[config.precision]
             with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                 loss, logs = module(batch, generator)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"step {step + 1}: phase '{phase.name}' loss is {loss.item()}; lower the learning "
-                                    "rate or use bf16/fp32 precision.")
+            # every rank learns whether any rank's loss is not finite and all stop here together: one rank
+            # stopping alone would leave the others waiting in the backward's gradient all-reduce
+            if mean_over_ranks(float(torch.isfinite(loss)), self.world) < 1.0:
+                value = loss.item()
+                where = f"loss is {value}" if not math.isfinite(value) else "loss is not finite on another rank"
+                raise TrainingError(f"step {step + 1}: phase '{phase.name}' {where}; lower the learning rate or use "
+                                    "bf16/fp32 precision.")
             if self.sharded:
                 # FSDP reduce-scatters the gradients a rank has; a parameter this rank's clips did not reach
                 # (DDP's find_unused_parameters) gets a zero gradient, so every rank reduces the same tensors.
@@ -240,9 +251,10 @@ class Trainer:
         if self.scaler:
             self.scaler.update()
         if self.ema is not None:
+            decay = config.ema_decay_at(step)
             with torch.no_grad():
                 for (key, average), p in zip(self.ema.items(), self.trainable_state().values()):
-                    average.lerp_(p.detach().float(), 1.0 - config.ema_decay)
+                    average.lerp_(p.detach().float(), 1.0 - decay)
         self.step += 1
         row["seconds"] = time.perf_counter() - started
         self.history.append(row)
