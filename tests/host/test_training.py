@@ -480,3 +480,25 @@ def test_a_folder_whose_clips_changed_trains_again(tr):
         f.write("a square")   # a caption of its own
     assert fingerprint(folder="training_fingerprint") != second
     assert fingerprint(folder="/etc").startswith("refused: ") and fingerprint(folder="") == ""
+
+
+def test_the_prediction_loss_of_a_batch_is_the_mean_of_its_clips_losses(tr):
+    """Clips predict T − S frames for their own S: each clip's loss is its mean over those frames,
+    and the batch's the mean over clips, so two ranks holding one clip each average to what one
+    process computes for both (a mean over all the batch's frames weighted clips by T − S)."""
+    run = setup_training(tr, "prediction", steps=1)
+    phase, items = run["phase"], run["items"][:2]
+
+    def loss(clips, seeds):
+        batch = tr_batch(clips)
+        batch["sample_seeds"] = torch.tensor(seeds)
+        with torch.no_grad():
+            return phase(batch, torch.Generator().manual_seed(0))
+
+    alone = {seed: loss([items[0]], [seed]) for seed in range(1000, 1012)}
+    drawn = {seed: logs["context_frames"] for seed, (_, logs) in alone.items()}
+    first = next(iter(drawn))
+    second = next(seed for seed in drawn if drawn[seed] != drawn[first])   # clips with different S
+    pair, logs = loss([items[0], items[0]], [first, second])
+    assert logs["context_frames"] == (drawn[first] + drawn[second]) / 2
+    torch.testing.assert_close(pair, (alone[first][0] + alone[second][0]) / 2, atol=1e-5, rtol=1e-5)

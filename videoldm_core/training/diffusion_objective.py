@@ -95,9 +95,12 @@ class DiffusionPhase(Phase):
             conditioning["text"] = repeat(batch["text"], "b l d -> (b t) l d", t=t)
         prediction = self.denoiser(x_t, frame_steps.to(z0.device), b, conditioning)
         target = self.schedule.target(x0, eps, frame_steps)
-        per_frame = ((prediction.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
-        w = weights.reshape(-1).to(per_frame)
-        loss = (per_frame * w).sum() / w.sum()
+        per_frame = ((prediction.float() - target.float()) ** 2).mean(dim=(1, 2, 3)).reshape(b, t)
+        w = weights.to(per_frame)
+        # each clip's mean over its frames to predict, then the mean over clips: every clip counts the same
+        # (prediction from 2 context frames as much as from 0), and ranks holding parts of a global batch
+        # average to what one process computes for it
+        loss = ((per_frame * w).sum(dim=1) / w.sum(dim=1)).mean()
         return loss, {"loss": loss.item(), **logs}
 
     def _conditioning(self, z0, low_res, rngs, regimes=None):
