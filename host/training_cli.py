@@ -140,7 +140,7 @@ def data_folder(data: dict, seed: int, fps: float | None, size: tuple[int, int] 
     """The config's data folder as clips of its spec, read at `fps` (None: the source rate), at `size`
     (height, width; default the training size)."""
     height, width = size or training_size(data)
-    spec = ClipSpec(data.get("frames", 8), fps, height, width, data.get("crop", "center"))
+    spec = ClipSpec(data.get("frames", 8), fps, height, width, data.get("crop", "center"), data.get("start", "first"))
     return VideoFolder(data["folder"], spec, on_bad=data.get("on_bad", "stop"), seed=seed)
 
 

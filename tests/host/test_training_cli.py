@@ -246,3 +246,13 @@ def test_fsdp_on_two_gloo_processes_trains_like_ddp_and_resumes(setup, tmp_path)
     a, b = load_file(str(tmp_path / "ddp" / "adapter.safetensors")), load_file(str(tmp_path / "fsdp" / "adapter.safetensors"))
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3   # Adam moves ~0-gradient weights by rounding noise
+
+
+def test_a_folders_clips_start_where_data_start_says(setup, pack_module):
+    """`"start": "random"` draws each clip's first frame (seeded by the clip; the cache keeps it); it was
+    accepted and ignored for folders, every clip starting at its first frame."""
+    cli = pack_module("host.training_cli")
+    data = {"folder": str(setup / "clips"), "frames": 4, "fps": 15, "width": 64, "height": 64}
+    first, drawn = cli.data_folder(data, 1, 15.0), cli.data_folder({**data, "start": "random"}, 1, 15.0)
+    assert (first.spec.start, drawn.spec.start) == ("first", "random")
+    assert any(not torch.equal(first[i]["frames"], drawn[i]["frames"]) for i in range(len(first)))
