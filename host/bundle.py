@@ -114,15 +114,15 @@ def build_model(spec: BundleSpec, unet_part: dict[str, torch.Tensor], source: st
 
 
 def build_components(spec: BundleSpec, state_dict: dict[str, torch.Tensor], source: str = "bundle",
-                     unet_dtype: torch.dtype | None = None):
+                     unet_dtype: torch.dtype | None = None, vae_dtype: torch.dtype | None = None):
     """(MODEL, CLIP, VAE) as ComfyUI objects, loaded strictly from `state_dict`; the UNet's weights in
-    `unet_dtype` when given."""
+    `unet_dtype` and the VAE's in `vae_dtype` when given (else the device's defaults, as core's)."""
     parts = split_components(state_dict, source)
     model_config = bundle_model_config(spec)
     patcher = build_model(spec, parts["unet"], source, dtype=unet_dtype)
 
     vae_sd = comfy.utils.state_dict_prefix_replace(dict(parts["vae"]), {COMPONENT_PREFIXES["vae"]: ""}, filter_keys=True)
-    vae = comfy.sd.VAE(sd=vae_sd, config=_vae_config(spec))
+    vae = comfy.sd.VAE(sd=vae_sd, config=_vae_config(spec), dtype=vae_dtype)
     vae.downscale_ratio = vae.upscale_ratio = spec.vae_scale_factor  # ComfyUI assumes 8 when given a config
     _require_complete("VAE", vae.first_stage_model, vae_sd, source)
     check_range(parts["vae"], vae.vae_dtype, source, BundleFormatError)
@@ -186,12 +186,13 @@ def open_checked_bundle(path, name: str | None = None):
     return spec, file
 
 
-def load_bundle_file(path, name: str | None = None, unet_dtype: torch.dtype | None = None):
+def load_bundle_file(path, name: str | None = None, unet_dtype: torch.dtype | None = None,
+                     vae_dtype: torch.dtype | None = None):
     """(MODEL, CLIP, VAE) from the bundle at `path` (the training CLI's way in), checked as
     load_bundle checks: shapes before any weights are read, then no NaN, infinity or value beyond
     the dtype each component is kept in."""
     spec, file = open_checked_bundle(path, name)
-    return build_components(spec, file.tensors(), source=file.source, unet_dtype=unet_dtype)
+    return build_components(spec, file.tensors(), source=file.source, unet_dtype=unet_dtype, vae_dtype=vae_dtype)
 
 
 def load_bundle(bundle_name: str):

@@ -95,12 +95,14 @@ from .training import (UNetDenoiser, augmentation_schedule, caption_encoder, dec
 from .unet_layout import model_family
 from .validation import ValidationVideos, validation_note, validation_settings
 
-def load_checkpoint(path: str, precision: str | None = None):
+def load_checkpoint(path: str, precision: str | None = None, vae_dtype: torch.dtype | None = None):
     """(MODEL, CLIP, VAE) from a Video LDM bundle or any checkpoint ComfyUI recognises; with a run's
-    `precision`, a checkpoint's UNet held in that dtype (fp32 for fp32), not the device's default."""
+    `precision`, a checkpoint's UNet held in that dtype (fp32 for fp32), not the device's default;
+    with `vae_dtype`, a bundle's VAE in it (a GPU's default, bf16, would round the weights a run
+    trains and writes back)."""
     dtype = (PRECISIONS[precision] or torch.float32) if precision else None
     if holds_bundle(path):   # checked as the loader node checks it: shapes first, then finite and in range
-        return load_bundle_file(path, Path(path).name, unet_dtype=dtype)
+        return load_bundle_file(path, Path(path).name, unet_dtype=dtype, vae_dtype=vae_dtype)
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
                                                                 model_options={"dtype": dtype} if dtype else {})
     return model, clip, vae
@@ -360,7 +362,7 @@ def run_vae(config, world, train_config, batch_size: int, output: Path) -> int:
 
     spec = bundle_to_train(config, "vae")
     settings = config.get("vae", {})
-    _, _, vae = load_checkpoint(config["checkpoint"])
+    _, _, vae = load_checkpoint(config["checkpoint"], vae_dtype=torch.float32)   # trained and written back exactly
     device = mm.get_torch_device()
     with torch.inference_mode(False):
         autoencoder = copy.deepcopy(vae.first_stage_model).float().requires_grad_(True).to(device)
@@ -386,7 +388,7 @@ def run_image(config, world, train_config, batch_size: int, output: Path) -> int
     bundle.safetensors, the same bundle with the trained (EMA) UNet."""
     spec = bundle_to_train(config, "image")
     settings = config.get("image", {})
-    model, clip, vae = load_checkpoint(config["checkpoint"])
+    model, clip, vae = load_checkpoint(config["checkpoint"], "fp32")   # the UNet is trained in fp32 from its exact weights
     upscaler = model_family(model).concat_image
     model = pretrainable_unet(model)
     text, pooled = encode_prompt(clip, config.get("prompt", ""))

@@ -502,3 +502,40 @@ def test_the_prediction_loss_of_a_batch_is_the_mean_of_its_clips_losses(tr):
     pair, logs = loss([items[0], items[0]], [first, second])
     assert logs["context_frames"] == (drawn[first] + drawn[second]) / 2
     torch.testing.assert_close(pair, (alone[first][0] + alone[second][0]) / 2, atol=1e-5, rtol=1e-5)
+
+
+def test_pretraining_runs_load_a_bundles_unet_and_vae_from_their_exact_weights(pack_module, tmp_path, monkeypatch):
+    """Image pretraining trains the UNet in fp32 and vae mode the VAE, both written back into the
+    bundle: loaded in a GPU's default dtypes (fp16 UNet, bf16 VAE) they started from rounded weights."""
+    import comfy.model_management as mm
+    from devtools import tiny_bundles
+
+    cli, save_bundle = pack_module("host.training_cli"), pack_module("videoldm_core.bundle").save_bundle
+    spec = tiny_bundles.tiny_sd1_spec()
+    weights = tiny_bundles.random_bundle_state_dict(spec, seed=5)
+    save_bundle(tmp_path / "b.safetensors", spec, weights)
+    monkeypatch.setattr(mm, "unet_dtype", lambda *a, **k: torch.float16)   # as on a GPU
+    monkeypatch.setattr(mm, "vae_dtype", lambda *a, **k: torch.bfloat16)
+    model, _, vae = cli.load_checkpoint(str(tmp_path / "b.safetensors"))
+    assert model.model.get_dtype() == torch.float16 and vae.vae_dtype == torch.bfloat16   # what the patch makes
+    model, _, _ = cli.load_checkpoint(str(tmp_path / "b.safetensors"), "fp32")   # run_image's load
+    _, _, vae = cli.load_checkpoint(str(tmp_path / "b.safetensors"), vae_dtype=torch.float32)   # run_vae's load
+    unet, autoencoder = model.model.diffusion_model.state_dict(), vae.first_stage_model.state_dict()
+    for key, value in weights.items():
+        if key.startswith("model.diffusion_model."):
+            assert torch.equal(unet[key.removeprefix("model.diffusion_model.")], value), key
+        elif key.startswith("first_stage_model.") and key.removeprefix("first_stage_model.") in autoencoder:
+            assert torch.equal(autoencoder[key.removeprefix("first_stage_model.")], value), key
+
+    asked = {}
+
+    def load_as_asked(path, precision=None, vae_dtype=None):   # what each run asks for, then stop it
+        asked[len(asked)] = (precision, vae_dtype)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_checkpoint", load_as_asked)
+    config = {"checkpoint": str(tmp_path / "b.safetensors"), "output": str(tmp_path / "out"), "data": {}}
+    for run in (cli.run_image, cli.run_vae):
+        with pytest.raises(KeyboardInterrupt):
+            run(config, None, None, 1, tmp_path / "out")
+    assert asked == {0: ("fp32", None), 1: (None, torch.float32)}
