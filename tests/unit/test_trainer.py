@@ -390,3 +390,33 @@ def test_the_process_group_follows_the_device_the_run_uses(monkeypatch, gpus, ba
     assert (world.rank, world.size, world.local_rank) == (1, 2, 1)
     assert joined["backend"] == backend and joined.get("device") == (1 if gpus else None)
     assert joined["timeout"] == distributed.COLLECTIVE_TIMEOUT > datetime.timedelta(minutes=10)
+
+
+def test_train_py_makes_this_ranks_gpu_current_before_comfyui_is_imported(monkeypatch, tmp_path):
+    """Importing ComfyUI measures the current CUDA device's memory: without this, every rank opened a
+    context on GPU 0 first. Run as on a 2-GPU machine, rank 1 (CUDA itself is stood in for)."""
+    import importlib.util
+
+    from devtools.paths import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("train_cli", REPO_ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    events = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: events.append(("set_device", device)))
+    monkeypatch.setattr(train, "find_comfyui", lambda path: tmp_path)
+
+    def init_host(comfyui, cpu):
+        events.append(("init_host", cpu))
+        raise KeyboardInterrupt   # stop before anything loads
+
+    monkeypatch.setattr(train, "init_host", init_host)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(KeyboardInterrupt):
+        train.main(["--config", "run.json"])
+    assert events == [("set_device", 1), ("init_host", False)]
+    events.clear()
+    with pytest.raises(KeyboardInterrupt):
+        train.main(["--config", "run.json", "--cpu"])   # on the CPU no GPU is touched
+    assert events == [("init_host", True)]
