@@ -151,3 +151,25 @@ def test_values_the_trainer_cannot_use_are_refused_before_anything_loads(section
     with pytest.raises(TrainingError, match=message):
         check_run_config(cfg)
 
+
+
+def test_settings_a_continued_file_fixes_are_refused_and_unused_ones_named(caplog):
+    """With adapter.init (or decoder.init) the saved spec builds the layers: a context_frames or
+    placement given beside it would be silently dropped. Data settings of a path the run does not
+    take are named in a warning."""
+    import logging
+
+    with pytest.raises(TrainingError, match=r"\['adapter.context_frames', 'adapter.context_width'\] describe the layers "
+                                            r"of a fresh file, but 'adapter.init' / 'decoder.init' continues a saved one"):
+        check_run_config(config(adapter={"init": "runs/a/adapter.safetensors"}))
+    continued = config()
+    continued["adapter"] = {"init": "runs/a/adapter.safetensors", "regimes": [0], "patch": None}
+    assert check_run_config(continued)
+    with pytest.raises(TrainingError, match=r"\['decoder.attention'\] describe the layers"):
+        check_run_config(config(mode="decoder", decoder={"init": "d.safetensors"}))
+    with caplog.at_level(logging.WARNING):
+        check_run_config(config(mode="temporal", data={"shuffle": 100, "workers": 2}))
+        check_run_config(config(mode="vae", data={"flip": True}))
+    assert "['data.shuffle', 'data.workers'] have no effect in this run (mode 'temporal', a data folder)" in caplog.text
+    assert "['data.flip', 'data.cache', 'train.gradient_checkpointing'] have no effect in this run (mode 'vae'" \
+        in caplog.text

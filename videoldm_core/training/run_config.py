@@ -5,6 +5,7 @@ int too), `int` no bool, `X | None` also null, `list[X]` a JSON list of X."""
 
 from __future__ import annotations
 
+import logging
 import types
 import typing
 
@@ -13,6 +14,8 @@ from ..limits import is_finite_number
 from ..temporal_adapter import PLACEMENTS
 from .modes import MODE_NAMES, mode_named
 from .objective import TrainingError
+
+log = logging.getLogger(__name__)
 
 PRETRAINING_MODES = ("vae", "image", "decoder")
 
@@ -135,7 +138,33 @@ def check_run_config(config) -> dict:
         raise TrainingError(f"run configuration: data.shards streams clips for the modes {list(MODE_NAMES)}; mode "
                             f"{mode!r} reads a data folder ('data.folder').")
     check_ranges(config, mode)
+    check_unused(config, mode)
     return config
+
+
+# what continuing a saved file fixes: its spec says how the layers are built
+ADAPTER_INIT_KEEPS = ("init", "regimes", "patch")
+
+
+def check_unused(config: dict, mode: str):
+    """Keys this run would ignore: settings of the layers a continued file fixes are refused (the run
+    would not build what they say); settings of a data path the run does not take are named in a
+    warning."""
+    adapter, decoder = config.get("adapter", {}), config.get("decoder", {})
+    fixed = [f"adapter.{k}" for k in adapter if adapter.get("init") and k not in ADAPTER_INIT_KEEPS]
+    fixed += ["decoder.attention"] if decoder.get("init") and "attention" in decoder else []
+    if fixed:
+        raise TrainingError(f"run configuration: {fixed} describe the layers of a fresh file, but 'adapter.init' / "
+                            f"'decoder.init' continues a saved one, whose spec fixes them; remove them.")
+    data, train = config.get("data", {}), config.get("train", {})
+    unused = [f"data.{k}" for k in (("on_bad", "cache") if "shards" in data else ("shuffle", "workers")) if k in data]
+    if mode in ("vae", "decoder"):   # these read frames: no latent cache, no latent flip
+        unused += [f"data.{k}" for k in ("flip", "cache") if k in data]
+    if mode in PRETRAINING_MODES and "gradient_checkpointing" in train:
+        unused.append("train.gradient_checkpointing")
+    if unused:
+        log.warning("run configuration: %s have no effect in this run (mode %r, %s); they are ignored.", unused,
+                    mode, "streamed shards" if "shards" in data else "a data folder")
 
 
 DEFAULT_FRAMES = 8   # data.frames when absent (the clip length the readers cut)
