@@ -81,8 +81,13 @@ def pin_local_gpu():
     import torch
 
     local_rank = os.environ.get("LOCAL_RANK")
-    if local_rank is not None:
-        torch.cuda.set_device(int(local_rank))
+    if local_rank is None:
+        return
+    if int(local_rank) >= torch.cuda.device_count():
+        raise SystemExit(f"rank with LOCAL_RANK {local_rank} sees {torch.cuda.device_count()} GPU(s): run as many "
+                         "processes per node as the GPUs each may use (torchrun --nproc_per_node), and check "
+                         "CUDA_VISIBLE_DEVICES.")
+    torch.cuda.set_device(int(local_rank))
 
 
 def make_shards(args, parser) -> int:

@@ -82,7 +82,8 @@ def family_file(family: Path, key: str) -> Path:
 
 
 def ema_decay(steps: int) -> float:
-    """EMA averaging over about the last tenth of a run (the EMA starts from the initial weights)."""
+    """EMA averaging over about the last tenth of a run (the trainer warms the decay up as sgm does;
+    the committed family was trained before it did, when the EMA started from the initial weights)."""
     return min(0.999, 1.0 - 10.0 / steps)
 
 

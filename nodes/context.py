@@ -46,7 +46,8 @@ class VideoContextNode(io.ComfyNode):
         if checked is not True or None in (length, positions):
             return checked
         named = positions.strip().lower() in ("start", "end")
-        count = (use_last or 0) if named else len([p for p in positions.replace(" ", "").split(",") if p])
+        # use_last fixes how many frames come; else an index list says it (and 'start' / 'end' wait for the frames)
+        count = use_last or (0 if named else len([p for p in positions.replace(" ", "").split(",") if p]))
         if count:
             try:
                 context_positions(positions, count, length)

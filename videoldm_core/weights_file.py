@@ -35,6 +35,12 @@ MAX_HEADER_BYTES = 100_000_000   # the safetensors library's own limit
 # millions of times). Real checkpoints' records are well under 1 MiB (an SD checkpoint with EMA: ~2,000
 # tensors, ~300 KiB), so this bounds the cost without refusing a real file.
 MAX_PICKLE_RECORD_BYTES = 8 * 2**20
+# a zip's directory becomes one object per entry when it is read (about 550 bytes for some 70 on disk):
+# a real checkpoint has one entry per stored tensor (~2,000 for SD with EMA, ~130 KiB)
+MAX_ZIP_DIRECTORY_BYTES = 2**20
+# the legacy format's record is walked opcode by opcode in Python (1 to 2 s per MiB): a smaller cap,
+# as files of that format (torch < 1.6, before 2020) are small and rare
+MAX_LEGACY_RECORD_BYTES = 2 * 2**20
 # what a meta build may call per tensor the file holds (parameters, their initialisation, and the
 # few tables made in __init__), plus a floor for small files: measured need is under 6
 META_CALLS_PER_TENSOR, META_CALLS_FLOOR = 50, 20_000
@@ -139,19 +145,20 @@ class WeightsFile:
                 with open(self.path, "rb") as f:
                     end = zipfile._EndRecData(f)   # the end record alone: each entry is an object once read
                 directory = end[zipfile._ECD_SIZE] if end else 0
-                if directory <= MAX_PICKLE_RECORD_BYTES:
+                if directory <= MAX_ZIP_DIRECTORY_BYTES:
                     with zipfile.ZipFile(self.path) as archive:
                         record = max((i.file_size for i in archive.infolist() if i.filename.endswith("data.pkl")),
                                      default=0)
             else:
-                directory, record = 0, _legacy_record_bytes(self.path, MAX_PICKLE_RECORD_BYTES)
+                directory, record = 0, _legacy_record_bytes(self.path, MAX_LEGACY_RECORD_BYTES)
         except (OSError, zipfile.BadZipFile, ValueError, EOFError, struct.error):
             return   # damaged: torch.load says so, in the usual words
-        if directory > MAX_PICKLE_RECORD_BYTES:
-            raise self.refuse(f"its zip directory is {directory} bytes, more than the {MAX_PICKLE_RECORD_BYTES} a "
+        if directory > MAX_ZIP_DIRECTORY_BYTES:
+            raise self.refuse(f"its zip directory is {directory} bytes, more than the {MAX_ZIP_DIRECTORY_BYTES} a "
                               "weights file's entries take (each entry becomes an object when it is read)", advice)
-        if record > MAX_PICKLE_RECORD_BYTES:
-            raise self.refuse(f"its pickle record is larger than the {MAX_PICKLE_RECORD_BYTES} bytes a weights "
+        cap = MAX_PICKLE_RECORD_BYTES if is_zip else MAX_LEGACY_RECORD_BYTES
+        if record > cap:
+            raise self.refuse(f"its pickle record is larger than the {cap} bytes a weights "
                               "file's names and shapes take (a small file can make torch.load build millions of "
                               "objects)", advice)
 
@@ -225,7 +232,7 @@ class _CappedReader:
 
 def _legacy_record_bytes(path: str, cap: int) -> int:
     """The bytes of the pickles a legacy-format torch file starts with, walked opcode by opcode (no
-    object is built; about 1 s per MiB at worst); more than `cap` as soon as they pass it."""
+    object is built; 1 to 2 s per MiB); more than `cap` as soon as they pass it."""
     import pickletools
 
     with open(path, "rb") as f:

@@ -154,6 +154,7 @@ def test_video_context_node_places_latents_and_images(ctx, given):
     (dict(length=8, positions="first"), "expected positions 'start', 'end' or comma-separated frame indices"),
     (dict(length=4, positions="end", use_last=4), "S < T"),
     (dict(length=8, positions="start", use_last=-1), "use_last must be at least 0"),
+    (dict(length=8, positions="0, 1", use_last=3), "3 context frames need 3 positions, found 2"),
     (dict(length=1, positions="start"), "length must be at least 2")])
 def test_video_context_refuses_positions_that_cannot_fit_at_validation(ctx, inputs, message):
     """Before the nodes upstream make the frames; what depends on how many frames come is checked when it runs."""

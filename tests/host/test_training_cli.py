@@ -220,9 +220,8 @@ def test_fsdp_on_two_gloo_processes_trains_like_ddp_and_resumes(setup, tmp_path)
     """train.sharding "fsdp" through torchrun on the real adapter, gradient checkpointing on, in mode
     prediction (0, 1 or 2 context frames drawn per clip, so one rank's clip may leave the context
     encoder unused): the losses and gradient norms of DDP on as many ranks, and a rerun resumes from
-    the FSDP run's checkpoint (whole tensors, written by rank 0). Against DDP, not one process:
-    prediction weights each rank's loss by its own frames to predict, so its 2-rank gradient is not
-    a batch-2 gradient of one process in either sharding."""
+    the FSDP run's checkpoint (whole tensors, written by rank 0). Against DDP on as many ranks: the
+    loss per clip is checked against one process in tests/host/test_training.py."""
     from videoldm_core.training.trainer import read_log
 
     ddp = config(setup, tmp_path / "ddp", steps=2, batch_size=1, gradient_checkpointing=True)

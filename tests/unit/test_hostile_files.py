@@ -335,8 +335,9 @@ def test_a_pickle_whose_record_names_one_tensor_a_million_times_is_refused_befor
     assert (tmp_path / "names.ckpt").stat().st_size < 16 * MIB
     message = refused_within(lambda: read_adapter_file(tmp_path / "names.ckpt", "names.ckpt"), AdapterFormatError,
                              limit_bytes=32 * MIB)
-    assert message.startswith(f"'names.ckpt': its pickle record is larger than the "
-                              f"{weights_file.MAX_PICKLE_RECORD_BYTES} bytes a weights file's names and shapes take")
+    cap = weights_file.MAX_LEGACY_RECORD_BYTES if legacy else weights_file.MAX_PICKLE_RECORD_BYTES
+    assert message.startswith(f"'names.ckpt': its pickle record is larger than the {cap} bytes a weights file's "
+                              "names and shapes take")
     state_dict = animatediff_state_dict((32, 32, 32, 32), pe_len=8)   # a real module's record is far below the cap
     torch.save(state_dict, tmp_path / "real.ckpt", _use_new_zipfile_serialization=not legacy)
     assert read_adapter_file(tmp_path / "real.ckpt", "real.ckpt")[0].placement == "animatediff"
@@ -353,13 +354,13 @@ def test_a_pickle_argument_stating_a_petabyte_is_refused_without_asking_for_it(t
     assert message.startswith("'petabyte.pt': its pickle record is larger than the ")
 
 
-def test_a_zip_whose_directory_lists_a_hundred_thousand_entries_is_refused_before_it_is_parsed(tmp_path):
+def test_a_zip_whose_directory_lists_twenty_thousand_entries_is_refused_before_it_is_parsed(tmp_path):
     """Each entry of a zip's directory becomes an object when the directory is read (about 550 bytes
     for some 90 on disk): the directory's size is read from the end record first."""
     path = tmp_path / "entries.ckpt"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", pickle.dumps({}))
-        for i in range(100_000):
+        for i in range(20_000):
             archive.writestr(f"archive/data/{i:040d}", b"")
     message = refused_within(lambda: read_adapter_file(path, "entries.ckpt"), AdapterFormatError, limit_bytes=24 * MIB)
     assert message.startswith("'entries.ckpt': its zip directory is ")

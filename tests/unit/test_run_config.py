@@ -171,5 +171,8 @@ def test_settings_a_continued_file_fixes_are_refused_and_unused_ones_named(caplo
         check_run_config(config(mode="temporal", data={"shuffle": 100, "workers": 2}))
         check_run_config(config(mode="vae", data={"flip": True}))
     assert "['data.shuffle', 'data.workers'] have no effect in this run (mode 'temporal', a data folder)" in caplog.text
-    assert "['data.flip', 'data.cache', 'train.gradient_checkpointing'] have no effect in this run (mode 'vae'" \
-        in caplog.text
+    assert "['data.flip', 'train.gradient_checkpointing'] have no effect in this run (mode 'vae'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):   # null and false ask for nothing: no warning
+        check_run_config(config(mode="vae", data={"flip": False}, train={"gradient_checkpointing": False}))
+    assert "have no effect" not in caplog.text

@@ -123,6 +123,11 @@ def test_the_ema_decay_warms_up_as_sgms_lit_ema():
     for step in range(1000):
         kept *= config.ema_decay_at(step)   # the weight the initial value still has in the average
     assert kept < 1e-3 < 0.999 ** 1000 / 100
+    t = trainer(steps=1, ema_decay=0.999)   # the trainer's first update uses the warmed-up decay
+    start = t.phases[0].linear.weight.detach().clone()
+    t.run()
+    raw = t.phases[0].linear.weight.detach()
+    torch.testing.assert_close(t.ema_state()["model.linear.weight"], torch.lerp(start, raw, 1 - 2 / 11))
 
 
 def test_a_split_global_batch_holds_the_same_clips_and_seeds():
@@ -405,6 +410,7 @@ def test_train_py_makes_this_ranks_gpu_current_before_comfyui_is_imported(monkey
     events = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: events.append(("set_device", device)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(train, "find_comfyui", lambda path: tmp_path)
 
     def init_host(comfyui, cpu):
@@ -420,3 +426,6 @@ def test_train_py_makes_this_ranks_gpu_current_before_comfyui_is_imported(monkey
     with pytest.raises(KeyboardInterrupt):
         train.main(["--config", "run.json", "--cpu"])   # on the CPU no GPU is touched
     assert events == [("init_host", True)]
+    monkeypatch.setenv("LOCAL_RANK", "2")   # more processes than GPUs (or CUDA_VISIBLE_DEVICES per task)
+    with pytest.raises(SystemExit, match="LOCAL_RANK 2 sees 2 GPU"):
+        train.main(["--config", "run.json"])

@@ -157,10 +157,14 @@ def check_unused(config: dict, mode: str):
         raise TrainingError(f"run configuration: {fixed} describe the layers of a fresh file, but 'adapter.init' / "
                             f"'decoder.init' continues a saved one, whose spec fixes them; remove them.")
     data, train = config.get("data", {}), config.get("train", {})
-    unused = [f"data.{k}" for k in (("on_bad", "cache") if "shards" in data else ("shuffle", "workers")) if k in data]
-    if mode in ("vae", "decoder"):   # these read frames: no latent cache, no latent flip
-        unused += [f"data.{k}" for k in ("flip", "cache") if k in data]
-    if mode in PRETRAINING_MODES and "gradient_checkpointing" in train:
+    def given(values, key):   # null and false ask for nothing
+        return values.get(key) not in (None, False)
+
+    unused = [f"data.{k}" for k in (("on_bad", "cache", "cache_height", "cache_width") if "shards" in data
+                                    else ("shuffle", "workers")) if given(data, k)]
+    if mode in ("vae", "decoder"):   # these read frames: no latent cache, no latent flip, no text
+        unused += [f"data.{k}" for k in ("flip", "cache", "captions") if given(data, k)]
+    if mode in PRETRAINING_MODES and given(train, "gradient_checkpointing"):
         unused.append("train.gradient_checkpointing")
     if unused:
         log.warning("run configuration: %s have no effect in this run (mode %r, %s); they are ignored.", unused,
