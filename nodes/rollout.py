@@ -45,8 +45,8 @@ class ExtendVideo(io.ComfyNode):
         checked = valid_numbers(cls, cfg=cfg, context_scale=context_scale, segment_length=segment_length,
                                 context_frames=context_frames)
         if checked is True and None not in (segment_length, context_frames) and context_frames >= segment_length:
-            return (f"context_frames ({context_frames}) must be smaller than segment_length ({segment_length}), or "
-                    "no new frames would be generated.")
+            return (f"context_frames: the segment overlap ({context_frames}) must be smaller than the segment length "
+                    f"({segment_length}), or no new frames would be generated.")
         return checked
 
     @classmethod

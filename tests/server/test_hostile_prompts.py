@@ -55,7 +55,7 @@ def test_non_finite_numbers_are_refused_at_validation(server, workflow, node, na
 
 
 @pytest.mark.parametrize("workflow, node, inputs, expected", [
-    ("rollout", "12", dict(context_frames=4), "context_frames (4) must be smaller than segment_length (4)"),
+    ("rollout", "12", dict(context_frames=4), "the segment overlap (4) must be smaller than the segment length (4)"),
     ("upscale", "5", dict(tile_overlap=64), "tile overlap must be smaller than the tile (64)"),
     ("upscale", "5", dict(chunk_overlap=8, chunk_length=8), "chunk overlap must be smaller than the chunk (8)"),
     ("train", "5", dict(mode="interpolation", clip_frames=8), "clip_frames must be 5, 9, 13, ..., found 8"),
