@@ -315,7 +315,8 @@ def resized_size(h: int, w: int, height: int, width: int) -> tuple[int, int]:
 def fit(video: Tensor, height: int, width: int, crop: str, rng: random.Random | None = None) -> Tensor:
     """(T, h, w, 3) uint8 -> (T, 3, height, width) float32 in [-1, 1]: resize so the frame covers
     (height, width), keeping its aspect, then crop the centre or a seeded random window."""
-    x = video.permute(0, 3, 1, 2).float().div_(127.5).sub_(1)   # in place: the 8-bit clip and one float copy
+    # in place on a copy of its own: the 8-bit clip and one float clip (not the caller's tensor, whatever its type)
+    x = video.permute(0, 3, 1, 2).to(torch.float32, copy=True).div_(127.5).sub_(1)
     h, w = x.shape[-2:]
     if (h, w) != (height, width):
         size = resized_size(h, w, height, width)
