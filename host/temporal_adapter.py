@@ -167,8 +167,7 @@ def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, atte
     set_schedule(m, decided)
     know_layer_paths(diffusion_model)
     applied = AppliedAdapter(name, adapter_patcher.clone(), strength, attention_distance,
-                             attn_precision=getattr(model.model, "model_config", None) and
-                             model.model.model_config.unet_config.get("attn_precision"))
+                             attn_precision=model.model.model_config.unet_config.get("attn_precision"))
     for slot_path, path in resolved.items():
         if spec.slots[slot_path]["kind"] == "transformer":
             applied.inside[path] = slot_path

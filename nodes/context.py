@@ -6,7 +6,7 @@ from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.context import video_context
-from ..videoldm_core.context import ContextError, context_positions
+from ..videoldm_core.context import ContextError, context_positions, listed_positions
 from .io_types import VideoContextType, checked_number_inputs, valid_numbers
 
 
@@ -45,14 +45,14 @@ class VideoContextNode(io.ComfyNode):
         checked = valid_numbers(cls, length=length, use_last=use_last)
         if checked is not True or None in (length, positions):
             return checked
-        named = positions.strip().lower() in ("start", "end")
-        # use_last fixes how many frames come; else an index list says it (and 'start' / 'end' wait for the frames)
-        count = use_last or (0 if named else len([p for p in positions.replace(" ", "").split(",") if p]))
-        if count:
-            try:
+        try:
+            listed = listed_positions(positions)
+            # use_last fixes how many frames come; else an index list says it ('start' / 'end' wait for the frames)
+            count = use_last or (len(listed) if listed is not None else 0)
+            if count:
                 context_positions(positions, count, length)
-            except ContextError as e:
-                return f"Video Context: {e}"
+        except ContextError as e:
+            return f"Video Context: {e}"
         return True
 
     @classmethod

@@ -6,6 +6,8 @@ from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.rollout import extend_video
+from ..videoldm_core.context import ContextError
+from ..videoldm_core.rollout import check_segment_overlap
 from .io_types import checked_number_inputs, custom_sampling_inputs, sampler_inputs, valid_numbers
 
 
@@ -44,9 +46,11 @@ class ExtendVideo(io.ComfyNode):
         it runs), before the nodes upstream sample anything."""
         checked = valid_numbers(cls, cfg=cfg, context_scale=context_scale, segment_length=segment_length,
                                 context_frames=context_frames)
-        if checked is True and None not in (segment_length, context_frames) and context_frames >= segment_length:
-            return (f"context_frames: the segment overlap ({context_frames}) must be smaller than the segment length "
-                    f"({segment_length}), or no new frames would be generated.")
+        if checked is True and None not in (segment_length, context_frames):
+            try:
+                check_segment_overlap(segment_length, context_frames)
+            except ContextError as e:
+                return str(e)
         return checked
 
     @classmethod

@@ -51,7 +51,7 @@ class LoadTemporalVAE(io.ComfyNode):
         """Add-ons saved in models/temporal_adapters by earlier versions of the pack still load from saved
         graphs, without that folder's adapters being listed here. A linked name (None here) is looked up
         when it runs."""
-        if temporal_decoder is None or temporal_decoder == NONE or temporal_decoder in filenames(TEMPORAL_DECODERS, TEMPORAL_ADAPTERS):
+        if temporal_decoder in (None, NONE) or temporal_decoder in filenames(TEMPORAL_DECODERS, TEMPORAL_ADAPTERS):
             return True
         return (f"temporal_decoder: expected 'none' or a file in models/{TEMPORAL_DECODERS}, "
                 f"found no file {temporal_decoder!r}.")

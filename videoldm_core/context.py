@@ -53,15 +53,23 @@ def context_positions(spec: str, num_given: int, num_frames: int) -> list[int]:
     elif text == "end":
         positions = list(range(num_frames - num_given, num_frames))
     else:
-        try:
-            positions = [int(p) for p in text.replace(" ", "").split(",") if p != ""]
-        except ValueError:
-            raise ContextError(f"expected positions 'start', 'end' or comma-separated frame indices, found {spec!r}.") from None
-        positions = [p + num_frames if p < 0 else p for p in positions]
+        positions = [p + num_frames if p < 0 else p for p in listed_positions(spec)]
         if len(positions) != num_given:
             raise ContextError(f"{num_given} context frames need {num_given} positions, found {len(positions)} in {spec!r}.")
     check_positions(positions, num_frames)
     return positions
+
+
+def listed_positions(spec: str) -> list[int] | None:
+    """The frame indices of a positions spec as written (negative ones too), or None for 'start' and
+    'end', whose positions depend on how many frames are given."""
+    text = spec.strip().lower()
+    if text in ("start", "end"):
+        return None
+    try:
+        return [int(p) for p in text.replace(" ", "").split(",") if p != ""]
+    except ValueError:
+        raise ContextError(f"expected positions 'start', 'end' or comma-separated frame indices, found {spec!r}.") from None
 
 
 def check_positions(positions: Sequence[int], num_frames: int):

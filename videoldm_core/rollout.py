@@ -29,15 +29,20 @@ def plan_rollout(existing: int, segment_length: int, context_frames: int, segmen
         raise ContextError("expected at least 1 existing frame to extend from (e.g. one frame from the image model), found 0.")
     if context_frames < 1:
         raise ContextError(f"expected at least 1 context frame per segment, found {context_frames}.")
-    if context_frames >= segment_length:
-        raise ContextError(f"the segment overlap (context frames, {context_frames}) must be smaller than the segment "
-                           f"length ({segment_length}), or no new frames would be generated.")
+    check_segment_overlap(segment_length, context_frames)
     plan, frames = [], existing
     for i in range(segments):
         s = min(context_frames, frames)
         plan.append(Segment(i, s, segment_length - s))
         frames += segment_length - s
     return plan
+
+
+def check_segment_overlap(segment_length: int, context_frames: int):
+    """The overlap (S context frames) below the segment (T frames), or a segment adds nothing."""
+    if context_frames >= segment_length:
+        raise ContextError(f"context_frames: the segment overlap ({context_frames}) must be smaller than the segment "
+                           f"length ({segment_length}), or no new frames would be generated.")
 
 
 def rollout_length(existing: int, segment_length: int, context_frames: int, segments: int) -> int:

@@ -3,8 +3,9 @@
 1. `WeightsFile(path, name, error)` reads what the file says about itself: tensor names, shapes
    and dtypes, and the safetensors metadata (the specs). A safetensors file costs its header; a
    pickle (.ckpt/.pt/.pth/.bin) is read weights-only (code in it is refused), which costs its size
-   on disk plus the objects its record builds, which is capped (`MAX_PICKLE_RECORD_BYTES`). The loaders check their spec against these shapes, and build the modules the spec
-   describes on the meta device (`build_on_meta`) to compare them, before anything is allocated.
+   on disk plus the objects its record builds, measured and capped first (`_check_pickle_record`).
+   The loaders check their spec against these shapes, and build the modules the spec describes
+   on the meta device (`build_on_meta`) to compare them, before anything is allocated.
 2. `WeightsFile.tensors()` reads the tensors and refuses any that hold NaN or infinity; the host
    checks them against the range of the dtype it keeps them in (`check_range`) before it loads them.
 

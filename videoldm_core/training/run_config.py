@@ -157,6 +157,7 @@ def check_unused(config: dict, mode: str):
         raise TrainingError(f"run configuration: {fixed} describe the layers of a fresh file, but 'adapter.init' / "
                             f"'decoder.init' continues a saved one, whose spec fixes them; remove them.")
     data, train = config.get("data", {}), config.get("train", {})
+
     def given(values, key):   # null and false ask for nothing
         return values.get(key) not in (None, False)
 
