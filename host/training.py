@@ -152,7 +152,8 @@ class UNetDenoiser:
     exactly as in sampling."""
 
     def __init__(self, base, adapter, text: torch.Tensor, pooled: torch.Tensor | None = None,
-                 gradient_checkpointing: bool = False, name: str = "training", precision: str = "fp32"):
+                 gradient_checkpointing: bool = False, name: str = "training", precision: str = "fp32",
+                 empty_prompt: tuple[torch.Tensor, torch.Tensor | None] | None = None):
         self.base, self.adapter = base, adapter   # adapter None: the UNet alone (image pretraining)
         self.device = mm.get_torch_device()
         if adapter is None:
@@ -168,6 +169,8 @@ class UNetDenoiser:
         options[CHECKPOINT_KEY] = gradient_checkpointing
         self.transformer_options = options
         self.text, self.pooled = text, pooled
+        # (text, pooled) of the empty prompt: what rows marked "text_dropped" are conditioned on
+        self.empty_prompt = empty_prompt
         self.is_upscaler = model_family(base).concat_image
         # the run's precision; autocast casts the frozen weights to it
         self.dtype = PRECISIONS[training_precision(precision, base, quiet=True)] or torch.float32
@@ -179,13 +182,32 @@ class UNetDenoiser:
             self.adapter.to(self.device)
         return self
 
-    def _adm(self, num_rows: int, height: int, width: int):
+    def _adm(self, num_rows: int, height: int, width: int, pooled=None):
         unet = self.base.model
         if self.is_upscaler or getattr(unet, "adm_channels", 0) == 0:
             return None
-        y = unet.encode_adm(pooled_output=self.pooled, width=width * 8, height=height * 8, crop_w=0, crop_h=0,
+        pooled = self.pooled if pooled is None else pooled
+        y = unet.encode_adm(pooled_output=pooled, width=width * 8, height=height * 8, crop_w=0, crop_h=0,
                             target_width=width * 8, target_height=height * 8, device=self.device)
         return y.to(self.device).expand(num_rows, -1)
+
+    def _drop_text(self, dropped, text, y, pooled_y: bool, size):
+        """Rows marked in `dropped` ((rows,) bool) conditioned on the empty prompt: its text (repeated to
+        a longer prompt's length, as core's CFG batches them) and, where `y` is SDXL's vector of the
+        pooled text, the empty prompt's."""
+        if self.empty_prompt is None:
+            raise TrainingError("caption dropout (text_dropout > 0) needs the empty prompt's encoding; the denoiser "
+                                "was built without one.")
+        empty_text, empty_pooled = self.empty_prompt
+        if text.shape[1] % empty_text.shape[1]:
+            raise TrainingError(f"caption dropout: the text is {text.shape[1]} tokens long, not a multiple of the empty "
+                                f"prompt's {empty_text.shape[1]}.")
+        empty_text = empty_text.to(text).repeat(1, text.shape[1] // empty_text.shape[1], 1)
+        keep = ~dropped.to(self.device)
+        text = torch.where(keep[:, None, None], text, empty_text.expand_as(text))
+        if pooled_y and y is not None:
+            y = torch.where(keep[:, None], y, self._adm(y.shape[0], *size, pooled=empty_pooled).to(y))
+        return text, y
 
     def __call__(self, x_t, t, num_videos: int, conditioning: dict) -> torch.Tensor:
         rows = x_t.shape[0]
@@ -194,8 +216,11 @@ class UNetDenoiser:
             x = torch.cat([x, conditioning["concat"].to(x)], dim=1)
         text = conditioning.get("text")
         text = (self.text.expand(rows, -1, -1) if text is None else text).to(self.device)
-        y = conditioning.get("y")
-        y = self._adm(rows, *x_t.shape[-2:]) if y is None else y.to(self.device)
+        y = conditioning.get("y")   # the x4 upscaler's noise level; None: SDXL's vector of the pooled text, or none
+        pooled_y = y is None
+        y = self._adm(rows, *x_t.shape[-2:]) if pooled_y else y.to(self.device)
+        if conditioning.get("text_dropped") is not None:
+            text, y = self._drop_text(conditioning["text_dropped"], text, y, pooled_y, x_t.shape[-2:])
         extra = context_kwargs(conditioning.get("c_s"), conditioning.get("labels"), self.device)
         options = {**self.transformer_options, "cond_or_uncond": [0] * num_videos}
         unet = self.base.model.diffusion_model

@@ -12,6 +12,7 @@
      "train": {"steps": 1000, "lr": 1e-4, "batch_size": 1, "warmup": 100, "grad_clip": 1.0,
                "precision": "bf16", "ema_decay": 0.999, "gradient_checkpointing": true,
                "checkpoint_every": 500, "seed": 0,
+               "text_dropout": 0.1,               // share of clips trained on the empty prompt (for CFG)
                "sharding": "ddp"},                // under torchrun: "fsdp" splits weights, grads, AdamW and EMA
                                                   // over the ranks (one phase; fp32/bf16); checkpoints are whole
      "monitor": {"tensorboard": false,            // TensorBoard scalars in output/tensorboard (training extra)
@@ -84,7 +85,7 @@ from ..videoldm_core.training.image_objective import ImagePhase
 from ..videoldm_core.training.distributed import barrier, init_world
 from ..videoldm_core.training.monitor import TensorBoardLog
 from ..videoldm_core.training.objective import TrainingError
-from ..videoldm_core.training.run_config import check_run_config
+from ..videoldm_core.training.run_config import DEFAULT_TEXT_DROPOUT, check_run_config
 from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig, latest_checkpoint
 from ..videoldm_core.weights_file import WeightsFile, save_safetensors
 from .bundle import load_bundle_file
@@ -198,6 +199,7 @@ def run_config(path: str) -> int:
     train = dict(config.get("train", {}))
     batch_size = train.pop("batch_size", 1)
     checkpointing = train.pop("gradient_checkpointing", False)
+    text_dropout = train.pop("text_dropout", DEFAULT_TEXT_DROPOUT)
     train_config = TrainConfig(**train)
     settings = config.get("adapter", {})
     regimes = settings.get("regimes", [0, 1])
@@ -220,10 +222,11 @@ def run_config(path: str) -> int:
         batches = cached_batches(dataset_items(base, vae, config["data"], mode, train_config.seed, world, regimes,
                                                captions), config["data"], batch_size, train_config.seed, world)
     denoiser = UNetDenoiser(base, adapter, text, pooled, gradient_checkpointing=checkpointing,
-                            precision=train_config.precision).load()
+                            precision=train_config.precision, empty_prompt=encode_prompt(clip, "")).load()
     augment, max_level = augmentation_schedule(base)
     phase = DiffusionPhase(adapter, denoiser, noise_schedule(base, spec), mode, regimes=regimes,
-                           augment_schedule=augment, max_noise_level=max_level, patch=settings.get("patch"))
+                           augment_schedule=augment, max_noise_level=max_level, patch=settings.get("patch"),
+                           text_dropout=text_dropout)
 
     def write(trainer):
         save_adapter(output / "adapter.safetensors", trained_state(adapter, trainer), spec)
@@ -392,17 +395,15 @@ def run_image(config, world, train_config, batch_size: int, output: Path) -> int
     upscaler = model_family(model).concat_image
     model = pretrainable_unet(model)
     text, pooled = encode_prompt(clip, config.get("prompt", ""))
-    null_text, _ = encode_prompt(clip, "")
     captions = caption_encoder(clip, model) if config["data"].get("captions") else None
     data_mode = UPSCALER if upscaler else TEMPORAL   # how clips are encoded: with low-res frames or not
-    prompt = None if config["data"].get("captions") else {"text": text[0]}   # the prompt, dropped like a caption
-    items = dataset_items(model, vae, config["data"], data_mode, train_config.seed, world, (0,), captions, prompt)
-    denoiser = UNetDenoiser(model, None, text, pooled, precision=train_config.precision).load()   # an fp32 copy
+    items = dataset_items(model, vae, config["data"], data_mode, train_config.seed, world, (0,), captions)
+    denoiser = UNetDenoiser(model, None, text, pooled, precision=train_config.precision,   # an fp32 copy
+                            empty_prompt=encode_prompt(clip, "")).load()
     augment, max_level = augmentation_schedule(model)
     unet = model.model.diffusion_model
-    phase = ImagePhase(unet, denoiser, noise_schedule(model), null_text=null_text[0],
-                       text_dropout=settings.get("text_dropout", 0.1), augment_schedule=augment,
-                       max_noise_level=max_level, patch=settings.get("patch"))
+    phase = ImagePhase(unet, denoiser, noise_schedule(model), text_dropout=settings.get("text_dropout", 0.1),
+                       augment_schedule=augment, max_noise_level=max_level, patch=settings.get("patch"))
 
     def write(trainer):
         write_bundle(config, output, spec, "unet", trained_state(unet, trainer, phase="unet", attribute="unet"))

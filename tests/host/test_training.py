@@ -539,3 +539,48 @@ def test_pretraining_runs_load_a_bundles_unet_and_vae_from_their_exact_weights(p
         with pytest.raises(KeyboardInterrupt):
             run(config, None, None, 1, tmp_path / "out")
     assert asked == {0: ("fp32", None), 1: (None, torch.float32)}
+
+
+def test_clips_marked_for_caption_dropout_are_conditioned_on_the_empty_prompt(tr, tiny_sd1):
+    """Classifier-free guidance's unconditional branch is trained: the rows a phase marks
+    ("text_dropped", the CLI's train.text_dropout) get the empty prompt's text, the others keep the
+    prompt; a denoiser without the empty prompt refuses the mark."""
+    clip = tiny_sd1[1]
+    with torch.inference_mode(False), torch.no_grad():
+        empty = clip.encode_from_tokens(clip.tokenize("")).float()
+        base = tr["host"].trainable_base(tr["model"])
+        denoiser = tr["host"].UNetDenoiser(base, None, tr["text"], empty_prompt=(empty, None)).load()
+        x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500, 500])
+        marked = denoiser(x, t, 2, {"text_dropped": torch.tensor([True, False])})
+        given = denoiser(x, t, 2, {"text": torch.cat([empty, tr["text"]]).to(denoiser.device)})
+        prompt = denoiser(x, t, 2, {})
+        torch.testing.assert_close(marked, given, atol=1e-6, rtol=1e-6)
+        assert torch.equal(marked[1], prompt[1]) and not torch.allclose(marked[0], prompt[0], atol=1e-4)
+        without = tr["host"].UNetDenoiser(base, None, tr["text"]).load()
+        with pytest.raises(tr["core"].TrainingError, match="caption dropout .* needs the empty prompt's encoding"):
+            without(x, t, 2, {"text_dropped": torch.tensor([True, False])})
+
+
+def test_caption_dropout_marks_whole_clips_and_leaves_every_other_draw_as_it_was(tr):
+    """Dropout is drawn per clip after the mode's own draws: the noise, timesteps and context frames
+    of a clip are those of a run without it, and all frames of a clip are marked alike."""
+    torch.manual_seed(0)
+    spec, adapter = tr["patch"].fresh_adapter_for_model(tr["model"], context_frames=(0, 1, 2), context_width=16)
+    seen = []
+
+    def denoiser(x_t, t, num_videos, conditioning):
+        seen.append(dict(conditioning, x_t=x_t, t=t))
+        return torch.zeros_like(x_t)
+
+    batch = {"latents": torch.randn(8, FRAMES, 4, 8, 8), "sample_seeds": torch.arange(8) + 50}
+    schedule = tr["host"].noise_schedule(tr["model"])
+    for rate in (0.0, 0.5):
+        tr["objective"].DiffusionPhase(adapter, denoiser, schedule, "prediction", text_dropout=rate)(batch, None)
+    without, marked = seen
+    assert "text_dropped" not in without
+    for key in ("x_t", "t", "c_s"):
+        assert torch.equal(without[key], marked[key])
+    per_clip = marked["text_dropped"].reshape(8, FRAMES)
+    assert (per_clip == per_clip[:, :1]).all() and 0 < per_clip[:, 0].sum() < 8
+    with pytest.raises(tr["core"].TrainingError, match=r"text_dropout in \[0, 1\], found 1.5"):
+        tr["objective"].DiffusionPhase(adapter, denoiser, schedule, "prediction", text_dropout=1.5)

@@ -32,7 +32,8 @@ def test_a_full_configuration_passes_unchanged():
 
 
 def test_the_train_section_knows_exactly_the_trainers_settings():
-    assert set(SECTIONS["train"]) == {f.name for f in fields(TrainConfig)} - {"extra"} | {"batch_size", "gradient_checkpointing"}
+    assert set(SECTIONS["train"]) == {f.name for f in fields(TrainConfig)} - {"extra"} | {"batch_size", "gradient_checkpointing",
+                                                                              "text_dropout"}
 
 
 def nested(section: str, values: dict) -> dict:
@@ -143,6 +144,8 @@ def test_the_validation_video_is_checked_and_needs_tensorboard():
     (dict(train={"seed": -1}), "'train.seed' must be between 0"),
     (dict(adapter={"placement": "lavie"}), r"'adapter.placement' must be one of \['videoldm', 'animatediff'\]"),
     (dict(adapter={"patch": -4}), "'adapter.patch' must be at least 1, found -4"),
+    (dict(train={"text_dropout": 1.5}), r"'train.text_dropout' is the share of clips .* from 0 to 1, found 1.5"),
+    (dict(image={"text_dropout": -0.1}), r"'image.text_dropout' is the share of clips .* found -0.1"),
 ])
 def test_values_the_trainer_cannot_use_are_refused_before_anything_loads(sections, message):
     cfg = config(**sections)
@@ -170,7 +173,9 @@ def test_settings_a_continued_file_fixes_are_refused_and_unused_ones_named(caplo
     with caplog.at_level(logging.WARNING):
         check_run_config(config(mode="temporal", data={"shuffle": 100, "workers": 2}))
         check_run_config(config(mode="vae", data={"flip": True}))
+        check_run_config(config(mode="image", train={"text_dropout": 0.2}))   # image pretraining reads image.text_dropout
     assert "['data.shuffle', 'data.workers'] have no effect in this run (mode 'temporal', a data folder)" in caplog.text
+    assert "['train.gradient_checkpointing', 'train.text_dropout'] have no effect in this run (mode 'image'" in caplog.text
     assert "['data.flip', 'train.gradient_checkpointing'] have no effect in this run (mode 'vae'" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):   # null and false ask for nothing: no warning

@@ -8,6 +8,10 @@
 - "upscaler": random patches (the same crop in every frame) of the SD x4 upscaler's latents,
   with the low-resolution frames noise-augmented to a random level that the model is told.
 
+In every mode a share of the clips (`text_dropout`) is marked for the empty prompt, as AnimateDiff
+and sgm train (10% in their configs): the temporal layers then also learn the unconditional branch
+that classifier-free guidance runs them in.
+
 The frozen base model is reached through a `denoiser(x_t, t, num_videos, conditioning)` callable
 the host supplies; x_t and the prediction are ((b t), c, h, w), one timestep per clip. Randomness
 is drawn per clip from its own seed (batch["sample_seeds"]), so a global batch split over ranks
@@ -25,7 +29,7 @@ from ..context import context_input, context_mask
 from ..interpolation import FACTOR, MAX_AUGMENTATION, augment_keyframes, check_augmentation_level, interpolation_labels, keyframe_positions
 from .crops import random_crop
 from .modes import INTERPOLATION, PREDICTION, TEMPORAL, UPSCALER, Mode, mode_named
-from .objective import Held, Phase, TrainingError
+from .objective import Held, Phase, TrainingError, check_text_dropout, dropped_text
 from .schedule import NoiseSchedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, int, dict], torch.Tensor]
@@ -57,9 +61,10 @@ class DiffusionPhase(Phase):
 
     def __init__(self, adapter, denoiser: Denoiser, schedule: NoiseSchedule, mode: str | Mode = TEMPORAL,
                  context_frames=None, regimes=(0, 1), max_augmentation: float = MAX_AUGMENTATION, patch: int | None = None,
-                 augment_schedule: NoiseSchedule | None = None, max_noise_level: int = 350):
+                 augment_schedule: NoiseSchedule | None = None, max_noise_level: int = 350, text_dropout: float = 0.0):
         super().__init__()
         mode = mode_named(mode)
+        self.text_dropout = check_text_dropout(text_dropout)
         context_frames = tuple(context_frames if context_frames is not None else
                                (adapter.spec.context_frames or PREDICTION.default_context_frames))
         check_mode(adapter.spec, mode, regimes, context_frames)
@@ -93,6 +98,10 @@ class DiffusionPhase(Phase):
         conditioning, weights, logs = self._conditioning(z0, low_res, rngs, batch.get("regime"))
         if batch.get("text") is not None:
             conditioning["text"] = repeat(batch["text"], "b l d -> (b t) l d", t=t)
+        if self.text_dropout > 0:   # drawn after the mode's conditioning: without dropout a clip draws as before
+            dropped = dropped_text(rngs, self.text_dropout)
+            conditioning["text_dropped"] = repeat(dropped, "b -> (b t)", t=t)
+            logs = {**logs, "text_dropped": dropped.float().mean().item()}
         prediction = self.denoiser(x_t, frame_steps.to(z0.device), b, conditioning)
         target = self.schedule.target(x0, eps, frame_steps)
         per_frame = ((prediction.float() - target.float()) ** 2).mean(dim=(1, 2, 3)).reshape(b, t)

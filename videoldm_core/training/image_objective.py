@@ -4,8 +4,8 @@ its spatial weights are then frozen and every temporal part is trained on top of
 `ImagePhase` trains the UNet itself (registered) on frames that are independent samples: every
 frame gets its own timestep and noise. For the SD x4 upscaler the low-res frames are concatenated,
 noise-augmented to a random level given as the class label, on random patches, as in the temporal
-upscaler mode. A share of the captions is dropped to the empty prompt's embedding, so the model
-also learns the unconditional prediction classifier-free guidance needs.
+upscaler mode. A share of the captions is dropped to the empty prompt (`dropped_text`; the denoiser
+swaps the text), so the model also learns the unconditional prediction classifier-free guidance needs.
 
 Batch: latents (B, T, C, h, w) (T frames of a clip, or T = 1), sample_seeds (B,), optional text
 (B, L, D) and, for the upscaler, low_res (B, T, 3, h, w) at the latent size.
@@ -17,7 +17,7 @@ import torch
 from einops import rearrange, repeat
 
 from .diffusion_objective import Denoiser, augmented_low_res, same_crop
-from .objective import Held, Phase, TrainingError
+from .objective import Held, Phase, TrainingError, check_text_dropout, dropped_text
 from .schedule import NoiseSchedule
 
 
@@ -25,17 +25,12 @@ class ImagePhase(Phase):
     name = "unet"
 
     def __init__(self, unet: torch.nn.Module, denoiser: Denoiser, schedule: NoiseSchedule,
-                 null_text: torch.Tensor | None = None, text_dropout: float = 0.1,
-                 augment_schedule: NoiseSchedule | None = None, max_noise_level: int = 350, patch: int | None = None):
+                 text_dropout: float = 0.1, augment_schedule: NoiseSchedule | None = None,
+                 max_noise_level: int = 350, patch: int | None = None):
         super().__init__()
-        if not 0.0 <= text_dropout <= 1.0:
-            raise TrainingError(f"expected text_dropout in [0, 1], found {text_dropout}.")
-        if text_dropout > 0 and null_text is None:
-            raise TrainingError("caption dropout needs the empty prompt's embedding (null_text); pass it or set "
-                                "text_dropout=0.")
         self.unet = unet                           # registered: trained
         self.denoiser, self.schedule = Held(denoiser), schedule
-        self.null_text, self.text_dropout = null_text, text_dropout
+        self.text_dropout = check_text_dropout(text_dropout)
         self.augment_schedule, self.max_noise_level, self.patch = augment_schedule, max_noise_level, patch
 
     def forward(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -53,13 +48,12 @@ class ImagePhase(Phase):
         steps = torch.stack([self.schedule.sample_timesteps(t, g) for g in rngs])       # one per frame
         x0, eps, steps = (rearrange(v, "b t ... -> (b t) ...") for v in (z0, noise, steps))
         x_t = self.schedule.add_noise(x0, eps, steps)
-        text = batch.get("text")
-        if text is not None:
-            if self.text_dropout > 0:
-                dropped = torch.stack([torch.rand((), generator=g) < self.text_dropout for g in rngs])
-                text = torch.where(dropped[:, None, None].to(text.device), self.null_text.to(text).expand_as(text), text)
-                logs["text_dropped"] = dropped.float().mean().item()
-            conditioning["text"] = repeat(text, "b l d -> (b t) l d", t=t)
+        if batch.get("text") is not None:
+            conditioning["text"] = repeat(batch["text"], "b l d -> (b t) l d", t=t)
+        if self.text_dropout > 0:   # a clip's text, or the run's prompt the denoiser holds
+            dropped = dropped_text(rngs, self.text_dropout)
+            conditioning["text_dropped"] = repeat(dropped, "b -> (b t)", t=t)
+            logs["text_dropped"] = dropped.float().mean().item()
         # each frame is its own sample: one "video" per row, so temporal layers (if any) see single frames
         prediction = self.denoiser(x_t, steps.to(z0.device), b * t, conditioning)
         target = self.schedule.target(x0, eps, steps)

@@ -39,6 +39,20 @@ def frozen(module: nn.Module) -> nn.Module:
     return module
 
 
+def check_text_dropout(rate: float) -> float:
+    if not 0.0 <= rate <= 1.0:
+        raise TrainingError(f"expected text_dropout in [0, 1], found {rate}.")
+    return rate
+
+
+def dropped_text(rngs: list[torch.Generator], rate: float) -> torch.Tensor:
+    """Classifier-free guidance's caption dropout: for each clip, True with probability `rate` that
+    its text is replaced by the empty prompt's (and SDXL's pooled vector by the empty prompt's), so
+    the model also learns the unconditional prediction CFG samples with. Drawn from each clip's own
+    generator, so a batch split over ranks drops what one process would. (B,) bool."""
+    return torch.stack([torch.rand((), generator=g) < rate for g in rngs])
+
+
 class Held:
     """Holds a module without registering it, so a phase's parameters() stay the trainable ones."""
 

@@ -36,7 +36,7 @@ SECTIONS: dict[str, dict[str, object]] = {
     "train": {"steps": int, "lr": float, "batch_size": int, "warmup": int, "weight_decay": float,
               "betas": list[float], "grad_clip": float | None, "precision": str, "ema_decay": float | None,
               "gradient_checkpointing": bool, "checkpoint_every": int, "keep_checkpoints": int, "seed": int,
-              "sharding": str},
+              "sharding": str, "text_dropout": float},
     "decoder": {"init": str | None, "attention": bool, "disc_start": int, "adversarial_weight": float,
                 "disc_width": int, "disc_layers": int, "temporal_weight": float},
     "vae": {"kl_weight": float, "patch": int | None},
@@ -165,14 +165,17 @@ def check_unused(config: dict, mode: str):
                                     else ("shuffle", "workers")) if given(data, k)]
     if mode in ("vae", "decoder"):   # these read frames: no latent cache, no latent flip, no text
         unused += [f"data.{k}" for k in ("flip", "cache", "captions") if given(data, k)]
-    if mode in PRETRAINING_MODES and given(train, "gradient_checkpointing"):
-        unused.append("train.gradient_checkpointing")
+    if mode in PRETRAINING_MODES:   # image pretraining's dropout is image.text_dropout
+        unused += [f"train.{k}" for k in ("gradient_checkpointing", "text_dropout") if given(train, k)]
     if unused:
         log.warning("run configuration: %s have no effect in this run (mode %r, %s); they are ignored.", unused,
                     mode, "streamed shards" if "shards" in data else "a data folder")
 
 
 DEFAULT_FRAMES = 8   # data.frames when absent (the clip length the readers cut)
+# train.text_dropout when absent: the share of clips the temporal modes train on the empty prompt, as
+# AnimateDiff's and sgm's configs do (image pretraining has its own, image.text_dropout, also 0.1)
+DEFAULT_TEXT_DROPOUT = 0.1
 # a training seed's range (the CLI's and Train Temporal Adapter's): the trainer derives its generators'
 # seeds from it (seed x 1,000,003 + ...), which must stay within the 64 bits a generator takes
 MAX_SEED = 2**31 - 1
@@ -188,6 +191,11 @@ def check_ranges(config: dict, mode: str):
         value = config.get(section, {}).get(key)
         if value is not None and value < least:
             raise TrainingError(f"run configuration: '{section}.{key}' must be at least {least}, found {value}.")
+    for section in ("train", "image"):
+        rate = config.get(section, {}).get("text_dropout", 0.0)
+        if not 0.0 <= rate <= 1.0:
+            raise TrainingError(f"run configuration: '{section}.text_dropout' is the share of clips trained on the "
+                                f"empty prompt, from 0 to 1, found {rate}.")
     seed = config.get("train", {}).get("seed", 0)
     if not 0 <= seed <= MAX_SEED:
         raise TrainingError(f"run configuration: 'train.seed' must be between 0 and {MAX_SEED}, found {seed}.")
