@@ -60,13 +60,16 @@ def check_context_encoder(model, num_given: int, on_missing: str) -> bool:
 class ContextGuider(comfy.samplers.CFGGuider):
     """CFG with context frames: out = neg + w·(g − neg), g = f(p) + s·(f(p, c_S) − f(p))."""
 
+    checks_its_result = True   # a non-finite sample is named by the node and run (the adapter's wrapper leaves it)
+
     def __init__(self, model_patcher, context: VideoContext | None, context_scale: float = 1.0, keep_given: bool = True,
-                 labels: torch.Tensor | None = None, augment=None):
+                 labels: torch.Tensor | None = None, augment=None, name: str = "Context Guider"):
         """`labels`: per-frame interpolation (regime, level) rows; `augment`: a function applied to
-        the given latents (in the model's latent space) before they enter c_S."""
+        the given latents (in the model's latent space) before they enter c_S; `name`: who a sampled
+        latent holding NaN or infinity is reported as (the node, and its run)."""
         super().__init__(model_patcher)
         self.context, self.context_scale, self.keep_given = context, context_scale, keep_given
-        self.labels, self.augment = labels, augment
+        self.labels, self.augment, self.name = labels, augment, name
 
     def set_conds(self, positive, negative):
         if self.context is None:
@@ -119,6 +122,8 @@ class ContextGuider(comfy.samplers.CFGGuider):
                 latent_image, denoise_mask = self.keep(latent_image, denoise_mask)
         out = super().sample(noise, latent_image, sampler, sigmas, denoise_mask=denoise_mask, callback=callback,
                              disable_pbar=disable_pbar, seed=seed)
+        # the callback sees each step's input, not the last step's output (nor a SAMPLER that never calls it)
+        check_finite_latent(out, self.name, "after sampling")
         if keeping:  # masked out of denoising; put back exactly (the sampler's scaling round trip rounds)
             positions = list(self.context.positions)
             out[positions] = self.context.latents[positions].to(out)
@@ -139,10 +144,11 @@ class ContextGuider(comfy.samplers.CFGGuider):
 
 def sample_with_context(model, positive, negative, context: VideoContext, sampler, sigmas, cfg: float, noise: torch.Tensor,
                         seed: int, on_step, context_scale: float = 1.0, keep: bool = True, labels=None,
-                        augment=None) -> torch.Tensor:
+                        augment=None, name: str = "Context Guider") -> torch.Tensor:
     """One video (a rollout segment, an interpolation window) sampled from `noise`, its given frames
-    kept unless `keep` is off; `on_step(step, x0, x, total_steps)` is the sampler callback."""
-    guider = ContextGuider(model, context, context_scale, keep_given=keep, labels=labels, augment=augment)
+    kept unless `keep` is off; `on_step(step, x0, x, total_steps)` is the sampler callback; `name`
+    names the node and run in an error."""
+    guider = ContextGuider(model, context, context_scale, keep_given=keep, labels=labels, augment=augment, name=name)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     out = guider.sample(noise, context.latents, sampler, sigmas, callback=on_step,
@@ -206,6 +212,10 @@ class SamplingProgress:
                        if self.previewer else None)
             self.pbar.update_absolute(run * self.steps + step + 1, self.total, preview)
         return on_step
+
+    def name_of(self, run: int) -> str:
+        """The node and run, as an error names them: "Extend Video, segment 2"."""
+        return f"{self.node}, {self.run_name} {run + 1}"
 
 
 SEEDS = 2**64   # a seed widget's range, and what torch's generators take

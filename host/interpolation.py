@@ -99,7 +99,7 @@ def interpolate_keyframes(model, positive, negative, keyframes: dict, regime: st
                                     progress.of_run(i, context.first_new_frame),
                                     labels=interpolation_labels(length, label, augmentation),
                                     augment=lambda z, g=generator: augment_keyframes(z, augmentation, g),
-                                    keep=keep_keyframes).to(out)
+                                    keep=keep_keyframes, name=progress.name_of(i)).to(out)
         skip = 0 if i == 0 else 1  # the shared keyframe comes from the previous window
         out[window.dense_start + skip:window.dense_start + length] = dense[skip:]
     return {"samples": out}, fps * FACTOR

@@ -44,7 +44,8 @@ def extend_video(model, positive, negative, video: dict, segments: int, segment_
                                tuple(range(segment.context_frames)))
         out = sample_with_context(model, positive, negative, context, sampler, sigmas, cfg,
                                   run_noise(segment.index, context.latents), run_noise.run_seed(segment.index),
-                                  progress.of_run(segment.index, context.first_new_frame), context_scale=context_scale)
+                                  progress.of_run(segment.index, context.first_new_frame), context_scale=context_scale,
+                                  name=progress.name_of(segment.index))
         video_out[end:end + segment.new_frames] = out[segment.context_frames:]
         end += segment.new_frames
         del out, context

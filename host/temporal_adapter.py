@@ -32,6 +32,7 @@ from ..videoldm_core.confined_paths import within
 from ..videoldm_core.errors import VideoLDMError
 from ..videoldm_core.importers import read_adapter_file
 from ..videoldm_core.interpolation import MAX_AUGMENTATION
+from ..videoldm_core.limits import check_finite_latent
 from ..videoldm_core.placement import animatediff_slots, videoldm_slots
 from ..videoldm_core.positional import check_frame_limit
 from ..videoldm_core.temporal_adapter import (ADAPTER_METADATA_KEY, AdapterCompatibilityError, AdapterFormatError, AdapterSpec,
@@ -178,7 +179,7 @@ def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, atte
     if not previous:
         m.set_model_forward_timestep_embed_patch((ResBlock, forward_with_temporal))
         m.set_model_forward_timestep_embed_patch((SpatialTransformer, forward_with_temporal))
-        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, check_frames_before_sampling)
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, checked_sampling)
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, route_context)
     if "output" in spec.clip_norms and not any("output" in a.adapter.spec.clip_norms for a in previous):
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, CLIP_NORMS_KEY, output_norm_over_clip)
@@ -211,8 +212,10 @@ def without_adapters(model):
 
 
 
-def check_frames_before_sampling(executor, noise, *args, **kwargs):
-    """OUTER_SAMPLE wrapper: frame-count problems are reported before the first step."""
+def checked_sampling(executor, noise, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: frame-count problems are reported before the first step, and a sampled
+    latent that holds NaN or infinity after the last (core KSampler and SamplerCustom check neither:
+    VAE Decode would make black frames of it without a word)."""
     guider = executor.class_obj
     options = guider.model_options.get("transformer_options", {})
     frames = noise.shape[0]
@@ -231,4 +234,9 @@ def check_frames_before_sampling(executor, noise, *args, **kwargs):
     if frames < 2 and options.get(OPTIONS_KEY):
         log.warning("Video LDM: sampling %d frame with temporal adapters; temporal layers need at least 2 frames "
                     "(the latent batch is the frame count), so this runs as the image model.", frames)
-    return executor(noise, *args, **kwargs)
+    out = executor(noise, *args, **kwargs)
+    if not getattr(guider, "checks_its_result", False):   # the pack's ContextGuider names its node and run
+        names = ", ".join(f"'{applied.name}'" for applied in options.get(OPTIONS_KEY, []))
+        check_finite_latent(out, "Video LDM", f"after sampling with the temporal adapter(s) {names}" if names else
+                            "after sampling with the adapted model")
+    return out

@@ -212,6 +212,46 @@ def test_a_latent_that_turns_non_finite_stops_extend_video_at_that_step(ctx, giv
                          sampler_name="euler", scheduler="normal")
 
 
+def silent_nan_sampler():
+    """A SAMPLER that returns NaN without calling the step callback (the callback sees a step's input,
+    never the last step's output): only a check of the sampled latent can stop it."""
+    import comfy.samplers
+
+    return comfy.samplers.KSAMPLER(lambda model, x, sigmas, **kwargs: torch.full_like(x, NAN))
+
+
+def test_a_sampled_latent_that_is_non_finite_is_stopped_after_the_last_step(ctx, given, tiny_x4_bundle, pack_module):
+    """Core KSampler / SamplerCustom with an adapted MODEL, the pack's sampling nodes and Context
+    Guider: a NaN sample is named instead of reaching VAE Decode as black frames."""
+    import comfy.sample
+    import comfy.samplers
+
+    limits = pack_module("videoldm_core.limits")
+    sampling = ctx["predictor"].get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", 2)
+    noise, latent = torch.randn(4, 4, 8, 8), torch.zeros(4, 4, 8, 8)
+    with pytest.raises(limits.NonFiniteError, match=r"Video LDM: the latent turned non-finite after sampling with the "
+                                                    r"temporal adapter\(s\) 'plain'"):
+        comfy.sample.sample_custom(ctx["plain"], noise, 2.0, silent_nan_sampler(), sigmas, ctx["positive"],
+                                   ctx["negative"], latent)
+    guider = ctx["guider"].ContextGuider(ctx["predictor"], ctx["context"].VideoContext(torch.zeros(4, 4, 8, 8), (0,)))
+    guider.set_conds(ctx["positive"], ctx["negative"])
+    with pytest.raises(limits.NonFiniteError, match="Context Guider: the latent turned non-finite after sampling"):
+        guider.sample(noise, latent, silent_nan_sampler(), sigmas, disable_pbar=True, seed=0)
+    with pytest.raises(limits.NonFiniteError, match="Extend Video, segment 1: the latent turned non-finite after sampling"):
+        pack_module("host.rollout").extend_video(ctx["predictor"], ctx["positive"], ctx["negative"], {"samples": given},
+                                                 2, 4, 1, 0, 2, 2.0, "euler", "normal", sampler=silent_nan_sampler())
+    with pytest.raises(limits.NonFiniteError, match="Interpolate Keyframes, window 1: the latent turned non-finite"):
+        pack_module("host.interpolation").interpolate_keyframes(
+            ctx["predictor"], ctx["positive"], ctx["negative"], {"samples": given}, "T-to-4T", True, 0.0, 5, 0, 2, 2.0,
+            "euler", "normal", 2.0, sampler=silent_nan_sampler())
+    model, clip, _ = tiny_x4_bundle
+    prompt = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    with pytest.raises(limits.NonFiniteError, match="Video Upscale: the latent turned non-finite after sampling"):
+        pack_module("host.video_upscale").upscale_video(model, prompt, prompt, torch.rand(3, 8, 16, 3), 0.1, 0, 2, 1.0,
+                                                        "euler", "normal", 64, 16, 8, 2, sampler=silent_nan_sampler())
+
+
 def test_pack_errors_are_reported_without_the_install_path(pack, pack_module):
     import execution
 
