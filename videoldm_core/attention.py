@@ -45,9 +45,15 @@ class Attention(nn.Module):
 
     def forward(self, x, context=None, mask=None, attention: AttentionFn = sdpa_attention, context_repeat: int = 1):
         """`context_repeat` r: `context` holds one row per r consecutive rows of x (e.g. one text per
-        video, shared by its h·w positions); keys and values are projected once and then repeated."""
+        video, shared by its h·w positions); keys and values are projected once, and the r rows'
+        queries attend to them as one row of r·n tokens (the same result as repeating keys and values
+        r times, without their r copies: at 77 text tokens and 16 frames, ~5x the queries' size)."""
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        if context_repeat > 1 and mask is None:
+            rows, n, inner = q.shape
+            out = attention(q.reshape(rows // context_repeat, context_repeat * n, inner), k, v, self.heads)
+            return self.to_out(out.reshape(rows, n, inner))
         if context_repeat > 1:
             k, v = k.repeat_interleave(context_repeat, dim=0), v.repeat_interleave(context_repeat, dim=0)
         return self.to_out(attention(q, k, v, self.heads, mask=mask))

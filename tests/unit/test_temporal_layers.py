@@ -122,3 +122,25 @@ def test_motion_module_refuses_more_frames_than_its_table(inputs):
         run(slot, inputs, num_frames=5)
 
 
+
+
+def test_shared_text_is_attended_once_per_video_as_if_repeated_per_position():
+    """Cross-attention with one text per video (context_repeat = its h·w positions) equals attention
+    against keys and values repeated per position, and the kernel never sees the repeated copies."""
+    from videoldm_core.attention import Attention, sdpa_attention
+
+    torch.manual_seed(0)
+    attn = randomize_(Attention(32, heads=4, dim_head=8, context_dim=16))
+    videos, positions = 2, 9
+    x, text = torch.randn(videos * positions, T, 32), torch.randn(videos, 7, 16)
+    seen = []
+
+    def kernel(q, k, v, heads, mask=None):
+        seen.append((q.shape, k.shape))
+        return sdpa_attention(q, k, v, heads, mask)
+
+    with torch.no_grad():
+        shared = attn(x, context=text, attention=kernel, context_repeat=positions)
+        repeated = attn(x, context=text.repeat_interleave(positions, dim=0))
+    torch.testing.assert_close(shared, repeated, atol=1e-6, rtol=1e-5)
+    assert seen == [(torch.Size([videos, positions * T, 32]), torch.Size([videos, 7, 32]))]
