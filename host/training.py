@@ -278,11 +278,15 @@ def training_items(model, vae, images: torch.Tensor, clip_frames: int, mode, str
 def encoder_fingerprint(vae) -> str:
     """An identity for a VAE's encoder (for latent cache keys): its class and a hash of all its weights
     (two encoders that differ past a tensor's first values make other latents)."""
+    return f"{type(vae.first_stage_model).__name__}-{weights_digest(vae.first_stage_model.encoder)}"
+
+
+def weights_digest(module: torch.nn.Module) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(vae.first_stage_model.encoder.state_dict().items()):
+    for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return f"{type(vae.first_stage_model).__name__}-{digest.hexdigest()[:16]}"
+    return digest.hexdigest()[:16]
 
 
 def folder_items(model, vae, dataset, mode, cache_dir, progress=None, encode_text=None, extra=None) -> CachedClips:
@@ -302,6 +306,8 @@ def folder_items(model, vae, dataset, mode, cache_dir, progress=None, encode_tex
         return {"latents": latents, "low_res": low}
 
     encoder = encoder_fingerprint(vae) + ("|low_res" if upscaler else "")
+    if encode_text is not None:   # cached caption embeddings are the text encoder's too
+        encoder += f"|text:{getattr(encode_text, 'identity', 'unnamed')}"
     shards = build_latent_cache(dataset, encode, cache_dir, encoder, progress=progress, encode_text=encode_text)
     return CachedClips(shards, model.model.process_latent_in, extra)
 
@@ -330,6 +336,9 @@ def caption_encoder(clip, base):
     def encode(captions: list[str]) -> torch.Tensor:
         with torch.no_grad():
             return torch.cat([encode_one(c) for c in captions])
+    # the latent cache's key for the caption embeddings: the text encoder's class, weights and the cut
+    model = clip.cond_stage_model
+    encode.identity = f"{type(model).__name__}-{weights_digest(model)}-{CLIP_CONTEXT_LENGTH}"
     return encode
 
 

@@ -65,3 +65,25 @@ def test_the_cli_crops_and_flips_cached_latents_per_step(pack_module, clips, tin
             assert len(found) == 1, "every frame cut from one window of one cached clip"
             windows.add(found[0])
     assert len(windows) >= 6 and {w[-1] for w in windows} == {0, 1}
+
+
+def test_cached_captions_are_encoded_again_for_another_text_encoder(pack_module, clips, tiny_sd1, tmp_path):
+    """The cache's key names the text encoder's weights when captions are cached: a fine-tune with the
+    same VAE and another text encoder does not reuse the embeddings of the first."""
+    host = pack_module("host.training")
+    model, clip, vae = tiny_sd1
+    dataset = folder(pack_module, clips, 64)
+    first = host.folder_items(model, vae, dataset, "temporal", tmp_path, encode_text=host.caption_encoder(clip, model))
+    text = first[0]["text"].clone()
+    weight = max(clip.cond_stage_model.state_dict().values(), key=lambda w: w.numel())
+    with torch.inference_mode(False), torch.no_grad():
+        try:
+            weight.mul_(2.0)
+            again = host.folder_items(model, vae, dataset, "temporal", tmp_path,
+                                      encode_text=host.caption_encoder(clip, model))
+            changed = again[0]["text"].clone()
+        finally:
+            weight.div_(2.0)
+    assert not torch.equal(changed, text)   # encoded by the changed encoder, not read from the first cache
+    same = host.folder_items(model, vae, dataset, "temporal", tmp_path, encode_text=host.caption_encoder(clip, model))
+    assert torch.equal(same[0]["text"], text)

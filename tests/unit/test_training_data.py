@@ -387,6 +387,20 @@ def test_captions_are_encoded_and_shards_load_lazily(mp4_folder, tmp_path):
 # -- ranks and batches ----------------------------------------------------------------------------
 
 
+def test_a_cache_rebuilt_by_another_run_under_an_open_reader_is_named(mp4_folder, tmp_path):
+    """Shards are opened when first read: a second run given the same folder (another VAE) that
+    rebuilt it meanwhile made the first read the second's latents without a word."""
+    spec = ClipSpec(frames=8, fps=15.0, height=48, width=64)
+    first = build_latent_cache(VideoFolder(mp4_folder, spec), encode_stub([]), tmp_path / "cache", "stub-vae",
+                               shard_size=1)
+    first[0]   # shard 0 open; shard 1 not yet
+    build_latent_cache(VideoFolder(mp4_folder, spec), encode_stub([]), tmp_path / "cache", "other-vae", shard_size=1)
+    assert first[0]["name"] == "clip_0000.mp4"   # an open shard keeps the bytes it was opened on
+    with pytest.raises(TrainingError, match=r"shard_00001.safetensors no longer holds this run's clips .* another run "
+                                            r"has rebuilt the folder. Give each run its own data.cache folder"):
+        first[1]
+
+
 @pytest.mark.parametrize("index", [[1], {"shards": "x"}, {"key": "k", "count": 1, "shard_size": 1, "names": ["a"],
                                                           "shards": ["../outside.safetensors"]}])
 def test_a_hostile_cache_index_is_no_cache(mp4_folder, tmp_path, index):
