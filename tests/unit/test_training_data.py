@@ -189,8 +189,38 @@ def test_too_short_clip_error_states_needed_and_found_durations(tmp_path):
     write_mp4(tmp_path / "a.mp4", moving_shapes_clip(0, 30, 16, 16).frames, 30.0)
     with pytest.raises(TrainingError) as info:
         VideoFolder(tmp_path, ClipSpec(frames=16, fps=7.5, height=16, width=16))
-    assert "needs 16 frames at 7.5 fps = 2.13 s, 'a.mp4' has 1.00 s (30 frames at 30 fps)" in str(info.value)
-    assert len(VideoFolder(tmp_path, ClipSpec(frames=7, fps=7.5, height=16, width=16))) == 1  # 7 / 7.5 s fits in 1 s
+    assert "too short: 16 frames at 7.5 fps need 61 of its frames at 30 fps, 'a.mp4' has 30 (1.00 s)" in str(info.value)
+    assert len(VideoFolder(tmp_path, ClipSpec(frames=8, fps=7.5, height=16, width=16))) == 1  # frames 0, 4, ..., 28
+
+
+def test_every_start_whose_last_frame_the_source_holds_is_drawn_and_no_index_passes_its_end():
+    """Frame k of a clip is source frame start + round(k · source fps / fps): a source of exactly
+    (T − 1)·r + 1 frames holds a clip, the last such start is drawn, and a slower source repeats
+    frames without clamping the clip's end onto its last frame."""
+    import random
+    from videoldm_core.training.data import Probe, frame_indices
+
+    down = ClipSpec(4, 15.0, 16, 16, start="random")
+    starts = {frame_indices(down, Probe(12, 30.0, 16, 16), random.Random(seed))[0] for seed in range(200)}
+    assert starts == set(range(6))   # start 5 gives 5, 7, 9, 11
+    assert frame_indices(down, Probe(7, 30.0, 16, 16)) == [0, 2, 4, 6]
+    assert frame_indices(down, Probe(6, 30.0, 16, 16)) is None
+    up = ClipSpec(4, 30.0, 16, 16, start="random")
+    for seed in range(50):
+        indices = frame_indices(up, Probe(10, 15.0, 16, 16), random.Random(seed))
+        assert indices[-1] <= 9 and [b - a for a, b in zip(indices, indices[1:])] == [1, 0, 1]
+
+
+def test_sources_slower_than_the_rate_read_are_named_in_a_warning(tmp_path, caplog):
+    write_mp4(tmp_path / "slow.mp4", moving_shapes_clip(0, 12, 16, 16).frames, 15.0)
+    with caplog.at_level(logging.WARNING):
+        VideoFolder(tmp_path, ClipSpec(frames=4, fps=30.0, height=16, width=16))
+    assert "1 of 1 clips in" in caplog.text and "run slower than the 30 fps read from them, so their frames repeat" \
+        in caplog.text and "'slow.mp4'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        VideoFolder(tmp_path, ClipSpec(frames=4, fps=15.0, height=16, width=16))
+    assert "frames repeat" not in caplog.text
 
 
 def test_a_clip_that_would_decode_past_the_memory_limit_is_refused_when_probed(tmp_path, monkeypatch):

@@ -227,20 +227,26 @@ def _fmt(x: float) -> str:
 
 
 def frame_indices(spec: ClipSpec, source: Probe, rng: random.Random | None = None) -> list[int] | None:
-    """The source frames of one clip: frame k is the source frame nearest t0 + k / fps. None when the
-    source is shorter than the clip (T / fps seconds)."""
-    fps = spec.fps or source.fps
-    last_start = math.floor(source.num_frames - spec.frames * source.fps / fps + 1e-6)
+    """The source frames of one clip: frame k is the source frame nearest t0 + k / fps, every start
+    whose last frame the source holds drawn alike. None when the source is shorter than that. (A
+    source slower than `fps` repeats frames: VideoFolder warns of it.)"""
+    offsets = _clip_offsets(spec, source)
+    last_start = source.num_frames - 1 - offsets[-1]
     if last_start < 0:
         return None
     start = rng.randint(0, last_start) if (spec.start == "random" and rng is not None) else 0
-    return [min(start + math.floor(k * source.fps / fps + 0.5), source.num_frames - 1) for k in range(spec.frames)]
+    return [start + offset for offset in offsets]
+
+
+def _clip_offsets(spec: ClipSpec, source: Probe) -> list[int]:
+    step = source.fps / (spec.fps or source.fps)
+    return [math.floor(k * step + 0.5) for k in range(spec.frames)]
 
 
 def _too_short(spec: ClipSpec, entry: Entry, source: Probe) -> str:
     fps = source.fps if spec.fps is None else spec.fps
-    return (f"too short: needs {spec.frames} frames at {_fmt(fps)} fps = {spec.frames / fps:.2f} s, '{entry.name}' has "
-            f"{source.seconds:.2f} s ({source.num_frames} frames at {_fmt(source.fps)} fps)")
+    return (f"too short: {spec.frames} frames at {_fmt(fps)} fps need {_clip_offsets(spec, source)[-1] + 1} of its "
+            f"frames at {_fmt(source.fps)} fps, '{entry.name}' has {source.num_frames} ({source.seconds:.2f} s)")
 
 
 def read_frames(entry: Entry, indices: list[int], source: Probe) -> Tensor:
@@ -368,6 +374,11 @@ class VideoFolder:
         if bad:
             log.warning("skipping %d of %d clips in '%s':\n  %s", len(bad), len(found), self.folder, "\n  ".join(bad))
         self.skipped = bad
+        slower = [e.name for e, p in zip(self.entries, self.probes) if spec.fps and p.fps < spec.fps * (1 - 1e-6)]
+        if slower:
+            log.warning("%d of %d clips in '%s' run slower than the %s fps read from them, so their frames repeat "
+                        "(a stutter the model learns), e.g. '%s'. Read them at their own rate or lower.",
+                        len(slower), len(self.entries), self.folder, _fmt(spec.fps), slower[0])
 
     @property
     def settings(self) -> dict:

@@ -28,7 +28,7 @@ from ..limits import all_finite
 from ..weights_file import save_safetensors, write_atomically
 from .objective import TrainingError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: clips start at every start whose last frame the source holds (training.data.frame_indices)
 INDEX_FILE = "index.json"
 
 
