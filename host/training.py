@@ -45,7 +45,9 @@ from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig
 from .confined_paths import file_inside, training_folder, training_roots
 from .context import context_kwargs
 from .keys import CHECKPOINT_KEY
-from .temporal_adapter import (TEMPORAL_ADAPTERS, LoadedAdapter, apply_adapter, build_adapter_patcher, fresh_adapter_for_model,
+from .model_folders import TEMPORAL_ADAPTERS
+from .noise_schedule import discrete_problem, prediction_of
+from .temporal_adapter import (LoadedAdapter, apply_adapter, build_adapter_patcher, fresh_adapter_for_model,
                                without_adapters)
 from .unet_layout import model_family, spatial_layout
 
@@ -56,20 +58,16 @@ def noise_schedule(model, spec=None) -> NoiseSchedule:
     """The discrete schedule and parameterisation (ε or v) to train with: the adapter's own when
     `spec` states one (a public module keeps its training schedule), else the MODEL's."""
     sampling = model.get_model_object("model_sampling")
-    if isinstance(sampling, comfy.model_sampling.V_PREDICTION):
-        prediction = "v"
-    elif isinstance(sampling, comfy.model_sampling.EPS):
-        prediction = "eps"
-    else:
-        raise TrainingError(f"expected a model with ε or v prediction, found {type(sampling).__name__}.")
+    problem = discrete_problem(sampling)   # as sampling decides it: EDM is a V_PREDICTION, X0 an EPS
+    if problem is not None:
+        raise TrainingError(f"the pack trains on a discrete (DDPM) noise schedule with ε or v prediction; {problem}.")
+    prediction = "v" if prediction_of(sampling) is comfy.model_sampling.V_PREDICTION else "eps"
     trained = spec.beta_schedule if spec is not None else None
     if trained is not None:
         if trained.lcm_timesteps is not None:
             raise TrainingError(f"the adapter was trained as a latent consistency model ({trained.label}); the pack "
                                 "trains diffusion (ε or v) adapters, not consistency distillation.")
         return NoiseSchedule.from_sigmas(trained.sigmas(), prediction)
-    if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
-        raise TrainingError(f"expected a model with a discrete (DDPM) noise schedule, found {type(sampling).__name__}.")
     return NoiseSchedule.from_sigmas(sampling.sigmas.detach().cpu(), prediction)
 
 

@@ -340,6 +340,10 @@ def run_decoder(config, world, train_config, batch_size: int, output: Path) -> i
 
 
 def bundle_to_train(config, mode: str):
+    written = Path(config["output"]) / "bundle.safetensors"
+    if Path(config["checkpoint"]).resolve() == written.resolve():
+        raise TrainingError(f"mode '{mode}' writes {written}, the checkpoint it starts from; the given file is never "
+                            "replaced: give the run another 'output' folder.")
     try:
         return read_bundle_spec(config["checkpoint"])
     except BundleFormatError as e:
@@ -402,7 +406,7 @@ def run_image(config, world, train_config, batch_size: int, output: Path) -> int
                             empty_prompt=encode_prompt(clip, "")).load()
     augment, max_level = augmentation_schedule(model)
     unet = model.model.diffusion_model
-    phase = ImagePhase(unet, denoiser, noise_schedule(model), text_dropout=settings.get("text_dropout", 0.1),
+    phase = ImagePhase(unet, denoiser, noise_schedule(model), text_dropout=settings.get("text_dropout", DEFAULT_TEXT_DROPOUT),
                        augment_schedule=augment, max_noise_level=max_level, patch=settings.get("patch"))
 
     def write(trainer):

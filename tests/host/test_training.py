@@ -584,3 +584,23 @@ def test_caption_dropout_marks_whole_clips_and_leaves_every_other_draw_as_it_was
     assert (per_clip == per_clip[:, :1]).all() and 0 < per_clip[:, 0].sum() < 8
     with pytest.raises(tr["core"].TrainingError, match=r"text_dropout in \[0, 1\], found 1.5"):
         tr["objective"].DiffusionPhase(adapter, denoiser, schedule, "prediction", text_dropout=1.5)
+
+
+@pytest.mark.parametrize("node, sampling, settings, problem", [
+    ("ModelSamplingDiscrete", "x0", (False,), "the model predicts X0, not ε or v"),
+    ("ModelSamplingContinuousEDM", "v_prediction", (120.0, 0.002), "the model samples with ModelSamplingContinuousEDM"),
+])
+def test_a_model_that_samples_other_than_discrete_eps_or_v_is_not_trained_as_one(tr, node, sampling, settings, problem):
+    """Training decides ε or v as sampling does (the most derived parameterisation: X0 is an EPS, EDM a
+    V_PREDICTION): x0 was trained as ε, and a continuous-EDM model on a motion module's discrete
+    table; both are refused. A discrete v model trains on v."""
+    import comfy_extras.nodes_model_advanced as advanced
+
+    users = getattr(advanced, node)().patch(tr["model"], sampling, *settings)[0]
+    spec, _ = tr["patch"].fresh_adapter_for_model(tr["model"])
+    for given in (None, spec):
+        with pytest.raises(tr["core"].TrainingError, match=f"discrete \\(DDPM\\) noise schedule with ε or v prediction; "
+                                                            f"{re.escape(problem)}"):
+            tr["host"].noise_schedule(users, given)
+    v_model = advanced.ModelSamplingDiscrete().patch(tr["model"], "v_prediction", False)[0]
+    assert tr["host"].noise_schedule(v_model).prediction == "v"

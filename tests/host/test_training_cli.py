@@ -146,6 +146,13 @@ def test_image_mode_refuses_a_checkpoint_that_is_not_a_bundle(setup, tmp_path):
     cfg.update(mode="image", checkpoint=str(plain))
     run = run_cli(setup, cfg, "not-bundle")
     assert run.returncode != 0 and "mode 'image' pretrains a Video LDM bundle" in run.stderr
+    given = tmp_path / "out" / "bundle.safetensors"   # the stage before wrote into the same output folder
+    given.parent.mkdir()
+    given.write_bytes(plain.read_bytes())
+    cfg.update(checkpoint=str(tmp_path / "out" / "." / "bundle.safetensors"))
+    run = run_cli(setup, cfg, "same-file")
+    assert run.returncode != 0 and "the checkpoint it starts from; the given file is never replaced" in run.stderr
+    assert given.read_bytes() == plain.read_bytes()
 
 
 def test_vae_mode_trains_a_bundles_autoencoder_and_records_its_latent_scale(setup):
