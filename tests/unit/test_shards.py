@@ -129,6 +129,29 @@ def test_two_ranks_and_two_workers_read_disjoint_samples_covering_every_clip(sha
     assert sorted(keys[0] + keys[1]) == [f"{i:09d}" for i in range(8)]
 
 
+def test_readers_deal_as_many_shards_each_pass_so_none_runs_into_the_next(shards, monkeypatch, caplog):
+    """3 shards for 2 ranks: a rank dealt 2 shards where the other had 1 ran a pass behind it, so
+    within an epoch's steps some clips came twice and others not at all. Each pass now deals one
+    shard to each rank (disjoint), the third sits out (another one each pass), and a warning says so."""
+    import logging
+
+    out, _ = shards
+    urls = shard_urls(str(out / "clips-{000000..000002}.tar"))
+    by_rank = {}
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        with caplog.at_level(logging.WARNING):
+            by_rank[rank] = read(urls, passes=6)
+    assert "3 shard(s) for 2 reader(s) (ranks x data workers): each pass leaves 1 shard(s) out" in caplog.text
+    passes = []
+    for pass_index in range(6):
+        keys = [{i["key"] for i in by_rank[r] if i["position"][1] == pass_index} for r in (0, 1)]
+        assert len(keys[0]) == len(keys[1]) == 2 and not keys[0] & keys[1]   # one 2-clip shard each
+        passes.append(keys[0] | keys[1])
+    assert set().union(*passes) == {f"{i:09d}" for i in range(6)} and len(set(map(frozenset, passes))) > 1
+
+
 def test_passes_repeat_with_a_new_shard_order(shards):
     out, _ = shards
     urls = shard_urls(str(out / "clips-{000000..000003}.tar"))

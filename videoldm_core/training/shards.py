@@ -93,6 +93,15 @@ class ShardClips(IterableDataset):
                                 "reader needs at least one shard; write more, smaller shards or use fewer workers.")
         order = list(self.urls)
         random.Random(f"{self.seed}-shards-{pass_index}").shuffle(order)   # the same order on every rank
+        # every reader deals the same number of shards per pass, so none runs ahead into the next pass
+        # while others still read this one (which read some clips twice and others not at all in an
+        # epoch's steps); the rest of the shuffled order sits this pass out, other shards each pass
+        left_out = len(order) % (world * workers)
+        if left_out and pass_index == 0 and rank == 0 and worker == 0:
+            log.warning("data.shards: %d shard(s) for %d reader(s) (ranks x data workers): each pass leaves %d "
+                        "shard(s) out, other ones each pass, so that every reader reads as many; a multiple of %d "
+                        "shards reads them all.", len(order), world * workers, left_out, world * workers)
+        order = order[:len(order) - left_out]
         shards = list(wds.split_by_worker(wds.split_by_node({"url": url} for url in order)))
         self.pass_urls = [shard["url"] for shard in shards]   # this reader's shards in this pass
         opened = wds.tariterators.url_opener(iter(shards), handler=self.skip_shard_error)
