@@ -63,6 +63,3 @@ def api_prompt(name: str) -> Path:
 def recipe_prompt(name: str) -> Path:
     return RECIPE_PROMPTS / f"{name}.json"
 
-
-def ui_graph(name: str) -> Path:
-    return WORKFLOWS / f"{name}.json"

@@ -27,6 +27,7 @@ from ..videoldm_core.bundle import (COMPONENT_PREFIXES, BundleFormatError, Bundl
 from ..videoldm_core.families import SD1, SD_X4_UPSCALER, family_named
 from ..videoldm_core.state_dict import check_weights, loadable_shapes
 from ..videoldm_core.weights_file import WeightsFile, build_on_meta, check_range
+from .model_folders import BUNDLES, full_path
 
 _MODEL_TYPES = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}
 _FAMILY_CONFIGS = {SD1.name: comfy.supported_models.SD15, SD_X4_UPSCALER.name: comfy.supported_models.SD_X4Upscaler}
@@ -173,8 +174,6 @@ def check_bundle_file(spec: BundleSpec, file: WeightsFile):
 
 
 def _open_checked(bundle_name: str):
-    from .model_folders import BUNDLES, full_path
-
     return open_checked_bundle(full_path(bundle_name, BUNDLES, "checkpoints"), bundle_name)
 
 

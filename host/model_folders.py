@@ -13,9 +13,8 @@ import os
 
 import folder_paths
 
-from .temporal_adapter import TEMPORAL_ADAPTERS
-
 BUNDLES = "videoldm_bundles"
+TEMPORAL_ADAPTERS = "temporal_adapters"
 TEMPORAL_DECODERS = "temporal_decoders"
 TOY_FAMILY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toy")
 TOY_FOLDERS = {BUNDLES: "bundles", TEMPORAL_ADAPTERS: "temporal_adapters", TEMPORAL_DECODERS: "temporal_decoders"}

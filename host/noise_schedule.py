@@ -16,7 +16,7 @@ import torch
 from comfy_extras.nodes_model_advanced import LCM, ModelSamplingDiscreteDistilled
 
 from ..videoldm_core.noise_schedule import NAMED_SCHEDULES, BetaSchedule, ScheduleError
-from .keys import REPLACED_SAMPLING_KEY, SCHEDULE_KEY
+from .keys import REPLACED_SAMPLING_KEY, SCHEDULE_ATTR, SCHEDULE_KEY
 
 AUTO, MODEL = "auto", "model"
 NOISE_SCHEDULE_CHOICES = (AUTO, MODEL, *NAMED_SCHEDULES)
@@ -38,7 +38,7 @@ class ScheduleChoice:
 def model_schedule(model) -> Optional[BetaSchedule]:
     """The MODEL's discrete schedule as a BetaSchedule when its sigmas are exactly one, else None."""
     sampling = model.get_model_object("model_sampling")
-    own = getattr(sampling, "videoldm_schedule", None)
+    own = getattr(sampling, SCHEDULE_ATTR, None)
     if own is not None:
         return own
     if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) or getattr(sampling, "zsnr", False):
@@ -119,7 +119,7 @@ def sampling_for(model, schedule: BetaSchedule):
                 super().register_buffer(name, tensor, persistent)
 
     sampling = AdapterModelSampling(settings, zsnr=getattr(current, "zsnr", False))
-    sampling.videoldm_schedule = schedule
+    setattr(sampling, SCHEDULE_ATTR, schedule)
     return sampling
 
 
@@ -166,7 +166,7 @@ def user_lcm_timesteps(model) -> Optional[int]:
     the adapter's betas rather than dropping it."""
     sampling = model.get_model_object("model_sampling")
     if (isinstance(sampling, ModelSamplingDiscreteDistilled) and isinstance(sampling, LCM)
-            and getattr(sampling, "videoldm_schedule", None) is None):
+            and getattr(sampling, SCHEDULE_ATTR, None) is None):
         return int(sampling.original_timesteps)
     return None
 
@@ -178,7 +178,7 @@ def set_schedule(clone, decided: ScheduleChoice):
     options[SCHEDULE_KEY] = decided
     if decided.schedule is not None and model_schedule(clone) != decided.schedule:
         current = clone.object_patches.get("model_sampling")
-        if getattr(current, "videoldm_schedule", None) is None:   # the user's (or none), not an earlier adapter's
+        if getattr(current, SCHEDULE_ATTR, None) is None:   # the user's (or none), not an earlier adapter's
             options[REPLACED_SAMPLING_KEY] = current
         clone.add_object_patch("model_sampling", sampling_for(clone, decided.schedule))
 
@@ -189,7 +189,7 @@ def unset_schedule(clone):
     options = clone.model_options["transformer_options"]
     options.pop(SCHEDULE_KEY, None)
     replaced = options.pop(REPLACED_SAMPLING_KEY, None)
-    if getattr(clone.object_patches.get("model_sampling"), "videoldm_schedule", None) is None:
+    if getattr(clone.object_patches.get("model_sampling"), SCHEDULE_ATTR, None) is None:
         return
     if replaced is None:
         del clone.object_patches["model_sampling"]

@@ -41,12 +41,12 @@ from ..videoldm_core.weights_file import WeightsFile, check_range
 from .confined_paths import file_inside
 from .context import route_context, slicing_context_in_windows
 from .clip_norms import output_norm_over_clip
-from .keys import CLIP_NORMS_KEY, OPTIONS_KEY, SCHEDULE_KEY, WRAPPER_KEY
+from .keys import ADDITIONAL_MODELS_KEY, CLIP_NORMS_KEY, OPTIONS_KEY, SCHEDULE_KEY, WRAPPER_KEY
+from .model_folders import TEMPORAL_ADAPTERS, full_path
 from .noise_schedule import AUTO, choose_schedule, model_schedule, set_schedule, unset_schedule
 from .temporal_forward import AppliedAdapter, forward_with_temporal
 from .unet_layout import know_layer_paths, model_family, spatial_layout
 
-TEMPORAL_ADAPTERS = "temporal_adapters"   # the models folder key
 log = logging.getLogger("videoldm")
 
 
@@ -57,6 +57,11 @@ class LoadedAdapter:
     name: str
     spec: AdapterSpec
     patcher: object
+
+
+def load_listed_adapter(name: str) -> LoadedAdapter:
+    """Load Temporal Adapter's file `name`, as its models folders list it."""
+    return load_temporal_adapter(full_path(name, TEMPORAL_ADAPTERS), name)
 
 
 def load_temporal_adapter(path: str, name: str) -> LoadedAdapter:
@@ -184,7 +189,7 @@ def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, atte
     if "output" in spec.clip_norms and not any("output" in a.adapter.spec.clip_norms for a in previous):
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, CLIP_NORMS_KEY, output_norm_over_clip)
     options[OPTIONS_KEY] = previous + [applied]
-    m.set_additional_models("videoldm", [a.patcher for a in options[OPTIONS_KEY]])
+    m.set_additional_models(ADDITIONAL_MODELS_KEY, [a.patcher for a in options[OPTIONS_KEY]])
     return m
 
 
@@ -206,7 +211,7 @@ def without_adapters(model):
                       (comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY),
                       (comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, CLIP_NORMS_KEY)):
         m.remove_wrappers_with_key(kind, key)
-    m.remove_additional_models("videoldm")
+    m.remove_additional_models(ADDITIONAL_MODELS_KEY)
     unset_schedule(m)
     return m
 

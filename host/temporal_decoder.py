@@ -32,11 +32,10 @@ from ..videoldm_core.state_dict import check_weights
 from ..videoldm_core.video_upscale import plan_tiles, smaller_tile
 from ..videoldm_core.video_file import VideoFileWriter, check_frame_size
 from ..videoldm_core.windows import windows
-from .model_folders import BUNDLES, TEMPORAL_DECODERS, full_path
-from .temporal_adapter import TEMPORAL_ADAPTERS
+from .keys import TEMPORAL_DECODER_ATTR
+from .model_folders import BUNDLES, TEMPORAL_ADAPTERS, TEMPORAL_DECODERS, full_path
 
 log = logging.getLogger("videoldm")
-TEMPORAL_DECODER_ATTR = "videoldm_temporal_decoder"  # set on VAE objects this pack creates
 NONE = "none"
 
 

@@ -19,6 +19,7 @@ class InterpolateKeyframes(io.ComfyNode):
             category="Video LDM/sampling",
             description="Samples the three frames between each pair of keyframes with an interpolation adapter: "
                         "T keyframes → 4T − 3 frames at 4x the frame rate. Chain twice for 16T − 15.",
+            search_aliases=["frame interpolation", "temporal interpolation", "fps x4"],
             inputs=[
                 io.Model.Input("model", tooltip="A model with an interpolation adapter applied (context encoder, trained "
                                                 "on keyframe masks)."),

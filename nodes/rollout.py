@@ -21,6 +21,7 @@ class ExtendVideo(io.ComfyNode):
             description="Extends a video segment by segment, each conditioned on the last frames of what exists "
                         "(Video LDM's long-video rollout). Start from one frame of the image model: the first segment "
                         "then uses 1 context frame, the rest use `context_frames`. Memory stays that of one segment.",
+            search_aliases=["rollout", "long video", "prediction model"],
             inputs=[
                 io.Model.Input("model", tooltip="A model with a prediction temporal adapter applied (one with a context encoder)."),
                 io.Conditioning.Input("positive", tooltip="The prompt, for every segment."),

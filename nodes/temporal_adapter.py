@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import folder_paths
 from comfy_api.v0_0_2 import io, ui
 from typing_extensions import override
 
+from ..host.model_folders import TEMPORAL_ADAPTERS, filenames
 from ..host.noise_schedule import AUTO, NOISE_SCHEDULE_CHOICES
-from ..host.temporal_adapter import TEMPORAL_ADAPTERS, apply_adapter, load_temporal_adapter, save_temporal_adapter
+from ..host.temporal_adapter import apply_adapter, load_listed_adapter, save_temporal_adapter
 from .io_types import TemporalAdapterType, checked_number_inputs, valid_numbers
 
 
@@ -22,7 +22,7 @@ class LoadTemporalAdapter(io.ComfyNode):
                         "motion module, or the temporal layers of an SVD UNet. The format is detected from the file.",
             search_aliases=["motion module", "animatediff", "temporal layers", "video ldm"],
             inputs=[
-                io.Combo.Input("adapter_name", options=folder_paths.get_filename_list(TEMPORAL_ADAPTERS),
+                io.Combo.Input("adapter_name", options=filenames(TEMPORAL_ADAPTERS),
                                tooltip="A file in models/temporal_adapters (or models/animatediff_models)."),
             ],
             outputs=[TemporalAdapterType.Output(display_name="TEMPORAL_ADAPTER",
@@ -32,8 +32,7 @@ class LoadTemporalAdapter(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, adapter_name) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise(TEMPORAL_ADAPTERS, adapter_name)
-        return io.NodeOutput(load_temporal_adapter(path, adapter_name))
+        return io.NodeOutput(load_listed_adapter(adapter_name))
 
 
 class ApplyTemporalAdapter(io.ComfyNode):

@@ -6,8 +6,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import InputImpl, io, ui
 from typing_extensions import override
 
-from ..host.model_folders import TEMPORAL_DECODERS, filenames
-from ..host.temporal_adapter import TEMPORAL_ADAPTERS
+from ..host.model_folders import TEMPORAL_ADAPTERS, TEMPORAL_DECODERS, filenames
 from ..host.temporal_decoder import (NONE, STREAMED_SUBFOLDER, decode_video, load_temporal_vae_files, lost_renders,
                                      render_video, vae_sources)
 from .io_types import checked_number_inputs, valid_numbers
@@ -72,6 +71,7 @@ class TemporalVAEDecode(io.ComfyNode):
             description="Decodes video latents in overlapping windows of frames, each window one clip for the "
                         "decoder's temporal layers, cross-faded at the seams. With an image VAE it gives the same "
                         "images as VAE Decode.",
+            search_aliases=["temporal decoder", "video vae decode", "windowed decode"],
             inputs=[
                 io.Vae.Input("vae", tooltip="A VAE; its temporal layers (from Load Temporal VAE) are used if present."),
                 io.Latent.Input("samples", tooltip="Video latents: the batch is the frames."),
