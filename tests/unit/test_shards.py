@@ -116,6 +116,26 @@ def test_a_member_declaring_more_than_a_clip_may_have_is_skipped_unread(shards, 
     assert any("member '000.mp4'" in r.message and "declares 65536 bytes" in r.message for r in caplog.records)
 
 
+def test_a_sample_of_thousands_of_files_is_cut_at_its_cap_and_counted(tmp_path):
+    """A shard laid out one frame per member gathered every frame of a clip into one sample held at
+    once; members past MAX_SAMPLE_MEMBERS are not read, the sample is counted as skipped once, and
+    the next sample reads whole."""
+    from videoldm_core.training.shards import MAX_SAMPLE_MEMBERS
+
+    path = tmp_path / "frames.tar"
+    with tarfile.open(path, "w") as tar:
+        for name in [f"clip.{i:05d}.jpg" for i in range(3 * MAX_SAMPLE_MEMBERS)] + ["next.mp4", "next.txt"]:
+            info = tarfile.TarInfo(name)
+            info.size = 8
+            tar.addfile(info, io.BytesIO(bytes(8)))
+    reader = ShardClips([str(path)], SPEC)
+    with open(path, "rb") as stream:
+        names = [m["fname"] for m in reader.members([{"url": str(path), "stream": stream}])]
+    assert len([n for n in names if n.startswith("clip.")]) == MAX_SAMPLE_MEMBERS
+    assert names[-2:] == ["next.mp4", "next.txt"] and reader.skipped == 1
+    assert f"more than {MAX_SAMPLE_MEMBERS} files" in reader.last_skipped
+
+
 def test_two_ranks_and_two_workers_read_disjoint_samples_covering_every_clip(shards, monkeypatch):
     out, _ = shards
     urls = shard_urls(str(out / "clips-{000000..000003}.tar"))

@@ -27,6 +27,9 @@ from .objective import TrainingError
 
 VIDEO_KEYS = tuple(e.lstrip(".") for e in VIDEO_EXTENSIONS)
 MAX_MEMBER_BYTES = 1 << 30   # no training clip is larger; a .tar.gz can declare gigabytes in a few bytes
+# files of one sample (a video, its caption, a json...): a shard laid out one frame per member would
+# otherwise gather thousands into one sample, all held at once
+MAX_SAMPLE_MEMBERS = 16
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +117,33 @@ class ShardClips(IterableDataset):
     def members(self, opened):
         """The regular files of each opened shard, as webdataset's tar_file_expander gives them,
         except that a member whose header declares more than `max_member_bytes` is skipped unread
-        (counted), where webdataset would read it whole."""
+        (counted), where webdataset would read it whole, and so is a sample's member past its
+        MAX_SAMPLE_MEMBERS-th (the sample is counted once)."""
         import tarfile
+
+        from webdataset.tariterators import base_plus_ext
 
         for source in opened:
             url = source["url"]
             try:
                 stream = tarfile.open(fileobj=source["stream"], mode="r|*")
+                key, members = None, 0
                 for info in stream:
+                    stream.members = []   # a stream of millions: keep no list of what was read, skipped or not
                     if not info.isreg() or info.name.startswith("__"):
                         continue
                     if info.size > self.max_member_bytes:
                         self.skip(f"member {info.name!r} of {url}", f"it declares {info.size} bytes, more than "
                                                                    f"the {self.max_member_bytes} a clip may have")
                         continue
+                    name_key = base_plus_ext(info.name)[0]
+                    key, members = name_key, (members + 1 if name_key == key else 1)
+                    if members > MAX_SAMPLE_MEMBERS:
+                        if members == MAX_SAMPLE_MEMBERS + 1:
+                            self.skip(f"sample {key!r} of {url}", f"it has more than {MAX_SAMPLE_MEMBERS} files; the "
+                                      "rest are not read (a clip is one video file and its caption)")
+                        continue
                     yield {"fname": info.name, "data": stream.extractfile(info).read(), "__url__": url}
-                    stream.members = []   # a stream of millions: keep no list of what was read
             except Exception as e:
                 if not self.skip_shard_error(e):
                     break
