@@ -237,7 +237,9 @@ def test_a_resumed_stream_goes_on_where_training_left_it(shards):
                    for a, b in zip(before + after, steps))
 
 
-def test_a_stream_goes_forward_only_and_resumes_only_with_its_own_workers(shards):
+def test_a_stream_goes_forward_only_and_resumes_only_with_its_own_workers_and_settings(shards):
+    from videoldm_core.training.streamed_batches import StreamedBatches
+
     out, _ = shards
     urls = shard_urls(str(out / "clips-{000000..000003}.tar"))
     stream = stream_of(urls, workers=0)
@@ -249,6 +251,15 @@ def test_a_stream_goes_forward_only_and_resumes_only_with_its_own_workers(shards
         other.load_state_dict(stream.state_dict(), 1)
     with pytest.raises(TrainingError, match="holds no position"):
         other.load_state_dict(None, 1)
+    saved = stream.state_dict()
+    for changed in (dict(shuffle=4), dict(seed=6), dict(flip=True), dict(urls=urls[::-1])):
+        settings = {**dict(urls=urls, spec=ClipSpec(frames=4, fps=15.0, height=32, width=32, crop="random"), seed=5,
+                           shuffle=3), **changed}
+        elsewhere = StreamedBatches(ShardClips(**settings), 1, encode=lambda items: {}, seed=5, workers=0)
+        with pytest.raises(TrainingError, match="holds positions in another stream of clips"):
+            elsewhere.load_state_dict(saved, 1)
+    before = {k: v for k, v in saved.items() if k != "stream"}   # a checkpoint written before streams had an identity
+    stream_of(urls, workers=0).load_state_dict(before, 1)
 
 
 def test_augmentation_is_one_draw_per_clip_and_changes_from_pass_to_pass(shards):

@@ -15,9 +15,11 @@ footage train on the same path."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 from torch.utils.data import IterableDataset
@@ -75,6 +77,15 @@ class ShardClips(IterableDataset):
         self.source_fps, self.passes, self.flip = source_fps, passes, flip
         self.skipped, self.last_skipped, self.pass_urls = 0, None, []
         self.start: dict[int, tuple[int, int]] = {}   # worker -> (pass, first sample to read): where a resumed run goes on
+
+    @property
+    def identity(self) -> str:
+        """What decides which clip sits at a stream position: the shards in order, the seed, the shuffle
+        buffer, the clip spec, the flip and the source rate (a checkpoint's position means nothing in
+        a stream that differs in any of them)."""
+        settings = {"urls": self.urls, "seed": self.seed, "shuffle": self.shuffle, "spec": asdict(self.spec),
+                    "flip": self.flip, "source_fps": self.source_fps}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def skip(self, what: str, reason) -> None:
         self.skipped += 1

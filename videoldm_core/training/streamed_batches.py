@@ -10,7 +10,8 @@ there, and the worker whose turn was next (the DataLoader takes the workers' cli
 restarts at worker 0; a clip that comes early waits for its turn). A resumed run therefore trains
 on exactly the clips, crops and seeds of an uninterrupted one: none of a finished step is read
 again, none is lost (clips a worker had prefetched but training had not used are decoded again).
-Resuming with another number of workers or ranks is refused."""
+Resuming with another number of workers or ranks, or on another stream (shards, seed, shuffle
+buffer, clip spec, flip), is refused."""
 
 from __future__ import annotations
 
@@ -77,13 +78,20 @@ class StreamedBatches:
 
     def state_dict(self) -> dict:
         return {"step": self.next_step, "workers": self.workers, "next_worker": self.next_worker,
-                "positions": {str(w): list(p) for w, p in sorted(self.positions.items())}}
+                "positions": {str(w): list(p) for w, p in sorted(self.positions.items())},
+                "stream": getattr(self.clips, "identity", None)}
 
     def load_state_dict(self, state: dict | None, step: int) -> None:
         """Go on from a checkpoint at `step` (its `state_dict`, None when it has none)."""
         if state is None or state.get("step") != step:
             raise TrainingError(f"the checkpoint at step {step} holds no position of the streamed data "
                                 f"(found {state!r}); it was written by a run on other data. Start a fresh output folder.")
+        stream = getattr(self.clips, "identity", None)
+        if state.get("stream") is not None and state["stream"] != stream:   # checkpoints before it state none
+            raise TrainingError(f"the checkpoint at step {step} holds positions in another stream of clips (its data."
+                                "shards, train.seed, data.shuffle, frames, fps, size, crop, start or flip differ from "
+                                "this run's), where they would pick other clips. Resume with the run's own data "
+                                "settings, or start a fresh output folder.")
         if state["workers"] != self.workers:
             raise TrainingError(f"the checkpoint's stream was read by {state['workers']} data worker(s), this run has "
                                 f"{self.workers}; resume with data.workers = {state['workers']}.")
