@@ -12,7 +12,7 @@ from ..videoldm_core.training.modes import mode_named
 from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.shards import ShardClips, shard_urls
 from ..videoldm_core.training.streamed_batches import StreamedBatches
-from .training import training_items
+from .training_data import training_items
 
 
 def streamed_encoder(model, vae, mode, encode_text=None, regime: int | None = None):

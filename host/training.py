@@ -29,14 +29,12 @@ import comfy.patcher_extension
 import comfy.utils
 import folder_paths
 
-from ..videoldm_core.errors import VideoLDMError
 from ..videoldm_core.interpolation import REGIMES
 from ..videoldm_core.temporal_adapter import TemporalAdapter, resolve_slots, save_adapter
 from ..videoldm_core.training.batches import StepBatches
-from ..videoldm_core.training.data import ClipSpec, VideoFolder, discover
+from ..videoldm_core.training.data import ClipSpec, VideoFolder
 from ..videoldm_core.training.diffusion_objective import DiffusionPhase, check_mode
 from ..videoldm_core.training.modes import mode_named
-from ..videoldm_core.training.latent_cache import CachedClips, build_latent_cache
 from ..videoldm_core.training.loss_curve import loss_curve_image
 from ..videoldm_core.training.objective import TrainingError, frozen
 from ..videoldm_core.training.schedule import NoiseSchedule
@@ -49,6 +47,7 @@ from .model_folders import TEMPORAL_ADAPTERS
 from .noise_schedule import discrete_problem, prediction_of
 from .temporal_adapter import (LoadedAdapter, apply_adapter, build_adapter_patcher, fresh_adapter_for_model,
                                without_adapters)
+from .training_data import folder_items, training_items
 from .unet_layout import model_family, spatial_layout
 
 log = logging.getLogger("videoldm")
@@ -228,136 +227,6 @@ class UNetDenoiser:
         return out.float()
 
 
-def encode_video(vae, frames: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-    """VAE latents of frames (N, H, W, 3) in [0, 1], a chunk at a time: (N, C, h, w), unscaled."""
-    with torch.inference_mode(False), torch.no_grad():
-        return torch.cat([vae.encode(frames[i:i + chunk, :, :, :3]).float().cpu() for i in range(0, frames.shape[0], chunk)])
-
-
-def frame_clips(video: torch.Tensor, clip_frames: int, stride: int = 1) -> list[torch.Tensor]:
-    """Every window of `clip_frames` consecutive frames, `stride` apart, of one video (N, ...)."""
-    if video.shape[0] < clip_frames:
-        raise TrainingError(f"clips of {clip_frames} frames need a video of at least {clip_frames} frames, "
-                            f"found {video.shape[0]}.")
-    return [video[i:i + clip_frames] for i in range(0, video.shape[0] - clip_frames + 1, stride)]
-
-
-def low_res_frames(images: torch.Tensor) -> torch.Tensor:
-    """What the x4 upscaler is conditioned on: IMAGE frames (N, H, W, 3) in [0, 1], 4x area-downsampled,
-    as (N, 3, H/4, W/4) in [-1, 1]."""
-    h, w = images.shape[1:3]
-    if h % 4 or w % 4:
-        raise TrainingError(f"upscaler training needs frames whose size is a multiple of 4, found {w}x{h}.")
-    return torch.nn.functional.interpolate(images[..., :3].movedim(-1, 1), size=(h // 4, w // 4), mode="area") * 2 - 1
-
-
-def check_low_res_grid(latents: torch.Tensor, low: torch.Tensor):
-    if latents.shape[-2:] != low.shape[-2:]:
-        h, w = (4 * n for n in low.shape[-2:])
-        raise TrainingError(f"the VAE makes {tuple(latents.shape[-2:])} latents of {h}x{w} frames; the x4 upscaler's "
-                            f"VAE makes latents at a quarter of the size ({h // 4}x{w // 4}). Use the upscaler's VAE.")
-
-
-def training_items(model, vae, images: torch.Tensor, clip_frames: int, mode, stride: int = 1) -> list[dict]:
-    """Training clips from one video of IMAGE frames: latents in the model's latent space, and for
-    the x4 upscaler the 4x-downsampled frames ([-1, 1]) it is conditioned on."""
-    upscaler = mode_named(mode).is_upscaler
-    if upscaler:
-        low = low_res_frames(images)
-    latents = model.model.process_latent_in(encode_video(vae, images))
-    if upscaler:
-        check_low_res_grid(latents, low)
-    clips = frame_clips(latents, clip_frames, stride)
-    if not upscaler:
-        return [{"latents": c} for c in clips]
-    return [{"latents": c, "low_res": l} for c, l in zip(clips, frame_clips(low, clip_frames, stride))]
-
-
-def encoder_fingerprint(vae) -> str:
-    """An identity for a VAE's encoder (for latent cache keys): its class and a hash of all its weights
-    (two encoders that differ past a tensor's first values make other latents)."""
-    return f"{type(vae.first_stage_model).__name__}-{weights_digest(vae.first_stage_model.encoder)}"
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def folder_items(model, vae, dataset, mode, cache_dir, progress=None, encode_text=None, extra=None) -> CachedClips:
-    """Training clips from a VideoFolder: latents (and the x4 upscaler's low-res frames) encoded once
-    into a shard cache (reused while files, clip spec and VAE stay the same), read one clip at a time
-    when a step asks for it and scaled into the model's latent space. `extra`: entries every item gets."""
-    to_images = lambda frames: (frames.movedim(1, -1) + 1) / 2   # (T,3,H,W) [-1,1] -> (T,H,W,3) [0,1]
-    upscaler = mode_named(mode).is_upscaler
-
-    def encode(frames):
-        images = to_images(frames)
-        latents = encode_video(vae, images)
-        if not upscaler:
-            return latents
-        low = low_res_frames(images)
-        check_low_res_grid(latents, low)
-        return {"latents": latents, "low_res": low}
-
-    encoder = encoder_fingerprint(vae) + ("|low_res" if upscaler else "")
-    if encode_text is not None:   # cached caption embeddings are the text encoder's too
-        encoder += f"|text:{getattr(encode_text, 'identity', 'unnamed')}"
-    shards = build_latent_cache(dataset, encode, cache_dir, encoder, progress=progress, encode_text=encode_text)
-    return CachedClips(shards, model.model.process_latent_in, extra)
-
-
-CLIP_CONTEXT_LENGTH = 77   # one chunk of CLIP tokens (start, 75, end): SD1.x, SD2.x and SDXL alike
-
-
-def caption_encoder(clip, base):
-    """Captions → (N, L, D) cross-attention context with the checkpoint's own text encoder ("" for none).
-    Refused for a UNet that also takes a pooled text vector (SDXL's ADM input): per-clip captions
-    would reach its cross-attention while its pooled input kept the run prompt's, a conditioning
-    that sampling never gives."""
-    if getattr(base.model, "adm_channels", 0) and not model_family(base).concat_image:
-        raise TrainingError(f"data.captions: {type(base.model).__name__} also conditions on the pooled text vector, "
-                            "which the pack does not cache per caption; train with one 'prompt' for every clip, or "
-                            "on an SD1.x/SD2.x model.")
-
-    def encode_one(caption: str) -> torch.Tensor:
-        context = clip.encode_from_tokens(clip.tokenize(caption or "")).float().cpu()
-        if context.shape[1] > CLIP_CONTEXT_LENGTH:   # ComfyUI encodes a long text as several chunks
-            log.info("Video LDM: a caption longer than CLIP's %d tokens is cut to its first %d, as SD training "
-                     "truncates captions: %.60s...", CLIP_CONTEXT_LENGTH, CLIP_CONTEXT_LENGTH, caption)
-            context = context[:, :CLIP_CONTEXT_LENGTH]
-        return context
-
-    def encode(captions: list[str]) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([encode_one(c) for c in captions])
-    # the latent cache's key for the caption embeddings: the text encoder's class, weights and the cut
-    model = clip.cond_stage_model
-    encode.identity = f"{type(model).__name__}-{weights_digest(model)}-{CLIP_CONTEXT_LENGTH}"
-    return encode
-
-
-def decoder_items(vae, dataset, progress=None) -> list[dict]:
-    """Temporal-decoder training clips: the frames ([-1, 1]) and the frozen encoder's latents after
-    post_quant_conv, i.e. what the decoder's conv_in sees."""
-    first_stage = vae.first_stage_model
-    items = []
-    for i in range(len(dataset)):
-        frames = dataset[i]["frames"]
-        with torch.inference_mode(False), torch.no_grad():
-            z = encode_video(vae, (frames.movedim(1, -1) + 1) / 2)
-            post = getattr(first_stage, "post_quant_conv", None)
-            if post is not None:
-                z = post.to(z.device)(z.to(next(post.parameters()).dtype)).float()
-        items.append({"frames": frames.float(), "latents": z.cpu()})
-        if progress is not None:
-            progress(i + 1, len(dataset))
-    return items
-
-
 def trainable_decoder(vae):
     """A frozen float32 copy of the VAE's image decoder, made outside inference mode: the VAE itself
     keeps its decoder as it was (dtype, mode, requires_grad)."""
@@ -405,17 +274,6 @@ def adapter_save_path(save_name: str) -> str:
         return path
     _, name, counter, subfolder, _ = folder_paths.get_save_image_path(stem, root)
     return file_inside(root, os.path.join(subfolder, f"{name}_{counter:05}_.safetensors"), f"models/{TEMPORAL_ADAPTERS}")
-
-
-def folder_fingerprint(folder: str) -> str:
-    """What decides the clips Train Temporal Adapter reads from `folder`, without opening a clip: each
-    entry's name, size, newest modification and caption (as the latent cache's key). A folder it
-    would refuse fingerprints as its refusal (the run fails with it)."""
-    try:
-        entries = discover(training_folder(folder), training_roots(), folder)
-    except (VideoLDMError, OSError) as e:
-        return f"refused: {e}"
-    return hashlib.sha256(repr([(e.name, e.kind, e.size, e.mtime_ns, e.caption) for e in entries]).encode()).hexdigest()
 
 
 def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, steps: int, learning_rate: float,

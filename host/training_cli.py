@@ -90,9 +90,9 @@ from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig, l
 from ..videoldm_core.weights_file import WeightsFile, save_safetensors
 from .bundle import load_bundle_file
 from .streamed_training import streamed_batches
-from .training import (UNetDenoiser, augmentation_schedule, caption_encoder, decoder_items, folder_items, noise_schedule,
-                       pretrainable_unet, starting_adapter, trainable_base, trainable_decoder, trained_state,
-                       training_precision)
+from .training import (UNetDenoiser, augmentation_schedule, noise_schedule, pretrainable_unet, starting_adapter,
+                       trainable_base, trainable_decoder, trained_state, training_precision)
+from .training_data import caption_encoder, decoder_items, folder_items
 from .unet_layout import model_family
 from .validation import ValidationVideos, validation_note, validation_settings
 

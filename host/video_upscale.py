@@ -269,5 +269,6 @@ def _sample(model, positive, negative, low_res: LowResFrames, noise_augmentation
                                     model_options=tiled.model_options, latent_image=latent, callback=preview,
                                     disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=run_noise.run_seed(0))
     del noise, conds, lowres   # core's sample_custom from here: the frames go before the sample reaches the host
+    samples = samples.to(device=mm.intermediate_device(), dtype=mm.intermediate_dtype())
     check_finite_latent(samples, "Video Upscale", "after sampling")   # the callback saw the last step's input only
-    return samples.to(device=mm.intermediate_device(), dtype=mm.intermediate_dtype())
+    return samples

@@ -7,7 +7,8 @@ from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.confined_paths import TRAINING_FOLDERS_VARIABLE, training_folder
-from ..host.training import folder_fingerprint, train_temporal_adapter
+from ..host.training import train_temporal_adapter
+from ..host.training_data import folder_fingerprint
 from ..videoldm_core.errors import VideoLDMError
 from ..videoldm_core.training.modes import MODE_NAMES, TEMPORAL
 from ..videoldm_core.training.run_config import MAX_SEED, clip_frames_problem

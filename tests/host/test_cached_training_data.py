@@ -28,7 +28,7 @@ def as_images(frames):
 @pytest.mark.parametrize("mode", ["temporal", "upscaler"])
 def test_cached_clips_are_read_on_access_and_equal_the_in_memory_encoding(pack_module, clips, tiny_sd1, tiny_x4_bundle,
                                                                           tmp_path, mode):
-    host = pack_module("host.training")
+    host = pack_module("host.training_data")
     model, _, vae = tiny_x4_bundle if mode == "upscaler" else tiny_sd1
     dataset = folder(pack_module, clips, 64)
     items = host.folder_items(model, vae, dataset, mode, tmp_path)
@@ -70,7 +70,7 @@ def test_the_cli_crops_and_flips_cached_latents_per_step(pack_module, clips, tin
 def test_cached_captions_are_encoded_again_for_another_text_encoder(pack_module, clips, tiny_sd1, tmp_path):
     """The cache's key names the text encoder's weights when captions are cached: a fine-tune with the
     same VAE and another text encoder does not reuse the embeddings of the first."""
-    host = pack_module("host.training")
+    host = pack_module("host.training_data")
     model, clip, vae = tiny_sd1
     dataset = folder(pack_module, clips, 64)
     first = host.folder_items(model, vae, dataset, "temporal", tmp_path, encode_text=host.caption_encoder(clip, model))

@@ -17,7 +17,8 @@ def tr(pack_module, tiny_sd1):
     with torch.inference_mode():
         positive = clip.encode_from_tokens_scheduled(clip.tokenize("shapes moving"))
     return dict(model=model, vae=vae, positive=positive, text=positive[0][0].clone(),
-                host=pack_module("host.training"), patch=pack_module("host.temporal_adapter"),
+                host=pack_module("host.training"), data=pack_module("host.training_data"),
+                patch=pack_module("host.temporal_adapter"),
                 objective=pack_module("videoldm_core.training.diffusion_objective"),
                 trainer=pack_module("videoldm_core.training.trainer"),
                 batches=pack_module("videoldm_core.training.batches"),
@@ -48,7 +49,7 @@ def setup_training(tr, mode, model=None, frames=FRAMES, steps=20, lr=2e-3, batch
                                                         interpolation=mode == "interpolation")
     if items is None:
         video = torch.cat([shapes_video(tr, seed=s) for s in range(2)])
-        items = host.training_items(base, tr["vae"], video, frames, mode, stride=3)
+        items = tr["data"].training_items(base, tr["vae"], video, frames, mode, stride=3)
     text = tr["text"] if model is tr["model"] else torch.zeros(1, 77, 64)
     denoiser = host.UNetDenoiser(base, adapter, text, gradient_checkpointing=checkpointing).load()
     augment, level = host.augmentation_schedule(base)
@@ -210,16 +211,16 @@ def test_the_latent_cache_key_sees_every_weight_of_the_encoder(tr):
     each were hashed), so a cache of the other encoder's latents was reused."""
     encoder = tr["vae"].first_stage_model.encoder
     name, weight = max(encoder.state_dict().items(), key=lambda item: item[1].numel())
-    before = tr["host"].encoder_fingerprint(tr["vae"])
+    before = tr["data"].encoder_fingerprint(tr["vae"])
     last = weight.view(-1)[-1].item()
     with torch.inference_mode(False), torch.no_grad():
         try:
             weight.view(-1)[-1] = last + 1.0
-            changed = tr["host"].encoder_fingerprint(tr["vae"])
+            changed = tr["data"].encoder_fingerprint(tr["vae"])
         finally:
             weight.view(-1)[-1] = last
     assert weight.numel() * 4 > 4096 and changed != before
-    assert tr["host"].encoder_fingerprint(tr["vae"]) == before
+    assert tr["data"].encoder_fingerprint(tr["vae"]) == before
 
 
 def test_keyframes_are_augmented_only_for_an_adapter_told_the_level(tr):
@@ -290,8 +291,8 @@ def test_captions_are_refused_for_a_unet_with_a_pooled_text_input(tr, tiny_sd1):
     model_config.set_inference_dtype(torch.float32, None)
     sdxl = comfy.model_patcher.ModelPatcher(model_config.get_model({}, device="meta"), "cpu", "cpu")
     with pytest.raises(tr["core"].TrainingError, match="data.captions: SDXL also conditions on the pooled text vector"):
-        tr["host"].caption_encoder(tiny_sd1[1], sdxl)
-    assert tr["host"].caption_encoder(tiny_sd1[1], tr["model"])(["a square"]).ndim == 3   # SD1.x: captions as before
+        tr["data"].caption_encoder(tiny_sd1[1], sdxl)
+    assert tr["data"].caption_encoder(tiny_sd1[1], tr["model"])(["a square"]).ndim == 3   # SD1.x: captions as before
 
 
 def test_the_node_trains_interpolation_in_the_regime_of_its_clips(tr, pack_module, monkeypatch):
@@ -311,7 +312,7 @@ def test_the_node_trains_interpolation_in_the_regime_of_its_clips(tr, pack_modul
 def test_a_caption_longer_than_clips_77_tokens_is_cut_to_them_as_sd_training_cuts(tr, tiny_sd1, caplog):
     """ComfyUI encodes a long text as several 77-token chunks; a batch of captions once failed to stack
     (and a streamed run died at the step that met one). Each caption is its first chunk."""
-    encode = tr["host"].caption_encoder(tiny_sd1[1], tr["model"])
+    encode = tr["data"].caption_encoder(tiny_sd1[1], tr["model"])
     long = "a red square moving left across a grey field, " * 12
     with caplog.at_level("INFO", logger="videoldm"):
         both = encode(["a red square", long])

@@ -44,13 +44,18 @@ def test_two_gloo_processes_update_the_weights_like_one_process_at_the_same_glob
     for row_one, row_two in zip(*logs):
         step_one, step_two = [dict(zip(("step", "lr", "grad_norm", "loss"), map(float, r.split(",")[:4]))) for r in (row_one, row_two)]
         assert step_one["loss"] == pytest.approx(step_two["loss"], abs=1e-6)
-        assert step_one["grad_norm"] == pytest.approx(step_two["grad_norm"], rel=1e-3)
+        # the first step's gradients are the same to rounding; after it, Adam has moved the weights whose
+        # gradient is ~0 by up to lr in directions set by rounding noise (see below), which the next
+        # gradients' norm feels (0.12% at step 3 when the temporal cross-attention's kernel changed shape)
+        assert step_one["grad_norm"] == pytest.approx(step_two["grad_norm"], rel=1e-5 if step_one["step"] == 1 else 1e-2)
     # Adam divides by √v, so weights whose gradient is ~0 move by up to lr in a direction set by
-    # rounding noise; all others must agree. lr 1e-3 x 3 steps bounds any update by 3e-3.
+    # rounding noise; all others must agree. lr 1e-3 x 3 steps bounds any update by 3e-3. (Measured:
+    # 0.8% of the weights differ by more than 1e-5, 1.2% when the temporal cross-attention became one
+    # kernel call per video; none by 1e-3.)
     changed = max(a[k].abs().max().item() for k in a if "out_layers.3" in k)
     assert changed > 1e-4, "training changed nothing"
     differ = sum(((a[k] - b[k]).abs() > 1e-5).sum().item() for k in a)
-    assert differ < 0.01 * sum(v.numel() for v in a.values())
+    assert differ < 0.02 * sum(v.numel() for v in a.values())
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
     assert "step 3/3" in one.stdout and "step 3/3" in two.stdout
 
