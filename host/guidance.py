@@ -13,6 +13,7 @@ import logging
 import math
 
 import comfy.model_management
+import comfy.model_patcher
 import comfy.model_sampling
 import comfy.sample
 import comfy.sampler_helpers
@@ -25,6 +26,7 @@ from ..videoldm_core.context import ContextError, VideoContext, context_input
 from ..videoldm_core.guidance import with_context_guidance
 from ..videoldm_core.limits import check_finite_latent, is_finite_number
 from .context import with_context
+from .keys import CHECKS_ITS_SAMPLE_KEY
 from .temporal_adapter import applied_adapters
 
 log = logging.getLogger("videoldm")
@@ -60,14 +62,16 @@ def check_context_encoder(model, num_given: int, on_missing: str) -> bool:
 class ContextGuider(comfy.samplers.CFGGuider):
     """CFG with context frames: out = neg + w·(g − neg), g = f(p) + s·(f(p, c_S) − f(p))."""
 
-    checks_its_result = True   # a non-finite sample is named by the node and run (the adapter's wrapper leaves it)
-
     def __init__(self, model_patcher, context: VideoContext | None, context_scale: float = 1.0, keep_given: bool = True,
                  labels: torch.Tensor | None = None, augment=None, name: str = "Context Guider"):
         """`labels`: per-frame interpolation (regime, level) rows; `augment`: a function applied to
         the given latents (in the model's latent space) before they enter c_S; `name`: who a sampled
         latent holding NaN or infinity is reported as (the node, and its run)."""
         super().__init__(model_patcher)
+        # its own options (core's guider shares the MODEL's): a non-finite sample is named by this node and
+        # run, so the adapter's sampling wrapper leaves it
+        self.model_options = comfy.model_patcher.create_model_options_clone(model_patcher.model_options)
+        self.model_options.setdefault("transformer_options", {})[CHECKS_ITS_SAMPLE_KEY] = True
         self.context, self.context_scale, self.keep_given = context, context_scale, keep_given
         self.labels, self.augment, self.name = labels, augment, name
 

@@ -15,3 +15,5 @@ TILING_KEY = "videoldm_tiling"         # key of Video Upscale's CALC_COND_BATCH 
 ADDITIONAL_MODELS_KEY = "videoldm"     # ModelPatcher additional models: the applied adapters' patchers
 SCHEDULE_ATTR = "videoldm_schedule"    # attribute of a model_sampling object the pack made: its BetaSchedule
 TEMPORAL_DECODER_ATTR = "videoldm_temporal_decoder"  # attribute of VAE objects the pack creates: their temporal decoder
+CHECKS_ITS_SAMPLE_KEY = "videoldm_checks_its_sample"  # transformer_options: a pack sampler that checks its sampled
+                                                     # latent itself, naming its node (the adapter's wrapper leaves it)

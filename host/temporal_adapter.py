@@ -41,7 +41,7 @@ from ..videoldm_core.weights_file import WeightsFile, check_range
 from .confined_paths import file_inside
 from .context import route_context, slicing_context_in_windows
 from .clip_norms import output_norm_over_clip
-from .keys import ADDITIONAL_MODELS_KEY, CLIP_NORMS_KEY, OPTIONS_KEY, SCHEDULE_KEY, WRAPPER_KEY
+from .keys import ADDITIONAL_MODELS_KEY, CHECKS_ITS_SAMPLE_KEY, CLIP_NORMS_KEY, OPTIONS_KEY, SCHEDULE_KEY, WRAPPER_KEY
 from .model_folders import TEMPORAL_ADAPTERS, full_path
 from .noise_schedule import AUTO, choose_schedule, model_schedule, set_schedule, unset_schedule
 from .temporal_forward import AppliedAdapter, forward_with_temporal
@@ -240,7 +240,7 @@ def checked_sampling(executor, noise, *args, **kwargs):
         log.warning("Video LDM: sampling %d frame with temporal adapters; temporal layers need at least 2 frames "
                     "(the latent batch is the frame count), so this runs as the image model.", frames)
     out = executor(noise, *args, **kwargs)
-    if not getattr(guider, "checks_its_result", False):   # the pack's ContextGuider names its node and run
+    if not options.get(CHECKS_ITS_SAMPLE_KEY):   # the pack's own samplers name their node and run
         names = ", ".join(f"'{applied.name}'" for applied in options.get(OPTIONS_KEY, []))
         check_finite_latent(out, "Video LDM", f"after sampling with the temporal adapter(s) {names}" if names else
                             "after sampling with the adapted model")

@@ -28,6 +28,7 @@ import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.utils
 import folder_paths
+from comfy_extras.nodes_model_advanced import ModelSamplingDiscreteDistilled
 
 from ..videoldm_core.interpolation import REGIMES
 from ..videoldm_core.temporal_adapter import TemporalAdapter, resolve_slots, save_adapter
@@ -58,6 +59,9 @@ def noise_schedule(model, spec=None) -> NoiseSchedule:
     `spec` states one (a public module keeps its training schedule), else the MODEL's."""
     sampling = model.get_model_object("model_sampling")
     problem = discrete_problem(sampling)   # as sampling decides it: EDM is a V_PREDICTION, X0 an EPS
+    if problem is None and isinstance(sampling, ModelSamplingDiscreteDistilled):
+        problem = (f"the model samples with {type(sampling).__name__}, a distilled table of "
+                   f"{len(sampling.sigmas)} of its timesteps (LCM), not the schedule it was trained on")
     if problem is not None:
         raise TrainingError(f"the pack trains on a discrete (DDPM) noise schedule with ε or v prediction; {problem}.")
     prediction = "v" if prediction_of(sampling) is comfy.model_sampling.V_PREDICTION else "eps"
@@ -203,6 +207,9 @@ class UNetDenoiser:
         keep = ~dropped.to(self.device)
         text = torch.where(keep[:, None, None], text, empty_text.expand_as(text))
         if pooled_y and y is not None:
+            if empty_pooled is None:
+                raise TrainingError("caption dropout: this UNet reads a pooled text vector, and the empty prompt's was "
+                                    "not given.")
             y = torch.where(keep[:, None], y, self._adm(y.shape[0], *size, pooled=empty_pooled).to(y))
         return text, y
 

@@ -60,6 +60,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -191,8 +192,30 @@ def read_run_config(path: str) -> dict:
     return check_run_config(config)
 
 
+WRITTEN = {"vae": ("checkpoint", "bundle.safetensors"), "image": ("checkpoint", "bundle.safetensors"),
+           "decoder": ("decoder.init", "temporal_decoder.safetensors")}   # other modes: adapter.init, adapter.safetensors
+
+
+def check_given_file_kept(config: dict):
+    """A run never writes over a file it was given (the checkpoint a bundle mode starts from, the adapter
+    or decoder it continues): the result goes beside it, in another output folder."""
+    key, name = WRITTEN.get(config.get("mode", "temporal"), ("adapter.init", "adapter.safetensors"))
+    section, _, field = key.rpartition(".")
+    given = (config.get(section, {}) if section else config).get(field)
+    written = Path(config["output"]) / name
+    if not given:
+        return
+    same = Path(given).resolve() == written.resolve() or (
+        Path(given).exists() and written.exists() and os.path.samefile(given, written))
+    if same:
+        raise TrainingError(f"'{key}' is {given}, the file this run writes ({written}); the given file is never "
+                            "replaced: give the run another 'output' folder (a run resumes from the checkpoints in its "
+                            "own output folder by itself).")
+
+
 def run_config(path: str) -> int:
     config = read_run_config(path)   # before anything loads
+    check_given_file_kept(config)
     # before models load: each rank picks its own GPU; a run started with --cpu stays on gloo
     world = init_world(gpus=comfy.model_management.cpu_state == comfy.model_management.CPUState.GPU)
     mode = config.get("mode", "temporal")
@@ -340,10 +363,6 @@ def run_decoder(config, world, train_config, batch_size: int, output: Path) -> i
 
 
 def bundle_to_train(config, mode: str):
-    written = Path(config["output"]) / "bundle.safetensors"
-    if Path(config["checkpoint"]).resolve() == written.resolve():
-        raise TrainingError(f"mode '{mode}' writes {written}, the checkpoint it starts from; the given file is never "
-                            "replaced: give the run another 'output' folder.")
     try:
         return read_bundle_spec(config["checkpoint"])
     except BundleFormatError as e:

@@ -100,7 +100,10 @@ def folder_items(model, vae, dataset, mode, cache_dir, progress=None, encode_tex
 
     encoder = encoder_fingerprint(vae) + ("|low_res" if upscaler else "")
     if encode_text is not None:   # cached caption embeddings are the text encoder's too
-        encoder += f"|text:{getattr(encode_text, 'identity', 'unnamed')}"
+        if not getattr(encode_text, "identity", None):
+            raise TrainingError("the caption encoder states no identity (its `identity`: the text encoder's weights), "
+                                "which the latent cache's key needs; make it with caption_encoder.")
+        encoder += f"|text:{encode_text.identity}"
     shards = build_latent_cache(dataset, encode, cache_dir, encoder, progress=progress, encode_text=encode_text)
     return CachedClips(shards, model.model.process_latent_in, extra)
 

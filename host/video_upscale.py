@@ -33,7 +33,7 @@ import torch
 from ..videoldm_core.limits import check_finite_input, check_finite_latent, check_output_size, tensor_bytes
 from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles, smaller_overlap, smaller_tile, used_tile
 from .guidance import RunNoise, sampler_and_sigmas
-from .keys import TILING_KEY
+from .keys import CHECKS_ITS_SAMPLE_KEY, TILING_KEY
 from .temporal_decoder import consume_decoded_frames
 
 log = logging.getLogger("videoldm")
@@ -263,6 +263,7 @@ def _sample(model, positive, negative, low_res: LowResFrames, noise_augmentation
             pbar.update_absolute(value)
 
     tiled = model.clone()
+    tiled.model_options.setdefault("transformer_options", {})[CHECKS_ITS_SAMPLE_KEY] = True   # named below, as Video Upscale's
     tiled.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, TILING_KEY,
                                tiled_forward(plan, level, region_done))
     samples = comfy.samplers.sample(tiled, noise, conds[0], conds[1], cfg, tiled.load_device, sampler, sigmas,

@@ -557,6 +557,10 @@ def test_clips_marked_for_caption_dropout_are_conditioned_on_the_empty_prompt(tr
         prompt = denoiser(x, t, 2, {})
         torch.testing.assert_close(marked, given, atol=1e-6, rtol=1e-6)
         assert torch.equal(marked[1], prompt[1]) and not torch.allclose(marked[0], prompt[0], atol=1e-4)
+        long = torch.cat([tr["text"], tr["text"]], dim=1).to(denoiser.device)   # two CLIP chunks: the empty one twice
+        marked = denoiser(x, t, 2, {"text": long.expand(2, -1, -1), "text_dropped": torch.tensor([True, False])})
+        given = denoiser(x, t, 2, {"text": torch.cat([empty.repeat(1, 2, 1).to(long), long])})
+        torch.testing.assert_close(marked, given, atol=1e-6, rtol=1e-6)
         without = tr["host"].UNetDenoiser(base, None, tr["text"]).load()
         with pytest.raises(tr["core"].TrainingError, match="caption dropout .* needs the empty prompt's encoding"):
             without(x, t, 2, {"text_dropped": torch.tensor([True, False])})
@@ -590,18 +594,20 @@ def test_caption_dropout_marks_whole_clips_and_leaves_every_other_draw_as_it_was
 @pytest.mark.parametrize("node, sampling, settings, problem", [
     ("ModelSamplingDiscrete", "x0", (False,), "the model predicts X0, not ε or v"),
     ("ModelSamplingContinuousEDM", "v_prediction", (120.0, 0.002), "the model samples with ModelSamplingContinuousEDM"),
+    ("ModelSamplingDiscrete", "lcm", (False,), "a distilled table of 50 of its timesteps (LCM), not the schedule"),
 ])
 def test_a_model_that_samples_other_than_discrete_eps_or_v_is_not_trained_as_one(tr, node, sampling, settings, problem):
     """Training decides ε or v as sampling does (the most derived parameterisation: X0 is an EPS, EDM a
-    V_PREDICTION): x0 was trained as ε, and a continuous-EDM model on a motion module's discrete
-    table; both are refused. A discrete v model trains on v."""
+    V_PREDICTION): x0 was trained as ε, a continuous-EDM model on a motion module's discrete table and
+    an LCM-patched one on its 50-entry table as if it were timesteps 0-49; all are refused. A
+    discrete v model trains on v."""
     import comfy_extras.nodes_model_advanced as advanced
 
     users = getattr(advanced, node)().patch(tr["model"], sampling, *settings)[0]
     spec, _ = tr["patch"].fresh_adapter_for_model(tr["model"])
     for given in (None, spec):
         with pytest.raises(tr["core"].TrainingError, match=f"discrete \\(DDPM\\) noise schedule with ε or v prediction; "
-                                                            f"{re.escape(problem)}"):
+                                                            f".*{re.escape(problem)}"):
             tr["host"].noise_schedule(users, given)
     v_model = advanced.ModelSamplingDiscrete().patch(tr["model"], "v_prediction", False)[0]
     assert tr["host"].noise_schedule(v_model).prediction == "v"

@@ -62,13 +62,15 @@ def test_two_gloo_processes_update_the_weights_like_one_process_at_the_same_glob
 
 def test_a_rerun_resumes_from_the_latest_checkpoint(setup):
     out = setup / "resume"
-    first = run_cli(setup, config(setup, out, steps=2), "first")
+    first = run_cli(setup, config(setup, out, steps=2, text_dropout=1.0), "first")   # every clip on the empty prompt
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_cli(setup, config(setup, out, steps=4), "second")
+    second = run_cli(setup, config(setup, out, steps=4, text_dropout=1.0), "second")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout and "(step 2)" in second.stdout
     rows = (out / "loss.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    dropped = rows[0].split(",").index("adapter/text_dropped")   # train.text_dropout reached the phase
+    assert [float(r.split(",")[dropped]) for r in rows[1:]] == [1.0] * 4
 
 
 def test_an_empty_data_folder_stops_before_training_and_names_it(setup, tmp_path):
@@ -156,8 +158,12 @@ def test_image_mode_refuses_a_checkpoint_that_is_not_a_bundle(setup, tmp_path):
     given.write_bytes(plain.read_bytes())
     cfg.update(checkpoint=str(tmp_path / "out" / "." / "bundle.safetensors"))
     run = run_cli(setup, cfg, "same-file")
-    assert run.returncode != 0 and "the checkpoint it starts from; the given file is never replaced" in run.stderr
+    assert run.returncode != 0 and "the file this run writes" in run.stderr and "never replaced" in run.stderr
     assert given.read_bytes() == plain.read_bytes()
+    continued = config(setup, tmp_path / "out")   # an adapter continued into the folder it came from
+    continued["adapter"] = {"init": str(tmp_path / "out" / "adapter.safetensors")}
+    run = run_cli(setup, continued, "same-adapter")
+    assert run.returncode != 0 and "'adapter.init' is" in run.stderr and "the file this run writes" in run.stderr
 
 
 def test_vae_mode_trains_a_bundles_autoencoder_and_records_its_latent_scale(setup):

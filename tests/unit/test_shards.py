@@ -5,6 +5,7 @@ repeat; pipe: URLs only where the operator allows them."""
 
 import io
 import tarfile
+from dataclasses import replace
 
 import pytest
 import torch
@@ -133,7 +134,12 @@ def test_a_sample_of_thousands_of_files_is_cut_at_its_cap_and_counted(tmp_path):
         names = [m["fname"] for m in reader.members([{"url": str(path), "stream": stream}])]
     assert len([n for n in names if n.startswith("clip.")]) == MAX_SAMPLE_MEMBERS
     assert names[-2:] == ["next.mp4", "next.txt"] and reader.skipped == 1
-    assert f"more than {MAX_SAMPLE_MEMBERS} files" in reader.last_skipped
+    assert f"its files number more than {MAX_SAMPLE_MEMBERS}" in reader.last_skipped
+    heavy = ShardClips([str(path)], SPEC, max_member_bytes=8 * 5)   # the same cap in bytes: 5 of 8 bytes each
+    with open(path, "rb") as stream:
+        names = [m["fname"] for m in heavy.members([{"url": str(path), "stream": stream}])]
+    assert len([n for n in names if n.startswith("clip.")]) == 5 and names[-2:] == ["next.mp4", "next.txt"]
+    assert heavy.skipped == 1
 
 
 def test_two_ranks_and_two_workers_read_disjoint_samples_covering_every_clip(shards, monkeypatch):
@@ -237,7 +243,7 @@ def test_a_resumed_stream_goes_on_where_training_left_it(shards):
                    for a, b in zip(before + after, steps))
 
 
-def test_a_stream_goes_forward_only_and_resumes_only_with_its_own_workers_and_settings(shards):
+def test_a_stream_goes_forward_only_and_resumes_only_with_its_own_workers_and_settings(shards, monkeypatch):
     from videoldm_core.training.streamed_batches import StreamedBatches
 
     out, _ = shards
@@ -252,14 +258,20 @@ def test_a_stream_goes_forward_only_and_resumes_only_with_its_own_workers_and_se
     with pytest.raises(TrainingError, match="holds no position"):
         other.load_state_dict(None, 1)
     saved = stream.state_dict()
-    for changed in (dict(shuffle=4), dict(seed=6), dict(flip=True), dict(urls=urls[::-1])):
-        settings = {**dict(urls=urls, spec=ClipSpec(frames=4, fps=15.0, height=32, width=32, crop="random"), seed=5,
-                           shuffle=3), **changed}
+    spec = ClipSpec(frames=4, fps=15.0, height=32, width=32, crop="random")
+    for changed, named in ((dict(shuffle=4), "'shuffle'"), (dict(seed=6), "'seed'"), (dict(flip=True), "'flip'"),
+                           (dict(urls=urls[::-1]), "'shards'"), (dict(spec=replace(spec, frames=5)), "'spec.frames'")):
+        settings = {**dict(urls=urls, spec=spec, seed=5, shuffle=3), **changed}
         elsewhere = StreamedBatches(ShardClips(**settings), 1, encode=lambda items: {}, seed=5, workers=0)
-        with pytest.raises(TrainingError, match="holds positions in another stream of clips"):
+        with pytest.raises(TrainingError, match=rf"holds positions in another stream of clips: \[{named}\] differ"):
             elsewhere.load_state_dict(saved, 1)
-    before = {k: v for k, v in saved.items() if k != "stream"}   # a checkpoint written before streams had an identity
+    # a checkpoint written before streams stated their identity: its passes were dealt alike where the
+    # shards divide among the readers, and not otherwise
+    before = {k: v for k, v in saved.items() if k != "stream"}
     stream_of(urls, workers=0).load_state_dict(before, 1)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(TrainingError, match="written by an earlier version, which dealt 4 shards to 3 readers"):
+        stream_of(urls, workers=0).load_state_dict(before, 1)
 
 
 def test_augmentation_is_one_draw_per_clip_and_changes_from_pass_to_pass(shards):

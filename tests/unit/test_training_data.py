@@ -215,12 +215,14 @@ def test_sources_slower_than_the_rate_read_are_named_in_a_warning(tmp_path, capl
     write_mp4(tmp_path / "slow.mp4", moving_shapes_clip(0, 12, 16, 16).frames, 15.0)
     with caplog.at_level(logging.WARNING):
         VideoFolder(tmp_path, ClipSpec(frames=4, fps=30.0, height=16, width=16))
-    assert "1 of 1 clips in" in caplog.text and "run slower than the 30 fps read from them, so their frames repeat" \
-        in caplog.text and "'slow.mp4'" in caplog.text
+    assert "1 of 1 clips in" in caplog.text and "run slower than the 30 fps read from them, so their clips repeat " \
+        "frames" in caplog.text and "'slow.mp4' at 15 fps" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         VideoFolder(tmp_path, ClipSpec(frames=4, fps=15.0, height=16, width=16))
-    assert "frames repeat" not in caplog.text
+    assert "repeat frames" not in caplog.text
+    from videoldm_core.training.data import Probe, frame_indices   # NTSC 29.97 read at 30: no frame repeats
+    assert len(set(frame_indices(ClipSpec(16, 30.0, 16, 16), Probe(100, 30000 / 1001, 16, 16)))) == 16
 
 
 def test_a_clip_that_would_decode_past_the_memory_limit_is_refused_when_probed(tmp_path, monkeypatch):

@@ -374,11 +374,14 @@ class VideoFolder:
         if bad:
             log.warning("skipping %d of %d clips in '%s':\n  %s", len(bad), len(found), self.folder, "\n  ".join(bad))
         self.skipped = bad
-        slower = [e.name for e, p in zip(self.entries, self.probes) if spec.fps and p.fps < spec.fps * (1 - 1e-6)]
+        slower = [(e, p) for e, p in zip(self.entries, self.probes) if len(set(_clip_offsets(spec, p))) < spec.frames]
         if slower:
-            log.warning("%d of %d clips in '%s' run slower than the %s fps read from them, so their frames repeat "
-                        "(a stutter the model learns), e.g. '%s'. Read them at their own rate or lower.",
-                        len(slower), len(self.entries), self.folder, _fmt(spec.fps), slower[0])
+            entry, source = slower[0]
+            assumed = " (frame folders are taken at the source_fps given)" if entry.kind == "frames" else ""
+            log.warning("%d of %d clips in '%s' run slower than the %s fps read from them, so their clips repeat "
+                        "frames (a stutter the model learns), e.g. '%s' at %s fps%s. Read them at their own rate or "
+                        "lower.", len(slower), len(self.entries), self.folder, _fmt(spec.fps), entry.name,
+                        _fmt(source.fps), assumed)
 
     @property
     def settings(self) -> dict:

@@ -8,9 +8,9 @@
 - "upscaler": random patches (the same crop in every frame) of the SD x4 upscaler's latents,
   with the low-resolution frames noise-augmented to a random level that the model is told.
 
-In every mode a share of the clips (`text_dropout`) is marked for the empty prompt, as AnimateDiff
-and sgm train (10% in their configs): the temporal layers then also learn the unconditional branch
-that classifier-free guidance runs them in.
+In every mode a share of the clips (`text_dropout`) is marked for the empty prompt, as AnimateDiff's
+training does (10% of captions in its configs; sgm's conditioner drops 10% too, to zeros): the
+temporal layers then also learn the unconditional branch classifier-free guidance runs them in.
 
 The frozen base model is reached through a `denoiser(x_t, t, num_videos, conditioning)` callable
 the host supplies; x_t and the prediction are ((b t), c, h, w), one timestep per clip. Randomness

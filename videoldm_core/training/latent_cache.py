@@ -209,15 +209,15 @@ class LatentShards:
         if not path.is_file():
             raise TrainingError(f"latent cache '{self.cache_dir}' lists {path.name} but it is missing; "
                                 "delete the folder's index.json and build the cache again.")
-        shard = safe_open(str(path), framework="pt")
         # opened when first read, perhaps hours after the cache was built: another run given the same
-        # folder (another VAE, seed or clip spec) may have rewritten it since
-        meta, size = shard.metadata() or {}, self.index["shard_size"]
-        if meta.get("key") != self.key or meta.get("names") != json.dumps(self.names[s * size:(s + 1) * size]):
-            raise TrainingError(f"latent cache '{self.cache_dir}': {path.name} no longer holds this run's clips (cache "
-                                f"key {self.key}, the file's {meta.get('key')}); another run has rebuilt the folder. "
-                                "Give each run its own data.cache folder.")
-        self._open[s] = shard
+        # folder (another VAE, seed or clip spec) may have rewritten it since, or anyone who can write
+        # the temp folder, with rows of any size
+        size = self.index["shard_size"]
+        if _finished_shard(path, self.key, self.names[s * size:(s + 1) * size], self.index.get("shapes")) is None:
+            raise TrainingError(f"latent cache '{self.cache_dir}': {path.name} no longer holds this run's clips as the "
+                                f"index states them (cache key {self.key}); another run has rebuilt the folder. Give "
+                                "each run its own data.cache folder.")
+        self._open[s] = safe_open(str(path), framework="pt")
         while len(self._open) > self.keep:
             self._open.popitem(last=False)
         return self._open[s]

@@ -174,7 +174,7 @@ def check_unused(config: dict, mode: str):
 
 DEFAULT_FRAMES = 8   # data.frames when absent (the clip length the readers cut)
 # train.text_dropout when absent: the share of clips the temporal modes train on the empty prompt, as
-# AnimateDiff's and sgm's configs do (image pretraining has its own, image.text_dropout, also 0.1)
+# AnimateDiff's training configs do (image pretraining has its own, image.text_dropout, also 0.1)
 DEFAULT_TEXT_DROPOUT = 0.1
 # a training seed's range (the CLI's and Train Temporal Adapter's): the trainer derives its generators'
 # seeds from it (seed x 1,000,003 + ...), which must stay within the 64 bits a generator takes

@@ -32,6 +32,9 @@ MAX_MEMBER_BYTES = 1 << 30   # no training clip is larger; a .tar.gz can declare
 # files of one sample (a video, its caption, a json...): a shard laid out one frame per member would
 # otherwise gather thousands into one sample, all held at once
 MAX_SAMPLE_MEMBERS = 16
+# how a stream's passes are dealt, stated in checkpoints: 2 = every reader as many shards per pass
+# (checkpoints of version 1 state no identity; they resume where the dealing did not change)
+STREAM_VERSION = 2
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +82,13 @@ class ShardClips(IterableDataset):
         self.start: dict[int, tuple[int, int]] = {}   # worker -> (pass, first sample to read): where a resumed run goes on
 
     @property
-    def identity(self) -> str:
-        """What decides which clip sits at a stream position: the shards in order, the seed, the shuffle
-        buffer, the clip spec, the flip and the source rate (a checkpoint's position means nothing in
-        a stream that differs in any of them)."""
-        settings = {"urls": self.urls, "seed": self.seed, "shuffle": self.shuffle, "spec": asdict(self.spec),
-                    "flip": self.flip, "source_fps": self.source_fps}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def identity(self) -> dict:
+        """What decides which clip sits at a stream position: how passes are dealt (STREAM_VERSION), the
+        shards in order (hashed), the seed, the shuffle buffer, the clip spec, the flip and the source
+        rate. A checkpoint's position means nothing in a stream that differs in any of them."""
+        shards = hashlib.sha256(json.dumps(self.urls).encode()).hexdigest()[:16]
+        return {"version": STREAM_VERSION, "shards": shards, "seed": self.seed, "shuffle": self.shuffle,
+                "spec": asdict(self.spec), "flip": self.flip, "source_fps": self.source_fps}
 
     def skip(self, what: str, reason) -> None:
         self.skipped += 1
@@ -129,7 +132,7 @@ class ShardClips(IterableDataset):
         """The regular files of each opened shard, as webdataset's tar_file_expander gives them,
         except that a member whose header declares more than `max_member_bytes` is skipped unread
         (counted), where webdataset would read it whole, and so is a sample's member past its
-        MAX_SAMPLE_MEMBERS-th (the sample is counted once)."""
+        MAX_SAMPLE_MEMBERS-th or past `max_member_bytes` in all (the sample is counted once)."""
         import tarfile
 
         from webdataset.tariterators import base_plus_ext
@@ -138,7 +141,7 @@ class ShardClips(IterableDataset):
             url = source["url"]
             try:
                 stream = tarfile.open(fileobj=source["stream"], mode="r|*")
-                key, members = None, 0
+                key, members, size, cut = None, 0, 0, False
                 for info in stream:
                     stream.members = []   # a stream of millions: keep no list of what was read, skipped or not
                     if not info.isreg() or info.name.startswith("__"):
@@ -148,11 +151,15 @@ class ShardClips(IterableDataset):
                                                                    f"the {self.max_member_bytes} a clip may have")
                         continue
                     name_key = base_plus_ext(info.name)[0]
-                    key, members = name_key, (members + 1 if name_key == key else 1)
-                    if members > MAX_SAMPLE_MEMBERS:
-                        if members == MAX_SAMPLE_MEMBERS + 1:
-                            self.skip(f"sample {key!r} of {url}", f"it has more than {MAX_SAMPLE_MEMBERS} files; the "
-                                      "rest are not read (a clip is one video file and its caption)")
+                    same = name_key == key
+                    key, members, size = name_key, (members + 1 if same else 1), (size if same else 0) + info.size
+                    cut = cut and same
+                    if members > MAX_SAMPLE_MEMBERS or size > self.max_member_bytes:
+                        if not cut:   # counted once per sample
+                            cut = True
+                            self.skip(f"sample {key!r} of {url}", f"its files number more than {MAX_SAMPLE_MEMBERS} or "
+                                      f"hold more than {self.max_member_bytes} bytes; the rest are not read (a clip is "
+                                      "one video file and its caption)")
                         continue
                     yield {"fname": info.name, "data": stream.extractfile(info).read(), "__url__": url}
             except Exception as e:

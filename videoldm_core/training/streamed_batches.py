@@ -15,6 +15,7 @@ buffer, clip spec, flip), is refused."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict, deque
 from typing import Callable
@@ -81,17 +82,32 @@ class StreamedBatches:
                 "positions": {str(w): list(p) for w, p in sorted(self.positions.items())},
                 "stream": getattr(self.clips, "identity", None)}
 
+    def _check_same_stream(self, saved: dict | None, step: int):
+        """A checkpoint's positions pick the same clips only in the same stream (ShardClips.identity)."""
+        ours = getattr(self.clips, "identity", None)
+        if ours is None:
+            return
+        if saved is None:   # written before checkpoints stated their stream: passes were dealt unevenly
+            readers = int(os.environ.get("WORLD_SIZE", 1)) * max(self.workers, 1)
+            if len(self.clips.urls) % readers:
+                raise TrainingError(f"the checkpoint at step {step} was written by an earlier version, which dealt "
+                                    f"{len(self.clips.urls)} shards to {readers} readers unevenly; its positions pick "
+                                    "other clips now. Start a fresh output folder (or resume with the earlier version).")
+            return
+        differ = [k for k in ours if k != "spec" and saved.get(k) != ours[k]]
+        differ += [f"spec.{k}" for k in ours["spec"] if k in saved.get("spec", {}) and saved["spec"][k] != ours["spec"][k]]
+        if differ:
+            raise TrainingError(f"the checkpoint at step {step} holds positions in another stream of clips: {differ} "
+                                f"differ from this run's (shards: the data.shards list; spec: data.frames, fps, size, "
+                                "crop, start), where they would pick other clips. Resume with the run's own data "
+                                "settings, or start a fresh output folder.")
+
     def load_state_dict(self, state: dict | None, step: int) -> None:
         """Go on from a checkpoint at `step` (its `state_dict`, None when it has none)."""
         if state is None or state.get("step") != step:
             raise TrainingError(f"the checkpoint at step {step} holds no position of the streamed data "
                                 f"(found {state!r}); it was written by a run on other data. Start a fresh output folder.")
-        stream = getattr(self.clips, "identity", None)
-        if state.get("stream") is not None and state["stream"] != stream:   # checkpoints before it state none
-            raise TrainingError(f"the checkpoint at step {step} holds positions in another stream of clips (its data."
-                                "shards, train.seed, data.shuffle, frames, fps, size, crop, start or flip differ from "
-                                "this run's), where they would pick other clips. Resume with the run's own data "
-                                "settings, or start a fresh output folder.")
+        self._check_same_stream(state.get("stream"), step)
         if state["workers"] != self.workers:
             raise TrainingError(f"the checkpoint's stream was read by {state['workers']} data worker(s), this run has "
                                 f"{self.workers}; resume with data.workers = {state['workers']}.")
