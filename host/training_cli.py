@@ -148,10 +148,9 @@ def data_folder(data: dict, seed: int, fps: float | None, size: tuple[int, int] 
     return VideoFolder(data["folder"], spec, on_bad=data.get("on_bad", "stop"), seed=seed)
 
 
-def dataset_items(model, vae, data: dict, mode, seed: int, world, regimes, encode_text=None, extra=None):
+def dataset_items(model, vae, data: dict, mode, seed: int, world, regimes, encode_text=None):
     """Clips from the data folder at the cached size, encoded once (rank 0 first, the other ranks then
-    reuse its cache) and read from it one clip at a time (a Dataset, not a list); `extra`: entries
-    every item gets. Interpolation with both regimes reads clips at fps (T→4T) and at 4·fps (4T→16T)."""
+    reuse its cache) and read from it one clip at a time (a Dataset, not a list). Interpolation with both regimes reads clips at fps (T→4T) and at 4·fps (4T→16T)."""
     mode = mode_named(mode)
     rates = [(0, data.get("fps"))]
     if mode.has_regimes and 1 in regimes:
@@ -162,7 +161,7 @@ def dataset_items(model, vae, data: dict, mode, seed: int, world, regimes, encod
     for regime, fps in rates:
         dataset = data_folder(data, seed, fps, cached_size(data))
         cache = Path(data.get("cache") or Path(data["folder"]) / ".videoldm_cache") / f"{mode}-{fps or 'source'}"
-        constant = {**(extra or {}), **({"regime": torch.tensor(regime)} if mode.has_regimes else {})}
+        constant = {"regime": torch.tensor(regime)} if mode.has_regimes else {}
         for rank_turn in (True, False):  # rank 0 builds the cache, then everyone reads it
             if world.is_main == rank_turn:
                 found = folder_items(model, vae, dataset, mode, cache, encode_text=encode_text, extra=constant)

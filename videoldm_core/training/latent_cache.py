@@ -75,10 +75,15 @@ def _finished_shard(path: Path, key: str, names: list[str], shapes: dict | None 
     name it states."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            held = {k: (list(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+            return _shard_rows(f, key, names, shapes)
     except Exception:
         return None
+
+
+def _shard_rows(f, key: str, names: list[str], shapes: dict | None = None) -> dict | None:
+    """`_finished_shard` on an open shard `f`."""
+    meta = f.metadata() or {}
+    held = {k: (list(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
     rows = {k: shape[1:] for k, (shape, _) in held.items()}
     sound = (meta.get("key") == key and meta.get("names") == json.dumps(names) and "latents" in held
              and set(held) <= set(CACHED_TENSORS) and all(dtype in ("F16", "BF16", "F32") for _, dtype in held.values())
@@ -213,11 +218,12 @@ class LatentShards:
         # folder (another VAE, seed or clip spec) may have rewritten it since, or anyone who can write
         # the temp folder, with rows of any size
         size = self.index["shard_size"]
-        if _finished_shard(path, self.key, self.names[s * size:(s + 1) * size], self.index.get("shapes")) is None:
+        shard = safe_open(str(path), framework="pt")
+        if _shard_rows(shard, self.key, self.names[s * size:(s + 1) * size], self.index.get("shapes")) is None:
             raise TrainingError(f"latent cache '{self.cache_dir}': {path.name} no longer holds this run's clips as the "
                                 f"index states them (cache key {self.key}); another run has rebuilt the folder. Give "
                                 "each run its own data.cache folder.")
-        self._open[s] = safe_open(str(path), framework="pt")
+        self._open[s] = shard
         while len(self._open) > self.keep:
             self._open.popitem(last=False)
         return self._open[s]
