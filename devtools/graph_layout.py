@@ -106,7 +106,8 @@ RECIPE_STAGES: dict[str, tuple[tuple[Stage, ...], int]] = {
     ), 4),
     "train_on_clips": ((
         Stage(MODELS, "Your SD1.5 checkpoint; optionally a motion module to continue (else new layers).", ("1", "2")),
-        Stage("Prompt", "What the clips show.", ("3", "4")),
+        Stage("Prompt", "What the clips show, what they should not, and the empty prompt 10% of clips train on.",
+              ("3", "4", "13")),
         Stage("Train", "Clips from ComfyUI/input/my_clips; saved to models/temporal_adapters.", ("5", "6")),
         Stage("Sample", "The trained layers on your checkpoint.", ("7", "8", "9")),
         Stage(SAVE, "Decode and write the mp4.", ("10", "11", "12")),

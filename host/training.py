@@ -170,9 +170,11 @@ class UNetDenoiser:
         options[CHECKPOINT_KEY] = gradient_checkpointing
         self.transformer_options = options
         self.text, self.pooled = text, pooled
+        self.is_upscaler = model_family(base).concat_image
         # (text, pooled) of the empty prompt: what rows marked "text_dropped" are conditioned on
         self.empty_prompt = empty_prompt
-        self.is_upscaler = model_family(base).concat_image
+        if empty_prompt is not None:
+            self._check_empty_prompt(*empty_prompt)
         # the run's precision; autocast casts the frozen weights to it
         self.dtype = PRECISIONS[training_precision(precision, base, quiet=True)] or torch.float32
 
@@ -183,13 +185,32 @@ class UNetDenoiser:
             self.adapter.to(self.device)
         return self
 
+    @property
+    def reads_pooled(self) -> bool:
+        """Whether the UNet is conditioned on a vector of the pooled text too (SDXL's `y`)."""
+        return not self.is_upscaler and getattr(self.base.model, "adm_channels", 0) > 0
+
+    def _check_empty_prompt(self, empty_text, empty_pooled):
+        """The empty prompt fits the prompt it stands in for, checked when the denoiser is built
+        (before anything is encoded or trained): the same text encoder (features per token, chunks
+        of tokens) and, where the UNet reads it, a pooled vector."""
+        if empty_text.ndim != 3 or empty_text.shape[-1] != self.text.shape[-1]:
+            raise TrainingError(f"caption dropout: expected the empty prompt encoded like the prompt "
+                                f"({self.text.shape[-1]} features per token), found shape {tuple(empty_text.shape)}; "
+                                "encode both with the model's own CLIP.")
+        if self.text.shape[1] % empty_text.shape[1]:
+            raise TrainingError(f"caption dropout: the prompt is {self.text.shape[1]} tokens long, not a multiple of the "
+                                f"empty prompt's {empty_text.shape[1]}; encode both with the model's own CLIP.")
+        if self.reads_pooled and empty_pooled is None:
+            raise TrainingError("caption dropout: this UNet reads a pooled text vector, and the empty prompt has none; "
+                                "encode it with the model's own CLIP (CLIP Text Encode).")
+
     def _adm(self, num_rows: int, height: int, width: int, pooled=None):
-        unet = self.base.model
-        if self.is_upscaler or getattr(unet, "adm_channels", 0) == 0:
+        if not self.reads_pooled:
             return None
         pooled = self.pooled if pooled is None else pooled
-        y = unet.encode_adm(pooled_output=pooled, width=width * 8, height=height * 8, crop_w=0, crop_h=0,
-                            target_width=width * 8, target_height=height * 8, device=self.device)
+        y = self.base.model.encode_adm(pooled_output=pooled, width=width * 8, height=height * 8, crop_w=0, crop_h=0,
+                                       target_width=width * 8, target_height=height * 8, device=self.device)
         return y.to(self.device).expand(num_rows, -1)
 
     def _drop_text(self, dropped, text, y, pooled_y: bool, size):
@@ -206,10 +227,7 @@ class UNetDenoiser:
         empty_text = empty_text.to(text).repeat(1, text.shape[1] // empty_text.shape[1], 1)
         keep = ~dropped.to(self.device)
         text = torch.where(keep[:, None, None], text, empty_text.expand_as(text))
-        if pooled_y and y is not None:
-            if empty_pooled is None:
-                raise TrainingError("caption dropout: this UNet reads a pooled text vector, and the empty prompt's was "
-                                    "not given.")
+        if pooled_y and y is not None:   # the empty prompt's pooled vector was checked when the denoiser was built
             y = torch.where(keep[:, None], y, self._adm(y.shape[0], *size, pooled=empty_pooled).to(y))
         return text, y
 
@@ -283,12 +301,21 @@ def adapter_save_path(save_name: str) -> str:
     return file_inside(root, os.path.join(subfolder, f"{name}_{counter:05}_.safetensors"), f"models/{TEMPORAL_ADAPTERS}")
 
 
+def encoded_prompt(conditioning) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(text, pooled vector or None) of a CONDITIONING's first entry, copied outside inference mode."""
+    text, extra = conditioning[0]
+    pooled = extra.get("pooled_output")
+    return text.clone(), None if pooled is None else pooled.clone()
+
+
 def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, steps: int, learning_rate: float,
                            batch_size: int, seed: int, gradient_checkpointing: bool, images=None, folder: str = "",
                            width: int = 256, height: int = 256, fps: float = 0.0, temporal_adapter=None,
-                           save_name: str = "") -> tuple[LoadedAdapter, torch.Tensor]:
+                           save_name: str = "", empty_prompt=None,
+                           text_dropout: float = 0.1) -> tuple[LoadedAdapter, torch.Tensor]:
     """Train Temporal Adapter: (the trained TEMPORAL_ADAPTER, the loss curve IMAGE). What is saved
-    (save_name, or an interrupted run) and what is returned are the same weights: EMA when kept."""
+    (save_name, or an interrupted run) and what is returned are the same weights: EMA when kept.
+    With `empty_prompt`, `text_dropout` of the clips train on it (caption dropout)."""
     if (images is None) == (not folder):
         raise TrainingError("expected training frames from exactly one source: `images` or `folder`, found "
                             f"{'both' if images is not None else 'neither'}.")
@@ -312,20 +339,21 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
         config = dataclasses.replace(config, precision=training_precision(config.precision, base))
         schedule = noise_schedule(base, spec)
         augment, max_level = augmentation_schedule(base)
-        text = positive[0][0].clone()
-        pooled = positive[0][1].get("pooled_output")
+        # built (and the empty prompt checked against the prompt) before the frames are encoded
+        denoiser = UNetDenoiser(base, adapter, *encoded_prompt(positive), gradient_checkpointing=gradient_checkpointing,
+                                precision=config.precision,
+                                empty_prompt=None if empty_prompt is None else encoded_prompt(empty_prompt))
         if dataset is None:
             items = training_items(base, vae, images.clone(), clip_frames, mode)
         else:
             cache = os.path.join(folder_paths.get_temp_directory(), "videoldm_latents",
                                  hashlib.sha256(str(dataset.folder.resolve()).encode()).hexdigest()[:16])
             items = folder_items(base, vae, dataset, mode, cache)
-        denoiser = UNetDenoiser(base, adapter, text, None if pooled is None else pooled.clone(),
-                                gradient_checkpointing=gradient_checkpointing, precision=config.precision).load()
+        denoiser.load()
         # the clips come at one frame rate, the keyframes' x4: the T-to-4T regime (4T-to-16T needs clips at
         # 4x the rate, which the CLI reads with data.fps); drawn at random, the label would mean nothing
         phase = DiffusionPhase(adapter, denoiser, schedule, mode, augment_schedule=augment, max_noise_level=max_level,
-                               regimes=(REGIMES["T-to-4T"],))
+                               regimes=(REGIMES["T-to-4T"],), text_dropout=0.0 if empty_prompt is None else text_dropout)
         trainer = Trainer([phase], config, StepBatches(items, batch_size, seed=seed), device=denoiser.device)
         pbar = comfy.utils.ProgressBar(steps)
         interrupted = None

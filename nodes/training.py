@@ -31,7 +31,8 @@ class TrainTemporalAdapter(io.ComfyNode):
                                                 "the noise schedule it chose; LoRA and other patches stay."),
                 io.Vae.Input("vae", tooltip="The model's VAE, to encode the training frames once."),
                 io.Conditioning.Input("positive", tooltip="The prompt describing the training clips (every clip "
-                                                          "uses it); an empty prompt works."),
+                                                          "uses it, except those empty_prompt takes); an empty prompt "
+                                                          "works."),
                 io.Combo.Input("mode", options=list(MODE_NAMES), default=TEMPORAL.name,
                                tooltip="temporal: the base video model. prediction: with 0/1/2 context frames (for "
                                        "Extend Video). interpolation: keyframes every 4th frame given (for Interpolate "
@@ -69,17 +70,28 @@ class TrainTemporalAdapter(io.ComfyNode):
                                 tooltip="If set, save the result as models/temporal_adapters/<save_name>.safetensors "
                                         "(Load Temporal Adapter lists it); if that file exists it is kept and the "
                                         "result gets a counter (<save_name>_00001_). Empty: not saved."),
+                io.Conditioning.Input("empty_prompt", optional=True,
+                                      tooltip="The empty prompt, encoded (CLIP Text Encode of ''). Connected, a share "
+                                              "of the clips (text_dropout) trains on it instead of positive, as the "
+                                              "training CLI does: the temporal layers then learn the unconditional "
+                                              "branch classifier-free guidance (cfg > 1) runs them in. Not connected: "
+                                              "every clip trains on positive."),
+                io.Float.Input("text_dropout", default=0.1, min=0.0, max=1.0, step=0.01, optional=True, advanced=True,
+                               tooltip="Share of the clips trained on empty_prompt (caption dropout; 0.1 as AnimateDiff "
+                                       "and the training CLI). Used only when empty_prompt is connected."),
             ],
             outputs=[TemporalAdapterType.Output(display_name="TEMPORAL_ADAPTER", tooltip="The trained temporal layers."),
                      io.Image.Output(display_name="loss_curve", tooltip="The training loss per step.")],
         )
 
     @classmethod
-    def validate_inputs(cls, learning_rate=None, fps=0.0, folder="", mode=None, clip_frames=None) -> bool | str:
+    def validate_inputs(cls, learning_rate=None, fps=0.0, folder="", mode=None, clip_frames=None,
+                        text_dropout=0.1) -> bool | str:
         """Numbers finite and in range; clips the mode can learn from (the context frames of a prediction
         adapter are checked when it runs: a linked adapter is not known here); a folder only inside the
         input folder (or the operator's)."""
-        problem = valid_numbers(cls, learning_rate=learning_rate, fps=fps, clip_frames=clip_frames)
+        problem = valid_numbers(cls, learning_rate=learning_rate, fps=fps, clip_frames=clip_frames,
+                                text_dropout=text_dropout)
         if problem is not True:
             return problem
         if mode is not None and mode not in MODE_NAMES:   # named here, so core does not check its options
@@ -108,8 +120,9 @@ class TrainTemporalAdapter(io.ComfyNode):
     @override
     def execute(cls, model, vae, positive, mode, clip_frames, steps, learning_rate, batch_size, seed,
                 gradient_checkpointing, images=None, folder="", width=256, height=256, fps=0.0,
-                temporal_adapter=None, save_name="") -> io.NodeOutput:
+                temporal_adapter=None, save_name="", empty_prompt=None, text_dropout=0.1) -> io.NodeOutput:
         checked_number_inputs(cls, locals())
         return io.NodeOutput(*train_temporal_adapter(model, vae, positive, mode, clip_frames, steps, learning_rate,
                                                      batch_size, seed, gradient_checkpointing, images, folder, width,
-                                                     height, fps, temporal_adapter, save_name))
+                                                     height, fps, temporal_adapter, save_name, empty_prompt,
+                                                     text_dropout))

@@ -566,6 +566,45 @@ def test_clips_marked_for_caption_dropout_are_conditioned_on_the_empty_prompt(tr
             without(x, t, 2, {"text_dropped": torch.tensor([True, False])})
 
 
+def test_the_node_drops_captions_to_its_empty_prompt_input(tr, tiny_sd1):
+    """Train Temporal Adapter with `empty_prompt` connected trains `text_dropout` of its clips on it:
+    at 1.0 the run is the run whose prompt is the empty one (every other draw alike), at 0 the run
+    without it; not connected, the prompt alone, whatever text_dropout says."""
+    clip = tiny_sd1[1]
+    with torch.inference_mode():
+        empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    images = shapes_video(tr, frames=8)
+
+    def trained(**inputs):
+        args = node_args(tr, steps=2) | dict(batch_size=2) | inputs
+        with torch.inference_mode():
+            adapter = tr["node"].execute(**args, images=images).result[0]
+        return adapter.patcher.model.state_dict()
+
+    def same(a, b):
+        return all(torch.allclose(v, b[k], atol=1e-6, rtol=1e-5) for k, v in a.items())
+
+    plain = trained()
+    all_dropped = trained(empty_prompt=empty, text_dropout=1.0)
+    assert same(all_dropped, trained(positive=empty))
+    assert not same(all_dropped, plain)
+    assert same(trained(empty_prompt=empty, text_dropout=0.0), plain)
+    assert same(trained(text_dropout=1.0), plain)
+
+
+def test_an_empty_prompt_unlike_the_prompt_is_refused_before_the_frames_are_encoded(tr, monkeypatch):
+    """Another text encoder's empty prompt (other features per token, no pooled vector where the
+    UNet reads one) fails the run before the VAE encodes anything, naming what differs."""
+    encoded = []
+    monkeypatch.setattr(tr["host"], "training_items", lambda *a, **k: encoded.append(1))
+    other = [[torch.zeros(1, 77, 1280), {"pooled_output": torch.zeros(1, 1280)}]]
+    with pytest.raises(tr["core"].TrainingError, match=r"expected the empty prompt encoded like the prompt "
+                                                       r"\(64 features per token\), found shape \(1, 77, 1280\)"):
+        with torch.inference_mode():
+            tr["node"].execute(**node_args(tr, steps=1), images=shapes_video(tr, frames=8), empty_prompt=other)
+    assert not encoded
+
+
 def test_caption_dropout_marks_whole_clips_and_leaves_every_other_draw_as_it_was(tr):
     """Dropout is drawn per clip after the mode's own draws: the noise, timesteps and context frames
     of a clip are those of a run without it, and all frames of a clip are marked alike."""
