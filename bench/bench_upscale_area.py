@@ -37,7 +37,7 @@ import torch
 
 from devtools.comfy_in_process import init_comfy
 
-from .common import PEAK_ENV, default_allocator_env, print_table, status_gib, step_peak_gib
+from .common import PEAK_ENV, default_allocator_env, print_table, reset_peak, status_gib, step_peak_gib
 from devtools import tiny_bundles
 
 
@@ -69,16 +69,11 @@ def measured_calls(model, calls: list, highest: list):
     call resets the kernel's high-water mark, so the mark reached before the reset is kept in
     `highest` (one number, the running maximum in GiB): the whole run's peak is the larger of it and
     the mark at the end."""
-    import ctypes
-
     import comfy.patcher_extension
 
     def wrapper(executor, *args, **kwargs):
         highest[0] = max(highest[0], status_gib("VmHWM"))
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = status_gib("VmRSS")
+        before = reset_peak()
         out = executor(*args, **kwargs)
         calls.append(status_gib("VmHWM") - before)
         return out

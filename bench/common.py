@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from devtools.process_memory import status_bytes
+from devtools.process_memory import reset_peak_rss, return_freed_heap, status_bytes
 
 
 # glibc raises its mmap threshold to the largest block freed so far, so after the first window or
@@ -58,19 +58,17 @@ def reset_peak(cuda: bool = False) -> float:
     """Starts a peak measurement and returns the GiB in use now. CUDA: the allocator's peak is reset
     (allocated memory). CPU, on Linux: freed heap is handed back first (malloc_trim) and the
     kernel's high-water mark reset (clear_refs 5) (resident memory)."""
-    import ctypes
     import gc
 
-    gc.collect()
     if cuda:
         import torch
 
+        gc.collect()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated() / 2**30
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    return_freed_heap()
+    reset_peak_rss()
     return status_gib("VmRSS")
 
 

@@ -63,14 +63,9 @@ def return_freed_memory():
     (measured: 6954 MB, 847 MB after malloc_trim), memory the server tier's full-size recipe
     servers need on a 24 GB machine."""
     yield
-    import ctypes
-    import gc
+    from devtools.process_memory import return_freed_heap
 
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc: nothing to return this way
-        pass
+    return_freed_heap()
 
 
 def make_base_dir(root: Path) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .families import BUNDLE_FAMILY_NAMES, family_named
-from .metadata_spec import MetadataSpec, expect_int, expect_number
+from .metadata_spec import MAX_WIDTH, MetadataSpec, expect_int, expect_number
 from .weights_file import WeightsFile, WeightsFileError, save_safetensors
 
 BUNDLE_METADATA_KEY = "videoldm_bundle"
@@ -43,7 +43,6 @@ _SIZES = {"unet_config": ("in_channels", "out_channels", "model_channels", "cont
           "text_encoder_config": ("hidden_size", "num_hidden_layers", "num_attention_heads"),
           "vae_config": ("embed_dim",)}
 _DDCONFIG_SIZES = ("ch", "z_channels", "num_res_blocks", "in_channels", "out_ch")
-MAX_WIDTH = 1 << 16
 MAX_CONFIG_INT = 1 << 20       # token ids and vocabularies (CLIP's: 49,408) included
 MAX_LIST = 64                  # levels, blocks, depths per block
 LATENT_CHANNELS = 4            # the latent format of both bundle families (SD1.x and the x4 upscaler)

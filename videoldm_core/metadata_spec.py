@@ -8,6 +8,8 @@ from dataclasses import asdict
 
 from .limits import is_finite_number
 
+MAX_WIDTH = 1 << 16   # channels, heads, embedding widths a spec states: SDXL's widest layer is 1280
+
 
 class MetadataSpec:
     """Mixin for frozen dataclasses whose fields are JSON values. Subclasses set METADATA_KEY and

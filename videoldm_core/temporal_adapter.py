@@ -27,7 +27,7 @@ from .placement import SpatialLayer, blocks, motion_module_layer
 from .slots import MotionModuleSlot, ResBlockSlot, TransformerSlot
 from .state_dict import check_weights, loadable_shapes
 from .errors import VideoLDMError
-from .metadata_spec import MetadataSpec, expect_int, expect_number
+from .metadata_spec import MAX_WIDTH, MetadataSpec, expect_int, expect_number
 from .weights_file import WeightsFile, WeightsFileError, save_safetensors
 
 ADAPTER_METADATA_KEY = "videoldm_adapter"
@@ -37,7 +37,6 @@ SLOT_CLASSES = {"resblock": ResBlockSlot, "transformer": TransformerSlot, "motio
 # where slots sit: a spatial layer of the UNet (Video LDM placement) or a whole block (AnimateDiff's)
 SLOT_PATHS = {"videoldm": re.compile(r"^(?:(?:input|output)_blocks\.\d{1,3}\.\d{1,2}|middle_block\.\d{1,2})$"),
               "animatediff": re.compile(r"^(?:(?:input|output)_blocks\.\d{1,3}|middle_block)$")}
-MAX_WIDTH = 1 << 16          # channels, heads, embedding widths: SDXL's widest layer is 1280
 MAX_TABLE_LENGTH = 4096      # frames in a positional table: the most any node samples
 MAX_KERNEL_T = 15            # frames a temporal convolution spans
 MAX_LEVELS = 16              # resolutions of a context encoder; regimes of an interpolation embedding

@@ -31,9 +31,9 @@ from .errors import VideoLDMError
 from .layer_factory import placed, zero_
 from .positional import sinusoidal_embedding
 from .state_dict import check_weights, loadable_shapes
-from .temporal_adapter import MAX_KERNEL_T, MAX_WIDTH, set_submodule
+from .temporal_adapter import MAX_KERNEL_T, set_submodule
 from .temporal_layers import TemporalResBlock, TemporalTransformerBlock
-from .metadata_spec import MetadataSpec, expect_int
+from .metadata_spec import MAX_WIDTH, MetadataSpec, expect_int
 from .weights_file import WeightsFile, WeightsFileError, build_on_meta
 
 TEMPORAL_DECODER_METADATA_KEY = "videoldm_temporal_decoder"
