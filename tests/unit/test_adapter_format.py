@@ -134,9 +134,13 @@ def test_animatediff_variants_are_detected_and_load_strictly(variant, family, ma
     assert pe.shape == (1, max_len, 32)
 
 
-def test_animatediff_with_five_down_blocks_is_refused():
-    with pytest.raises(AdapterFormatError, match=r"expected 4 down blocks \(SD1.5\) or 3 \(SDXL\), found 5"):
+def test_animatediff_with_five_down_blocks_or_none_is_refused():
+    with pytest.raises(AdapterFormatError, match=r"expected motion modules in 4 down blocks \(SD1.5\) or 3 \(SDXL\) "
+                                                 r".*, found 5"):
         import_animatediff(animatediff_state_dict(widths=[32] * 5))
+    up_only = {k: v for k, v in animatediff_state_dict(**VARIANTS["v3"]).items() if not k.startswith("down_blocks.")}
+    with pytest.raises(AdapterFormatError, match=r"mm: expected motion modules in 4 down blocks .*, found 0"):
+        import_animatediff(up_only, source="mm")
 
 
 def test_animatediff_slots_resolve_to_the_layer_each_module_follows():

@@ -52,6 +52,25 @@ def import_animatediff(state_dict: dict, source: str = "motion module") -> tuple
     hotshot = any(k.endswith("pos_encoder.positional_encoding") for k in state_dict)
     if hotshot:
         state_dict = _hotshot_to_animatediff(state_dict)
+    modules = _motion_modules(state_dict, source)
+    family = _family(state_dict, source)
+    pe_lengths = {v.shape[1] for m in modules.values() for k, v in m.items() if k.endswith("pos_encoder.pe")}
+    if len(pe_lengths) > 1:
+        raise AdapterFormatError(f"{source}: positional tables of different lengths {sorted(pe_lengths)}.")
+    lcm = not pe_lengths   # AnimateLCM ships no positional tables (HotshotXL's are renamed above)
+    max_len = pe_lengths.pop() if pe_lengths else ANIMATELCM_MAX_LEN
+    source_name = f"animatediff-{_version(modules, family, max_len, hotshot, lcm)}"
+    recipe = trained_with(source_name)
+    slots, native = _slots_and_weights(modules, max_len, recipe.motion_norm, source)
+    spec = AdapterSpec(family=family, placement="animatediff", slots=slots, max_frames=max_len, source=source_name,
+                       noise_schedule=recipe.noise_schedule and recipe.noise_schedule.to_dict(),
+                       clip_norms=list(recipe.clip_norms))
+    return spec, native
+
+
+def _motion_modules(state_dict: dict, source: str) -> dict[str, dict]:
+    """{UNet block path: {key inside its temporal_transformer: weight}}; a file with keys outside
+    AnimateDiff's layout, or with parts the modules were trained beside, is refused."""
     modules: dict[str, dict] = {}
     ignored = []
     for key, value in state_dict.items():
@@ -85,48 +104,49 @@ def import_animatediff(state_dict: dict, source: str = "motion module") -> tuple
             raise AdapterFormatError(f"{source}: beside its motion modules this file holds {what} ({found[0]!r}, "
                                      f"{len(found)} keys), which the pack does not run; loaded without it, the "
                                      f"modules would not run as they were trained. Use a plain motion module.")
+    return modules
 
+
+def _family(state_dict: dict, source: str) -> str:
+    """SD1.5's four levels down, or SDXL's three."""
     down_levels = {int(k.split(".")[1]) for k in state_dict if k.startswith("down_blocks.")}
-    top = max(down_levels)
+    top = max(down_levels, default=-1)
     if top not in (2, 3):
-        raise AdapterFormatError(f"{source}: expected 4 down blocks (SD1.5) or 3 (SDXL), found {top + 1}.")
-    family = SD1.name if top == 3 else SDXL.name
+        raise AdapterFormatError(f"{source}: expected motion modules in 4 down blocks (SD1.5) or 3 (SDXL) "
+                                 f"('down_blocks.N.motion_modules.M.*'), found {top + 1}.")
+    return SD1.name if top == 3 else SDXL.name
 
-    pe_lengths = {v.shape[1] for m in modules.values() for k, v in m.items() if k.endswith("pos_encoder.pe")}
-    if len(pe_lengths) > 1:
-        raise AdapterFormatError(f"{source}: positional tables of different lengths {sorted(pe_lengths)}.")
-    max_len = pe_lengths.pop() if pe_lengths else ANIMATELCM_MAX_LEN
 
+def _version(modules: dict, family: str, max_len: int, hotshot: bool, lcm: bool) -> str:
+    """The release a file is (a name of noise_schedule.TRAINED_WITH, less its "animatediff-"): v1
+    and v3 hold the same modules, told apart by their tables' length (24 and 32)."""
     if hotshot:
-        version = "hotshotxl"
-    elif not any(k.endswith("pos_encoder.pe") for k in state_dict):
-        version = "animatelcm"
-    elif family == SDXL.name:
-        version = "sdxl"
-    elif "middle_block" in modules:
-        version = "v2"
-    else:
-        version = "v3" if max_len == 32 else "v1"
-    source_name = f"animatediff-{version}"
-    recipe = trained_with(source_name)
+        return "hotshotxl"
+    if lcm:
+        return "animatelcm"
+    if family == SDXL.name:
+        return "sdxl"
+    if "middle_block" in modules:
+        return "v2"
+    return "v3" if max_len == 32 else "v1"
 
+
+def _slots_and_weights(modules: dict, max_len: int, motion_norm, source: str) -> tuple[dict, dict]:
+    """The spec's slots and the weights in the pack's names; a file without positional tables
+    (AnimateLCM) gets them recomputed, from a header only their shape (the tables are made once
+    the file's shapes have been checked)."""
     slots, native = {}, {}
     for path, weights in sorted(modules.items()):
         if "proj_in.weight" not in weights:
             raise AdapterFormatError(f"{source}: motion module at {path} has no proj_in.weight.")
         channels = weights["proj_in.weight"].shape[0]
-        slots[path] = dict(kind="motion_module", channels=channels, heads=8, max_len=max_len, group_norm=recipe.motion_norm)
+        slots[path] = dict(kind="motion_module", channels=channels, heads=8, max_len=max_len, group_norm=motion_norm)
         for name, value in weights.items():
             native[f"{path}.temporal_transformer.{name}"] = value
         for attn in {m.group(1) for m in map(_ATTENTION.match, weights) if m}:
             pe_key = f"{path}.temporal_transformer.{attn}.pos_encoder.pe"
-            if pe_key not in native:  # AnimateLCM ships no positional tables: recompute them, from a header
-                # only their shape (the tables are made once the file's shapes have been checked)
+            if pe_key not in native:
                 native[pe_key] = (sinusoidal_embedding(torch.arange(max_len), channels, interleaved=True)[None]
                                   if isinstance(weights["proj_in.weight"], torch.Tensor)
                                   else TensorShape((1, max_len, channels), "F32"))
-
-    spec = AdapterSpec(family=family, placement="animatediff", slots=slots, max_frames=max_len, source=source_name,
-                       noise_schedule=recipe.noise_schedule and recipe.noise_schedule.to_dict(),
-                       clip_norms=list(recipe.clip_norms))
-    return spec, native
+    return slots, native
