@@ -10,6 +10,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
 from ..videoldm_core.families import SD1, SD2, SD_X4_UPSCALER, SDXL, Family
 from ..videoldm_core.placement import SpatialLayer
+from ..videoldm_core.temporal_adapter import AdapterCompatibilityError
 
 # Most specific first: SD21UnclipL subclasses SD20, SDXLRefiner is not SDXL, x4 is SD2-based.
 _FAMILIES = (
@@ -30,7 +31,12 @@ def model_family(model_patcher) -> Family:
 
 
 def named_layers(diffusion_model):
-    """(path, layer) for every layer of every UNet block, "input_blocks.4.1" style, in execution order."""
+    """(path, layer) for every layer of every UNet block, "input_blocks.4.1" style, in execution order.
+    A model without them (a DiT: Flux, SD3, Wan) is refused by name."""
+    if not all(hasattr(diffusion_model, name) for name in ("input_blocks", "middle_block", "output_blocks")):
+        raise AdapterCompatibilityError(
+            f"expected the MODEL to be an SD-family UNet (SD1.x, SD2.x, SDXL, the SD x4 upscaler), found "
+            f"{type(diffusion_model).__name__}, which has no UNet blocks for temporal layers to follow.")
     blocks = [(f"input_blocks.{i}", b) for i, b in enumerate(diffusion_model.input_blocks)]
     if diffusion_model.middle_block is not None:
         blocks.append(("middle_block", diffusion_model.middle_block))

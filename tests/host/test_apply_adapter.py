@@ -248,6 +248,26 @@ def test_sd1_adapter_on_another_family_names_both(tools, config_name, family, pa
         patch.apply_adapter(other, make_adapter(), "sd1_adapter")
 
 
+def test_a_model_that_is_not_a_unet_is_refused_by_name(tools, tiny_sd1, pack_module):
+    """A DiT MODEL (Flux here) has no UNet blocks: applying an adapter, or making a fresh one to
+    train, names it instead of failing on a missing attribute."""
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+
+    AdapterCompatibilityError = pack_module("videoldm_core.temporal_adapter").AdapterCompatibilityError
+    patch, make_adapter, *_ = tools
+    config = sm.Flux(dict(image_model="flux", in_channels=16, patch_size=2, out_channels=16, vec_in_dim=32,
+                          context_in_dim=32, hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1,
+                          axes_dim=[8, 12, 12], theta=10000, qkv_bias=True, guidance_embed=False, txt_ids_dims=[]))
+    config.set_inference_dtype(torch.float32, None)
+    flux = comfy.model_patcher.ModelPatcher(config.get_model({}, device="meta"), "cpu", "cpu")
+    expected = r"expected the MODEL to be an SD-family UNet .*, found Flux, which has no UNet blocks"
+    with pytest.raises(AdapterCompatibilityError, match=expected):
+        patch.apply_adapter(flux, make_adapter(), "sd1_adapter")
+    with pytest.raises(AdapterCompatibilityError, match=expected):
+        patch.fresh_adapter_for_model(flux)
+
+
 def test_applying_and_sampling_leave_the_adapter_weights_unchanged(tiny_sd1, tools):
     patch, make_adapter, *_ = tools
     adapter = make_adapter()
