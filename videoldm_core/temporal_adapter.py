@@ -225,6 +225,10 @@ def check_slot_arguments(path: str, config: dict):
     # values each of which is in range but that the layer cannot run with (found at sampling otherwise)
     if config.get("max_period", 10000.0) <= 1:   # its logarithm scales the sinusoidal frequencies
         raise AdapterFormatError(f"slot {path!r}: max_period: expected a number above 1, found {config['max_period']}.")
+    if config["kind"] == "transformer" and config["heads"] * config["dim_head"] != config["channels"]:
+        raise AdapterFormatError(f"slot {path!r}: expected heads × dim_head equal to its {config['channels']} channels "
+                                 f"(the temporal blocks attend over the spatial block's tokens), found "
+                                 f"{config['heads']} × {config['dim_head']} = {config['heads'] * config['dim_head']}.")
     if "heads" in config and "dim_head" not in config and config["heads"] > config["channels"]:
         raise AdapterFormatError(f"slot {path!r}: heads: expected at most its {config['channels']} channels (each head "
                                  f"takes channels // heads of them), found {config['heads']}.")

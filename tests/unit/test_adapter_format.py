@@ -266,6 +266,8 @@ MOTION = {"kind": "motion_module", "channels": 32, "heads": 8, "max_len": 24}
     (spec_with_slot({"kind": "transformer", "channels": 32, "heads": 4, "dim_head": 8, "depth": 1, "max_period": 0}),
      r"max_period: expected a number above 1, found 0"),
     (spec_with_slot(dict(MOTION, heads=64)), r"heads: expected at most its 32 channels .* found 64"),
+    (spec_with_slot({"kind": "transformer", "channels": 32, "heads": 8, "dim_head": 8, "depth": 1}),
+     r"^'bad.safetensors': slot 'input_blocks.1': expected heads × dim_head equal to its 32 channels .* found 8 × 8 = 64"),
     (spec_with_slot(MOTION, max_frames=32), r"max_frames: 32 frames stated, but slot 'input_blocks.1' holds positions "
                                             r"for 24"),
     (spec_with_slot({"kind": "motion_module", "channels": 32, "heads": 8}, max_frames=64),   # the default table: 32
