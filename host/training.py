@@ -48,7 +48,7 @@ from .model_folders import TEMPORAL_ADAPTERS
 from .noise_schedule import discrete_problem, prediction_of
 from .temporal_adapter import (LoadedAdapter, apply_adapter, build_adapter_patcher, fresh_adapter_for_model,
                                without_adapters)
-from .training_data import folder_items, training_items
+from .training_data import check_training_frames, folder_items, training_items
 from .unet_layout import model_family, spatial_layout
 
 log = logging.getLogger("videoldm")
@@ -301,6 +301,25 @@ def adapter_save_path(save_name: str) -> str:
     return file_inside(root, os.path.join(subfolder, f"{name}_{counter:05}_.safetensors"), f"models/{TEMPORAL_ADAPTERS}")
 
 
+# The node's clips come at one frame rate, the keyframes' x4: the T-to-4T regime (4T-to-16T needs clips
+# at 4x the rate, which the CLI reads with data.fps); drawn at random, the label would mean nothing.
+NODE_REGIMES = (REGIMES["T-to-4T"],)
+
+
+def check_model_for_mode(model, mode: str):
+    """Mode 'upscaler' trains the SD x4 upscaler, every other mode an image model: told from MODEL."""
+    family, upscaler = model_family(model), mode_named(mode).is_upscaler
+    if upscaler != family.concat_image:
+        expected = "the SD x4 upscaler" if upscaler else "an image model (SD1.x, SD2.x, SDXL; the x4 upscaler trains in mode 'upscaler')"
+        raise TrainingError(f"Train Temporal Adapter: mode '{mode}' trains {expected}, found a {family.name} MODEL.")
+
+
+def check_clip_frames(mode: str, clip_frames: int, context_frames):
+    problem = clip_frames_problem(mode, clip_frames, context_frames, "clip_frames")
+    if problem:
+        raise TrainingError(f"Train Temporal Adapter: {problem}.")
+
+
 def encoded_prompt(conditioning) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(text, pooled vector or None) of a CONDITIONING's first entry, copied outside inference mode."""
     text, extra = conditioning[0]
@@ -320,23 +339,29 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
         raise TrainingError("expected training frames from exactly one source: `images` or `folder`, found "
                             f"{'both' if images is not None else 'neither'}.")
     model = without_adapters(model)   # adapters applied to MODEL play no part: neither layers nor schedule
+    # what MODEL and the frames alone decide, before an adapter is built or the UNet copied
+    check_model_for_mode(model, mode)
+    if images is not None:
+        check_training_frames(images, clip_frames, mode)
     config = TrainConfig(steps=steps, lr=learning_rate, warmup=min(50, steps // 10), seed=seed)
+    config = dataclasses.replace(config, precision=training_precision(config.precision, model))
+    given_spec = None if temporal_adapter is None else temporal_adapter.spec
+    noise_schedule(model, given_spec)   # refused here; the copy's is taken below
+    if given_spec is not None:
+        check_mode(given_spec, mode, NODE_REGIMES)
+    check_clip_frames(mode, clip_frames, mode_named(mode).default_context_frames if given_spec is None
+                      else given_spec.context_frames)
     save_path = adapter_save_path(save_name) if save_name else None   # a bad name fails before training
+    dataset = None if images is not None else VideoFolder(   # every clip probed before anything is built
+        training_folder(folder), ClipSpec(clip_frames, fps or None, height, width), seed=seed,
+        roots=training_roots(), label=folder)
     # ComfyUI runs nodes under inference mode; everything autograd sees is made outside it
     with torch.inference_mode(False):
         torch.manual_seed(seed)   # a fresh adapter's initial weights: the same seed repeats the run
         given = {} if temporal_adapter is None else dict(spec=temporal_adapter.spec, source=f"'{temporal_adapter.name}'",
                                                          weights=temporal_adapter.patcher.model.state_dict())
         spec, adapter = starting_adapter(model, mode, **given)
-        check_mode(spec, mode)   # before anything is encoded
-        problem = clip_frames_problem(mode, clip_frames, spec.context_frames, "clip_frames")
-        if problem:
-            raise TrainingError(f"Train Temporal Adapter: {problem}.")
-        dataset = None if images is not None else VideoFolder(   # every clip probed before the UNet is copied
-            training_folder(folder), ClipSpec(clip_frames, fps or None, height, width), seed=seed,
-            roots=training_roots(), label=folder)
         base = trainable_base(model)
-        config = dataclasses.replace(config, precision=training_precision(config.precision, base))
         schedule = noise_schedule(base, spec)
         augment, max_level = augmentation_schedule(base)
         # built (and the empty prompt checked against the prompt) before the frames are encoded
@@ -350,10 +375,8 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
                                  hashlib.sha256(str(dataset.folder.resolve()).encode()).hexdigest()[:16])
             items = folder_items(base, vae, dataset, mode, cache)
         denoiser.load()
-        # the clips come at one frame rate, the keyframes' x4: the T-to-4T regime (4T-to-16T needs clips at
-        # 4x the rate, which the CLI reads with data.fps); drawn at random, the label would mean nothing
         phase = DiffusionPhase(adapter, denoiser, schedule, mode, augment_schedule=augment, max_noise_level=max_level,
-                               regimes=(REGIMES["T-to-4T"],), text_dropout=0.0 if empty_prompt is None else text_dropout)
+                               regimes=NODE_REGIMES, text_dropout=0.0 if empty_prompt is None else text_dropout)
         trainer = Trainer([phase], config, StepBatches(items, batch_size, seed=seed), device=denoiser.device)
         pbar = comfy.utils.ProgressBar(steps)
         interrupted = None

@@ -46,6 +46,17 @@ def low_res_frames(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.interpolate(images[..., :3].movedim(-1, 1), size=(h // 4, w // 4), mode="area") * 2 - 1
 
 
+def check_training_frames(images: torch.Tensor, clip_frames: int, mode):
+    """The node's `images` can make clips for `mode`, checked before anything is built or encoded."""
+    if images.ndim != 4 or images.shape[0] < clip_frames:
+        raise TrainingError(f"Train Temporal Adapter: images: clips of {clip_frames} frames need at least "
+                            f"{clip_frames} frames, found {images.shape[0] if images.ndim == 4 else tuple(images.shape)}.")
+    h, w = images.shape[1:3]
+    if mode_named(mode).is_upscaler and (h % 4 or w % 4):
+        raise TrainingError(f"Train Temporal Adapter: images: upscaler training needs frames whose size is a multiple "
+                            f"of 4, found {w}x{h}.")
+
+
 def check_low_res_grid(latents: torch.Tensor, low: torch.Tensor):
     if latents.shape[-2:] != low.shape[-2:]:
         h, w = (4 * n for n in low.shape[-2:])

@@ -309,6 +309,34 @@ def test_the_node_trains_interpolation_in_the_regime_of_its_clips(tr, pack_modul
     assert set(seen) == {0.0}
 
 
+def test_the_node_continues_an_interpolation_adapter_without_regime_labels(tr):
+    """The node trains regime T-to-4T alone, which needs no regime-label embedding: an interpolation
+    adapter made without one (train.py with adapter.regimes [0]) trains on."""
+    torch.manual_seed(0)
+    spec, module = tr["patch"].fresh_adapter_for_model(tr["model"], context_frames=(0, 1, 2), context_width=16)
+    assert not spec.has_interpolation_embedding
+    given = tr["patch"].LoadedAdapter("no_labels", spec, tr["patch"].build_adapter_patcher(spec, module.state_dict(), "no_labels"))
+    args = node_args(tr, steps=1) | dict(mode="interpolation", clip_frames=9)
+    with torch.inference_mode():
+        trained = tr["node"].execute(**args, images=shapes_video(tr, frames=10), temporal_adapter=given).result[0]
+    assert trained.spec.context_frames == [0, 1, 2] and not trained.spec.has_interpolation_embedding
+
+
+@pytest.mark.parametrize("inputs, message", [
+    (dict(mode="upscaler"), r"mode 'upscaler' trains the SD x4 upscaler, found a SD1.x MODEL"),
+    (dict(images_count=3), r"images: clips of 4 frames need at least 4 frames, found 3"),
+    (dict(images_count=0), r"images: clips of 4 frames need at least 4 frames, found 0"),
+])
+def test_the_node_refuses_what_model_and_frames_decide_before_building_anything(tr, monkeypatch, inputs, message):
+    built = []
+    monkeypatch.setattr(tr["host"], "starting_adapter", lambda *a, **k: built.append("adapter"))
+    monkeypatch.setattr(tr["host"], "trainable_base", lambda *a, **k: built.append("UNet copy"))
+    count = inputs.pop("images_count", 8)
+    with pytest.raises(tr["core"].TrainingError, match=message), torch.inference_mode():
+        tr["node"].execute(**node_args(tr, steps=1) | inputs, images=shapes_video(tr, frames=8)[:count])
+    assert not built
+
+
 def test_a_caption_longer_than_clips_77_tokens_is_cut_to_them_as_sd_training_cuts(tr, tiny_sd1, caplog):
     """ComfyUI encodes a long text as several 77-token chunks; a batch of captions once failed to stack
     (and a streamed run died at the step that met one). Each caption is its first chunk."""
