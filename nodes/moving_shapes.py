@@ -22,7 +22,9 @@ class MovingShapes(io.ComfyNode):
                         "texture. The same seed at a quarter of the fps gives exactly every 4th frame, and scale 4 the "
                         "same scene at 4x the size, so keyframe, interpolation and upscaling stages have ground truth.",
             inputs=[
-                io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1, tooltip="Which scene (shapes, paths, colours)."),
+                io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1, control_after_generate=io.ControlAfterGenerate.fixed,
+                             tooltip="Which scene (shapes, paths, colours). Kept after each run: queueing again renders "
+                                     "the same video, so a Train Temporal Adapter fed by it does not train again."),
                 io.Int.Input("frames", default=16, min=1, max=4096, tooltip="Number of frames."),
                 io.Int.Input("width", default=64, min=8, max=2048, step=8, tooltip="Frame width in pixels (at scale 1)."),
                 io.Int.Input("height", default=64, min=8, max=2048, step=8, tooltip="Frame height in pixels (at scale 1)."),

@@ -73,11 +73,16 @@ def test_missing_node_check_sees_an_unknown_node_type(frontend):
 
 def test_a_new_train_node_keeps_its_seed_and_a_sampling_node_draws_a_new_one(frontend):
     """Train Temporal Adapter's seed control starts at 'fixed': queueing again for a change downstream
-    would otherwise train again (and save another file); the sampling nodes keep core's 'randomize'."""
+    would otherwise train again (and save another file); so does Moving Shapes', whose video a train
+    node reads (a new video each queue trains again too). The sampling nodes keep core's 'randomize'."""
     def control(node_type):
         widgets = frontend.new_node_widgets(node_type)
         names = [name for name, _ in widgets]
         return widgets[names.index("seed") + 1][1]
 
     assert control("VideoLDMTrainTemporalAdapter") == "fixed"
+    assert control("VideoLDMMovingShapes") == "fixed"
+    trainer = json.loads((WORKFLOWS / "train.json").read_text())
+    shapes = next(n for n in trainer["nodes"] if n["type"] == "VideoLDMMovingShapes")
+    assert shapes["widgets_values"][1] == "fixed"   # the shipped template as saved
     assert control("VideoLDMExtendVideo") == "randomize"
