@@ -1,5 +1,7 @@
 """The training CLI's host side (train.py starts it): a JSON run configuration → a trained adapter.
 
+An example configuration (a real run's values, not the defaults: those follow it):
+
     {"checkpoint": "sd15.safetensors",            // ComfyUI checkpoint or Video LDM bundle
      "mode": "temporal",                          // vae | image | temporal | prediction | interpolation | upscaler | decoder
      "output": "runs/sd15-temporal",              // checkpoints, loss.csv, adapter.safetensors
@@ -22,6 +24,22 @@
                  "disc_width": 64}}                // mode decoder; attention: temporal attention layers too;
                                                   // adversarial_weight 0: no discriminator;
                                                   // "temporal_weight": 0 (L1 of frame differences)
+
+Defaults of the keys left out (checkpoint, output and data.folder or data.shards are required):
+  adapter: init none (a fresh adapter for the mode), context_frames [0, 1, 2] for prediction and
+    interpolation, context_width 64, regimes [0, 1], patch none, placement "videoldm" (or
+    "animatediff") with the placement's settings: kernel_t 3, positional "absolute", merge_strategy
+    "learned_with_images", alpha 0.0, text_context true; animatediff: max_len 32, heads 8,
+    middle_block true (videoldm_core/placement.py).
+  data: frames 8, fps none (each source's own rate), width 256, height 256, crop "center" (or
+    "random"), start "first" (or "random"), on_bad "stop", captions false, cache
+    <data.folder>/.videoldm_cache (a folder beside the clips), cache_width/cache_height the width and
+    height, flip false; streamed shards: shuffle 256 (samples in the shuffle buffer), workers 2.
+  train: steps 100, lr 1e-4, batch_size 1, warmup 0, weight_decay 0.01, betas [0.9, 0.999],
+    grad_clip 1.0, precision "fp32", ema_decay none (no EMA), gradient_checkpointing false,
+    checkpoint_every 0 (only at the end), keep_checkpoints 2, seed 0, text_dropout 0.1, sharding "ddp".
+  decoder: as in the example, and disc_layers 3, temporal_weight 0.
+  monitor: as in the example; monitor.validation.prompts: [the run's prompt].
 
 data.captions: each clip's caption (captions.json or a sidecar .txt) is encoded once with the
 checkpoint's text encoder and cached with the latents. data.cache_width/cache_height (default:

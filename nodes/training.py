@@ -24,7 +24,7 @@ class TrainTemporalAdapter(io.ComfyNode):
             category="Video LDM/training",
             description="Trains temporal layers on a frozen image model (Video LDM: only the temporal layers learn), "
                         "for small runs: one video's frames or a folder of clips, a few hundred steps. The MODEL and VAE "
-                        "are not changed. Interrupting stops after the current step and keeps what was learned.",
+                        "are not changed. Cancel stops the step it lands in and keeps what the finished steps learned.",
             inputs=[
                 io.Model.Input("model", tooltip="The frozen image model (SD1.x, SD2.x, SDXL, or the SD x4 upscaler for "
                                                 "mode 'upscaler'). A temporal adapter applied to it is ignored, and so is "
@@ -38,7 +38,8 @@ class TrainTemporalAdapter(io.ComfyNode):
                                        "Extend Video). interpolation: keyframes every 4th frame given (for Interpolate "
                                        "Keyframes, regime T-to-4T: the clips' own rate; 4T-to-16T needs clips at 4x the "
                                        "rate, which train.py reads with data.fps). upscaler: the SD x4 upscaler's "
-                                       "temporal layers on patches."),
+                                       "temporal layers on square crops of the frames (the CLI trains smaller "
+                                       "patches with adapter.patch)."),
                 io.Int.Input("clip_frames", default=8, min=2, max=256,
                              tooltip="T: frames per training clip (interpolation needs 4K−3, e.g. 9 or 13)."),
                 io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimiser steps."),
