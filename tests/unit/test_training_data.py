@@ -270,6 +270,21 @@ def test_a_frame_larger_than_its_probe_is_refused_before_it_is_converted(tmp_pat
         data[0]
 
 
+def test_a_frame_gone_after_the_probe_is_named_without_the_servers_path(tmp_path):
+    """The clip is named; the OSError's own text, which holds the absolute path, is not passed on."""
+    from PIL import Image
+
+    folder = tmp_path / "walk"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (16, 16)).save(folder / f"{i:05d}.png")
+    data = VideoFolder(tmp_path, ClipSpec(4, None, 16, 16))
+    (folder / "00001.png").unlink()
+    with pytest.raises(TrainingError, match=r"'walk' failed to decode \(FileNotFoundError: No such file") as e:
+        data[0]
+    assert str(tmp_path) not in str(e.value)
+
+
 def test_a_frame_folder_of_mixed_sizes_is_refused_when_probed(tmp_path):
     """Before the model is copied or any clip encoded, not when the clip is first read."""
     from PIL import Image

@@ -402,7 +402,8 @@ class VideoFolder:
         except TrainingError:
             raise
         except Exception as e:
-            raise TrainingError(f"'{entry.name}' failed to decode ({type(e).__name__}: {e}) although it probed fine; "
+            reason = getattr(e, "strerror", None) or e   # an OSError's own text names the server's path
+            raise TrainingError(f"'{entry.name}' failed to decode ({type(e).__name__}: {reason}) although it probed fine; "
                                 "the file may be damaged. Re-encode or remove it.") from e
         frames = fit(video, self.spec.height, self.spec.width, self.spec.crop, rng)
         return {"frames": frames, "name": entry.name, "caption": entry.caption}
