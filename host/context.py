@@ -39,6 +39,7 @@ def given_latents(frames, images, vae, use_last: int = 0, check=None) -> torch.T
     if frames is not None:
         samples = checked_video_latent(frames["samples"], "Video Context", "frames")
         samples = samples[-use_last:] if use_last else samples
+        check_some_given(samples.shape[0], "frames")
         if check is not None:
             check(samples.shape[0])
         return samples
@@ -47,6 +48,7 @@ def given_latents(frames, images, vae, use_last: int = 0, check=None) -> torch.T
     if vae is None:
         raise ContextError("IMAGE frames need a VAE to become latents; connect the VAE of the model's family.")
     images = images[-use_last:] if use_last else images
+    check_some_given(images.shape[0], "images")
     if check is not None:
         check(images.shape[0])
     check_finite_input(images, "Video Context", "images")
@@ -54,6 +56,12 @@ def given_latents(frames, images, vae, use_last: int = 0, check=None) -> torch.T
     # an fp16 VAE can overflow (SDXL's, known for it): c_S would carry it into every frame
     check_finite_input(latents, "Video Context", "images (as the VAE encoded them)")
     return latents
+
+
+def check_some_given(count: int, name: str):
+    """A context of no frames would sample unconditioned without a word."""
+    if count < 1:
+        raise ContextError(f"Video Context: {name}: expected at least 1 given frame, found 0.")
 
 
 def video_context(length: int, positions: str, frames=None, images=None, vae=None, use_last: int = 0):

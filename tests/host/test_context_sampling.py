@@ -145,6 +145,11 @@ def test_video_context_node_places_latents_and_images(ctx, given):
     torch.testing.assert_close(context.latents[:2], ctx["vae"].encode(images[1:]), atol=1e-4, rtol=1e-4)  # batch of 3 vs 2
     with pytest.raises(ctx["context"].ContextError, match="S < T"):
         node.execute(length=2, positions="start", frames={"samples": given})
+    # no given frame: the guider would sample unconditioned without a word (core's VAE encodes none to None)
+    with pytest.raises(ctx["context"].ContextError, match="Video Context: frames: expected at least 1 given frame, found 0"):
+        node.execute(length=8, positions="start", frames={"samples": given[:0]})
+    with pytest.raises(ctx["context"].ContextError, match="Video Context: images: expected at least 1 given frame, found 0"):
+        node.execute(length=8, positions="start", images=images[:0], vae=ctx["vae"])
 
 
 @pytest.mark.parametrize("inputs, message", [
