@@ -22,7 +22,7 @@ import comfy.utils
 import latent_preview
 import torch
 
-from ..videoldm_core.context import ContextError, VideoContext, context_input
+from ..videoldm_core.context import ContextError, VideoContext, checked_video_latent, context_input
 from ..videoldm_core.guidance import with_context_guidance
 from ..videoldm_core.limits import check_finite_latent, is_finite_number
 from .context import with_context
@@ -286,6 +286,8 @@ class RunNoise:
 def context_guider(model, positive, negative, context: VideoContext, cfg: float, context_scale: float,
                    keep_given: bool, on_missing: str) -> ContextGuider:
     """The Context Guider node's GUIDER: conds set, ready for SamplerCustomAdvanced."""
+    # the context's VAE against the model's family (the sampled latent is checked against the context)
+    checked_video_latent(context.latents, "Context Guider", "context", latent_channels(model))
     reads = check_context_encoder(model, len(context.positions), on_missing)
     guider = ContextGuider(model, context if reads else None, context_scale, keep_given)
     guider.set_conds(positive, negative)

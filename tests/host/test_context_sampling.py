@@ -122,6 +122,17 @@ def test_an_adapter_without_a_context_encoder_refuses_a_context(ctx, given, capl
     assert torch.equal(run(ignoring), run(cfg_guider(ctx["plain"], ctx["positive"], ctx["negative"], 3.0)))
 
 
+def test_a_context_of_another_familys_vae_is_refused_when_the_guider_is_made(ctx, given):
+    """Frames encoded by a 16-channel VAE for a 4-channel model: named by the node, not a conv error
+    at the first step (the latent sampled would be checked against the context, not the model)."""
+    context = video_context(ctx, torch.randn(2, 16, 8, 8), [0, 1])
+    node = ctx["nodes"].guidance.ContextGuiderNode
+    with pytest.raises(ctx["context"].ContextError, match=r"Context Guider: context: the model's latents have 4 "
+                                                          r"channels, found 16"):
+        node.execute(model=ctx["predictor"], positive=ctx["positive"], negative=ctx["negative"], context=context,
+                     cfg=3.0, context_scale=1.0, keep_given_frames=True, if_no_context_encoder="error")
+
+
 @pytest.mark.parametrize("shape, message", [((FRAMES, 4, 16, 16), "height 8 vs 16"), ((FRAMES, 8, 8, 8), "channels 4 vs 8"),
                                             ((FRAMES + 2, 4, 8, 8), "frames 6 vs 8")])
 def test_context_latents_of_another_size_are_refused_before_sampling(ctx, given, shape, message):
