@@ -89,7 +89,8 @@ import comfy.model_management
 import comfy.sd
 import comfy.utils
 
-from ..videoldm_core.temporal_adapter import AdapterFormatError, read_adapter_spec, save_adapter
+from ..videoldm_core.importers import read_adapter_file
+from ..videoldm_core.temporal_adapter import read_adapter_spec, save_adapter
 from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, holds_bundle, read_bundle_spec, save_bundle
 from ..videoldm_core.temporal_decoder import TemporalDecoder, TemporalDecoderSpec, read_addon_file, spec_for_decoder
 from ..videoldm_core.training.batches import StepBatches
@@ -106,7 +107,7 @@ from ..videoldm_core.training.monitor import TensorBoardLog
 from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.run_config import DEFAULT_TEXT_DROPOUT, check_run_config
 from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig, latest_checkpoint
-from ..videoldm_core.weights_file import WeightsFile, save_safetensors
+from ..videoldm_core.weights_file import save_safetensors
 from .bundle import load_bundle_file
 from .streamed_training import streamed_batches
 from .training import (UNetDenoiser, augmentation_schedule, noise_schedule, pretrainable_unet, starting_adapter,
@@ -135,7 +136,9 @@ def starting_adapter_from_config(model, settings: dict, mode: str):
         spec = read_adapter_spec(init)
         if spec is None:
             raise TrainingError(f"'{init}': expected a native Video LDM adapter (with its spec in the metadata).")
-        weights = WeightsFile(init, Path(init).name, AdapterFormatError).tensors()   # each checked to be finite
+        # the spec checked against the file's shapes on the meta device before a weight is read (a spec
+        # that states more than the file holds costs its header), each weight then checked to be finite
+        spec, weights = read_adapter_file(init, Path(init).name)
         return starting_adapter(model, mode, spec, weights, source=f"'{init}'")
     options = {k: v for k, v in settings.items() if k not in ("init", "patch")}
     return starting_adapter(model, mode, **options)

@@ -322,6 +322,22 @@ def test_the_node_continues_an_interpolation_adapter_without_regime_labels(tr):
     assert trained.spec.context_frames == [0, 1, 2] and not trained.spec.has_interpolation_embedding
 
 
+def test_the_clis_init_file_is_checked_against_its_spec_before_a_weight_is_read(tr, pack_module, tmp_path, monkeypatch):
+    """adapter.init whose spec states layers the file does not hold (a context encoder here) is
+    refused by name from its header; its adapter is never built for real."""
+    core = pack_module("videoldm_core.temporal_adapter")
+    torch.manual_seed(0)
+    small_spec, small = tr["patch"].fresh_adapter_for_model(tr["model"])
+    big_spec, _ = tr["patch"].fresh_adapter_for_model(tr["model"], context_frames=(0, 1, 2), context_width=16)
+    path = tmp_path / "init.safetensors"
+    core.save_adapter(path, small.state_dict(), big_spec)   # the weights of one, the spec of the other
+    built = []
+    monkeypatch.setattr(tr["host"], "starting_adapter", lambda *a, **k: built.append(1))
+    with pytest.raises(core.AdapterFormatError, match=r"'init.safetensors': the weights do not match the adapter spec"):
+        pack_module("host.training_cli").starting_adapter_from_config(tr["model"], {"init": str(path)}, "temporal")
+    assert not built
+
+
 @pytest.mark.parametrize("inputs, message", [
     (dict(mode="upscaler"), r"mode 'upscaler' trains the SD x4 upscaler, found a SD1.x MODEL"),
     (dict(images_count=3), r"images: clips of 4 frames need at least 4 frames, found 3"),
