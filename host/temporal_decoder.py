@@ -77,7 +77,7 @@ def check_vae_file(file: WeightsFile):
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
     shapes = {k.removeprefix("first_stage_model."): file.shapes[k] for k in vae_keys(file.shapes)}
-    if any(k.startswith("decoder.") and k.endswith(".mix_factor") for k in shapes):
+    if holds_temporal_decoder(shapes):
         shapes, spec, temporal = split_svd_vae(shapes, file.source)
         check_temporal_decoder(spec, temporal, file)
     config = kl_vae_config(shapes, file.source)
@@ -85,6 +85,11 @@ def check_vae_file(file: WeightsFile):
     check_weights(image.state_dict(), shapes, f"{file.source}: the VAE weights do not match a KL autoencoder",
                   TemporalDecoderFormatError, ignore_missing=QUANT_CONVS)
     return image
+
+
+def holds_temporal_decoder(keys) -> bool:
+    """Whether a VAE's keys (prefix removed) hold SVD's temporal decoder layers (their blend factors)."""
+    return any(k.startswith("decoder.") and k.endswith(".mix_factor") for k in keys)
 
 
 def vae_keys(shapes) -> list[str]:
@@ -118,7 +123,7 @@ def load_temporal_vae(vae_state_dict: dict, source: str, addon: tuple[TemporalDe
     if any(k.startswith("first_stage_model.") for k in vae_state_dict):
         vae_state_dict = {k[len("first_stage_model."):]: v for k, v in vae_state_dict.items() if k.startswith("first_stage_model.")}
     temporal = None
-    if any(k.startswith("decoder.") and k.endswith(".mix_factor") for k in vae_state_dict):
+    if holds_temporal_decoder(vae_state_dict):
         image_sd, spec, weights = split_svd_vae(vae_state_dict, source)
         temporal = (spec, weights)
         if addon is not None:
@@ -343,6 +348,9 @@ def load_temporal_vae_files(vae_name: str, temporal_decoder: str = NONE):
     file = WeightsFile(folder_paths.get_full_path_or_raise(folder, name), name, TemporalDecoderFormatError)
     image = check_vae_file(file)
     addon = None
+    if temporal_decoder != NONE and holds_temporal_decoder(k.removeprefix("first_stage_model.") for k in file.shapes):
+        raise TemporalDecoderFormatError(f"{file.source} already has temporal decoder layers; choose 'none' for the "
+                                         "add-on.")   # before the add-on or the VAE is read
     if temporal_decoder != NONE:
         addon = read_addon_file(full_path(temporal_decoder, TEMPORAL_DECODERS, TEMPORAL_ADAPTERS), temporal_decoder,
                                 decoder=image.decoder, vae_source=file.source)

@@ -166,6 +166,29 @@ def test_addon_file_turns_an_image_vae_temporal(pack_module, vae_parts, node_cla
     assert torch.allclose(ours, svd, atol=1e-6)
 
 
+def test_an_addon_for_a_vae_with_temporal_layers_is_refused_before_either_is_read(pack_module, vae_parts, node_classes,
+                                                                                  monkeypatch):
+    """An SVD VAE has its temporal decoder: an add-on chosen beside it is refused from the VAE's
+    header, before the add-on or a weight of the VAE is read."""
+    import folder_paths
+    from safetensors.torch import save_file
+
+    image_sd, _, video_decoder = vae_parts
+    vae_dir = folder_paths.get_folder_paths("vae")[0]
+    os.makedirs(vae_dir, exist_ok=True)
+    save_file({**image_sd, **{f"decoder.{k}": v for k, v in video_decoder.state_dict().items()}},
+              os.path.join(vae_dir, "svd_vae.safetensors"))
+    host = pack_module("host.temporal_decoder")
+    read = []
+    monkeypatch.setattr(host, "read_addon_file", lambda *a, **k: read.append("add-on"))
+    monkeypatch.setattr(host.WeightsFile, "tensors", lambda *a, **k: read.append("VAE"))
+    with pytest.raises(host.TemporalDecoderFormatError, match=r"'svd_vae.safetensors' already has temporal decoder "
+                                                              r"layers; choose 'none' for the add-on"):
+        node_classes["VideoLDMLoadTemporalVAE"].execute(vae_name="vae/svd_vae.safetensors",
+                                                        temporal_decoder="decoder_addon.safetensors")
+    assert not read
+
+
 def test_latent_with_the_wrong_channels_is_refused(vaes):
     temporal_vae, image_vae, _ = vaes
     with pytest.raises(ValueError, match="the latent has 16 channels .* the VAE decodes 4-channel latents") as refused:
