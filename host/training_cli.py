@@ -256,6 +256,7 @@ def run_config(path: str) -> int:
     check_mode(spec, mode, regimes)   # before any data is read
     base = trainable_base(model)
     train_config = dataclasses.replace(train_config, precision=training_precision(train_config.precision, base))
+    schedule = noise_schedule(base, spec)   # a model sampled other than DDPM ε or v is refused before the data is encoded
     text, pooled = encode_prompt(clip, config.get("prompt", ""))
     captions = caption_encoder(clip, base) if config["data"].get("captions") else None
     if "shards" in config["data"]:
@@ -267,7 +268,7 @@ def run_config(path: str) -> int:
     denoiser = UNetDenoiser(base, adapter, text, pooled, gradient_checkpointing=checkpointing,
                             precision=train_config.precision, empty_prompt=encode_prompt(clip, "")).load()
     augment, max_level = augmentation_schedule(base)
-    phase = DiffusionPhase(adapter, denoiser, noise_schedule(base, spec), mode, regimes=regimes,
+    phase = DiffusionPhase(adapter, denoiser, schedule, mode, regimes=regimes,
                            augment_schedule=augment, max_noise_level=max_level, patch=settings.get("patch"),
                            text_dropout=text_dropout)
 
@@ -437,6 +438,7 @@ def run_image(config, world, train_config, batch_size: int, output: Path) -> int
     model, clip, vae = load_checkpoint(config["checkpoint"], "fp32")   # the UNet is trained in fp32 from its exact weights
     upscaler = model_family(model).concat_image
     model = pretrainable_unet(model)
+    schedule = noise_schedule(model)   # refused before the data is encoded
     text, pooled = encode_prompt(clip, config.get("prompt", ""))
     captions = caption_encoder(clip, model) if config["data"].get("captions") else None
     data_mode = UPSCALER if upscaler else TEMPORAL   # how clips are encoded: with low-res frames or not
@@ -445,7 +447,7 @@ def run_image(config, world, train_config, batch_size: int, output: Path) -> int
                             empty_prompt=encode_prompt(clip, "")).load()
     augment, max_level = augmentation_schedule(model)
     unet = model.model.diffusion_model
-    phase = ImagePhase(unet, denoiser, noise_schedule(model), text_dropout=settings.get("text_dropout", DEFAULT_TEXT_DROPOUT),
+    phase = ImagePhase(unet, denoiser, schedule, text_dropout=settings.get("text_dropout", DEFAULT_TEXT_DROPOUT),
                        augment_schedule=augment, max_noise_level=max_level, patch=settings.get("patch"))
 
     def write(trainer):

@@ -146,6 +146,21 @@ def test_the_validation_video_is_checked_and_needs_tensorboard():
     (dict(adapter={"patch": -4}), "'adapter.patch' must be at least 1, found -4"),
     (dict(train={"text_dropout": 1.5}), r"'train.text_dropout' is the share of clips .* from 0 to 1, found 1.5"),
     (dict(image={"text_dropout": -0.1}), r"'image.text_dropout' is the share of clips .* found -0.1"),
+    # found only after the checkpoint had loaded and the data was encoded, or named by a slot, not the key
+    (dict(data={"fps": None}), r"'adapter.regimes' \[0, 1\] trains regime 1 \(4T-to-16T\) on clips read at 4 x "
+                               r"'data.fps', which is not set"),
+    (dict(data={"fps": 0.0}), r"'data.fps' is the rate clips are read at: a number above 0, .* found 0.0"),
+    (dict(mode="vae", data={"frames": 0}), "'data.frames' must be at least 1, found 0"),
+    (dict(vae={"kl_weight": -1e-6}), "'vae.kl_weight' must be at least 0, found -1e-06"),
+    (dict(decoder={"disc_layers": 0}), "'decoder.disc_layers' must be at least 1, found 0"),
+    (dict(adapter={"context_width": 0}), "'adapter.context_width' must be at least 1, found 0"),
+    (dict(adapter={"kernel_t": 2}), r"'adapter.kernel_t' \(frames a temporal convolution spans, centred\) must be "
+                                    r"odd, found 2"),
+    (dict(adapter={"context_frames": [0, -1]}), r"'adapter.context_frames' are counts of given frames, 0 or more, "
+                                                r"found \[-1\]"),
+    (dict(mode="prediction", data={"frames": 8}, monitor={"tensorboard": True, "validate_every": 5,
+                                                          "validation": {"frames": 2}}),
+     r"the prediction validation video is given the first 2 frames .* must be at least 3, found 2"),
 ])
 def test_values_the_trainer_cannot_use_are_refused_before_anything_loads(sections, message):
     cfg = config(**sections)

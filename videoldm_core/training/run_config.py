@@ -186,11 +186,26 @@ def check_ranges(config: dict, mode: str):
     encoded (a batch of 0, clips a mode cannot learn from)."""
     data = config.get("data", {})
     for section, key, least in (("train", "batch_size", 1), ("data", "width", 8), ("data", "height", 8),
-                                ("data", "workers", 0), ("data", "shuffle", 0), ("adapter", "patch", 1),
-                                ("vae", "patch", 1), ("image", "patch", 1)):
+                                ("data", "frames", 1), ("data", "workers", 0), ("data", "shuffle", 0),
+                                ("adapter", "patch", 1), ("adapter", "context_width", 1), ("adapter", "kernel_t", 1),
+                                ("vae", "patch", 1), ("image", "patch", 1), ("vae", "kl_weight", 0),
+                                ("decoder", "disc_layers", 1), ("decoder", "disc_width", 1), ("decoder", "disc_start", 0),
+                                ("decoder", "adversarial_weight", 0), ("decoder", "temporal_weight", 0)):
         value = config.get(section, {}).get(key)
         if value is not None and value < least:
             raise TrainingError(f"run configuration: '{section}.{key}' must be at least {least}, found {value}.")
+    fps = data.get("fps")
+    if fps is not None and fps <= 0:
+        raise TrainingError(f"run configuration: 'data.fps' is the rate clips are read at: a number above 0, or null "
+                            f"for each source's own, found {fps}.")
+    kernel_t = config.get("adapter", {}).get("kernel_t")
+    if kernel_t is not None and kernel_t % 2 == 0:
+        raise TrainingError(f"run configuration: 'adapter.kernel_t' (frames a temporal convolution spans, centred) "
+                            f"must be odd, found {kernel_t}.")
+    negative = [s for s in config.get("adapter", {}).get("context_frames") or () if s < 0]
+    if negative:
+        raise TrainingError(f"run configuration: 'adapter.context_frames' are counts of given frames, 0 or more, "
+                            f"found {negative}.")
     for section in ("train", "image"):
         rate = config.get(section, {}).get("text_dropout", 0.0)
         if not 0.0 <= rate <= 1.0:
@@ -210,11 +225,23 @@ def check_ranges(config: dict, mode: str):
                             f"{regimes}.")
     if mode not in MODE_NAMES:
         return
+    if mode_named(mode).has_regimes and 1 in regimes and not fps:
+        raise TrainingError(f"run configuration: 'adapter.regimes' {regimes} trains regime 1 (4T-to-16T) on clips read "
+                            "at 4 x 'data.fps', which is not set; set data.fps (the rate of regime 0's clips), or "
+                            "train regime 0 alone ('adapter.regimes': [0]).")
     given = None if adapter.get("init") else adapter.get("context_frames") or mode_named(mode).default_context_frames
     problem = clip_frames_problem(mode, data.get("frames", DEFAULT_FRAMES), given, "'data.frames'",
                                   "'adapter.context_frames'")
     if problem:
         raise TrainingError(f"run configuration: {problem}.")
+    monitor = config.get("monitor", {})
+    frames = monitor.get("validation", {}).get("frames") or data.get("frames", DEFAULT_FRAMES)
+    if monitor.get("validate_every") and mode == "prediction" and given and frames <= max(given):
+        # found at the first validation, on rank 0 alone, it would stall the others
+        raise TrainingError(f"run configuration: the prediction validation video is given the first "
+                            f"{max(given)} frames ('adapter.context_frames' {list(given)}) and makes the rest: "
+                            f"'monitor.validation.frames' (or 'data.frames') must be at least {max(given) + 1}, "
+                            f"found {frames}.")
 
 
 def clip_frames_problem(mode: str, frames: int, context_frames, name: str, context_name: str = "") -> str | None:
