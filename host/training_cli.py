@@ -207,6 +207,10 @@ def read_run_config(path: str) -> dict:
     """The JSON run configuration at `path`, every section checked (videoldm_core.training.run_config)."""
     try:
         config = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise TrainingError(f"'{path}': the run configuration cannot be read ({e.strerror or e}).") from None
+    except RecursionError:
+        raise TrainingError(f"'{path}' is not a run configuration: its JSON is nested too deeply.") from None
     except ValueError as e:   # JSONDecodeError, or an integer of more digits than Python converts
         raise TrainingError(f"'{path}' is not valid JSON: {e}.") from None
     return check_run_config(config)

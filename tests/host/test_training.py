@@ -338,6 +338,17 @@ def test_the_clis_init_file_is_checked_against_its_spec_before_a_weight_is_read(
     assert not built
 
 
+def test_a_run_configuration_that_cannot_be_read_is_named(tr, pack_module, tmp_path):
+    read = pack_module("host.training_cli").read_run_config
+    with pytest.raises(tr["core"].TrainingError, match=r"missing.json': the run configuration cannot be read "
+                                                       r"\(No such file or directory\)"):
+        read(str(tmp_path / "missing.json"))
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(tr["core"].TrainingError, match=r"deep.json' is not a run configuration: its JSON is nested too "
+                                                       r"deeply"):
+        read(str(tmp_path / "deep.json"))
+
+
 @pytest.mark.parametrize("inputs, message", [
     (dict(mode="upscaler"), r"mode 'upscaler' trains the SD x4 upscaler, found a SD1.x MODEL"),
     (dict(images_count=3), r"images: clips of 4 frames need at least 4 frames, found 3"),

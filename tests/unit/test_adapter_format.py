@@ -202,6 +202,17 @@ def test_svd_unet_file_in_its_exact_public_layout_imports_its_656m_temporal_para
     assert sum(v.numel() for v in native.values()) == 656_076_838
 
 
+def test_an_svd_transformer_narrower_than_its_64_wide_heads_is_refused_naming_its_channels():
+    """SVD's head count is the width over 64, not a number the file states: a 32-wide layer is named
+    by its channels, not as 'heads 0'."""
+    state_dict = {k: v for k, v in reference_state_dict("svd_unet_keys.txt").items()
+                  if "input_blocks.1.1." in k}
+    narrow = {k: torch.empty(*[32 if n == 320 else n for n in v.shape], device="meta") for k, v in state_dict.items()}
+    with pytest.raises(AdapterFormatError, match=r"svd.safetensors: temporal transformer at .*input_blocks.1.1 has 32 "
+                                                 r"channels; SVD's attention heads are 64 wide, so expected a multiple of 64"):
+        import_adapter(narrow, {}, "svd.safetensors")
+
+
 def test_an_adapter_is_built_in_the_dtype_and_on_the_device_it_runs_on():
     """Every layer made through `operations` is created in the requested dtype and device (meta: no
     memory at all), the way ComfyUI builds its own UNet layers, never first in fp32 on the CPU."""

@@ -39,6 +39,10 @@ def import_svd(state_dict: dict, source: str = "SVD UNet") -> tuple[AdapterSpec,
                                kernel_t=conv.shape[2], merge_strategy="learned_with_images", alpha=0.0)
         elif "time_pos_embed.0.weight" in weights:
             channels = weights["time_pos_embed.0.weight"].shape[1]
+            if channels < SVD_HEAD_WIDTH or channels % SVD_HEAD_WIDTH:
+                raise AdapterFormatError(f"{source}: temporal transformer at {path} has {channels} channels; SVD's "
+                                         f"attention heads are {SVD_HEAD_WIDTH} wide, so expected a multiple of "
+                                         f"{SVD_HEAD_WIDTH}.")
             depth = len({k.split(".")[1] for k in weights if k.startswith("time_stack.")})
             context_key = "time_stack.0.attn2.to_k.weight"
             slots[path] = dict(kind="transformer", channels=channels, heads=channels // SVD_HEAD_WIDTH,
