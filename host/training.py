@@ -388,6 +388,11 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
             finished, interrupted = False, e
     trained = trained_state(adapter, trainer)
     history, step = trainer.history, trainer.step
+    skipped = int(sum(row.get("adapter/skipped", 0.0) for row in history))
+    if skipped:
+        log.warning("Video LDM: Train Temporal Adapter: fp16's grad scaler skipped %d of %d steps (their gradients "
+                    "overflowed while it lowered its loss scale from %d); the adapter learned from the other %d.",
+                    skipped, len(history), 2 ** 16, len(history) - skipped)
     # the optimiser's state, the gradients and the UNet copy go before the result is built beside `trained`
     adapter.zero_grad(set_to_none=True)
     del trainer, phase, denoiser, base, items

@@ -92,6 +92,34 @@ def test_a_non_finite_gradient_stops_the_run_before_the_step_is_applied(tmp_path
     assert latest_checkpoint(tmp_path) is None   # nothing non-finite was saved
 
 
+class ExplodingOnce(Regression):
+    """An infinite gradient at the first step only: what fp16 gradients at too high a loss scale do."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, batch, generator):
+        loss, logs = super().forward(batch, generator)
+        self.calls += 1
+        return (loss + InfiniteGradient.apply(self.linear.weight) if self.calls == 1 else loss), logs
+
+
+def test_fp16_steps_the_grad_scaler_skips_are_logged_not_applied():
+    """With precision fp16 an overflowing gradient does not stop the run: the scaler skips the step
+    (the weights stay), lowers its scale, and the row says so (`skipped`), so a caller can tell."""
+    t = Trainer([ExplodingOnce()], TrainConfig(steps=30, lr=0.05, seed=3, precision="fp16"), StepBatches(DATA, 2, seed=3))
+    before = {k: v.clone() for k, v in t.phases[0].state_dict().items()}
+    scale = t.scaler.get_scale()
+    t.train_step()
+    assert t.history[0]["model/skipped"] == 1.0 and t.scaler.get_scale() < scale
+    assert all(torch.equal(before[k], v) for k, v in t.phases[0].state_dict().items())
+    t.run()   # the rest: its own fp16 gradients overflow too at the start scale, until the scale is low enough
+    skipped = [r["model/skipped"] for r in t.history]
+    assert skipped[-1] == 0.0 and t.scaler.get_scale() == scale * 0.5 ** sum(skipped)
+    assert not torch.equal(before["linear.weight"], t.phases[0].linear.weight)
+
+
 def test_the_loss_falls_and_gradients_are_clipped():
     t = trainer(steps=60, grad_clip=0.5)
     t.run()

@@ -243,6 +243,8 @@ class Trainer:
             if config.grad_clip is not None:
                 row[f"{phase.name}/grad_norm"] = norm
             if self.scaler:
+                # fp16 gradients overflowed at the scaler's scale: it skips this step and lowers the scale
+                row[f"{phase.name}/skipped"] = float(not math.isfinite(norm))
                 self.scaler.step(optimizer)
             else:
                 optimizer.step()
