@@ -56,7 +56,8 @@ STAGES: dict[str, tuple[tuple[Stage, ...], int]] = {   # name -> (stages, groups
     ), 5),
     "train": ((
         Stage(MODELS, "The toy keyframe model: its spatial layers stay frozen.", ("1",)),
-        PROMPT,
+        Stage("Prompt", "What the video shows; the negative prompt is empty, and so is the prompt 10% of the clips "
+                        "train on.", ("2", "3", "13")),
         Stage("Train", "New temporal layers learn from one video; the loss curve is saved.", ("4", "5", "6")),
         Stage("Sample", "The model with the trained layers draws 8 frames.", ("7", "8", "9")),
         Stage(SAVE, "Decode and write the mp4.", ("10", "11", "12")),

@@ -286,9 +286,9 @@ class RunNoise:
 def context_guider(model, positive, negative, context: VideoContext, cfg: float, context_scale: float,
                    keep_given: bool, on_missing: str) -> ContextGuider:
     """The Context Guider node's GUIDER: conds set, ready for SamplerCustomAdvanced."""
-    # the context's VAE against the model's family (the sampled latent is checked against the context)
-    checked_video_latent(context.latents, "Context Guider", "context", latent_channels(model))
     reads = check_context_encoder(model, len(context.positions), on_missing)
+    if reads:   # the context's VAE against the model's family (the sampled latent is checked against the context)
+        checked_video_latent(context.latents, "Context Guider", "context", latent_channels(model))
     guider = ContextGuider(model, context if reads else None, context_scale, keep_given)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)

@@ -30,6 +30,7 @@ import comfy.utils
 import folder_paths
 from comfy_extras.nodes_model_advanced import ModelSamplingDiscreteDistilled
 
+from ..videoldm_core.families import SD1, SD2, SD_X4_UPSCALER, SDXL
 from ..videoldm_core.interpolation import REGIMES
 from ..videoldm_core.temporal_adapter import TemporalAdapter, resolve_slots, save_adapter
 from ..videoldm_core.training.batches import StepBatches
@@ -147,6 +148,29 @@ def training_precision(requested: str, base, quiet: bool = False) -> str:
     return resolved
 
 
+def reads_pooled(model) -> bool:
+    """Whether MODEL's UNet is conditioned on a vector of the pooled text too (SDXL's `y`)."""
+    return not model_family(model).concat_image and getattr(model.model, "adm_channels", 0) > 0
+
+
+def check_empty_prompt(model, prompt, empty_prompt, names=("the prompt", "the empty prompt")):
+    """The empty prompt (text, pooled) fits the prompt it stands in for on MODEL: the same text
+    encoder (features per token, chunks of tokens) and, where the UNet reads it, a pooled vector.
+    `names`: what the two are called where they were given (the node's inputs)."""
+    (text, _), (empty_text, empty_pooled) = prompt, empty_prompt
+    prompt_name, empty_name = names
+    if empty_text.ndim != 3 or empty_text.shape[-1] != text.shape[-1]:
+        raise TrainingError(f"caption dropout: expected {empty_name} encoded like {prompt_name} ({text.shape[-1]} "
+                            f"features per token), found shape {tuple(empty_text.shape)}; encode both with the model's "
+                            "own CLIP.")
+    if text.shape[1] % empty_text.shape[1]:
+        raise TrainingError(f"caption dropout: {prompt_name} is {text.shape[1]} tokens long, not a multiple of "
+                            f"{empty_name}'s {empty_text.shape[1]}; encode both with the model's own CLIP.")
+    if reads_pooled(model) and empty_pooled is None:
+        raise TrainingError(f"caption dropout: this UNet reads a pooled text vector, and {empty_name} has none; "
+                            "encode it with the model's own CLIP (CLIP Text Encode).")
+
+
 class UNetDenoiser:
     """f_θ,φ(x_t; c, t): the frozen UNet with the trainable adapter applied, called directly (no
     sampler), with c_S, interpolation labels, the x4 upscaler's concat and noise level routed
@@ -174,7 +198,7 @@ class UNetDenoiser:
         # (text, pooled) of the empty prompt: what rows marked "text_dropped" are conditioned on
         self.empty_prompt = empty_prompt
         if empty_prompt is not None:
-            self._check_empty_prompt(*empty_prompt)
+            check_empty_prompt(base, (text, pooled), empty_prompt)
         # the run's precision; autocast casts the frozen weights to it
         self.dtype = PRECISIONS[training_precision(precision, base, quiet=True)] or torch.float32
 
@@ -187,23 +211,7 @@ class UNetDenoiser:
 
     @property
     def reads_pooled(self) -> bool:
-        """Whether the UNet is conditioned on a vector of the pooled text too (SDXL's `y`)."""
-        return not self.is_upscaler and getattr(self.base.model, "adm_channels", 0) > 0
-
-    def _check_empty_prompt(self, empty_text, empty_pooled):
-        """The empty prompt fits the prompt it stands in for, checked when the denoiser is built
-        (before anything is encoded or trained): the same text encoder (features per token, chunks
-        of tokens) and, where the UNet reads it, a pooled vector."""
-        if empty_text.ndim != 3 or empty_text.shape[-1] != self.text.shape[-1]:
-            raise TrainingError(f"caption dropout: expected the empty prompt encoded like the prompt "
-                                f"({self.text.shape[-1]} features per token), found shape {tuple(empty_text.shape)}; "
-                                "encode both with the model's own CLIP.")
-        if self.text.shape[1] % empty_text.shape[1]:
-            raise TrainingError(f"caption dropout: the prompt is {self.text.shape[1]} tokens long, not a multiple of the "
-                                f"empty prompt's {empty_text.shape[1]}; encode both with the model's own CLIP.")
-        if self.reads_pooled and empty_pooled is None:
-            raise TrainingError("caption dropout: this UNet reads a pooled text vector, and the empty prompt has none; "
-                                "encode it with the model's own CLIP (CLIP Text Encode).")
+        return reads_pooled(self.base)
 
     def _adm(self, num_rows: int, height: int, width: int, pooled=None):
         if not self.reads_pooled:
@@ -304,11 +312,16 @@ def adapter_save_path(save_name: str) -> str:
 # The node's clips come at one frame rate, the keyframes' x4: the T-to-4T regime (4T-to-16T needs clips
 # at 4x the rate, which the CLI reads with data.fps); drawn at random, the label would mean nothing.
 NODE_REGIMES = (REGIMES["T-to-4T"],)
+TRAINED_FAMILIES = (SD1, SD2, SDXL, SD_X4_UPSCALER)
+NODE_PROMPTS = ("positive", "empty_prompt")   # the node's inputs, as its refusals name them
 
 
 def check_model_for_mode(model, mode: str):
-    """Mode 'upscaler' trains the SD x4 upscaler, every other mode an image model: told from MODEL."""
+    """Mode 'upscaler' trains the SD x4 upscaler, every other mode an SD image model: told from MODEL."""
     family, upscaler = model_family(model), mode_named(mode).is_upscaler
+    if family not in TRAINED_FAMILIES:
+        raise TrainingError(f"Train Temporal Adapter: expected an SD-family MODEL ({', '.join(f.name for f in TRAINED_FAMILIES)}), "
+                            f"found {family.name}: temporal layers go after the spatial layers of an SD UNet.")
     if upscaler != family.concat_image:
         expected = "the SD x4 upscaler" if upscaler else "an image model (SD1.x, SD2.x, SDXL; the x4 upscaler trains in mode 'upscaler')"
         raise TrainingError(f"Train Temporal Adapter: mode '{mode}' trains {expected}, found a {family.name} MODEL.")
@@ -320,10 +333,15 @@ def check_clip_frames(mode: str, clip_frames: int, context_frames):
         raise TrainingError(f"Train Temporal Adapter: {problem}.")
 
 
-def encoded_prompt(conditioning) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(text, pooled vector or None) of a CONDITIONING's first entry, copied outside inference mode."""
+def prompt_parts(conditioning) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(text, pooled vector or None) of a CONDITIONING's first entry."""
     text, extra = conditioning[0]
-    pooled = extra.get("pooled_output")
+    return text, extra.get("pooled_output")
+
+
+def encoded_prompt(conditioning) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`prompt_parts`, copied (outside inference mode, tensors autograd may see)."""
+    text, pooled = prompt_parts(conditioning)
     return text.clone(), None if pooled is None else pooled.clone()
 
 
@@ -341,6 +359,8 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
     model = without_adapters(model)   # adapters applied to MODEL play no part: neither layers nor schedule
     # what MODEL and the frames alone decide, before an adapter is built or the UNet copied
     check_model_for_mode(model, mode)
+    if empty_prompt is not None:
+        check_empty_prompt(model, prompt_parts(positive), prompt_parts(empty_prompt), NODE_PROMPTS)
     if images is not None:
         check_training_frames(images, clip_frames, mode)
     config = TrainConfig(steps=steps, lr=learning_rate, warmup=min(50, steps // 10), seed=seed)

@@ -26,6 +26,7 @@ An example configuration (a real run's values, not the defaults: those follow it
                                                   // "temporal_weight": 0 (L1 of frame differences)
 
 Defaults of the keys left out (checkpoint, output and data.folder or data.shards are required):
+  mode "temporal", prompt "" (the empty prompt), resume true.
   adapter: init none (a fresh adapter for the mode), context_frames [0, 1, 2] for prediction and
     interpolation, context_width 64, regimes [0, 1], patch none, placement "videoldm" (or
     "animatediff") with the placement's settings: kernel_t 3, positional "absolute", merge_strategy

@@ -332,7 +332,7 @@ def test_the_clis_init_file_is_checked_against_its_spec_before_a_weight_is_read(
     path = tmp_path / "init.safetensors"
     core.save_adapter(path, small.state_dict(), big_spec)   # the weights of one, the spec of the other
     built = []
-    monkeypatch.setattr(tr["host"], "starting_adapter", lambda *a, **k: built.append(1))
+    monkeypatch.setattr(pack_module("host.training_cli"), "starting_adapter", lambda *a, **k: built.append(1))
     with pytest.raises(core.AdapterFormatError, match=r"'init.safetensors': the weights do not match the adapter spec"):
         pack_module("host.training_cli").starting_adapter_from_config(tr["model"], {"init": str(path)}, "temporal")
     assert not built
@@ -647,17 +647,50 @@ def test_the_node_drops_captions_to_its_empty_prompt_input(tr, tiny_sd1):
     assert same(trained(text_dropout=1.0), plain)
 
 
-def test_an_empty_prompt_unlike_the_prompt_is_refused_before_the_frames_are_encoded(tr, monkeypatch):
-    """Another text encoder's empty prompt (other features per token, no pooled vector where the
-    UNet reads one) fails the run before the VAE encodes anything, naming what differs."""
-    encoded = []
-    monkeypatch.setattr(tr["host"], "training_items", lambda *a, **k: encoded.append(1))
-    other = [[torch.zeros(1, 77, 1280), {"pooled_output": torch.zeros(1, 1280)}]]
-    with pytest.raises(tr["core"].TrainingError, match=r"expected the empty prompt encoded like the prompt "
-                                                       r"\(64 features per token\), found shape \(1, 77, 1280\)"):
-        with torch.inference_mode():
-            tr["node"].execute(**node_args(tr, steps=1), images=shapes_video(tr, frames=8), empty_prompt=other)
-    assert not encoded
+def test_an_empty_prompt_unlike_the_prompt_is_refused_before_anything_is_built(tr, tiny_sd1, monkeypatch):
+    """Another text encoder's empty prompt (other features per token or chunk length) fails the run
+    before the adapter is built, the UNet copied or the VAE encodes anything, naming the node's
+    inputs; so does one without the pooled vector SDXL reads."""
+    built = []
+    for name in ("starting_adapter", "trainable_base", "training_items"):
+        monkeypatch.setattr(tr["host"], name, lambda *a, name=name, **k: built.append(name))
+    images = shapes_video(tr, frames=8)
+    for empty, message in (
+            ([[torch.zeros(1, 77, 1280), {"pooled_output": torch.zeros(1, 1280)}]],
+             r"expected empty_prompt encoded like positive \(64 features per token\), found shape \(1, 77, 1280\)"),
+            ([[torch.zeros(1, 154, 64), {}]], r"positive is 77 tokens long, not a multiple of empty_prompt's 154")):
+        with pytest.raises(tr["core"].TrainingError, match=message), torch.inference_mode():
+            tr["node"].execute(**node_args(tr, steps=1), images=images, empty_prompt=empty)
+    assert not built
+    sdxl_text = [[torch.zeros(1, 77, 32), {"pooled_output": torch.zeros(1, 32)}]]
+    with pytest.raises(tr["core"].TrainingError, match=r"this UNet reads a pooled text vector, and empty_prompt has none"):
+        tr["host"].check_empty_prompt(sdxl_model(), tr["host"].prompt_parts(sdxl_text), (torch.zeros(1, 77, 32), None),
+                                      tr["host"].NODE_PROMPTS)
+
+
+def test_the_node_refuses_a_model_that_is_not_an_sd_unet_by_name(tr):
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+
+    config = sm.Flux(dict(image_model="flux", in_channels=16, patch_size=2, out_channels=16, vec_in_dim=32,
+                          context_in_dim=32, hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1,
+                          axes_dim=[8, 12, 12], theta=10000, qkv_bias=True, guidance_embed=False, txt_ids_dims=[]))
+    config.set_inference_dtype(torch.float32, None)
+    flux = comfy.model_patcher.ModelPatcher(config.get_model({}, device="meta"), "cpu", "cpu")
+    with pytest.raises(tr["core"].TrainingError, match=r"expected an SD-family MODEL \(SD1.x, SD2.x, SDXL, "
+                                                       r"SD-x4-upscaler\), found Flux"):
+        tr["host"].check_model_for_mode(flux, "temporal")
+
+
+def sdxl_model():
+    """A tiny SDXL MODEL on the meta device: its family and pooled-vector input, no weights."""
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    from devtools import unet_configs
+
+    model_config = sm.SDXL(unet_configs.tiny(unet_configs.SDXL))
+    model_config.set_inference_dtype(torch.float32, None)
+    return comfy.model_patcher.ModelPatcher(model_config.get_model({}, device="meta"), "cpu", "cpu")
 
 
 def test_caption_dropout_marks_whole_clips_and_leaves_every_other_draw_as_it_was(tr):

@@ -283,6 +283,11 @@ def test_a_frame_gone_after_the_probe_is_named_without_the_servers_path(tmp_path
     with pytest.raises(TrainingError, match=r"'walk' failed to decode \(FileNotFoundError: No such file") as e:
         data[0]
     assert str(tmp_path) not in str(e.value)
+    (folder / "00001.png").write_text("not an image any more")   # PIL's message repeats the path, strerror is None
+    with pytest.raises(TrainingError, match=r"'walk' failed to decode \(UnidentifiedImageError: cannot identify image "
+                                            r"file 'walk/00001.png'\)") as e:
+        data[0]
+    assert str(tmp_path) not in str(e.value)
 
 
 def test_a_frame_folder_of_mixed_sizes_is_refused_when_probed(tmp_path):

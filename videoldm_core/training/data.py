@@ -120,6 +120,13 @@ def _caption_for(path: Path, captions: dict[str, str], allowed) -> str | None:
                             "remove it.") from None
 
 
+def failure_reason(e: Exception, entry: Entry) -> str:
+    """What a library said about a clip it could not read, without the server's path: an OSError's
+    own text, else its message with the clip's path given as the clip's name (PIL's and PyAV's
+    messages repeat the absolute path)."""
+    return getattr(e, "strerror", None) or str(e).replace(str(entry.path), entry.name)
+
+
 def discover(folder, roots=None, label: str | None = None) -> list[Entry]:
     """The clips in `folder`, sorted by name; cheap (no file is opened but captions). With `roots`,
     anything whose real path leaves them (a symlink out) is ignored, unopened; `label` is how
@@ -355,8 +362,7 @@ class VideoFolder:
             try:
                 source = probe(entry, self.source_fps)
             except Exception as e:
-                reason = getattr(e, "strerror", None) or e  # PyAV's errors repeat the path otherwise
-                bad.append(f"'{entry.name}': unreadable ({type(e).__name__}: {reason})")
+                bad.append(f"'{entry.name}': unreadable ({type(e).__name__}: {failure_reason(e, entry)})")
                 continue
             if frame_indices(spec, source) is None:
                 bad.append(f"'{entry.name}': {_too_short(spec, entry, source)}")
@@ -402,8 +408,8 @@ class VideoFolder:
         except TrainingError:
             raise
         except Exception as e:
-            reason = getattr(e, "strerror", None) or e   # an OSError's own text names the server's path
-            raise TrainingError(f"'{entry.name}' failed to decode ({type(e).__name__}: {reason}) although it probed fine; "
+            raise TrainingError(f"'{entry.name}' failed to decode ({type(e).__name__}: {failure_reason(e, entry)}) "
+                                "although it probed fine; "
                                 "the file may be damaged. Re-encode or remove it.") from e
         frames = fit(video, self.spec.height, self.spec.width, self.spec.crop, rng)
         return {"frames": frames, "name": entry.name, "caption": entry.caption}
