@@ -197,5 +197,19 @@ def unset_schedule(clone):
         clone.object_patches["model_sampling"] = replaced
 
 
+def schedule_replaced(model) -> Optional[str]:
+    """Why MODEL does not sample with the schedule its adapters decided, or None: a node after Apply
+    Temporal Adapter (core's ModelSamplingDiscrete, say) replaced the sampling they set."""
+    decided: Optional[ScheduleChoice] = model.model_options.get("transformer_options", {}).get(SCHEDULE_KEY)
+    if decided is None or decided.schedule is None or model_schedule(model) == decided.schedule:
+        return None
+    sampling = model.get_model_object("model_sampling")
+    return (f"temporal adapter '{decided.by}' samples with {_describe(decided.schedule)}, but a node after Apply "
+            f"Temporal Adapter replaced the model's sampling ({type(sampling).__name__}), which this run samples with. "
+            "To sample as the adapter was trained, put that node before Apply Temporal Adapter (a "
+            "ModelSamplingDiscrete 'lcm' there is kept, on the adapter's betas) or pick the schedule in its "
+            "noise_schedule.")
+
+
 def _describe(schedule: Optional[BetaSchedule]) -> str:
     return "the checkpoint's own schedule" if schedule is None else f"'{schedule.label}'"

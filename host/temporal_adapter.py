@@ -43,7 +43,7 @@ from .context import route_context, slicing_context_in_windows
 from .clip_norms import output_norm_over_clip
 from .keys import ADDITIONAL_MODELS_KEY, CHECKS_ITS_SAMPLE_KEY, CLIP_NORMS_KEY, OPTIONS_KEY, SCHEDULE_KEY, WRAPPER_KEY
 from .model_folders import TEMPORAL_ADAPTERS, full_path
-from .noise_schedule import AUTO, choose_schedule, model_schedule, set_schedule, unset_schedule
+from .noise_schedule import AUTO, choose_schedule, model_schedule, schedule_replaced, set_schedule, unset_schedule
 from .temporal_forward import AppliedAdapter, forward_with_temporal
 from .unet_layout import know_layer_paths, model_family, spatial_layout
 
@@ -236,6 +236,9 @@ def checked_sampling(executor, noise, *args, **kwargs):
     for applied in options.get(OPTIONS_KEY, []):
         if applied.adapter.spec.max_frames is not None:
             check_frame_limit(frames, applied.adapter.spec.max_frames, f"temporal adapter '{applied.name}'{windows}")
+    replaced = schedule_replaced(guider.model_patcher)
+    if replaced is not None:
+        log.warning("Video LDM: %s", replaced)
     if frames < 2 and options.get(OPTIONS_KEY):
         log.warning("Video LDM: sampling %d frame with temporal adapters; temporal layers need at least 2 frames "
                     "(the latent batch is the frame count), so this runs as the image model.", frames)

@@ -56,10 +56,11 @@ class ApplyTemporalAdapter(io.ComfyNode):
                 io.Combo.Input("noise_schedule", options=list(NOISE_SCHEDULE_CHOICES), default=AUTO, optional=True,
                                tooltip="The noise schedule of the patched copy. auto: the one the adapter was trained "
                                        "with (AnimateDiff SD1.5 modules: sqrt_linear; the SDXL beta module: linear to "
-                                       "0.020; AnimateLCM: LCM; after a ModelSamplingDiscrete 'lcm', LCM on those betas); "
-                                       "model: keep MODEL's own; or a schedule by name "
-                                       "(betas, beta_start-beta_end). Set on the copy only. Optional, so API prompts saved before it "
-                                       "existed still run.", advanced=True),
+                                       "0.020; AnimateLCM: LCM; with a ModelSamplingDiscrete 'lcm' placed before this node, LCM on "
+                                       "those betas); model: keep MODEL's own; or a schedule by name "
+                                       "(betas, beta_start-beta_end). Set on the copy only; a ModelSampling node placed "
+                                       "after this one replaces it (the log says so). Optional, so API prompts saved "
+                                       "before it existed still run.", advanced=True),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="A copy of MODEL with the temporal layers applied.")],
         )

@@ -199,6 +199,37 @@ def test_an_lcm_sampling_set_before_the_adapters_is_kept_on_their_betas(motion_m
     assert patch.without_adapters(patched).get_model_object("model_sampling") is users.get_model_object("model_sampling")
 
 
+def test_a_model_sampling_node_after_the_adapter_is_named_when_the_run_samples(motion_module, pack_module, tiny_sd1,
+                                                                           caplog):
+    """A ModelSamplingDiscrete placed after Apply Temporal Adapter replaces the schedule the module
+    was trained with (ComfyUI's patch wins); the host's node keeps working, and the run's log says
+    the module does not sample as trained. Placed before it, nothing is said."""
+    import logging
+
+    import comfy.sample
+    import comfy_extras.nodes_model_advanced as advanced
+
+    patch = pack_module("host.temporal_adapter")
+    model, v3 = motion_module("v3")
+    positive = tiny_sd1[1].encode_from_tokens_scheduled(tiny_sd1[1].tokenize("a fox"))
+    latent = torch.zeros(2, 4, 8, 8)
+
+    def sample(m):
+        with caplog.at_level(logging.WARNING, logger="videoldm"), torch.inference_mode():
+            comfy.sample.sample(m, comfy.sample.prepare_noise(latent, 0), 1, 1.0, "euler", "normal", positive, positive,
+                                latent, disable_pbar=True)
+        said, _ = caplog.text, caplog.clear()
+        return said
+
+    after = advanced.ModelSamplingDiscrete().patch(patch.apply_adapter(model, v3.patcher, v3.name), "eps", False)[0]
+    said = sample(after)
+    assert f"temporal adapter '{v3.name}' samples with 'sqrt_linear" in said
+    assert "a node after Apply Temporal Adapter replaced the model's sampling (ModelSamplingAdvanced)" in said
+    before = patch.apply_adapter(advanced.ModelSamplingDiscrete().patch(model, "eps", False)[0], v3.patcher, v3.name)
+    assert "replaced the model's sampling" not in sample(before)
+    assert "replaced the model's sampling" not in sample(patch.apply_adapter(model, v3.patcher, v3.name))
+
+
 @pytest.mark.parametrize("node, sampling, settings", [
     ("ModelSamplingContinuousEDM", "edm_playground_v2.5", (120.0, 0.002)),   # Playground v2.5
     ("ModelSamplingContinuousEDM", "v_prediction", (120.0, 0.002)),          # CosXL: v on EDM's σ, not V
