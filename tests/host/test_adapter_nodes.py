@@ -74,9 +74,12 @@ def test_apply_node_patches_a_clone_and_applies_strength(node_classes, native_ad
     assert "videoldm_adapters" not in image_model.model_options.get("transformer_options", {})   # nothing runs
 
 
-def test_pickle_checkpoint_is_loaded_weights_only(node_classes, native_adapter_file, adapters_dir):
+def test_a_pickle_of_a_native_adapters_tensors_is_read_and_refused_for_its_missing_spec(node_classes, native_adapter_file,
+                                                                                        adapters_dir):
+    """A pickle's tensors are read (weights only; code in one is refused: the test after this), but a
+    pickle has no metadata for the native spec, so its keys are no format the pack knows."""
     torch.save({"state_dict": dict(native_adapter_file[1].state_dict())}, os.path.join(adapters_dir, "as_pickle.ckpt"))
-    with pytest.raises(Exception, match="unrecognised temporal adapter format"):  # tensors read; no spec in a pickle
+    with pytest.raises(Exception, match="unrecognised temporal adapter format"):
         load(node_classes, "as_pickle.ckpt")
 
 

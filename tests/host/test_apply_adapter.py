@@ -322,8 +322,14 @@ def test_fresh_adapter_from_a_model_starts_as_the_identity(tiny_sd1, tools, plac
     spec, adapter = patch.fresh_adapter_for_model(model, placement, **options)
     assert spec.family == "SD1.x" and all(p.requires_grad for p in adapter.parameters())
     assert spec.max_frames == max_frames   # a positional table's length is checked before sampling
-    patched = patch.apply_adapter(model, patch.build_adapter_patcher(spec, adapter.state_dict(), "fresh"), "fresh")
+    adapter_patcher = patch.build_adapter_patcher(spec, adapter.state_dict(), "fresh")
+    ran = []   # the slots run (their output layers start at zero), not skipped
+    hooks = [m.register_forward_hook(lambda *a: ran.append(1)) for m in adapter_patcher.model.modules()]
+    patched = patch.apply_adapter(model, adapter_patcher, "fresh")
     assert torch.equal(sample(patched, tools, steps=1), sample(model, tools, steps=1))
+    assert ran
+    for hook in hooks:
+        hook.remove()
 
 
 def test_the_adapter_runs_in_another_instance_of_the_unet_the_host_makes(tools, pack_module):

@@ -66,15 +66,14 @@ def test_sampling_is_deterministic_and_follows_the_prompt(node_classes, tiny_bun
 
 
 def test_non_bundle_is_rejected_before_its_weights_are_read(node_classes, pack_module, tiny_bundle, monkeypatch):
-    import comfy.utils
-
     plain = os.path.join(os.path.dirname(tiny_bundle), "plain_sd.safetensors")
     save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 32, 3, 3)}, plain)
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("weights were read before the bundle check")
 
-    monkeypatch.setattr(comfy.utils, "load_torch_file", must_not_load)
+    # the loader reads every tensor through WeightsFile.tensors (never core's load_torch_file)
+    monkeypatch.setattr(pack_module("videoldm_core.weights_file").WeightsFile, "tensors", must_not_load)
     with pytest.raises(pack_module("videoldm_core.bundle").BundleFormatError, match="not a Video LDM bundle"):
         load(node_classes, "plain_sd.safetensors")
 

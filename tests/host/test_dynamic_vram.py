@@ -28,7 +28,8 @@ from comfy.model_patcher import ModelPatcher, ModelPatcherDynamic
 host = lambda name: importlib.import_module(f"{pack.__name__}.host.{name}")
 core = lambda name: importlib.import_module(f"{pack.__name__}.videoldm_core.{name}")
 host("model_folders").register_model_folders()
-def dynamic_vram(on):   # what main.py sets when it enables DynamicVRAM
+def dynamic_vram(on):   # what main.py sets when it enables DynamicVRAM: the patcher class and the flag
+    comfy.model_patcher.CoreModelPatcher = ModelPatcherDynamic if on else ModelPatcher
     comfy.memory_management.aimdo_enabled = on
 """
 

@@ -117,7 +117,7 @@ def test_a_cfg_pp_sampler_at_cfg_1_gets_the_negative_branch(ctx, given):
                             sigmas, disable_pbar=True, seed=3)
     assert torch.isfinite(out).all()
     main, dropped = record[0::2], record[1::2]   # a hook gets [positive, negative], then [no context, None]
-    assert len(main) == len(dropped) and all(r["conds"][1] is None for r in dropped)
+    assert main and len(main) == len(dropped) and all(r["conds"][1] is None for r in dropped)
     assert all(r["conds"][1] is not None for r in main), "CFG++ needs the unconditional prediction"
     record.clear()
     guided_prediction(context_guider(ctx, recording, context, cfg=1.0, scale=1.5))

@@ -162,15 +162,22 @@ def test_the_cli_loads_a_bundles_unet_in_the_runs_precision_and_pretraining_copi
     assert bf16.model.get_dtype() == torch.bfloat16   # the loaded MODEL is not changed
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tr):
-    grads = []
+def test_gradient_checkpointing_gives_the_same_gradients(tr, monkeypatch):
+    """Layers are recomputed in the backward (torch's checkpoint runs, once per adapted layer) only
+    with the flag, and the gradients are those of the plain backward."""
+    checkpoint, calls = torch.utils.checkpoint.checkpoint, []
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: (calls.append(1), checkpoint(*a, **k))[1])
+    grads, counted = [], []
     for checkpointing in (False, True):
+        calls.clear()
         run = setup_training(tr, "prediction", steps=1, checkpointing=checkpointing)
         for p in run["adapter"].parameters():
             torch.nn.init.normal_(p, std=0.02) if p.ndim > 1 else None
         loss, _ = run["phase"](tr_batch(run["items"][:2]), torch.Generator().manual_seed(0))
         loss.backward()
+        counted.append(len(calls))
         grads.append(torch.cat([p.grad.flatten() for p in run["adapter"].parameters() if p.grad is not None]))
+    assert counted[0] == 0 and counted[1] > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
 
@@ -331,11 +338,13 @@ def test_the_clis_init_file_is_checked_against_its_spec_before_a_weight_is_read(
     big_spec, _ = tr["patch"].fresh_adapter_for_model(tr["model"], context_frames=(0, 1, 2), context_width=16)
     path = tmp_path / "init.safetensors"
     core.save_adapter(path, small.state_dict(), big_spec)   # the weights of one, the spec of the other
-    built = []
-    monkeypatch.setattr(pack_module("host.training_cli"), "starting_adapter", lambda *a, **k: built.append(1))
+    read = []
+    weights_file = pack_module("videoldm_core.weights_file").WeightsFile
+    monkeypatch.setattr(weights_file, "tensors", lambda *a, **k: read.append(1))
+    monkeypatch.setattr(pack_module("host.training_cli"), "starting_adapter", lambda *a, **k: read.append(2))
     with pytest.raises(core.AdapterFormatError, match=r"'init.safetensors': the weights do not match the adapter spec"):
         pack_module("host.training_cli").starting_adapter_from_config(tr["model"], {"init": str(path)}, "temporal")
-    assert not built
+    assert not read
 
 
 def test_a_run_configuration_that_cannot_be_read_is_named(tr, pack_module, tmp_path):

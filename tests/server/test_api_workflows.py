@@ -116,8 +116,8 @@ def test_training_prompt_saves_an_adapter_that_load_temporal_adapter_then_loads(
 
     reuse = json.loads(api_prompt("train").read_text())
     del reuse["5"], reuse["6"], reuse["4"]
-    reuse["13"] = {"class_type": "VideoLDMLoadTemporalAdapter", "inputs": {"adapter_name": "videoldm_api_trained/seed3.safetensors"}}
-    reuse["7"]["inputs"]["temporal_adapter"] = ["13", 0]
+    reuse["20"] = {"class_type": "VideoLDMLoadTemporalAdapter", "inputs": {"adapter_name": "videoldm_api_trained/seed3.safetensors"}}
+    reuse["7"]["inputs"]["temporal_adapter"] = ["20", 0]
     run = server.run_prompt(reuse)
     assert run.status == "success", run.error_message() or server.log_tail()
 
@@ -125,8 +125,8 @@ def test_training_prompt_saves_an_adapter_that_load_temporal_adapter_then_loads(
 def test_training_a_prediction_mode_on_a_motion_module_fails_the_prompt_clearly(server):
     prompt = json.loads(api_prompt("train").read_text())
     prompt["1"]["inputs"]["bundle_name"] = "videoldm_demo_tiny.safetensors"   # the motion module's UNet
-    prompt["13"] = {"class_type": "VideoLDMLoadTemporalAdapter", "inputs": {"adapter_name": "videoldm_demo_motion_module.safetensors"}}
-    prompt["5"]["inputs"].update(mode="prediction", temporal_adapter=["13", 0], save_name="")
+    prompt["20"] = {"class_type": "VideoLDMLoadTemporalAdapter", "inputs": {"adapter_name": "videoldm_demo_motion_module.safetensors"}}
+    prompt["5"]["inputs"].update(mode="prediction", temporal_adapter=["20", 0], save_name="")
     run = server.run_prompt(prompt)
     assert run.status == "error"
     assert "needs an adapter with a context encoder" in run.error_message()
