@@ -33,6 +33,7 @@ class ScheduleChoice:
     by: str
     picked: bool
     users_lcm: Optional[int] = None
+    keeps_model: bool = False   # noise_schedule 'model': the user's sampling, whatever sets it later
 
 
 def model_schedule(model) -> Optional[BetaSchedule]:
@@ -131,7 +132,7 @@ def choose_schedule(model, choice: str, trained: Optional[BetaSchedule], name: s
         raise ScheduleError(f"noise_schedule: expected one of {NOISE_SCHEDULE_CHOICES}, found {choice!r}.")
     earlier: Optional[ScheduleChoice] = model.model_options.get("transformer_options", {}).get(SCHEDULE_KEY)
     if choice == MODEL:
-        return ScheduleChoice(model_schedule(model), name, picked=True)
+        return ScheduleChoice(model_schedule(model), name, picked=True, keeps_model=True)
     if choice != AUTO:
         return ScheduleChoice(NAMED_SCHEDULES[choice], name, picked=True)
     problem = discrete_problem(model.get_model_object("model_sampling")) if trained is not None else None
@@ -198,17 +199,31 @@ def unset_schedule(clone):
 
 
 def schedule_replaced(model) -> Optional[str]:
-    """Why MODEL does not sample with the schedule its adapters decided, or None: a node after Apply
-    Temporal Adapter (core's ModelSamplingDiscrete, say) replaced the sampling they set."""
+    """Why MODEL does not sample with the schedule its adapters decided, or None: a node after the
+    last Apply Temporal Adapter (core's ModelSamplingDiscrete, say) replaced the sampling they set
+    with one that samples otherwise. A sampling that samples as the pack would have made it from
+    that node's settings (an LCM or zero-SNR on the same betas) is no replacement."""
     decided: Optional[ScheduleChoice] = model.model_options.get("transformer_options", {}).get(SCHEDULE_KEY)
-    if decided is None or decided.schedule is None or model_schedule(model) == decided.schedule:
+    if decided is None or decided.schedule is None or decided.keeps_model:
         return None
     sampling = model.get_model_object("model_sampling")
-    return (f"temporal adapter '{decided.by}' samples with {_describe(decided.schedule)}, but a node after Apply "
-            f"Temporal Adapter replaced the model's sampling ({type(sampling).__name__}), which this run samples with. "
-            "To sample as the adapter was trained, put that node before Apply Temporal Adapter (a "
-            "ModelSamplingDiscrete 'lcm' there is kept, on the adapter's betas) or pick the schedule in its "
-            "noise_schedule.")
+    if getattr(sampling, SCHEDULE_ATTR, None) == decided.schedule:
+        return None
+    wanted, users_lcm = decided.schedule, user_lcm_timesteps(model)
+    if wanted.lcm_timesteps is None and users_lcm is not None:   # as choose_schedule keeps an LCM set before
+        wanted = dataclasses.replace(wanted, lcm_timesteps=users_lcm)
+    try:
+        expected = sampling_for(model, wanted).sigmas.cpu().float()
+        current = sampling.sigmas.cpu().float()
+        if expected.shape == current.shape and torch.allclose(expected, current, rtol=1e-5, atol=0):
+            return None
+    except ScheduleError:   # a sampling no discrete table can stand in for (EDM, x0): replaced
+        pass
+    what = "was trained with" if not decided.picked else "was set to"
+    return (f"temporal adapter '{decided.by}' {what} {_describe(decided.schedule)}, but a node after Apply Temporal "
+            f"Adapter replaced the model's sampling ({type(sampling).__name__}), which this run samples with. To sample "
+            "with the adapter's schedule, put that node before Apply Temporal Adapter (a ModelSamplingDiscrete 'lcm' "
+            "there is kept, on the adapter's betas) or pick the schedule in its noise_schedule.")
 
 
 def _describe(schedule: Optional[BetaSchedule]) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -217,6 +218,22 @@ def without_adapters(model):
 
 
 
+_last_replaced_warning = (lambda: None, None)   # (the MODEL warned about, by weak reference; the warning)
+
+
+def warn_if_schedule_replaced(model):
+    """Logs `schedule_replaced`'s warning, once for a MODEL sampled several times in a row (Extend
+    Video's segments, Interpolate Keyframes' windows)."""
+    global _last_replaced_warning
+    replaced = schedule_replaced(model) if model is not None else None
+    if replaced is None:
+        return
+    last_model, last_warning = _last_replaced_warning
+    if last_model() is not model or last_warning != replaced:
+        log.warning("Video LDM: %s", replaced)
+        _last_replaced_warning = (weakref.ref(model), replaced)
+
+
 def checked_sampling(executor, noise, *args, **kwargs):
     """OUTER_SAMPLE wrapper: frame-count problems are reported before the first step, and a sampled
     latent that holds NaN or infinity after the last (core KSampler and SamplerCustom check neither:
@@ -236,9 +253,7 @@ def checked_sampling(executor, noise, *args, **kwargs):
     for applied in options.get(OPTIONS_KEY, []):
         if applied.adapter.spec.max_frames is not None:
             check_frame_limit(frames, applied.adapter.spec.max_frames, f"temporal adapter '{applied.name}'{windows}")
-    replaced = schedule_replaced(guider.model_patcher)
-    if replaced is not None:
-        log.warning("Video LDM: %s", replaced)
+    warn_if_schedule_replaced(getattr(guider, "model_patcher", None))
     if frames < 2 and options.get(OPTIONS_KEY):
         log.warning("Video LDM: sampling %d frame with temporal adapters; temporal layers need at least 2 frames "
                     "(the latent batch is the frame count), so this runs as the image model.", frames)

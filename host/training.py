@@ -30,7 +30,7 @@ import comfy.utils
 import folder_paths
 from comfy_extras.nodes_model_advanced import ModelSamplingDiscreteDistilled
 
-from ..videoldm_core.families import SD1, SD2, SD_X4_UPSCALER, SDXL
+from ..videoldm_core.families import FAMILIES, FAMILY_NAMES
 from ..videoldm_core.interpolation import REGIMES
 from ..videoldm_core.temporal_adapter import TemporalAdapter, resolve_slots, save_adapter
 from ..videoldm_core.training.batches import StepBatches
@@ -312,15 +312,14 @@ def adapter_save_path(save_name: str) -> str:
 # The node's clips come at one frame rate, the keyframes' x4: the T-to-4T regime (4T-to-16T needs clips
 # at 4x the rate, which the CLI reads with data.fps); drawn at random, the label would mean nothing.
 NODE_REGIMES = (REGIMES["T-to-4T"],)
-TRAINED_FAMILIES = (SD1, SD2, SDXL, SD_X4_UPSCALER)
 NODE_PROMPTS = ("positive", "empty_prompt")   # the node's inputs, as its refusals name them
 
 
 def check_model_for_mode(model, mode: str):
     """Mode 'upscaler' trains the SD x4 upscaler, every other mode an SD image model: told from MODEL."""
     family, upscaler = model_family(model), mode_named(mode).is_upscaler
-    if family not in TRAINED_FAMILIES:
-        raise TrainingError(f"Train Temporal Adapter: expected an SD-family MODEL ({', '.join(f.name for f in TRAINED_FAMILIES)}), "
+    if family not in FAMILIES:
+        raise TrainingError(f"Train Temporal Adapter: expected an SD-family MODEL ({', '.join(FAMILY_NAMES)}), "
                             f"found {family.name}: temporal layers go after the spatial layers of an SD UNet.")
     if upscaler != family.concat_image:
         expected = "the SD x4 upscaler" if upscaler else "an image model (SD1.x, SD2.x, SDXL; the x4 upscaler trains in mode 'upscaler')"
@@ -410,9 +409,9 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
     history, step = trainer.history, trainer.step
     skipped = int(sum(row.get("adapter/skipped", 0.0) for row in history))
     if skipped:
-        log.warning("Video LDM: Train Temporal Adapter: fp16's grad scaler skipped %d of %d steps (their gradients "
-                    "overflowed while it lowered its loss scale from %d); the adapter learned from the other %d.",
-                    skipped, len(history), 2 ** 16, len(history) - skipped)
+        log.warning("Video LDM: Train Temporal Adapter: fp16's grad scaler skipped %d of %d steps (their scaled "
+                    "gradients overflowed, and it lowered its loss scale); the adapter learned from the other %d.",
+                    skipped, len(history), len(history) - skipped)
     # the optimiser's state, the gradients and the UNet copy go before the result is built beside `trained`
     adapter.zero_grad(set_to_none=True)
     del trainer, phase, denoiser, base, items

@@ -59,8 +59,9 @@ class ApplyTemporalAdapter(io.ComfyNode):
                                        "0.020; AnimateLCM: LCM; with a ModelSamplingDiscrete 'lcm' placed before this node, LCM on "
                                        "those betas); model: keep MODEL's own; or a schedule by name "
                                        "(betas, beta_start-beta_end). Set on the copy only; a ModelSampling node placed "
-                                       "after this one replaces it (the log says so). Optional, so API prompts saved "
-                                       "before it existed still run.", advanced=True),
+                                       "after the last Apply Temporal Adapter replaces it (the log says so when that "
+                                       "samples otherwise). Optional, so API prompts saved before it existed still "
+                                       "run.", advanced=True),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="A copy of MODEL with the temporal layers applied.")],
         )

@@ -221,13 +221,26 @@ def test_a_model_sampling_node_after_the_adapter_is_named_when_the_run_samples(m
         said, _ = caplog.text, caplog.clear()
         return said
 
-    after = advanced.ModelSamplingDiscrete().patch(patch.apply_adapter(model, v3.patcher, v3.name), "eps", False)[0]
+    discrete = advanced.ModelSamplingDiscrete()
+    after = discrete.patch(patch.apply_adapter(model, v3.patcher, v3.name), "eps", False)[0]
     said = sample(after)
-    assert f"temporal adapter '{v3.name}' samples with 'sqrt_linear" in said
+    assert f"temporal adapter '{v3.name}' was trained with 'sqrt_linear" in said
     assert "a node after Apply Temporal Adapter replaced the model's sampling (ModelSamplingAdvanced)" in said
-    before = patch.apply_adapter(advanced.ModelSamplingDiscrete().patch(model, "eps", False)[0], v3.patcher, v3.name)
-    assert "replaced the model's sampling" not in sample(before)
-    assert "replaced the model's sampling" not in sample(patch.apply_adapter(model, v3.patcher, v3.name))
+    assert "replaced the model's sampling" not in sample(after), "said once for a MODEL sampled again"
+    # an LCM after the module: LCM on SD's betas, not on the module's (what an LCM before it would give)
+    assert "replaced the model's sampling" in sample(discrete.patch(patch.apply_adapter(model, v3.patcher, v3.name),
+                                                                    "lcm", False)[0])
+    silent = {
+        "before": patch.apply_adapter(discrete.patch(model, "eps", False)[0], v3.patcher, v3.name),
+        "none": patch.apply_adapter(model, v3.patcher, v3.name),
+        # noise_schedule 'model': the user keeps the model's sampling, whatever sets it later
+        "model": discrete.patch(patch.apply_adapter(model, v3.patcher, v3.name, noise_schedule="model"), "lcm", False)[0],
+        # a schedule equal to the model's own, then LCM on it: what an LCM before the adapter samples too
+        "own then lcm": discrete.patch(patch.apply_adapter(model, v3.patcher, v3.name, noise_schedule="linear 0.00085-0.012"),
+                                       "lcm", False)[0],
+    }
+    for name, graph in silent.items():
+        assert "replaced the model's sampling" not in sample(graph), name
 
 
 @pytest.mark.parametrize("node, sampling, settings", [
