@@ -169,6 +169,11 @@ def apply_adapter(model, adapter_patcher, name: str, strength: float = 1.0, atte
     resolved = resolve_slots(spec, spatial_layout(diffusion_model), model_family(model).name, source=f"'{name}'")
     if strength == 0.0:
         return model.clone()  # exactly the image model: nothing runs
+    if schedule_replaced(model) is not None:   # a ModelSampling node between two Apply nodes
+        log.warning("Video LDM: a node between Apply Temporal Adapter nodes changed the model's sampling (%s); "
+                    "applying '%s' sets the adapters' schedule again, so that node has no effect here. Place it "
+                    "before the first Apply Temporal Adapter (an LCM there is kept, on the adapters' betas).",
+                    type(model.get_model_object("model_sampling")).__name__, name)
     decided = choose_schedule(model, noise_schedule, spec.beta_schedule, name)
     m = model.clone()
     set_schedule(m, decided)

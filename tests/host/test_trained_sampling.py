@@ -241,6 +241,14 @@ def test_a_model_sampling_node_after_the_adapter_is_named_when_the_run_samples(m
     }
     for name, graph in silent.items():
         assert "replaced the model's sampling" not in sample(graph), name
+    # between two Apply nodes: the second sets the adapters' schedule again, and says the node had no effect
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="videoldm"):
+        between = patch.apply_adapter(discrete.patch(patch.apply_adapter(model, v3.patcher, v3.name), "eps", False)[0],
+                                      v3.patcher, "second")
+    assert ("a node between Apply Temporal Adapter nodes changed the model's sampling (ModelSamplingAdvanced); "
+            "applying 'second' sets the adapters' schedule again") in caplog.text
+    assert "replaced the model's sampling" not in sample(between)
 
 
 @pytest.mark.parametrize("node, sampling, settings", [
