@@ -116,7 +116,8 @@ def folder_items(model, vae, dataset, mode, cache_dir, progress=None, encode_tex
                                 "which the latent cache's key needs; make it with caption_encoder.")
         encoder += f"|text:{encode_text.identity}"
     shards = build_latent_cache(dataset, encode, cache_dir, encoder, progress=progress, encode_text=encode_text)
-    return CachedClips(shards, model.model.process_latent_in, extra)
+    # the latent format's own method, not the model's: nothing the dataset holds keeps a UNet alive
+    return CachedClips(shards, model.model.latent_format.process_in, extra)
 
 
 CLIP_CONTEXT_LENGTH = 77   # one chunk of CLIP tokens (start, 75, end): SD1.x, SD2.x and SDXL alike

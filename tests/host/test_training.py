@@ -526,6 +526,30 @@ def test_clips_the_mode_cannot_learn_from_are_refused_before_anything_is_encoded
         node.execute(**node_args(tr, steps=2) | dict(mode=mode, clip_frames=frames), images=shapes_video(tr, 12))
 
 
+def test_a_finished_run_keeps_neither_its_clips_nor_its_unet_copy_alive(tr):
+    """A server trains many times: the UNet copy a run trains beside and the clips it read go with the
+    run (a cache on the batches' method held them, and so the copy, for the life of the process)."""
+    import gc
+
+    import comfy.model_base
+    import folder_paths
+    from devtools.synthetic_data import write_dataset
+
+    def alive(cls):
+        gc.collect()
+        return sum(isinstance(o, cls) for o in gc.get_objects())
+
+    write_dataset(os.path.join(folder_paths.get_input_directory(), "training_lifetime"), 2, seed=3, frames=8,
+                  height=SIZE, width=SIZE, fps=30.0)
+    models, batches = alive(comfy.model_base.BaseModel), alive(tr["batches"].StepBatches)
+    with torch.inference_mode():
+        out = tr["node"].execute(**node_args(tr, steps=2), folder="training_lifetime", width=SIZE, height=SIZE)
+    assert len(out.result[0].spec.slots) > 0
+    del out
+    assert alive(tr["batches"].StepBatches) == batches
+    assert alive(comfy.model_base.BaseModel) == models
+
+
 def test_a_folder_whose_clips_changed_trains_again(tr):
     """ComfyUI reuses a node's output for the same inputs: the folder's clips are part of them."""
     import folder_paths

@@ -10,8 +10,6 @@ clip's seed, so augmentation changes from step to step and stays as exact.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 from .objective import TrainingError
@@ -26,11 +24,16 @@ class StepBatches:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.collate = collate or stack_items
         self.augment = augment
+        self._permutations: dict[int, list[int]] = {}   # the epochs the last batch read (a batch spans at most 2)
 
-    @lru_cache(maxsize=4)
     def _permutation(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.dataset), generator=g).tolist()
+        # kept per instance: a cache on the method would hold the instance, and so its dataset (the
+        # latents, the model whose latent format it applies), for the life of the process
+        if epoch not in self._permutations:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
+            self._permutations[epoch] = torch.randperm(len(self.dataset), generator=g).tolist()
+        return self._permutations[epoch]
 
     def positions(self, step: int, rank: int = 0, world_size: int = 1) -> list[int]:
         start = (step * world_size + rank) * self.batch_size
