@@ -11,11 +11,12 @@ sets, never an API client. The CLI (train.py), run by the operator, reads any fo
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import folder_paths
 
 from ..videoldm_core.confined_paths import real, within
-from ..videoldm_core.errors import VideoLDMError
+from ..videoldm_core.errors import VideoLDMError, shown
 from ..videoldm_core.training.objective import TrainingError
 
 TRAINING_FOLDERS_VARIABLE = "VIDEOLDM_TRAINING_FOLDERS"
@@ -43,16 +44,43 @@ def training_folder(folder: str) -> str:
         if operator_training_folders():
             where += f" or a folder the server's operator listed in {TRAINING_FOLDERS_VARIABLE}"
         raise TrainingError(f"expected a folder of videos or frame folders inside {where}, found no such folder named "
-                            f"{folder!r}. Put the clips in a folder under ComfyUI's input folder and name it.")
+                            f"{shown(folder)}. Put the clips in a folder under ComfyUI's input folder and name it.")
     return real(path)
 
 
-def file_inside(root: str, relative: str, kind: str) -> str:
-    """`root/relative` when it really lies inside `root` (no `..`, no symlink out), its folders
-    created; else an error naming `kind` (e.g. "models/temporal_adapters") and what was given."""
+NAME_MAX = 255   # bytes in one file or folder name: ext4, XFS, btrfs, APFS; NTFS counts 255 characters
+
+
+def name_problem(root: str, relative: str, kind: str) -> str | None:
+    """Why `root/relative` cannot be a file the pack writes inside `root`, or None: it lies outside
+    (by real path: no `..`, no symlink out), or a file or folder name in it is longer than the
+    filesystem takes (found before the work whose result it would hold, not when saving it)."""
     path = os.path.join(root, relative)
     if os.path.isabs(relative) or not within(path, [root]) or real(path) == real(root):
-        raise VideoLDMError(f"expected a file name inside {kind}, found {relative!r}.")
-    path = real(path)
+        return f"expected a file name inside {kind}, found {shown(relative)}."
+    longest = max(len(part.encode("utf-8", "surrogateescape")) for part in relative.replace(os.sep, "/").split("/"))
+    if longest > NAME_MAX:
+        return (f"expected file and folder names of at most {NAME_MAX} bytes inside {kind}, found one of {longest} "
+                f"bytes in {shown(relative)}; choose a shorter name.")
+    return None
+
+
+def file_inside(root: str, relative: str, kind: str) -> str:
+    """`root/relative` when it really lies inside `root` and its names fit the filesystem, its folders
+    created; else an error naming `kind` (e.g. "models/temporal_adapters") and what was given."""
+    problem = name_problem(root, relative, kind)
+    if problem is not None:
+        raise VideoLDMError(problem)
+    path = real(os.path.join(root, relative))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return path
+
+
+@contextmanager
+def writing(name: str, kind: str, input_name: str):
+    """A failed write (a full disk, no permission) as an error naming the input and the file, with no
+    server path (an OSError's text names the whole path; its strerror does not)."""
+    try:
+        yield
+    except OSError as e:
+        raise VideoLDMError(f"{input_name}: could not write {shown(name)} in {kind}: {e.strerror or e}.") from None

@@ -23,6 +23,7 @@ import latent_preview
 import torch
 
 from ..videoldm_core.context import ContextError, VideoContext, checked_video_latent, context_input
+from ..videoldm_core.errors import shown
 from ..videoldm_core.guidance import with_context_guidance
 from ..videoldm_core.limits import check_finite_latent, is_finite_number
 from .context import with_context
@@ -124,8 +125,12 @@ class ContextGuider(comfy.samplers.CFGGuider):
             self.context.check_fits(latent_image.shape)
             if keeping:
                 latent_image, denoise_mask = self.keep(latent_image, denoise_mask)
-        out = super().sample(noise, latent_image, sampler, sigmas, denoise_mask=denoise_mask, callback=callback,
-                             disable_pbar=disable_pbar, seed=seed)
+        try:
+            out = super().sample(noise, latent_image, sampler, sigmas, denoise_mask=denoise_mask, callback=callback,
+                                 disable_pbar=disable_pbar, seed=seed)
+        finally:   # core drops these only when sampling ends well: a cancelled run's conds (c_S in each) and loaded
+            for name in ("conds", "inner_model", "loaded_models"):   # models stayed on a GUIDER ComfyUI keeps cached
+                self.__dict__.pop(name, None)
         # the callback sees each step's input, not the last step's output (nor a SAMPLER that never calls it)
         check_finite_latent(out, self.name, "after sampling")
         if keeping:  # masked out of denoising; put back exactly (the sampler's scaling round trip rounds)
@@ -164,6 +169,10 @@ def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int, sam
     """The SAMPLER and SIGMAS inputs where connected, else the node's own sampler_name, scheduler and
     steps, with the sigmas computed as core KSampler computes them (for sampler_name; beside a
     connected SAMPLER, which replaces sampler_name, as core's BasicScheduler computes them)."""
+    for name, value, known, replaced in (("sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS, sampler),
+                                         ("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS, sigmas)):
+        if replaced is None and value not in known:   # a linked value is any text (core's String to Combo)
+            raise ContextError(f"{name}: expected one of {list(known)}, found {shown(value)}.")
     discard = sampler is None and sampler_name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
     if sampler is None:
         sampler = comfy.samplers.sampler_object(sampler_name)

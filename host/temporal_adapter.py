@@ -30,7 +30,7 @@ from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
 from ..videoldm_core.confined_paths import within
-from ..videoldm_core.errors import VideoLDMError
+from ..videoldm_core.errors import VideoLDMError, shown
 from ..videoldm_core.importers import read_adapter_file
 from ..videoldm_core.interpolation import MAX_AUGMENTATION
 from ..videoldm_core.limits import check_finite_latent
@@ -39,7 +39,7 @@ from ..videoldm_core.positional import check_frame_limit
 from ..videoldm_core.temporal_adapter import (ADAPTER_METADATA_KEY, AdapterCompatibilityError, AdapterFormatError, AdapterSpec,
                                               TemporalAdapter, resolve_slots, save_adapter)
 from ..videoldm_core.weights_file import WeightsFile, check_range
-from .confined_paths import file_inside
+from .confined_paths import file_inside, name_problem, writing
 from .context import route_context, slicing_context_in_windows
 from .clip_norms import output_norm_over_clip
 from .keys import ADDITIONAL_MODELS_KEY, CHECKS_ITS_SAMPLE_KEY, CLIP_NORMS_KEY, OPTIONS_KEY, SCHEDULE_KEY, WRAPPER_KEY
@@ -85,15 +85,19 @@ def save_temporal_adapter(adapter: LoadedAdapter, filename_prefix: str) -> str:
 
     root = folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0]
     os.makedirs(root, exist_ok=True)
-    subfolder = os.path.dirname(os.path.normpath(filename_prefix))
-    if os.path.isabs(filename_prefix) or not within(os.path.join(root, subfolder), [root]):
+    kind = f"models/{TEMPORAL_ADAPTERS}"
+    subfolder, name = os.path.split(os.path.normpath(filename_prefix))
+    if os.path.isabs(filename_prefix) or not within(os.path.join(root, subfolder), [root]) or name in ("", ".", ".."):
         # by real path, before any folder is listed or made: a symlinked subfolder cannot lead out
-        raise VideoLDMError(f"Save Temporal Adapter: expected a filename_prefix inside models/{TEMPORAL_ADAPTERS}, "
-                            f"found {filename_prefix!r}.")
-    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
-    filename = f"{name}_{counter:05}_.safetensors"
-    save_adapter(file_inside(root, os.path.join(subfolder, filename), f"models/{TEMPORAL_ADAPTERS}"),
-                 adapter.patcher.model, adapter.spec)
+        raise VideoLDMError(f"Save Temporal Adapter: expected a filename_prefix inside {kind} that ends in a name, "
+                            f"found {shown(filename_prefix)}.")
+    problem = name_problem(root, f"{filename_prefix}_00001_.safetensors", kind)   # names too long, before any is made
+    if problem is not None:
+        raise VideoLDMError(f"Save Temporal Adapter: filename_prefix: {problem}")
+    with writing(filename_prefix, kind, "Save Temporal Adapter: filename_prefix"):   # a full disk, a file as folder
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
+        filename = f"{name}_{counter:05}_.safetensors"
+        save_adapter(file_inside(root, os.path.join(subfolder, filename), kind), adapter.patcher.model, adapter.spec)
     return os.path.join(subfolder, filename)
 
 

@@ -23,6 +23,7 @@ import comfy.utils
 from comfy.ldm.models.autoencoder import AutoencodingEngine
 import folder_paths
 
+from ..videoldm_core.errors import shown
 from ..videoldm_core.limits import (NonFiniteError, all_finite, check_finite_input, check_output_size,
                                     count_non_finite, tensor_bytes)
 from ..videoldm_core.temporal_decoder import (DecodeInputError, TemporalDecoder, TemporalDecoderFormatError,
@@ -193,25 +194,27 @@ def decode_video_to_file(vae, samples: torch.Tensor, window: int, overlap: int, 
 
 
 STREAMED_SUBFOLDER = "videoldm"   # in ComfyUI's temp folder, which ComfyUI empties at start
-_RENDERED: list[str] = []          # every file render_video returned in this server's life
+_RENDERED: dict[str | None, list[str]] = {}   # node id -> every file render_video returned for it, in this server's life
 
 
-def lost_renders() -> tuple[str, ...]:
-    """The files render_video returned that are gone (the temp folder emptied by hand, or by a second
-    ComfyUI starting on the same folders): a cached VIDEO backed by one would fail in Save Video."""
-    return tuple(path for path in _RENDERED if not os.path.exists(path))
+def lost_renders(node: str | None = None) -> tuple[str, ...]:
+    """The files render_video returned for `node` that are gone (the temp folder emptied by hand, or by
+    a second ComfyUI starting on the same folders): a cached VIDEO backed by one would fail in Save
+    Video. Only the node's own: a file lost elsewhere renders no other node again. Once lost, a file
+    stays in the answer, so a node rendered again is cached again."""
+    return tuple(path for path in _RENDERED.get(node, ()) if not os.path.exists(path))
 
 
-def render_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int, fps: float
-                 ) -> tuple[str, str]:
+def render_video(vae, samples: torch.Tensor, window: int, overlap: int, tile_size: int, fps: float,
+                 node: str | None = None) -> tuple[str, str]:
     """Temporal VAE Decode to Video: the decoded frames streamed into a new mp4 in ComfyUI's temp
-    folder. Returns (path, file name); the file is complete when this returns."""
+    folder, for graph node `node`. Returns (path, file name); the file is complete when this returns."""
     folder = os.path.join(folder_paths.get_temp_directory(), STREAMED_SUBFOLDER)
     os.makedirs(folder, exist_ok=True)
     name = f"temporal_vae_decode_{uuid.uuid4().hex[:12]}.mp4"
     path = os.path.join(folder, name)
     decode_video_to_file(vae, samples, window, overlap, tile_size, fps, path)
-    _RENDERED.append(path)
+    _RENDERED.setdefault(node, []).append(path)
     return path, name
 
 
@@ -336,15 +339,21 @@ def check_decoded(x: torch.Tensor, region):
                          "Start ComfyUI with --bf16-vae or --fp32-vae, or check the VAE and the latent.")
 
 
+VAE_FOLDERS = ("vae", BUNDLES, "checkpoints")
+
+
 def vae_sources() -> list[str]:
-    return [f"{key}/{n}" for key in ("vae", BUNDLES, "checkpoints") for n in folder_paths.get_filename_list(key)]
+    return [f"{key}/{n}" for key in VAE_FOLDERS for n in folder_paths.get_filename_list(key)]
 
 
 def load_temporal_vae_files(vae_name: str, temporal_decoder: str = NONE):
     """Load Temporal VAE: `vae_name` as "vae/<file>", "videoldm_bundles/<file>" or "checkpoints/<file>"
     (its first stage), plus an optional temporal-decoder add-on from models/temporal_decoders (or
     models/temporal_adapters, where earlier versions of the pack put them)."""
-    folder, name = vae_name.split("/", 1)
+    folder, _, name = vae_name.partition("/")
+    if folder not in VAE_FOLDERS or not name:   # a linked name is any text: only these folders are read
+        raise TemporalDecoderFormatError(f"Load Temporal VAE: vae_name: expected '<folder>/<file>' with a folder in "
+                                         f"{list(VAE_FOLDERS)}, found {shown(vae_name)}.")
     file = WeightsFile(folder_paths.get_full_path_or_raise(folder, name), name, TemporalDecoderFormatError)
     image = check_vae_file(file)
     addon = None

@@ -42,7 +42,7 @@ from ..videoldm_core.training.objective import TrainingError, frozen
 from ..videoldm_core.training.schedule import NoiseSchedule
 from ..videoldm_core.training.run_config import clip_frames_problem
 from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig
-from .confined_paths import file_inside, training_folder, training_roots
+from .confined_paths import file_inside, name_problem, training_folder, training_roots, writing
 from .context import context_kwargs
 from .keys import CHECKPOINT_KEY
 from .model_folders import TEMPORAL_ADAPTERS
@@ -297,10 +297,20 @@ def starting_adapter(model, mode, spec=None, weights: dict | None = None, source
                                    interpolation=mode.has_regimes and list(regimes) != [0], **options)
 
 
+def save_name_problem(save_name: str) -> str | None:
+    """Why `save_name` cannot name the trained adapter's file, or None (validation: nothing made)."""
+    root, stem = folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0], save_name.removesuffix(".safetensors")
+    problem = name_problem(root, f"{stem}_00001_.safetensors", f"models/{TEMPORAL_ADAPTERS}")   # its longest form
+    return problem and f"save_name: {problem}"
+
+
 def adapter_save_path(save_name: str) -> str:
     """Where `save_name` is saved: inside models/temporal_adapters by its real path. A name already
     taken (a downloaded motion module, an earlier run) is kept: the new file gets core's counter,
     <save_name>_00001_.safetensors, as Save Temporal Adapter's files do."""
+    problem = save_name_problem(save_name)
+    if problem is not None:
+        raise TrainingError(problem)
     root, stem = folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0], save_name.removesuffix(".safetensors")
     path = file_inside(root, stem + ".safetensors", f"models/{TEMPORAL_ADAPTERS}")
     if not os.path.lexists(path):
@@ -419,7 +429,8 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
         # the weights returned below (EMA when kept), not the live module's; the name chosen now, as
         # another run may have taken the one checked before training
         saved = adapter_save_path(save_name or f"interrupted_{time.strftime('%Y%m%d-%H%M%S')}")
-        save_adapter(saved, trained, spec)
+        with writing(os.path.basename(saved), f"models/{TEMPORAL_ADAPTERS}", "save_name"):
+            save_adapter(saved, trained, spec)
         log.info("Video LDM: Train Temporal Adapter saved %s", os.path.basename(saved))
     if interrupted is not None:
         raise interrupted

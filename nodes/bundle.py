@@ -8,6 +8,7 @@ from comfy_api.v0_0_2 import io
 
 from ..host.bundle import load_bundle
 from ..host.model_folders import BUNDLES, filenames
+from .io_types import checked_inputs
 
 
 class LoadBundle(io.ComfyNode):
@@ -38,4 +39,5 @@ class LoadBundle(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, bundle_name) -> io.NodeOutput:
+        checked_inputs(cls, locals())
         return io.NodeOutput(*load_bundle(bundle_name))

@@ -7,7 +7,7 @@ from typing_extensions import override
 
 from ..host.context import video_context
 from ..videoldm_core.context import ContextError, context_positions, listed_positions
-from .io_types import VideoContextType, checked_number_inputs, valid_numbers
+from .io_types import VideoContextType, checked_inputs, valid_numbers
 
 
 class VideoContextNode(io.ComfyNode):
@@ -58,5 +58,5 @@ class VideoContextNode(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, length, positions, frames=None, images=None, vae=None, use_last=0) -> io.NodeOutput:
-        checked_number_inputs(cls, locals())
+        checked_inputs(cls, locals())
         return io.NodeOutput(*video_context(length, positions, frames, images, vae, use_last))

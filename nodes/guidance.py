@@ -6,7 +6,7 @@ from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.guidance import ON_MISSING, context_guider
-from .io_types import CFG_WHY, VideoContextType, checked_number_inputs, valid_numbers
+from .io_types import CFG_WHY, VideoContextType, checked_inputs, valid_numbers
 
 
 class ContextGuiderNode(io.ComfyNode):
@@ -45,6 +45,6 @@ class ContextGuiderNode(io.ComfyNode):
     @override
     def execute(cls, model, positive, negative, context, cfg, context_scale, keep_given_frames,
                 if_no_context_encoder) -> io.NodeOutput:
-        checked_number_inputs(cls, locals())
+        checked_inputs(cls, locals())
         return io.NodeOutput(context_guider(model, positive, negative, context, cfg, context_scale, keep_given_frames,
                                             if_no_context_encoder))

@@ -7,7 +7,7 @@ from typing_extensions import override
 
 from ..host.interpolation import ADAPTERS_OWN, augmentation_problem, interpolate_keyframes
 from ..videoldm_core.interpolation import REGIMES, check_regime_name
-from .io_types import checked_number_inputs, custom_sampling_inputs, sampler_inputs, valid_numbers
+from .io_types import checked_inputs, custom_sampling_inputs, sampler_inputs, valid_numbers
 
 
 class InterpolateKeyframes(io.ComfyNode):
@@ -62,7 +62,7 @@ class InterpolateKeyframes(io.ComfyNode):
     @override
     def execute(cls, model, positive, negative, keyframes, regime, keep_keyframes, augmentation, window_keyframes, seed,
                 steps, cfg, sampler_name, scheduler, fps, sampler=None, sigmas=None, noise=None) -> io.NodeOutput:
-        checked_number_inputs(cls, locals())
+        checked_inputs(cls, locals())
         return io.NodeOutput(*interpolate_keyframes(model, positive, negative, keyframes, regime, keep_keyframes,
                                                     augmentation, window_keyframes, seed, steps, cfg, sampler_name,
                                                     scheduler, fps, sampler, sigmas, noise))

@@ -4,19 +4,20 @@ other, so no node module imports another node module.
 The IO ids (`TEMPORAL_ADAPTER`, `VIDEO_CONTEXT`) are what saved graphs store; they never change.
 The Python names end in `Type` so they never read as the core's `TemporalAdapter` module class.
 
-Number inputs are checked against the node's own schema (`valid_numbers`, `checked_number_inputs`):
+Number inputs are checked against the node's own schema (`valid_numbers`, `checked_inputs`):
 finite, within min/max, on the declared step where asked. NaN passes ComfyUI's min/max checks
 (every comparison with NaN is false), and an input a V3 node names in `validate_inputs` skips them
 altogether, so a node that checks a number checks all of it here. A linked input is unknown at
-validation (None there), and ComfyUI checks no range of a linked value: every node's `execute`
-starts with `checked_number_inputs`, which checks all its number inputs when it runs."""
+validation (None there), and ComfyUI checks no range or kind of a linked value: every node's
+`execute` starts with `checked_inputs`, which checks all its inputs' values when it runs."""
 
 from __future__ import annotations
 
 import comfy.samplers
 from comfy_api.v0_0_2 import io
 
-from ..videoldm_core.limits import NumberInputError, number_problem
+from ..videoldm_core.errors import shown
+from ..videoldm_core.limits import InputValueError, number_problem
 
 TemporalAdapterType = io.Custom("TEMPORAL_ADAPTER")   # value: host.temporal_adapter.LoadedAdapter
 VideoContextType = io.Custom("VIDEO_CONTEXT")         # value: videoldm_core.context.VideoContext
@@ -82,11 +83,34 @@ def valid_numbers(cls, stepped: tuple[str, ...] = (), **values) -> bool | str:
     return numbers_problem(cls, stepped, **values) or True
 
 
-def checked_number_inputs(cls, arguments: dict):
+TEXT_INPUTS = (io.String.Input, io.Combo.Input)
+
+
+def _inputs(cls) -> dict:
+    return {i.id: i for i in cls.define_schema().inputs}
+
+
+def kind_problem(name: str, value, spec) -> str | None:
+    """Why a linked `value` of a text, choice or on/off input is not of its kind, or None. A link
+    carries any value its type check lets through (core's String to Combo makes any text a choice,
+    a switch's matching output passes anything), and ComfyUI converts none of them."""
+    if isinstance(spec, TEXT_INPUTS) and not isinstance(value, str):
+        return f"{name}: expected text, found {type(value).__name__} {shown(value)}."
+    if isinstance(spec, io.Boolean.Input) and not isinstance(value, bool):
+        return f"{name}: expected true or false, found {type(value).__name__} {shown(value)}."
+    return None
+
+
+def checked_inputs(cls, arguments: dict):
     """First thing in `execute`, with its `locals()`: every number input of node `cls`, finite and
-    in range (raises what `valid_numbers` would say). ComfyUI checks a widget's range at validation
-    but not a linked value's (a primitive node, another node's output, an API prompt's link)."""
-    bounds = _bounds(cls)
-    problem = numbers_problem(cls, **{name: value for name, value in arguments.items() if name in bounds})
-    if problem is not None:
-        raise NumberInputError(f"{cls.define_schema().display_name}: {problem}")
+    in range (raises what `valid_numbers` would say), and every text, choice and on/off input of its
+    kind. ComfyUI checks a widget's range at validation but not a linked value's (a primitive node,
+    another node's output, an API prompt's link)."""
+    inputs = _inputs(cls)
+    numbers = {name: value for name, value in arguments.items() if name in _bounds(cls)}
+    problems = [numbers_problem(cls, **numbers)]
+    problems += [kind_problem(name, value, inputs[name]) for name, value in arguments.items()
+                 if name in inputs and value is not None]
+    problem = " ".join(p for p in problems if p)
+    if problem:
+        raise InputValueError(f"{cls.define_schema().display_name}: {problem}")

@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from ..host.moving_shapes import check_moving_shapes, render_moving_shapes
 from ..videoldm_core.errors import VideoLDMError
-from .io_types import checked_number_inputs, valid_numbers
+from .io_types import checked_inputs, valid_numbers
 
 
 class MovingShapes(io.ComfyNode):
@@ -45,7 +45,7 @@ class MovingShapes(io.ComfyNode):
     def validate_inputs(cls, frames=None, width=None, height=None, fps=None, scale=None) -> bool | str:
         """A render beyond the pack's memory limit is refused before the prompt is queued."""
         numbers = dict(frames=frames, width=width, height=height, fps=fps, scale=scale)
-        problem = valid_numbers(cls, **numbers)
+        problem = valid_numbers(cls, ("width", "height"), **numbers)
         if problem is not True or None in numbers.values():   # a linked size: checked when it runs
             return problem
         try:
@@ -57,5 +57,5 @@ class MovingShapes(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, seed, frames, width, height, fps, scale) -> io.NodeOutput:
-        checked_number_inputs(cls, locals())
+        checked_inputs(cls, locals())
         return io.NodeOutput(*render_moving_shapes(seed, frames, width, height, fps, scale))

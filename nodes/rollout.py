@@ -8,7 +8,7 @@ from typing_extensions import override
 from ..host.rollout import extend_video
 from ..videoldm_core.context import ContextError
 from ..videoldm_core.rollout import check_segment_overlap
-from .io_types import checked_number_inputs, custom_sampling_inputs, sampler_inputs, valid_numbers
+from .io_types import checked_inputs, custom_sampling_inputs, sampler_inputs, valid_numbers
 
 
 class ExtendVideo(io.ComfyNode):
@@ -58,6 +58,6 @@ class ExtendVideo(io.ComfyNode):
     @override
     def execute(cls, model, positive, negative, video, segments, segment_length, context_frames, seed, steps, cfg,
                 context_scale, sampler_name, scheduler, sampler=None, sigmas=None, noise=None) -> io.NodeOutput:
-        checked_number_inputs(cls, locals())
+        checked_inputs(cls, locals())
         return io.NodeOutput(extend_video(model, positive, negative, video, segments, segment_length, context_frames,
                                           seed, steps, cfg, sampler_name, scheduler, context_scale, sampler, sigmas, noise))

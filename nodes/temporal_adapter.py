@@ -8,7 +8,7 @@ from typing_extensions import override
 from ..host.model_folders import TEMPORAL_ADAPTERS, filenames
 from ..host.noise_schedule import AUTO, NOISE_SCHEDULE_CHOICES
 from ..host.temporal_adapter import apply_adapter, load_listed_adapter, save_temporal_adapter
-from .io_types import TemporalAdapterType, checked_number_inputs, valid_numbers
+from .io_types import TemporalAdapterType, checked_inputs, valid_numbers
 
 
 class LoadTemporalAdapter(io.ComfyNode):
@@ -32,6 +32,7 @@ class LoadTemporalAdapter(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, adapter_name) -> io.NodeOutput:
+        checked_inputs(cls, locals())
         return io.NodeOutput(load_listed_adapter(adapter_name))
 
 
@@ -73,7 +74,7 @@ class ApplyTemporalAdapter(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, model, temporal_adapter, strength, attention_distance, noise_schedule=AUTO) -> io.NodeOutput:
-        checked_number_inputs(cls, locals())
+        checked_inputs(cls, locals())
         patched = apply_adapter(model, temporal_adapter.patcher, temporal_adapter.name, strength=strength,
                                 attention_distance=attention_distance or None, noise_schedule=noise_schedule)
         return io.NodeOutput(patched)
@@ -102,4 +103,5 @@ class SaveTemporalAdapter(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, temporal_adapter, filename_prefix) -> io.NodeOutput:
+        checked_inputs(cls, locals())
         return io.NodeOutput(ui=ui.PreviewText(f"saved {save_temporal_adapter(temporal_adapter, filename_prefix)}"))

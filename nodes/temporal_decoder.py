@@ -9,7 +9,7 @@ from typing_extensions import override
 from ..host.model_folders import TEMPORAL_ADAPTERS, TEMPORAL_DECODERS, filenames
 from ..host.temporal_decoder import (NONE, STREAMED_SUBFOLDER, decode_video, load_temporal_vae_files, lost_renders,
                                      render_video, vae_sources)
-from .io_types import checked_number_inputs, valid_numbers
+from .io_types import checked_inputs, valid_numbers
 
 
 def valid_windows(cls, window=None, overlap=None, **numbers) -> bool | str:
@@ -58,6 +58,7 @@ class LoadTemporalVAE(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, vae_name, temporal_decoder) -> io.NodeOutput:
+        checked_inputs(cls, locals())
         return io.NodeOutput(load_temporal_vae_files(vae_name, temporal_decoder))
 
 
@@ -96,7 +97,7 @@ class TemporalVAEDecode(io.ComfyNode):
     @classmethod
     @override
     def execute(cls, vae, samples, window, overlap, tile_size) -> io.NodeOutput:
-        checked_number_inputs(cls, locals())
+        checked_inputs(cls, locals())
         return io.NodeOutput(decode_video(vae, samples["samples"], window, overlap, tile_size))
 
 
@@ -129,6 +130,7 @@ class TemporalVAEDecodeToVideo(io.ComfyNode):
                              tooltip="Spatial tiles in latent pixels (0: whole frames). Each tile holds all frames of "
                                      "a window; tiles overlap by a quarter.", advanced=True),
             ],
+            hidden=[io.Hidden.unique_id],   # which node's renders its cached VIDEO can lose
             outputs=[io.Video.Output(display_name="VIDEO",
                                      tooltip="The video, backed by the mp4 written to ComfyUI's temp folder; Save "
                                              "Video copies it to the output folder without encoding again.")],
@@ -143,12 +145,13 @@ class TemporalVAEDecodeToVideo(io.ComfyNode):
     def fingerprint_inputs(cls, **kwargs):
         """Changes when a video this node returned has lost its file, so that ComfyUI renders again
         instead of handing Save Video a cached VIDEO whose file is gone."""
-        return lost_renders()
+        return lost_renders(cls.hidden.unique_id if cls.hidden else None)
 
     @classmethod
     @override
     def execute(cls, vae, samples, fps, window, overlap, tile_size) -> io.NodeOutput:
-        checked_number_inputs(cls, locals())
-        path, name = render_video(vae, samples["samples"], window, overlap, tile_size, fps)
+        checked_inputs(cls, locals())
+        path, name = render_video(vae, samples["samples"], window, overlap, tile_size, fps,
+                                  node=cls.hidden.unique_id if cls.hidden else None)
         return io.NodeOutput(InputImpl.VideoFromFile(path),
                              ui=ui.PreviewVideo([ui.SavedResult(name, STREAMED_SUBFOLDER, io.FolderType.temp)]))

@@ -7,12 +7,12 @@ from comfy_api.v0_0_2 import io
 from typing_extensions import override
 
 from ..host.confined_paths import TRAINING_FOLDERS_VARIABLE, training_folder
-from ..host.training import train_temporal_adapter
+from ..host.training import save_name_problem, train_temporal_adapter
 from ..host.training_data import folder_fingerprint
 from ..videoldm_core.errors import VideoLDMError
 from ..videoldm_core.training.modes import MODE_NAMES, TEMPORAL
 from ..videoldm_core.training.run_config import MAX_SEED, clip_frames_problem
-from .io_types import TemporalAdapterType, checked_number_inputs, valid_numbers
+from .io_types import TemporalAdapterType, checked_inputs, valid_numbers
 
 
 class TrainTemporalAdapter(io.ComfyNode):
@@ -87,12 +87,12 @@ class TrainTemporalAdapter(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, learning_rate=None, fps=0.0, folder="", mode=None, clip_frames=None,
-                        text_dropout=0.1) -> bool | str:
+                        text_dropout=0.1, save_name="", width=None, height=None) -> bool | str:
         """Numbers finite and in range; clips the mode can learn from (the context frames of a prediction
         adapter are checked when it runs: a linked adapter is not known here); a folder only inside the
         input folder (or the operator's)."""
-        problem = valid_numbers(cls, learning_rate=learning_rate, fps=fps, clip_frames=clip_frames,
-                                text_dropout=text_dropout)
+        problem = valid_numbers(cls, ("width", "height"), learning_rate=learning_rate, fps=fps, clip_frames=clip_frames,
+                                text_dropout=text_dropout, width=width, height=height)
         if problem is not True:
             return problem
         if mode is not None and mode not in MODE_NAMES:   # named here, so core does not check its options
@@ -101,6 +101,10 @@ class TrainTemporalAdapter(io.ComfyNode):
             problem = clip_frames_problem(mode, clip_frames, None, "clip_frames")
             if problem:
                 return f"Train Temporal Adapter: {problem}."
+        if isinstance(save_name, str) and save_name:
+            problem = save_name_problem(save_name)
+            if problem:
+                return f"Train Temporal Adapter: {problem}"
         if not folder:
             return True
         try:
@@ -122,7 +126,7 @@ class TrainTemporalAdapter(io.ComfyNode):
     def execute(cls, model, vae, positive, mode, clip_frames, steps, learning_rate, batch_size, seed,
                 gradient_checkpointing, images=None, folder="", width=256, height=256, fps=0.0,
                 temporal_adapter=None, save_name="", empty_prompt=None, text_dropout=0.1) -> io.NodeOutput:
-        checked_number_inputs(cls, locals())
+        checked_inputs(cls, locals())
         return io.NodeOutput(*train_temporal_adapter(model, vae, positive, mode, clip_frames, steps, learning_rate,
                                                      batch_size, seed, gradient_checkpointing, images, folder, width,
                                                      height, fps, temporal_adapter, save_name, empty_prompt,

@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from ..host.video_upscale import upscale_video
 from ..videoldm_core.video_upscale import TilingError, check_split
-from .io_types import checked_number_inputs, custom_sampling_inputs, sampler_inputs, valid_numbers
+from .io_types import checked_inputs, custom_sampling_inputs, sampler_inputs, valid_numbers
 
 
 TILE_STEP = ("tile_size",)   # the x4 UNet halves the latent three times: tiles on the 8-pixel grid (validation;
@@ -78,7 +78,7 @@ class VideoUpscale(io.ComfyNode):
     def execute(cls, model, positive, negative, noise_augmentation, seed, steps, cfg, sampler_name, scheduler,
                 tile_size, tile_overlap, chunk_length, chunk_overlap, images=None, sampler=None, sigmas=None, noise=None,
                 low_res_latent=None, vae=None) -> io.NodeOutput:
-        checked_number_inputs(cls, locals())
+        checked_inputs(cls, locals())
         return io.NodeOutput(upscale_video(model, positive, negative, images, noise_augmentation, seed, steps, cfg,
                                            sampler_name, scheduler, tile_size, tile_overlap, chunk_length, chunk_overlap,
                                            sampler, sigmas, noise, low_res_latent, vae))

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .errors import VideoLDMError
+from .errors import VideoLDMError, shown
 from .limits import check_finite_input
 
 
@@ -55,7 +55,7 @@ def context_positions(spec: str, num_given: int, num_frames: int) -> list[int]:
     else:
         positions = [p + num_frames if p < 0 else p for p in listed_positions(spec)]
         if len(positions) != num_given:
-            raise ContextError(f"{num_given} context frames need {num_given} positions, found {len(positions)} in {spec!r}.")
+            raise ContextError(f"{num_given} context frames need {num_given} positions, found {len(positions)} in {shown(spec)}.")
     check_positions(positions, num_frames)
     return positions
 
@@ -69,7 +69,7 @@ def listed_positions(spec: str) -> list[int] | None:
     try:
         return [int(p) for p in text.replace(" ", "").split(",") if p != ""]
     except ValueError:
-        raise ContextError(f"expected positions 'start', 'end' or comma-separated frame indices, found {spec!r}.") from None
+        raise ContextError(f"expected positions 'start', 'end' or comma-separated frame indices, found {shown(spec)}.") from None
 
 
 def check_positions(positions: Sequence[int], num_frames: int):
@@ -79,9 +79,9 @@ def check_positions(positions: Sequence[int], num_frames: int):
                            f"for T={num_frames}; nothing would be left to generate.")
     bad = [p for p in positions if not 0 <= p < num_frames]
     if bad:
-        raise ContextError(f"context positions must lie in 0..{num_frames - 1}, found {bad}.")
+        raise ContextError(f"context positions must lie in 0..{num_frames - 1}, found {shown(bad)}.")
     if len(set(positions)) != len(positions):
-        raise ContextError(f"context positions must be distinct, found {list(positions)}.")
+        raise ContextError(f"context positions must be distinct, found {shown(list(positions))}.")
 
 
 def context_mask(num_frames: int, positions: Iterable[int]) -> torch.Tensor:

@@ -50,3 +50,13 @@ class VideoLDMError(ValueError, metaclass=ReportedNeutrally):
 
     def __reduce__(self):
         return rebuilt, (type(self).defined_in, type(self).__qualname__, self.args)
+
+
+def shown(value, limit: int = 80) -> str:
+    """`value`'s repr for a message, cut to about `limit` characters with its full length named: an
+    API prompt's megabyte string is not echoed back in every error."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    length = f" ({len(value):,} characters)" if isinstance(value, str) else ""
+    return f"{text[:limit]}…{length}"

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .context import ContextError
-from .errors import VideoLDMError
+from .errors import VideoLDMError, shown
 from .layer_factory import zero_
 from .positional import sinusoidal_embedding
 
@@ -43,17 +43,17 @@ def keyframe_positions(num_keyframes: int, factor: int = FACTOR) -> list[int]:
 
 def regime_label(regime: str) -> int:
     """The label of a regime name (a legacy name too)."""
-    regime = LEGACY_REGIMES.get(regime, regime)
-    if regime not in REGIMES:
-        raise InterpolationError(f"expected a regime in {list(REGIMES)}, found {regime!r}.")
+    regime = LEGACY_REGIMES.get(regime, regime) if isinstance(regime, str) else regime
+    if not isinstance(regime, str) or regime not in REGIMES:
+        raise InterpolationError(f"expected a regime in {list(REGIMES)}, found {shown(regime)}.")
     return REGIMES[regime]
 
 
 def check_regime_name(regime) -> bool | str:
     """True for a regime name the node reads; else the message (the words core's combo check uses)."""
-    if regime in REGIMES or regime in LEGACY_REGIMES:
+    if isinstance(regime, str) and (regime in REGIMES or regime in LEGACY_REGIMES):
         return True
-    return f"regime {regime!r} not in list {list(REGIMES)}"
+    return f"regime {shown(regime)} not in list {list(REGIMES)}"
 
 
 def check_keyframes(latents) -> torch.Tensor:

@@ -29,8 +29,9 @@ class MemoryLimitError(VideoLDMError):
     """Inputs that imply more memory than the pack's limit."""
 
 
-class NumberInputError(VideoLDMError):
-    """A number input that is NaN, infinite or outside its range."""
+class InputValueError(VideoLDMError):
+    """A node input's value the node cannot use: a number that is NaN, infinite or outside its range;
+    a linked text, choice or on/off value of another kind."""
 
 
 class NonFiniteError(VideoLDMError):
@@ -93,7 +94,7 @@ def number_problem(name: str, value, low: float | None = None, high: float | Non
 def check_number(name: str, value, low: float | None = None, high: float | None = None):
     problem = number_problem(name, value, low, high)
     if problem is not None:
-        raise NumberInputError(problem)
+        raise InputValueError(problem)
     return value
 
 

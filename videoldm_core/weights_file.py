@@ -22,7 +22,7 @@ import zipfile
 from typing import Callable, NamedTuple, Optional
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.overrides import TorchFunctionMode
 
@@ -361,5 +361,11 @@ def write_atomically(path, write: Callable[[str], None]):
 
 
 def save_safetensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
-    """A safetensors file written atomically (write_atomically)."""
-    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    """A safetensors file written atomically (write_atomically). A failed write (a full disk, no
+    permission) is an OSError, as Python's own writes fail."""
+    def write(tmp):
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as e:
+            raise OSError(f"safetensors could not write the file ({e})") from None
+    write_atomically(path, write)

@@ -106,6 +106,76 @@ def test_saves_stay_inside_models_even_through_a_symlink(pack_module, tmp_path):
     assert training.adapter_save_path("sub/ok") == os.path.join(os.path.realpath(root), "sub", "ok.safetensors")
 
 
+
+def test_save_names_too_long_for_the_filesystem_are_refused_before_the_work(node_classes, pack_module, monkeypatch):
+    """A name the filesystem cannot hold failed only when the trained adapter was saved, after every
+    step, and the run was lost; the error named the server's path."""
+    import folder_paths
+
+    errors = pack_module("videoldm_core.errors")
+    train = node_classes["VideoLDMTrainTemporalAdapter"]
+    long_name = "a" * 250   # fits alone (255 bytes), not with the counter core's saves may add
+    answer = train.validate_inputs(save_name=long_name)
+    assert isinstance(answer, str) and "at most 255 bytes" in answer and "save_name" in answer
+    assert train.validate_inputs(save_name="ü" * 120) is not True   # bytes (259 with the counter), not characters (139)
+    assert train.validate_inputs(save_name="sub/ok") is True
+    with pytest.raises(errors.VideoLDMError, match="at most 255 bytes"):
+        pack_module("host.training").adapter_save_path(long_name)
+    save = node_classes["VideoLDMSaveTemporalAdapter"]
+    root = folder_paths.get_folder_paths("temporal_adapters")[0]
+    for prefix, words in (("d" * 300 + "/x", "at most 255 bytes"), ("a" * 240, "at most 255 bytes"),
+                          ("", "ends in a name"), (".", "ends in a name"), ("sub/..", "ends in a name")):
+        with pytest.raises(errors.VideoLDMError, match=words) as e:
+            save.execute(temporal_adapter=None, filename_prefix=prefix)
+        assert root not in str(e.value) and len(str(e.value)) < 400, str(e.value)
+
+
+def test_a_failed_save_names_the_input_and_file_without_a_server_path(pack_module, tmp_path):
+    import folder_paths
+
+    errors = pack_module("videoldm_core.errors")
+    core = pack_module("videoldm_core.weights_file")
+    with pytest.raises(OSError, match="safetensors could not write"):   # not safetensors' own error type
+        core.save_safetensors(tmp_path / "no_such_folder" / "x.safetensors", {"w": torch.zeros(1)})
+    root = folder_paths.get_folder_paths("temporal_adapters")[0]
+    os.makedirs(root, exist_ok=True)
+    blocker = f"a_file_{uuid.uuid4().hex[:8]}"
+    open(os.path.join(root, blocker), "w").close()   # a file where the prefix wants a folder
+    adapter = pack_module("host.temporal_adapter").LoadedAdapter("x", None, None)
+    with pytest.raises(errors.VideoLDMError, match="filename_prefix: could not write") as e:
+        pack_module("host.temporal_adapter").save_temporal_adapter(adapter, f"{blocker}/mine")
+    assert root not in str(e.value) and os.path.realpath(root) not in str(e.value)
+
+
+def test_a_linked_name_outside_load_temporal_vaes_folders_is_refused(node_classes, pack_module):
+    """A linked vae_name is any text (core's String to Combo): only the three folders it lists are read."""
+    decoder = pack_module("videoldm_core.temporal_decoder")
+    node = node_classes["VideoLDMLoadTemporalVAE"]
+    for name in ("custom_nodes/some_pack/README.md", "nofolder", "input/x.safetensors", "vae/"):
+        with pytest.raises(decoder.TemporalDecoderFormatError, match="vae_name: expected '<folder>/<file>'"):
+            node.execute(vae_name=name, temporal_decoder="none")
+
+
+def test_text_that_is_not_a_choice_is_named(node_classes, pack_module):
+    interpolate = node_classes["VideoLDMInterpolateKeyframes"]
+    for regime in ({"a": 1}, ["T-to-4T"], 4):
+        answer = interpolate.validate_inputs(regime=regime)
+        assert isinstance(answer, str) and answer.startswith("regime ") and "not in list" in answer, answer
+    guidance = pack_module("host.guidance")
+    context = pack_module("videoldm_core.context")
+    with pytest.raises(context.ContextError, match=r"^sampler_name: expected one of \["):
+        guidance.sampler_and_sigmas(None, "bogus", "normal", 4)
+    with pytest.raises(context.ContextError, match=r"^scheduler: expected one of \["):
+        guidance.sampler_and_sigmas(None, "euler", "bogus", 4)
+
+
+def test_a_huge_text_input_is_not_echoed_back_whole(node_classes):
+    answer = node_classes["VideoLDMVideoContext"].validate_inputs(length=16, positions="x" * 2_000_000, use_last=0)
+    assert isinstance(answer, str) and "2,000,000 characters" in answer and len(answer) < 400, answer[:500]
+    answer = node_classes["VideoLDMVideoContext"].validate_inputs(length=16, positions="9" * 4400, use_last=0)
+    assert isinstance(answer, str) and len(answer) < 400, answer[:500]
+
+
 # -- numbers -----------------------------------------------------------------------------------------------------
 
 NUMBER_CASES = [
@@ -115,9 +185,11 @@ NUMBER_CASES = [
      [("fps", NAN), ("fps", 0.0), ("augmentation", INF), ("cfg", -INF)]),
     ("VideoLDMVideoUpscale", dict(noise_augmentation=0.1, cfg=4.0, tile_size=64),
      [("noise_augmentation", NAN), ("cfg", INF), ("tile_size", 12), ("tile_size", 3), ("tile_size", 0)]),
-    ("VideoLDMMovingShapes", dict(frames=16, width=64, height=64, fps=15.0, scale=1), [("fps", NAN), ("fps", INF), ("scale", 9)]),
-    ("VideoLDMTrainTemporalAdapter", dict(learning_rate=1e-4, fps=0.0, text_dropout=0.1),
-     [("learning_rate", NAN), ("fps", INF), ("fps", -1.0), ("text_dropout", NAN), ("text_dropout", 1.5)]),
+    ("VideoLDMMovingShapes", dict(frames=16, width=64, height=64, fps=15.0, scale=1),
+     [("fps", NAN), ("fps", INF), ("scale", 9), ("width", 9), ("height", 60)]),
+    ("VideoLDMTrainTemporalAdapter", dict(learning_rate=1e-4, fps=0.0, text_dropout=0.1, width=256, height=40),
+     [("learning_rate", NAN), ("fps", INF), ("fps", -1.0), ("text_dropout", NAN), ("text_dropout", 1.5),
+      ("width", 33), ("height", 36)]),
     ("VideoLDMApplyTemporalAdapter", dict(strength=1.0), [("strength", NAN), ("strength", INF), ("strength", 2.5)]),
     ("VideoLDMTemporalVAEDecode", dict(window=16, overlap=4, tile_size=0), [("tile_size", 3), ("tile_size", 12),
                                                                           ("tile_size", NAN)]),
@@ -140,7 +212,7 @@ def test_non_finite_and_out_of_range_numbers_are_refused_at_validation(node_clas
 def test_a_linked_nan_is_refused_when_the_node_runs(ctx, given, pack_module):
     limits = pack_module("videoldm_core.limits")
     node = ctx["nodes"].rollout.ExtendVideo
-    with pytest.raises(limits.NumberInputError, match="Extend Video: cfg must be a finite number, found nan"):
+    with pytest.raises(limits.InputValueError, match="Extend Video: cfg must be a finite number, found nan"):
         node.execute(model=ctx["predictor"], positive=ctx["positive"], negative=ctx["negative"], video={"samples": given},
                      segments=1, segment_length=4, context_frames=1, seed=0, steps=1, cfg=NAN, context_scale=1.0,
                      sampler_name="euler", scheduler="normal")
@@ -219,6 +291,26 @@ def silent_nan_sampler():
     import comfy.samplers
 
     return comfy.samplers.KSAMPLER(lambda model, x, sigmas, **kwargs: torch.full_like(x, NAN))
+
+
+def test_a_cancelled_context_guider_keeps_no_conds_or_models(ctx, pack_module):
+    """ComfyUI caches the GUIDER output: a cancelled run left its processed conds (c_S in each of
+    three branches) and the loaded models on it until its next run."""
+    import comfy.model_management as mm
+    import comfy.samplers
+
+    def cancelled(model, x, sigmas, **kwargs):
+        model(x, sigmas[0] * x.new_ones(x.shape[0]), **kwargs["extra_args"])   # one step, then Cancel
+        raise mm.InterruptProcessingException()
+
+    sigmas = comfy.samplers.calculate_sigmas(ctx["predictor"].get_model_object("model_sampling"), "normal", 2)
+    guider = ctx["guider"].ContextGuider(ctx["predictor"], ctx["context"].VideoContext(torch.zeros(4, 4, 8, 8), (0,)))
+    guider.set_conds(ctx["positive"], ctx["negative"])
+    with pytest.raises(mm.InterruptProcessingException):
+        guider.sample(torch.randn(4, 4, 8, 8), torch.zeros(4, 4, 8, 8), comfy.samplers.KSAMPLER(cancelled), sigmas,
+                      disable_pbar=True, seed=0)
+    assert not {"conds", "inner_model", "loaded_models"} & set(vars(guider))
+    assert guider.original_conds   # what set_conds gave is kept: the GUIDER samples again
 
 
 def test_a_sampled_latent_that_is_non_finite_is_stopped_after_the_last_step(ctx, given, tiny_x4_bundle, pack_module):
@@ -302,5 +394,27 @@ def test_every_number_input_of_every_node_is_checked_when_the_node_runs(node_cla
         display = cls.define_schema().display_name
         for bad in [v for v in (None if spec.min is None else spec.min - 1, None if spec.max is None else spec.max + 1,
                                 NAN) if v is not None]:
-            with pytest.raises(limits.NumberInputError, match=rf"^{re.escape(display)}: {spec.id} must be"):
+            with pytest.raises(limits.InputValueError, match=rf"^{re.escape(display)}: {spec.id} must be"):
                 cls.execute(**others | {spec.id: bad})
+
+
+def test_every_text_choice_and_switch_input_of_every_node_is_checked_when_the_node_runs(node_classes, pack_module):
+    """A link carries any value its type check lets through (a switch's matching output passes an
+    INT to a STRING input; ComfyUI converts nothing linked): each node names a text, choice or
+    on/off input of another kind first thing when it runs, not with a raw Python error later."""
+    import inspect
+    import re
+
+    from comfy_api.v0_0_2 import io
+
+    limits = pack_module("videoldm_core.limits")
+    cases = [(node_id, spec) for node_id, cls in sorted(node_classes.items()) for spec in cls.define_schema().inputs
+             if isinstance(spec, (io.String.Input, io.Combo.Input, io.Boolean.Input))]
+    assert len(cases) >= 20, len(cases)
+    for node_id, spec in cases:
+        cls = node_classes[node_id]
+        others = {name: None for name in inspect.signature(cls.execute).parameters}
+        display = cls.define_schema().display_name
+        bad = "false" if isinstance(spec, io.Boolean.Input) else 7
+        with pytest.raises(limits.InputValueError, match=rf"^{re.escape(display)}: {spec.id}: expected"):
+            cls.execute(**others | {spec.id: bad})

@@ -445,6 +445,22 @@ def test_the_file_equals_core_create_video_and_save_video(vaes, tmp_path, monkey
     assert np.abs(ours.astype(float) - (images.numpy() * 255)).mean() < 6
 
 
+def test_a_lost_render_renders_again_only_the_node_that_made_it(vaes):
+    """A node's fingerprint changes when a file behind its own cached VIDEO is gone, and stays put
+    after it renders again (else it would render on every queue); another node's is not touched."""
+    temporal_vae, _, svd_vae = vaes
+    z = smooth_latents(4)
+    with torch.inference_mode():
+        first, _ = temporal_vae.render_video(svd_vae, z, 4, 1, 0, 8.0, node="lost_a")
+        temporal_vae.render_video(svd_vae, z, 4, 1, 0, 8.0, node="lost_b")
+    assert temporal_vae.lost_renders("lost_a") == temporal_vae.lost_renders("lost_b") == ()
+    os.remove(first)
+    assert temporal_vae.lost_renders("lost_a") == (first,) and temporal_vae.lost_renders("lost_b") == ()
+    with torch.inference_mode():
+        temporal_vae.render_video(svd_vae, z, 4, 1, 0, 8.0, node="lost_a")
+    assert temporal_vae.lost_renders("lost_a") == (first,)
+
+
 def test_an_interrupted_render_leaves_no_file(vaes, tmp_path, monkeypatch):
     """Cancel once the encoder has written frames to the .part (not before the writer exists: core
     checks for a cancel inside the decoder too): the part is removed, no file is left."""

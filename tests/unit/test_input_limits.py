@@ -35,7 +35,7 @@ def test_every_pack_error_is_reported_under_the_neutral_module_name():
     """ComfyUI shows `<module>.<class>`; the module must not be the install folder's path."""
     classes = set(pack_error_classes())
     assert {"ContextError", "InterpolationError", "ScheduleError", "FrameLimitError", "TilingError",
-            "TrainingError", "MemoryLimitError", "NonFiniteError", "NumberInputError"} <= {c.__name__ for c in classes}
+            "TrainingError", "MemoryLimitError", "NonFiniteError", "InputValueError"} <= {c.__name__ for c in classes}
     for cls in classes:
         assert issubclass(cls, VideoLDMError) and issubclass(cls, ValueError), cls
         assert cls.__module__ == "videoldm", cls
@@ -72,7 +72,7 @@ def test_tensor_bytes_never_overflows():
 def test_numbers_that_are_not_finite_or_out_of_range_are_named(value, problem):
     found = limits.number_problem("cfg", value, 0.0, 100.0)
     assert found is not None and found.startswith("cfg must be") and problem in found
-    with pytest.raises(limits.NumberInputError, match=problem):
+    with pytest.raises(limits.InputValueError, match=problem):
         limits.check_number("cfg", value, 0.0, 100.0)
 
 
