@@ -96,7 +96,7 @@ def child(args) -> dict:
     pack = init_comfy(cpu=args.device == "cpu").__name__
     import comfy.model_management as mm
 
-    host = importlib.import_module(f"{pack}.host.training")
+    host = importlib.import_module(f"{pack}.host.training_model")
     patch = importlib.import_module(f"{pack}.host.temporal_adapter")
     objective = importlib.import_module(f"{pack}.videoldm_core.training.diffusion_objective")
     trainer_module = importlib.import_module(f"{pack}.videoldm_core.training.trainer")
@@ -122,7 +122,7 @@ def child(args) -> dict:
     method, device = args.child, mm.get_torch_device()
     full, checkpointing = method.startswith("full"), method.endswith("+ckpt")
     # the frozen UNet in the run's precision, as train.py loads it (fp32 where the UNet itself trains)
-    precisions = importlib.import_module(f"{pack}.host.training").PRECISIONS
+    precisions = importlib.import_module(f"{pack}.host.training_model").PRECISIONS
     frozen_dtype = torch.float32 if full else (precisions[args.precision] or torch.float32)
     model, text = build_base(pack, args.unet, device, frozen_dtype)
     base = host.trainable_base(model)                  # frozen (a copy if it held inference tensors)

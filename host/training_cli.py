@@ -111,11 +111,11 @@ from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig, l
 from ..videoldm_core.weights_file import save_safetensors
 from .bundle import load_bundle_file
 from .streamed_training import streamed_batches
-from .training import (UNetDenoiser, augmentation_schedule, noise_schedule, pretrainable_unet, starting_adapter,
-                       trainable_base, trainable_decoder, trained_state, training_precision)
 from .training_data import caption_encoder, decoder_items, folder_items
+from .training_model import (UNetDenoiser, augmentation_schedule, noise_schedule, pretrainable_unet, starting_adapter,
+                             trainable_base, trainable_decoder, trained_state, training_precision)
+from .training_validation import ValidationVideos, validation_note, validation_settings
 from .unet_layout import model_family
-from .validation import ValidationVideos, validation_note, validation_settings
 
 def load_checkpoint(path: str, precision: str | None = None, vae_dtype: torch.dtype | None = None):
     """(MODEL, CLIP, VAE) from a Video LDM bundle or any checkpoint ComfyUI recognises; with a run's
@@ -293,7 +293,7 @@ def train_and_write(config, world, train_config, batches, output: Path, phases, 
                     loss_key: str, write, validate=None) -> int:
     """What every mode shares: a Trainer over `batches` (StepBatches of cached or in-memory items, or
     StreamedBatches; its checkpoints keyed by `identity` and the global batch), resumed and fitted;
-    `write(trainer)` on rank 0; then every rank waits for it. `validate`: the validation video (host/validation.py)."""
+    `write(trainer)` on rank 0; then every rank waits for it. `validate`: the validation video (host/training_validation.py)."""
     identity = {k: json.loads(v.to_json()) if hasattr(v, "to_json") else str(v) for k, v in identity.items()}
     identity["global_batch"] = batches.batch_size * world.size
     trainer = Trainer(phases, train_config, batches, output_dir=output, identity=identity, device=device, world=world)

@@ -17,7 +17,8 @@ def tr(pack_module, tiny_sd1):
     with torch.inference_mode():
         positive = clip.encode_from_tokens_scheduled(clip.tokenize("shapes moving"))
     return dict(model=model, vae=vae, positive=positive, text=positive[0][0].clone(),
-                host=pack_module("host.training"), data=pack_module("host.training_data"),
+                host=pack_module("host.training_model"), run=pack_module("host.training"),
+                data=pack_module("host.training_data"),
                 patch=pack_module("host.temporal_adapter"),
                 objective=pack_module("videoldm_core.training.diffusion_objective"),
                 trainer=pack_module("videoldm_core.training.trainer"),
@@ -365,8 +366,8 @@ def test_a_run_configuration_that_cannot_be_read_is_named(tr, pack_module, tmp_p
 ])
 def test_the_node_refuses_what_model_and_frames_decide_before_building_anything(tr, monkeypatch, inputs, message):
     built = []
-    monkeypatch.setattr(tr["host"], "starting_adapter", lambda *a, **k: built.append("adapter"))
-    monkeypatch.setattr(tr["host"], "trainable_base", lambda *a, **k: built.append("UNet copy"))
+    monkeypatch.setattr(tr["run"], "starting_adapter", lambda *a, **k: built.append("adapter"))
+    monkeypatch.setattr(tr["run"], "trainable_base", lambda *a, **k: built.append("UNet copy"))
     count = inputs.pop("images_count", 8)
     with pytest.raises(tr["core"].TrainingError, match=message), torch.inference_mode():
         tr["node"].execute(**node_args(tr, steps=1) | inputs, images=shapes_video(tr, frames=8)[:count])
@@ -500,7 +501,7 @@ def test_a_folder_with_a_bad_clip_is_refused_before_the_unet_is_copied(tr, monke
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "fake.mp4"), "w") as f:
         f.write("not a video")
-    monkeypatch.setattr(tr["host"], "trainable_base", lambda model: pytest.fail("the UNet was copied first"))
+    monkeypatch.setattr(tr["run"], "trainable_base", lambda model: pytest.fail("the UNet was copied first"))
     with pytest.raises(tr["core"].TrainingError, match=r"'fake.mp4': unreadable"):
         tr["node"].execute(**node_args(tr, steps=2), folder="training_bad_clip")
 
@@ -520,8 +521,8 @@ def test_clips_the_mode_cannot_learn_from_are_refused_before_anything_is_encoded
         assert node.validate_inputs(learning_rate=1e-3, mode=mode, clip_frames=frames) is True
     assert node.validate_inputs(learning_rate=1e-3, mode=mode, clip_frames=9) is True
     assert node.validate_inputs(learning_rate=1e-3, mode=mode, clip_frames=None) is True   # linked
-    monkeypatch.setattr(tr["host"], "trainable_base", lambda model: pytest.fail("the UNet was copied first"))
-    monkeypatch.setattr(tr["host"], "training_items", lambda *a, **k: pytest.fail("frames were encoded first"))
+    monkeypatch.setattr(tr["run"], "trainable_base", lambda model: pytest.fail("the UNet was copied first"))
+    monkeypatch.setattr(tr["run"], "training_items", lambda *a, **k: pytest.fail("frames were encoded first"))
     with pytest.raises(tr["core"].TrainingError, match=re.escape(expected)):
         node.execute(**node_args(tr, steps=2) | dict(mode=mode, clip_frames=frames), images=shapes_video(tr, 12))
 
@@ -686,7 +687,7 @@ def test_an_empty_prompt_unlike_the_prompt_is_refused_before_anything_is_built(t
     inputs; so does one without the pooled vector SDXL reads."""
     built = []
     for name in ("starting_adapter", "trainable_base", "training_items"):
-        monkeypatch.setattr(tr["host"], name, lambda *a, name=name, **k: built.append(name))
+        monkeypatch.setattr(tr["run"], name, lambda *a, name=name, **k: built.append(name))
     images = shapes_video(tr, frames=8)
     for empty, message in (
             ([[torch.zeros(1, 77, 1280), {"pooled_output": torch.zeros(1, 1280)}]],
@@ -697,8 +698,8 @@ def test_an_empty_prompt_unlike_the_prompt_is_refused_before_anything_is_built(t
     assert not built
     sdxl_text = [[torch.zeros(1, 77, 32), {"pooled_output": torch.zeros(1, 32)}]]
     with pytest.raises(tr["core"].TrainingError, match=r"this UNet reads a pooled text vector, and empty_prompt has none"):
-        tr["host"].check_empty_prompt(sdxl_model(), tr["host"].prompt_parts(sdxl_text), (torch.zeros(1, 77, 32), None),
-                                      tr["host"].NODE_PROMPTS)
+        tr["host"].check_empty_prompt(sdxl_model(), tr["run"].prompt_parts(sdxl_text), (torch.zeros(1, 77, 32), None),
+                                      tr["run"].NODE_PROMPTS)
 
 
 def test_the_node_refuses_a_model_that_is_not_an_sd_unet_by_name(tr):
@@ -712,7 +713,7 @@ def test_the_node_refuses_a_model_that_is_not_an_sd_unet_by_name(tr):
     flux = comfy.model_patcher.ModelPatcher(config.get_model({}, device="meta"), "cpu", "cpu")
     with pytest.raises(tr["core"].TrainingError, match=r"expected an SD-family MODEL \(SD1.x, SD2.x, SDXL, "
                                                        r"SD-x4-upscaler\), found Flux"):
-        tr["host"].check_model_for_mode(flux, "temporal")
+        tr["run"].check_model_for_mode(flux, "temporal")
 
 
 def sdxl_model():

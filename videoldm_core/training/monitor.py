@@ -3,7 +3,7 @@ a step's row (each phase's losses and gradient norm, the learning rate), the thr
 per second of the global batch, and for streamed data the share of the step spent waiting for
 clips (time in the data pipeline over time in the pipeline and the step). Written by rank 0 to
 `<output>/tensorboard`; `tensorboard --logdir <output>` shows them. Beside them, every N steps, the
-validation video (`video`; sampled by host/validation.py)."""
+validation video (`video`; sampled by host/training_validation.py)."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ SECTIONS: dict[str, dict[str, object]] = {
     "vae": {"kl_weight": float, "patch": int | None},
     "image": {"text_dropout": float, "patch": int | None},
     "monitor": {"tensorboard": bool, "validate_every": int, "validation": dict},
-    # the validation video every `validate_every` steps (host/validation.py)
+    # the validation video every `validate_every` steps (host/training_validation.py)
     "monitor.validation": {"prompts": list[str], "frames": int | None, "steps": int, "cfg": float, "seed": int},
 }
 REQUIRED = {"": ("checkpoint", "output", "data")}

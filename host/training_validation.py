@@ -26,7 +26,7 @@ from ..videoldm_core.training.trainer import PRECISIONS
 from .interpolation import ADAPTERS_OWN, interpolate_keyframes
 from .rollout import extend_video
 from .temporal_adapter import apply_adapter, build_adapter_patcher
-from .training import trained_state
+from .training_model import trained_state
 from .video_upscale import GRID, upscale_video
 
 SAMPLER, SCHEDULER = "euler", "normal"
