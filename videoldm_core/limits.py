@@ -91,13 +91,6 @@ def number_problem(name: str, value, low: float | None = None, high: float | Non
     return None
 
 
-def check_number(name: str, value, low: float | None = None, high: float | None = None):
-    problem = number_problem(name, value, low, high)
-    if problem is not None:
-        raise InputValueError(problem)
-    return value
-
-
 _AMINMAX_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8, torch.uint8, torch.int16,
                    torch.int32, torch.int64)
 

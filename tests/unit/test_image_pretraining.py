@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from videoldm_core.noise_schedule import SD_SCHEDULE, BetaSchedule
 from videoldm_core.training.batches import StepBatches
 from videoldm_core.training.image_objective import ImagePhase
 from videoldm_core.training.objective import TrainingError
@@ -40,7 +41,7 @@ def blobs(count=12, size=8):
 
 
 def phase(net, **kwargs):
-    return ImagePhase(net.net, net, NoiseSchedule.scaled_linear(), **kwargs)
+    return ImagePhase(net.net, net, NoiseSchedule.from_sigmas(SD_SCHEDULE.sigmas()), **kwargs)
 
 
 def test_the_unet_itself_is_what_trains_and_its_loss_falls():
@@ -89,8 +90,8 @@ def test_upscaler_frames_are_cropped_with_the_latents_and_augmented():
     net = TinyDenoiser(extra=3)
     latents = torch.arange(16.0)[None, :].expand(16, 16).reshape(1, 1, 1, 16, 16).expand(2, 1, 4, 16, 16).clone()
     low_res = latents[:, :, :3].clone()
-    augment = NoiseSchedule.scaled_linear(1000, 0.0001, 0.02)
-    p = ImagePhase(net.net, net, NoiseSchedule.scaled_linear(), text_dropout=0.0, augment_schedule=augment, patch=8)
+    augment = NoiseSchedule.from_sigmas(BetaSchedule("linear", 0.0001, 0.02).sigmas())   # the x4 model's
+    p = ImagePhase(net.net, net, NoiseSchedule.from_sigmas(SD_SCHEDULE.sigmas()), text_dropout=0.0, augment_schedule=augment, patch=8)
     _, logs = p({"latents": latents, "low_res": low_res, "sample_seeds": torch.tensor([1, 2])}, torch.Generator())
     [call] = net.calls
     assert call["concat"].shape == (2, 3, 8, 8) and call["y"].shape == (2,)

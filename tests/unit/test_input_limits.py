@@ -72,8 +72,6 @@ def test_tensor_bytes_never_overflows():
 def test_numbers_that_are_not_finite_or_out_of_range_are_named(value, problem):
     found = limits.number_problem("cfg", value, 0.0, 100.0)
     assert found is not None and found.startswith("cfg must be") and problem in found
-    with pytest.raises(limits.InputValueError, match=problem):
-        limits.check_number("cfg", value, 0.0, 100.0)
 
 
 @pytest.mark.parametrize("value", [0.0, 7.5, 100.0, 3, np.int64(3), np.float32(7.5)])

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from videoldm_core.noise_schedule import SD_SCHEDULE
 from videoldm_core.training.batches import StepBatches, clip_seed
 from videoldm_core.training.objective import Phase, TrainingError
 from videoldm_core.training.schedule import NoiseSchedule
@@ -226,7 +227,7 @@ def test_a_checkpoint_of_another_setup_is_refused(tmp_path):
 
 
 def test_noise_schedule_targets():
-    schedule = NoiseSchedule.scaled_linear(prediction="v")
+    schedule = NoiseSchedule.from_sigmas(SD_SCHEDULE.sigmas(), "v")
     x0, eps, t = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 500, 999])
     a = schedule.alphas_cumprod[t].float()[:, None]
     torch.testing.assert_close(schedule.add_noise(x0, eps, t), a.sqrt() * x0 + (1 - a).sqrt() * eps)

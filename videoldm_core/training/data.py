@@ -379,7 +379,6 @@ class VideoFolder:
             raise TrainingError(f"{len(bad)} of {len(found)} clips in '{shown}' cannot be used:\n  {listing}\n{advice}")
         if bad:
             log.warning("skipping %d of %d clips in '%s':\n  %s", len(bad), len(found), self.folder, "\n  ".join(bad))
-        self.skipped = bad
         slower = [(e, p) for e, p in zip(self.entries, self.probes) if len(set(_clip_offsets(spec, p))) < spec.frames]
         if slower:
             entry, source = slower[0]

@@ -24,13 +24,6 @@ class NoiseSchedule:
         self.alphas_cumprod, self.prediction = alphas_cumprod, prediction
 
     @classmethod
-    def scaled_linear(cls, steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
-                      prediction: str = "eps") -> "NoiseSchedule":
-        """Stable Diffusion's schedule: β linear in √β."""
-        betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, steps, dtype=torch.float64) ** 2
-        return cls(torch.cumprod(1.0 - betas, 0), prediction)
-
-    @classmethod
     def from_sigmas(cls, sigmas: torch.Tensor, prediction: str = "eps") -> "NoiseSchedule":
         """From k-diffusion sigmas σ_t = √((1 − ᾱ_t) / ᾱ_t), as ComfyUI's ModelSamplingDiscrete holds them."""
         return cls(1.0 / (1.0 + torch.as_tensor(sigmas, dtype=torch.float64) ** 2), prediction)
