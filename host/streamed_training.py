@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import torch
 
+from ..videoldm_core.interpolation import regime_fps
 from ..videoldm_core.training.batches import stack_items
-from ..videoldm_core.training.data import ClipSpec
 from ..videoldm_core.training.modes import mode_named
 from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.shards import ShardClips, shard_urls
 from ..videoldm_core.training.streamed_batches import StreamedBatches
-from .training_data import training_items
+from .training_data import clip_spec, training_items
 
 
 def streamed_encoder(model, vae, mode, encode_text=None, regime: int | None = None):
@@ -52,14 +52,8 @@ def streamed_batches(model, vae, data: dict, mode, seed: int, batch_size: int, r
                                 f"clips at data.fps, [1] at 4 x data.fps), found {list(regimes)}; or pre-encode a "
                                 "data folder for both.")
         regime = regimes[0]
-    fps = data.get("fps")
-    if regime == 1:
-        if not fps:
-            raise TrainingError("interpolation regime 1 needs data.fps (its clips are read at 4 x data.fps).")
-        fps = fps * 4
-    spec = ClipSpec(data.get("frames", 8), fps, data.get("height", 256), data.get("width", 256), data.get("crop", "center"),
-                    start=data.get("start", "first"))
-    clips = ShardClips(shard_urls(data["shards"], allow_pipe=allow_pipe), spec, seed=seed, shuffle=data.get("shuffle", 256),
-                       flip=data.get("flip", False))
+    fps = data.get("fps") if not regime else regime_fps(data["fps"], regime)   # data.fps is there: the config's check
+    clips = ShardClips(shard_urls(data["shards"], allow_pipe=allow_pipe), clip_spec(data, fps), seed=seed,
+                       shuffle=data.get("shuffle", 256), flip=data.get("flip", False))
     return StreamedBatches(clips, batch_size, streamed_encoder(model, vae, mode, encode_text, regime), seed=seed,
                            workers=data.get("workers", 2))

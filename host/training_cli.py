@@ -84,7 +84,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import ConcatDataset
 
 import comfy.model_management
 import comfy.sd
@@ -95,12 +94,10 @@ from ..videoldm_core.temporal_adapter import read_adapter_spec, save_adapter
 from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, holds_bundle, read_bundle_spec, save_bundle
 from ..videoldm_core.temporal_decoder import TemporalDecoder, TemporalDecoderSpec, read_addon_file, spec_for_decoder
 from ..videoldm_core.training.batches import StepBatches
-from ..videoldm_core.training.crops import latent_augmentation
 from ..videoldm_core.training.decoder_objective import decoder_phases
 from ..videoldm_core.training.discriminator import PatchDiscriminator3D
-from ..videoldm_core.training.data import ClipSpec, VideoFolder
 from ..videoldm_core.training.diffusion_objective import DiffusionPhase, check_mode
-from ..videoldm_core.training.modes import TEMPORAL, UPSCALER, mode_named
+from ..videoldm_core.training.modes import TEMPORAL, UPSCALER
 from ..videoldm_core.training.autoencoder_objective import AutoencoderPhase, latent_scale
 from ..videoldm_core.training.image_objective import ImagePhase
 from ..videoldm_core.training.distributed import barrier, init_world
@@ -111,7 +108,7 @@ from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig, l
 from ..videoldm_core.weights_file import save_safetensors
 from .bundle import load_bundle_file
 from .streamed_training import streamed_batches
-from .training_data import caption_encoder, decoder_items, folder_items
+from .training_data import cached_batches, caption_encoder, data_folder, dataset_items, decoder_items
 from .training_model import (UNetDenoiser, augmentation_schedule, noise_schedule, pretrainable_unet, starting_adapter,
                              trainable_base, trainable_decoder, trained_state, training_precision)
 from .training_validation import ValidationVideos, validation_note, validation_settings
@@ -149,59 +146,6 @@ def encode_prompt(clip, text: str):
     tokens = clip.tokenize(text)
     cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
     return cond.float(), (None if pooled is None else pooled.float())
-
-
-def training_size(data: dict) -> tuple[int, int]:
-    return data.get("height", 256), data.get("width", 256)
-
-
-def cached_size(data: dict) -> tuple[int, int]:
-    """The size frames are encoded into the latent cache at: data.cache_height/cache_width, by default
-    the training size (no crop augmentation)."""
-    height, width = training_size(data)
-    return data.get("cache_height", height), data.get("cache_width", width)
-
-
-def data_folder(data: dict, seed: int, fps: float | None, size: tuple[int, int] | None = None) -> VideoFolder:
-    """The config's data folder as clips of its spec, read at `fps` (None: the source rate), at `size`
-    (height, width; default the training size)."""
-    height, width = size or training_size(data)
-    spec = ClipSpec(data.get("frames", 8), fps, height, width, data.get("crop", "center"), data.get("start", "first"))
-    return VideoFolder(data["folder"], spec, on_bad=data.get("on_bad", "stop"), seed=seed)
-
-
-def dataset_items(model, vae, data: dict, mode, seed: int, world, regimes, encode_text=None):
-    """Clips from the data folder at the cached size, encoded once (rank 0 first, the other ranks then
-    reuse its cache) and read from it one clip at a time (a Dataset, not a list). Interpolation with both regimes reads clips at fps (T→4T) and at 4·fps (4T→16T)."""
-    mode = mode_named(mode)
-    rates = [(0, data.get("fps"))]
-    if mode.has_regimes and 1 in regimes:
-        if not data.get("fps"):
-            raise TrainingError("interpolation in both regimes needs data.fps (clips are read at fps and 4·fps).")
-        rates = [(r, data["fps"] * (4 if r else 1)) for r in regimes]
-    parts = []
-    for regime, fps in rates:
-        dataset = data_folder(data, seed, fps, cached_size(data))
-        cache = Path(data.get("cache") or Path(data["folder"]) / ".videoldm_cache") / f"{mode}-{fps or 'source'}"
-        constant = {"regime": torch.tensor(regime)} if mode.has_regimes else {}
-        for rank_turn in (True, False):  # rank 0 builds the cache, then everyone reads it
-            if world.is_main == rank_turn:
-                found = folder_items(model, vae, dataset, mode, cache, encode_text=encode_text, extra=constant)
-            barrier(world)
-        parts.append(found)
-    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
-
-
-def cached_batches(items, data: dict, batch_size: int, seed: int, world) -> StepBatches:
-    """Each step's batch of cached clips, with the latent-space crop (clips cached larger than the
-    training size) and data.flip drawn per clip and step; none when there is neither."""
-    latent = tuple(items[0]["latents"].shape[-2:])
-    augment = latent_augmentation(cached_size(data), training_size(data), latent, data.get("flip", False))
-    if augment is not None and world.is_main:
-        flip = ", flipped half the time" if augment.flip else ""
-        print(f"augmentation: each step cuts every clip's {augment.height}x{augment.width} window from its "
-              f"{latent[0]}x{latent[1]} cached latents{flip}", flush=True)
-    return StepBatches(items, batch_size, seed=seed, augment=augment)
 
 
 def read_run_config(path: str) -> dict:

@@ -2,21 +2,29 @@
 encoder. One video's IMAGE frames as in-memory clips (`training_items`), a folder's clips encoded
 once into the latent cache and read one at a time (`folder_items`, keyed by the VAE encoder's
 weights and, with captions, the text encoder's), caption embeddings cut to CLIP's 77 tokens, the
-temporal decoder's frames and latents, and the fingerprint by which the node sees a folder change.
+temporal decoder's frames and latents, the fingerprint by which the node sees a folder change; and
+the training CLI's data section as clips, a cached dataset and each step's batches.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 
 import torch
+from torch.utils.data import ConcatDataset
 
 from ..videoldm_core.errors import VideoLDMError
-from ..videoldm_core.training.data import discover
+from ..videoldm_core.interpolation import regime_fps
+from ..videoldm_core.training.batches import StepBatches
+from ..videoldm_core.training.crops import latent_augmentation
+from ..videoldm_core.training.data import ClipSpec, VideoFolder, discover
+from ..videoldm_core.training.distributed import barrier
 from ..videoldm_core.training.latent_cache import CachedClips, build_latent_cache
 from ..videoldm_core.training.modes import mode_named
 from ..videoldm_core.training.objective import TrainingError
+from ..videoldm_core.training.run_config import DEFAULT_FRAMES
 from .confined_paths import training_folder, training_roots
 from .unet_layout import model_family
 
@@ -177,3 +185,62 @@ def folder_fingerprint(folder: str) -> str:
     except (VideoLDMError, OSError) as e:
         return f"refused: {e}"
     return hashlib.sha256(repr([(e.name, e.kind, e.size, e.mtime_ns, e.caption) for e in entries]).encode()).hexdigest()
+
+
+# --- the training CLI's data section (train.py: "data") ----------------------------------------
+
+
+def training_size(data: dict) -> tuple[int, int]:
+    return data.get("height", 256), data.get("width", 256)
+
+
+def cached_size(data: dict) -> tuple[int, int]:
+    """The size frames are encoded into the latent cache at: data.cache_height/cache_width, by default
+    the training size (no crop augmentation)."""
+    height, width = training_size(data)
+    return data.get("cache_height", height), data.get("cache_width", width)
+
+
+def clip_spec(data: dict, fps: float | None, size: tuple[int, int] | None = None) -> ClipSpec:
+    """The config's clips: data.frames read at `fps` (None: the source rate), at `size` (height, width;
+    default the training size), cut by data.crop and data.start; from a folder or from shards."""
+    height, width = size or training_size(data)
+    return ClipSpec(data.get("frames", DEFAULT_FRAMES), fps, height, width, data.get("crop", "center"),
+                    data.get("start", "first"))
+
+
+def data_folder(data: dict, seed: int, fps: float | None, size: tuple[int, int] | None = None) -> VideoFolder:
+    """The config's data folder as clips of `clip_spec(data, fps, size)`."""
+    return VideoFolder(data["folder"], clip_spec(data, fps, size), on_bad=data.get("on_bad", "stop"), seed=seed)
+
+
+def dataset_items(model, vae, data: dict, mode, seed: int, world, regimes, encode_text=None):
+    """Clips from the data folder at the cached size, encoded once (rank 0 first, the other ranks then
+    reuse its cache) and read from it one clip at a time (a Dataset, not a list). Interpolation with both regimes reads clips at fps (T→4T) and at 4·fps (4T→16T)."""
+    mode = mode_named(mode)
+    rates = [(0, data.get("fps"))]
+    if mode.has_regimes and 1 in regimes:   # data.fps is there: the run configuration's check
+        rates = [(r, regime_fps(data["fps"], r)) for r in regimes]
+    parts = []
+    for regime, fps in rates:
+        dataset = data_folder(data, seed, fps, cached_size(data))
+        cache = Path(data.get("cache") or Path(data["folder"]) / ".videoldm_cache") / f"{mode}-{fps or 'source'}"
+        constant = {"regime": torch.tensor(regime)} if mode.has_regimes else {}
+        for rank_turn in (True, False):  # rank 0 builds the cache, then everyone reads it
+            if world.is_main == rank_turn:
+                found = folder_items(model, vae, dataset, mode, cache, encode_text=encode_text, extra=constant)
+            barrier(world)
+        parts.append(found)
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def cached_batches(items, data: dict, batch_size: int, seed: int, world) -> StepBatches:
+    """Each step's batch of cached clips, with the latent-space crop (clips cached larger than the
+    training size) and data.flip drawn per clip and step; none when there is neither."""
+    latent = tuple(items[0]["latents"].shape[-2:])
+    augment = latent_augmentation(cached_size(data), training_size(data), latent, data.get("flip", False))
+    if augment is not None and world.is_main:
+        flip = ", flipped half the time" if augment.flip else ""
+        print(f"augmentation: each step cuts every clip's {augment.height}x{augment.width} window from its "
+              f"{latent[0]}x{latent[1]} cached latents{flip}", flush=True)
+    return StepBatches(items, batch_size, seed=seed, augment=augment)

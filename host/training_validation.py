@@ -18,7 +18,7 @@ import torch
 
 import comfy.sample
 
-from ..videoldm_core.interpolation import REGIMES
+from ..videoldm_core.interpolation import FACTOR, REGIMES, regime_fps
 from ..videoldm_core.training.modes import mode_named
 from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.shards import ShardClips
@@ -109,7 +109,7 @@ class ValidationVideos:
         """Frames per second of the logged video: the clips' rate. Interpolation takes every 4th frame
         of a clip as a keyframe and makes the clip's frames again, so its video too plays at the clips'
         rate: data.fps, or 4 x data.fps for clips of regime 4T-to-16T."""
-        return self.fps * (4 if self.mode.has_regimes and self._regime() else 1)
+        return regime_fps(self.fps, self._regime() if self.mode.has_regimes else 0)
 
     def _regime(self) -> int:
         return int(self._clips[0].get("regime", 0)) if self._clips else 0
@@ -125,14 +125,14 @@ class ValidationVideos:
             return extend_video(model, positive, negative, {"samples": given[:count]}, segments=1,
                                 segment_length=frames, context_frames=count, **common)["samples"]
         if self.mode.has_regimes:   # interpolation: every 4th frame of the clip is a keyframe
-            keyframes = given[:frames:4]
+            keyframes = given[:frames:FACTOR]
             if keyframes.shape[0] < 2:
                 raise TrainingError(f"the interpolation validation video takes every 4th frame of a clip as a keyframe "
                                     f"and needs 2; clips of {given.shape[0]} frames (validation.frames {frames}) give "
                                     f"{keyframes.shape[0]}. Use clips of at least 5 frames.")
             regime = [name for name, label in REGIMES.items() if label == int(clip.get("regime", 0))][0]
             out, _ = interpolate_keyframes(model, positive, negative, {"samples": keyframes}, regime, True, ADAPTERS_OWN,
-                                           keyframes.shape[0], fps=self.video_fps / 4, **common)   # keyframe rate
+                                           keyframes.shape[0], fps=self.video_fps / FACTOR, **common)   # keyframe rate
             return out["samples"]
         if self.mode.is_upscaler:   # the clip's low-res frames, 4x
             low = ((clip["low_res"][:frames].float() + 1) / 2).movedim(1, -1)

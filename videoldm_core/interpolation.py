@@ -41,6 +41,12 @@ def keyframe_positions(num_keyframes: int, factor: int = FACTOR) -> list[int]:
     return [factor * i for i in range(num_keyframes)]
 
 
+def regime_fps(fps: float, regime: int, factor: int = FACTOR) -> float:
+    """The frame rate a regime's training clips are read at, for videos of keyframes at `fps`: T→4T
+    learns from clips at fps, 4T→16T from clips at 4·fps (its keyframes are once interpolated)."""
+    return fps * factor ** regime
+
+
 def regime_label(regime: str) -> int:
     """The label of a regime name (a legacy name too)."""
     regime = LEGACY_REGIMES.get(regime, regime) if isinstance(regime, str) else regime

@@ -43,17 +43,18 @@ def test_cached_clips_are_read_on_access_and_equal_the_in_memory_encoding(pack_m
 
 
 def test_the_cli_crops_and_flips_cached_latents_per_step(pack_module, clips, tiny_sd1, tmp_path):
-    cli = pack_module("host.training_cli")
+    training_data = pack_module("host.training_data")
     crops = pack_module("videoldm_core.training.crops")
     world = pack_module("videoldm_core.training.distributed").World()
     model, _, vae = tiny_sd1
     data = {"folder": str(clips), "frames": FRAMES, "fps": 15, "width": 48, "height": 48, "cache": str(tmp_path)}
-    plain = cli.cached_batches(cli.dataset_items(model, vae, data, "temporal", 0, world, (0,)), data, 2, 0, world)
+    items = training_data.dataset_items(model, vae, data, "temporal", 0, world, (0,))
+    plain = training_data.cached_batches(items, data, 2, 0, world)
     assert plain.augment is None   # no margin, no flip: the run is the one without augmentation
 
     data.update(cache_width=64, cache_height=64, flip=True)
-    items = cli.dataset_items(model, vae, data, "temporal", 0, world, (0,))
-    batches = cli.cached_batches(items, data, 2, 0, world)
+    items = training_data.dataset_items(model, vae, data, "temporal", 0, world, (0,))
+    batches = training_data.cached_batches(items, data, 2, 0, world)
     assert batches.augment == crops.LatentAugmentation(6, 6, flip=True)   # 48 px of 64 px cached as 8 latent pixels
     cached = [items[i]["latents"] for i in range(2)]
     assert cached[0].shape[-2:] == (8, 8)

@@ -268,8 +268,8 @@ def test_fsdp_on_two_gloo_processes_trains_like_ddp_and_resumes(setup, tmp_path)
 def test_a_folders_clips_start_where_data_start_says(setup, pack_module):
     """`"start": "random"` draws each clip's first frame (seeded by the clip; the cache keeps it); it was
     accepted and ignored for folders, every clip starting at its first frame."""
-    cli = pack_module("host.training_cli")
+    training_data = pack_module("host.training_data")
     data = {"folder": str(setup / "clips"), "frames": 4, "fps": 15, "width": 64, "height": 64}
-    first, drawn = cli.data_folder(data, 1, 15.0), cli.data_folder({**data, "start": "random"}, 1, 15.0)
+    first, drawn = training_data.data_folder(data, 1, 15.0), training_data.data_folder({**data, "start": "random"}, 1, 15.0)
     assert (first.spec.start, drawn.spec.start) == ("first", "random")
     assert any(not torch.equal(first[i]["frames"], drawn[i]["frames"]) for i in range(len(first)))
