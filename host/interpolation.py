@@ -13,7 +13,8 @@ from ..videoldm_core.interpolation import (FACTOR, REGIMES, InterpolationError, 
                                            check_augmentation_level, check_keyframes, dense_length, interpolation_labels,
                                            keyframe_positions, keyframe_windows, regime_label)
 from ..videoldm_core.limits import check_output_size, tensor_bytes
-from .guidance import RunNoise, SamplingProgress, latent_channels, sample_with_context, sampler_and_sigmas
+from .guidance import latent_channels, sample_with_context
+from .sampling import RunNoise, SamplingProgress, sampler_and_sigmas
 from .temporal_adapter import applied_adapters
 
 log = logging.getLogger("videoldm")

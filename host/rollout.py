@@ -9,8 +9,8 @@ import torch
 from ..videoldm_core.context import VideoContext, checked_video_latent, place_frames
 from ..videoldm_core.limits import check_output_size, tensor_bytes
 from ..videoldm_core.rollout import plan_rollout
-from .guidance import (RunNoise, SamplingProgress, check_context_encoder, latent_channels, sample_with_context,
-                       sampler_and_sigmas)
+from .guidance import check_context_encoder, latent_channels, sample_with_context
+from .sampling import RunNoise, SamplingProgress, sampler_and_sigmas
 
 
 def extend_video(model, positive, negative, video: dict, segments: int, segment_length: int, context_frames: int,

@@ -32,8 +32,8 @@ import torch
 
 from ..videoldm_core.limits import check_finite_input, check_finite_latent, check_output_size, tensor_bytes
 from ..videoldm_core.video_upscale import TilePlan, TilingError, plan_tiles, smaller_overlap, smaller_tile, used_tile
-from .guidance import RunNoise, sampler_and_sigmas
 from .keys import CHECKS_ITS_SAMPLE_KEY, TILING_KEY
+from .sampling import RunNoise, sampler_and_sigmas
 from .temporal_decoder import consume_decoded_frames
 
 log = logging.getLogger("videoldm")

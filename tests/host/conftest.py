@@ -43,7 +43,7 @@ def ctx(pack_module, tiny_sd1):
     positive = clip.encode_from_tokens_scheduled(clip.tokenize("a red square moving left"))
     negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     return dict(patch=patch, predictor=predictor, plain=plain, positive=positive, negative=negative, vae=vae,
-                guider=pack_module("host.guidance"), context=pack_module("videoldm_core.context"),
+                guider=pack_module("host.guidance"), sampling=pack_module("host.sampling"), context=pack_module("videoldm_core.context"),
                 nodes=pack_module("nodes"))
 
 

@@ -257,10 +257,11 @@ def test_each_segment_is_the_context_guider_on_the_last_frames_with_seed_plus_it
     import comfy.samplers
 
     guidance, context_module = pack_module("host.guidance"), pack_module("videoldm_core.context")
+    sampling = pack_module("host.sampling")
     model, length, s, seed = ctx["predictor"], 4, 2, 5
     out = extend(ctx, model, given[:3], segments=2, length=length, context_frames=s, seed=seed)
     video = given[:3].clone()
-    sampler, sigmas = guidance.sampler_and_sigmas(model, "euler", "normal", 1)
+    sampler, sigmas = sampling.sampler_and_sigmas(model, "euler", "normal", 1)
     for k in range(2):
         context = context_module.VideoContext(context_module.place_frames(video[-s:], range(s), length), tuple(range(s)))
         with torch.inference_mode():

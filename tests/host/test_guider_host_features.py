@@ -157,7 +157,7 @@ def test_extend_video_takes_core_sampler_sigmas_and_noise(ctx, given, caplog):
 def test_a_noise_input_is_one_draw_each_run_takes_its_frames_of(ctx):
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
-    run_noise = ctx["guider"].RunNoise(0, Noise_RandomNoise(9), lengths=[4, 5], shape=(4, 8, 8))
+    run_noise = ctx["sampling"].RunNoise(0, Noise_RandomNoise(9), lengths=[4, 5], shape=(4, 8, 8))
     whole = Noise_RandomNoise(9).generate_noise({"samples": torch.zeros(9, 4, 8, 8)})
     assert torch.equal(run_noise(0, torch.zeros(4, 4, 8, 8)), whole[:4])
     assert torch.equal(run_noise(1, torch.zeros(5, 4, 8, 8)), whole[4:])
@@ -172,11 +172,11 @@ def test_noise_made_on_the_device_frame_by_frame_is_cores_draw(ctx, shape):
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
     latent = torch.zeros(1, 1, 1, 1).expand(shape)
-    ours = ctx["guider"].RunNoise(7).on_device(1, latent, torch.device("cpu"))
+    ours = ctx["sampling"].RunNoise(7).on_device(1, latent, torch.device("cpu"))
     after_ours = torch.rand(4)
     assert torch.equal(ours, comfy.sample.prepare_noise(latent, 8))
     assert torch.equal(after_ours, torch.rand(4))
-    given = ctx["guider"].RunNoise(0, Noise_RandomNoise(9), lengths=[shape[0]], shape=shape[1:])
+    given = ctx["sampling"].RunNoise(0, Noise_RandomNoise(9), lengths=[shape[0]], shape=shape[1:])
     assert torch.equal(given.on_device(0, latent, torch.device("cpu")),
                        Noise_RandomNoise(9).generate_noise({"samples": torch.zeros(shape)}))
 
@@ -187,10 +187,10 @@ def test_a_connected_sampler_replaces_sampler_name_in_the_sigmas_too(ctx):
     import comfy.samplers
 
     model = ctx["plain"]
-    own = ctx["guider"].sampler_and_sigmas(model, "dpm_2", "normal", 4)[1]
+    own = ctx["sampling"].sampler_and_sigmas(model, "dpm_2", "normal", 4)[1]
     core = comfy.samplers.KSampler(model, 4, "cpu", "dpm_2", "normal").sigmas.cpu()
     assert torch.equal(own, core) and len(own) == 5
     euler = comfy.samplers.sampler_object("euler")
-    sampler, sigmas = ctx["guider"].sampler_and_sigmas(model, "dpm_2", "normal", 4, sampler=euler)
+    sampler, sigmas = ctx["sampling"].sampler_and_sigmas(model, "dpm_2", "normal", 4, sampler=euler)
     basic = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 4).cpu()
     assert sampler is euler and torch.equal(sigmas, basic) and not torch.equal(sigmas, own)

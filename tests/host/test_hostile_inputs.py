@@ -161,12 +161,12 @@ def test_text_that_is_not_a_choice_is_named(node_classes, pack_module):
     for regime in ({"a": 1}, ["T-to-4T"], 4):
         answer = interpolate.validate_inputs(regime=regime)
         assert isinstance(answer, str) and answer.startswith("regime ") and "not in list" in answer, answer
-    guidance = pack_module("host.guidance")
+    sampling = pack_module("host.sampling")
     context = pack_module("videoldm_core.context")
     with pytest.raises(context.ContextError, match=r"^sampler_name: expected one of \["):
-        guidance.sampler_and_sigmas(None, "bogus", "normal", 4)
+        sampling.sampler_and_sigmas(None, "bogus", "normal", 4)
     with pytest.raises(context.ContextError, match=r"^scheduler: expected one of \["):
-        guidance.sampler_and_sigmas(None, "euler", "bogus", 4)
+        sampling.sampler_and_sigmas(None, "euler", "bogus", 4)
 
 
 def test_a_huge_text_input_is_not_echoed_back_whole(node_classes):

@@ -164,17 +164,18 @@ def test_each_window_is_the_context_guider_on_its_keyframes_at_every_fourth_fram
     swapped seed or a dropped label fails this)."""
     import comfy.sample
 
-    guidance, core = pack_module("host.guidance"), pack_module("videoldm_core.context")
+    guidance, sampling = pack_module("host.guidance"), pack_module("host.sampling")
+    core = pack_module("videoldm_core.context")
     labels = pack_module("videoldm_core.interpolation")
     model, k, seed, level = interp["with_labels"], keyframes(4, seed=3), 11, 0.2
     out, _ = interpolate(interp, model, k, regime="4T-to-16T", window=3, augmentation=level, seed=seed)
-    sampler, sigmas = guidance.sampler_and_sigmas(model, "euler", "normal", 1)
+    sampler, sigmas = sampling.sampler_and_sigmas(model, "euler", "normal", 1)
     pieces = []
     for i, (first, count) in enumerate([(0, 3), (2, 2)]):
         length = 4 * count - 3
         context = core.VideoContext(core.place_frames(k[first:first + count], range(0, length, 4), length),
                                     tuple(range(0, length, 4)))
-        generator = torch.Generator().manual_seed(guidance.independent_seed(seed + i))
+        generator = torch.Generator().manual_seed(sampling.independent_seed(seed + i))
         with torch.inference_mode():
             window = guidance.sample_with_context(
                 model, interp["positive"], interp["negative"], context, sampler, sigmas, 2.0,

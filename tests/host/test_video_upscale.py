@@ -113,9 +113,9 @@ def test_the_sample_reaches_the_host_after_the_noise_and_frames_are_released(x4,
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
-    upscaler, guidance = pack_module("host.video_upscale"), pack_module("host.guidance")
+    upscaler, sampling = pack_module("host.video_upscale"), pack_module("host.sampling")
     held, seen = {}, {}
-    draw, augment, sample = guidance.RunNoise.on_device, upscaler.augmented_frames, comfy.samplers.sample
+    draw, augment, sample = sampling.RunNoise.on_device, upscaler.augmented_frames, comfy.samplers.sample
 
     def on_device(self, *args):
         if self.stacked is not None:   # a NOISE input's whole draw
@@ -140,7 +140,7 @@ def test_the_sample_reaches_the_host_after_the_noise_and_frames_are_released(x4,
     images, kw = frames(t=4, size=16), dict(tile=8, tile_overlap=4, chunk=2, chunk_overlap=0, steps=1)
     run = lambda: upscale(x4, images, **kw, **({"noise": Noise_RandomNoise(5)} if noise_input else {}))  # noqa: E731
     expected = run()
-    monkeypatch.setattr(guidance.RunNoise, "on_device", on_device)
+    monkeypatch.setattr(sampling.RunNoise, "on_device", on_device)
     monkeypatch.setattr(upscaler, "augmented_frames", augmented)
     monkeypatch.setattr(comfy.samplers, "sample", lambda *a, **kw: Sample(sample(*a, **kw)))
     assert torch.equal(run(), expected)
