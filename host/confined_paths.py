@@ -51,17 +51,23 @@ def training_folder(folder: str) -> str:
 NAME_MAX = 255   # bytes in one file or folder name: ext4, XFS, btrfs, APFS; NTFS counts 255 characters
 
 
-def name_problem(root: str, relative: str, kind: str) -> str | None:
-    """Why `root/relative` cannot be a file the pack writes inside `root`, or None: it lies outside
-    (by real path: no `..`, no symlink out), or a file or folder name in it is longer than the
-    filesystem takes (found before the work whose result it would hold, not when saving it)."""
-    path = os.path.join(root, relative)
+def name_problem(root: str, relative: str, kind: str, suffix: str = "") -> str | None:
+    """Why `root/relative` + `suffix` cannot be a file the pack writes inside `root`, or None: it lies
+    outside (by real path: no `..`, no symlink out), or a file or folder name in it is longer than the
+    filesystem takes (found before the work whose result it would hold, not when saving it).
+    `suffix`: what the save adds to the name given (a counter, the extension)."""
+    path = os.path.join(root, relative + suffix)
     if os.path.isabs(relative) or not within(path, [root]) or real(path) == real(root):
         return f"expected a file name inside {kind}, found {shown(relative)}."
-    longest = max(len(part.encode("utf-8", "surrogateescape")) for part in relative.replace(os.sep, "/").split("/"))
-    if longest > NAME_MAX:
-        return (f"expected file and folder names of at most {NAME_MAX} bytes inside {kind}, found one of {longest} "
-                f"bytes in {shown(relative)}; choose a shorter name.")
+    *folders, name = (len(part.encode("utf-8", "surrogateescape")) for part in relative.replace(os.sep, "/").split("/"))
+    room = NAME_MAX - len(suffix.encode())
+    if name > room:
+        added = f" (the save adds {suffix!r})" if suffix else ""
+        return (f"expected a file name of at most {room} bytes inside {kind}{added}, found {name} bytes in "
+                f"{shown(relative)}; choose a shorter name.")
+    if any(size > NAME_MAX for size in folders):
+        return (f"expected folder names of at most {NAME_MAX} bytes inside {kind}, found one of {max(folders)} bytes "
+                f"in {shown(relative)}; choose a shorter name.")
     return None
 
 

@@ -125,8 +125,11 @@ class ContextGuider(comfy.samplers.CFGGuider):
         try:
             out = super().sample(noise, latent_image, sampler, sigmas, denoise_mask=denoise_mask, callback=callback,
                                  disable_pbar=disable_pbar, seed=seed)
-        finally:   # core drops these only when sampling ends well: a cancelled run's conds (c_S in each) and loaded
-            for name in ("conds", "inner_model", "loaded_models"):   # models stayed on a GUIDER ComfyUI keeps cached
+        finally:   # core cleans up and drops these only when sampling ends well: a cancelled run's conds (c_S in
+            # each branch, ControlNets' hint caches) and loaded models stayed on a GUIDER ComfyUI keeps cached
+            if "conds" in self.__dict__ and "loaded_models" in self.__dict__:
+                comfy.sampler_helpers.cleanup_models(self.conds, self.loaded_models)
+            for name in ("conds", "inner_model", "loaded_models"):
                 self.__dict__.pop(name, None)
         # the callback sees each step's input, not the last step's output (nor a SAMPLER that never calls it)
         check_finite_latent(out, self.name, "after sampling")

@@ -78,22 +78,33 @@ def load_temporal_adapter(path: str, name: str) -> LoadedAdapter:
     return LoadedAdapter(name, spec, build_adapter_patcher(spec, native, source=f"'{name}'"))
 
 
+SAVED_SUFFIX = "_00001_.safetensors"   # what a save adds to its name: core's counter (five digits) and the extension
+
+
+def prefix_problem(filename_prefix: str) -> str | None:
+    """Why Save Temporal Adapter cannot save under `filename_prefix`, or None (validation: nothing made):
+    it leaves models/temporal_adapters (by real path: a symlinked subfolder cannot lead out), ends in no
+    name, or holds a name the filesystem cannot."""
+    import folder_paths
+
+    root, kind = folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0], f"models/{TEMPORAL_ADAPTERS}"
+    subfolder, name = os.path.split(os.path.normpath(filename_prefix))
+    if os.path.isabs(filename_prefix) or not within(os.path.join(root, subfolder), [root]) or name in ("", ".", ".."):
+        return f"expected a filename_prefix inside {kind} that ends in a name, found {shown(filename_prefix)}."
+    problem = name_problem(root, filename_prefix, kind, SAVED_SUFFIX)
+    return problem and f"filename_prefix: {problem}"
+
+
 def save_temporal_adapter(adapter: LoadedAdapter, filename_prefix: str) -> str:
     """Writes the adapter in the native format into models/temporal_adapters (the folder Load
     Temporal Adapter lists; a prefix cannot leave it); returns the name Load lists it under."""
     import folder_paths
 
-    root = folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0]
-    os.makedirs(root, exist_ok=True)
-    kind = f"models/{TEMPORAL_ADAPTERS}"
-    subfolder, name = os.path.split(os.path.normpath(filename_prefix))
-    if os.path.isabs(filename_prefix) or not within(os.path.join(root, subfolder), [root]) or name in ("", ".", ".."):
-        # by real path, before any folder is listed or made: a symlinked subfolder cannot lead out
-        raise VideoLDMError(f"Save Temporal Adapter: expected a filename_prefix inside {kind} that ends in a name, "
-                            f"found {shown(filename_prefix)}.")
-    problem = name_problem(root, f"{filename_prefix}_00001_.safetensors", kind)   # names too long, before any is made
+    problem = prefix_problem(filename_prefix)   # before any folder is listed or made
     if problem is not None:
-        raise VideoLDMError(f"Save Temporal Adapter: filename_prefix: {problem}")
+        raise VideoLDMError(f"Save Temporal Adapter: {problem}")
+    root, kind = folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0], f"models/{TEMPORAL_ADAPTERS}"
+    os.makedirs(root, exist_ok=True)
     with writing(filename_prefix, kind, "Save Temporal Adapter: filename_prefix"):   # a full disk, a file as folder
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
         filename = f"{name}_{counter:05}_.safetensors"

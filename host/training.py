@@ -30,7 +30,7 @@ from ..videoldm_core.training.run_config import clip_frames_problem
 from ..videoldm_core.training.trainer import Trainer, TrainConfig
 from .confined_paths import file_inside, name_problem, training_folder, training_roots, writing
 from .model_folders import TEMPORAL_ADAPTERS
-from .temporal_adapter import LoadedAdapter, build_adapter_patcher, without_adapters
+from .temporal_adapter import SAVED_SUFFIX, LoadedAdapter, build_adapter_patcher, without_adapters
 from .training_data import check_training_frames, folder_items, training_items
 from .training_model import (UNetDenoiser, augmentation_schedule, check_empty_prompt, noise_schedule, starting_adapter,
                              trainable_base, trained_state, training_precision)
@@ -42,7 +42,7 @@ log = logging.getLogger("videoldm")
 def save_name_problem(save_name: str) -> str | None:
     """Why `save_name` cannot name the trained adapter's file, or None (validation: nothing made)."""
     root, stem = folder_paths.get_folder_paths(TEMPORAL_ADAPTERS)[0], save_name.removesuffix(".safetensors")
-    problem = name_problem(root, f"{stem}_00001_.safetensors", f"models/{TEMPORAL_ADAPTERS}")   # its longest form
+    problem = name_problem(root, stem, f"models/{TEMPORAL_ADAPTERS}", SAVED_SUFFIX)   # its longest form, with a counter
     return problem and f"save_name: {problem}"
 
 
@@ -171,7 +171,7 @@ def train_temporal_adapter(model, vae, positive, mode: str, clip_frames: int, st
         # the weights returned below (EMA when kept), not the live module's; the name chosen now, as
         # another run may have taken the one checked before training
         saved = adapter_save_path(save_name or f"interrupted_{time.strftime('%Y%m%d-%H%M%S')}")
-        with writing(os.path.basename(saved), f"models/{TEMPORAL_ADAPTERS}", "save_name"):
+        with writing(os.path.basename(saved), f"models/{TEMPORAL_ADAPTERS}", "save_name" if save_name else "the interrupted run"):
             save_adapter(saved, trained, spec)
         log.info("Video LDM: Train Temporal Adapter saved %s", os.path.basename(saved))
     if interrupted is not None:

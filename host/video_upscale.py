@@ -187,6 +187,7 @@ def upscale_video(model, positive, negative, images: torch.Tensor | None, noise_
     step, so the result changes only within the blend's tolerance. Chunks of frames are never
     shrunk: that would change which frames the temporal layers see together."""
     check_upscaler(model)
+    sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps, sampler, sigmas)
     low_res = low_res_frames(images, low_res_latent, vae)
     frames, height, width = low_res.frames, low_res.height, low_res.width
     check_grid(height, width, tile_size)
@@ -195,7 +196,7 @@ def upscale_video(model, positive, negative, images: torch.Tensor | None, noise_
         plan = plan_tiles(frames, height, width, tile_size, tile_overlap, chunk_length, chunk_overlap)   # x4 latent = input size
         try:
             return {"samples": _sample(model, positive, negative, low_res, noise_augmentation, cfg, plan,
-                                       *sampler_and_sigmas(model, sampler_name, scheduler, steps, sampler, sigmas),
+                                       sampler, sigmas,
                                        RunNoise(seed, noise, [frames], (4, height, width)))}
         except Exception as e:   # core's test of out of memory (its VAE Decode's): CUDA's error and the accelerator's
             mm.raise_non_oom(e)

@@ -13,6 +13,8 @@ validation (None there), and ComfyUI checks no range or kind of a linked value: 
 
 from __future__ import annotations
 
+import numpy
+
 import comfy.samplers
 from comfy_api.v0_0_2 import io
 
@@ -96,7 +98,7 @@ def kind_problem(name: str, value, spec) -> str | None:
     a switch's matching output passes anything), and ComfyUI converts none of them."""
     if isinstance(spec, TEXT_INPUTS) and not isinstance(value, str):
         return f"{name}: expected text, found {type(value).__name__} {shown(value)}."
-    if isinstance(spec, io.Boolean.Input) and not isinstance(value, bool):
+    if isinstance(spec, io.Boolean.Input) and not isinstance(value, (bool, numpy.bool_)):   # some packs give numpy's
         return f"{name}: expected true or false, found {type(value).__name__} {shown(value)}."
     return None
 

@@ -45,7 +45,7 @@ class MovingShapes(io.ComfyNode):
     def validate_inputs(cls, frames=None, width=None, height=None, fps=None, scale=None) -> bool | str:
         """A render beyond the pack's memory limit is refused before the prompt is queued."""
         numbers = dict(frames=frames, width=width, height=height, fps=fps, scale=scale)
-        problem = valid_numbers(cls, ("width", "height"), **numbers)
+        problem = valid_numbers(cls, **numbers)
         if problem is not True or None in numbers.values():   # a linked size: checked when it runs
             return problem
         try:

@@ -7,7 +7,7 @@ from typing_extensions import override
 
 from ..host.model_folders import TEMPORAL_ADAPTERS, filenames
 from ..host.noise_schedule import AUTO, NOISE_SCHEDULE_CHOICES
-from ..host.temporal_adapter import apply_adapter, load_listed_adapter, save_temporal_adapter
+from ..host.temporal_adapter import apply_adapter, load_listed_adapter, prefix_problem, save_temporal_adapter
 from .io_types import TemporalAdapterType, checked_inputs, valid_numbers
 
 
@@ -99,6 +99,13 @@ class SaveTemporalAdapter(io.ComfyNode):
             outputs=[],
             is_output_node=True,
         )
+
+    @classmethod
+    @override
+    def validate_inputs(cls, filename_prefix=None) -> bool | str:
+        """A prefix that cannot be saved under is refused before the nodes upstream (a training) run."""
+        problem = prefix_problem(filename_prefix) if isinstance(filename_prefix, str) else None
+        return f"Save Temporal Adapter: {problem}" if problem else True
 
     @classmethod
     @override

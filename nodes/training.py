@@ -87,12 +87,12 @@ class TrainTemporalAdapter(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, learning_rate=None, fps=0.0, folder="", mode=None, clip_frames=None,
-                        text_dropout=0.1, save_name="", width=None, height=None) -> bool | str:
+                        text_dropout=0.1, save_name="") -> bool | str:
         """Numbers finite and in range; clips the mode can learn from (the context frames of a prediction
         adapter are checked when it runs: a linked adapter is not known here); a folder only inside the
         input folder (or the operator's)."""
-        problem = valid_numbers(cls, ("width", "height"), learning_rate=learning_rate, fps=fps, clip_frames=clip_frames,
-                                text_dropout=text_dropout, width=width, height=height)
+        problem = valid_numbers(cls, learning_rate=learning_rate, fps=fps, clip_frames=clip_frames,
+                                text_dropout=text_dropout)
         if problem is not True:
             return problem
         if mode is not None and mode not in MODE_NAMES:   # named here, so core does not check its options

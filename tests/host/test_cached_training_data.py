@@ -34,6 +34,8 @@ def test_cached_clips_are_read_on_access_and_equal_the_in_memory_encoding(pack_m
     items = host.folder_items(model, vae, dataset, mode, tmp_path)
     assert type(items).__name__ == "CachedClips" and len(items) == 2
     assert len(items.shards._open) == 0   # nothing read yet
+    # the latent format's method, not the model's: a dataset kept alive must not keep a UNet (a training copy)
+    assert getattr(items.latent_in, "__self__", None) is model.model.latent_format
     for i in range(2):
         [expected] = host.training_items(model, vae, as_images(dataset[i]["frames"]), FRAMES, mode, stride=FRAMES)
         item = items[i]

@@ -107,27 +107,31 @@ def test_saves_stay_inside_models_even_through_a_symlink(pack_module, tmp_path):
 
 
 
-def test_save_names_too_long_for_the_filesystem_are_refused_before_the_work(node_classes, pack_module, monkeypatch):
+def test_save_names_too_long_for_the_filesystem_are_refused_before_the_work(node_classes, pack_module):
     """A name the filesystem cannot hold failed only when the trained adapter was saved, after every
     step, and the run was lost; the error named the server's path."""
     import folder_paths
 
     errors = pack_module("videoldm_core.errors")
     train = node_classes["VideoLDMTrainTemporalAdapter"]
-    long_name = "a" * 250   # fits alone (255 bytes), not with the counter core's saves may add
+    long_name = "a" * 237   # its file holds 255 bytes as it is named; with the counter a taken name gets, 256
     answer = train.validate_inputs(save_name=long_name)
-    assert isinstance(answer, str) and "at most 255 bytes" in answer and "save_name" in answer
-    assert train.validate_inputs(save_name="ü" * 120) is not True   # bytes (259 with the counter), not characters (139)
-    assert train.validate_inputs(save_name="sub/ok") is True
-    with pytest.raises(errors.VideoLDMError, match="at most 255 bytes"):
+    assert isinstance(answer, str) and "save_name: expected a file name of at most 236 bytes" in answer, answer
+    assert "found 237 bytes" in answer   # the name as given, not as saved
+    assert train.validate_inputs(save_name="ü" * 119) is not True   # bytes (238), not characters (119)
+    assert train.validate_inputs(save_name="a" * 236) is True and train.validate_inputs(save_name="sub/ok") is True
+    with pytest.raises(errors.VideoLDMError, match="at most 236 bytes"):
         pack_module("host.training").adapter_save_path(long_name)
     save = node_classes["VideoLDMSaveTemporalAdapter"]
     root = folder_paths.get_folder_paths("temporal_adapters")[0]
-    for prefix, words in (("d" * 300 + "/x", "at most 255 bytes"), ("a" * 240, "at most 255 bytes"),
+    for prefix, words in (("d" * 300 + "/x", "folder names of at most 255 bytes"), ("a" * 240, "at most 236 bytes"),
                           ("", "ends in a name"), (".", "ends in a name"), ("sub/..", "ends in a name")):
+        answer = save.validate_inputs(filename_prefix=prefix)   # before a training upstream runs
+        assert isinstance(answer, str) and words in answer and root not in answer, answer
         with pytest.raises(errors.VideoLDMError, match=words) as e:
             save.execute(temporal_adapter=None, filename_prefix=prefix)
         assert root not in str(e.value) and len(str(e.value)) < 400, str(e.value)
+    assert save.validate_inputs(filename_prefix="sub/my_adapter") is True
 
 
 def test_a_failed_save_names_the_input_and_file_without_a_server_path(pack_module, tmp_path):
@@ -139,11 +143,14 @@ def test_a_failed_save_names_the_input_and_file_without_a_server_path(pack_modul
         core.save_safetensors(tmp_path / "no_such_folder" / "x.safetensors", {"w": torch.zeros(1)})
     root = folder_paths.get_folder_paths("temporal_adapters")[0]
     os.makedirs(root, exist_ok=True)
-    blocker = f"a_file_{uuid.uuid4().hex[:8]}"
-    open(os.path.join(root, blocker), "w").close()   # a file where the prefix wants a folder
+    blocker = os.path.join(root, f"a_file_{uuid.uuid4().hex[:8]}")
+    open(blocker, "w").close()   # a file where the prefix wants a folder
     adapter = pack_module("host.temporal_adapter").LoadedAdapter("x", None, None)
-    with pytest.raises(errors.VideoLDMError, match="filename_prefix: could not write") as e:
-        pack_module("host.temporal_adapter").save_temporal_adapter(adapter, f"{blocker}/mine")
+    try:
+        with pytest.raises(errors.VideoLDMError, match="filename_prefix: could not write") as e:
+            pack_module("host.temporal_adapter").save_temporal_adapter(adapter, f"{os.path.basename(blocker)}/mine")
+    finally:
+        os.remove(blocker)
     assert root not in str(e.value) and os.path.realpath(root) not in str(e.value)
 
 
@@ -185,11 +192,9 @@ NUMBER_CASES = [
      [("fps", NAN), ("fps", 0.0), ("augmentation", INF), ("cfg", -INF)]),
     ("VideoLDMVideoUpscale", dict(noise_augmentation=0.1, cfg=4.0, tile_size=64),
      [("noise_augmentation", NAN), ("cfg", INF), ("tile_size", 12), ("tile_size", 3), ("tile_size", 0)]),
-    ("VideoLDMMovingShapes", dict(frames=16, width=64, height=64, fps=15.0, scale=1),
-     [("fps", NAN), ("fps", INF), ("scale", 9), ("width", 9), ("height", 60)]),
-    ("VideoLDMTrainTemporalAdapter", dict(learning_rate=1e-4, fps=0.0, text_dropout=0.1, width=256, height=40),
-     [("learning_rate", NAN), ("fps", INF), ("fps", -1.0), ("text_dropout", NAN), ("text_dropout", 1.5),
-      ("width", 33), ("height", 36)]),
+    ("VideoLDMMovingShapes", dict(frames=16, width=64, height=64, fps=15.0, scale=1), [("fps", NAN), ("fps", INF), ("scale", 9)]),
+    ("VideoLDMTrainTemporalAdapter", dict(learning_rate=1e-4, fps=0.0, text_dropout=0.1),
+     [("learning_rate", NAN), ("fps", INF), ("fps", -1.0), ("text_dropout", NAN), ("text_dropout", 1.5)]),
     ("VideoLDMApplyTemporalAdapter", dict(strength=1.0), [("strength", NAN), ("strength", INF), ("strength", 2.5)]),
     ("VideoLDMTemporalVAEDecode", dict(window=16, overlap=4, tile_size=0), [("tile_size", 3), ("tile_size", 12),
                                                                           ("tile_size", NAN)]),
@@ -405,6 +410,7 @@ def test_every_text_choice_and_switch_input_of_every_node_is_checked_when_the_no
     import inspect
     import re
 
+    import numpy
     from comfy_api.v0_0_2 import io
 
     limits = pack_module("videoldm_core.limits")
@@ -418,3 +424,7 @@ def test_every_text_choice_and_switch_input_of_every_node_is_checked_when_the_no
         bad = "false" if isinstance(spec, io.Boolean.Input) else 7
         with pytest.raises(limits.InputValueError, match=rf"^{re.escape(display)}: {spec.id}: expected"):
             cls.execute(**others | {spec.id: bad})
+    kinds = pack_module("nodes.io_types")
+    switch = io.Boolean.Input("switch")
+    assert kinds.kind_problem("switch", numpy.bool_(False), switch) is None   # other packs' nodes give numpy's
+    assert kinds.kind_problem("switch", True, switch) is None and kinds.kind_problem("switch", 1, switch)

@@ -24,7 +24,7 @@ class StepBatches:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.collate = collate or stack_items
         self.augment = augment
-        self._permutations: dict[int, list[int]] = {}   # the epochs the last batch read (a batch spans at most 2)
+        self._permutations: dict[int, list[int]] = {}   # the last epoch read and the one before it
 
     def _permutation(self, epoch: int) -> list[int]:
         # kept per instance: a cache on the method would hold the instance, and so its dataset (the
