@@ -89,6 +89,7 @@ import comfy.model_management
 import comfy.sd
 import comfy.utils
 
+from ..videoldm_core.errors import shown
 from ..videoldm_core.importers import read_adapter_file
 from ..videoldm_core.temporal_adapter import read_adapter_spec, save_adapter
 from ..videoldm_core.bundle import COMPONENT_PREFIXES, BundleFormatError, holds_bundle, read_bundle_spec, save_bundle
@@ -100,7 +101,7 @@ from ..videoldm_core.training.diffusion_objective import DiffusionPhase, check_m
 from ..videoldm_core.training.modes import TEMPORAL, UPSCALER
 from ..videoldm_core.training.autoencoder_objective import AutoencoderPhase, latent_scale
 from ..videoldm_core.training.image_objective import ImagePhase
-from ..videoldm_core.training.distributed import barrier, init_world
+from ..videoldm_core.training.distributed import barrier, init_world, ranks_that_differ
 from ..videoldm_core.training.monitor import TensorBoardLog
 from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.run_config import DEFAULT_TEXT_DROPOUT, check_run_config
@@ -182,11 +183,38 @@ def check_given_file_kept(config: dict):
                             "own output folder by itself).")
 
 
+# where a rank finds its files: a node may mount them elsewhere; everything else in the configuration is the run
+PATH_KEYS = ("checkpoint", "output", "adapter.init", "decoder.init", "data.folder", "data.cache", "data.shards")
+
+
+def settings_of(config: dict, prefix: str = "") -> dict:
+    """The run configuration as dotted keys ("train.lr"), its file paths left out."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(settings_of(value, name + "."))
+        elif name not in PATH_KEYS:
+            flat[name] = value
+    return flat
+
+
+def check_ranks_agree(world, facts: dict, what: str, advice: str):
+    """Refuses, on every rank, a run whose ranks read `facts` differently (`what` they are)."""
+    differ = ranks_that_differ(facts, world)
+    if differ is not None:
+        key, values = differ
+        seen = ", ".join(f"rank {rank}: {shown(value)}" for rank, value in enumerate(values))
+        raise TrainingError(f"the ranks of this run read different {what}: {key} is {seen}. {advice}")
+
+
 def run_config(path: str) -> int:
     config = read_run_config(path)   # before anything loads
     check_given_file_kept(config)
     # before models load: each rank picks its own GPU; a run started with --cpu stays on gloo
     world = init_world(gpus=comfy.model_management.cpu_state == comfy.model_management.CPUState.GPU)
+    check_ranks_agree(world, settings_of(config), "run configurations",
+                      "Start every rank with the same run configuration (each node reads its own copy).")
     mode = config.get("mode", "temporal")
     train = dict(config.get("train", {}))
     batch_size = train.pop("batch_size", 1)
@@ -240,6 +268,9 @@ def train_and_write(config, world, train_config, batches, output: Path, phases, 
     `write(trainer)` on rank 0; then every rank waits for it. `validate`: the validation video (host/training_validation.py)."""
     identity = {k: json.loads(v.to_json()) if hasattr(v, "to_json") else str(v) for k, v in identity.items()}
     identity["global_batch"] = batches.batch_size * world.size
+    clips = len(batches.dataset) if hasattr(batches, "dataset") else None   # a folder's; a stream's are checked on resume
+    check_ranks_agree(world, {"identity": identity, "clips": clips}, "training setups",
+                      "Every rank must start from the same adapter and read the same data folder.")
     trainer = Trainer(phases, train_config, batches, output_dir=output, identity=identity, device=device, world=world)
     fit(trainer, config, train_config, world, output, loss_key, validate)
     with trainer.gathered():   # train.sharding "fsdp": every rank helps gather the whole weights rank 0 writes
@@ -253,6 +284,9 @@ def fit(trainer, config, train_config, world, output: Path, loss_key: str, valid
     """Resume from the latest checkpoint in `output` (unless "resume": false), then train with progress lines
     and, every monitor.validate_every steps, `validate`'s video logged by rank 0 while the others wait."""
     resume = latest_checkpoint(output) if output.exists() else None
+    check_ranks_agree(world, {"latest checkpoint": resume and resume.name}, "output folders",
+                      f"'{output}' must be one folder every rank sees alike (a shared filesystem): rank 0 writes the "
+                      "checkpoints and every rank resumes from them.")
     if resume is not None:
         if config.get("resume", True) is False:
             raise TrainingError(f"'{output}' already holds checkpoints ({resume.name}) and resume is false; "

@@ -273,3 +273,20 @@ def test_a_folders_clips_start_where_data_start_says(setup, pack_module):
     first, drawn = training_data.data_folder(data, 1, 15.0), training_data.data_folder({**data, "start": "random"}, 1, 15.0)
     assert (first.spec.start, drawn.spec.start) == ("first", "random")
     assert any(not torch.equal(first[i]["frames"], drawn[i]["frames"]) for i in range(len(first)))
+
+
+def test_what_the_ranks_compare_leaves_out_where_each_finds_its_files_and_names_a_difference(pack_module, monkeypatch):
+    """Ranks compare their run configurations (each node reads its own copy), but a node may mount the
+    data, checkpoint and output folders elsewhere: paths are left out. A difference is named with
+    every rank's value (the collective itself: tests/unit/test_trainer.py, two gloo ranks)."""
+    cli = pack_module("host.training_cli")
+    errors = pack_module("videoldm_core.training.objective")
+    cfg = {"checkpoint": "/models/a.safetensors", "output": "/runs/x", "mode": "temporal",
+           "data": {"folder": "/data/clips", "cache": None, "frames": 8}, "adapter": {"init": "/b", "regimes": [0]},
+           "train": {"lr": 0.1, "betas": [0.9, 0.99]}}
+    assert cli.settings_of(cfg) == {"mode": "temporal", "data.frames": 8, "adapter.regimes": [0], "train.lr": 0.1,
+                                    "train.betas": [0.9, 0.99]}
+    monkeypatch.setattr(cli, "ranks_that_differ", lambda facts, world: ("train.lr", [0.05, 0.1]))
+    with pytest.raises(errors.TrainingError, match=r"^the ranks of this run read different run configurations: "
+                                                   r"train\.lr is rank 0: 0\.05, rank 1: 0\.1\. Start every rank"):
+        cli.check_ranks_agree(None, cli.settings_of(cfg), "run configurations", "Start every rank alike.")

@@ -315,6 +315,54 @@ def test_a_loss_that_is_not_finite_on_one_rank_stops_every_rank_together(tmp_pat
     assert "rank 0 stopped: step 2: phase 'model' loss is not finite on another rank" in run.stdout, run.stdout
 
 
+AGREE_WORKER = """
+import torch.distributed as dist
+from videoldm_core.training.distributed import init_world, ranks_that_differ
+world = init_world(gpus=False)
+own = {"mode": "temporal", "train.lr": 0.05 if world.rank == 0 else 0.1, "train.steps": 10}
+print(f"rank {world.rank} differ: {ranks_that_differ(own, world)}", flush=True)
+print(f"rank {world.rank} alike: {ranks_that_differ({'mode': 'temporal', 'train.steps': 10}, world)}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_every_rank_learns_what_the_ranks_read_differently(tmp_path):
+    """Each node reads its own copy of the run configuration and lists the output folder itself: a
+    learning rate that differs on one rank (DDP averages the gradients of two runs without a word), or
+    a checkpoint one rank cannot see, is found on every rank alike, so every rank stops together."""
+    import subprocess
+    import sys
+
+    from devtools.paths import REPO_ROOT
+
+    (tmp_path / "worker.py").write_text(AGREE_WORKER)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(tmp_path / "worker.py")], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank} differ: ('train.lr', [0.05, 0.1])" in run.stdout, run.stdout
+        assert f"rank {rank} alike: None" in run.stdout, run.stdout
+
+
+def test_only_checkpoint_folders_by_their_exact_name_count_in_step_order(tmp_path):
+    """A user's copy 'checkpoint-0000004-backup' was pruned and could be resumed from; steps past 10^7
+    sorted before smaller ones as text; a crash's '.tmp' and a file are no checkpoints."""
+    from videoldm_core.training.trainer import checkpoints_in
+
+    for name in ("checkpoint-0000004", "checkpoint-9999999", "checkpoint-10000000", "checkpoint-0000004-backup",
+                 "checkpoint-0000005.tmp"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "checkpoint-0000006").write_text("not a folder")
+    assert [p.name for p in checkpoints_in(tmp_path)] == ["checkpoint-0000004", "checkpoint-9999999",
+                                                          "checkpoint-10000000"]
+    assert latest_checkpoint(tmp_path).name == "checkpoint-10000000"
+    t = trainer(tmp_path, steps=1, keep_checkpoints=1)
+    t._prune_checkpoints()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0000004-backup", "checkpoint-0000005.tmp",
+                                                          "checkpoint-0000006", "checkpoint-10000000"]
+
+
 def test_bf16_autocast_trains():
     t = trainer(steps=30, precision="bf16")
     t.run()

@@ -72,6 +72,28 @@ def gather_to_main(value, world: World) -> list | None:
     return gathered
 
 
+def all_gathered(value, world: World) -> list:
+    """Every rank's `value` (a picklable object), in rank order, on every rank."""
+    if not world.distributed:
+        return [value]
+    gathered = [None] * world.size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def ranks_that_differ(facts: dict, world: World) -> tuple[str, list] | None:
+    """The first of `facts` (what each rank read on its own: its copy of the run configuration, its
+    data, its listing of the output folder) that is not the same on every rank, with every rank's
+    value; None where all agree. Every rank gets the same answer, so every rank stops together:
+    DDP would average the gradients of different runs without a word."""
+    seen = all_gathered(facts, world)
+    for key in facts:
+        values = [s.get(key) for s in seen]
+        if any(v != values[0] for v in values):
+            return key, values
+    return None
+
+
 def scatter_from_main(values: list | None, world: World):
     """Rank r's entry of `values` (given on rank 0) on every rank r."""
     if not world.distributed:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -349,7 +350,7 @@ class Trainer:
     def _prune_checkpoints(self):
         if self.output_dir is None or self.config.keep_checkpoints < 1:
             return
-        found = sorted(self.output_dir.glob("checkpoint-*[0-9]"))
+        found = checkpoints_in(self.output_dir)
         for old in found[:-self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -423,8 +424,20 @@ class Trainer:
         self.sample_batch.load_state_dict(state, self.step)
 
 
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+
+
+def checkpoints_in(output_dir: str | Path) -> list[Path]:
+    """The trainer's checkpoint folders in `output_dir`, oldest step first: named exactly
+    checkpoint-<step> (a user's 'checkpoint-0000400-backup' is neither pruned nor resumed from; a
+    '.tmp' left by a crash mid-write is not one), ordered by the step's number, not its text."""
+    found = [(int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*")
+             if p.is_dir() and (m := CHECKPOINT_NAME.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    found = sorted(Path(output_dir).glob("checkpoint-*[0-9]"))
+    found = checkpoints_in(output_dir)
     return found[-1] if found else None
 
 
