@@ -207,6 +207,23 @@ def test_resuming_a_finished_run_leaves_its_checkpoint_in_place(tmp_path, monkey
     assert latest_checkpoint(tmp_path).name == "checkpoint-0000005"
 
 
+@pytest.mark.parametrize("damaged", ["trainable.safetensors", "optimizer.pt"])
+def test_a_checkpoint_cut_short_is_named_with_the_one_to_resume_from(tmp_path, monkeypatch, damaged):
+    """Its files are synced to the disk before the folder takes its name; one damaged all the same (a
+    disk that lied) was a bare 'invalid header length' or a zip error that named no file."""
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    trainer(tmp_path, steps=4, checkpoint_every=2, keep_checkpoints=2).run()
+    assert len(synced) >= 2 * 4   # each checkpoint: its files, its folder, the output folder
+    newest = latest_checkpoint(tmp_path)
+    path = newest / damaged
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(TrainingError, match=rf"checkpoint 'checkpoint-0000004': {damaged} cannot be read .* Delete the "
+                                            r"folder 'checkpoint-0000004' to resume from 'checkpoint-0000002'\."):
+        trainer(tmp_path, steps=6).load_checkpoint(newest)
+
+
 def test_a_resumed_run_takes_its_own_betas_and_weight_decay(tmp_path):
     """The optimiser's moments come from the checkpoint; its settings from this run's config (a
     checkpoint's betas and weight decay once overrode the config without a word)."""

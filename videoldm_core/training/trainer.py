@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -327,8 +328,10 @@ class Trainer:
                         "scaler": self.scaler.state_dict() if self.scaler else None}, tmp / "optimizer.pt")
             if streams is not None:
                 (tmp / "data.json").write_text(json.dumps(streams, indent=1))
+            synced(tmp)   # whole files on disk before the name says the checkpoint is there
             shutil.rmtree(directory, ignore_errors=True)
             tmp.rename(directory)
+            synced(directory.parent, files=False)
             self._prune_checkpoints()
         barrier(self.world)
         if self._own_checkpoint(directory):
@@ -361,21 +364,24 @@ class Trainer:
         weights = directory / "trainable.safetensors"
         if not weights.is_file():
             raise TrainingError(f"'{directory}' is not a training checkpoint: expected trainable.safetensors in it.")
-        meta = read_checkpoint_metadata(weights)
+        with readable(directory, weights.name):
+            meta = read_checkpoint_metadata(weights)
         if meta.get("identity") != json.loads(json.dumps(self.identity, default=str)):
             theirs, ours = meta.get("identity", {}), json.loads(json.dumps(self.identity, default=str))
             differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
             raise TrainingError(f"checkpoint '{directory.name}' was written for another training setup: it differs in "
                                 f"{differ} (e.g. {differ[0]}: checkpoint {theirs.get(differ[0])!r}, this run "
                                 f"{ours.get(differ[0])!r}). Resume with the same adapter spec and mode, or start fresh.")
-        state = load_file(str(weights))
+        with readable(directory, weights.name):
+            state = load_file(str(weights))
         own = self.trainable_state()
         check_weights(own, state, f"checkpoint '{directory.name}' does not fit the trainable weights", TrainingError)
         with torch.no_grad():
             for k, p in own.items():
                 p.copy_(shard_like(state[k], p))
         # mmap: the ranks of a node share one copy in the page cache instead of each reading it whole
-        saved = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True, mmap=True)
+        with readable(directory, "optimizer.pt"):
+            saved = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True, mmap=True)
         for optimizer, optimizer_state in zip(self.optimizers, saved["optimizers"]):
             optimizer.load_state_dict(self._sharded_optimizer_state(optimizer, optimizer_state))
             for group in optimizer.param_groups:   # this run's settings, as its learning rate is (the moments stay)
@@ -384,7 +390,8 @@ class Trainer:
             self.scaler.load_state_dict(saved["scaler"])
         if self.ema is not None:
             ema_file = directory / "ema.safetensors"
-            ema = load_file(str(ema_file)) if ema_file.is_file() else {k: v.detach().float() for k, v in own.items()}
+            with readable(directory, ema_file.name):
+                ema = load_file(str(ema_file)) if ema_file.is_file() else {k: v.detach().float() for k, v in own.items()}
             self.ema = {k: shard_like(ema[k].float(), p).clone() for k, p in own.items()}
         self.step = int(saved["step"])
         if self._own_checkpoint(directory):   # this state is on disk in this run's own folder
@@ -422,6 +429,36 @@ class Trainer:
             raise TrainingError(f"checkpoint '{directory.name}' holds the streamed data positions of {state['ranks']} "
                                 f"rank(s), this run has {self.world.size}; resume on as many ranks.")
         self.sample_batch.load_state_dict(state, self.step)
+
+
+def synced(directory: Path, files: bool = True):
+    """`directory`'s files and the folder itself written through to the disk: a checkpoint renamed
+    into place after this holds whole files even after a crash or power loss."""
+    for path in directory.iterdir() if files else ():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    if os.name != "nt":   # a folder cannot be opened for fsync on Windows
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def readable(directory: Path, name: str):
+    """A checkpoint file that cannot be read, named with what to do: a checkpoint cut short (a crash
+    while it was written, before writes were synced) is refused, not resumed from in part."""
+    try:
+        yield
+    except TrainingError:
+        raise
+    except Exception as e:
+        names = [p.name for p in checkpoints_in(directory.parent)]
+        earlier = names[:names.index(directory.name)] if directory.name in names else names
+        then = f"resume from '{earlier[-1]}'" if earlier else "start from the beginning"
+        raise TrainingError(f"checkpoint '{directory.name}': {name} cannot be read ({type(e).__name__}: {e}); it was cut "
+                            f"short or damaged. Delete the folder '{directory.name}' to {then}.") from None
 
 
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
