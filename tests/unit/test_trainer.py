@@ -224,6 +224,22 @@ def test_a_checkpoint_cut_short_is_named_with_the_one_to_resume_from(tmp_path, m
         trainer(tmp_path, steps=6).load_checkpoint(newest)
 
 
+def test_a_resume_with_another_seed_or_other_clips_is_refused(tmp_path):
+    """Steps draw their clips and noise from (seed, step) over the clips: either changed, the resumed
+    steps were another run's, continued without a word."""
+    trainer(tmp_path, steps=2).run()
+    checkpoint = latest_checkpoint(tmp_path)
+    reseeded = Trainer([Regression()], TrainConfig(steps=4, lr=0.05, seed=4), StepBatches(DATA, 2, seed=4),
+                       output_dir=tmp_path, identity={"what": "regression"})
+    with pytest.raises(TrainingError, match=r"trained with seed 3, this run has 4; .* resume with seed 3"):
+        reseeded.load_checkpoint(checkpoint)
+    fewer = Trainer([Regression()], TrainConfig(steps=4, lr=0.05, seed=3), StepBatches(DATA[:-1], 2, seed=3),
+                    output_dir=tmp_path, identity={"what": "regression"})
+    with pytest.raises(TrainingError, match=rf"drew its steps from {len(DATA)} clips, this run has {len(DATA) - 1}"):
+        fewer.load_checkpoint(checkpoint)
+    trainer(tmp_path, steps=4).load_checkpoint(checkpoint)   # the same: resumed
+
+
 def test_a_resumed_run_takes_its_own_betas_and_weight_decay(tmp_path):
     """The optimiser's moments come from the checkpoint; its settings from this run's config (a
     checkpoint's betas and weight decay once overrode the config without a word)."""

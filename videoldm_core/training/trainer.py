@@ -320,7 +320,8 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             meta = {CHECKPOINT_METADATA_KEY: json.dumps({"identity": self.identity, "step": self.step,
-                                                         "config": asdict(self.config)}, default=str)}
+                                                         "config": asdict(self.config), "clips": self._clips()},
+                                                        default=str)}
             save_file(weights, str(tmp / "trainable.safetensors"), metadata=meta)
             if ema is not None:
                 save_file(ema, str(tmp / "ema.safetensors"), metadata=meta)
@@ -373,7 +374,8 @@ class Trainer:
                                 f"{differ} (e.g. {differ[0]}: checkpoint {theirs.get(differ[0])!r}, this run "
                                 f"{ours.get(differ[0])!r}). Resume with the same adapter spec and mode, or start fresh.")
         with readable(directory, weights.name):
-            state = load_file(str(weights))
+            self._check_same_draws(meta, directory)
+        state = load_file(str(weights))
         own = self.trainable_state()
         check_weights(own, state, f"checkpoint '{directory.name}' does not fit the trainable weights", TrainingError)
         with torch.no_grad():
@@ -401,6 +403,26 @@ class Trainer:
         if self.log_path is not None and self.log_path.exists() and self.world.is_main:
             _write_log(self.log_path, [r for r in read_log(self.log_path) if int(r["step"]) <= self.step])
         barrier(self.world)
+
+    def _clips(self) -> int | None:
+        """How many clips the steps draw from (a dataset's; None for streamed data, whose position is kept)."""
+        dataset = getattr(self.sample_batch, "dataset", None)
+        return len(dataset) if dataset is not None else None
+
+    def _check_same_draws(self, meta: dict, directory: Path):
+        """A step's clips and randomness are drawn from (seed, step) over the dataset's clips: resumed
+        with another seed or another number of clips, the steps after the checkpoint would be another
+        run's, continued without a word."""
+        seed = meta.get("config", {}).get("seed")
+        if seed is not None and seed != self.config.seed:
+            raise TrainingError(f"checkpoint '{directory.name}' was trained with seed {seed}, this run has "
+                                f"{self.config.seed}; a step's clips and noise are drawn from the seed, so resume with "
+                                f"seed {seed} (train.seed), or start a fresh output folder.")
+        clips, ours = meta.get("clips"), self._clips()
+        if clips is not None and ours is not None and clips != ours:
+            raise TrainingError(f"checkpoint '{directory.name}' drew its steps from {clips} clips, this run has {ours}; "
+                                "the clips changed (added, removed or skipped), so the steps would draw other clips. "
+                                "Resume with the same clips, or start a fresh output folder.")
 
     def _sharded_optimizer_state(self, optimizer, state: dict) -> dict:
         """A checkpoint's whole optimizer state cut to this rank's shards of the parameters (FSDP); as
