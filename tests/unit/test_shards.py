@@ -346,3 +346,30 @@ def test_torchrun_two_ranks_with_two_workers_each_read_disjoint_samples_covering
     assert not set(logs[0]["keys"]) & set(logs[1]["keys"])
     assert sorted(logs[0]["keys"] + logs[1]["keys"]) == [f"{i:09d}" for i in range(8)]
     assert json.loads((tmp_path / "gathered.json").read_text()) == [log["keys"] for log in logs]
+
+
+class StalledClips(torch.utils.data.IterableDataset):
+    """A data worker stuck on its first clip (a shard download that hangs)."""
+    start: dict = {}
+
+    def __iter__(self):
+        import time
+        time.sleep(60)
+        yield {}
+
+
+def test_a_stalled_data_worker_stops_its_rank_by_name_before_the_others_time_out(monkeypatch):
+    """A rank whose worker hangs waited forever in its DataLoader while the other ranks waited in the
+    step's all-reduce, until the collective timed out there and named a healthy rank."""
+    import datetime
+    import time
+
+    from videoldm_core.training import streamed_batches
+
+    monkeypatch.setattr(streamed_batches, "CLIP_TIMEOUT", datetime.timedelta(seconds=2))
+    stream = streamed_batches.StreamedBatches(StalledClips(), 1, lambda items: items, workers=1)
+    started = time.perf_counter()
+    with pytest.raises(TrainingError, match=r"this process: no clip came from its 1 data worker\(s\) in 0.0333333 min; "
+                                            r"a worker stalled"):
+        stream(0)
+    assert time.perf_counter() - started < 30

@@ -333,7 +333,7 @@ except tests.TrainingError as e:
 
 def test_a_loss_that_is_not_finite_on_one_rank_stops_every_rank_together(tmp_path):
     """A rank stopping alone leaves the others waiting in the backward's all-reduce (on several nodes
-    until the collective timeout, 2 h): every rank learns of the non-finite loss and stops at once."""
+    until the step collectives time out, 30 min): every rank learns of the non-finite loss and stops at once."""
     import subprocess
     import sys
 
@@ -486,7 +486,8 @@ def test_fsdp_refuses_fp16_and_several_phases():
 @pytest.mark.parametrize("gpus, backend", [(True, "nccl"), (False, "gloo")])
 def test_the_process_group_follows_the_device_the_run_uses(monkeypatch, gpus, backend):
     """On a machine with GPUs, a run told to stay on the CPU (train.py --cpu) joins on gloo (nccl
-    cannot carry CPU tensors); every rank waits for rank 0's latent cache longer than torch's default."""
+    cannot carry CPU tensors). A step's collectives wait half an hour for a stalled rank; the waits for
+    rank 0's work alone (its latent cache, the validation video) two hours, in a gloo group of their own."""
     import torch.distributed as dist
 
     from videoldm_core.training import distributed
@@ -501,10 +502,17 @@ def test_the_process_group_follows_the_device_the_run_uses(monkeypatch, gpus, ba
     monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: joined.update(backend=backend, timeout=timeout))
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "new_group", lambda backend, timeout: joined.update(waits=(backend, timeout)) or "waits")
+    monkeypatch.setattr(distributed, "_main_work", None)
     world = distributed.init_world(gpus=gpus)
     assert (world.rank, world.size, world.local_rank) == (1, 2, 1)
     assert joined["backend"] == backend and joined.get("device") == (1 if gpus else None)
-    assert joined["timeout"] == distributed.COLLECTIVE_TIMEOUT > datetime.timedelta(minutes=10)
+    assert joined["timeout"] == distributed.STEP_TIMEOUT == datetime.timedelta(minutes=30)
+    assert joined["waits"] == ("gloo", distributed.MAIN_WORK_TIMEOUT) and distributed.MAIN_WORK_TIMEOUT >= datetime.timedelta(hours=1)
+    waited = []
+    monkeypatch.setattr(dist, "barrier", lambda group=None: waited.append(group))
+    distributed.barrier(world)
+    assert waited == ["waits"]
 
 
 def test_train_py_makes_this_ranks_gpu_current_before_comfyui_is_imported(monkeypatch, tmp_path):

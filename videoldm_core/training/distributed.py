@@ -27,9 +27,13 @@ class World:
         return self.size > 1
 
 
-# how long a rank waits at a collective: rank 0 alone encodes a data folder's latent cache and renders
-# the validation video while the others wait at a barrier (torch's default is 10 minutes for nccl)
-COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
+# how long a rank waits at a step's collectives (the gradients' all-reduce, the loss's mean): a rank
+# that has not come by then has stalled, and the run stops instead of hanging for the long wait below
+STEP_TIMEOUT = datetime.timedelta(minutes=30)
+# how long the others wait at a barrier while rank 0 works alone: it encodes a data folder's latent
+# cache, renders the validation video, writes checkpoints and the outputs
+MAIN_WORK_TIMEOUT = datetime.timedelta(hours=2)
+_main_work = None   # the process group of those waits (gloo: no device memory, any backend's ranks)
 
 
 def init_world(gpus: bool = True) -> World:
@@ -44,7 +48,9 @@ def init_world(gpus: bool = True) -> World:
     backend = "nccl" if gpus and torch.cuda.is_available() and torch.cuda.device_count() > local_rank else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group(backend, timeout=STEP_TIMEOUT)
+    global _main_work
+    _main_work = dist.new_group(backend="gloo", timeout=MAIN_WORK_TIMEOUT)
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
@@ -59,8 +65,9 @@ def mean_over_ranks(value: float, world: World) -> float:
 
 
 def barrier(world: World):
+    """Every rank waits for rank 0's work alone (up to MAIN_WORK_TIMEOUT)."""
     if world.distributed:
-        dist.barrier()
+        dist.barrier(group=_main_work)
 
 
 def gather_to_main(value, world: World) -> list | None:

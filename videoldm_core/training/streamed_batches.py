@@ -15,16 +15,22 @@ buffer, clip spec, flip), is refused."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 from collections import defaultdict, deque
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from .batches import clip_seed
 from .objective import TrainingError
+
+# a data worker that gives no clip in this long has stalled: its rank stops, naming itself, well
+# before the other ranks' step collectives time out (distributed.STEP_TIMEOUT, 30 min)
+CLIP_TIMEOUT = datetime.timedelta(minutes=10)
 
 
 class StreamedBatches:
@@ -46,14 +52,27 @@ class StreamedBatches:
         if self._iterator is None:
             self.clips.start = dict(self.positions)
             loader = DataLoader(self.clips, batch_size=None, num_workers=self.workers,
-                                prefetch_factor=2 if self.workers else None)
+                                prefetch_factor=2 if self.workers else None,
+                                timeout=CLIP_TIMEOUT.total_seconds() if self.workers else 0)
             self._iterator = iter(loader)
         while not self.early[self.next_worker]:
-            item = next(self._iterator)
+            item = self._from_workers()
             self.early[int(item["position"][0])].append(item)
         item = self.early[self.next_worker].popleft()
         self.next_worker = (self.next_worker + 1) % max(self.workers, 1)
         return item
+
+    def _from_workers(self) -> dict:
+        try:
+            return next(self._iterator)
+        except RuntimeError as e:
+            if "timed out" not in str(e):
+                raise
+            rank = f"rank {dist.get_rank()}" if dist.is_available() and dist.is_initialized() else "this process"
+            raise TrainingError(f"{rank}: no clip came from its {self.workers} data worker(s) in "
+                                f"{CLIP_TIMEOUT.total_seconds() / 60:g} min; a worker stalled (a shard download that "
+                                "hangs, a decoder stuck on a clip). Stopped here, so that the other ranks do not wait "
+                                "for this one until their step times out.") from None
 
     def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> dict:
         if step != self.next_step:
