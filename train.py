@@ -103,4 +103,7 @@ def make_shards(args, parser) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # under torchrun, a rank's error and traceback reach the launcher's summary (else "traceback: To enable
+    # traceback see ..."), which names the rank that failed first
+    from torch.distributed.elastic.multiprocessing.errors import record
+    sys.exit(record(main)())

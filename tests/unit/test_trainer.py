@@ -345,7 +345,7 @@ def test_a_loss_that_is_not_finite_on_one_rank_stops_every_rank_together(tmp_pat
                           str(tmp_path / "worker.py"), __file__], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode != 0
     assert "rank 1 stopped: step 2: phase 'model' loss is nan" in run.stdout, run.stdout + run.stderr[-2000:]
-    assert "rank 0 stopped: step 2: phase 'model' loss is not finite on another rank" in run.stdout, run.stdout
+    assert "rank 0 stopped: step 2: phase 'model' loss is not finite on rank(s) 1" in run.stdout, run.stdout
 
 
 AGREE_WORKER = """

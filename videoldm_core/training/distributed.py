@@ -64,6 +64,18 @@ def mean_over_ranks(value: float, world: World) -> float:
     return float(t.item()) / world.size
 
 
+def ranks_where(flag: bool, world: World) -> list[int]:
+    """The ranks whose `flag` is set, known on every rank (one all-reduce of a flag per rank)."""
+    if not world.distributed:
+        return [0] if flag else []
+    t = torch.zeros(world.size, dtype=torch.float64)
+    t[world.rank] = float(flag)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return [rank for rank, value in enumerate(t.tolist()) if value]
+
+
 def barrier(world: World):
     """Every rank waits for rank 0's work alone (up to MAIN_WORK_TIMEOUT)."""
     if world.distributed:

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..state_dict import check_weights
 from .distributed import (World, barrier, full_tensor, gather_to_main, init_world, is_sharded, mean_over_ranks,
-                          scatter_from_main, shard_like, shard_module)
+                          ranks_where, scatter_from_main, shard_like, shard_module)
 from .objective import Phase, TrainingError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -219,9 +219,11 @@ class Trainer:
                 loss, logs = module(batch, generator)
             # every rank learns whether any rank's loss is not finite and all stop here together: one rank
             # stopping alone would leave the others waiting in the backward's gradient all-reduce
-            if mean_over_ranks(float(torch.isfinite(loss)), self.world) < 1.0:
+            failed = ranks_where(not bool(torch.isfinite(loss)), self.world)
+            if failed:
                 value = loss.item()
-                where = f"loss is {value}" if not math.isfinite(value) else "loss is not finite on another rank"
+                where = f"loss is {value}" if not math.isfinite(value) else \
+                    f"loss is not finite on rank(s) {', '.join(map(str, failed))}"
                 raise TrainingError(f"step {step + 1}: phase '{phase.name}' {where}; lower the learning rate or use "
                                     "bf16/fp32 precision.")
             if self.sharded:
