@@ -105,7 +105,7 @@ from ..videoldm_core.training.distributed import barrier, init_world, ranks_that
 from ..videoldm_core.training.monitor import TensorBoardLog
 from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.run_config import DEFAULT_TEXT_DROPOUT, check_run_config
-from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig, latest_checkpoint
+from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig, latest_checkpoint, only_run_in
 from ..videoldm_core.weights_file import save_safetensors
 from .bundle import load_bundle_file
 from .streamed_training import streamed_batches
@@ -271,12 +271,13 @@ def train_and_write(config, world, train_config, batches, output: Path, phases, 
     clips = len(batches.dataset) if hasattr(batches, "dataset") else None   # a folder's; a stream's are checked on resume
     check_ranks_agree(world, {"identity": identity, "clips": clips}, "training setups",
                       "Every rank must start from the same adapter and read the same data folder.")
-    trainer = Trainer(phases, train_config, batches, output_dir=output, identity=identity, device=device, world=world)
-    fit(trainer, config, train_config, world, output, loss_key, validate)
-    with trainer.gathered():   # train.sharding "fsdp": every rank helps gather the whole weights rank 0 writes
-        if world.is_main:
-            write(trainer)
-    barrier(world)
+    with only_run_in(output, world):   # one run at a time writes its checkpoints and outputs
+        trainer = Trainer(phases, train_config, batches, output_dir=output, identity=identity, device=device, world=world)
+        fit(trainer, config, train_config, world, output, loss_key, validate)
+        with trainer.gathered():   # train.sharding "fsdp": every rank helps gather the whole weights rank 0 writes
+            if world.is_main:
+                write(trainer)
+        barrier(world)
     return 0
 
 

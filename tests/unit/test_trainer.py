@@ -240,6 +240,24 @@ def test_a_resume_with_another_seed_or_other_clips_is_refused(tmp_path):
     trainer(tmp_path, steps=4).load_checkpoint(checkpoint)   # the same: resumed
 
 
+def test_a_second_run_on_the_same_output_folder_is_refused_while_the_first_holds_it(tmp_path):
+    """A job queued again while the first still ran wrote checkpoints and loss.csv beside it."""
+    import fcntl
+
+    from videoldm_core.training.distributed import World
+    from videoldm_core.training.trainer import only_run_in
+
+    with only_run_in(tmp_path, World()):
+        with open(tmp_path / ".run.lock") as other:   # another process's view: its own open file
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(TrainingError, match=r"is in use by another training run \(it holds \.run\.lock there\)"):
+            with only_run_in(tmp_path, World()):
+                pytest.fail("the second run went on")
+    with only_run_in(tmp_path, World()):   # released when the first ended
+        pass
+
+
 def test_a_resumed_run_takes_its_own_betas_and_weight_decay(tmp_path):
     """The optimiser's moments come from the checkpoint; its settings from this run's config (a
     checkpoint's betas and weight decay once overrode the config without a word)."""
@@ -380,7 +398,8 @@ def test_every_rank_learns_what_the_ranks_read_differently(tmp_path):
 
 def test_only_checkpoint_folders_by_their_exact_name_count_in_step_order(tmp_path):
     """A user's copy 'checkpoint-0000004-backup' was pruned and could be resumed from; steps past 10^7
-    sorted before smaller ones as text; a crash's '.tmp' and a file are no checkpoints."""
+    sorted before smaller ones as text; a crash's '.tmp' and a file are no checkpoints (the '.tmp' is
+    removed once a checkpoint is written: rank 0 writes alone)."""
     from videoldm_core.training.trainer import checkpoints_in
 
     for name in ("checkpoint-0000004", "checkpoint-9999999", "checkpoint-10000000", "checkpoint-0000004-backup",
@@ -392,8 +411,8 @@ def test_only_checkpoint_folders_by_their_exact_name_count_in_step_order(tmp_pat
     assert latest_checkpoint(tmp_path).name == "checkpoint-10000000"
     t = trainer(tmp_path, steps=1, keep_checkpoints=1)
     t._prune_checkpoints()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0000004-backup", "checkpoint-0000005.tmp",
-                                                          "checkpoint-0000006", "checkpoint-10000000"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0000004-backup", "checkpoint-0000006",
+                                                          "checkpoint-10000000"]
 
 
 def test_bf16_autocast_trains():

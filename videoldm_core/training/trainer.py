@@ -354,7 +354,12 @@ class Trainer:
         return {**state, "state": moments} if self.world.is_main else None
 
     def _prune_checkpoints(self):
-        if self.output_dir is None or self.config.keep_checkpoints < 1:
+        if self.output_dir is None:
+            return
+        for left in self.output_dir.glob("checkpoint-*.tmp"):   # a crash's half-written checkpoints (rank 0 writes alone)
+            if left.is_dir() and CHECKPOINT_NAME.fullmatch(left.name.removesuffix(".tmp")):
+                shutil.rmtree(left, ignore_errors=True)
+        if self.config.keep_checkpoints < 1:
             return
         found = checkpoints_in(self.output_dir)
         for old in found[:-self.config.keep_checkpoints]:
@@ -455,6 +460,37 @@ class Trainer:
         self.sample_batch.load_state_dict(state, self.step)
 
 
+RUN_LOCK = ".run.lock"
+
+
+@contextmanager
+def only_run_in(output_dir: Path, world: World):
+    """Rank 0 holds an exclusive lock on `output_dir` while the run lasts: a second run started on the
+    same folder (a job queued again while the first still runs) is refused on every rank, instead
+    of both writing its checkpoints and loss.csv. Where the system has no advisory locks (Windows),
+    the folder is not locked."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    handle, taken = None, False
+    if world.is_main and fcntl is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(output_dir / RUN_LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            taken = True
+    try:
+        if ranks_where(taken, world):
+            raise TrainingError(f"'{output_dir}' is in use by another training run (it holds {RUN_LOCK} there); let "
+                                "it finish or stop it, or give this run another output folder.")
+        yield
+    finally:
+        if handle is not None:
+            handle.close()   # closing releases the lock
+
+
 def synced(directory: Path, files: bool = True):
     """`directory`'s files and the folder itself written through to the disk: a checkpoint renamed
     into place after this holds whole files even after a crash or power loss."""
@@ -524,8 +560,11 @@ def _header(path: Path) -> list[str] | None:
 
 
 def _write_log(path: Path, rows: list[dict]):
+    """loss.csv written whole beside itself, then renamed onto it: a crash mid-write leaves the old log."""
     keys = list(dict.fromkeys(k for r in rows for k in r)) or ["step"]
-    with open(path, "w", newline="") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, path)
