@@ -215,6 +215,11 @@ def run_config(path: str) -> int:
     world = init_world(gpus=comfy.model_management.cpu_state == comfy.model_management.CPUState.GPU)
     check_ranks_agree(world, settings_of(config), "run configurations",
                       "Start every rank with the same run configuration (each node reads its own copy).")
+    with only_run_in(Path(config["output"]), world):   # one run on a folder at a time, from before anything loads
+        return train_from_config(config, world)
+
+
+def train_from_config(config: dict, world) -> int:
     mode = config.get("mode", "temporal")
     train = dict(config.get("train", {}))
     batch_size = train.pop("batch_size", 1)
@@ -271,13 +276,12 @@ def train_and_write(config, world, train_config, batches, output: Path, phases, 
     clips = len(batches.dataset) if hasattr(batches, "dataset") else None   # a folder's; a stream's are checked on resume
     check_ranks_agree(world, {"identity": identity, "clips": clips}, "training setups",
                       "Every rank must start from the same adapter and read the same data folder.")
-    with only_run_in(output, world):   # one run at a time writes its checkpoints and outputs
-        trainer = Trainer(phases, train_config, batches, output_dir=output, identity=identity, device=device, world=world)
-        fit(trainer, config, train_config, world, output, loss_key, validate)
-        with trainer.gathered():   # train.sharding "fsdp": every rank helps gather the whole weights rank 0 writes
-            if world.is_main:
-                write(trainer)
-        barrier(world)
+    trainer = Trainer(phases, train_config, batches, output_dir=output, identity=identity, device=device, world=world)
+    fit(trainer, config, train_config, world, output, loss_key, validate)
+    with trainer.gathered():   # train.sharding "fsdp": every rank helps gather the whole weights rank 0 writes
+        if world.is_main:
+            write(trainer)
+    barrier(world)
     return 0
 
 
@@ -320,6 +324,10 @@ def fit(trainer, config, train_config, world, output: Path, loss_key: str, valid
                           f"frames ({time.perf_counter() - started:.1f} s)", flush=True)
             barrier(world)
 
+    first_clip = getattr(trainer.sample_batch, "wait_for_first_clip", None)
+    if first_clip is not None and trainer.step < train_config.steps:
+        first_clip()     # streamed: a resumed stream reads its pass through to its position first, on every rank;
+        barrier(world)   # the ranks meet here (waits of hours), so no step's collective (30 min) waits on it
     try:
         trainer.run(on_step=report)
     finally:

@@ -154,7 +154,7 @@ def test_image_mode_refuses_a_checkpoint_that_is_not_a_bundle(setup, tmp_path):
     run = run_cli(setup, cfg, "not-bundle")
     assert run.returncode != 0 and "mode 'image' pretrains a Video LDM bundle" in run.stderr
     given = tmp_path / "out" / "bundle.safetensors"   # the stage before wrote into the same output folder
-    given.parent.mkdir()
+    given.parent.mkdir(exist_ok=True)   # the run above took the folder's lock before it loaded anything
     given.write_bytes(plain.read_bytes())
     cfg.update(checkpoint=str(tmp_path / "out" / "." / "bundle.safetensors"))
     run = run_cli(setup, cfg, "same-file")

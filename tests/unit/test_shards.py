@@ -349,27 +349,34 @@ def test_torchrun_two_ranks_with_two_workers_each_read_disjoint_samples_covering
 
 
 class StalledClips(torch.utils.data.IterableDataset):
-    """A data worker stuck on its first clip (a shard download that hangs)."""
+    """A data worker slow to its first clip (a resumed stream reads its pass through to its position),
+    then stuck on its second (a shard download that hangs)."""
     start: dict = {}
 
     def __iter__(self):
         import time
-        time.sleep(60)
-        yield {}
+        for index, delay in enumerate((3, 60)):
+            time.sleep(delay)
+            yield {"position": [0, 0, index], "skipped": 0, "key": f"clip{index}"}
 
 
-def test_a_stalled_data_worker_stops_its_rank_by_name_before_the_others_time_out(monkeypatch):
+def test_a_stalled_data_worker_stops_its_rank_by_name_before_the_others_time_out(monkeypatch, capsys):
     """A rank whose worker hangs waited forever in its DataLoader while the other ranks waited in the
-    step's all-reduce, until the collective timed out there and named a healthy rank."""
+    step's all-reduce, until the collective timed out there and named a healthy rank. The first clip
+    may take longer (FIRST_CLIP_TIMEOUT): all ranks wait for it before the first step."""
     import datetime
     import time
 
     from videoldm_core.training import streamed_batches
 
-    monkeypatch.setattr(streamed_batches, "CLIP_TIMEOUT", datetime.timedelta(seconds=2))
-    stream = streamed_batches.StreamedBatches(StalledClips(), 1, lambda items: items, workers=1)
+    monkeypatch.setattr(streamed_batches, "CLIP_TIMEOUT", datetime.timedelta(seconds=1))
+    monkeypatch.setattr(streamed_batches, "FIRST_CLIP_TIMEOUT", datetime.timedelta(seconds=20))
+    stream = streamed_batches.StreamedBatches(StalledClips(), 1, lambda items: {}, workers=1)
+    stream.wait_for_first_clip()   # 3 s: past the clip timeout, within the first clip's
+    assert "this process: waiting for the first clip" in capsys.readouterr().out
+    assert stream(0)["keys"] == ["clip0"]
     started = time.perf_counter()
-    with pytest.raises(TrainingError, match=r"this process: no clip came from its 1 data worker\(s\) in 0.0333333 min; "
+    with pytest.raises(TrainingError, match=r"this process: no clip came from its 1 data worker\(s\) in 0.0166667 min; "
                                             r"a worker stalled"):
-        stream(0)
+        stream(1)
     assert time.perf_counter() - started < 30

@@ -258,6 +258,23 @@ def test_a_second_run_on_the_same_output_folder_is_refused_while_the_first_holds
         pass
 
 
+def test_an_output_folder_that_cannot_be_locked_is_trained_in_with_a_warning(tmp_path, monkeypatch, caplog):
+    """NFS without lockd, some FUSE and Lustre mounts refuse locks: the run goes on, and says so."""
+    import errno
+    import fcntl
+
+    from videoldm_core.training.distributed import World
+    from videoldm_core.training.trainer import only_run_in
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with only_run_in(tmp_path, World()):
+        ran = True
+    assert ran and "cannot be locked (No locks available); nothing stops a second run" in caplog.text
+
+
 def test_a_resumed_run_takes_its_own_betas_and_weight_decay(tmp_path):
     """The optimiser's moments come from the checkpoint; its settings from this run's config (a
     checkpoint's betas and weight decay once overrode the config without a word)."""
@@ -372,6 +389,8 @@ from videoldm_core.training.distributed import init_world, ranks_that_differ
 world = init_world(gpus=False)
 own = {"mode": "temporal", "train.lr": 0.05 if world.rank == 0 else 0.1, "train.steps": 10}
 print(f"rank {world.rank} differ: {ranks_that_differ(own, world)}", flush=True)
+extra = {"mode": "temporal", **({"train.warmup": 100} if world.rank == 1 else {})}   # a key one copy adds
+print(f"rank {world.rank} extra: {ranks_that_differ(extra, world)}", flush=True)
 print(f"rank {world.rank} alike: {ranks_that_differ({'mode': 'temporal', 'train.steps': 10}, world)}", flush=True)
 dist.destroy_process_group()
 """
@@ -393,6 +412,7 @@ def test_every_rank_learns_what_the_ranks_read_differently(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     for rank in (0, 1):
         assert f"rank {rank} differ: ('train.lr', [0.05, 0.1])" in run.stdout, run.stdout
+        assert f"rank {rank} extra: ('train.warmup', [None, 100])" in run.stdout, run.stdout
         assert f"rank {rank} alike: None" in run.stdout, run.stdout
 
 

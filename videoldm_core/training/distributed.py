@@ -106,7 +106,7 @@ def ranks_that_differ(facts: dict, world: World) -> tuple[str, list] | None:
     value; None where all agree. Every rank gets the same answer, so every rank stops together:
     DDP would average the gradients of different runs without a word."""
     seen = all_gathered(facts, world)
-    for key in facts:
+    for key in dict.fromkeys(k for s in seen for k in s):   # every rank's keys, in one order on every rank
         values = [s.get(key) for s in seen]
         if any(v != values[0] for v in values):
             return key, values

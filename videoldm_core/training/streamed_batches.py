@@ -31,6 +31,8 @@ from .objective import TrainingError
 # a data worker that gives no clip in this long has stalled: its rank stops, naming itself, well
 # before the other ranks' step collectives time out (distributed.STEP_TIMEOUT, 30 min)
 CLIP_TIMEOUT = datetime.timedelta(minutes=10)
+# except before the first clip: a resumed stream first reads its pass through to where it stopped
+FIRST_CLIP_TIMEOUT = datetime.timedelta(hours=2)
 
 
 class StreamedBatches:
@@ -46,33 +48,58 @@ class StreamedBatches:
         self.skipped: dict[int, int] = {}
         self.wait_seconds = 0.0   # time spent waiting for clips, summed (the data-wait share of a step)
         self._iterator = None
+        self._flowing = False   # a clip came from the workers since they started
 
-    def _next_clip(self) -> dict:
-        """The next clip in the workers' round-robin order, from the worker whose turn it is."""
+    def _start_workers(self):
         if self._iterator is None:
             self.clips.start = dict(self.positions)
             loader = DataLoader(self.clips, batch_size=None, num_workers=self.workers,
                                 prefetch_factor=2 if self.workers else None,
                                 timeout=CLIP_TIMEOUT.total_seconds() if self.workers else 0)
-            self._iterator = iter(loader)
+            self._iterator, self._flowing = iter(loader), False
+
+    def _take_clip(self):
+        item = self._from_workers()
+        self.early[int(item["position"][0])].append(item)
+
+    def _next_clip(self) -> dict:
+        """The next clip in the workers' round-robin order, from the worker whose turn it is."""
+        self._start_workers()
         while not self.early[self.next_worker]:
-            item = self._from_workers()
-            self.early[int(item["position"][0])].append(item)
+            self._take_clip()
         item = self.early[self.next_worker].popleft()
         self.next_worker = (self.next_worker + 1) % max(self.workers, 1)
         return item
 
     def _from_workers(self) -> dict:
-        try:
-            return next(self._iterator)
-        except RuntimeError as e:
-            if "timed out" not in str(e):
-                raise
-            rank = f"rank {dist.get_rank()}" if dist.is_available() and dist.is_initialized() else "this process"
-            raise TrainingError(f"{rank}: no clip came from its {self.workers} data worker(s) in "
-                                f"{CLIP_TIMEOUT.total_seconds() / 60:g} min; a worker stalled (a shard download that "
-                                "hangs, a decoder stuck on a clip). Stopped here, so that the other ranks do not wait "
-                                "for this one until their step times out.") from None
+        """The next clip any worker gives. A DataLoader that timed out can be asked again (it keeps its
+        place): before the first clip, up to FIRST_CLIP_TIMEOUT in all, saying so each time."""
+        rank = f"rank {dist.get_rank()}" if dist.is_available() and dist.is_initialized() else "this process"
+        waited = datetime.timedelta(0)
+        while True:
+            try:
+                item = next(self._iterator)
+                self._flowing = True
+                return item
+            except RuntimeError as e:
+                if "timed out" not in str(e):
+                    raise
+                waited += CLIP_TIMEOUT
+                if self._flowing or waited >= FIRST_CLIP_TIMEOUT:
+                    raise TrainingError(f"{rank}: no clip came from its {self.workers} data worker(s) in "
+                                        f"{waited.total_seconds() / 60:g} min; a worker stalled (a shard download that "
+                                        "hangs, a decoder stuck on a clip). Stopped here, so that the other ranks do "
+                                        "not wait for this one until their step times out.") from None
+                print(f"{rank}: waiting for the first clip ({waited.total_seconds() / 60:g} min; a resumed stream "
+                      "reads its pass through to where it stopped)", flush=True)
+
+    def wait_for_first_clip(self):
+        """Blocks until the workers give their first clip (every rank calls this, then waits for the others
+        at the long barrier): a resumed stream's read-through to its position then delays no step, whose
+        collectives wait for a late rank only distributed.STEP_TIMEOUT."""
+        self._start_workers()
+        if not self._flowing:
+            self._take_clip()
 
     def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> dict:
         if step != self.next_step:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import re
@@ -36,6 +37,8 @@ from ..state_dict import check_weights
 from .distributed import (World, barrier, full_tensor, gather_to_main, init_world, is_sharded, mean_over_ranks,
                           ranks_where, scatter_from_main, shard_like, shard_module)
 from .objective import Phase, TrainingError
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHARDINGS = ("ddp", "fsdp")
@@ -481,10 +484,15 @@ def only_run_in(output_dir: Path, world: World):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             taken = True
+        except OSError as e:   # a filesystem without locks (NFS without lockd, some FUSE and Lustre mounts)
+            log.warning("the output folder '%s' cannot be locked (%s); nothing stops a second run on it.",
+                        output_dir, e.strerror or e)
     try:
         if ranks_where(taken, world):
             raise TrainingError(f"'{output_dir}' is in use by another training run (it holds {RUN_LOCK} there); let "
-                                "it finish or stop it, or give this run another output folder.")
+                                f"it finish or stop it, or give this run another output folder. (A lock a crashed "
+                                f"node held on a network filesystem can outlive it: with no run on the folder, delete "
+                                f"{RUN_LOCK}.)")
         yield
     finally:
         if handle is not None:
@@ -495,12 +503,17 @@ def synced(directory: Path, files: bool = True):
     """`directory`'s files and the folder itself written through to the disk: a checkpoint renamed
     into place after this holds whole files even after a crash or power loss."""
     for path in directory.iterdir() if files else ():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+        fd = os.open(path, os.O_RDWR)   # Windows flushes only a handle open for writing
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     if os.name != "nt":   # a folder cannot be opened for fsync on Windows
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
+        except OSError:   # some network and FUSE filesystems sync no folder: the files are synced
+            pass
         finally:
             os.close(fd)
 
