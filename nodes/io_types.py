@@ -88,10 +88,6 @@ def valid_numbers(cls, stepped: tuple[str, ...] = (), **values) -> bool | str:
 TEXT_INPUTS = (io.String.Input, io.Combo.Input)
 
 
-def _inputs(cls) -> dict:
-    return {i.id: i for i in cls.define_schema().inputs}
-
-
 def kind_problem(name: str, value, spec) -> str | None:
     """Why a linked `value` of a text, choice or on/off input is not of its kind, or None. A link
     carries any value its type check lets through (core's String to Combo makes any text a choice,
@@ -108,11 +104,13 @@ def checked_inputs(cls, arguments: dict):
     in range (raises what `valid_numbers` would say), and every text, choice and on/off input of its
     kind. ComfyUI checks a widget's range at validation but not a linked value's (a primitive node,
     another node's output, an API prompt's link)."""
-    inputs = _inputs(cls)
-    numbers = {name: value for name, value in arguments.items() if name in _bounds(cls)}
+    schema = cls.define_schema()   # once: a loader's lists its folders
+    inputs = {i.id: i for i in schema.inputs}
+    numbers = {name: value for name, value in arguments.items()
+               if isinstance(inputs.get(name), (io.Float.Input, io.Int.Input))}
     problems = [numbers_problem(cls, **numbers)]
     problems += [kind_problem(name, value, inputs[name]) for name, value in arguments.items()
                  if name in inputs and value is not None]
     problem = " ".join(p for p in problems if p)
     if problem:
-        raise InputValueError(f"{cls.define_schema().display_name}: {problem}")
+        raise InputValueError(f"{schema.display_name}: {problem}")

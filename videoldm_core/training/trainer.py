@@ -383,9 +383,9 @@ class Trainer:
             raise TrainingError(f"checkpoint '{directory.name}' was written for another training setup: it differs in "
                                 f"{differ} (e.g. {differ[0]}: checkpoint {theirs.get(differ[0])!r}, this run "
                                 f"{ours.get(differ[0])!r}). Resume with the same adapter spec and mode, or start fresh.")
+        self._check_same_draws(meta, directory)
         with readable(directory, weights.name):
-            self._check_same_draws(meta, directory)
-        state = load_file(str(weights))
+            state = load_file(str(weights))
         own = self.trainable_state()
         check_weights(own, state, f"checkpoint '{directory.name}' does not fit the trainable weights", TrainingError)
         with torch.no_grad():
