@@ -105,7 +105,8 @@ from ..videoldm_core.training.distributed import barrier, init_world, ranks_that
 from ..videoldm_core.training.monitor import TensorBoardLog
 from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.run_config import DEFAULT_TEXT_DROPOUT, check_run_config
-from ..videoldm_core.training.trainer import PRECISIONS, Trainer, TrainConfig, latest_checkpoint, only_run_in
+from ..videoldm_core.training.trainer import (PRECISIONS, Trainer, TrainConfig, clip_count, latest_checkpoint,
+                                              only_run_in)
 from ..videoldm_core.weights_file import save_safetensors
 from .bundle import load_bundle_file
 from .streamed_training import streamed_batches
@@ -273,8 +274,7 @@ def train_and_write(config, world, train_config, batches, output: Path, phases, 
     `write(trainer)` on rank 0; then every rank waits for it. `validate`: the validation video (host/training_validation.py)."""
     identity = {k: json.loads(v.to_json()) if hasattr(v, "to_json") else str(v) for k, v in identity.items()}
     identity["global_batch"] = batches.batch_size * world.size
-    clips = len(batches.dataset) if hasattr(batches, "dataset") else None   # a folder's; a stream's are checked on resume
-    check_ranks_agree(world, {"identity": identity, "clips": clips}, "training setups",
+    check_ranks_agree(world, {"identity": identity, "clips": clip_count(batches)}, "training setups",
                       "Every rank must start from the same adapter and read the same data folder.")
     trainer = Trainer(phases, train_config, batches, output_dir=output, identity=identity, device=device, world=world)
     fit(trainer, config, train_config, world, output, loss_key, validate)

@@ -325,7 +325,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             meta = {CHECKPOINT_METADATA_KEY: json.dumps({"identity": self.identity, "step": self.step,
-                                                         "config": asdict(self.config), "clips": self._clips()},
+                                                         "config": asdict(self.config), "clips": clip_count(self.sample_batch)},
                                                         default=str)}
             save_file(weights, str(tmp / "trainable.safetensors"), metadata=meta)
             if ema is not None:
@@ -414,11 +414,6 @@ class Trainer:
             _write_log(self.log_path, [r for r in read_log(self.log_path) if int(r["step"]) <= self.step])
         barrier(self.world)
 
-    def _clips(self) -> int | None:
-        """How many clips the steps draw from (a dataset's; None for streamed data, whose position is kept)."""
-        dataset = getattr(self.sample_batch, "dataset", None)
-        return len(dataset) if dataset is not None else None
-
     def _check_same_draws(self, meta: dict, directory: Path):
         """A step's clips and randomness are drawn from (seed, step) over the dataset's clips: resumed
         with another seed or another number of clips, the steps after the checkpoint would be another
@@ -428,7 +423,7 @@ class Trainer:
             raise TrainingError(f"checkpoint '{directory.name}' was trained with seed {seed}, this run has "
                                 f"{self.config.seed}; a step's clips and noise are drawn from the seed, so resume with "
                                 f"seed {seed} (train.seed), or start a fresh output folder.")
-        clips, ours = meta.get("clips"), self._clips()
+        clips, ours = meta.get("clips"), clip_count(self.sample_batch)
         if clips is not None and ours is not None and clips != ours:
             raise TrainingError(f"checkpoint '{directory.name}' drew its steps from {clips} clips, this run has {ours}; "
                                 "the clips changed (added, removed or skipped), so the steps would draw other clips. "
@@ -461,6 +456,13 @@ class Trainer:
             raise TrainingError(f"checkpoint '{directory.name}' holds the streamed data positions of {state['ranks']} "
                                 f"rank(s), this run has {self.world.size}; resume on as many ranks.")
         self.sample_batch.load_state_dict(state, self.step)
+
+
+def clip_count(batches) -> int | None:
+    """How many clips a run's steps draw from: a dataset's (StepBatches); None for streamed data, whose
+    position is kept instead."""
+    dataset = getattr(batches, "dataset", None)
+    return len(dataset) if dataset is not None else None
 
 
 RUN_LOCK = ".run.lock"
