@@ -102,6 +102,11 @@ def make_shards(args, parser) -> int:
     return 0
 
 
+if __name__ == "__mp_main__":
+    # a process started by 'spawn' (macOS and Windows: the streamed data's DataLoader workers) runs this
+    # file under this name and unpickles the pack's objects it was given: they live in PACK_ALIAS
+    load_pack()
+
 if __name__ == "__main__":
     # under torchrun, a rank's error and traceback reach the launcher's summary (else "traceback: To enable
     # traceback see ..."), which names the rank that failed first

@@ -105,6 +105,7 @@ from ..videoldm_core.training.distributed import barrier, init_world, ranks_that
 from ..videoldm_core.training.monitor import TensorBoardLog
 from ..videoldm_core.training.objective import TrainingError
 from ..videoldm_core.training.run_config import DEFAULT_TEXT_DROPOUT, check_run_config
+from ..videoldm_core.training.stop_request import StopRequest
 from ..videoldm_core.training.trainer import (PRECISIONS, Trainer, TrainConfig, clip_count, latest_checkpoint,
                                               only_run_in)
 from ..videoldm_core.weights_file import save_safetensors
@@ -277,7 +278,14 @@ def train_and_write(config, world, train_config, batches, output: Path, phases, 
     check_ranks_agree(world, {"identity": identity, "clips": clip_count(batches)}, "training setups",
                       "Every rank must start from the same adapter and read the same data folder.")
     trainer = Trainer(phases, train_config, batches, output_dir=output, identity=identity, device=device, world=world)
-    fit(trainer, config, train_config, world, output, loss_key, validate)
+    with StopRequest(world) as stop:
+        fit(trainer, config, train_config, world, output, loss_key, validate, stop)
+    if stop.ranks:   # the checkpoint of the last step is written; the outputs are a finished run's
+        if world.is_main:
+            print(f"stopped by SIGTERM (rank(s) {', '.join(map(str, stop.ranks))}) after step {trainer.step} of "
+                  f"{train_config.steps}: {trainer.checkpoint_dir().name} holds it; run the same command to resume.",
+                  flush=True)
+        return stop.exit_code
     with trainer.gathered():   # train.sharding "fsdp": every rank helps gather the whole weights rank 0 writes
         if world.is_main:
             write(trainer)
@@ -285,9 +293,10 @@ def train_and_write(config, world, train_config, batches, output: Path, phases, 
     return 0
 
 
-def fit(trainer, config, train_config, world, output: Path, loss_key: str, validate=None):
+def fit(trainer, config, train_config, world, output: Path, loss_key: str, validate=None, stop=None):
     """Resume from the latest checkpoint in `output` (unless "resume": false), then train with progress lines
-    and, every monitor.validate_every steps, `validate`'s video logged by rank 0 while the others wait."""
+    and, every monitor.validate_every steps, `validate`'s video logged by rank 0 while the others wait;
+    until `stop` (a StopRequest) says a rank was asked to stop."""
     resume = latest_checkpoint(output) if output.exists() else None
     check_ranks_agree(world, {"latest checkpoint": resume and resume.name}, "output folders",
                       f"'{output}' must be one folder every rank sees alike (a shared filesystem): rank 0 writes the "
@@ -329,7 +338,7 @@ def fit(trainer, config, train_config, world, output: Path, loss_key: str, valid
         first_clip()     # streamed: a resumed stream reads its pass through to its position first, on every rank;
         barrier(world)   # the ranks meet here (waits of hours), so no step's collective (30 min) waits on it
     try:
-        trainer.run(on_step=report)
+        trainer.run(should_stop=stop, on_step=report)
     finally:
         if board is not None:
             board.close()

@@ -3,8 +3,10 @@ demo bundle and clips (`setup`) are made once for the session (tests/host/confte
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -21,10 +23,10 @@ def config(setup, output, **train):
             "train": {"steps": 3, "lr": 1e-3, "batch_size": 2, "seed": 1, **train}}
 
 
-def run_cli(setup, cfg, name, processes=1):
+def run_cli(setup, cfg, name, processes=1, **env):
     path = setup / f"{name}.json"
     path.write_text(json.dumps(cfg))
-    env = {**os.environ, "COMFYUI_DIR": str(comfyui_dir()), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "COMFYUI_DIR": str(comfyui_dir()), "OMP_NUM_THREADS": "1", **env}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else [sys.executable]
     return subprocess.run([*launcher, str(REPO_ROOT / "train.py"), "--config", str(path)], env=env, capture_output=True,
                           text=True, timeout=900)
@@ -191,7 +193,9 @@ def loss_rows(output):
 
 def test_streamed_shards_train_as_the_folder_path_does_on_the_same_clip(setup, tmp_path):
     """One clip, no shuffling, centre crops: the streamed path (decoded in a worker, encoded on the
-    training device per step) and the pre-encoded folder path see the same latents, seeds and losses."""
+    training device per step) and the pre-encoded folder path see the same latents, seeds and losses.
+    The worker is started by 'spawn', as on macOS and Windows: it imports train.py afresh and unpickles
+    the pack's clip reader (it failed with "No module named 'videoldm_pack'")."""
     from devtools.synthetic_data import write_dataset
     from videoldm_core.training.shards import write_shards
 
@@ -202,8 +206,11 @@ def test_streamed_shards_train_as_the_folder_path_does_on_the_same_clip(setup, t
     streamed = config(setup, tmp_path / "streamed", steps=2)
     del streamed["data"]["folder"], streamed["data"]["cache"]
     streamed["data"].update(shards=str(tmp_path / "shards" / "one-000.tar"), shuffle=0, workers=1)
-    for name, cfg in (("folder", folder), ("streamed", streamed)):
-        run = run_cli(setup, cfg, name)
+    spawn = tmp_path / "spawn"   # every process of the run starts its workers as macOS and Windows do
+    spawn.mkdir()
+    (spawn / "sitecustomize.py").write_text("import multiprocessing\nmultiprocessing.set_start_method('spawn', force=True)\n")
+    for name, cfg, env in (("folder", folder, {}), ("streamed", streamed, {"PYTHONPATH": os.pathsep.join(filter(None, (str(spawn), os.environ.get("PYTHONPATH"))))})):
+        run = run_cli(setup, cfg, name, **env)
         assert run.returncode == 0, run.stderr[-3000:]
     assert "0 broken clip(s) skipped" in run.stdout
     a, b = loss_rows(tmp_path / "folder"), loss_rows(tmp_path / "streamed")
@@ -232,6 +239,59 @@ def test_a_streamed_run_resumes_from_its_checkpoints_stream_position(setup, tmp_
     assert "resumed from" in again.stdout and "(step 2)" in again.stdout
     assert [r[0] for r in loss_rows(tmp_path / "out")] == ["1", "2", "3"]
 
+
+
+def test_a_sigterm_to_the_whole_job_stops_every_rank_after_one_step_with_a_checkpoint_that_resumes(setup, tmp_path):
+    """What a cluster does before preempting a job or at its time limit: SIGTERM to every process of it
+    (Slurm), here the torchrun launcher, both ranks and their data workers, and the launcher passes it on
+    again. The ranks stop after the same step, write its checkpoint and exit (with 143, SIGTERM's status:
+    tests/unit/test_trainer.py), no adapter written; the same command resumes there."""
+    import signal
+    import threading
+
+    from videoldm_core.training.shards import write_shards
+
+    write_shards(setup / "clips", str(tmp_path / "shards" / "c-%03d.tar"), clips_per_shard=1)
+    cfg = config(setup, tmp_path / "out", steps=400, batch_size=1)
+    del cfg["data"]["folder"], cfg["data"]["cache"]
+    cfg["data"].update(shards=str(tmp_path / "shards" / "c-{000..003}.tar"), workers=1)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(cfg))
+    env = {**os.environ, "COMFYUI_DIR": str(comfyui_dir()), "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                            str(REPO_ROOT / "train.py"), "--config", str(path)], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(job.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 600
+        while not any(line.startswith("step 1/400") for line in lines) and job.poll() is None:
+            assert time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.2)
+        os.killpg(job.pid, signal.SIGTERM)
+        job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    reader.join(timeout=10)
+    out = "".join(lines)
+    stopped = re.search(r"stopped by SIGTERM \(rank\(s\) 0, 1\) after step (\d+) of 400: checkpoint-(\d+) holds it; "
+                        r"run the same command to resume", out)
+    assert stopped, out[-3000:]
+    step = int(stopped.group(1))
+    assert 1 <= step < 400 and int(stopped.group(2)) == step
+    assert job.returncode != 0   # the launcher's own, for the signal it got
+    assert [c.name for c in (tmp_path / "out").glob("checkpoint-*")] == [f"checkpoint-{step:07d}"]
+    assert not (tmp_path / "out" / "adapter.safetensors").exists()
+    assert [r[0] for r in loss_rows(tmp_path / "out")] == [str(s) for s in range(1, step + 1)]
+
+    cfg["train"]["steps"] = step + 1
+    again = run_cli(setup, cfg, "after-sigterm", processes=2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"(step {step})" in again.stdout
+    assert [r[0] for r in loss_rows(tmp_path / "out")] == [str(s) for s in range(1, step + 2)]
+    assert (tmp_path / "out" / "adapter.safetensors").exists()
 
 @pytest.mark.train_long   # three 2-process launches, ~5 min; the unit tier's FSDP tests run by default
 def test_fsdp_on_two_gloo_processes_trains_like_ddp_and_resumes(setup, tmp_path):

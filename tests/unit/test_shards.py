@@ -243,6 +243,30 @@ def test_a_resumed_stream_goes_on_where_training_left_it(shards):
                    for a, b in zip(before + after, steps))
 
 
+def test_a_sigterm_to_the_data_workers_leaves_them_reading(shards, monkeypatch):
+    """Slurm signals every process of a job before preempting it: a data worker that died of the
+    SIGTERM failed the step its training process was finishing before its stop and checkpoint
+    (videoldm_core/training/stop_request.py). The workers leave the stop to the training process."""
+    import datetime
+    import multiprocessing
+    import os
+    import signal
+
+    from videoldm_core.training import streamed_batches
+
+    monkeypatch.setattr(streamed_batches, "CLIP_TIMEOUT", datetime.timedelta(seconds=20))   # a dead worker's wait
+    out, _ = shards
+    stream = stream_of(shard_urls(str(out / "clips-{000000..000003}.tar")), workers=2)
+    first = stream(0)
+    workers = multiprocessing.active_children()
+    assert len(workers) == 2
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGTERM)
+    later = [stream(step) for step in range(1, 6)]
+    assert all(worker.is_alive() for worker in workers)
+    whole = stream_of(shard_urls(str(out / "clips-{000000..000003}.tar")), workers=2)
+    assert [b["keys"] for b in [first, *later]] == [whole(step)["keys"] for step in range(6)]
+
 def test_a_stream_goes_forward_only_and_resumes_only_with_its_own_workers_and_settings(shards, monkeypatch):
     from videoldm_core.training.streamed_batches import StreamedBatches
 

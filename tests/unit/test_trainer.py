@@ -416,6 +416,95 @@ def test_every_rank_learns_what_the_ranks_read_differently(tmp_path):
         assert f"rank {rank} alike: None" in run.stdout, run.stdout
 
 
+
+def test_a_sigterm_stops_the_run_after_its_step_with_a_checkpoint_that_resumes_to_the_same_weights(tmp_path):
+    """A cluster's SIGTERM (preemption, a job's time limit): the run stops after the step it lands in,
+    with a checkpoint the same command resumes from (videoldm_core/training/stop_request.py; the CLI's
+    whole path, torchrun and streamed data workers under one signal to the job, is in
+    tests/host/test_training_cli.py)."""
+    import signal
+
+    from videoldm_core.training.stop_request import StopRequest
+
+    outer = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: outer.append(signum))   # stands in for the default: ending pytest
+    try:
+        run = trainer(tmp_path / "stopped", steps=8)
+
+        def preempted(row):
+            if row["step"] == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        with StopRequest(run.world) as stop:
+            assert run.run(should_stop=stop, on_step=preempted) is False
+            assert (run.step, stop.ranks, outer) == (3, [0], [])
+            os.kill(os.getpid(), signal.SIGTERM)   # a second one (Slurm's, then torchrun's) changes nothing
+            assert outer == [] and stop.received
+        os.kill(os.getpid(), signal.SIGTERM)   # after the loop, the handler from before is back
+        assert outer == [signal.SIGTERM] and stop.exit_code == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert latest_checkpoint(tmp_path / "stopped").name == "checkpoint-0000003"
+
+    resumed = trainer(tmp_path / "stopped", steps=8)
+    resumed.load_checkpoint(latest_checkpoint(tmp_path / "stopped"))
+    assert resumed.run() is True
+    whole = trainer(tmp_path / "whole", steps=8)
+    whole.run()
+    for key, value in whole.phases[0].state_dict().items():
+        torch.testing.assert_close(resumed.phases[0].state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_no_signal_no_stop():
+    from videoldm_core.training.stop_request import StopRequest
+
+    run = trainer(steps=3)
+    with StopRequest(run.world) as stop:
+        assert run.run(should_stop=stop) is True
+    assert (run.step, stop.ranks) == (3, [])
+
+
+STOP_WORKER = """
+import gc, importlib.util, os, signal, sys, torch
+spec = importlib.util.spec_from_file_location("trainer_tests", sys.argv[1])
+tests = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tests)
+from videoldm_core.training.stop_request import StopRequest
+torch.set_num_threads(1)
+t = tests.trainer(tests.Path(sys.argv[2]), steps=8, batch=1)
+
+def preempted(row):
+    if t.world.rank == 1 and row["step"] == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+with StopRequest(t.world) as stop:
+    finished = t.run(should_stop=stop, on_step=preempted)
+print(f"rank {t.world.rank}: finished {finished} at step {t.step}, asked on {stop.ranks}", flush=True)
+del t
+gc.collect()
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_a_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """Rank 1 alone is signalled: rank 0 learns it at the next step boundary, both stop there (one
+    rank stopping alone would leave the other waiting in the next step's gradient all-reduce)."""
+    import subprocess
+    import sys
+
+    from devtools.paths import REPO_ROOT
+
+    (tmp_path / "worker.py").write_text(STOP_WORKER)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(tmp_path / "worker.py"), __file__,
+                          str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: finished False at step 2, asked on [1]" in run.stdout, run.stdout
+    assert latest_checkpoint(tmp_path / "out").name == "checkpoint-0000002"
+
+
 def test_only_checkpoint_folders_by_their_exact_name_count_in_step_order(tmp_path):
     """A user's copy 'checkpoint-0000004-backup' was pruned and could be resumed from; steps past 10^7
     sorted before smaller ones as text; a crash's '.tmp' and a file are no checkpoints (the '.tmp' is
