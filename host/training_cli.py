@@ -154,7 +154,7 @@ def encode_prompt(clip, text: str):
 def read_run_config(path: str) -> dict:
     """The JSON run configuration at `path`, every section checked (videoldm_core.training.run_config)."""
     try:
-        config = json.loads(Path(path).read_text())
+        config = json.loads(Path(path).read_text(encoding="utf-8-sig"))   # not the locale's (cp1252 on Windows)
     except OSError as e:
         raise TrainingError(f"'{path}': the run configuration cannot be read ({e.strerror or e}).") from None
     except RecursionError:

@@ -15,6 +15,7 @@ it is listed in its models folder, never by its path on the server.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import struct
@@ -349,9 +350,11 @@ def build_on_meta(build: Callable[[], torch.nn.Module], file: WeightsFile, what:
 
 def write_atomically(path, write: Callable[[str], None]):
     """`write(tmp)` to a hidden file beside `path`, then renamed onto it: a reader, or a file already
-    at `path`, never sees a half-written file (a crash leaves the old file or none)."""
+    at `path`, never sees a half-written file (a crash leaves the old file or none). The hidden name is
+    no longer than `path`'s own can be (a name the filesystem just takes, lengthened, failed the save)."""
     path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    name = os.path.basename(path).encode("utf-8", "surrogateescape")
+    tmp = os.path.join(os.path.dirname(path), f".{hashlib.sha256(name).hexdigest()[:16]}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -357,6 +357,12 @@ def test_a_run_configuration_that_cannot_be_read_is_named(tr, pack_module, tmp_p
     with pytest.raises(tr["core"].TrainingError, match=r"deep.json' is not a run configuration: its JSON is nested too "
                                                        r"deeply"):
         read(str(tmp_path / "deep.json"))
+    # UTF-8 whatever the locale (cp1252 on Windows made 'José' 'JosÃ©'), with or without a byte-order mark
+    config = {"checkpoint": "José.safetensors", "output": "runs/été", "prompt": "a café at dusk ☕",
+              "data": {"folder": "clips"}}
+    (tmp_path / "run.json").write_text("\ufeff" + json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    assert {k: read(str(tmp_path / "run.json"))[k] for k in ("checkpoint", "output", "prompt")} == \
+        {k: config[k] for k in ("checkpoint", "output", "prompt")}
 
 
 @pytest.mark.parametrize("inputs, message", [

@@ -152,6 +152,11 @@ def test_sidecar_caption_and_captions_json_by_stem(tmp_path):
     (tmp_path / "captions.json").write_text(json.dumps({"b": "by stem"}))
     assert [(e.name, e.caption) for e in discover(tmp_path)] == [
         ("a.mp4", "a sidecar caption"), ("b.mp4", "by stem"), ("c.mp4", None)]
+    # UTF-8 with a byte-order mark (Notepad, PowerShell 5): the JSON was refused, the mark was captioned
+    (tmp_path / "a.txt").write_text("\ufeffa sidecar caption\n", encoding="utf-8")
+    (tmp_path / "captions.json").write_text("\ufeff" + json.dumps({"b": "by stem"}), encoding="utf-8")
+    assert [(e.name, e.caption) for e in discover(tmp_path)] == [
+        ("a.mp4", "a sidecar caption"), ("b.mp4", "by stem"), ("c.mp4", None)]
 
 
 def test_missing_and_empty_folders_name_the_folder_and_the_extensions(tmp_path):

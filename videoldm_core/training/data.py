@@ -93,7 +93,7 @@ def _captions(folder: Path, shown: str, allowed) -> dict[str, str]:
         return {}
     shown = f"{shown}/{CAPTIONS_FILE}"
     try:
-        captions = json.loads(path.read_text(encoding="utf-8"))
+        captions = json.loads(path.read_text(encoding="utf-8-sig"))   # -sig: Notepad's byte-order mark
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         reason = getattr(e, "strerror", None) or (e if not isinstance(e, RecursionError) else "nested too deeply")
         raise TrainingError(f"'{shown}' could not be read as JSON ({reason}); expected {{\"clip name\": \"caption\"}}. "
@@ -113,7 +113,7 @@ def _caption_for(path: Path, captions: dict[str, str], allowed) -> str | None:
     if not (sidecar.is_file() and allowed(sidecar)):
         return None
     try:
-        return sidecar.read_text(encoding="utf-8").strip()
+        return sidecar.read_text(encoding="utf-8-sig").strip()
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or e
         raise TrainingError(f"caption file '{sidecar.name}' could not be read as UTF-8 text ({reason}). Fix or "
@@ -140,7 +140,7 @@ def discover(folder, roots=None, label: str | None = None) -> list[Entry]:
         raise TrainingError(f"training folder '{shown}' {missing}; expected a folder of {_expected()}.")
     captions = _captions(folder, shown, allowed)
     entries, ignored = [], []
-    for path in sorted(folder.iterdir()):
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):   # by name: Windows paths sort ignoring case
         if path.name.startswith("."):
             continue
         if not allowed(path):
@@ -149,7 +149,8 @@ def discover(folder, roots=None, label: str | None = None) -> list[Entry]:
             stat = path.stat()
             entries.append(Entry(path.name, path, "video", stat.st_size, stat.st_mtime_ns,
                                  _caption_for(path, captions, allowed)))
-        elif path.is_dir() and (images := tuple(sorted(p for p in path.iterdir() if _is_image(p) and allowed(p)))):
+        elif path.is_dir() and (images := tuple(sorted((p for p in path.iterdir() if _is_image(p) and allowed(p)),
+                                                       key=lambda p: p.name))):
             stats = [p.stat() for p in images]
             entries.append(Entry(path.name, path, "frames", sum(s.st_size for s in stats),
                                  max(s.st_mtime_ns for s in stats), _caption_for(path, captions, allowed), images))

@@ -391,9 +391,10 @@ class Trainer:
         with torch.no_grad():
             for k, p in own.items():
                 p.copy_(shard_like(state[k], p))
-        # mmap: the ranks of a node share one copy in the page cache instead of each reading it whole
+        # mmap: the ranks of a node share one copy in the page cache instead of each reading it whole (not on
+        # Windows: a mapped file cannot be deleted, and the optimiser's state keeps it mapped past its pruning)
         with readable(directory, "optimizer.pt"):
-            saved = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True, mmap=True)
+            saved = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True, mmap=os.name != "nt")
         for optimizer, optimizer_state in zip(self.optimizers, saved["optimizers"]):
             optimizer.load_state_dict(self._sharded_optimizer_state(optimizer, optimizer_state))
             for group in optimizer.param_groups:   # this run's settings, as its learning rate is (the moments stay)
