@@ -49,6 +49,26 @@ def training_folder(folder: str) -> str:
 
 
 NAME_MAX = 255   # bytes in one file or folder name: ext4, XFS, btrfs, APFS; NTFS counts 255 characters
+WINDOWS = os.name == "nt"
+# what a Windows file or folder name cannot hold: these characters, a dot or space at its end (dropped
+# silently), a device's name, with any extension (CON, nul.txt)
+WINDOWS_FORBIDDEN = frozenset('<>:"|?*') | frozenset(map(chr, range(32)))
+WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{port}{i}" for port in ("COM", "LPT") for i in range(1, 10))})
+
+
+def windows_name_problem(name: str, stem: bool = False) -> str | None:
+    """What in one folder name Windows cannot hold, or None; `stem`: a file name the save extends
+    (an extension follows it: a dot or space at its end is kept)."""
+    if name in (".", ".."):
+        return None
+    forbidden = sorted({c for c in name if c in WINDOWS_FORBIDDEN})
+    if forbidden:
+        return f"the character(s) {' '.join(map(repr, forbidden))}"
+    if name.endswith((".", " ")) and not stem:
+        return "a dot or space at the end of a folder name"
+    if name.split(".")[0].rstrip(" ").upper() in WINDOWS_DEVICES:
+        return f"the device name {name.split('.')[0]!r}"
+    return None
 
 
 def name_problem(root: str, relative: str, kind: str, suffix: str = "") -> str | None:
@@ -59,7 +79,14 @@ def name_problem(root: str, relative: str, kind: str, suffix: str = "") -> str |
     path = os.path.join(root, relative + suffix)
     if os.path.isabs(relative) or not within(path, [root]) or real(path) == real(root):
         return f"expected a file name inside {kind}, found {shown(relative)}."
-    *folders, name = (len(part.encode("utf-8", "surrogateescape")) for part in relative.replace(os.sep, "/").split("/"))
+    parts = relative.replace(os.sep, "/").split("/")
+    *folders, name = (len(part.encode("utf-8", "surrogateescape")) for part in parts)
+    windows = WINDOWS and next(filter(None, (windows_name_problem(part, stem=i == len(parts) - 1)
+                                             for i, part in enumerate(parts))), None)
+    if windows:   # found here, not when the trained adapter is saved
+        return (f"expected a name Windows can hold inside {kind}, found {windows} in {shown(relative)} (not allowed: "
+                "< > : \" | ? * and control characters, a dot or space ending a folder name, device names such as "
+                "CON or NUL); choose another name.")
     room = NAME_MAX - len(suffix.encode())
     if name > room:
         added = f" (the save adds {suffix!r})" if suffix else ""

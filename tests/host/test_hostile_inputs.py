@@ -134,6 +134,23 @@ def test_save_names_too_long_for_the_filesystem_are_refused_before_the_work(node
     assert save.validate_inputs(filename_prefix="sub/my_adapter") is True
 
 
+def test_names_windows_cannot_hold_are_refused_there_before_the_work(node_classes, pack_module, monkeypatch):
+    """On Windows a ':' wrote into a hidden stream of another file, '?' or a folder named 'CON' failed
+    the save: after every step of a training, which was lost. Elsewhere these names are files."""
+    train, save = node_classes["VideoLDMTrainTemporalAdapter"], node_classes["VideoLDMSaveTemporalAdapter"]
+    names = {"run:1": "the character(s) ':'", "what?": "the character(s) '?'", "a\tb": "the character(s) '\\t'",
+             "CON": "the device name 'CON'", "sub/nul.v1": "the device name 'nul'", "runs./a": "a dot or space at "
+             "the end of a folder name", "aux /a": "a dot or space at the end of a folder name"}
+    for name in names:
+        assert train.validate_inputs(save_name=name) is True   # this server is not on Windows
+    monkeypatch.setattr(pack_module("host.confined_paths"), "WINDOWS", True)
+    for name, found in names.items():
+        for answer in (train.validate_inputs(save_name=name), save.validate_inputs(filename_prefix=name)):
+            assert isinstance(answer, str) and "expected a name Windows can hold" in answer and found in answer, answer
+    for name in ("my adapter", "v1.2", "ends with a dot.", "console", "sub/COM0x", "über"):
+        assert train.validate_inputs(save_name=name) is True and save.validate_inputs(filename_prefix=name) is True
+
+
 def test_a_failed_save_names_the_input_and_file_without_a_server_path(pack_module, tmp_path):
     import folder_paths
 
