@@ -275,6 +275,28 @@ def test_an_output_folder_that_cannot_be_locked_is_trained_in_with_a_warning(tmp
     assert ran and "cannot be locked (No locks available); nothing stops a second run" in caplog.text
 
 
+def test_a_loss_log_held_open_elsewhere_costs_no_training_and_gets_its_rows_later(tmp_path, monkeypatch, caplog):
+    """On Windows a spreadsheet showing loss.csv locks it: the run died at the next step's append,
+    losing everything since its last checkpoint."""
+    import builtins
+
+    from videoldm_core.training import trainer as trainer_module
+
+    locked = []
+
+    def held_open(path, *args, **kwargs):
+        if locked and Path(path).name.startswith("loss.csv"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "open", held_open, raising=False)
+    run = trainer(tmp_path, steps=6)
+    assert run.run(on_step=lambda row: locked.append(1) if row["step"] == 2 else
+                   locked.clear() if row["step"] == 4 else None) is True
+    assert [r["step"] for r in read_log(tmp_path / "loss.csv")] == ["1", "2", "3", "4", "5", "6"]
+    warnings = [r.getMessage() for r in caplog.records if "could not be written" in r.getMessage()]
+    assert len(warnings) == 1 and "Permission denied" in warnings[0] and "from step 3" in warnings[0], warnings
+
 def test_a_resumed_run_takes_its_own_betas_and_weight_decay(tmp_path):
     """The optimiser's moments come from the checkpoint; its settings from this run's config (a
     checkpoint's betas and weight decay once overrode the config without a word)."""

@@ -131,6 +131,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
         self.ema = {k: v.detach().clone().float() for k, v in self.trainable_state().items()} if config.ema_decay else None
         self.history: list[dict] = []
+        self._unlogged: list[dict] = []   # rows loss.csv could not take yet
 
     @property
     def sharded(self) -> bool:
@@ -284,6 +285,8 @@ class Trainer:
             if on_step is not None:
                 on_step(row)
         if self.output_dir is not None:
+            if self._unlogged:
+                self._log()   # the rows loss.csv could not take, once more
             if self._checkpointed_step != self.step:   # a finished run resumed: its checkpoint is this state
                 self.save_checkpoint()
         return finished
@@ -294,17 +297,28 @@ class Trainer:
     def log_path(self) -> Path | None:
         return None if self.output_dir is None else self.output_dir / "loss.csv"
 
-    def _log(self, row: dict):
-        """Append to loss.csv (rank 0); rewritten only when a new column appears."""
+    def _log(self, row: dict | None = None):
+        """Append to loss.csv (rank 0); rewritten only when a new column appears. A log that cannot be
+        written (a spreadsheet holding it open on Windows, a full disk) costs no training: its rows wait
+        for the next step's write, and the one warning says so."""
         if self.log_path is None or not self.world.is_main:
             return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        header = _header(self.log_path)
-        if header is not None and set(row) <= set(header):
-            with open(self.log_path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=header).writerow(row)
-        else:
-            _write_log(self.log_path, (read_log(self.log_path) if header else []) + [row])
+        self._unlogged += [row] if row is not None else []
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            header = _header(self.log_path)
+            if header is not None and all(set(r) <= set(header) for r in self._unlogged):
+                with open(self.log_path, "a", newline="") as f:
+                    csv.DictWriter(f, fieldnames=header).writerows(self._unlogged)
+            else:
+                _write_log(self.log_path, (read_log(self.log_path) if header else []) + self._unlogged)
+        except OSError as e:
+            if len(self._unlogged) == 1 or row is None:
+                log.warning("'%s' could not be written (%s); training goes on, and its %d row(s) from step %s are "
+                            "written when it can be (a program holding the file open blocks it on Windows).",
+                            self.log_path, e.strerror or e, len(self._unlogged), self._unlogged[0]["step"])
+            return
+        self._unlogged = []
 
     def checkpoint_dir(self, step: int | None = None) -> Path:
         if self.output_dir is None:
