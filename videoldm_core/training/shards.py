@@ -18,7 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import nturl2path
+import os
 import random
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,12 +42,20 @@ STREAM_VERSION = 2
 log = logging.getLogger(__name__)
 
 
+WINDOWS = os.name == "nt"
+DRIVE_PATH = re.compile(r"[A-Za-z]:[\\/]")
+
+
 def shard_urls(given: str | list[str], allow_pipe: bool = False) -> list[str]:
-    """Local paths or URLs, brace-expanded (`shards/clips-{000000..000099}.tar`)."""
+    """Local paths or URLs, brace-expanded (`shards/clips-{000000..000099}.tar`). On Windows a
+    backslash is the path's separator, not an escape, and a path from a drive (`C:\\shards\\...`)
+    becomes a file: URL (webdataset read its drive letter as a URL scheme)."""
     from braceexpand import braceexpand
 
     patterns = [given] if isinstance(given, str) else list(given)
-    urls = [url for pattern in patterns for url in braceexpand(pattern)]
+    urls = [url for pattern in patterns for url in braceexpand(pattern, escape=not WINDOWS)]
+    if WINDOWS:
+        urls = ["file:" + nturl2path.pathname2url(url.replace("/", "\\")) if DRIVE_PATH.match(url) else url for url in urls]
     if not urls:
         raise TrainingError("data.shards names no shard; expected paths or URLs such as 'shards/clips-{000000..000009}.tar'.")
     piped = [url for url in urls if url.startswith("pipe:")]
@@ -231,7 +242,12 @@ def write_shards(folder, pattern: str, clips_per_shard: int = 100) -> dict:
     entries = discover(folder)
     Path(pattern % 0).parent.mkdir(parents=True, exist_ok=True)
     written, left_out = 0, []
-    with wds.ShardWriter(pattern, maxcount=clips_per_shard, verbose=0) as sink:
+    # the files are opened here, not by webdataset, which reads a Windows drive letter as a URL scheme
+    opened = {}
+    compress = next((kind for kind in ("gz", "bz2", "xz") if pattern.endswith(kind)), False)
+    with wds.ShardWriter(pattern, maxcount=clips_per_shard, verbose=0, compress=compress,
+                         opener=lambda name: opened.setdefault(name, open(name, "wb")),
+                         post=lambda name: opened.pop(name).close()) as sink:
         for entry in entries:
             if entry.kind != "video":
                 left_out.append(entry.name)

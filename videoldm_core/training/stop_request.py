@@ -7,6 +7,7 @@ nothing. What ends a run at once is what follows the grace period anyway: SIGKIL
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -51,8 +52,20 @@ class StopRequest:
         return 128 + int(STOP_SIGNAL)
 
 
-def ignore_stop_signal(worker_id: int = 0):
-    """A DataLoader worker's start: it leaves the stop to its training process (Slurm signals every
-    process of the job; a worker that died of it would fail the step that is finishing) and ends
-    with that process, as DataLoader workers do."""
-    signal.signal(STOP_SIGNAL, signal.SIG_IGN)
+# how long a data worker goes on serving its rank after a SIGTERM: the step the rank is finishing
+# takes the clips it is waiting for (a few seconds of decoding), then the rank stops reading
+WORKER_GRACE_SECONDS = 10.0
+
+
+def stop_after_grace(worker_id: int = 0):
+    """A DataLoader worker's start. Slurm signals every process of a job: a worker that died of the
+    SIGTERM failed its rank on the spot (torch raises in the training process when a worker is killed
+    by a signal), before the stop and its checkpoint. So a SIGTERM ends a worker WORKER_GRACE_SECONDS
+    later, with status 0; a second one (multiprocessing's terminate, as its rank exits) at once."""
+    def stop_later(signum, frame):
+        signal.signal(STOP_SIGNAL, lambda signum, frame: os._exit(0))
+        timer = threading.Timer(WORKER_GRACE_SECONDS, os._exit, (0,))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(STOP_SIGNAL, stop_later)
