@@ -20,7 +20,7 @@ from ..videoldm_core.interpolation import regime_fps
 from ..videoldm_core.training.batches import StepBatches
 from ..videoldm_core.training.crops import latent_augmentation
 from ..videoldm_core.training.data import ClipSpec, VideoFolder, discover
-from ..videoldm_core.training.distributed import barrier
+from ..videoldm_core.training.distributed import all_gathered, barrier, ranks_where
 from ..videoldm_core.training.latent_cache import CachedClips, build_latent_cache
 from ..videoldm_core.training.modes import mode_named
 from ..videoldm_core.training.objective import TrainingError
@@ -101,10 +101,12 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def folder_items(model, vae, dataset, mode, cache_dir, progress=None, encode_text=None, extra=None) -> CachedClips:
+def folder_items(model, vae, dataset, mode, cache_dir, progress=None, encode_text=None, extra=None,
+                 built_by=None) -> CachedClips:
     """Training clips from a VideoFolder: latents (and the x4 upscaler's low-res frames) encoded once
     into a shard cache (reused while files, clip spec and VAE stay the same), read one clip at a time
-    when a step asks for it and scaled into the model's latent space. `extra`: entries every item gets."""
+    when a step asks for it and scaled into the model's latent space. `extra`: entries every item gets;
+    `built_by`: (who, key) of the rank that built the cache, for a rank that only reads it."""
     to_images = lambda frames: (frames.movedim(1, -1) + 1) / 2   # (T,3,H,W) [-1,1] -> (T,H,W,3) [0,1]
     upscaler = mode_named(mode).is_upscaler
 
@@ -123,7 +125,8 @@ def folder_items(model, vae, dataset, mode, cache_dir, progress=None, encode_tex
             raise TrainingError("the caption encoder states no identity (its `identity`: the text encoder's weights), "
                                 "which the latent cache's key needs; make it with caption_encoder.")
         encoder += f"|text:{encode_text.identity}"
-    shards = build_latent_cache(dataset, encode, cache_dir, encoder, progress=progress, encode_text=encode_text)
+    shards = build_latent_cache(dataset, encode, cache_dir, encoder, progress=progress, encode_text=encode_text,
+                                built_by=built_by)
     # the latent format's own method, not the model's: nothing the dataset holds keeps a UNet alive
     return CachedClips(shards, model.model.latent_format.process_in, extra)
 
@@ -226,10 +229,20 @@ def dataset_items(model, vae, data: dict, mode, seed: int, world, regimes, encod
         dataset = data_folder(data, seed, fps, cached_size(data))
         cache = Path(data.get("cache") or Path(data["folder"]) / ".videoldm_cache") / f"{mode}-{fps or 'source'}"
         constant = {"regime": torch.tensor(regime)} if mode.has_regimes else {}
-        for rank_turn in (True, False):  # rank 0 builds the cache, then everyone reads it
-            if world.is_main == rank_turn:
-                found = folder_items(model, vae, dataset, mode, cache, encode_text=encode_text, extra=constant)
-            barrier(world)
+        if world.is_main:   # rank 0 builds the cache, then every other rank reads it under rank 0's key
+            found = folder_items(model, vae, dataset, mode, cache, encode_text=encode_text, extra=constant)
+        barrier(world)
+        key, unread = all_gathered(found.shards.key if world.is_main else None, world)[0], None
+        if not world.is_main:
+            try:
+                found = folder_items(model, vae, dataset, mode, cache, encode_text=encode_text, extra=constant,
+                                     built_by=("rank 0", key))
+            except TrainingError as e:
+                unread = e
+        failed = ranks_where(unread is not None, world)   # every rank stops, not those alone
+        if failed:
+            raise unread or TrainingError(f"rank(s) {', '.join(map(str, failed))} cannot read the latent cache rank 0 "
+                                          f"built in '{cache}'; see their message.")
         parts.append(found)
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 

@@ -444,6 +444,33 @@ def test_captions_are_encoded_and_shards_load_lazily(mp4_folder, tmp_path):
 # -- ranks and batches ----------------------------------------------------------------------------
 
 
+def test_a_rank_reads_the_cache_rank_0_built_from_its_own_copy_of_the_clips_and_never_encodes_one(mp4_folder, tmp_path):
+    """Another node's copy of the data folder states other modification times: its ranks computed
+    another key and encoded every clip again, all at once, into the shared cache; with a cache folder
+    that was not shared, into one of their own. A rank other than 0 reads rank 0's cache under rank 0's
+    key, and where there is none it is refused by name, nothing encoded or written."""
+    import shutil
+
+    spec = ClipSpec(frames=8, fps=15.0, height=48, width=64)
+    built = build_latent_cache(VideoFolder(mp4_folder, spec), encode_stub([]), tmp_path / "cache", "stub-vae", shard_size=1)
+    copy = shutil.copytree(mp4_folder, tmp_path / "node2" / "clips")   # the other node's copy, with its own times
+    for name in os.listdir(copy):
+        os.utime(copy / name, ns=(0, 10**18))
+    theirs = VideoFolder(copy, spec)
+    assert cache_key(theirs.entries, spec, "stub-vae", **theirs.settings) != built.key
+    calls = []
+    read = build_latent_cache(theirs, encode_stub(calls), tmp_path / "cache", "stub-vae", shard_size=1,
+                              built_by=("rank 0", built.key))
+    assert len(calls) == 1 and read.key == built.key   # the first clip only: its shapes are the encoder's
+    assert torch.equal(read[1]["latents"], built[1]["latents"])
+    for cache in (tmp_path / "node2" / "cache", tmp_path / "cache"):   # not shared; shared but of other clips
+        with pytest.raises(TrainingError, match=r"holds no latent cache of this rank's clips as rank 0 built it: the "
+                                                r"cache folder \(data.cache\) must be one folder every rank sees alike"):
+            build_latent_cache(VideoFolder(copy, spec) if cache.parent == tmp_path / "node2" else
+                               VideoFolder(mp4_folder, ClipSpec(frames=4, fps=15.0, height=48, width=64)),
+                               encode_stub(calls), cache, "stub-vae", shard_size=1, built_by=("rank 0", built.key))
+    assert not (tmp_path / "node2" / "cache").exists() and len(os.listdir(tmp_path / "cache")) == 3
+
 def test_a_cache_rebuilt_by_another_run_under_an_open_reader_is_named(mp4_folder, tmp_path):
     """Shards are opened when first read: a second run given the same folder (another VAE) that
     rebuilt it meanwhile made the first read the second's latents without a word."""

@@ -94,17 +94,20 @@ def _shard_rows(f, key: str, names: list[str], shapes: dict | None = None) -> di
 
 def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor | dict[str, Tensor]], cache_dir, encoder_id: str,
                        shard_size: int = 64, encode_text: Callable[[list[str]], Tensor] | None = None,
-                       progress=None) -> "LatentShards":
+                       progress=None, built_by: tuple[str, str] | None = None) -> "LatentShards":
     """Encode every clip of `dataset` (a VideoFolder: items dict(frames, name, caption), with
     `entries`, `spec` and `settings`) into `cache_dir`, or reuse the cache there if its key matches.
     `encode`: (T, 3, H, W) in [-1, 1] -> (T, C, h, w) latents, or a dict of per-clip tensors with
     "latents" among them; `encode_text`: captions -> (N, L, D), missing captions given as "".
-    `progress(done, total)` (in clips) is called after each shard."""
+    `progress(done, total)` (in clips) is called after each shard. `built_by`: (who, key) of the
+    process that built the cache (training's rank 0) for one that only reads it: its key, not one of
+    this process's own copy of the files (another node's copy states other times), and no cache there
+    is refused, not encoded again (every rank of a node at once, into a folder that was not shared)."""
     if shard_size < 1:
         raise TrainingError(f"expected shard_size >= 1, found {shard_size}.")
     cache_dir = Path(cache_dir)
-    key = cache_key(dataset.entries, dataset.spec, encoder_id, captions=encode_text is not None,
-                    **getattr(dataset, "settings", {}))
+    key = built_by[1] if built_by else cache_key(dataset.entries, dataset.spec, encoder_id,
+                                                 captions=encode_text is not None, **getattr(dataset, "settings", {}))
     count = len(dataset)
     names = [e.name for e in dataset.entries]
     index = _read_index(cache_dir)
@@ -113,6 +116,12 @@ def build_latent_cache(dataset, encode: Callable[[Tensor], Tensor | dict[str, Te
                 _finished_shard(cache_dir / n, key, names[s * index["shard_size"]:(s + 1) * index["shard_size"]],
                                 index["shapes"]) is not None for s, n in enumerate(index["shards"])):
             return LatentShards(cache_dir)
+    if built_by:
+        raise TrainingError(f"'{cache_dir}' holds no latent cache of this rank's clips as {built_by[0]} built it: "
+                            "the cache folder (data.cache) must be one folder every rank sees alike (a shared "
+                            "filesystem), where one rank encodes the clips once for all, and every rank's data folder "
+                            "must hold the same clips.")
+    if index and index.get("key") == key:
         for old in cache_dir.glob("shard_*.safetensors"):   # a finished cache changed since: none of it is kept
             old.unlink()
     cache_dir.mkdir(parents=True, exist_ok=True)
