@@ -139,6 +139,34 @@ def test_strength_scales_the_temporal_change(tiny_sd1, tools):
     assert 0 < (half - plain).abs().mean() < (full - plain).abs().mean()
 
 
+def test_strength_above_one_amplifies_the_temporal_change(tiny_sd1, tools):
+    """The strength widget goes to 2: each temporal layer's change is doubled, x + 2 (temporal(x) - x),
+    not capped at the trained layer output (strength 2 sampled as strength 1). A temporal ResBlock's
+    call recorded while sampling: at strength 2 the layer gives exactly x + 2 (slot(x) - x); and the
+    sampled video moves further from the image model than at strength 1."""
+    patch, make_adapter, *_ = tools
+    model, adapter = tiny_sd1[0], make_adapter()
+    plain = sample(model, tools, steps=1)
+    full = sample(patch.apply_adapter(model, adapter, "x", strength=1.0), tools, steps=1)
+    doubled = patch.apply_adapter(model, adapter, "x", strength=2.0)
+    applied = patch.applied_adapters(doubled)[0]
+    slot_path = next(s for paths in applied.after.values() for s in paths
+                     if applied.adapter.spec.slots[s]["kind"] == "resblock")
+    calls = []
+    handle = applied.adapter.slot(slot_path).register_forward_hook(lambda m, args, out: calls.append((args, out)))
+    try:
+        two = sample(doubled, tools, steps=1)
+    finally:
+        handle.remove()
+    assert (two - full).abs().max() > 1e-3
+    assert (full - plain).abs().mean() < (two - plain).abs().mean()
+    (x, emb, num_frames, image_only_indicator), out = calls[0]
+    assert (out - x).abs().max() > 1e-3
+    with torch.inference_mode():
+        layer = applied.run_after(slot_path, x, emb, num_frames, image_only_indicator)
+    torch.testing.assert_close(layer, x + 2 * (out - x), atol=1e-6, rtol=1e-6)
+
+
 def test_frames_are_read_per_call_with_cfg_batching(tiny_sd1, tools):
     patch, make_adapter, *_ = tools
     adapter = make_adapter()

@@ -109,6 +109,33 @@ def test_given_frames_come_out_unchanged_when_kept(ctx, given):
     assert (out[[1, 2, 4, 5]]).abs().max() > 0.1
 
 
+def test_frames_a_users_noise_mask_leaves_out_come_back_as_they_went_in(ctx, given):
+    """Core's Set Latent Noise Mask → SamplerCustomAdvanced with the Context Guider node's GUIDER:
+    the given frames' mask is added to the user's, not put in its place. Frames the user masked out
+    of denoising come back as they went in (with the user's mask dropped they were resampled), the
+    given frames are kept, and the frames left to denoise are sampled."""
+    import comfy.samplers
+    import nodes
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
+
+    guider = ctx["nodes"].guidance.ContextGuiderNode.execute(
+        model=ctx["predictor"], positive=ctx["positive"], negative=ctx["negative"],
+        context=video_context(ctx, given, [0, 1]), cfg=3.0, context_scale=1.0, keep_given_frames=True,
+        if_no_context_encoder="error").result[0]
+    torch.manual_seed(21)
+    start = torch.randn(FRAMES, 4, 8, 8)
+    mask = torch.ones(FRAMES, 64, 64)
+    mask[4:] = 0.0   # the last two frames: not to be denoised
+    latent = nodes.SetLatentNoiseMask().set_mask({"samples": start}, mask)[0]
+    sigmas = comfy.samplers.calculate_sigmas(ctx["predictor"].get_model_object("model_sampling"), "normal", 2).cpu()
+    with torch.inference_mode():
+        out = SamplerCustomAdvanced.execute(Noise_RandomNoise(3), guider, comfy.samplers.sampler_object("euler"),
+                                            sigmas, latent).result[0]["samples"]
+    torch.testing.assert_close(out[4:], start[4:], atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[:2], given)
+    assert (out[2:4] - start[2:4]).abs().max() > 0.1
+
+
 def test_an_adapter_without_a_context_encoder_refuses_a_context(ctx, given, caplog):
     context = video_context(ctx, given, [0, 1])
     node = ctx["nodes"].guidance.ContextGuiderNode
@@ -240,6 +267,25 @@ def test_extend_video_segments_continue_from_the_last_frames(ctx, given):
     assert torch.equal(two[:4], first)
     again = extend(ctx, ctx["predictor"], first, segments=1, length=4, seed=2)
     torch.testing.assert_close(two, again, atol=1e-5, rtol=1e-5)
+
+
+def test_extend_video_guides_every_segment_with_its_context_scale(ctx, given, pack_module, monkeypatch):
+    """The node's context_scale is the context guidance s of each segment (dropped, every segment
+    sampled at s = 1 whatever the widget said): s = 2 samples other frames than s = 1, and each
+    segment's sampling is asked for s = 2."""
+    rollout = pack_module("host.rollout")
+    one = extend(ctx, ctx["predictor"], given[:2], segments=2, length=4, context_scale=1.0)
+    real, scales = rollout.sample_with_context, []
+
+    def spy(*args, **kw):
+        scales.append(kw.get("context_scale", 1.0))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(rollout, "sample_with_context", spy)
+    two = extend(ctx, ctx["predictor"], given[:2], segments=2, length=4, context_scale=2.0)
+    assert scales == [2.0, 2.0]
+    assert one.shape == two.shape and torch.equal(two[:2], given[:2])
+    assert (two[2:] - one[2:]).abs().max() > 1e-3
 
 
 def test_the_largest_seed_rolls_out_past_the_first_segment(ctx, given):

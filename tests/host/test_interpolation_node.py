@@ -80,6 +80,33 @@ def test_the_augmentation_level_reaches_the_model(interp):
     torch.testing.assert_close(b[::4], k, atol=1e-6, rtol=1e-6)  # augmentation is on what the model sees only
 
 
+def test_the_keyframes_the_model_reads_are_noised_at_the_augmentation_level(interp, pack_module):
+    """Conditioning augmentation gives the model z + level·ε as its keyframes in c_S, not only the
+    level label: an adapter without the level embedding reads no label, so with the noise left out
+    levels 0 and 0.3 sampled the same frames. What its context encoder reads differs from level 0's
+    by noise of standard deviation 0.3 on the keyframes and by nothing on the frames between."""
+    model, k = interp["without_labels"], keyframes(3)
+    encoder = pack_module("host.temporal_adapter").applied_adapters(model)[0].adapter.context_encoder
+    seen = {}
+
+    def read(level):
+        calls = []
+        handle = encoder.register_forward_pre_hook(lambda m, args: calls.append(args[0].detach().clone()))
+        try:
+            out, _ = interpolate(interp, model, k, augmentation=level)
+        finally:
+            handle.remove()
+        seen[level] = calls[0]
+        return out
+
+    plain, augmented = read(0.0), read(0.3)
+    assert (plain - augmented).abs().max() > 1e-3
+    torch.testing.assert_close(augmented[::4], k, atol=1e-6, rtol=1e-6)   # the kept keyframes are not noised
+    noise = (seen[0.3] - seen[0.0])[:9, :4]   # one window of 9 frames; the mask channel is the last
+    assert noise[[1, 2, 3, 5, 6, 7]].abs().max() == 0
+    assert 0.25 < noise[::4].std().item() < 0.35
+
+
 def test_an_augmentation_level_outside_the_trained_range_is_warned_about(interp, caplog):
     with caplog.at_level("WARNING", logger="videoldm"):
         interpolate(interp, interp["with_labels"], keyframes(2), augmentation=0.2)

@@ -59,6 +59,25 @@ def test_tiles_keep_all_frames_and_match_untiled_closely(vaes):
     assert (tiled - whole).abs().mean() < 0.02
 
 
+def test_neighbouring_tiles_overlap_by_a_quarter_of_the_tile(vaes, monkeypatch):
+    """The tile_size tooltip: tiles overlap by a quarter, so their seams are cross-faded. An 8-pixel
+    latent frame in tiles of 4 divides exactly: without the overlap it was two tiles a side that only
+    touch, decoded and joined edge to edge. Each tile decoded is recorded by its latent rows and
+    columns: along each axis neighbours share at least 4 // 4 = 1 latent pixel."""
+    temporal_vae, _, svd_vae = vaes
+    decoded = []
+    real = temporal_vae.check_decoded
+    monkeypatch.setattr(temporal_vae, "check_decoded", lambda x, region: (decoded.append(region), real(x, region)))
+    z = smooth_latents(frames=2)
+    with torch.inference_mode():
+        frames = temporal_vae.decode_video(svd_vae, z, window=2, overlap=0, tile_size=4)
+    assert frames.shape == (2, 64, 64, 3)
+    for axis in ("rows", "cols"):
+        spans = sorted({getattr(region, axis) for region in decoded})
+        assert spans[0][0] == 0 and spans[-1][1] == 8 and all(end - start == 4 for start, end in spans)
+        assert all(after[0] <= before[1] - 1 for before, after in zip(spans, spans[1:])), spans
+
+
 def flicker(frames):
     return (frames[1:] - frames[:-1]).abs().mean(dim=(1, 2, 3))
 

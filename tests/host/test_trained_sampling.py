@@ -360,6 +360,27 @@ def test_strength_scales_the_clip_wide_norms_too(motion_module, pack_module, tin
     assert change[1.0] > 1e-2 and change[1e-3] < 0.01 * change[1.0], change
 
 
+def test_stacked_clip_wide_norms_run_at_the_strongest_adapters_strength(motion_module, pack_module, tiny_sd1):
+    """Two v1 modules stacked, at 0.3 then at 1.0: the norms they both run over the clip run at
+    the larger strength, 1.0. So the weaker one's clip norms add nothing: the stack samples as the
+    same stack with the weaker module's norms per frame (the 1.0 module's alone set them). With the
+    smaller strength taken, the stronger module's clip norms were weakened to 0.3 by the other's."""
+    patch = pack_module("host.temporal_adapter")
+    model, v1 = motion_module("v1")
+    clip = tiny_sd1[1]
+    weights = v1.patcher.model.state_dict()
+    per_frame = patch.build_adapter_patcher(dataclasses.replace(v1.spec, clip_norms=[]), weights, "v1 per frame")
+
+    def stack(weak, strong):
+        weaker = patch.apply_adapter(model, weak, "weak", strength=0.3, noise_schedule="model")
+        return sample(patch.apply_adapter(weaker, strong, "strong", strength=1.0, noise_schedule="model"), clip)
+
+    both = stack(v1.patcher, v1.patcher)
+    assert torch.equal(both, stack(per_frame, v1.patcher))
+    weak_norms_only = stack(v1.patcher, per_frame)   # the clip norms at 0.3: a different video
+    assert (both - weak_norms_only).abs().max() > 1e-3
+
+
 # --- core Context Windows (Manual) at its defaults -------------------------------------------------
 
 def manual_windows(model, **overrides):

@@ -319,6 +319,8 @@ def test_motion_module_indices_outside_the_layout_and_companion_parts_are_refuse
 @pytest.mark.parametrize("fields, message", [
     (dict(noise_schedule={"betas": "cosine", "beta_start": 0.1, "beta_end": 0.2}), r"expected betas one of"),
     (dict(noise_schedule={"betas": "linear", "beta_start": 0.1}), r"noise_schedule: incomplete"),
+    (dict(noise_schedule={"betas": "sqrt_linear", "beta_start": 0.012, "beta_end": 0.00085}),
+     r"expected beta_end >= beta_start, found 0.012 > 0.00085"),
     (dict(clip_norms=["attention"]), r"clip_norms: expected a list drawn from \('resblock', 'output'\)"),
     # each value in range, together unusable: infinite noise levels (auto would sample with them)
     (dict(noise_schedule={"betas": "sqrt_linear", "beta_start": 0.5, "beta_end": 0.9}), r"infinite noise levels"),
@@ -329,3 +331,15 @@ def test_bad_schedule_or_clip_norms_are_explained(fields, message):
     spec = {"family": "SD1.x", "placement": "videoldm", "slots": videoldm_slots(LAYOUT), "version": 2, **fields}
     with pytest.raises(AdapterFormatError, match=message):
         import_adapter({}, {ADAPTER_METADATA_KEY: json.dumps(spec)}, "bad.safetensors")
+
+
+@pytest.mark.parametrize("betas", ["linear", "sqrt_linear"])
+def test_a_constant_beta_is_a_schedule(betas):
+    """beta_end == beta_start is a schedule (β constant at every timestep); only β falling is refused.
+    Its noise levels are σ_t = √((1 − ᾱ_t) / ᾱ_t) with ᾱ_t = (1 − β)^(t + 1)."""
+    schedule = {"betas": betas, "beta_start": 0.01, "beta_end": 0.01, "timesteps": 100}
+    spec = {"family": "SD1.x", "placement": "videoldm", "slots": videoldm_slots(LAYOUT), "version": 2,
+            "noise_schedule": schedule}
+    loaded, _ = import_adapter({}, {ADAPTER_METADATA_KEY: json.dumps(spec)}, "flat.safetensors")
+    alphas_cumprod = 0.99 ** torch.arange(1, 101, dtype=torch.float64)
+    torch.testing.assert_close(loaded.beta_schedule.sigmas(), ((1 - alphas_cumprod) / alphas_cumprod).sqrt())

@@ -55,7 +55,8 @@ def test_output_above_the_limit_is_refused_naming_inputs_and_sizes(monkeypatch):
 
 
 @pytest.mark.parametrize("value, expected", [("0.5", 0.5 * 1024 ** 3), ("nan", 16 * 1024 ** 3), ("-1", 16 * 1024 ** 3),
-                                             ("lots", 16 * 1024 ** 3), ("inf", 16 * 1024 ** 3)])
+                                             ("lots", 16 * 1024 ** 3), ("inf", 16 * 1024 ** 3),
+                                             ("0", 16 * 1024 ** 3)])   # 0 would refuse every output
 def test_the_operator_sets_the_limit_and_nonsense_keeps_the_default(monkeypatch, value, expected):
     monkeypatch.setenv(limits.LIMIT_VARIABLE, value)
     assert limits.output_limit_bytes() == int(expected)

@@ -1,12 +1,14 @@
 """Keyframe interpolation maths: layouts, windows, augmentation, the regime/level embedding."""
 
+import math
+
 import pytest
 import torch
 
 from videoldm_core.temporal_adapter import AdapterFormatError, AdapterSpec, TemporalAdapter, read_adapter_spec, save_adapter
 from videoldm_core.interpolation import (InterpolationEmbedding, InterpolationError, augment_keyframes, check_keyframes,
                                          dense_length, interpolation_labels, keyframe_positions, keyframe_windows,
-                                         regime_label)
+                                         regime_fps, regime_label)
 from videoldm_core.placement import SpatialLayer, videoldm_slots
 
 
@@ -60,6 +62,36 @@ def test_embedding_starts_at_zero_and_separates_regimes_when_trained():
         torch.nn.init.normal_(p)
     assert (emb(interpolation_labels(5, 0, 0.1)) - emb(interpolation_labels(5, 1, 0.1))).abs().max() > 1e-3
     assert (emb(interpolation_labels(5, 0, 0.1)) - emb(interpolation_labels(5, 0, 0.5))).abs().max() > 1e-3
+
+
+def test_the_augmentation_level_is_embedded_as_a_timestep_of_a_1000_step_schedule():
+    """The level (0..0.25) goes into the sinusoids [cos | sin] scaled by 1000, as a diffusion timestep
+    would: embedding = regime row + level_embed(sinusoids(1000 · level)). Unscaled, every level lies
+    within a quarter radian of level 0 on every frequency and the trained levels look nearly alike."""
+    channels, half = 32, 16
+    emb = InterpolationEmbedding(channels)
+    torch.manual_seed(0)
+    for p in emb.parameters():
+        torch.nn.init.normal_(p)
+    freqs = [10000.0 ** (-k / half) for k in range(half)]
+    for regime, level in ((0, 0.0), (1, 0.1), (0, 0.25)):
+        steps = 1000.0 * level
+        sinusoids = torch.tensor([[math.cos(steps * f) for f in freqs] + [math.sin(steps * f) for f in freqs]])
+        with torch.no_grad():
+            expected = emb.regime_embed.weight[regime] + emb.level_embed(sinusoids)[0]
+            got = emb(interpolation_labels(3, regime, level))
+        assert got.shape == (3, channels)
+        for row in got:
+            torch.testing.assert_close(row, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_4t_to_16t_learns_from_clips_read_at_four_times_the_keyframe_rate():
+    """Paper: T→4T takes 1.875 fps keyframes to 7.5 fps, 4T→16T takes 7.5 fps to 30 fps; for videos
+    of keyframes at `fps`, the second regime's keyframes are once interpolated, so its clips are read
+    at 4 · fps (reading them slower would train it on motion 16 times too large)."""
+    assert regime_fps(1.875, 0) == 1.875 and regime_fps(7.5, 0) == 7.5
+    assert regime_fps(1.875, 1) == 7.5 and regime_fps(7.5, 1) == 30.0
+    assert regime_fps(1.875, 1) == regime_fps(1.875, 0) * (dense_length(2) - 1)   # one interpolation step: 4x
 
 
 def test_spec_records_the_interpolation_embedding(tmp_path):

@@ -58,6 +58,16 @@ def test_each_step_gives_a_clip_a_new_window_and_flip_the_same_in_every_frame():
         assert {(top, left) for top, left, _ in windows} <= {(t, l) for t in range(3) for l in range(4)}
 
 
+def test_every_window_position_is_drawn_the_last_one_too():
+    """A clip's window starts anywhere in 0..h − height and 0..w − width, both ends included: never
+    drawing the last position would never train on the bottom row or right column of the cache."""
+    augment = LatentAugmentation(*WINDOW)
+    seen = {window_of(augment(cached_clip(0), torch.Generator().manual_seed(s)), 0)[:2] for s in range(300)}
+    assert seen == {(top, left) for top in range(H - WINDOW[0] + 1) for left in range(W - WINDOW[1] + 1)}
+    whole = LatentAugmentation(H, W)(cached_clip(0), torch.Generator().manual_seed(0))   # no margin: one window
+    assert torch.equal(whole["latents"], cached_clip(0)["latents"])
+
+
 def test_a_steps_crops_come_from_seed_and_step_alone():
     augment = LatentAugmentation(*WINDOW, flip=True)
     walked = StepBatches(DATA, 2, seed=4, augment=augment)

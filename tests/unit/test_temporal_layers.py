@@ -144,3 +144,44 @@ def test_shared_text_is_attended_once_per_video_as_if_repeated_per_position():
         repeated = attn(x, context=text.repeat_interleave(positions, dim=0))
     torch.testing.assert_close(shared, repeated, atol=1e-6, rtol=1e-5)
     assert seen == [(torch.Size([videos, positions * T, 32]), torch.Size([videos, 7, 32]))]
+
+
+@pytest.mark.parametrize("kind", ["resblock", "transformer", "transformer-relative"])
+def test_each_video_of_a_batch_comes_out_as_if_run_alone(kind):
+    """ComfyUI batches the cond and uncond videos, (b t) frames: each video must keep its own frame
+    positions, its own first frame's text and its own timestep embedding (one per clip, as in
+    training). Reading the batch as (t b), or taking the batch's first rows as the videos' text (the
+    uncond video then reads the positive prompt), gives the second video another video's inputs."""
+    slot = randomize_(SLOTS[kind]())
+    torch.manual_seed(1)
+    videos = dict(x=torch.randn(2 * T, 32, 6, 6), tokens=torch.randn(2 * T, 36, 32),
+                  emb=torch.randn(2, 64).repeat_interleave(T, dim=0),          # one timestep per video
+                  context=torch.randn(2, 7, 16).repeat_interleave(T, dim=0))   # cond text, uncond text
+    with torch.no_grad():
+        both = run(slot, videos)
+        alone = [run(slot, {k: v[i * T:(i + 1) * T] for k, v in videos.items()}) for i in range(2)]
+    for i in range(2):
+        torch.testing.assert_close(both[i * T:(i + 1) * T], alone[i], atol=1e-5, rtol=1e-5)
+    assert (alone[0] - alone[1]).abs().max() > 1e-3   # the two videos really differ
+
+
+def test_relative_position_bias_depends_on_the_signed_frame_distance():
+    """The relative bias is a per-head linear map of the sinusoids [cos | sin] of i − j (query frame
+    i, key frame j): a frame before and a frame after at the same distance get different biases
+    (sin is odd). With |i − j| the layer could not tell the past from the future."""
+    from videoldm_core.positional import RelativeSinusoidalBias
+
+    heads, dim, frames = 3, 64, 6
+    bias = randomize_(RelativeSinusoidalBias(heads, dim=dim))
+    with torch.no_grad():
+        out = bias(frames)
+    assert out.shape == (1, heads, frames, frames)
+    half = dim // 2
+    freqs = [10000.0 ** (-k / half) for k in range(half)]
+    weight, offset = bias.proj.weight.detach().double(), bias.proj.bias.detach().double()
+    for i in range(frames):
+        for j in range(frames):
+            d = i - j
+            features = torch.tensor([math.cos(d * f) for f in freqs] + [math.sin(d * f) for f in freqs], dtype=torch.float64)
+            torch.testing.assert_close(out[0, :, i, j].double(), weight @ features + offset, atol=1e-5, rtol=1e-5)
+    assert (out - out.transpose(-1, -2)).abs().max() > 1e-3

@@ -1,5 +1,7 @@
 """Patch-wise plans for video upscaling: partition of unity, exactness for one region, seams."""
 
+import math
+
 import pytest
 import torch
 
@@ -40,6 +42,21 @@ def test_blending_a_position_independent_prediction_reproduces_it():
     plan = plan_tiles(9, 24, 20, 8, 3, 4, 2)
     assert len(plan.regions) > 8
     torch.testing.assert_close(plan.blend(lambda r: x[r.slices()] * 2), x * 2, atol=1e-5, rtol=1e-5)
+
+
+def test_neighbouring_tiles_cross_fade_as_a_raised_cosine_over_their_overlap():
+    """Where two tiles overlap by r latent pixels the blend moves from one tile's prediction to the
+    other's as sin²(π(i + 1) / (2(r + 1))): every overlap pixel strictly between the two, rising
+    smoothly. Weights that sum to one but do not ramp (each tile 1/2) or ramp linearly leave seams."""
+    plan = plan_tiles(1, 12, 20, 12, 4, 4, 0)          # one frame, one row of tiles: columns [0, 12) and [8, 20)
+    assert sorted(r.cols for r in plan.regions) == [(0, 12), (8, 20)]
+    seam = plan.blend(lambda r: torch.full((1, 1, 12, 12), float(r.cols[0] > 0)))[0, 0]
+    assert torch.all(seam == seam[:1])                 # the same across every row
+    row, r = seam[0], 4
+    rise = torch.tensor([math.sin(math.pi * (i + 1) / (2 * (r + 1))) ** 2 for i in range(r)])
+    assert torch.all(row[:8] == 0) and torch.all(row[12:] == 1)
+    torch.testing.assert_close(row[8:12], rise)
+    assert ((row[8:12] > 0) & (row[8:12] < 1)).all() and (row[9:12] > row[8:11]).all()
 
 
 @pytest.mark.parametrize("args, message", [

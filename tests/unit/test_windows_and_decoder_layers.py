@@ -1,5 +1,7 @@
 """Windows and blend weights (time and space), and the decoder's temporal layers (torch only)."""
 
+import math
+
 import pytest
 import torch
 
@@ -37,6 +39,23 @@ def test_blend_weights_are_positive_smooth_and_one_where_alone():
     assert total.min() > 0.5
     first = blend_weights(*ranges[0], length, 3)
     assert torch.all(first[:5] == 1) and first[-1] < first[-2] < first[-3]
+
+
+def test_neighbours_cross_fade_over_their_overlap_as_a_raised_cosine():
+    """Over an overlap of r items the later window rises as sin²(π(i + 1) / (2(r + 1))) and the earlier
+    one falls as its mirror image: both strictly between 0 and 1, monotonic, summing to one. A linear
+    ramp has a kink at each end of the overlap (a visible seam); no ramp at all is a hard cut."""
+    length, ranges = 20, windows(20, 12, 4)
+    assert ranges == [(0, 12), (8, 20)]
+    ramp = overlap_of(ranges)
+    assert ramp == 4
+    earlier, later = (blend_weights(s, e, length, ramp) for s, e in ranges)
+    rise = torch.tensor([math.sin(math.pi * (i + 1) / (2 * (ramp + 1))) ** 2 for i in range(ramp)])
+    torch.testing.assert_close(later[:ramp], rise)
+    torch.testing.assert_close(earlier[-ramp:], rise.flip(0))
+    torch.testing.assert_close(earlier[-ramp:] + later[:ramp], torch.ones(ramp))
+    assert ((later[:ramp] > 0) & (later[:ramp] < 1)).all() and (later[1:ramp] > later[:ramp - 1]).all()
+    assert torch.all(earlier[:-ramp] == 1) and torch.all(later[ramp:] == 1)   # alone: the window's own values
 
 
 def test_fresh_decoder_temporal_layers_are_the_identity():
