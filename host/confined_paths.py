@@ -53,7 +53,8 @@ WINDOWS = os.name == "nt"
 # what a Windows file or folder name cannot hold: these characters, a dot or space at its end (dropped
 # silently), a device's name, with any extension (CON, nul.txt)
 WINDOWS_FORBIDDEN = frozenset('<>:"|?*') | frozenset(map(chr, range(32)))
-WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{port}{i}" for port in ("COM", "LPT") for i in range(1, 10))})
+WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                             *(f"{port}{i}" for port in ("COM", "LPT") for i in (*"0123456789", "¹", "²", "³"))})
 
 
 def windows_name_problem(name: str, stem: bool = False) -> str | None:

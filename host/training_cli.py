@@ -278,13 +278,13 @@ def train_and_write(config, world, train_config, batches, output: Path, phases, 
     check_ranks_agree(world, {"identity": identity, "clips": clip_count(batches)}, "training setups",
                       "Every rank must start from the same adapter and read the same data folder.")
     trainer = Trainer(phases, train_config, batches, output_dir=output, identity=identity, device=device, world=world)
-    with StopRequest(world) as stop:
-        fit(trainer, config, train_config, world, output, loss_key, validate, stop)
+    stop = fit(trainer, config, train_config, world, output, loss_key, validate)
     if stop.ranks:   # the checkpoint of the last step is written; the outputs are a finished run's
         if world.is_main:
+            again = "run the same command to resume" if config.get("resume", True) is not False else \
+                "set \"resume\": true (or leave it out) and run again to resume"
             print(f"stopped by SIGTERM (rank(s) {', '.join(map(str, stop.ranks))}) after step {trainer.step} of "
-                  f"{train_config.steps}: {trainer.checkpoint_dir().name} holds it; run the same command to resume.",
-                  flush=True)
+                  f"{train_config.steps}: {trainer.checkpoint_dir().name} holds it; {again}.", flush=True)
         return stop.exit_code
     with trainer.gathered():   # train.sharding "fsdp": every rank helps gather the whole weights rank 0 writes
         if world.is_main:
@@ -293,10 +293,11 @@ def train_and_write(config, world, train_config, batches, output: Path, phases, 
     return 0
 
 
-def fit(trainer, config, train_config, world, output: Path, loss_key: str, validate=None, stop=None):
+def fit(trainer, config, train_config, world, output: Path, loss_key: str, validate=None) -> StopRequest:
     """Resume from the latest checkpoint in `output` (unless "resume": false), then train with progress lines
     and, every monitor.validate_every steps, `validate`'s video logged by rank 0 while the others wait;
-    until `stop` (a StopRequest) says a rank was asked to stop."""
+    until a SIGTERM to any rank stops every rank after the same step (the StopRequest returned says
+    which ranks were asked). Before training starts, a SIGTERM ends the process as it always did."""
     resume = latest_checkpoint(output) if output.exists() else None
     check_ranks_agree(world, {"latest checkpoint": resume and resume.name}, "output folders",
                       f"'{output}' must be one folder every rank sees alike (a shared filesystem): rank 0 writes the "
@@ -309,6 +310,7 @@ def fit(trainer, config, train_config, world, output: Path, loss_key: str, valid
         print(f"resumed from {resume} (step {trainer.step})", flush=True)
     every = max(1, train_config.steps // 20)
 
+    stop = StopRequest(world)
     stream = trainer.sample_batch if hasattr(trainer.sample_batch, "skipped_total") else None
     board = TensorBoardLog(output / "tensorboard") if config.get("monitor", {}).get("tensorboard") and world.is_main else None
     validate_every = config.get("monitor", {}).get("validate_every", 0) if validate is not None else 0
@@ -323,7 +325,7 @@ def fit(trainer, config, train_config, world, output: Path, loss_key: str, valid
                 f", data wait {stream.wait_seconds:.1f} s in all, {stream.skipped_total} broken clip(s) skipped"
             print(f"step {row['step']}/{train_config.steps} loss {row[loss_key]:.5f} ({row['seconds']:.2f} s{streamed})",
                   flush=True)
-        if validate_every and row["step"] % validate_every == 0:
+        if validate_every and row["step"] % validate_every == 0 and not stop():   # no video in a stop's grace
             with trainer.gathered():   # FSDP: every rank helps gather the weights rank 0 samples with
                 if board is not None:
                     started = time.perf_counter()
@@ -338,10 +340,12 @@ def fit(trainer, config, train_config, world, output: Path, loss_key: str, valid
         first_clip()     # streamed: a resumed stream reads its pass through to its position first, on every rank;
         barrier(world)   # the ranks meet here (waits of hours), so no step's collective (30 min) waits on it
     try:
-        trainer.run(should_stop=stop, on_step=report)
+        with stop:
+            trainer.run(should_stop=stop, on_step=report)
     finally:
         if board is not None:
             board.close()
+    return stop
 
 
 def run_decoder(config, world, train_config, batch_size: int, output: Path) -> int:

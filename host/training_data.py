@@ -237,7 +237,7 @@ def dataset_items(model, vae, data: dict, mode, seed: int, world, regimes, encod
             try:
                 found = folder_items(model, vae, dataset, mode, cache, encode_text=encode_text, extra=constant,
                                      built_by=("rank 0", key))
-            except TrainingError as e:
+            except Exception as e:   # any error: the other ranks must learn of it here, not at a later collective
                 unread = e
         failed = ranks_where(unread is not None, world)   # every rank stops, not those alone
         if failed:

@@ -139,7 +139,8 @@ def test_names_windows_cannot_hold_are_refused_there_before_the_work(node_classe
     the save: after every step of a training, which was lost. Elsewhere these names are files."""
     train, save = node_classes["VideoLDMTrainTemporalAdapter"], node_classes["VideoLDMSaveTemporalAdapter"]
     names = {"run:1": "the character(s) ':'", "what?": "the character(s) '?'", "a\tb": "the character(s) '\\t'",
-             "CON": "the device name 'CON'", "sub/nul.v1": "the device name 'nul'", "runs./a": "a dot or space at "
+             "CON": "the device name 'CON'", "sub/nul.v1": "the device name 'nul'", "COM0": "the device name 'COM0'",
+             "lpt¹.x": "the device name 'lpt¹'", "runs./a": "a dot or space at "
              "the end of a folder name", "aux /a": "a dot or space at the end of a folder name"}
     for name in names:
         assert train.validate_inputs(save_name=name) is True   # this server is not on Windows

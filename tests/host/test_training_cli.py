@@ -241,13 +241,42 @@ def test_a_streamed_run_resumes_from_its_checkpoints_stream_position(setup, tmp_
 
 
 
-def test_a_sigterm_to_the_whole_job_stops_every_rank_after_one_step_with_a_checkpoint_that_resumes(setup, tmp_path):
-    """What a cluster does before preempting a job or at its time limit: SIGTERM to every process of it
-    (Slurm), here the torchrun launcher, both ranks and their data workers, and the launcher passes it on
-    again. The ranks stop after the same step, write its checkpoint and exit (with 143, SIGTERM's status:
-    tests/unit/test_trainer.py), no adapter written; the same command resumes there."""
-    import signal
+def started_until_step_one(command, env):
+    """`command` started with its output read as it comes, once it has printed its first step's line."""
     import threading
+
+    job = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    threading.Thread(target=lambda: lines.extend(job.stdout), daemon=True).start()
+    deadline = time.monotonic() + 600
+    while not any(re.match(r"step 1/\d+ ", line) for line in lines) and job.poll() is None:
+        if time.monotonic() > deadline:
+            job.kill()
+            raise AssertionError("".join(lines)[-3000:])
+        time.sleep(0.2)
+    return job, lines
+
+
+def stopped_step(lines, ranks: str, steps: int) -> int:
+    out = "".join(lines)
+    stopped = re.search(rf"stopped by SIGTERM \(rank\(s\) {ranks}\) after step (\d+) of {steps}: checkpoint-(\d+) "
+                        r"holds it; run the same command to resume\.", out)
+    assert stopped, out[-3000:]
+    step = int(stopped.group(1))
+    assert 1 <= step < steps and int(stopped.group(2)) == step
+    return step
+
+
+def test_a_sigterm_to_every_process_of_the_job_stops_both_ranks_after_one_step_with_a_checkpoint_that_resumes(
+        setup, tmp_path):
+    """What Slurm does before preempting a job or at its time limit: SIGTERM to every process of it,
+    here the torchrun launcher, both ranks and their streamed-data workers; the launcher passes it on
+    to each rank's process group. The ranks stop after the same step, write its checkpoint and exit,
+    no adapter written; the same command resumes there. (A worker that ended on the signal failed its
+    rank at the next read; a rank's second signal is the launcher's.)"""
+    import signal
+
+    import psutil
 
     from videoldm_core.training.shards import write_shards
 
@@ -258,29 +287,21 @@ def test_a_sigterm_to_the_whole_job_stops_every_rank_after_one_step_with_a_check
     path = tmp_path / "run.json"
     path.write_text(json.dumps(cfg))
     env = {**os.environ, "COMFYUI_DIR": str(comfyui_dir()), "OMP_NUM_THREADS": "1"}
-    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            str(REPO_ROOT / "train.py"), "--config", str(path)], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(job.stdout), daemon=True)
-    reader.start()
+    job, lines = started_until_step_one([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                         str(REPO_ROOT / "train.py"), "--config", str(path)], env)
     try:
-        deadline = time.monotonic() + 600
-        while not any(line.startswith("step 1/400") for line in lines) and job.poll() is None:
-            assert time.monotonic() < deadline, "".join(lines)[-3000:]
-            time.sleep(0.2)
-        os.killpg(job.pid, signal.SIGTERM)
+        processes = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
+        assert len(processes) >= 5   # the launcher, two ranks and a data worker each
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
         job.wait(timeout=120)
     finally:
         if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    reader.join(timeout=10)
-    out = "".join(lines)
-    stopped = re.search(r"stopped by SIGTERM \(rank\(s\) 0, 1\) after step (\d+) of 400: checkpoint-(\d+) holds it; "
-                        r"run the same command to resume", out)
-    assert stopped, out[-3000:]
-    step = int(stopped.group(1))
-    assert 1 <= step < 400 and int(stopped.group(2)) == step
+            for process in psutil.Process(job.pid).children(recursive=True):
+                process.kill()
+            job.kill()
+    time.sleep(0.5)
+    step = stopped_step(lines, "0, 1", 400)
     assert job.returncode != 0   # the launcher's own, for the signal it got
     assert [c.name for c in (tmp_path / "out").glob("checkpoint-*")] == [f"checkpoint-{step:07d}"]
     assert not (tmp_path / "out" / "adapter.safetensors").exists()
@@ -292,6 +313,24 @@ def test_a_sigterm_to_the_whole_job_stops_every_rank_after_one_step_with_a_check
     assert f"(step {step})" in again.stdout
     assert [r[0] for r in loss_rows(tmp_path / "out")] == [str(s) for s in range(1, step + 2)]
     assert (tmp_path / "out" / "adapter.safetensors").exists()
+
+
+def test_a_sigterm_to_one_process_ends_it_with_status_143_after_a_checkpoint(setup, tmp_path):
+    """`kill <pid>` of a run on one process: the step in progress ends, its checkpoint is written and
+    the process exits with 143, what a shell reports for a process SIGTERM ended (wrappers that read
+    it as "preempted" keep doing so)."""
+    import signal
+
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config(setup, tmp_path / "out", steps=400, batch_size=1)))
+    env = {**os.environ, "COMFYUI_DIR": str(comfyui_dir()), "OMP_NUM_THREADS": "1"}
+    job, lines = started_until_step_one([sys.executable, str(REPO_ROOT / "train.py"), "--config", str(path)], env)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=120) == 143, "".join(lines)[-3000:]
+    time.sleep(0.5)
+    step = stopped_step(lines, "0", 400)
+    assert [c.name for c in (tmp_path / "out").glob("checkpoint-*")] == [f"checkpoint-{step:07d}"]
+
 
 @pytest.mark.train_long   # three 2-process launches, ~5 min; the unit tier's FSDP tests run by default
 def test_fsdp_on_two_gloo_processes_trains_like_ddp_and_resumes(setup, tmp_path):

@@ -296,6 +296,11 @@ def test_a_loss_log_held_open_elsewhere_costs_no_training_and_gets_its_rows_late
     assert [r["step"] for r in read_log(tmp_path / "loss.csv")] == ["1", "2", "3", "4", "5", "6"]
     warnings = [r.getMessage() for r in caplog.records if "could not be written" in r.getMessage()]
     assert len(warnings) == 1 and "Permission denied" in warnings[0] and "from step 3" in warnings[0], warnings
+    locked.append(1)   # a resume cuts the log back to its checkpoint: refused by name, before any step
+    resumed = trainer(tmp_path, steps=8)
+    with pytest.raises(TrainingError, match=r"loss.csv' could not be rewritten to end at the checkpoint's step 6 "
+                                            r"\(Permission denied\); close the program holding it open"):
+        resumed.load_checkpoint(latest_checkpoint(tmp_path))
 
 def test_a_resumed_run_takes_its_own_betas_and_weight_decay(tmp_path):
     """The optimiser's moments come from the checkpoint; its settings from this run's config (a

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import nturl2path
 import os
 import random
 import re
@@ -55,6 +54,8 @@ def shard_urls(given: str | list[str], allow_pipe: bool = False) -> list[str]:
     patterns = [given] if isinstance(given, str) else list(given)
     urls = [url for pattern in patterns for url in braceexpand(pattern, escape=not WINDOWS)]
     if WINDOWS:
+        import nturl2path   # what urllib's pathname2url is on Windows
+
         urls = ["file:" + nturl2path.pathname2url(url.replace("/", "\\")) if DRIVE_PATH.match(url) else url for url in urls]
     if not urls:
         raise TrainingError("data.shards names no shard; expected paths or URLs such as 'shards/clips-{000000..000009}.tar'.")
@@ -245,18 +246,22 @@ def write_shards(folder, pattern: str, clips_per_shard: int = 100) -> dict:
     # the files are opened here, not by webdataset, which reads a Windows drive letter as a URL scheme
     opened = {}
     compress = next((kind for kind in ("gz", "bz2", "xz") if pattern.endswith(kind)), False)
-    with wds.ShardWriter(pattern, maxcount=clips_per_shard, verbose=0, compress=compress,
-                         opener=lambda name: opened.setdefault(name, open(name, "wb")),
-                         post=lambda name: opened.pop(name).close()) as sink:
-        for entry in entries:
-            if entry.kind != "video":
-                left_out.append(entry.name)
-                continue
-            sample = {"__key__": f"{written:09d}", entry.path.suffix.lower().lstrip("."): entry.path.read_bytes(),
-                      "json": json.dumps({"name": entry.name, "caption": entry.caption}).encode()}
-            if entry.caption is not None:
-                sample["txt"] = entry.caption.encode("utf-8")
-            sink.write(sample)
-            written += 1
-        shards = sink.shard
+    try:
+        with wds.ShardWriter(pattern, maxcount=clips_per_shard, verbose=0, compress=compress,
+                             opener=lambda name: opened.setdefault(name, open(name, "wb")),
+                             post=lambda name: opened.pop(name).close()) as sink:
+            for entry in entries:
+                if entry.kind != "video":
+                    left_out.append(entry.name)
+                    continue
+                sample = {"__key__": f"{written:09d}", entry.path.suffix.lower().lstrip("."): entry.path.read_bytes(),
+                          "json": json.dumps({"name": entry.name, "caption": entry.caption}).encode()}
+                if entry.caption is not None:
+                    sample["txt"] = entry.caption.encode("utf-8")
+                sink.write(sample)
+                written += 1
+            shards = sink.shard
+    finally:
+        for handle in opened.values():   # a shard whose writing failed: its file is closed all the same
+            handle.close()
     return {"clips": written, "shards": shards, "left_out": left_out}

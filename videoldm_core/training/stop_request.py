@@ -52,20 +52,23 @@ class StopRequest:
         return 128 + int(STOP_SIGNAL)
 
 
-# how long a data worker goes on serving its rank after a SIGTERM: the step the rank is finishing
-# takes the clips it is waiting for (a few seconds of decoding), then the rank stops reading
-WORKER_GRACE_SECONDS = 10.0
+def stop_from_training_process_only(training_pid: int, worker_id: int = 0):
+    """A DataLoader worker's start (`functools.partial(stop_from_training_process_only, os.getpid())`).
+    Slurm signals every process of a job, and torchrun its ranks' whole process groups: a worker that
+    ended on that SIGTERM took the clips it had queued with it, and its rank failed at its next read,
+    before the stop and its checkpoint. So a worker takes a SIGTERM only from its training process
+    (DataLoader's shutdown, multiprocessing's terminate) or its parent, and ends at once with status 0,
+    as torch's own handler does; one from anyone else is ignored, and the worker ends with its loader
+    or with its training process. Where the sender cannot be known (no sigwaitinfo: macOS, Windows)
+    torch's own handling stays."""
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    own = {training_pid, os.getppid()}   # the parent differs where a forkserver starts the workers
+    signal.pthread_sigmask(signal.SIG_BLOCK, {STOP_SIGNAL})   # in every thread: only the waiter below takes it
 
+    def wait():
+        while True:
+            if signal.sigwaitinfo({STOP_SIGNAL}).si_pid in own:
+                os._exit(0)
 
-def stop_after_grace(worker_id: int = 0):
-    """A DataLoader worker's start. Slurm signals every process of a job: a worker that died of the
-    SIGTERM failed its rank on the spot (torch raises in the training process when a worker is killed
-    by a signal), before the stop and its checkpoint. So a SIGTERM ends a worker WORKER_GRACE_SECONDS
-    later, with status 0; a second one (multiprocessing's terminate, as its rank exits) at once."""
-    def stop_later(signum, frame):
-        signal.signal(STOP_SIGNAL, lambda signum, frame: os._exit(0))
-        timer = threading.Timer(WORKER_GRACE_SECONDS, os._exit, (0,))
-        timer.daemon = True
-        timer.start()
-
-    signal.signal(STOP_SIGNAL, stop_later)
+    threading.Thread(target=wait, name="videoldm-stop-from-training-process", daemon=True).start()

@@ -16,6 +16,7 @@ buffer, clip spec, flip), is refused."""
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import time
 from collections import defaultdict, deque
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from .batches import clip_seed
 from .objective import TrainingError
-from .stop_request import stop_after_grace
+from .stop_request import stop_from_training_process_only
 
 # a data worker that gives no clip in this long has stalled: its rank stops, naming itself, well
 # before the other ranks' step collectives time out (distributed.STEP_TIMEOUT, 30 min)
@@ -57,7 +58,7 @@ class StreamedBatches:
             loader = DataLoader(self.clips, batch_size=None, num_workers=self.workers,
                                 prefetch_factor=2 if self.workers else None,
                                 timeout=CLIP_TIMEOUT.total_seconds() if self.workers else 0,
-                                worker_init_fn=stop_after_grace)
+                                worker_init_fn=functools.partial(stop_from_training_process_only, os.getpid()))
             self._iterator, self._flowing = iter(loader), False
 
     def _take_clip(self):

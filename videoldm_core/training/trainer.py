@@ -307,11 +307,14 @@ class Trainer:
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             header = _header(self.log_path)
-            if header is not None and all(set(r) <= set(header) for r in self._unlogged):
+            if header is not None and len(self._unlogged) == 1 and set(self._unlogged[0]) <= set(header):
                 with open(self.log_path, "a", newline="") as f:
-                    csv.DictWriter(f, fieldnames=header).writerows(self._unlogged)
-            else:
-                _write_log(self.log_path, (read_log(self.log_path) if header else []) + self._unlogged)
+                    csv.DictWriter(f, fieldnames=header).writerow(self._unlogged[0])
+            else:   # a new column, or rows that waited: written whole, without what a failed append left
+                first = self._unlogged[0]["step"]
+                kept = [r for r in (read_log(self.log_path) if header else [])
+                        if str(r.get("step", "")).isdigit() and int(r["step"]) < first]
+                _write_log(self.log_path, kept + self._unlogged)
         except OSError as e:
             if len(self._unlogged) == 1 or row is None:
                 log.warning("'%s' could not be written (%s); training goes on, and its %d row(s) from step %s are "
@@ -426,7 +429,13 @@ class Trainer:
         if hasattr(self.sample_batch, "load_state_dict"):
             self._restore_stream(directory)
         if self.log_path is not None and self.log_path.exists() and self.world.is_main:
-            _write_log(self.log_path, [r for r in read_log(self.log_path) if int(r["step"]) <= self.step])
+            try:
+                _write_log(self.log_path, [r for r in read_log(self.log_path)
+                                           if str(r.get("step", "")).isdigit() and int(r["step"]) <= self.step])
+            except OSError as e:
+                raise TrainingError(f"'{self.log_path}' could not be rewritten to end at the checkpoint's step "
+                                    f"{self.step} ({e.strerror or e}); close the program holding it open (a "
+                                    "spreadsheet locks it on Windows) and run again.") from None
         barrier(self.world)
 
     def _check_same_draws(self, meta: dict, directory: Path):
