@@ -190,6 +190,16 @@ def test_video_context_node_places_latents_and_images(ctx, given):
         node.execute(length=8, positions="start", images=images[:0], vae=ctx["vae"])
 
 
+def test_use_last_takes_the_last_frames_of_a_latent(ctx):
+    """use_last N on a LATENT (an earlier segment's output, say) places its last N frames, as it does
+    for IMAGE frames: the frames the new video continues from, not the first ones of the old."""
+    node = ctx["nodes"].context.VideoContextNode
+    frames = torch.arange(5, dtype=torch.float32)[:, None, None, None].expand(5, 4, 8, 8).clone()   # frame i holds i
+    context, latent = node.execute(length=8, positions="start", frames={"samples": frames}, use_last=2).result
+    assert context.positions == (0, 1)
+    assert torch.equal(context.latents[:2], frames[3:]) and torch.equal(latent["samples"][:2], frames[3:])
+
+
 @pytest.mark.parametrize("inputs, message", [
     (dict(length=8, positions="0, 9"), "context positions must lie in 0..7, found [9]"),
     (dict(length=8, positions="0, -9"), "context positions must lie in 0..7"),

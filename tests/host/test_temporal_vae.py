@@ -434,6 +434,26 @@ def test_streamed_blocks_are_the_in_memory_frames_bit_for_bit(vaes, window, over
         assert len(blocks) > 1
 
 
+def test_a_vae_of_three_levels_upsamples_by_4_not_comfyuis_assumed_8(pack_module):
+    """ComfyUI takes a VAE given a config to upsample 8x; a KL VAE halves the size once per level
+    after the first, so the tiny x4 upscaler's VAE (ch_mult [1, 1, 2]: three levels) upsamples 4x.
+    Its frames are 4x the latent (what its decoder gives, run here alone), and so are the decoded
+    video's."""
+    from devtools import tiny_bundles
+
+    temporal_vae = pack_module("host.temporal_decoder")
+    bundle = tiny_bundles.random_bundle_state_dict(tiny_bundles.tiny_x4_spec(), seed=3)
+    image_sd = {k[len("first_stage_model."):]: v for k, v in bundle.items() if k.startswith("first_stage_model.")}
+    vae = temporal_vae.load_temporal_vae(image_sd, "x4 vae")
+    z = torch.randn(3, 4, 4, 6)
+    with torch.inference_mode():
+        alone = vae.first_stage_model.decoder(vae.first_stage_model.post_quant_conv(z))
+        frames = temporal_vae.decode_video(vae, z, 3, 1)
+    assert alone.shape[-2:] == (16, 24)
+    assert (vae.upscale_ratio, vae.downscale_ratio) == (4, 4)
+    assert frames.shape == (3, 16, 24, 3)
+
+
 @pytest.mark.parametrize("fp16_intermediates", [False, True])
 def test_the_file_equals_core_create_video_and_save_video(vaes, tmp_path, monkeypatch, fp16_intermediates):
     """Same frames into the same encoder settings: decoding both files gives identical pixels (with
@@ -504,6 +524,19 @@ def test_an_interrupted_render_leaves_no_file(vaes, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("fps, rate", [(8.19, Fraction(819, 100)), (23.976, Fraction(2997, 125)), (29.9996, Fraction(30))])
+def test_the_stream_rate_is_the_frame_rate_rounded_to_a_thousandth(pack_module, tmp_path, fps, rate):
+    """As core's writer (Fraction(round(fps · 1000), 1000)): 8.19 is 8189.999… thousandths in floating
+    point, and truncating them would write an 8.189 fps stream, not the 819/100 asked for; 29.9996
+    rounds up to 30. Expected rates are the decimal fractions reduced by hand."""
+    video_file = pack_module("videoldm_core.video_file")
+    assert video_file.frame_rate(fps) == rate
+    with video_file.VideoFileWriter(tmp_path / "rate.mp4", 16, 16, fps) as video:
+        video.write(torch.rand(3, 16, 16, 3))
+    with av.open(str(tmp_path / "rate.mp4")) as container:
+        assert container.streams.video[0].average_rate == rate
+
+
 def test_a_failed_flush_closes_the_file_and_removes_it(pack_module, tmp_path, monkeypatch):
     """A flush that fails (a full disk) used to skip closing the container: the deleted .part stayed
     open for the server's life."""
@@ -518,6 +551,19 @@ def test_a_failed_flush_closes_the_file_and_removes_it(pack_module, tmp_path, mo
                 "mux": lambda self, packets: (_ for _ in ()).throw(OSError(28, "No space left on device")),
                 "close": lambda self: (closed.append(True), real_close())[1]})())
     assert closed == [True] and os.listdir(tmp_path) == []
+
+
+def test_a_side_of_exactly_16384_pixels_is_written(pack_module, tmp_path):
+    """16384 is the largest side libx264 takes, and the writer's limit is inclusive: a frame 16384
+    wide is encoded (one frame here, to a file that opens with that width); one 2 pixels wider is refused."""
+    video_file = pack_module("videoldm_core.video_file")
+    with video_file.VideoFileWriter(tmp_path / "widest.mp4", 16384, 16, 8) as video:
+        video.write(torch.rand(1, 16, 16384, 3))
+    with av.open(str(tmp_path / "widest.mp4")) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height, stream.frames) == (16384, 16, 1)
+    with pytest.raises(video_file.VideoFileError, match="the frames are 16x16386"):
+        video_file.VideoFileWriter(tmp_path / "tall.mp4", 16, 16386, 8)
 
 
 def test_frame_sizes_h264_cannot_take_are_refused_before_decoding(pack_module, vaes, tmp_path, monkeypatch):

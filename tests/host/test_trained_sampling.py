@@ -199,6 +199,41 @@ def test_an_lcm_sampling_set_before_the_adapters_is_kept_on_their_betas(motion_m
     assert patch.without_adapters(patched).get_model_object("model_sampling") is users.get_model_object("model_sampling")
 
 
+def test_without_adapters_gives_back_the_users_sampling_after_a_second_adapter_changed_the_schedule(
+        motion_module, pack_module):
+    """The user's ModelSamplingDiscrete, then v1 on auto (its schedule replaces the user's sampling),
+    then v3 with another schedule picked by name (which replaces v1's). Taking the adapters off
+    restores the user's sampling object, not v1's: the second replacement must not be remembered as
+    what the adapters replaced."""
+    import comfy_extras.nodes_model_advanced as advanced
+
+    patch = pack_module("host.temporal_adapter")
+    model, v1 = motion_module("v1")
+    _, v3 = motion_module("v3")
+    users = advanced.ModelSamplingDiscrete().patch(model, "eps", False)[0]
+    first = patch.apply_adapter(users, v1.patcher, v1.name)
+    patched = patch.apply_adapter(first, v3.patcher, v3.name, noise_schedule="linear 0.00085-0.012")
+    torch.testing.assert_close(sigmas(patched), diffusers_sigmas(*SD_OWN), rtol=2e-5, atol=0)
+    assert patched.get_model_object("model_sampling") is not first.get_model_object("model_sampling")
+    assert patch.without_adapters(patched).get_model_object("model_sampling") is users.get_model_object("model_sampling")
+
+
+def test_an_lcm_sampling_set_before_animatelcm_keeps_the_modules_own_100_timesteps(motion_module, pack_module):
+    """A user's ModelSamplingDiscrete 'lcm' (50 original timesteps) before AnimateLCM on auto: the
+    module is itself a consistency model, trained on 100 original timesteps (LCMScheduler's
+    original_inference_steps), and samples on those; only a schedule that is not LCM takes the
+    user's count. Expected sigmas from diffusers' formula, not from the pack."""
+    import comfy_extras.nodes_model_advanced as advanced
+
+    patch = pack_module("host.temporal_adapter")
+    model, animatelcm = motion_module("animatelcm")
+    users = advanced.ModelSamplingDiscrete().patch(model, "lcm", False)[0]
+    patched = patch.apply_adapter(users, animatelcm.patcher, animatelcm.name)
+    assert isinstance(patched.get_model_object("model_sampling"), advanced.LCM)
+    torch.testing.assert_close(sigmas(patched), diffusers_sigmas(*ORIGINAL_CONFIGS["animatelcm"]), rtol=2e-5, atol=0)
+    assert sigmas(patched).shape == (100,)
+
+
 def test_a_model_sampling_node_after_the_adapter_is_named_when_the_run_samples(motion_module, pack_module, tiny_sd1,
                                                                            caplog):
     """A ModelSamplingDiscrete placed after Apply Temporal Adapter replaces the schedule the module
@@ -249,6 +284,32 @@ def test_a_model_sampling_node_after_the_adapter_is_named_when_the_run_samples(m
     assert ("a node between Apply Temporal Adapter nodes changed the model's sampling (ModelSamplingAdvanced); "
             "applying 'second' sets the adapters' schedule again") in caplog.text
     assert "replaced the model's sampling" not in sample(between)
+
+
+def test_an_adapter_on_the_models_own_schedule_after_a_sampling_node_keeps_the_stacks_schedule(
+        motion_module, pack_module, tmp_path):
+    """v1 on auto, then a ModelSamplingDiscrete 'eps' (SD's own betas again), then an adapter that
+    states no schedule (a version-1 native file: trained on whatever the base model samples with).
+    Such an adapter asks for nothing, so it is no conflict with v1's: the stack keeps v1's schedule
+    (sqrt_linear, diffusers' sigmas). Only adapters that were trained with a stated schedule that
+    differs are refused as a conflicting stack."""
+    import json
+
+    import comfy_extras.nodes_model_advanced as advanced
+    from safetensors.torch import save_file as write
+
+    patch = pack_module("host.temporal_adapter")
+    model, v1 = motion_module("v1")
+    old_spec = {k: v for k, v in json.loads(v1.spec.to_json()).items() if k not in ("noise_schedule", "clip_norms")}
+    old_spec.update(version=1, trained_frames=16, extra={}, source="native")
+    path = tmp_path / "unstated.safetensors"
+    write({k: v.contiguous() for k, v in v1.patcher.model.state_dict().items()}, str(path),
+          metadata={"videoldm_adapter": json.dumps(old_spec)})
+    unstated = patch.load_temporal_adapter(str(path), path.name)
+    assert unstated.spec.noise_schedule is None
+    between = advanced.ModelSamplingDiscrete().patch(patch.apply_adapter(model, v1.patcher, v1.name), "eps", False)[0]
+    stacked = patch.apply_adapter(between, unstated.patcher, unstated.name)
+    torch.testing.assert_close(sigmas(stacked), diffusers_sigmas(*ORIGINAL_CONFIGS["v1"]), rtol=2e-5, atol=0)
 
 
 @pytest.mark.parametrize("node, sampling, settings", [

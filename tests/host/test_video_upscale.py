@@ -41,7 +41,8 @@ def untiled(x4, images, cfg=2.0, steps=2, augmentation=0.1):
                                    conds[0], conds[1], latent, disable_pbar=True, seed=3)
 
 
-@pytest.mark.parametrize("augmentation", [0.1, 0.001, 0.0])   # 0.001: level 0, which core still augments
+# 0.001: level 0, which core still augments; 0.102: level 35.7 of 350, which core rounds to 36 (not 35)
+@pytest.mark.parametrize("augmentation", [0.1, 0.001, 0.0, 0.102])
 def test_one_tile_and_one_chunk_equal_untiled_sampling_exactly_with_frames_held_in_float32(x4, pack_module, monkeypatch,
                                                                                           augmentation):
     monkeypatch.setattr(pack_module("host.video_upscale"), "FRAMES_DTYPE", torch.float32)
@@ -290,6 +291,26 @@ def test_a_low_res_latent_with_its_vae_gives_the_same_result_as_its_decoded_imag
             vae=vae, noise_augmentation=0.1, seed=3, steps=1, cfg=2.0, sampler_name="euler", scheduler="normal",
             tile_size=8, tile_overlap=4, chunk_length=8, chunk_overlap=2).result[0]["samples"]
     assert images.shape == (20, 16, 16, 3)
+    assert torch.equal(from_latent, from_images)
+
+
+def test_a_low_res_latent_is_decoded_with_temporal_vae_decodes_default_windows(x4, vaes, pack_module):
+    """The node's promise: a low_res_latent gives the frames Temporal VAE Decode gives at its default
+    window and overlap (read from that node's schema, not from the upscaler), through the VAE's temporal
+    layers, so a latent upscales as its decoded images do. Another window would put other frames in
+    one clip for the temporal layers."""
+    decoder, _, temporal_vae = vaes
+    schema = pack_module("nodes.temporal_decoder").TemporalVAEDecode.define_schema()
+    defaults = {i.id: i.default for i in schema.inputs if i.id in ("window", "overlap")}
+    torch.manual_seed(1)
+    latent = torch.randn(20, 4, 2, 2)
+    with torch.inference_mode():
+        images = decoder.decode_video(temporal_vae, latent, defaults["window"], defaults["overlap"])
+        from_images = upscale(x4, images, tile=8, tile_overlap=4, chunk=8, chunk_overlap=2, steps=1)
+        from_latent = x4["node"].execute(
+            model=x4["model"], positive=x4["positive"], negative=x4["negative"], low_res_latent={"samples": latent},
+            vae=temporal_vae, noise_augmentation=0.1, seed=3, steps=1, cfg=2.0, sampler_name="euler",
+            scheduler="normal", tile_size=8, tile_overlap=4, chunk_length=8, chunk_overlap=2).result[0]["samples"]
     assert torch.equal(from_latent, from_images)
 
 

@@ -1,6 +1,7 @@
 """The native temporal-adapter format and the public-format importers (torch only)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,54 @@ def test_a_constant_beta_is_a_schedule(betas):
     loaded, _ = import_adapter({}, {ADAPTER_METADATA_KEY: json.dumps(spec)}, "flat.safetensors")
     alphas_cumprod = 0.99 ** torch.arange(1, 101, dtype=torch.float64)
     torch.testing.assert_close(loaded.beta_schedule.sigmas(), ((1 - alphas_cumprod) / alphas_cumprod).sqrt())
+
+
+@pytest.mark.parametrize("variant, expected", [
+    # SD1.5: input blocks 1, 2 | 4, 5 | 7, 8 | 10, 11 hold the two ResBlocks of levels 0..3 (0, 3, 6, 9 are
+    # conv_in and the downsamplers); output blocks 0..11 are the three ResBlocks of each level
+    ("v2", [f"input_blocks.{n}" for n in (1, 2, 4, 5, 7, 8, 10, 11)] + ["middle_block"]
+     + [f"output_blocks.{n}" for n in range(12)]),
+    # SDXL: three levels, input blocks 1, 2 | 4, 5 | 7, 8 and output blocks 0..8
+    ("sdxl", [f"input_blocks.{n}" for n in (1, 2, 4, 5, 7, 8)] + [f"output_blocks.{n}" for n in range(9)]),
+])
+def test_animatediff_modules_land_on_the_blocks_of_the_resblocks_they_follow(variant, expected):
+    """Motion module j of down block i follows the UNet's input block 1 + 3i + j (after conv_in, two
+    ResBlocks and a downsampler per level), module j of up block i output block 3i + j. Off by one,
+    level 0's first module would sit on conv_in's block 0 and every other a block too early (a
+    downsampler's), which the slot count alone does not show."""
+    spec, native = import_adapter(animatediff_state_dict(**VARIANTS[variant]), {}, f"{variant}.ckpt")
+    assert sorted(spec.slots) == sorted(expected)
+    # the weights of down_blocks.1.motion_modules.1 are those of the slot input_blocks.5
+    state_dict = animatediff_state_dict(**VARIANTS[variant])
+    source = state_dict["down_blocks.1.motion_modules.1.temporal_transformer.proj_in.weight"]
+    assert torch.equal(native["input_blocks.5.temporal_transformer.proj_in.weight"], source)
+    source = state_dict["up_blocks.1.motion_modules.2.temporal_transformer.proj_in.weight"]
+    assert torch.equal(native["output_blocks.5.temporal_transformer.proj_in.weight"], source)
+
+
+def test_animatelcm_gets_animatediffs_positional_tables_sin_and_cos_interleaved():
+    """AnimateLCM ships no positional tables; the importer recomputes AnimateDiff's PositionalEncoding
+    (its motion_module.py): pe[p, 2i] = sin(p · 10000^(−2i/C)), pe[p, 2i + 1] = cos(same), for 64
+    positions. Halves (all sines, then all cosines) would give every frame other offsets than the
+    ones the module was trained on. Reference computed here from that formula."""
+    spec, native = import_adapter(animatediff_state_dict(**VARIANTS["animatelcm"]), {}, "animatelcm.ckpt")
+    tables = {k: v for k, v in native.items() if k.endswith("pos_encoder.pe")}
+    assert tables and spec.max_frames == 64
+    for key, pe in tables.items():
+        channels = pe.shape[-1]
+        position = torch.arange(64, dtype=torch.float64)[:, None]
+        frequency = torch.exp(torch.arange(0, channels, 2, dtype=torch.float64) * (-math.log(10000.0) / channels))
+        expected = torch.zeros(1, 64, channels, dtype=torch.float64)
+        expected[0, :, 0::2] = torch.sin(position * frequency)
+        expected[0, :, 1::2] = torch.cos(position * frequency)
+        torch.testing.assert_close(pe.double(), expected, rtol=0, atol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("timesteps, label", [(1000, "sqrt_linear 0.00085-0.012"), (500, "sqrt_linear 0.00085-0.012 T500"),
+                                              (2000, "sqrt_linear 0.00085-0.012 T2000")])
+def test_a_schedule_label_names_any_timestep_count_but_the_default(timesteps, label):
+    """The label (the node's choice and the messages' name of a schedule) states the timestep count
+    whenever it is not 1000: a 500-step schedule labelled as the 1000-step one would be taken for it."""
+    from videoldm_core.noise_schedule import BetaSchedule
+
+    assert BetaSchedule("sqrt_linear", 0.00085, 0.012, timesteps).label == label

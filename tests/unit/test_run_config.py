@@ -196,3 +196,21 @@ def test_settings_a_continued_file_fixes_are_refused_and_unused_ones_named(caplo
     with caplog.at_level(logging.WARNING):   # null and false ask for nothing: no warning
         check_run_config(config(mode="vae", data={"flip": False}, train={"gradient_checkpointing": False}))
     assert "have no effect" not in caplog.text
+
+
+@pytest.mark.parametrize("sections", [
+    dict(decoder={"disc_start": 0}),            # the discriminator on from the first step
+    dict(decoder={"adversarial_weight": 0}),    # reconstruction only
+    dict(decoder={"temporal_weight": 0.0}),
+    dict(vae={"kl_weight": 0}),
+    dict(train={"batch_size": 1}),
+    dict(data={"width": 8, "height": 8}),
+    dict(mode="temporal", data={"frames": 2}),
+    dict(adapter={"kernel_t": 1}),
+])
+def test_the_least_value_of_each_range_is_accepted(sections):
+    """The ranges are inclusive: 'must be at least N' takes N. A disc_start of 0 (the trainer's own
+    `step >= disc_start` turns the discriminator on at step 0) refused would leave no way to train
+    the discriminator from the start."""
+    cfg = config(**sections)
+    assert check_run_config(cfg) is cfg
