@@ -5,8 +5,8 @@
     torchrun --nproc_per_node 2 train.py --config run.json          # DDP, gloo on CPU / nccl on GPU
     torchrun --nnodes 2 --rdzv-endpoint host:29500 ... train.py --config run.json
 
-A SIGTERM (a scheduler preempting the job, its time limit) stops the run after the step in progress,
-with that step's checkpoint and exit status 143; the same command resumes it.
+A SIGTERM while it trains (a scheduler preempting the job, its time limit) stops the run after the step
+in progress, with that step's checkpoint and exit status 143; the same command resumes it.
 
 The config names the base checkpoint (a ComfyUI checkpoint or a Video LDM bundle), the mode, the
 data folder and the optimiser settings; see docs/development.md "Training". ComfyUI is found from --comfyui,
