@@ -286,6 +286,20 @@ def test_a_model_sampling_node_after_the_adapter_is_named_when_the_run_samples(m
     assert "replaced the model's sampling" not in sample(between)
 
 
+def version_1_native_file(adapter, path):
+    """(path, name) of `adapter`'s weights saved as the pack's version-1 native format wrote them: no
+    noise schedule, no clip norms stated."""
+    import json
+
+    from safetensors.torch import save_file
+
+    spec = {k: v for k, v in json.loads(adapter.spec.to_json()).items() if k not in ("noise_schedule", "clip_norms")}
+    spec.update(version=1, trained_frames=16, extra={}, source="native")
+    save_file({k: v.contiguous() for k, v in adapter.patcher.model.state_dict().items()}, str(path),
+              metadata={"videoldm_adapter": json.dumps(spec)})
+    return str(path), path.name
+
+
 def test_an_adapter_on_the_models_own_schedule_after_a_sampling_node_keeps_the_stacks_schedule(
         motion_module, pack_module, tmp_path):
     """v1 on auto, then a ModelSamplingDiscrete 'eps' (SD's own betas again), then an adapter that
@@ -293,19 +307,11 @@ def test_an_adapter_on_the_models_own_schedule_after_a_sampling_node_keeps_the_s
     Such an adapter asks for nothing, so it is no conflict with v1's: the stack keeps v1's schedule
     (sqrt_linear, diffusers' sigmas). Only adapters that were trained with a stated schedule that
     differs are refused as a conflicting stack."""
-    import json
-
     import comfy_extras.nodes_model_advanced as advanced
-    from safetensors.torch import save_file as write
 
     patch = pack_module("host.temporal_adapter")
     model, v1 = motion_module("v1")
-    old_spec = {k: v for k, v in json.loads(v1.spec.to_json()).items() if k not in ("noise_schedule", "clip_norms")}
-    old_spec.update(version=1, trained_frames=16, extra={}, source="native")
-    path = tmp_path / "unstated.safetensors"
-    write({k: v.contiguous() for k, v in v1.patcher.model.state_dict().items()}, str(path),
-          metadata={"videoldm_adapter": json.dumps(old_spec)})
-    unstated = patch.load_temporal_adapter(str(path), path.name)
+    unstated = patch.load_temporal_adapter(*version_1_native_file(v1, tmp_path / "unstated.safetensors"))
     assert unstated.spec.noise_schedule is None
     between = advanced.ModelSamplingDiscrete().patch(patch.apply_adapter(model, v1.patcher, v1.name), "eps", False)[0]
     stacked = patch.apply_adapter(between, unstated.patcher, unstated.name)
@@ -388,21 +394,12 @@ def test_model_schedule_and_per_frame_norms_sample_as_a_version_1_file_of_the_sa
                                                                                               tiny_sd1, tmp_path):
     """noise_schedule=model with the norms per frame is the sampling of before this round: a version-1
     native file of the same weights (no schedule, no clip norms: the pack wrote them so) samples the same."""
-    import json
-
-    from safetensors.torch import save_file as write
-
     patch = pack_module("host.temporal_adapter")
     model, v1 = motion_module("v1")
     per_frame = dataclasses.replace(v1.spec, clip_norms=[])
     today = patch.apply_adapter(model, patch.build_adapter_patcher(per_frame, v1.patcher.model.state_dict(), "v1"), "v1",
                                 noise_schedule="model")
-    old_spec = {k: v for k, v in json.loads(v1.spec.to_json()).items() if k not in ("noise_schedule", "clip_norms")}
-    old_spec.update(version=1, trained_frames=16, extra={}, source="native")
-    path = tmp_path / "v1_native_version1.safetensors"
-    write({k: v.contiguous() for k, v in v1.patcher.model.state_dict().items()}, str(path),
-          metadata={"videoldm_adapter": json.dumps(old_spec)})
-    old = patch.load_temporal_adapter(str(path), path.name)
+    old = patch.load_temporal_adapter(*version_1_native_file(v1, tmp_path / "v1_native_version1.safetensors"))
     assert old.spec.version == 2 and old.spec.noise_schedule is None and old.spec.clip_norms == []
     as_before = patch.apply_adapter(model, old.patcher, old.name)
     assert today.get_model_object("model_sampling") is model.get_model_object("model_sampling")
